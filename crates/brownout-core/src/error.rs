@@ -1,0 +1,102 @@
+//! Errors that brownout layers create themselves.
+//!
+//! Each is a small struct with private fields and a lowercase Display, returned inside
+//! a `BoxError`; find it with `downcast_ref`. The default classifier knows them, so a
+//! layer further out classifies them like any other timeout.
+
+use std::{fmt, time::Duration};
+
+/// The error type the layers return when they add failures of their own, as tower does.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// One attempt took longer than the per-attempt timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptTimedOut {
+    timeout: Duration,
+}
+
+impl AttemptTimedOut {
+    /// An attempt that outlived `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        AttemptTimedOut { timeout }
+    }
+
+    /// The timeout that was exceeded.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+impl fmt::Display for AttemptTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "attempt timed out after {:?}", self.timeout)
+    }
+}
+
+impl std::error::Error for AttemptTimedOut {}
+
+/// The call's overall deadline passed before an answer arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadlineExceeded {
+    deadline: Duration,
+    attempts: u32,
+}
+
+impl DeadlineExceeded {
+    /// The deadline `deadline` (measured from the call) passed after `attempts`
+    /// attempts had started.
+    pub fn new(deadline: Duration, attempts: u32) -> Self {
+        DeadlineExceeded { deadline, attempts }
+    }
+
+    /// The deadline, measured from the start of the call.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// How many attempts had started.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+}
+
+impl fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "deadline of {:?} exceeded after {} attempt{}",
+            self.deadline,
+            self.attempts,
+            if self.attempts == 1 { "" } else { "s" }
+        )
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
+
+/// A request body failed while it was being read, before the request could be sent.
+#[derive(Debug)]
+pub struct BodyError {
+    source: BoxError,
+}
+
+impl BodyError {
+    /// Wraps the body's error.
+    pub fn new(source: impl Into<BoxError>) -> Self {
+        BodyError {
+            source: source.into(),
+        }
+    }
+}
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("request body failed")
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}

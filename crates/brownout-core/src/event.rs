@@ -1,0 +1,299 @@
+//! The decisions layers take, as `tracing` events and for an optional listener.
+//!
+//! Every decision a layer takes on the failure path (an attempt failed, retrying after
+//! a delay, giving up, a body too large to replay) is an [`Event`]. It is logged
+//! through `tracing` with one field vocabulary across layers, and handed to the
+//! [`Listener`] configured on the layer, so that metrics and reports can be built
+//! without parsing logs. The success path emits nothing.
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `layer` | the layer that decided (`"retry"`) |
+//! | `event` | what it decided ([`EventKind::name`]) |
+//! | `method`, `path` | the request; never its query, headers or body |
+//! | `attempt` | the attempt the decision is about, from 1 |
+//! | `outcome`, `status`, `error_type` | the [`Outcome`] that led to it |
+//! | `delay_ms` | how long the layer waits before it acts |
+//! | `reason` | why a layer stopped ([`GiveUpReason`], [`NotReplayable`]) |
+//!
+//! Events never carry credentials: no header of the request is recorded, and the path
+//! is recorded without its query string, where some APIs take keys.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use http::Method;
+
+use crate::classify::Outcome;
+
+/// One decision of one layer about one request.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Event {
+    /// The layer that decided (`"retry"`).
+    pub layer: &'static str,
+    /// The request's method.
+    pub method: Method,
+    /// The request's path, without its query.
+    pub path: Box<str>,
+    /// What was decided.
+    pub kind: EventKind,
+}
+
+impl Event {
+    /// An event of `layer` about the request `method path`. The query is dropped from
+    /// the path.
+    pub fn new(layer: &'static str, method: &Method, uri: &http::Uri, kind: EventKind) -> Self {
+        Event {
+            layer,
+            method: method.clone(),
+            path: uri.path().into(),
+            kind,
+        }
+    }
+}
+
+/// What a layer decided.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// An attempt failed; what happens next is another event.
+    AttemptFailed {
+        /// The attempt, from 1.
+        attempt: u32,
+        /// What happened to it.
+        outcome: Outcome,
+    },
+    /// The layer will send the request again after `delay`.
+    Retrying {
+        /// The attempt that failed, from 1.
+        attempt: u32,
+        /// How long the layer waits before the next attempt.
+        delay: Duration,
+        /// What happened to the failed attempt.
+        outcome: Outcome,
+    },
+    /// The layer stopped retrying and hands the last result to the caller.
+    GaveUp {
+        /// How many attempts were made.
+        attempts: u32,
+        /// Why it stopped.
+        reason: GiveUpReason,
+        /// What happened to the last attempt.
+        outcome: Outcome,
+    },
+    /// The request cannot be sent more than once.
+    NotReplayable {
+        /// Why.
+        reason: NotReplayable,
+    },
+}
+
+impl EventKind {
+    /// The event's name, as logged in the `event` field (`"retrying"`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::AttemptFailed { .. } => "attempt_failed",
+            EventKind::Retrying { .. } => "retrying",
+            EventKind::GaveUp { .. } => "gave_up",
+            EventKind::NotReplayable { .. } => "not_replayable",
+        }
+    }
+}
+
+/// Why a retrying layer stopped before the request succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GiveUpReason {
+    /// The outcome is not retryable (a client error, or `x-should-retry: false`).
+    NotRetryable,
+    /// The configured number of attempts was made.
+    AttemptsExhausted,
+    /// The retry budget shared by the service's clones is spent.
+    BudgetExhausted,
+    /// The next attempt could not finish before the call's deadline.
+    DeadlineReached,
+    /// The server asked to wait longer than the configured maximum.
+    ServerDelayTooLong {
+        /// What the server asked for.
+        delay: Duration,
+    },
+    /// The request's body cannot be sent again.
+    NotReplayable(NotReplayable),
+}
+
+impl GiveUpReason {
+    /// A short lowercase name, as logged in the `reason` field.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GiveUpReason::NotRetryable => "not_retryable",
+            GiveUpReason::AttemptsExhausted => "attempts_exhausted",
+            GiveUpReason::BudgetExhausted => "budget_exhausted",
+            GiveUpReason::DeadlineReached => "deadline_reached",
+            GiveUpReason::ServerDelayTooLong { .. } => "server_delay_too_long",
+            GiveUpReason::NotReplayable(reason) => reason.as_str(),
+        }
+    }
+}
+
+impl fmt::Display for GiveUpReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GiveUpReason::NotRetryable => f.write_str("the outcome is not retryable"),
+            GiveUpReason::AttemptsExhausted => f.write_str("no attempts left"),
+            GiveUpReason::BudgetExhausted => f.write_str("the retry budget is spent"),
+            GiveUpReason::DeadlineReached => f.write_str("the deadline leaves no time for another attempt"),
+            GiveUpReason::ServerDelayTooLong { delay } => {
+                write!(f, "the server asked to wait {delay:?}, longer than allowed")
+            }
+            GiveUpReason::NotReplayable(reason) => fmt::Display::fmt(reason, f),
+        }
+    }
+}
+
+/// Why a request can be sent only once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NotReplayable {
+    /// Its body is longer than the replay buffer.
+    BodyTooLarge {
+        /// The replay buffer's size, in bytes.
+        limit: usize,
+    },
+    /// Its body failed while it was read.
+    BodyFailed,
+}
+
+impl NotReplayable {
+    /// A short lowercase name, as logged in the `reason` field.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NotReplayable::BodyTooLarge { .. } => "body_too_large",
+            NotReplayable::BodyFailed => "body_failed",
+        }
+    }
+}
+
+impl fmt::Display for NotReplayable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotReplayable::BodyTooLarge { limit } => {
+                write!(f, "the request body is larger than the {limit}-byte replay buffer")
+            }
+            NotReplayable::BodyFailed => f.write_str("the request body failed while it was read"),
+        }
+    }
+}
+
+/// Receives every [`Event`] of the layers it is given to.
+///
+/// Implemented for closures `Fn(&Event) + Send + Sync + 'static`. Called inline on the
+/// request's task: keep it quick and never block.
+pub trait Listener: Send + Sync + 'static {
+    /// Called once per event.
+    fn on_event(&self, event: &Event);
+}
+
+impl<F> Listener for F
+where
+    F: Fn(&Event) + Send + Sync + 'static,
+{
+    fn on_event(&self, event: &Event) {
+        self(event)
+    }
+}
+
+/// Where a layer sends its events: `tracing`, and the listener if there is one.
+#[derive(Clone, Default)]
+pub struct Events {
+    listener: Option<Arc<dyn Listener>>,
+}
+
+impl Events {
+    /// Events go to `tracing` only.
+    pub fn new() -> Self {
+        Events::default()
+    }
+
+    /// Events go to `tracing` and to `listener`.
+    pub fn with_listener(listener: impl Listener) -> Self {
+        Events {
+            listener: Some(Arc::new(listener)),
+        }
+    }
+
+    /// Logs the event and hands it to the listener.
+    pub fn emit(&self, event: Event) {
+        log(&event);
+        if let Some(listener) = &self.listener {
+            listener.on_event(&event);
+        }
+    }
+}
+
+impl fmt::Debug for Events {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Events")
+            .field("listener", &self.listener.is_some())
+            .finish()
+    }
+}
+
+fn log(event: &Event) {
+    let layer = event.layer;
+    let name = event.kind.name();
+    let method = event.method.as_str();
+    let path = &*event.path;
+    match &event.kind {
+        EventKind::AttemptFailed { attempt, outcome } => tracing::debug!(
+            layer,
+            event = name,
+            method,
+            path,
+            attempt,
+            outcome = outcome.kind().as_str(),
+            status = outcome.status().map(|s| s.as_u16()),
+            error_type = outcome.error_type(),
+            "attempt failed"
+        ),
+        EventKind::Retrying {
+            attempt,
+            delay,
+            outcome,
+        } => tracing::warn!(
+            layer,
+            event = name,
+            method,
+            path,
+            attempt,
+            delay_ms = delay.as_millis() as u64,
+            outcome = outcome.kind().as_str(),
+            status = outcome.status().map(|s| s.as_u16()),
+            error_type = outcome.error_type(),
+            "retrying after {delay:?}"
+        ),
+        EventKind::GaveUp {
+            attempts,
+            reason,
+            outcome,
+        } => tracing::info!(
+            layer,
+            event = name,
+            method,
+            path,
+            attempt = attempts,
+            reason = reason.as_str(),
+            outcome = outcome.kind().as_str(),
+            status = outcome.status().map(|s| s.as_u16()),
+            error_type = outcome.error_type(),
+            "not retrying: {reason}"
+        ),
+        EventKind::NotReplayable { reason } => tracing::info!(
+            layer,
+            event = name,
+            method,
+            path,
+            reason = reason.as_str(),
+            "request sent once: {reason}"
+        ),
+    }
+}
