@@ -1,0 +1,171 @@
+//! What the retry layer does, configured once and shared by every service it builds.
+
+use std::{fmt, time::Duration};
+
+use brownout_core::{
+    classify::{Classifier, Classify, DEFAULT_ERROR_BODY_LIMIT},
+    event::{Events, Listener},
+    rng::SharedRng,
+};
+
+use crate::{Backoff, RetryBudget};
+
+/// The default size of the replay buffer: 4 MiB, enough for chat requests with a few
+/// images inline. A larger request body is sent once and not retried.
+pub const DEFAULT_REPLAY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// The retry layer's settings. Every setter takes and returns `self`.
+///
+/// | setting | default |
+/// |---|---|
+/// | [`max_attempts`](Self::max_attempts) | 3, the first attempt included |
+/// | [`backoff`](Self::backoff) | full jitter, 500 ms doubling to 8 s |
+/// | [`max_server_delay`](Self::max_server_delay) | 60 s |
+/// | [`deadline`](Self::deadline) | none |
+/// | [`attempt_timeout`](Self::attempt_timeout) | none |
+/// | [`budget`](Self::budget) | 20 % of the last 10 s of requests, plus 10 retries a second |
+/// | [`classifier`](Self::classifier) | [`DefaultClassifier`](brownout_core::classify::DefaultClassifier) |
+/// | [`replay_limit`](Self::replay_limit) | [`DEFAULT_REPLAY_LIMIT`] (4 MiB) |
+/// | [`error_body_limit`](Self::error_body_limit) | [`DEFAULT_ERROR_BODY_LIMIT`] (4 KiB) |
+///
+/// The budget and the random number generator are shared by everything built from one
+/// config (and its clones); give a service its own budget with
+/// [`budget`](Self::budget).
+#[derive(Clone)]
+pub struct RetryConfig {
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) max_server_delay: Duration,
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) attempt_timeout: Option<Duration>,
+    pub(crate) budget: Option<RetryBudget>,
+    pub(crate) classifier: Classifier,
+    pub(crate) replay_limit: usize,
+    pub(crate) error_body_limit: usize,
+    pub(crate) events: Events,
+    pub(crate) rng: SharedRng,
+}
+
+impl RetryConfig {
+    /// The defaults in the table above.
+    pub fn new() -> Self {
+        RetryConfig {
+            max_attempts: 3,
+            backoff: Backoff::default(),
+            max_server_delay: Duration::from_secs(60),
+            deadline: None,
+            attempt_timeout: None,
+            budget: Some(RetryBudget::default()),
+            classifier: Classifier::default(),
+            replay_limit: DEFAULT_REPLAY_LIMIT,
+            error_body_limit: DEFAULT_ERROR_BODY_LIMIT,
+            events: Events::new(),
+            rng: SharedRng::new(),
+        }
+    }
+
+    /// How many times a request may be sent in all, the first attempt included. `0` is
+    /// taken as `1`: a request is always sent at least once.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// How long to wait between attempts.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The longest server-given delay (`retry-after`, `retry-after-ms`, reset headers)
+    /// the layer will wait. A response asking for more goes back to the caller at once:
+    /// a provider that says "come back in ten minutes" is better answered by a fallback
+    /// than by a caller left waiting.
+    pub fn max_server_delay(mut self, delay: Duration) -> Self {
+        self.max_server_delay = delay;
+        self
+    }
+
+    /// An overall deadline for the call, from the moment it starts, all attempts and
+    /// waits included. No wait is started that would end after it, and an attempt
+    /// running when it passes is cut off with a
+    /// [`DeadlineExceeded`](brownout_core::error::DeadlineExceeded) error.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// A timeout for each attempt, reading the error body included. An attempt that
+    /// outlives it counts as a [`Timeout`](brownout_core::OutcomeKind::Timeout) and may
+    /// be retried; the last one ends in an
+    /// [`AttemptTimedOut`](brownout_core::error::AttemptTimedOut) error.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// The retry budget.
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// No retry budget: every retryable failure is retried up to
+    /// [`max_attempts`](Self::max_attempts), however many requests are failing.
+    pub fn no_budget(mut self) -> Self {
+        self.budget = None;
+        self
+    }
+
+    /// Decides which results are failures and which of those are retried.
+    pub fn classifier(mut self, classifier: impl Classify) -> Self {
+        self.classifier = Classifier::new(classifier);
+        self
+    }
+
+    /// The largest request body, in bytes, kept to be sent again. A longer body is sent
+    /// once, as it is, and an event says why it was not retried.
+    pub fn replay_limit(mut self, bytes: usize) -> Self {
+        self.replay_limit = bytes;
+        self
+    }
+
+    /// How many bytes of an error body the classifier may read.
+    pub fn error_body_limit(mut self, bytes: usize) -> Self {
+        self.error_body_limit = bytes;
+        self
+    }
+
+    /// Where decisions go besides `tracing`.
+    pub fn listener(mut self, listener: impl Listener) -> Self {
+        self.events = Events::with_listener(listener);
+        self
+    }
+
+    /// Fixes the seed of the jitter's random numbers, for reproducible tests.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.rng = SharedRng::with_seed(seed);
+        self
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig::new()
+    }
+}
+
+impl fmt::Debug for RetryConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryConfig")
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff", &self.backoff)
+            .field("max_server_delay", &self.max_server_delay)
+            .field("deadline", &self.deadline)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("budget", &self.budget)
+            .field("replay_limit", &self.replay_limit)
+            .field("error_body_limit", &self.error_body_limit)
+            .finish_non_exhaustive()
+    }
+}

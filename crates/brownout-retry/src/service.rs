@@ -1,0 +1,90 @@
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use brownout_core::{body::PrefixedBody, BoxError};
+use http::{Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use crate::{future::ResponseFuture, RetryConfig, RetryLayer};
+
+/// Sends a request again when it fails in a way that may pass. See the
+/// [crate docs](crate).
+///
+/// The inner service receives requests whose body is a
+/// [`PrefixedBody`]: the buffered bytes of the caller's body, replayed
+/// on every attempt. Responses come back with a [`PrefixedBody`] too, since the
+/// classifier may have read the start of an error body.
+#[derive(Debug, Clone)]
+pub struct Retry<S> {
+    inner: S,
+    config: Arc<RetryConfig>,
+}
+
+impl<S> Retry<S> {
+    /// Wraps `inner` with the given settings.
+    pub fn new(inner: S, config: RetryConfig) -> Self {
+        Retry::from_shared(inner, Arc::new(config))
+    }
+
+    pub(crate) fn from_shared(inner: S, config: Arc<RetryConfig>) -> Self {
+        Retry { inner, config }
+    }
+
+    /// A [`RetryLayer`] with the given settings.
+    pub fn layer(config: RetryConfig) -> RetryLayer {
+        RetryLayer::new(config)
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RetryConfig {
+        &self.config
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Retry<S>
+where
+    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    ReqBody: Body + Unpin + Send + 'static,
+    ReqBody::Error: Send,
+    ResBody: Body + Unpin + Send + 'static,
+    ResBody::Error: Send,
+{
+    type Response = Response<PrefixedBody<ResBody>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // The service that was driven to readiness serves the first attempt; the clone
+        // stays behind for the next call, as tower's middleware do.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::new(crate::future::run(inner, self.config.clone(), request))
+    }
+}
