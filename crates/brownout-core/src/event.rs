@@ -141,7 +141,9 @@ impl fmt::Display for GiveUpReason {
             GiveUpReason::NotRetryable => f.write_str("the outcome is not retryable"),
             GiveUpReason::AttemptsExhausted => f.write_str("no attempts left"),
             GiveUpReason::BudgetExhausted => f.write_str("the retry budget is spent"),
-            GiveUpReason::DeadlineReached => f.write_str("the deadline leaves no time for another attempt"),
+            GiveUpReason::DeadlineReached => {
+                f.write_str("the deadline leaves no time for another attempt")
+            }
             GiveUpReason::ServerDelayTooLong { delay } => {
                 write!(f, "the server asked to wait {delay:?}, longer than allowed")
             }
@@ -177,7 +179,10 @@ impl fmt::Display for NotReplayable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NotReplayable::BodyTooLarge { limit } => {
-                write!(f, "the request body is larger than the {limit}-byte replay buffer")
+                write!(
+                    f,
+                    "the request body is larger than the {limit}-byte replay buffer"
+                )
             }
             NotReplayable::BodyFailed => f.write_str("the request body failed while it was read"),
         }

@@ -68,7 +68,9 @@ impl Backoff {
 
     fn checked(base: Duration, cap: Duration, jitter: Jitter) -> Result<Self, InvalidBackoff> {
         if cap.is_zero() {
-            return Err(InvalidBackoff::new("backoff cap must be greater than zero".into()));
+            return Err(InvalidBackoff::new(
+                "backoff cap must be greater than zero".into(),
+            ));
         }
         if base > cap {
             return Err(InvalidBackoff::new(format!(
@@ -129,13 +131,18 @@ impl Backoff {
     ///
     /// Pure, so that tests can check the bounds without a random number generator.
     pub fn delay(&self, retry: u32, previous: Duration, unit: f64) -> Duration {
-        let unit = if unit.is_finite() { unit.clamp(0.0, 1.0) } else { 0.0 };
+        let unit = if unit.is_finite() {
+            unit.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         match self.jitter {
             Jitter::None => self.ceiling(retry),
             Jitter::Full => self.ceiling(retry).mul_f64(unit),
             Jitter::Decorrelated => {
                 let low = self.base.as_secs_f64();
-                let high = (previous.max(self.base).as_secs_f64() * 3.0).min(self.cap.as_secs_f64());
+                let high =
+                    (previous.max(self.base).as_secs_f64() * 3.0).min(self.cap.as_secs_f64());
                 let secs = low + (high - low).max(0.0) * unit;
                 Duration::from_secs_f64(secs).min(self.cap)
             }
@@ -184,7 +191,10 @@ mod tests {
     #[test]
     fn constructors_validate() {
         let err = Backoff::full_jitter(MS * 10, MS * 5).unwrap_err();
-        assert_eq!(err.to_string(), "backoff base (10ms) is greater than its cap (5ms)");
+        assert_eq!(
+            err.to_string(),
+            "backoff base (10ms) is greater than its cap (5ms)"
+        );
         let err = Backoff::decorrelated_jitter(Duration::ZERO, Duration::ZERO).unwrap_err();
         assert_eq!(err.to_string(), "backoff cap must be greater than zero");
         let b = Backoff::exponential(MS, MS).unwrap();
@@ -216,7 +226,9 @@ mod tests {
         let rng = SharedRng::with_seed(42);
         for retry in 1..=8 {
             let ceiling = b.ceiling(retry);
-            let draws: Vec<Duration> = (0..2000).map(|_| b.delay(retry, b.base(), rng.f64())).collect();
+            let draws: Vec<Duration> = (0..2000)
+                .map(|_| b.delay(retry, b.base(), rng.f64()))
+                .collect();
             assert!(draws.iter().all(|d| *d < ceiling || ceiling.is_zero()));
             // The draws spread over the range: some in the lowest and highest tenth.
             assert!(draws.iter().any(|d| *d < ceiling / 10), "retry {retry}");

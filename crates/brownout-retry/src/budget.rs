@@ -106,7 +106,10 @@ mod tests {
         assert!(RetryBudget::new(Duration::from_secs(10), 1, f32::NAN).is_err());
         assert!(RetryBudget::new(Duration::from_secs(10), u32::MAX, 0.2).is_err());
         let err = RetryBudget::new(Duration::ZERO, 1, 0.2).unwrap_err();
-        assert_eq!(err.to_string(), "retry budget ttl must be between 1s and 60s, not 0ns");
+        assert_eq!(
+            err.to_string(),
+            "retry budget ttl must be between 1s and 60s, not 0ns"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -93,12 +93,16 @@ where
             let reason = NotReplayable::BodyTooLarge {
                 limit: config.replay_limit,
             };
-            config.events.emit(event(EventKind::NotReplayable { reason }));
+            config
+                .events
+                .emit(event(EventKind::NotReplayable { reason }));
             Sendable::Once(Some(body), reason)
         }
         Buffered::Failed(body) => {
             let reason = NotReplayable::BodyFailed;
-            config.events.emit(event(EventKind::NotReplayable { reason }));
+            config
+                .events
+                .emit(event(EventKind::NotReplayable { reason }));
             Sendable::Once(Some(body), reason)
         }
     };

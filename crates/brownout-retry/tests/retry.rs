@@ -91,11 +91,20 @@ impl Service<Request<PrefixedBody<Full<Bytes>>>> for Upstream {
     }
 
     fn call(&mut self, request: Request<PrefixedBody<Full<Bytes>>>) -> Self::Future {
-        let step = self.script.lock().unwrap().pop_front().unwrap_or(answer(200));
+        let step = self
+            .script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(answer(200));
         let seen = self.seen.clone();
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            let body = body.collect().await.map_err(|e| -> BoxError { match e {} })?.to_bytes();
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| -> BoxError { match e {} })?
+                .to_bytes();
             seen.lock().unwrap().push(Seen {
                 at: Instant::now(),
                 method: parts.method,
@@ -136,7 +145,9 @@ fn request(body: &'static str) -> Request<Full<Bytes>> {
 type Reply = Result<Response<PrefixedBody<Full<Bytes>>>, BoxError>;
 
 async fn call(config: RetryConfig, upstream: &Upstream, body: &'static str) -> Reply {
-    Retry::new(upstream.clone(), config).oneshot(request(body)).await
+    Retry::new(upstream.clone(), config)
+        .oneshot(request(body))
+        .await
 }
 
 fn attempts(reply: &Reply) -> Option<u32> {
@@ -147,10 +158,15 @@ fn attempts(reply: &Reply) -> Option<u32> {
         .map(|a| a.get())
 }
 
-fn recorder() -> (Arc<Mutex<Vec<Event>>>, impl Fn(&Event) + Send + Sync + 'static) {
+fn recorder() -> (
+    Arc<Mutex<Vec<Event>>>,
+    impl Fn(&Event) + Send + Sync + 'static,
+) {
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = events.clone();
-    (events, move |e: &Event| sink.lock().unwrap().push(e.clone()))
+    (events, move |e: &Event| {
+        sink.lock().unwrap().push(e.clone())
+    })
 }
 
 #[tokio::test(start_paused = true)]
@@ -172,7 +188,10 @@ async fn overload_is_retried_with_backoff_then_succeeds() {
     let reply = call(config(), &upstream, "{}").await;
     assert_eq!(attempts(&reply), Some(3));
     assert_eq!(reply.unwrap().status(), 200);
-    assert_eq!(upstream.gaps(), [Duration::from_millis(100), Duration::from_millis(200)]);
+    assert_eq!(
+        upstream.gaps(),
+        [Duration::from_millis(100), Duration::from_millis(200)]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -185,11 +204,18 @@ async fn attempts_are_capped_and_the_last_response_is_returned_whole() {
     let response = reply.unwrap();
     assert_eq!(response.status(), 529);
     // The classifier read the body for its type; the caller still gets all of it.
-    assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), OVERLOADED);
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        OVERLOADED
+    );
     let events = events.lock().unwrap();
     let last = events.last().unwrap();
     match &last.kind {
-        EventKind::GaveUp { attempts, reason, outcome } => {
+        EventKind::GaveUp {
+            attempts,
+            reason,
+            outcome,
+        } => {
             assert_eq!(*attempts, 3);
             assert_eq!(*reason, GiveUpReason::AttemptsExhausted);
             assert_eq!(outcome.kind(), OutcomeKind::Overloaded);
@@ -293,7 +319,12 @@ async fn a_server_delay_over_the_cap_goes_back_at_once() {
 async fn full_jitter_delays_stay_within_the_backoff_ceiling() {
     let backoff = Backoff::full_jitter(Duration::from_millis(500), Duration::from_secs(8)).unwrap();
     let upstream = Upstream::new(vec![answer(503); 5]);
-    let reply = call(config().backoff(backoff).max_attempts(6).seed(99), &upstream, "{}").await;
+    let reply = call(
+        config().backoff(backoff).max_attempts(6).seed(99),
+        &upstream,
+        "{}",
+    )
+    .await;
     assert_eq!(reply.unwrap().status(), 200);
     let gaps = upstream.gaps();
     assert_eq!(gaps.len(), 5);
@@ -302,7 +333,12 @@ async fn full_jitter_delays_stay_within_the_backoff_ceiling() {
     }
     // The same seed replays the same delays.
     let again = Upstream::new(vec![answer(503); 5]);
-    let _ = call(config().backoff(backoff).max_attempts(6).seed(99), &again, "{}").await;
+    let _ = call(
+        config().backoff(backoff).max_attempts(6).seed(99),
+        &again,
+        "{}",
+    )
+    .await;
     assert_eq!(again.gaps(), gaps);
 }
 
@@ -313,7 +349,9 @@ async fn transport_errors_are_retried_and_the_last_error_returned() {
     let reply = call(config(), &upstream, "{}").await;
     assert_eq!(upstream.attempts(), 3);
     let error = reply.unwrap_err();
-    let io = error.downcast_ref::<std::io::Error>().expect("the inner error, untouched");
+    let io = error
+        .downcast_ref::<std::io::Error>()
+        .expect("the inner error, untouched");
     assert_eq!(io.kind(), ErrorKind::ConnectionRefused);
 }
 
@@ -321,13 +359,26 @@ async fn transport_errors_are_retried_and_the_last_error_returned() {
 async fn attempt_timeout_cuts_a_hanging_attempt_and_retries() {
     let upstream = Upstream::new([Step::Hang]);
     let start = Instant::now();
-    let reply = call(config().attempt_timeout(Duration::from_secs(5)), &upstream, "{}").await;
+    let reply = call(
+        config().attempt_timeout(Duration::from_secs(5)),
+        &upstream,
+        "{}",
+    )
+    .await;
     assert_eq!(reply.unwrap().status(), 200);
     assert_eq!(upstream.attempts(), 2);
-    assert_eq!(start.elapsed(), Duration::from_secs(5) + Duration::from_millis(100));
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(5) + Duration::from_millis(100)
+    );
 
     let upstream = Upstream::new(vec![Step::Hang; 3]);
-    let reply = call(config().attempt_timeout(Duration::from_secs(5)), &upstream, "{}").await;
+    let reply = call(
+        config().attempt_timeout(Duration::from_secs(5)),
+        &upstream,
+        "{}",
+    )
+    .await;
     let error = reply.unwrap_err();
     assert_eq!(
         error.downcast_ref::<AttemptTimedOut>(),
@@ -354,18 +405,26 @@ async fn the_deadline_is_never_exceeded() {
     assert_eq!(reply.unwrap().status(), 503);
     assert!(matches!(
         events.lock().unwrap().last().unwrap().kind,
-        EventKind::GaveUp { reason: GiveUpReason::DeadlineReached, .. }
+        EventKind::GaveUp {
+            reason: GiveUpReason::DeadlineReached,
+            ..
+        }
     ));
 
     // A hanging attempt is cut at the deadline itself.
     let upstream = Upstream::new([answer(503), Step::Hang]);
     let start = Instant::now();
-    let config = self::config().max_attempts(10).deadline(Duration::from_secs(2));
+    let config = self::config()
+        .max_attempts(10)
+        .deadline(Duration::from_secs(2));
     let error = call(config, &upstream, "{}").await.unwrap_err();
     assert_eq!(start.elapsed(), Duration::from_secs(2));
     let deadline = error.downcast_ref::<DeadlineExceeded>().unwrap();
     assert_eq!(deadline.attempts(), 2);
-    assert_eq!(error.to_string(), "deadline of 2s exceeded after 2 attempts");
+    assert_eq!(
+        error.to_string(),
+        "deadline of 2s exceeded after 2 attempts"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -392,7 +451,13 @@ async fn the_budget_is_shared_by_clones_and_stops_retries_when_spent() {
         .unwrap()
         .iter()
         .filter(|e| {
-            matches!(e.kind, EventKind::GaveUp { reason: GiveUpReason::BudgetExhausted, .. })
+            matches!(
+                e.kind,
+                EventKind::GaveUp {
+                    reason: GiveUpReason::BudgetExhausted,
+                    ..
+                }
+            )
         })
         .count();
     assert!(exhausted >= 2, "{exhausted}");
@@ -409,7 +474,10 @@ async fn replayed_requests_are_byte_identical_on_every_attempt() {
     for attempt in &seen {
         assert_eq!(attempt.body, body.as_bytes());
         assert_eq!(attempt.method, http::Method::POST);
-        assert_eq!(attempt.uri, "https://api.example.com/v1/messages?key=secret");
+        assert_eq!(
+            attempt.uri,
+            "https://api.example.com/v1/messages?key=secret"
+        );
         assert_eq!(attempt.headers, seen[0].headers);
         assert_eq!(attempt.headers["x-api-key"], "sk-secret");
     }
@@ -453,7 +521,9 @@ async fn events_never_carry_secrets() {
 async fn a_closure_can_replace_the_classifier() {
     // Treat 404 as transient (an eventually consistent API).
     let classifier = |observed: Observed<'_>| match observed {
-        Observed::Response { status, .. } if status == 404 => Outcome::new(OutcomeKind::ServerError),
+        Observed::Response { status, .. } if status == 404 => {
+            Outcome::new(OutcomeKind::ServerError)
+        }
         other => DefaultClassifier::new().classify(other),
     };
     use brownout_core::Classify;

@@ -47,7 +47,8 @@ mod tests {
 
     #[test]
     fn reads_both_shapes() {
-        let anthropic = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        let anthropic =
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
         assert_eq!(error_type(anthropic).as_deref(), Some("overloaded_error"));
         let openai = br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
         assert_eq!(error_type(openai).as_deref(), Some("insufficient_quota"));
@@ -70,7 +71,12 @@ mod tests {
             b"{\"type\":\"error\",\"error\":{\"type\":\"overloaded_e",
             b"\xff\xfe\x00",
         ] {
-            assert_eq!(error_type(body), None, "{:?}", String::from_utf8_lossy(body));
+            assert_eq!(
+                error_type(body),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 }

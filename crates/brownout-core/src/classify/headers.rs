@@ -49,10 +49,7 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
         return None;
     }
     if value.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return value
-            .parse::<f64>()
-            .ok()
-            .and_then(duration_from_secs_f64);
+        return value.parse::<f64>().ok().and_then(duration_from_secs_f64);
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(until(at, now))
@@ -160,11 +157,9 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 fn parse_rfc3339(value: &str) -> Option<SystemTime> {
-    let at = time::OffsetDateTime::parse(
-        value.trim(),
-        &time::format_description::well_known::Rfc3339,
-    )
-    .ok()?;
+    let at =
+        time::OffsetDateTime::parse(value.trim(), &time::format_description::well_known::Rfc3339)
+            .ok()?;
     let nanos = at.unix_timestamp_nanos();
     if nanos >= 0 {
         let nanos = u64::try_from(nanos).ok()?;
@@ -177,7 +172,9 @@ fn parse_rfc3339(value: &str) -> Option<SystemTime> {
 
 /// The time from `now` until `at`; zero when `at` has passed.
 fn until(at: SystemTime, now: SystemTime) -> Duration {
-    at.duration_since(now).unwrap_or(Duration::ZERO).min(MAX_DELAY)
+    at.duration_since(now)
+        .unwrap_or(Duration::ZERO)
+        .min(MAX_DELAY)
 }
 
 fn duration_from_secs_f64(secs: f64) -> Option<Duration> {
@@ -210,8 +207,14 @@ mod tests {
     fn retry_after_seconds_fraction_and_dates() {
         let now = at(1_445_412_470); // 2015-10-21T07:27:50Z
         assert_eq!(parse_retry_after("0", now), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after(" 30 ", now), Some(Duration::from_secs(30)));
-        assert_eq!(parse_retry_after("1.5", now), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            parse_retry_after(" 30 ", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("1.5", now),
+            Some(Duration::from_millis(1500))
+        );
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
             Some(Duration::from_secs(10))
@@ -221,11 +224,22 @@ mod tests {
             parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
             Some(Duration::ZERO)
         );
-        for bad in ["", "-1", "abc", "1e3", "1..2", "Wed, 32 Oct 2015 07:28:00 GMT", "."] {
+        for bad in [
+            "",
+            "-1",
+            "abc",
+            "1e3",
+            "1..2",
+            "Wed, 32 Oct 2015 07:28:00 GMT",
+            ".",
+        ] {
             assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
         }
         // Absurd values are clamped, never overflow.
-        assert_eq!(parse_retry_after("99999999999999999999999", now), Some(MAX_DELAY));
+        assert_eq!(
+            parse_retry_after("99999999999999999999999", now),
+            Some(MAX_DELAY)
+        );
     }
 
     #[test]
@@ -285,8 +299,14 @@ mod tests {
 
     #[test]
     fn should_retry_values() {
-        assert_eq!(should_retry(&headers(&[("x-should-retry", "true")])), Some(true));
-        assert_eq!(should_retry(&headers(&[("x-should-retry", "FALSE")])), Some(false));
+        assert_eq!(
+            should_retry(&headers(&[("x-should-retry", "true")])),
+            Some(true)
+        );
+        assert_eq!(
+            should_retry(&headers(&[("x-should-retry", "FALSE")])),
+            Some(false)
+        );
         assert_eq!(should_retry(&headers(&[("x-should-retry", "maybe")])), None);
         assert_eq!(should_retry(&headers(&[])), None);
     }
@@ -304,7 +324,10 @@ mod tests {
         // Without remaining counts: the earliest reset.
         let h = headers(&[
             ("anthropic-ratelimit-requests-reset", "2023-11-14T22:13:25Z"),
-            ("anthropic-ratelimit-output-tokens-reset", "2023-11-14T23:14:20+01:00"),
+            (
+                "anthropic-ratelimit-output-tokens-reset",
+                "2023-11-14T23:14:20+01:00",
+            ),
         ]);
         assert_eq!(reset_delay(&h, now), Some(Duration::from_secs(5)));
         // Offsets and fractions are understood.

@@ -44,7 +44,9 @@ where
     }
     let (parts, body) = response.into_parts();
     let body = match buffer(body, limit).await {
-        Buffered::Complete(replay) => PrefixedBody::complete(replay.data().clone(), replay.trailers().cloned()),
+        Buffered::Complete(replay) => {
+            PrefixedBody::complete(replay.data().clone(), replay.trailers().cloned())
+        }
         Buffered::TooLarge(body) | Buffered::Failed(body) => body,
     };
     let prefix = body.prefix();

@@ -11,12 +11,10 @@ use crate::error::{AttemptTimedOut, DeadlineExceeded};
 
 const ANTHROPIC_OVERLOADED: &str =
     r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
-const ANTHROPIC_RATE_LIMIT: &str =
-    r#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of request tokens has exceeded your per-minute rate limit"}}"#;
+const ANTHROPIC_RATE_LIMIT: &str = r#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of request tokens has exceeded your per-minute rate limit"}}"#;
 const ANTHROPIC_API_ERROR: &str =
     r#"{"type":"error","error":{"type":"api_error","message":"Internal server error"}}"#;
-const ANTHROPIC_INVALID: &str =
-    r#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}"#;
+const ANTHROPIC_INVALID: &str = r#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}"#;
 const OPENAI_QUOTA: &str = r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
 const OPENAI_RATE_LIMIT: &str = r#"{"error":{"message":"Rate limit reached for gpt-4o in organization org-x on requests per min (RPM): Limit 500, Used 500, Requested 1.","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
 const OPENAI_OVERLOADED: &str = r#"{"error":{"message":"The engine is currently overloaded, please try again later","type":"server_error","param":null,"code":null}}"#;
@@ -77,7 +75,10 @@ fn status_table() {
         let outcome = classify(status, &[], "");
         assert_eq!(outcome.kind(), kind, "status {status}");
         assert_eq!(outcome.is_retryable(), retryable, "status {status}");
-        assert_eq!(outcome.status(), Some(StatusCode::from_u16(status).unwrap()));
+        assert_eq!(
+            outcome.status(),
+            Some(StatusCode::from_u16(status).unwrap())
+        );
         assert_eq!(outcome.server_delay(), None);
     }
 }
@@ -85,12 +86,18 @@ fn status_table() {
 #[test]
 fn anthropic_bodies() {
     let o = classify(529, &[], ANTHROPIC_OVERLOADED);
-    assert_eq!((o.kind(), o.error_type()), (OutcomeKind::Overloaded, Some("overloaded_error")));
+    assert_eq!(
+        (o.kind(), o.error_type()),
+        (OutcomeKind::Overloaded, Some("overloaded_error"))
+    );
     // Overloaded reported under a 500 is still an overload.
     let o = classify(500, &[], ANTHROPIC_OVERLOADED);
     assert_eq!(o.kind(), OutcomeKind::Overloaded);
     let o = classify(500, &[], ANTHROPIC_API_ERROR);
-    assert_eq!((o.kind(), o.error_type()), (OutcomeKind::ServerError, Some("api_error")));
+    assert_eq!(
+        (o.kind(), o.error_type()),
+        (OutcomeKind::ServerError, Some("api_error"))
+    );
     let o = classify(429, &[("retry-after", "17")], ANTHROPIC_RATE_LIMIT);
     assert_eq!(o.kind(), OutcomeKind::RateLimited);
     assert!(o.is_retryable());
@@ -149,7 +156,10 @@ fn delays_from_headers() {
         classify(429, &reset, ANTHROPIC_RATE_LIMIT).server_delay(),
         Some(Duration::from_secs(25))
     );
-    assert_eq!(classify(529, &reset, ANTHROPIC_OVERLOADED).server_delay(), None);
+    assert_eq!(
+        classify(529, &reset, ANTHROPIC_OVERLOADED).server_delay(),
+        None
+    );
     let openai = [
         ("x-ratelimit-remaining-tokens", "0"),
         ("x-ratelimit-reset-tokens", "6m0s"),
@@ -169,8 +179,19 @@ fn delays_from_headers() {
 
 #[test]
 fn malformed_headers_and_bodies_are_ignored() {
-    for body in ["", "<html>Bad Gateway</html>", "{", "null", "{\"error\":[1,2]}", "\u{0}"] {
-        let o = classify(502, &[("retry-after", "later"), ("retry-after-ms", "-3")], body);
+    for body in [
+        "",
+        "<html>Bad Gateway</html>",
+        "{",
+        "null",
+        "{\"error\":[1,2]}",
+        "\u{0}",
+    ] {
+        let o = classify(
+            502,
+            &[("retry-after", "later"), ("retry-after-ms", "-3")],
+            body,
+        );
         assert_eq!(o.kind(), OutcomeKind::ServerError, "{body:?}");
         assert_eq!(o.server_delay(), None);
         assert_eq!(o.error_type(), None);
@@ -206,15 +227,33 @@ fn transport_errors() {
     let c = classifier();
     let kind = |e: &(dyn std::error::Error + 'static)| c.classify(Observed::Error(e)).kind();
 
-    assert_eq!(kind(&Error::from(ErrorKind::TimedOut)), OutcomeKind::Timeout);
-    assert_eq!(kind(&AttemptTimedOut::new(Duration::from_secs(1))), OutcomeKind::Timeout);
-    assert_eq!(kind(&DeadlineExceeded::new(Duration::from_secs(1), 2)), OutcomeKind::Timeout);
-    assert_eq!(kind(&tower::timeout::error::Elapsed::new()), OutcomeKind::Timeout);
+    assert_eq!(
+        kind(&Error::from(ErrorKind::TimedOut)),
+        OutcomeKind::Timeout
+    );
+    assert_eq!(
+        kind(&AttemptTimedOut::new(Duration::from_secs(1))),
+        OutcomeKind::Timeout
+    );
+    assert_eq!(
+        kind(&DeadlineExceeded::new(Duration::from_secs(1), 2)),
+        OutcomeKind::Timeout
+    );
+    assert_eq!(
+        kind(&tower::timeout::error::Elapsed::new()),
+        OutcomeKind::Timeout
+    );
     // A timeout deep in the source chain, as hyper and reqwest wrap them.
-    let deep = Wrapped(Box::new(Wrapped(Box::new(Error::from(ErrorKind::TimedOut)))));
+    let deep = Wrapped(Box::new(Wrapped(Box::new(Error::from(
+        ErrorKind::TimedOut,
+    )))));
     assert_eq!(kind(&deep), OutcomeKind::Timeout);
 
-    for k in [ErrorKind::ConnectionRefused, ErrorKind::ConnectionReset, ErrorKind::BrokenPipe] {
+    for k in [
+        ErrorKind::ConnectionRefused,
+        ErrorKind::ConnectionReset,
+        ErrorKind::BrokenPipe,
+    ] {
         let o = c.classify(Observed::Error(&Error::from(k)));
         assert_eq!(o.kind(), OutcomeKind::ConnectionFailed);
         assert!(o.is_retryable());
@@ -247,8 +286,14 @@ fn closures_classify() {
         headers: &headers,
         body: None,
     };
-    assert_eq!(c.classify(observed(StatusCode::CONFLICT)).kind(), OutcomeKind::Overloaded);
-    assert_eq!(c.classify(observed(StatusCode::BAD_REQUEST)).kind(), OutcomeKind::ClientError);
+    assert_eq!(
+        c.classify(observed(StatusCode::CONFLICT)).kind(),
+        OutcomeKind::Overloaded
+    );
+    assert_eq!(
+        c.classify(observed(StatusCode::BAD_REQUEST)).kind(),
+        OutcomeKind::ClientError
+    );
 }
 
 fn response(status: u16, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -277,7 +322,10 @@ async fn error_bodies_are_read_bounded_and_kept_intact() {
         classify_response(&classifier(), response(529, ANTHROPIC_OVERLOADED), 4096).await;
     assert_eq!(outcome.error_type(), Some("overloaded_error"));
     assert!(res.body().is_complete());
-    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), ANTHROPIC_OVERLOADED);
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        ANTHROPIC_OVERLOADED
+    );
 
     // Over the limit: not parsed (the status decides), and every byte still arrives.
     let mut big = String::from(r#"{"type":"error","error":{"type":"overloaded_error","message":""#);
@@ -291,8 +339,9 @@ async fn error_bodies_are_read_bounded_and_kept_intact() {
 
 #[tokio::test]
 async fn classify_result_keeps_the_error() {
-    let result: Result<Response<Full<Bytes>>, crate::BoxError> =
-        Err(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
+    let result: Result<Response<Full<Bytes>>, crate::BoxError> = Err(Box::new(
+        std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+    ));
     let (result, outcome) = classify_result(&classifier(), result, 4096).await;
     assert_eq!(outcome.kind(), OutcomeKind::ConnectionFailed);
     let error = result.unwrap_err();
