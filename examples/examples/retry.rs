@@ -118,10 +118,7 @@ where
     while let Some(joined) = tasks.join_next().await {
         match joined.expect("no task panics") {
             Ok(response) => {
-                let attempts = response
-                    .extensions()
-                    .get::<Attempts>()
-                    .map_or(1, |a| a.get());
+                let attempts = Attempts::of(response.extensions());
                 tally.attempts_max = tally.attempts_max.max(attempts);
                 match response.status().as_u16() {
                     200 => tally.ok += 1,

@@ -12,6 +12,7 @@
 
 use std::{
     fmt,
+    future::Future,
     pin::Pin,
     task::{ready, Context, Poll},
 };
@@ -19,7 +20,6 @@ use std::{
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 
 pin_project! {
@@ -32,7 +32,8 @@ pin_project! {
     /// when the original data already is `Bytes`.
     pub struct PrefixedBody<B: Body> {
         prefix: Option<Bytes>,
-        trailers: Option<HeaderMap>,
+        // Boxed: trailers are rare, and the body is moved often.
+        trailers: Option<Box<HeaderMap>>,
         error: Option<B::Error>,
         #[pin]
         rest: Option<B>,
@@ -64,7 +65,7 @@ impl<B: Body> PrefixedBody<B> {
     pub fn complete(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         PrefixedBody {
             prefix: Some(data),
-            trailers,
+            trailers: trailers.map(Box::new),
             error: None,
             rest: None,
         }
@@ -135,7 +136,7 @@ where
                 frame.map(|frame| frame.map_data(|mut data| data.copy_to_bytes(data.remaining())))
             }));
         }
-        Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))))
+        Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(*t))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -166,13 +167,16 @@ where
 #[derive(Clone, Default)]
 pub struct ReplayBody {
     data: Bytes,
-    trailers: Option<HeaderMap>,
+    trailers: Option<Box<HeaderMap>>,
 }
 
 impl ReplayBody {
     /// A replayable body of these bytes and trailers.
     pub fn new(data: Bytes, trailers: Option<HeaderMap>) -> Self {
-        ReplayBody { data, trailers }
+        ReplayBody {
+            data,
+            trailers: trailers.map(Box::new),
+        }
     }
 
     /// The body's bytes.
@@ -182,12 +186,17 @@ impl ReplayBody {
 
     /// The body's trailers, if it had any.
     pub fn trailers(&self) -> Option<&HeaderMap> {
-        self.trailers.as_ref()
+        self.trailers.as_deref()
     }
 
     /// A fresh copy of the body, to send. Cloning [`Bytes`] does not copy the data.
     pub fn replay<B: Body>(&self) -> PrefixedBody<B> {
-        PrefixedBody::complete(self.data.clone(), self.trailers.clone())
+        PrefixedBody {
+            prefix: Some(self.data.clone()),
+            trailers: self.trailers.clone(),
+            error: None,
+            rest: None,
+        }
     }
 }
 
@@ -216,53 +225,106 @@ pub enum Buffered<B: Body> {
 /// Reads `body` until it ends or more than `limit` bytes have been read.
 ///
 /// A body whose size hint already says it is longer than `limit` is not read at all.
-/// Nothing is lost either way: see [`Buffered`].
-pub async fn buffer<B>(mut body: B, limit: usize) -> Buffered<B>
+/// Nothing is lost either way: see [`Buffered`]. A body whose frames are all ready
+/// (such as `Full`) is buffered in the first poll, without waiting.
+pub fn buffer<B>(body: B, limit: usize) -> BufferFuture<B>
 where
     B: Body + Unpin,
 {
-    if body.size_hint().lower() > limit as u64 {
-        return Buffered::TooLarge(PrefixedBody::new(body));
+    BufferFuture {
+        body: Some(body),
+        limit,
+        first: None,
+        more: None,
+        read: 0,
+        trailers: None,
     }
-    let mut first: Option<Bytes> = None;
-    let mut more: Option<BytesMut> = None;
-    let mut read = 0usize;
-    let mut trailers: Option<HeaderMap> = None;
-    while let Some(frame) = body.frame().await {
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(error) => return Buffered::Failed(PrefixedBody::failed(take(first, more), error)),
+}
+
+/// The future returned by [`buffer`].
+pub struct BufferFuture<B> {
+    body: Option<B>,
+    limit: usize,
+    first: Option<Bytes>,
+    more: Option<BytesMut>,
+    read: usize,
+    trailers: Option<Box<HeaderMap>>,
+}
+
+impl<B> fmt::Debug for BufferFuture<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BufferFuture")
+            .field("limit", &self.limit)
+            .field("read", &self.read)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Future for BufferFuture<B>
+where
+    B: Body + Unpin,
+{
+    type Output = Buffered<B>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Buffered<B>> {
+        let this = &mut *self;
+        let Some(body) = this.body.as_mut() else {
+            panic!("BufferFuture polled after completion");
         };
-        let frame = match frame.into_data() {
-            Ok(mut data) => {
-                let chunk = data.copy_to_bytes(data.remaining());
-                read = read.saturating_add(chunk.len());
-                match (&mut first, &mut more) {
-                    (None, _) => first = Some(chunk),
-                    (Some(first), None) => {
-                        let mut joined = BytesMut::with_capacity(first.len() + chunk.len());
-                        joined.extend_from_slice(first);
-                        joined.extend_from_slice(&chunk);
-                        more = Some(joined);
+        if this.read == 0 && this.first.is_none() && body.size_hint().lower() > this.limit as u64 {
+            let body = this.body.take().expect("checked above");
+            return Poll::Ready(Buffered::TooLarge(PrefixedBody::new(body)));
+        }
+        loop {
+            let body = this.body.as_mut().expect("present until ready");
+            let frame = match ready!(Pin::new(body).poll_frame(cx)) {
+                None => break,
+                Some(Ok(frame)) => frame,
+                Some(Err(error)) => {
+                    this.body = None;
+                    let prefix = take(this.first.take(), this.more.take());
+                    return Poll::Ready(Buffered::Failed(PrefixedBody::failed(prefix, error)));
+                }
+            };
+            let frame = match frame.into_data() {
+                Ok(mut data) => {
+                    let chunk = data.copy_to_bytes(data.remaining());
+                    this.read = this.read.saturating_add(chunk.len());
+                    match (&mut this.first, &mut this.more) {
+                        (None, _) => this.first = Some(chunk),
+                        (Some(first), None) => {
+                            let mut joined = BytesMut::with_capacity(first.len() + chunk.len());
+                            joined.extend_from_slice(first);
+                            joined.extend_from_slice(&chunk);
+                            this.more = Some(joined);
+                        }
+                        (Some(_), Some(joined)) => joined.extend_from_slice(&chunk),
                     }
-                    (Some(_), Some(joined)) => joined.extend_from_slice(&chunk),
+                    if this.read > this.limit {
+                        let body = this.body.take().expect("present until ready");
+                        let prefix = take(this.first.take(), this.more.take());
+                        return Poll::Ready(Buffered::TooLarge(PrefixedBody::prefixed(
+                            prefix, body,
+                        )));
+                    }
+                    continue;
                 }
-                if read > limit {
-                    let prefix = take(first, more);
-                    return Buffered::TooLarge(PrefixedBody::prefixed(prefix, body));
+                Err(frame) => frame,
+            };
+            if let Ok(t) = frame.into_trailers() {
+                match &mut this.trailers {
+                    Some(existing) => existing.extend(t),
+                    None => this.trailers = Some(Box::new(t)),
                 }
-                continue;
-            }
-            Err(frame) => frame,
-        };
-        if let Ok(t) = frame.into_trailers() {
-            match &mut trailers {
-                Some(existing) => existing.extend(t),
-                None => trailers = Some(t),
             }
         }
+        this.body = None;
+        let data = take(this.first.take(), this.more.take());
+        Poll::Ready(Buffered::Complete(ReplayBody {
+            data,
+            trailers: this.trailers.take(),
+        }))
     }
-    Buffered::Complete(ReplayBody::new(take(first, more), trailers))
 }
 
 fn take(first: Option<Bytes>, more: Option<BytesMut>) -> Bytes {

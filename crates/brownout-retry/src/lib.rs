@@ -38,8 +38,7 @@
 //!     .oneshot(Request::post("/v1/messages").body(Full::new(Bytes::from("{}")))?)
 //!     .await?;
 //! assert_eq!(response.status(), 200);
-//! let attempts = response.extensions().get::<brownout_core::meta::Attempts>();
-//! assert_eq!(attempts.map(|a| a.get()), Some(2));
+//! assert_eq!(brownout_core::meta::Attempts::of(response.extensions()), 2);
 //! # Ok(()) }
 //! ```
 //!
@@ -73,7 +72,8 @@
 //!   event says why it was not retried.
 //!
 //! The caller gets the last response (with the count of attempts in its
-//! [`Attempts`](brownout_core::meta::Attempts) extension) or the last error. Errors the
+//! [`Attempts`](brownout_core::meta::Attempts) extension when there was more than one;
+//! read it with [`Attempts::of`](brownout_core::meta::Attempts::of)) or the last error. Errors the
 //! layer makes itself ([`AttemptTimedOut`](brownout_core::error::AttemptTimedOut),
 //! [`DeadlineExceeded`](brownout_core::error::DeadlineExceeded)) come as a
 //! [`BoxError`](brownout_core::BoxError) to `downcast_ref`.

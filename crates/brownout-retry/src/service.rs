@@ -74,7 +74,7 @@ where
 {
     type Response = Response<PrefixedBody<ResBody>>;
     type Error = BoxError;
-    type Future = ResponseFuture<ResBody>;
+    type Future = ResponseFuture<S, ReqBody, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -85,6 +85,6 @@ where
         // stays behind for the next call, as tower's middleware do.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(crate::future::run(inner, self.config.clone(), request))
+        ResponseFuture::new(inner, self.config.clone(), request)
     }
 }

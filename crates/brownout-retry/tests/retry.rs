@@ -151,11 +151,7 @@ async fn call(config: RetryConfig, upstream: &Upstream, body: &'static str) -> R
 }
 
 fn attempts(reply: &Reply) -> Option<u32> {
-    reply
-        .as_ref()
-        .ok()
-        .and_then(|r| r.extensions().get::<Attempts>())
-        .map(|a| a.get())
+    reply.as_ref().ok().map(|r| Attempts::of(r.extensions()))
 }
 
 fn recorder() -> (
@@ -425,6 +421,22 @@ async fn the_deadline_is_never_exceeded() {
         error.to_string(),
         "deadline of 2s exceeded after 2 attempts"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_attempt_that_hangs_is_cut_at_the_deadline() {
+    let upstream = Upstream::new([Step::Hang]);
+    let start = Instant::now();
+    let config = config()
+        .deadline(Duration::from_secs(3))
+        .attempt_timeout(Duration::from_secs(10));
+    let error = call(config, &upstream, "{}").await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    assert_eq!(
+        error.downcast_ref::<DeadlineExceeded>().unwrap().attempts(),
+        1
+    );
+    assert_eq!(upstream.attempts(), 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -82,7 +82,7 @@ use std::{error::Error as StdError, fmt, sync::Arc, time::Duration, time::System
 use http::{HeaderMap, StatusCode};
 
 pub use self::headers::{parse_go_duration, parse_retry_after};
-pub use self::read::{classify_response, classify_result, DEFAULT_ERROR_BODY_LIMIT};
+pub use self::read::{classify_head, classify_response, classify_result, DEFAULT_ERROR_BODY_LIMIT};
 
 /// What happened to one request, in the terms every brownout layer uses.
 ///

@@ -31,19 +31,13 @@ where
     C: Classify + ?Sized,
     B: Body + Unpin,
 {
-    let status = response.status();
-    let read_body = (status.is_client_error() || status.is_server_error())
-        && classifier.wants_body(status, response.headers());
-    if !read_body {
-        let outcome = classifier.classify(Observed::Response {
-            status,
-            headers: response.headers(),
-            body: None,
-        });
+    if let Some(outcome) = classify_head(classifier, &response) {
         return (response.map(PrefixedBody::new), outcome);
     }
+    let status = response.status();
     let (parts, body) = response.into_parts();
-    let body = match buffer(body, limit).await {
+    // Boxed: only error responses get here, and the success path's futures stay small.
+    let body = match Box::pin(buffer(body, limit)).await {
         Buffered::Complete(replay) => {
             PrefixedBody::complete(replay.data().clone(), replay.trailers().cloned())
         }
@@ -56,6 +50,27 @@ where
         body: Some(&prefix[..prefix.len().min(limit)]),
     });
     (Response::from_parts(parts, body), outcome)
+}
+
+/// Classifies a response from its head alone, or returns `None` when the classifier
+/// wants to read the start of its body first (then use [`classify_response`]).
+///
+/// Lets a layer decide without awaiting anything on the success path.
+pub fn classify_head<C, B>(classifier: &C, response: &Response<B>) -> Option<Outcome>
+where
+    C: Classify + ?Sized,
+{
+    let status = response.status();
+    let read_body = (status.is_client_error() || status.is_server_error())
+        && classifier.wants_body(status, response.headers());
+    if read_body {
+        return None;
+    }
+    Some(classifier.classify(Observed::Response {
+        status,
+        headers: response.headers(),
+        body: None,
+    }))
 }
 
 /// Classifies a service's result: [`classify_response`] for a response, the error's
