@@ -1,0 +1,1 @@
+//! brownout-breaker: work in progress.

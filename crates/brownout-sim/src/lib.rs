@@ -1,0 +1,1 @@
+//! brownout-sim: work in progress.
