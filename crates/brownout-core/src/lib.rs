@@ -10,6 +10,7 @@
 //!   byte.
 //! - [`meta`]: what layers record in a response's extensions.
 //! - [`event`]: every decision as a `tracing` event and for a [`Listener`](event::Listener).
+//! - [`json`]: the top-level `model` of a request body, found without a full parse.
 //! - [`rng`]: injectable randomness; time comes only from `tokio::time`, so tests can
 //!   pause it.
 //! - [`error`]: the errors layers create themselves.
@@ -41,6 +42,7 @@ pub mod body;
 pub mod classify;
 pub mod error;
 pub mod event;
+pub mod json;
 pub mod meta;
 pub mod rng;
 

@@ -1,0 +1,266 @@
+//! Finding the top-level `model` of a JSON request body without parsing all of it.
+//!
+//! Breakers key on the model and fallback rewrites it, on every request. A full
+//! `serde_json` parse of a chat request costs time in proportion to the whole body
+//! (conversations and inline images run to hundreds of kilobytes), while `model`
+//! usually comes first. [`find_top_level`] scans only as far as the key, skipping
+//! nested values by their brackets and strings, and reports the exact byte range of
+//! the value, so that a rewrite can replace those bytes and keep every other byte.
+//!
+//! The scan checks the JSON it passes over; what lies after the value is not looked
+//! at. Anything it cannot understand yields `None`, never a panic.
+
+use std::ops::Range;
+
+/// A top-level string member of a JSON object, found by [`find_top_level`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The decoded string value.
+    pub value: String,
+    /// The byte range of the value in the body, quotes included.
+    pub span: Range<usize>,
+}
+
+/// Finds the first member named `key` at the top level of the JSON object in `body`.
+///
+/// Returns `None` when the body is not a JSON object, has no such member before a
+/// malformed spot, or the first such member's value is not a string.
+///
+/// ```
+/// use brownout_core::json::find_top_level;
+///
+/// let body = br#"{"messages":[{"role":"user","content":"the \"model\": x"}], "model" : "claude-haiku-4-5"}"#;
+/// let model = find_top_level(body, "model").unwrap();
+/// assert_eq!(model.value, "claude-haiku-4-5");
+/// assert_eq!(&body[model.span], br#""claude-haiku-4-5""#);
+///
+/// assert_eq!(find_top_level(br#"{"metadata":{"model":"nested"}}"#, "model"), None);
+/// assert_eq!(find_top_level(b"not json", "model"), None);
+/// ```
+pub fn find_top_level(body: &[u8], key: &str) -> Option<Member> {
+    let mut s = Scanner { bytes: body, pos: 0 };
+    s.skip_ws();
+    s.expect(b'{')?;
+    s.skip_ws();
+    if s.peek()? == b'}' {
+        return None;
+    }
+    loop {
+        s.skip_ws();
+        let key_span = s.string()?;
+        s.skip_ws();
+        s.expect(b':')?;
+        s.skip_ws();
+        if key_matches(&body[key_span], key) {
+            if s.peek()? != b'"' {
+                return None;
+            }
+            let span = s.string()?;
+            let value = decode_string(&body[span.clone()])?;
+            return Some(Member { value, span });
+        }
+        s.value()?;
+        s.skip_ws();
+        match s.next()? {
+            b',' => continue,
+            _ => return None,
+        }
+    }
+}
+
+fn key_matches(raw: &[u8], key: &str) -> bool {
+    if !raw.contains(&b'\\') {
+        return raw.len() == key.len() + 2 && &raw[1..raw.len() - 1] == key.as_bytes();
+    }
+    decode_string(raw).is_some_and(|k| k == key)
+}
+
+fn decode_string(raw: &[u8]) -> Option<String> {
+    if !raw.contains(&b'\\') {
+        return std::str::from_utf8(&raw[1..raw.len() - 1])
+            .ok()
+            .map(str::to_owned);
+    }
+    serde_json::from_slice(raw).ok()
+}
+
+struct Scanner<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Scanner<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let b = self.peek()?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    fn expect(&mut self, want: u8) -> Option<()> {
+        (self.next()? == want).then_some(())
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    /// A string, quotes included; escapes are skipped, not decoded.
+    fn string(&mut self) -> Option<Range<usize>> {
+        let start = self.pos;
+        self.expect(b'"')?;
+        loop {
+            let rest = &self.bytes[self.pos..];
+            let i = rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+            self.pos += i;
+            match self.next()? {
+                b'"' => return Some(start..self.pos),
+                b'\\' => {
+                    self.next()?;
+                }
+                _ => return None, // a raw control character
+            }
+        }
+    }
+
+    /// Any value, skipped.
+    fn value(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b'{' | b'[' => self.nested(),
+            _ => {
+                // A number, true, false or null: up to the next delimiter.
+                let start = self.pos;
+                while let Some(b) = self.peek() {
+                    if matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                        break;
+                    }
+                    self.pos += 1;
+                }
+                let token = &self.bytes[start..self.pos];
+                let valid = matches!(token, b"true" | b"false" | b"null")
+                    || (!token.is_empty()
+                        && token
+                            .iter()
+                            .all(|b| b.is_ascii_digit() || b"+-.eE".contains(b)));
+                valid.then_some(())
+            }
+        }
+    }
+
+    /// An object or array, skipped by counting brackets outside strings.
+    fn nested(&mut self) -> Option<()> {
+        let mut depth = 0usize;
+        loop {
+            match self.peek()? {
+                b'"' => {
+                    self.string()?;
+                    continue;
+                }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        self.pos += 1;
+                        return Some(());
+                    }
+                }
+                _ => {}
+            }
+            self.pos += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{json, Map, Value};
+
+    #[test]
+    fn finds_model_anywhere_at_the_top_level() {
+        let cases: &[(&[u8], Option<&str>)] = &[
+            (br#"{"model":"a"}"#, Some("a")),
+            (br#"  {  "model"  :  "a b" , "x": 1 }"#, Some("a b")),
+            (br#"{"x":[1,{"model":"no"}],"model":"yes"}"#, Some("yes")),
+            (br#"{"x":"}{][\"","model":"yes"}"#, Some("yes")),
+            (br#"{"mod\u0065l":"escaped-key"}"#, Some("escaped-key")),
+            (br#"{"model":"caf\u00e9"}"#, Some("café")),
+            (br#"{"model":42}"#, None),
+            (br#"{"model":null,"model":"second"}"#, None),
+            (br#"{"models":"a"}"#, None),
+            (br#"{}"#, None),
+            (br#"[{"model":"a"}]"#, None),
+            (br#"{"x":tru,"model":"a"}"#, None),
+            (br#"{"x" 1,"model":"a"}"#, None),
+            (br#"{"model":"unterminated}"#, None),
+            (b"", None),
+            (b"\xff\xfe", None),
+            (br#"{"model":"ok"} trailing garbage"#, Some("ok")),
+        ];
+        for (body, want) in cases {
+            let got = find_top_level(body, "model").map(|m| m.value);
+            assert_eq!(got.as_deref(), *want, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    fn leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            (-1e9f64..1e9).prop_map(|f| json!(f)),
+            "\\PC{0,12}".prop_map(Value::String),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        leaf().prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("\\PC{0,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_serde_json(
+            before in prop::collection::vec(("[a-z]{1,6}", value()), 0..4),
+            model in "\\PC{0,16}",
+            after in prop::collection::vec(("[a-z]{1,6}", value()), 0..4),
+            pretty in any::<bool>(),
+        ) {
+            let mut map = Map::new();
+            for (k, v) in before {
+                if k != "model" { map.insert(k, v); }
+            }
+            map.insert("model".into(), Value::String(model.clone()));
+            for (k, v) in after {
+                if k != "model" { map.insert(k, v); }
+            }
+            let value = Value::Object(map);
+            let body = if pretty {
+                serde_json::to_vec_pretty(&value).unwrap()
+            } else {
+                serde_json::to_vec(&value).unwrap()
+            };
+            let found = find_top_level(&body, "model").expect("model is found");
+            prop_assert_eq!(&found.value, &model);
+            let raw: String = serde_json::from_slice(&body[found.span.clone()]).unwrap();
+            prop_assert_eq!(raw, model);
+        }
+
+        #[test]
+        fn never_panics_on_arbitrary_bytes(body in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = find_top_level(&body, "model");
+        }
+    }
+}
