@@ -100,3 +100,46 @@ impl std::error::Error for BodyError {
         Some(&*self.source)
     }
 }
+
+/// A circuit breaker is open for this request's key: the request was not sent.
+///
+/// Returned by the circuit breaker layer (which re-exports it); the default classifier
+/// reads it as [`Rejected`](crate::OutcomeKind::Rejected), with [`retry_after`](Self::retry_after)
+/// as the server-given delay, so that a retry layer outside waits for the breaker and
+/// a fallback moves on to its next target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CircuitOpen {
+    key: std::sync::Arc<str>,
+    retry_after: Option<Duration>,
+}
+
+impl CircuitOpen {
+    /// The breaker of `key` refused the request; it admits requests again after
+    /// `retry_after`, when that is known.
+    pub fn new(key: std::sync::Arc<str>, retry_after: Option<Duration>) -> Self {
+        CircuitOpen { key, retry_after }
+    }
+
+    /// The breaker's key (a model name, a host…).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// How long until the breaker admits a probe again: `None` while it is half-open
+    /// with its probes busy, or forced open.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+impl fmt::Display for CircuitOpen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "circuit open for {}", self.key)?;
+        match self.retry_after {
+            Some(d) => write!(f, "; retry after {:.3}s", d.as_secs_f64()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for CircuitOpen {}

@@ -10,11 +10,12 @@
 //! |---|---|
 //! | `layer` | the layer that decided (`"retry"`) |
 //! | `event` | what it decided ([`EventKind::name`]) |
-//! | `method`, `path` | the request; never its query, headers or body |
+//! | `method`, `path` | the request, when there is one; never its query, headers or body |
 //! | `attempt` | the attempt the decision is about, from 1 |
 //! | `outcome`, `status`, `error_type` | the [`Outcome`] that led to it |
 //! | `delay_ms` | how long the layer waits before it acts |
-//! | `reason` | why a layer stopped ([`GiveUpReason`], [`NotReplayable`]) |
+//! | `reason` | why a layer stopped or a breaker changed state ([`GiveUpReason`], [`NotReplayable`], [`TransitionReason`]) |
+//! | `key`, `from`, `to` | a circuit breaker's key and states ([`CircuitState`]) |
 //!
 //! Events never carry credentials: no header of the request is recorded, and the path
 //! is recorded without its query string, where some APIs take keys.
@@ -31,10 +32,10 @@ use crate::classify::Outcome;
 pub struct Event {
     /// The layer that decided (`"retry"`).
     pub layer: &'static str,
-    /// The request's method.
-    pub method: Method,
-    /// The request's path, without its query.
-    pub path: Box<str>,
+    /// The request's method, when the decision is about a request.
+    pub method: Option<Method>,
+    /// The request's path, without its query, when the decision is about a request.
+    pub path: Option<Box<str>>,
     /// What was decided.
     pub kind: EventKind,
 }
@@ -45,8 +46,19 @@ impl Event {
     pub fn new(layer: &'static str, method: &Method, uri: &http::Uri, kind: EventKind) -> Self {
         Event {
             layer,
-            method: method.clone(),
-            path: uri.path().into(),
+            method: Some(method.clone()),
+            path: Some(uri.path().into()),
+            kind,
+        }
+    }
+
+    /// An event of `layer` that is not about one request (an operator forced a
+    /// breaker open, say).
+    pub fn detached(layer: &'static str, kind: EventKind) -> Self {
+        Event {
+            layer,
+            method: None,
+            path: None,
             kind,
         }
     }
@@ -86,6 +98,24 @@ pub enum EventKind {
         /// Why.
         reason: NotReplayable,
     },
+    /// A circuit breaker changed state.
+    CircuitStateChanged {
+        /// The breaker's key (a model name, a host…).
+        key: Arc<str>,
+        /// The state it left.
+        from: CircuitState,
+        /// The state it entered.
+        to: CircuitState,
+        /// Why.
+        reason: TransitionReason,
+    },
+    /// A circuit breaker refused a request without sending it.
+    CircuitRejected {
+        /// The breaker's key.
+        key: Arc<str>,
+        /// When it admits a request again, if known.
+        retry_after: Option<Duration>,
+    },
 }
 
 impl EventKind {
@@ -96,6 +126,99 @@ impl EventKind {
             EventKind::Retrying { .. } => "retrying",
             EventKind::GaveUp { .. } => "gave_up",
             EventKind::NotReplayable { .. } => "not_replayable",
+            EventKind::CircuitStateChanged { .. } => "circuit_state_changed",
+            EventKind::CircuitRejected { .. } => "circuit_rejected",
+        }
+    }
+}
+
+/// The state of a circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CircuitState {
+    /// Requests pass; outcomes are counted.
+    Closed,
+    /// Requests are refused until the open time has passed.
+    Open,
+    /// A few probe requests pass; their outcomes close or re-open the breaker.
+    HalfOpen,
+    /// Refused until an operator resets it.
+    ForcedOpen,
+    /// Everything passes and nothing is counted, until an operator resets it.
+    ForcedClosed,
+}
+
+impl CircuitState {
+    /// A short lowercase name, as logged (`"half_open"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::Open => "open",
+            CircuitState::HalfOpen => "half_open",
+            CircuitState::ForcedOpen => "forced_open",
+            CircuitState::ForcedClosed => "forced_closed",
+        }
+    }
+}
+
+impl fmt::Display for CircuitState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a circuit breaker changed state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransitionReason {
+    /// This many failures in a row.
+    ConsecutiveFailures(u32),
+    /// The failure rate over the window reached the threshold.
+    FailureRate {
+        /// Failures in the window.
+        failures: u32,
+        /// Calls in the window.
+        calls: u32,
+    },
+    /// The open time passed; probes may go.
+    OpenElapsed,
+    /// The configured number of probes succeeded.
+    ProbesSucceeded,
+    /// A probe failed.
+    ProbeFailed,
+    /// An operator forced the state through the handle.
+    Forced,
+    /// An operator reset the breaker through the handle.
+    Reset,
+}
+
+impl TransitionReason {
+    /// A short lowercase name, as logged in the `reason` field.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TransitionReason::ConsecutiveFailures(_) => "consecutive_failures",
+            TransitionReason::FailureRate { .. } => "failure_rate",
+            TransitionReason::OpenElapsed => "open_elapsed",
+            TransitionReason::ProbesSucceeded => "probes_succeeded",
+            TransitionReason::ProbeFailed => "probe_failed",
+            TransitionReason::Forced => "forced",
+            TransitionReason::Reset => "reset",
+        }
+    }
+}
+
+impl fmt::Display for TransitionReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransitionReason::ConsecutiveFailures(n) => write!(f, "{n} failures in a row"),
+            TransitionReason::FailureRate { failures, calls } => {
+                write!(f, "{failures} of the last {calls} calls failed")
+            }
+            TransitionReason::OpenElapsed => f.write_str("the open time passed"),
+            TransitionReason::ProbesSucceeded => f.write_str("the probes succeeded"),
+            TransitionReason::ProbeFailed => f.write_str("a probe failed"),
+            TransitionReason::Forced => f.write_str("forced through the handle"),
+            TransitionReason::Reset => f.write_str("reset through the handle"),
         }
     }
 }
@@ -246,8 +369,8 @@ impl fmt::Debug for Events {
 fn log(event: &Event) {
     let layer = event.layer;
     let name = event.kind.name();
-    let method = event.method.as_str();
-    let path = &*event.path;
+    let method = event.method.as_ref().map(Method::as_str);
+    let path = event.path.as_deref();
     match &event.kind {
         EventKind::AttemptFailed { attempt, outcome } => tracing::debug!(
             layer,
@@ -278,6 +401,22 @@ fn log(event: &Event) {
         ),
         EventKind::GaveUp {
             attempts,
+            reason: reason @ GiveUpReason::NotRetryable,
+            outcome,
+        } => tracing::debug!(
+            layer,
+            event = name,
+            method,
+            path,
+            attempt = attempts,
+            reason = reason.as_str(),
+            outcome = outcome.kind().as_str(),
+            status = outcome.status().map(|s| s.as_u16()),
+            error_type = outcome.error_type(),
+            "not retrying: {reason}"
+        ),
+        EventKind::GaveUp {
+            attempts,
             reason,
             outcome,
         } => tracing::info!(
@@ -299,6 +438,30 @@ fn log(event: &Event) {
             path,
             reason = reason.as_str(),
             "request sent once: {reason}"
+        ),
+        EventKind::CircuitStateChanged {
+            key,
+            from,
+            to,
+            reason,
+        } => {
+            let key = &**key;
+            let (from, to_name) = (from.as_str(), to.as_str());
+            let reason_name = reason.as_str();
+            if matches!(to, CircuitState::Open | CircuitState::ForcedOpen) {
+                tracing::warn!(layer, event = name, key, from, to = to_name, reason = reason_name, "circuit {key} {to}: {reason}");
+            } else {
+                tracing::info!(layer, event = name, key, from, to = to_name, reason = reason_name, "circuit {key} {to}: {reason}");
+            }
+        }
+        EventKind::CircuitRejected { key, retry_after } => tracing::debug!(
+            layer,
+            event = name,
+            method,
+            path,
+            key = &**key,
+            delay_ms = retry_after.map(|d| d.as_millis() as u64),
+            "circuit {key} open: request refused"
         ),
     }
 }

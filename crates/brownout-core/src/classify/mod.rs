@@ -37,6 +37,9 @@
 //!   the limits that were hit, and the latest of them is used; when no remaining count
 //!   says which limit was hit, the earliest reset is used, since waiting longer than
 //!   needed is what the backoff is there to avoid. Malformed values are ignored.
+//! - brownout's own [`CircuitOpen`](crate::error::CircuitOpen) is
+//!   [`Rejected`](OutcomeKind::Rejected), with the breaker's reopening time as the
+//!   server-given delay.
 //! - Transport errors: an [`io::Error`](std::io::Error) of kind `TimedOut`, tokio's and
 //!   tower's `Elapsed`, and brownout's own [`AttemptTimedOut`](crate::error::AttemptTimedOut)
 //!   and [`DeadlineExceeded`](crate::error::DeadlineExceeded) anywhere in the error's
@@ -106,6 +109,10 @@ pub enum OutcomeKind {
     /// The request did not get an HTTP answer: refused, reset, or another transport
     /// error.
     ConnectionFailed,
+    /// A brownout layer refused to send the request (a circuit breaker is open). The
+    /// upstream was not asked, so this says nothing new about its health; the request
+    /// may pass later, or at another target.
+    Rejected,
 }
 
 impl OutcomeKind {
@@ -116,8 +123,13 @@ impl OutcomeKind {
 
     /// Whether this kind says something bad about the upstream's health, so that a
     /// circuit breaker counts it. Successes and client errors do not.
+    /// Rejections by a brownout layer are not counted either: the upstream was not
+    /// asked.
     pub fn is_upstream_failure(self) -> bool {
-        self.is_transient()
+        !matches!(
+            self,
+            OutcomeKind::Success | OutcomeKind::ClientError | OutcomeKind::Rejected
+        )
     }
 
     /// A short lowercase name, as used in events and logs (`"overloaded"`).
@@ -130,6 +142,7 @@ impl OutcomeKind {
             OutcomeKind::ServerError => "server_error",
             OutcomeKind::Timeout => "timeout",
             OutcomeKind::ConnectionFailed => "connection_failed",
+            OutcomeKind::Rejected => "rejected",
         }
     }
 }
@@ -407,6 +420,9 @@ impl Classify for DefaultClassifier {
 fn classify_error(error: &(dyn StdError + 'static)) -> Outcome {
     let mut current = Some(error);
     while let Some(e) = current {
+        if let Some(open) = e.downcast_ref::<crate::error::CircuitOpen>() {
+            return Outcome::new(OutcomeKind::Rejected).with_server_delay(open.retry_after());
+        }
         if is_timeout(e) {
             return Outcome::new(OutcomeKind::Timeout);
         }
