@@ -1,1 +1,102 @@
-//! brownout-breaker: work in progress.
+//! Circuit breakers for tower HTTP clients, one per model or host: fail fast while an
+//! upstream is down, and let a few probes find out when it is back.
+//!
+//! ```
+//! use std::time::Duration;
+//! use brownout_breaker::{BreakerConfig, CircuitBreakerLayer, CircuitOpen, FailurePolicy, OpenDuration};
+//! use brownout_core::body::PrefixedBody;
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::Full;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! // An upstream whose every answer is an overload.
+//! let upstream = service_fn(|_: Request<PrefixedBody<Full<Bytes>>>| async {
+//!     Response::builder().status(529).body(Full::new(Bytes::new()))
+//! });
+//! let breakers = CircuitBreakerLayer::new(
+//!     BreakerConfig::new()
+//!         .policy(FailurePolicy::consecutive(3)?)
+//!         .open_duration(OpenDuration::Fixed(Duration::from_secs(20))),
+//! );
+//! let handle = breakers.handle();
+//! let client = ServiceBuilder::new().layer(breakers).service(upstream);
+//!
+//! let request = || {
+//!     Request::post("https://api.anthropic.com/v1/messages")
+//!         .body(Full::new(Bytes::from(r#"{"model":"claude-opus-4-1","max_tokens":64}"#)))
+//! };
+//! for _ in 0..3 {
+//!     assert_eq!(client.clone().oneshot(request()?).await?.status(), 529);
+//! }
+//! // The fourth request is refused at once, and says why.
+//! let error = client.clone().oneshot(request()?).await.unwrap_err();
+//! let open = error.downcast_ref::<CircuitOpen>().unwrap();
+//! assert_eq!(open.key(), "claude-opus-4-1");
+//! assert_eq!(open.retry_after(), Some(Duration::from_secs(20)));
+//! assert!(!brownout_core::health::Health::is_available(&handle, "claude-opus-4-1"));
+//! # Ok(()) }
+//! ```
+//!
+//! # States
+//!
+//! A breaker is **closed** (requests pass, outcomes are counted) until its
+//! [`FailurePolicy`] trips it: so many failures in a row, or a failure rate over a
+//! window of the last N calls or of the last stretch of time, once the window holds a
+//! minimum number of calls. It is then **open**: requests fail at once, without
+//! reaching the inner service, for the [`OpenDuration`] — fixed, or growing with
+//! jitter on repeated trips — and never less than the delay a failing response asked
+//! for (`retry-after`, `retry-after-ms`, rate-limit reset headers), up to
+//! [`max_server_delay`](BreakerConfig::max_server_delay). Then it is **half-open**: a
+//! configured number of probes may be in flight at once, the rest are refused; enough
+//! successful probes close it, one failed probe opens it again.
+//!
+//! # What counts
+//!
+//! brownout-core's classification decides: rate limits, overloads, server errors,
+//! timeouts and connection failures count as failures; client errors (400, 401, 403,
+//! 404, 413, an exhausted quota) and refusals by another breaker are not counted at
+//! all, since they say nothing about the upstream's health. With
+//! [`slow_call`](BreakerConfig::slow_call), a call slower than the threshold is a
+//! failure whatever it returned. Change the rules with
+//! [`failure_when`](BreakerConfig::failure_when) or
+//! [`classifier`](BreakerConfig::classifier).
+//!
+//! # Keys
+//!
+//! One breaker per key, so that one model's outage never blocks another. By default the
+//! key is the top-level `model` of a JSON body (found by a scan that stops at the
+//! member), else the host. The keys are bounded: see [`LocalStore`].
+//!
+//! # When it refuses
+//!
+//! With a [`CircuitOpen`] error (`downcast_ref` it from the `BoxError`) naming the key
+//! and when to retry, or, with [`OnOpen::Respond`], a `503` with `retry-after`. Either
+//! way a [`CircuitRejected`](brownout_core::event::EventKind::CircuitRejected) event is
+//! emitted, and every state change is a
+//! [`CircuitStateChanged`](brownout_core::event::EventKind::CircuitStateChanged) event
+//! with key, from, to and why.
+//!
+//! # Where it goes in a stack
+//!
+//! Outside the retry layer: the breaker then counts a whole retried call once, and a
+//! retry never hammers an open circuit. Inside a fallback, which asks the
+//! [`BreakerHandle`] (a [`Health`](brownout_core::health::Health) view) which targets
+//! to skip.
+
+mod config;
+mod handle;
+mod layer;
+mod service;
+mod state;
+mod store;
+
+pub use brownout_core::error::CircuitOpen;
+pub use config::{BreakerConfig, FailurePolicy, InvalidConfig, OnOpen, OpenDuration, Window};
+pub use handle::BreakerHandle;
+pub use layer::CircuitBreakerLayer;
+pub use service::{CircuitBreaker, ResponseFuture};
+pub use state::{Admission, Force, Permit, Snapshot, Transition, Verdict};
+pub use store::{BreakerEntry, BreakerStore, LocalStore};

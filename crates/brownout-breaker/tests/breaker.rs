@@ -1,0 +1,667 @@
+//! Behaviour of the circuit breaker layer, in paused tokio time.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use brownout_breaker::{
+    BreakerConfig, BreakerHandle, CircuitBreaker, CircuitBreakerLayer, CircuitOpen, FailurePolicy,
+    OnOpen, OpenDuration, Window,
+};
+use brownout_core::{
+    body::PrefixedBody,
+    event::{CircuitState, Event, EventKind, TransitionReason},
+    health::Health,
+    BoxError,
+};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use tokio::sync::Semaphore;
+use tower::{Service, ServiceExt};
+
+/// One scripted answer.
+#[derive(Clone, Debug)]
+enum Step {
+    Status(u16),
+    /// A status with a `retry-after` of this many seconds.
+    RetryAfter(u16, u64),
+    /// Answer 200 after this long.
+    Slow(Duration),
+    /// Wait until the test releases the gate, then answer 200.
+    Gate,
+}
+
+/// An upstream that answers each model from its own script (then 200) and counts
+/// the requests each model received.
+#[derive(Clone)]
+struct Upstream {
+    scripts: Arc<Mutex<HashMap<String, VecDeque<Step>>>>,
+    calls: Arc<Mutex<HashMap<String, usize>>>,
+    gate: Arc<Semaphore>,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream {
+            scripts: Arc::default(),
+            calls: Arc::default(),
+            gate: Arc::new(Semaphore::new(0)),
+        }
+    }
+}
+
+impl Upstream {
+    fn script(&self, model: &str, steps: impl IntoIterator<Item = Step>) {
+        self.scripts
+            .lock()
+            .unwrap()
+            .entry(model.into())
+            .or_default()
+            .extend(steps);
+    }
+
+    fn calls(&self, model: &str) -> usize {
+        self.calls.lock().unwrap().get(model).copied().unwrap_or(0)
+    }
+}
+
+impl Service<Request<PrefixedBody<Full<Bytes>>>> for Upstream {
+    type Response = Response<Full<Bytes>>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<PrefixedBody<Full<Bytes>>>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let body = request.into_body().collect().await?.to_bytes();
+            let json: serde_json::Value = serde_json::from_slice(&body)?;
+            let model = json["model"].as_str().unwrap_or("none").to_owned();
+            *this.calls.lock().unwrap().entry(model.clone()).or_default() += 1;
+            let step = this
+                .scripts
+                .lock()
+                .unwrap()
+                .get_mut(&model)
+                .and_then(VecDeque::pop_front)
+                .unwrap_or(Step::Status(200));
+            let mut response = Response::builder();
+            let status = match step {
+                Step::Status(s) => s,
+                Step::RetryAfter(s, secs) => {
+                    response = response.header("retry-after", secs.to_string());
+                    s
+                }
+                Step::Slow(d) => {
+                    tokio::time::sleep(d).await;
+                    200
+                }
+                Step::Gate => {
+                    this.gate.acquire().await?.forget();
+                    200
+                }
+            };
+            Ok(response
+                .status(status)
+                .body(Full::new(Bytes::from_static(b"{}")))?)
+        })
+    }
+}
+
+fn request(model: &str) -> Request<Full<Bytes>> {
+    let body = format!(r#"{{"model":"{model}","max_tokens":16,"messages":[]}}"#);
+    Request::post("https://api.anthropic.com/v1/messages")
+        .header("x-api-key", "sk-secret")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+type Client = CircuitBreaker<Upstream>;
+
+fn breaker(config: BreakerConfig) -> (Client, Upstream, BreakerHandle) {
+    let upstream = Upstream::default();
+    let service = CircuitBreaker::new(upstream.clone(), config.seed(5));
+    let handle = service.handle();
+    (service, upstream, handle)
+}
+
+async fn send(client: &Client, model: &str) -> Result<u16, BoxError> {
+    let response = client.clone().oneshot(request(model)).await?;
+    Ok(response.status().as_u16())
+}
+
+fn open_error(result: Result<u16, BoxError>) -> CircuitOpen {
+    let error = result.expect_err("refused");
+    error
+        .downcast_ref::<CircuitOpen>()
+        .expect("a CircuitOpen error")
+        .clone()
+}
+
+fn state(handle: &BreakerHandle, key: &str) -> CircuitState {
+    handle.state(key).expect("tracked").state
+}
+
+fn recorder() -> (
+    Arc<Mutex<Vec<Event>>>,
+    impl Fn(&Event) + Send + Sync + 'static,
+) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    (events, move |e: &Event| {
+        sink.lock().unwrap().push(e.clone())
+    })
+}
+
+fn transitions(events: &Mutex<Vec<Event>>) -> Vec<(CircuitState, CircuitState, TransitionReason)> {
+    events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::CircuitStateChanged {
+                from, to, reason, ..
+            } => Some((*from, *to, *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+const M: &str = "claude-sonnet-4-5";
+const SECOND: Duration = Duration::from_secs(1);
+
+fn consecutive(n: u32) -> BreakerConfig {
+    BreakerConfig::new()
+        .policy(FailurePolicy::consecutive(n).unwrap())
+        .open_duration(OpenDuration::Fixed(10 * SECOND))
+}
+
+#[tokio::test(start_paused = true)]
+async fn consecutive_failures_walk_every_transition() {
+    let (events, listener) = recorder();
+    let (client, upstream, handle) = breaker(consecutive(3).listener(listener));
+    // Two failures, a success: the streak starts again.
+    upstream.script(M, [Step::Status(529), Step::Status(503), Step::Status(200)]);
+    for _ in 0..3 {
+        send(&client, M).await.unwrap();
+    }
+    assert_eq!(state(&handle, M), CircuitState::Closed);
+    // Three in a row: open.
+    upstream.script(M, [Step::Status(529), Step::Status(500), Step::Status(502)]);
+    for _ in 0..3 {
+        send(&client, M).await.unwrap();
+    }
+    assert_eq!(state(&handle, M), CircuitState::Open);
+    let calls = upstream.calls(M);
+    let open = open_error(send(&client, M).await);
+    assert_eq!(open.retry_after(), Some(10 * SECOND));
+    assert_eq!(upstream.calls(M), calls, "refused without a call upstream");
+
+    // After the open time, one probe; it fails: open again.
+    tokio::time::advance(10 * SECOND).await;
+    upstream.script(M, [Step::Status(529)]);
+    assert_eq!(send(&client, M).await.unwrap(), 529);
+    assert_eq!(state(&handle, M), CircuitState::Open);
+    // After the next open time, the probe succeeds: closed.
+    tokio::time::advance(10 * SECOND).await;
+    assert_eq!(send(&client, M).await.unwrap(), 200);
+    assert_eq!(state(&handle, M), CircuitState::Closed);
+
+    use CircuitState::*;
+    assert_eq!(
+        transitions(&events),
+        [
+            (Closed, Open, TransitionReason::ConsecutiveFailures(3)),
+            (Open, HalfOpen, TransitionReason::OpenElapsed),
+            (HalfOpen, Open, TransitionReason::ProbeFailed),
+            (Open, HalfOpen, TransitionReason::OpenElapsed),
+            (HalfOpen, Closed, TransitionReason::ProbesSucceeded),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_errors_never_trip_and_never_count() {
+    let (client, upstream, handle) = breaker(consecutive(2));
+    upstream.script(M, [400, 401, 403, 404, 413, 422].map(Step::Status));
+    upstream.script(M, [Step::Status(529)]);
+    for _ in 0..7 {
+        send(&client, M).await.unwrap();
+    }
+    let snapshot = handle.state(M).unwrap();
+    assert_eq!(snapshot.state, CircuitState::Closed);
+    assert_eq!(snapshot.failures, 1, "only the 529 counts");
+    assert_eq!(
+        snapshot.total_calls, 1,
+        "client errors are not counted at all"
+    );
+}
+
+fn rate(threshold: f64, window: u32, minimum: u32) -> BreakerConfig {
+    BreakerConfig::new()
+        .policy(FailurePolicy::failure_rate(threshold, Window::Count(window), minimum).unwrap())
+        .open_duration(OpenDuration::Fixed(10 * SECOND))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_rate_needs_the_minimum_number_of_calls() {
+    // 100 % failures, but the window must hold 4 calls first.
+    let (client, upstream, handle) = breaker(rate(0.5, 10, 4));
+    upstream.script(M, vec![Step::Status(503); 4]);
+    for _ in 0..3 {
+        send(&client, M).await.unwrap();
+    }
+    let s = handle.state(M).unwrap();
+    assert_eq!((s.state, s.failures, s.calls), (CircuitState::Closed, 3, 3));
+    send(&client, M).await.unwrap();
+    assert_eq!(
+        state(&handle, M),
+        CircuitState::Open,
+        "exactly the minimum trips"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_rate_trips_exactly_at_the_threshold() {
+    // 3 of 6 is 50 %: trips. 2 of 6 would not.
+    let (client, upstream, handle) = breaker(rate(0.5, 6, 6));
+    upstream.script(M, [200, 200, 200, 503, 503].map(Step::Status));
+    for _ in 0..5 {
+        send(&client, M).await.unwrap();
+    }
+    assert_eq!(
+        state(&handle, M),
+        CircuitState::Closed,
+        "5 calls are below the minimum"
+    );
+    upstream.script(M, [Step::Status(503)]);
+    send(&client, M).await.unwrap();
+    let s = handle.state(M).unwrap();
+    assert_eq!(s.state, CircuitState::Open);
+
+    let (client, upstream, handle) = breaker(rate(0.5, 6, 6));
+    upstream.script(M, [200, 200, 200, 200, 503, 503].map(Step::Status));
+    for _ in 0..6 {
+        send(&client, M).await.unwrap();
+    }
+    let s = handle.state(M).unwrap();
+    assert_eq!((s.state, s.failures, s.calls), (CircuitState::Closed, 2, 6));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_count_window_forgets_the_oldest_calls() {
+    let (client, upstream, handle) = breaker(rate(0.6, 5, 5));
+    // Failures first, then successes push them out of the 5-call window.
+    upstream.script(M, [503, 503, 200, 200, 200, 200, 200].map(Step::Status));
+    for _ in 0..7 {
+        send(&client, M).await.unwrap();
+    }
+    let s = handle.state(M).unwrap();
+    assert_eq!((s.state, s.failures, s.calls), (CircuitState::Closed, 0, 5));
+    upstream.script(M, [503, 503, 503].map(Step::Status));
+    for _ in 0..3 {
+        send(&client, M).await.unwrap();
+    }
+    assert_eq!(
+        state(&handle, M),
+        CircuitState::Open,
+        "3 of the last 5 failed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_time_window_forgets_old_failures() {
+    let config = BreakerConfig::new()
+        .policy(FailurePolicy::failure_rate(0.5, Window::Time(10 * SECOND), 4).unwrap());
+    let (client, upstream, handle) = breaker(config);
+    upstream.script(M, vec![Step::Status(503); 3]);
+    for _ in 0..3 {
+        send(&client, M).await.unwrap();
+    }
+    assert_eq!(handle.state(M).unwrap().calls, 3);
+    // A whole window later the three failures are gone.
+    tokio::time::advance(10 * SECOND).await;
+    upstream.script(M, [Step::Status(503)]);
+    send(&client, M).await.unwrap();
+    let s = handle.state(M).unwrap();
+    assert_eq!((s.state, s.failures, s.calls), (CircuitState::Closed, 1, 1));
+    // Within the window they add up: 4 calls, all failing.
+    upstream.script(M, vec![Step::Status(503); 3]);
+    tokio::time::advance(SECOND).await;
+    for _ in 0..3 {
+        send(&client, M).await.unwrap();
+    }
+    assert_eq!(state(&handle, M), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_calls_count_as_failures_when_configured() {
+    let (client, upstream, handle) = breaker(consecutive(2).slow_call(5 * SECOND));
+    upstream.script(M, [Step::Slow(6 * SECOND), Step::Slow(4 * SECOND)]);
+    send(&client, M).await.unwrap();
+    send(&client, M).await.unwrap();
+    assert_eq!(
+        handle.state(M).unwrap().failures,
+        0,
+        "the fast success reset the streak"
+    );
+    upstream.script(M, [Step::Slow(6 * SECOND), Step::Slow(7 * SECOND)]);
+    send(&client, M).await.unwrap();
+    send(&client, M).await.unwrap();
+    assert_eq!(state(&handle, M), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_open_admits_exactly_the_configured_probes() {
+    let (client, upstream, handle) =
+        breaker(consecutive(1).half_open_probes(2).half_open_successes(2));
+    upstream.script(M, [Step::Status(529)]);
+    send(&client, M).await.unwrap();
+    tokio::time::advance(10 * SECOND).await;
+
+    upstream.script(M, vec![Step::Gate; 2]);
+    let probes: Vec<_> = (0..2)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { send(&client, M).await })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    while upstream.calls(M) < 3 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(state(&handle, M), CircuitState::HalfOpen);
+    // Both probe slots are taken: a third request is refused, with no known delay.
+    let refused = open_error(send(&client, M).await);
+    assert_eq!(refused.retry_after(), None);
+    assert_eq!(upstream.calls(M), 3);
+    assert!(!handle.is_available(M));
+
+    upstream.gate.add_permits(2);
+    for probe in probes {
+        assert_eq!(probe.await.unwrap().unwrap(), 200);
+    }
+    assert_eq!(state(&handle, M), CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_probe_gives_its_slot_back() {
+    let (client, upstream, handle) = breaker(consecutive(1));
+    upstream.script(M, [Step::Status(529)]);
+    send(&client, M).await.unwrap();
+    tokio::time::advance(10 * SECOND).await;
+    upstream.script(M, [Step::Gate]);
+    let probe = {
+        let client = client.clone();
+        tokio::spawn(async move { send(&client, M).await })
+    };
+    while upstream.calls(M) < 2 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!handle.is_available(M));
+    probe.abort();
+    let _ = probe.await;
+    assert!(handle.is_available(M), "the slot is free again");
+    assert_eq!(send(&client, M).await.unwrap(), 200);
+    assert_eq!(state(&handle, M), CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_delay_keeps_the_breaker_open_at_least_that_long() {
+    let (client, upstream, handle) = breaker(consecutive(2));
+    // The first failure asks for 45 s; the open time is 10 s.
+    upstream.script(M, [Step::RetryAfter(429, 45), Step::Status(529)]);
+    send(&client, M).await.unwrap();
+    send(&client, M).await.unwrap();
+    let open = open_error(send(&client, M).await);
+    assert_eq!(open.retry_after(), Some(45 * SECOND));
+    tokio::time::advance(44 * SECOND).await;
+    assert!(send(&client, M).await.is_err(), "still open after 44 s");
+    tokio::time::advance(SECOND).await;
+    assert_eq!(send(&client, M).await.unwrap(), 200);
+    assert_eq!(state(&handle, M), CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn growing_open_times_double_with_jitter() {
+    let config =
+        consecutive(1).open_duration(OpenDuration::growing(4 * SECOND, 60 * SECOND).unwrap());
+    let (client, upstream, handle) = breaker(config);
+    let mut open_times = Vec::new();
+    for _ in 0..4 {
+        upstream.script(M, [Step::Status(503)]);
+        send(&client, M).await.unwrap();
+        let open_for = handle.state(M).unwrap().open_for.unwrap();
+        open_times.push(open_for);
+        tokio::time::advance(open_for).await;
+    }
+    for (trip, open_for) in open_times.iter().enumerate() {
+        let ceiling = 4 * SECOND * (1 << trip);
+        assert!(
+            *open_for >= ceiling / 2 && *open_for <= ceiling,
+            "trip {trip}: {open_for:?}"
+        );
+    }
+    assert_eq!(handle.state(M).unwrap().trips, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_models_outage_never_blocks_another() {
+    let (client, upstream, handle) = breaker(consecutive(2));
+    upstream.script("claude-opus-4-1", vec![Step::Status(529); 2]);
+    send(&client, "claude-opus-4-1").await.unwrap();
+    send(&client, "claude-opus-4-1").await.unwrap();
+    assert!(send(&client, "claude-opus-4-1").await.is_err());
+    assert_eq!(send(&client, "claude-haiku-4-5").await.unwrap(), 200);
+    assert!(!handle.is_available("claude-opus-4-1"));
+    assert!(handle.is_available("claude-haiku-4-5"));
+    assert!(handle.is_available("never-seen"));
+    let keys: Vec<_> = handle
+        .snapshots()
+        .iter()
+        .map(|s| s.key.to_string())
+        .collect();
+    assert_eq!(keys, ["claude-haiku-4-5", "claude-opus-4-1"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn keys_fall_back_to_the_host_and_can_be_custom() {
+    let (client, _, handle) = breaker(consecutive(2));
+    let request = Request::post("https://api.openai.com/v1/chat/completions")
+        .body(Full::new(Bytes::from_static(b"not json")))
+        .unwrap();
+    client.clone().oneshot(request).await.unwrap_err(); // the upstream wants JSON
+    assert!(handle.state("api.openai.com").is_some());
+
+    let upstream = Upstream::default();
+    let by_header = CircuitBreaker::new(
+        upstream,
+        consecutive(1).key_by(|parts| {
+            let tenant = parts.headers.get("x-tenant").and_then(|v| v.to_str().ok());
+            tenant.unwrap_or("anonymous").to_owned()
+        }),
+    );
+    let mut request = request_for("claude-haiku-4-5");
+    request
+        .headers_mut()
+        .insert("x-tenant", "acme".parse().unwrap());
+    by_header.clone().oneshot(request).await.unwrap();
+    assert!(by_header.handle().state("acme").is_some());
+}
+
+fn request_for(model: &str) -> Request<Full<Bytes>> {
+    request(model)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_registry_is_bounded_and_evicts_idle_then_least_recent_keys() {
+    let config = consecutive(1).max_keys(16).idle_timeout(60 * SECOND);
+    let (client, _, handle) = breaker(config);
+    for i in 0..16 {
+        send(&client, &format!("model-{i}")).await.unwrap();
+    }
+    assert_eq!(handle.snapshots().len(), 16);
+    // model-0 stays in use; the others go idle.
+    tokio::time::advance(61 * SECOND).await;
+    send(&client, "model-0").await.unwrap();
+    send(&client, "model-new").await.unwrap();
+    let keys: Vec<_> = handle
+        .snapshots()
+        .iter()
+        .map(|s| s.key.to_string())
+        .collect();
+    assert_eq!(keys, ["model-0", "model-new"], "idle keys were dropped");
+
+    // A flood of distinct keys never passes the bound.
+    for i in 0..500 {
+        send(&client, &format!("flood-{i}")).await.unwrap();
+        assert!(handle.snapshots().len() <= 16);
+    }
+    // The most recent keys survive.
+    assert!(handle.state("flood-499").is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_handle_forces_and_resets() {
+    let (events, listener) = recorder();
+    let (client, upstream, handle) = breaker(consecutive(1).listener(listener));
+    handle.force_open(M);
+    let open = open_error(send(&client, M).await);
+    assert_eq!(open.retry_after(), None);
+    assert_eq!(upstream.calls(M), 0);
+
+    handle.force_closed(M);
+    upstream.script(M, vec![Step::Status(529); 3]);
+    for _ in 0..3 {
+        assert_eq!(send(&client, M).await.unwrap(), 529);
+    }
+    assert_eq!(
+        state(&handle, M),
+        CircuitState::ForcedClosed,
+        "nothing trips it"
+    );
+
+    handle.reset(M);
+    assert_eq!(state(&handle, M), CircuitState::Closed);
+    use CircuitState::*;
+    assert_eq!(
+        transitions(&events),
+        [
+            (Closed, ForcedOpen, TransitionReason::Forced),
+            (ForcedOpen, ForcedClosed, TransitionReason::Forced),
+            (ForcedClosed, Closed, TransitionReason::Reset),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_error_downcasts_and_reads_as_a_sentence() {
+    let (client, upstream, _) = breaker(consecutive(1));
+    upstream.script(M, [Step::Status(503)]);
+    send(&client, M).await.unwrap();
+    tokio::time::advance(Duration::from_millis(2500)).await;
+    let error = client.clone().oneshot(request(M)).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "circuit open for claude-sonnet-4-5; retry after 7.500s"
+    );
+    let open = error.downcast_ref::<CircuitOpen>().unwrap();
+    assert_eq!(open.key(), M);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_response_option_answers_503_with_retry_after() {
+    let (client, upstream, _) = breaker(consecutive(1).on_open(OnOpen::Respond));
+    upstream.script(M, [Step::Status(529)]);
+    send(&client, M).await.unwrap();
+    tokio::time::advance(Duration::from_millis(2500)).await;
+    let response = client.clone().oneshot(request(M)).await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "8");
+    assert_eq!(response.headers()["x-brownout-circuit"], "open");
+    assert!(response.extensions().get::<CircuitOpen>().is_some());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["type"], "error");
+    assert_eq!(json["error"]["type"], "overloaded_error");
+
+    // OpenAI's path gets OpenAI's error shape.
+    let (client, upstream, _) = breaker(consecutive(1).on_open(OnOpen::Respond));
+    let openai = || {
+        Request::post("https://api.openai.com/v1/chat/completions")
+            .body(Full::new(Bytes::from_static(br#"{"model":"gpt-4o"}"#)))
+            .unwrap()
+    };
+    upstream.script("gpt-4o", [Step::Status(503)]);
+    client.clone().oneshot(openai()).await.unwrap();
+    let response = client.clone().oneshot(openai()).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["error"]["code"], "circuit_open");
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_name_the_key_and_never_carry_secrets() {
+    let (events, listener) = recorder();
+    let (client, upstream, _) = breaker(consecutive(1).listener(listener));
+    upstream.script(M, [Step::Status(529)]);
+    send(&client, M).await.unwrap();
+    let _ = send(&client, M).await;
+    let events = events.lock().unwrap();
+    assert!(events.iter().any(|e| matches!(
+        &e.kind,
+        EventKind::CircuitRejected { key, .. } if &**key == M
+    )));
+    for event in events.iter() {
+        assert!(!format!("{event:?}").contains("sk-secret"));
+        assert_eq!(event.layer, "breaker");
+    }
+}
+
+#[test]
+fn nonsense_settings_are_refused_with_the_key() {
+    let err = FailurePolicy::failure_rate(1.5, Window::Count(10), 5).unwrap_err();
+    assert_eq!(err.key(), "failure_rate.threshold");
+    assert_eq!(
+        err.to_string(),
+        "invalid circuit breaker setting `failure_rate.threshold`: must be in (0, 1], not 1.5"
+    );
+    assert!(FailurePolicy::failure_rate(f64::NAN, Window::Count(10), 5).is_err());
+    assert_eq!(
+        FailurePolicy::failure_rate(0.5, Window::Count(10), 11)
+            .unwrap_err()
+            .key(),
+        "failure_rate.minimum_calls"
+    );
+    assert!(FailurePolicy::failure_rate(0.5, Window::Time(Duration::ZERO), 1).is_err());
+    assert!(FailurePolicy::consecutive(0).is_err());
+    assert!(OpenDuration::growing(Duration::ZERO, SECOND).is_err());
+    assert!(OpenDuration::growing(2 * SECOND, SECOND).is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_layer_shares_breakers_between_the_services_it_builds() {
+    use tower::Layer;
+    let layer = CircuitBreakerLayer::new(consecutive(1));
+    let upstream = Upstream::default();
+    upstream.script(M, [Step::Status(529)]);
+    let a = layer.layer(upstream.clone());
+    let b = layer.layer(upstream.clone());
+    a.oneshot(request(M)).await.unwrap();
+    assert!(
+        b.oneshot(request(M)).await.is_err(),
+        "b sees a's open breaker"
+    );
+    assert!(!layer.handle().is_available(M));
+}
