@@ -87,6 +87,7 @@
 //! to skip.
 
 mod config;
+mod future;
 mod handle;
 mod layer;
 mod service;
@@ -95,8 +96,9 @@ mod store;
 
 pub use brownout_core::error::CircuitOpen;
 pub use config::{BreakerConfig, FailurePolicy, InvalidConfig, OnOpen, OpenDuration, Window};
+pub use future::ResponseFuture;
 pub use handle::BreakerHandle;
 pub use layer::CircuitBreakerLayer;
-pub use service::{CircuitBreaker, ResponseFuture};
+pub use service::CircuitBreaker;
 pub use state::{Admission, Force, Permit, Snapshot, Transition, Verdict};
 pub use store::{BreakerEntry, BreakerStore, LocalStore};

@@ -1,19 +1,15 @@
 use std::{
-    borrow::Cow,
     fmt,
-    future::Future,
-    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
 use brownout_core::{
-    body::{buffer, Buffered, PrefixedBody},
-    classify::{classify_result, Classifier, Outcome, OutcomeKind},
+    body::PrefixedBody,
+    classify::{Classifier, Outcome},
     error::CircuitOpen,
-    event::{Event, EventKind, Events},
-    json::find_top_level,
+    event::Events,
     BoxError,
 };
 use bytes::Bytes;
@@ -24,23 +20,27 @@ use tower_service::Service;
 
 use crate::{
     config::{Keying, OnOpen},
-    handle::{emit_transition, BreakerHandle},
-    state::{Admission, Permit, Settings, Verdict},
-    store::{BreakerEntry, BreakerStore, LocalStore},
-    BreakerConfig, CircuitBreakerLayer,
+    future::ResponseFuture,
+    handle::BreakerHandle,
+    state::Settings,
+    store::{BreakerStore, LocalStore},
+    BreakerConfig, CircuitBreakerLayer, FailurePolicy, Window,
 };
 
 /// What every service of one layer shares.
 pub(crate) struct Shared {
-    store: Arc<dyn BreakerStore>,
-    keying: Keying,
-    key_body_limit: usize,
-    on_open: OnOpen,
-    classifier: Classifier,
-    error_body_limit: usize,
-    is_failure: Arc<dyn Fn(&Outcome) -> bool + Send + Sync>,
-    slow_call: Option<Duration>,
-    events: Events,
+    pub(crate) store: Arc<dyn BreakerStore>,
+    pub(crate) keying: Keying,
+    pub(crate) key_body_limit: usize,
+    pub(crate) on_open: OnOpen,
+    pub(crate) classifier: Classifier,
+    pub(crate) error_body_limit: usize,
+    pub(crate) is_failure: Arc<dyn Fn(&Outcome) -> bool + Send + Sync>,
+    pub(crate) slow_call: Option<Duration>,
+    /// Whether the policy counts calls in a time window (and so needs the clock for
+    /// every verdict).
+    pub(crate) timed_window: bool,
+    pub(crate) events: Events,
 }
 
 impl Shared {
@@ -64,6 +64,13 @@ impl Shared {
             error_body_limit: config.error_body_limit,
             is_failure: config.is_failure,
             slow_call: config.slow_call,
+            timed_window: matches!(
+                config.policy,
+                FailurePolicy::FailureRate {
+                    window: Window::Time(_),
+                    ..
+                }
+            ),
             events: config.events,
         }
     }
@@ -126,30 +133,6 @@ impl<S> CircuitBreaker<S> {
     }
 }
 
-/// Response future of [`CircuitBreaker`].
-///
-/// One allocation per call; the `breaker` benchmark measures the whole layer on the
-/// success path.
-pub struct ResponseFuture<B: Body> {
-    inner: Pin<Box<dyn Future<Output = Output<B>> + Send>>,
-}
-
-type Output<B> = Result<Response<PrefixedBody<B>>, BoxError>;
-
-impl<B: Body> Future for ResponseFuture<B> {
-    type Output = Output<B>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
-    }
-}
-
-impl<B: Body> fmt::Debug for ResponseFuture<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CircuitBreaker<S>
 where
     S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>
@@ -165,7 +148,7 @@ where
 {
     type Response = Response<PrefixedBody<ResBody>>;
     type Error = BoxError;
-    type Future = ResponseFuture<ResBody>;
+    type Future = ResponseFuture<S, ReqBody, ResBody>;
 
     /// Ready when the inner service is: which key a request belongs to is known only
     /// in `call`, where an open breaker refuses it without touching the inner service.
@@ -176,140 +159,60 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture {
-            inner: Box::pin(run(inner, self.shared.clone(), request)),
-        }
+        ResponseFuture::new(inner, self.shared.clone(), request)
     }
 }
 
-async fn run<S, ReqBody, ResBody>(
-    mut inner: S,
-    shared: Arc<Shared>,
-    request: Request<ReqBody>,
-) -> Result<Response<PrefixedBody<ResBody>>, BoxError>
-where
-    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>,
-    S::Error: Into<BoxError>,
-    ReqBody: Body + Unpin,
-    ResBody: Body + Unpin,
-{
-    let (parts, body) = request.into_parts();
-    let (key, body) = match &shared.keying {
-        Keying::Host => (host_key(&parts), PrefixedBody::new(body)),
-        Keying::Head(key) => (Cow::Owned(key(&parts)), PrefixedBody::new(body)),
-        Keying::ModelOrHost | Keying::Body(_) => {
-            let body = match buffer(body, shared.key_body_limit).await {
-                Buffered::Complete(replay) => replay.replay(),
-                Buffered::TooLarge(body) | Buffered::Failed(body) => body,
-            };
-            // A body over the limit is keyed by the bytes read: `model` comes early.
-            let key = match &shared.keying {
-                Keying::Body(key) => Cow::Owned(key(&parts, body.prefix())),
-                _ => match find_top_level(body.prefix(), "model") {
-                    Some(model) if !model.value.is_empty() => Cow::Owned(model.value),
-                    _ => host_key(&parts),
-                },
-            };
-            (key.into_owned().into(), body)
-        }
-    };
-
-    let now = Instant::now();
-    let entry = shared.store.entry(&key, now);
-    let (admission, transition) = entry.acquire(now);
-    if let Some(transition) = transition {
-        emit_transition(&shared.events, entry.key(), transition);
-    }
-    let permit = match admission {
-        Admission::Admitted(permit) => permit,
-        Admission::Rejected { retry_after } => {
-            shared.events.emit(Event::new(
-                "breaker",
-                &parts.method,
-                &parts.uri,
-                EventKind::CircuitRejected {
-                    key: entry.key().clone(),
-                    retry_after,
-                },
-            ));
-            let open = CircuitOpen::new(entry.key().clone(), retry_after);
-            return match shared.on_open {
-                OnOpen::Error => Err(Box::new(open)),
-                OnOpen::Respond => Ok(refusal(&parts, open)),
-            };
-        }
-    };
-    let mut guard = PermitGuard {
-        entry: &*entry,
-        permit: Some(permit),
-    };
-
-    let result = inner
-        .call(Request::from_parts(parts, body))
-        .await
-        .map_err(Into::into);
-    let (result, outcome) =
-        classify_result(&shared.classifier, result, shared.error_body_limit).await;
-    let done = Instant::now();
-    let slow = shared
-        .slow_call
-        .is_some_and(|threshold| done.saturating_duration_since(now) > threshold);
-    let verdict = if slow {
-        Verdict::Failure {
-            server_delay: outcome.server_delay(),
-        }
-    } else if matches!(
-        outcome.kind(),
-        OutcomeKind::ClientError | OutcomeKind::Rejected
-    ) {
-        Verdict::Ignored
-    } else if (shared.is_failure)(&outcome) {
-        Verdict::Failure {
-            server_delay: outcome.server_delay(),
-        }
-    } else {
-        Verdict::Success
-    };
-    let permit = guard.permit.take().expect("taken once");
-    if let Some(transition) = entry.record(permit, verdict, done) {
-        emit_transition(&shared.events, entry.key(), transition);
-    }
-    result
-}
-
-/// Gives the permit back uncounted if the call is dropped before its verdict, so that
-/// a cancelled probe does not hold a half-open slot for ever.
-struct PermitGuard<'a> {
-    entry: &'a dyn BreakerEntry,
-    permit: Option<Permit>,
-}
-
-impl Drop for PermitGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(permit) = self.permit.take() {
-            self.entry.record(permit, Verdict::Ignored, Instant::now());
-        }
-    }
-}
-
-fn host_key(parts: &Parts) -> Cow<'static, str> {
-    let host = parts.uri.host().or_else(|| {
-        parts
+pub(crate) fn host_key(parts: &Parts) -> &str {
+    let authority = match parts.uri.authority() {
+        Some(authority) => authority.as_str(),
+        None => parts
             .headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-            .map(|h| h.split(':').next().unwrap_or(h))
-    });
-    Cow::Owned(
-        host.filter(|h| !h.is_empty())
-            .unwrap_or("default")
-            .to_owned(),
-    )
+            .unwrap_or(""),
+    };
+    let host = strip_authority(authority);
+    if host.is_empty() {
+        "default"
+    } else {
+        host
+    }
+}
+
+/// The host of an authority: without `user@` and `:port`, IPv6 brackets kept. By
+/// bytes, as it runs on every request.
+fn strip_authority(authority: &str) -> &str {
+    let bytes = authority.as_bytes();
+    let start = bytes.iter().rposition(|&b| b == b'@').map_or(0, |i| i + 1);
+    let rest = &authority[start..];
+    if rest.starts_with('[') {
+        return rest.find(']').map_or(rest, |end| &rest[..=end]);
+    }
+    rest.find(':').map_or(rest, |colon| &rest[..colon])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_authority;
+
+    #[test]
+    fn hosts_of_authorities() {
+        for (authority, host) in [
+            ("api.anthropic.com", "api.anthropic.com"),
+            ("api.openai.com:443", "api.openai.com"),
+            ("user:pw@example.com:8080", "example.com"),
+            ("[::1]:8080", "[::1]"),
+            ("", ""),
+        ] {
+            assert_eq!(strip_authority(authority), host);
+        }
+    }
 }
 
 /// The 503 answer of [`OnOpen::Respond`], in the shape of the provider the path
 /// belongs to.
-fn refusal<B: Body>(parts: &Parts, open: CircuitOpen) -> Response<PrefixedBody<B>> {
+pub(crate) fn refusal<B: Body>(parts: &Parts, open: CircuitOpen) -> Response<PrefixedBody<B>> {
     let message = open.to_string();
     let body = if parts.uri.path().ends_with("/chat/completions") {
         serde_json::json!({

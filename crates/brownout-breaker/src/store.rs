@@ -84,7 +84,8 @@ impl BreakerEntry for KeyState {
 /// enough, the least recently used eighth of the keys goes. Keys an operator forced
 /// open or closed are kept. A dropped key starts again closed.
 pub struct LocalStore {
-    map: DashMap<Arc<str>, Arc<KeyState>>,
+    // foldhash: keys come from requests, so a seeded hasher, and a fast one.
+    map: DashMap<Arc<str>, Arc<KeyState>, foldhash::fast::RandomState>,
     settings: Arc<Settings>,
     max_keys: usize,
     idle: Duration,
@@ -94,7 +95,7 @@ pub struct LocalStore {
 impl LocalStore {
     pub(crate) fn new(settings: Arc<Settings>, max_keys: usize, idle: Duration) -> Self {
         LocalStore {
-            map: DashMap::new(),
+            map: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             settings,
             max_keys,
             idle,

@@ -449,9 +449,25 @@ fn log(event: &Event) {
             let (from, to_name) = (from.as_str(), to.as_str());
             let reason_name = reason.as_str();
             if matches!(to, CircuitState::Open | CircuitState::ForcedOpen) {
-                tracing::warn!(layer, event = name, key, from, to = to_name, reason = reason_name, "circuit {key} {to}: {reason}");
+                tracing::warn!(
+                    layer,
+                    event = name,
+                    key,
+                    from,
+                    to = to_name,
+                    reason = reason_name,
+                    "circuit {key} {to}: {reason}"
+                );
             } else {
-                tracing::info!(layer, event = name, key, from, to = to_name, reason = reason_name, "circuit {key} {to}: {reason}");
+                tracing::info!(
+                    layer,
+                    event = name,
+                    key,
+                    from,
+                    to = to_name,
+                    reason = reason_name,
+                    "circuit {key} {to}: {reason}"
+                );
             }
         }
         EventKind::CircuitRejected { key, retry_after } => tracing::debug!(

@@ -10,13 +10,13 @@
 //! The scan checks the JSON it passes over; what lies after the value is not looked
 //! at. Anything it cannot understand yields `None`, never a panic.
 
-use std::ops::Range;
+use std::{borrow::Cow, ops::Range};
 
 /// A top-level string member of a JSON object, found by [`find_top_level`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    /// The decoded string value.
-    pub value: String,
+pub struct Member<'a> {
+    /// The decoded string value: borrowed from the body unless it had escapes.
+    pub value: Cow<'a, str>,
     /// The byte range of the value in the body, quotes included.
     pub span: Range<usize>,
 }
@@ -37,8 +37,11 @@ pub struct Member {
 /// assert_eq!(find_top_level(br#"{"metadata":{"model":"nested"}}"#, "model"), None);
 /// assert_eq!(find_top_level(b"not json", "model"), None);
 /// ```
-pub fn find_top_level(body: &[u8], key: &str) -> Option<Member> {
-    let mut s = Scanner { bytes: body, pos: 0 };
+pub fn find_top_level<'a>(body: &'a [u8], key: &str) -> Option<Member<'a>> {
+    let mut s = Scanner {
+        bytes: body,
+        pos: 0,
+    };
     s.skip_ws();
     s.expect(b'{')?;
     s.skip_ws();
@@ -75,13 +78,13 @@ fn key_matches(raw: &[u8], key: &str) -> bool {
     decode_string(raw).is_some_and(|k| k == key)
 }
 
-fn decode_string(raw: &[u8]) -> Option<String> {
+fn decode_string(raw: &[u8]) -> Option<Cow<'_, str>> {
     if !raw.contains(&b'\\') {
         return std::str::from_utf8(&raw[1..raw.len() - 1])
             .ok()
-            .map(str::to_owned);
+            .map(Cow::Borrowed);
     }
-    serde_json::from_slice(raw).ok()
+    serde_json::from_slice::<String>(raw).ok().map(Cow::Owned)
 }
 
 struct Scanner<'a> {
@@ -116,7 +119,9 @@ impl Scanner<'_> {
         self.expect(b'"')?;
         loop {
             let rest = &self.bytes[self.pos..];
-            let i = rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+            let i = rest
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
             self.pos += i;
             match self.next()? {
                 b'"' => return Some(start..self.pos),
@@ -205,7 +210,7 @@ mod tests {
             (br#"{"model":"ok"} trailing garbage"#, Some("ok")),
         ];
         for (body, want) in cases {
-            let got = find_top_level(body, "model").map(|m| m.value);
+            let got = find_top_level(body, "model").map(|m| m.value.into_owned());
             assert_eq!(got.as_deref(), *want, "{}", String::from_utf8_lossy(body));
         }
     }

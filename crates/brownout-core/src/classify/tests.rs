@@ -362,11 +362,17 @@ fn outcome_display() {
 fn an_open_circuit_is_a_rejection_with_its_delay() {
     use crate::error::CircuitOpen;
     let open = CircuitOpen::new("claude-opus-4-1".into(), Some(Duration::from_secs(12)));
-    assert_eq!(open.to_string(), "circuit open for claude-opus-4-1; retry after 12.000s");
+    assert_eq!(
+        open.to_string(),
+        "circuit open for claude-opus-4-1; retry after 12.000s"
+    );
     let boxed: crate::BoxError = Box::new(open);
     let o = classifier().classify(Observed::Error(boxed.as_ref()));
     assert_eq!(o.kind(), OutcomeKind::Rejected);
     assert!(o.is_retryable());
-    assert!(!o.kind().is_upstream_failure(), "a breaker does not count another's refusal");
+    assert!(
+        !o.kind().is_upstream_failure(),
+        "a breaker does not count another's refusal"
+    );
     assert_eq!(o.server_delay(), Some(Duration::from_secs(12)));
 }
