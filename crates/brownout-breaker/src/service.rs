@@ -192,24 +192,6 @@ fn strip_authority(authority: &str) -> &str {
     rest.find(':').map_or(rest, |colon| &rest[..colon])
 }
 
-#[cfg(test)]
-mod tests {
-    use super::strip_authority;
-
-    #[test]
-    fn hosts_of_authorities() {
-        for (authority, host) in [
-            ("api.anthropic.com", "api.anthropic.com"),
-            ("api.openai.com:443", "api.openai.com"),
-            ("user:pw@example.com:8080", "example.com"),
-            ("[::1]:8080", "[::1]"),
-            ("", ""),
-        ] {
-            assert_eq!(strip_authority(authority), host);
-        }
-    }
-}
-
 /// The 503 answer of [`OnOpen::Respond`], in the shape of the provider the path
 /// belongs to.
 pub(crate) fn refusal<B: Body>(parts: &Parts, open: CircuitOpen) -> Response<PrefixedBody<B>> {
@@ -240,4 +222,22 @@ pub(crate) fn refusal<B: Body>(parts: &Parts, open: CircuitOpen) -> Response<Pre
     }
     response.extensions_mut().insert(open);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_authority;
+
+    #[test]
+    fn hosts_of_authorities() {
+        for (authority, host) in [
+            ("api.anthropic.com", "api.anthropic.com"),
+            ("api.openai.com:443", "api.openai.com"),
+            ("user:pw@example.com:8080", "example.com"),
+            ("[::1]:8080", "[::1]"),
+            ("", ""),
+        ] {
+            assert_eq!(strip_authority(authority), host);
+        }
+    }
 }
