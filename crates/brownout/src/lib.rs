@@ -9,10 +9,12 @@
 //! | feature | module | what it does |
 //! |---|---|---|
 //! | `retry` (default) | [`retry`] | retry with full jitter, server-given delays, a budget and a deadline |
+//! | `breaker` (default) | [`breaker`] | circuit breakers per model or host, with half-open probes |
 //!
 //! What the layers share — how a result is classified, replayable bodies, response
 //! metadata and events — is re-exported from `brownout-core` at the top level:
-//! [`classify`], [`body`], [`meta`], [`event`], [`error`], [`rng`].
+//! [`classify`], [`body`], [`meta`], [`event`], [`health`], [`json`], [`error`],
+//! [`rng`].
 //!
 //! ```
 //! # #[cfg(feature = "retry")] {
@@ -30,12 +32,16 @@
 //! # }
 //! ```
 
-pub use brownout_core::{body, classify, error, event, meta, rng};
+pub use brownout_core::{body, classify, error, event, health, json, meta, rng};
 pub use brownout_core::{BoxError, Classifier, Classify, Outcome, OutcomeKind};
 
 #[cfg(feature = "retry")]
 #[doc(inline)]
 pub use brownout_retry as retry;
+
+#[cfg(feature = "breaker")]
+#[doc(inline)]
+pub use brownout_breaker as breaker;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
