@@ -109,6 +109,20 @@ pub enum EventKind {
         /// Why.
         reason: TransitionReason,
     },
+    /// A fallback cascade moves from one target to the next.
+    FallingBack {
+        /// The target that failed or was skipped.
+        from: Arc<str>,
+        /// The target tried next.
+        to: Arc<str>,
+        /// Why: what happened at `from`.
+        reason: FallbackReason,
+    },
+    /// A fallback layer sent the request as it was, without a cascade.
+    NoCascade {
+        /// Why.
+        reason: NoCascadeReason,
+    },
     /// A circuit breaker refused a request without sending it.
     CircuitRejected {
         /// The breaker's key.
@@ -126,6 +140,8 @@ impl EventKind {
             EventKind::Retrying { .. } => "retrying",
             EventKind::GaveUp { .. } => "gave_up",
             EventKind::NotReplayable { .. } => "not_replayable",
+            EventKind::FallingBack { .. } => "falling_back",
+            EventKind::NoCascade { .. } => "no_cascade",
             EventKind::CircuitStateChanged { .. } => "circuit_state_changed",
             EventKind::CircuitRejected { .. } => "circuit_rejected",
         }
@@ -219,6 +235,55 @@ impl fmt::Display for TransitionReason {
             TransitionReason::ProbeFailed => f.write_str("a probe failed"),
             TransitionReason::Forced => f.write_str("forced through the handle"),
             TransitionReason::Reset => f.write_str("reset through the handle"),
+        }
+    }
+}
+
+/// Why a fallback cascade left a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FallbackReason {
+    /// The target was tried and this happened.
+    Failed(Outcome),
+    /// The target's health view (its circuit breaker) said it would refuse: nothing
+    /// was sent to it.
+    Unavailable,
+}
+
+impl fmt::Display for FallbackReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FallbackReason::Failed(outcome) => write!(f, "it failed: {outcome}"),
+            FallbackReason::Unavailable => f.write_str("its circuit is open"),
+        }
+    }
+}
+
+/// Why a fallback layer sent a request unchanged to its first target only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NoCascadeReason {
+    /// The body is not a JSON object, or has no string `model` at its top level.
+    NoModel,
+    /// The body is longer than the replay buffer (or failed while it was read).
+    NotReplayable(NotReplayable),
+}
+
+impl NoCascadeReason {
+    /// A short lowercase name, as logged in the `reason` field.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NoCascadeReason::NoModel => "no_model",
+            NoCascadeReason::NotReplayable(reason) => reason.as_str(),
+        }
+    }
+}
+
+impl fmt::Display for NoCascadeReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NoCascadeReason::NoModel => f.write_str("the body has no top-level JSON `model`"),
+            NoCascadeReason::NotReplayable(reason) => fmt::Display::fmt(reason, f),
         }
     }
 }
@@ -470,6 +535,42 @@ fn log(event: &Event) {
                 );
             }
         }
+        EventKind::FallingBack { from, to, reason } => {
+            let (from, to) = (&**from, &**to);
+            match reason {
+                FallbackReason::Failed(outcome) => tracing::warn!(
+                    layer,
+                    event = name,
+                    method,
+                    path,
+                    from,
+                    to,
+                    reason = "failed",
+                    outcome = outcome.kind().as_str(),
+                    status = outcome.status().map(|s| s.as_u16()),
+                    error_type = outcome.error_type(),
+                    "fallback from {from} to {to} because {reason}"
+                ),
+                FallbackReason::Unavailable => tracing::warn!(
+                    layer,
+                    event = name,
+                    method,
+                    path,
+                    from,
+                    to,
+                    reason = "unavailable",
+                    "fallback from {from} to {to} because {reason}"
+                ),
+            }
+        }
+        EventKind::NoCascade { reason } => tracing::info!(
+            layer,
+            event = name,
+            method,
+            path,
+            reason = reason.as_str(),
+            "no fallback cascade: {reason}"
+        ),
         EventKind::CircuitRejected { key, retry_after } => tracing::debug!(
             layer,
             event = name,

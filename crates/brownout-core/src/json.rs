@@ -38,6 +38,25 @@ pub struct Member<'a> {
 /// assert_eq!(find_top_level(b"not json", "model"), None);
 /// ```
 pub fn find_top_level<'a>(body: &'a [u8], key: &str) -> Option<Member<'a>> {
+    let span = find_top_level_span(body, key)?;
+    if body[span.start] != b'"' {
+        return None;
+    }
+    let value = decode_string(&body[span.clone()])?;
+    Some(Member { value, span })
+}
+
+/// The byte range of the value of the first member named `key` at the top level of
+/// the JSON object in `body`, whatever its type (a string's quotes included).
+///
+/// ```
+/// use brownout_core::json::find_top_level_span;
+///
+/// let body = br#"{"model":"m","max_tokens": 4096 ,"stream":true}"#;
+/// let span = find_top_level_span(body, "max_tokens").unwrap();
+/// assert_eq!(&body[span], b"4096");
+/// ```
+pub fn find_top_level_span(body: &[u8], key: &str) -> Option<Range<usize>> {
     let mut s = Scanner {
         bytes: body,
         pos: 0,
@@ -54,15 +73,11 @@ pub fn find_top_level<'a>(body: &'a [u8], key: &str) -> Option<Member<'a>> {
         s.skip_ws();
         s.expect(b':')?;
         s.skip_ws();
-        if key_matches(&body[key_span], key) {
-            if s.peek()? != b'"' {
-                return None;
-            }
-            let span = s.string()?;
-            let value = decode_string(&body[span.clone()])?;
-            return Some(Member { value, span });
-        }
+        let start = s.pos;
         s.value()?;
+        if key_matches(&body[key_span], key) {
+            return Some(start..s.pos);
+        }
         s.skip_ws();
         match s.next()? {
             b',' => continue,
@@ -113,22 +128,20 @@ impl Scanner<'_> {
         }
     }
 
-    /// A string, quotes included; escapes are skipped, not decoded.
+    /// A string, quotes included; escapes are skipped, not decoded, and the contents
+    /// are not validated. Most of a chat request's bytes are inside strings: `memchr`
+    /// crosses them many bytes at a time.
     fn string(&mut self) -> Option<Range<usize>> {
         let start = self.pos;
         self.expect(b'"')?;
         loop {
-            let rest = &self.bytes[self.pos..];
-            let i = rest
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+            let i = memchr::memchr2(b'"', b'\\', &self.bytes[self.pos..])?;
             self.pos += i;
             match self.next()? {
                 b'"' => return Some(start..self.pos),
-                b'\\' => {
+                _ => {
                     self.next()?;
                 }
-                _ => return None, // a raw control character
             }
         }
     }

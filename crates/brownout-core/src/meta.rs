@@ -31,3 +31,33 @@ impl Attempts {
         extensions.get::<Attempts>().map_or(1, |a| a.0)
     }
 }
+
+/// Which target of a model fallback cascade answered. Inserted by the fallback layer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServedBy {
+    model: std::sync::Arc<str>,
+    position: usize,
+}
+
+impl ServedBy {
+    /// `model` answered; it is the target at `position` in the cascade (0 is the
+    /// preferred one).
+    pub fn new(model: std::sync::Arc<str>, position: usize) -> Self {
+        ServedBy { model, position }
+    }
+
+    /// The model that answered.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// Its position in the cascade: 0 for the preferred target.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    /// Whether a fallback target answered rather than the preferred one.
+    pub fn is_fallback(&self) -> bool {
+        self.position > 0
+    }
+}

@@ -1,0 +1,91 @@
+//! A model cascade for tower HTTP clients: when the preferred model is overloaded,
+//! answer from a lighter one, and say which.
+//!
+//! ```
+//! use brownout_core::{body::PrefixedBody, meta::ServedBy};
+//! use brownout_fallback::{FallbackConfig, FallbackLayer, Target};
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! // Opus is overloaded; the others answer.
+//! let upstream = service_fn(|request: Request<PrefixedBody<Full<Bytes>>>| async move {
+//!     let body = request.into_body().collect().await?.to_bytes();
+//!     let status = if body.windows(4).any(|w| w == b"opus") { 529 } else { 200 };
+//!     Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+//!         Response::builder().status(status).body(Full::new(body))?,
+//!     )
+//! });
+//! let cascade = FallbackConfig::new([
+//!     Target::new("claude-opus-4-1"),
+//!     Target::new("claude-sonnet-4-5"),
+//!     Target::new("claude-haiku-4-5").max_tokens(8192),
+//! ])?
+//! .served_header_default();
+//! let client = ServiceBuilder::new().layer(FallbackLayer::new(cascade)).service(upstream);
+//!
+//! let request = Request::post("https://api.anthropic.com/v1/messages").body(Full::new(
+//!     Bytes::from(r#"{"model":"claude-opus-4-1","max_tokens":1024,"messages":[]}"#),
+//! ))?;
+//! let response = client.oneshot(request).await?;
+//! assert_eq!(response.status(), 200);
+//! assert_eq!(response.headers()["x-brownout-model"], "claude-sonnet-4-5");
+//! assert_eq!(response.extensions().get::<ServedBy>().unwrap().position(), 1);
+//! # Ok(()) }
+//! ```
+//!
+//! # How it moves along
+//!
+//! The targets are tried in order, from the requested model when it is one of them
+//! (the cascade never upgrades a request), else from the first. Each target gets the
+//! request with its model written into the JSON body's top-level `model` — only that
+//! value changes, and `max_tokens` when the target has a lower limit: every other byte
+//! is kept, order and whitespace included, and `content-length` follows. A target can
+//! also have its own endpoint and credentials ([`Target::base_url`],
+//! [`Target::header`]) or its own service ([`Fallback::target_service`]).
+//!
+//! The cascade moves on when brownout-core's classification says the target is
+//! overloaded, rate limited, failing, timing out, unreachable, or refused by a
+//! circuit breaker; a client error (400, 401, 403, 404, 413) goes back at once, since
+//! another model would refuse the same request. A target whose breaker is open is
+//! skipped without being sent anything when a [`health`](FallbackConfig::health) view
+//! (a breaker layer's handle) is configured. One [`deadline`](FallbackConfig::deadline)
+//! covers the cascade; a target is not started with less than
+//! [`min_time_left`](FallbackConfig::min_time_left) to go.
+//!
+//! The response carries a [`ServedBy`](brownout_core::meta::ServedBy) extension and,
+//! if configured, a header naming the model; each move is a
+//! [`FallingBack`](brownout_core::event::EventKind::FallingBack) event ("fallback from A
+//! to B because …"). When every target fails, the caller gets the last response with
+//! an [`AllTargetsFailed`] report in its extensions, or that report as the error (see
+//! [`Exhausted`]).
+//!
+//! A body that is not JSON or has no string `model` is sent unchanged to the first
+//! target only, and so is a body over the [`replay_limit`](FallbackConfig::replay_limit);
+//! a [`NoCascade`](brownout_core::event::EventKind::NoCascade) event says why.
+//!
+//! # Streaming
+//!
+//! A target's answer is judged on its head (and the start of an error body). A stream
+//! that fails after its `200` head reached the caller belongs to the model that
+//! started it: the caller has begun reading it, and no fallback can take it back.
+//!
+//! # Where it goes in a stack
+//!
+//! Outside the circuit breaker and the retry layer: each target is then retried as
+//! configured, and the breaker's handle tells the cascade which models to skip.
+
+mod config;
+mod error;
+mod layer;
+mod rewrite;
+mod service;
+
+pub use config::{Exhausted, FallbackConfig, InvalidConfig, Target};
+pub use error::AllTargetsFailed;
+pub use layer::FallbackLayer;
+pub use rewrite::{rewrite_model, ModelBody};
+pub use service::{Fallback, ResponseFuture};

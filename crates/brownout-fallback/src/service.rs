@@ -1,0 +1,396 @@
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use brownout_core::{
+    body::{buffer, Buffered, PrefixedBody},
+    classify::{classify_result, Outcome, OutcomeKind},
+    error::DeadlineExceeded,
+    event::{Event, EventKind, FallbackReason, NoCascadeReason, NotReplayable},
+    meta::ServedBy,
+    BoxError,
+};
+use http::{header, request::Parts, uri, HeaderValue, Request, Response, Uri};
+use http_body::Body;
+use tokio::time::Instant;
+use tower::ServiceExt;
+use tower_service::Service;
+
+use crate::{
+    config::{Exhausted, InvalidConfig, Target},
+    rewrite::ModelBody,
+    AllTargetsFailed, FallbackConfig, FallbackLayer,
+};
+
+/// Sends a request to the next model of a cascade when the current one is overloaded
+/// or down. See the [crate docs](crate).
+#[derive(Clone)]
+pub struct Fallback<S> {
+    inner: S,
+    routes: Arc<[Option<S>]>,
+    config: Arc<FallbackConfig>,
+}
+
+impl<S> Fallback<S> {
+    /// Wraps `inner`, which serves every target.
+    pub fn new(inner: S, config: FallbackConfig) -> Self {
+        Fallback::from_shared(inner, Arc::new(config))
+    }
+
+    pub(crate) fn from_shared(inner: S, config: Arc<FallbackConfig>) -> Self {
+        let routes = config.targets.iter().map(|_| None).collect();
+        Fallback {
+            inner,
+            routes,
+            config,
+        }
+    }
+
+    /// A [`FallbackLayer`] with the given settings.
+    pub fn layer(config: FallbackConfig) -> FallbackLayer {
+        FallbackLayer::new(config)
+    }
+
+    /// Serves `model`'s target with `service` instead of the inner service: another
+    /// client, pool or endpoint of the same type (box services of different types into
+    /// `tower::util::BoxCloneSyncService` to mix them). Fails when `model` is not a
+    /// target.
+    pub fn target_service(mut self, model: &str, service: S) -> Result<Self, InvalidConfig>
+    where
+        S: Clone,
+    {
+        let Some(i) = self.config.targets.iter().position(|t| &*t.model == model) else {
+            return Err(FallbackConfig::unknown_target(model));
+        };
+        let mut routes: Vec<Option<S>> = self.routes.iter().cloned().collect();
+        routes[i] = Some(service);
+        self.routes = routes.into();
+        Ok(self)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S> fmt::Debug for Fallback<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let routed: Vec<&str> = self
+            .config
+            .targets
+            .iter()
+            .zip(self.routes.iter())
+            .filter(|(_, r)| r.is_some())
+            .map(|(t, _)| &*t.model)
+            .collect();
+        f.debug_struct("Fallback")
+            .field("config", &self.config)
+            .field("own_services", &routed)
+            .finish_non_exhaustive()
+    }
+}
+
+type Output<B> = Result<Response<PrefixedBody<B>>, BoxError>;
+
+/// Response future of [`Fallback`].
+pub struct ResponseFuture<B: Body> {
+    inner: Pin<Box<dyn Future<Output = Output<B>> + Send>>,
+}
+
+impl<B: Body> Future for ResponseFuture<B> {
+    type Output = Output<B>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<B: Body> fmt::Debug for ResponseFuture<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Fallback<S>
+where
+    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    ReqBody: Body + Unpin + Send + 'static,
+    ReqBody::Error: Send,
+    ResBody: Body + Unpin + Send + 'static,
+    ResBody::Error: Send,
+{
+    type Response = Response<PrefixedBody<ResBody>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture {
+            inner: Box::pin(run(
+                inner,
+                self.routes.clone(),
+                self.config.clone(),
+                request,
+            )),
+        }
+    }
+}
+
+async fn run<S, ReqBody, ResBody>(
+    inner: S,
+    routes: Arc<[Option<S>]>,
+    config: Arc<FallbackConfig>,
+    request: Request<ReqBody>,
+) -> Output<ResBody>
+where
+    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>> + Clone,
+    S::Error: Into<BoxError>,
+    ReqBody: Body + Unpin,
+    ResBody: Body + Unpin,
+{
+    let deadline = config.deadline.map(|d| Instant::now() + d);
+    let (parts, body) = request.into_parts();
+    let event = |kind| Event::new("fallback", &parts.method, &parts.uri, kind);
+    let first = &config.targets[0];
+
+    let replay = match buffer(body, config.replay_limit).await {
+        Buffered::Complete(replay) => replay,
+        Buffered::TooLarge(body) | Buffered::Failed(body) => {
+            let reason = NoCascadeReason::NotReplayable(NotReplayable::BodyTooLarge {
+                limit: config.replay_limit,
+            });
+            config.events.emit(event(EventKind::NoCascade { reason }));
+            let mut service = routes[0].clone().unwrap_or(inner);
+            let request = Request::from_parts(target_parts(&parts, first, None), body);
+            let (result, _) = attempt(&mut service, true, &config, request, deadline).await;
+            return served(result, &config, first, 0);
+        }
+    };
+    let Some(model_body) = ModelBody::parse(replay.data().clone()) else {
+        config.events.emit(event(EventKind::NoCascade {
+            reason: NoCascadeReason::NoModel,
+        }));
+        let mut service = routes[0].clone().unwrap_or(inner);
+        let request = Request::from_parts(target_parts(&parts, first, None), replay.replay());
+        let (result, _) = attempt(&mut service, true, &config, request, deadline).await;
+        return served(result, &config, first, 0);
+    };
+
+    // A request for one of the targets starts the cascade there: never an upgrade.
+    let start = config
+        .targets
+        .iter()
+        .position(|t| *t.model == *model_body.model())
+        .unwrap_or(0);
+    let cascade = &config.targets[start..];
+    let mut inner = inner;
+    // The inner service was driven to readiness by the caller: its first use skips
+    // `ready`, later uses wait for it.
+    let mut inner_ready = true;
+    let mut failures: Vec<(Arc<str>, FallbackReason)> = Vec::new();
+    let mut last: Option<Output<ResBody>> = None;
+
+    for (offset, target) in cascade.iter().enumerate() {
+        let next = cascade.get(offset + 1);
+        let moving_on = |reason: FallbackReason| {
+            if let Some(next) = next {
+                config.events.emit(event(EventKind::FallingBack {
+                    from: target.model.clone(),
+                    to: next.model.clone(),
+                    reason,
+                }));
+            }
+        };
+        if let Some(health) = &config.health {
+            if !health.is_available(&target.model) {
+                failures.push((target.model.clone(), FallbackReason::Unavailable));
+                moving_on(FallbackReason::Unavailable);
+                continue;
+            }
+        }
+        if let Some(at) = deadline {
+            if at.saturating_duration_since(Instant::now()) < config.min_time_left {
+                break;
+            }
+        }
+        let body = model_body.for_target(&target.model, target.max_tokens);
+        let request = Request::from_parts(
+            target_parts(&parts, target, Some(body.len())),
+            PrefixedBody::complete(body, replay.trailers().cloned()),
+        );
+        let (result, outcome) = match &routes[start + offset] {
+            Some(own) => attempt(&mut own.clone(), false, &config, request, deadline).await,
+            None => {
+                let ready = std::mem::replace(&mut inner_ready, false);
+                attempt(&mut inner, ready, &config, request, deadline).await
+            }
+        };
+        if outcome.is_success() || !(config.fallback_when)(&outcome) {
+            return served(result, &config, target, offset);
+        }
+        failures.push((
+            target.model.clone(),
+            FallbackReason::Failed(outcome.clone()),
+        ));
+        moving_on(FallbackReason::Failed(outcome));
+        last = Some(result);
+    }
+
+    let report = AllTargetsFailed::new(failures);
+    match (config.on_exhausted, last) {
+        (Exhausted::LastResponse, Some(Ok(mut response))) => {
+            response.extensions_mut().insert(report);
+            Ok(response)
+        }
+        _ => Err(Box::new(report)),
+    }
+}
+
+/// One target's attempt: readiness, the call and its classification, cut off at the
+/// deadline.
+async fn attempt<S, ReqBody, ResBody>(
+    service: &mut S,
+    ready: bool,
+    config: &FallbackConfig,
+    request: Request<PrefixedBody<ReqBody>>,
+    deadline: Option<Instant>,
+) -> (Output<ResBody>, Outcome)
+where
+    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    ReqBody: Body,
+    ResBody: Body + Unpin,
+{
+    let call = async {
+        let result = if ready {
+            service.call(request).await.map_err(Into::into)
+        } else {
+            match service.ready().await.map_err(Into::into) {
+                Ok(service) => service.call(request).await.map_err(Into::into),
+                Err(error) => Err(error),
+            }
+        };
+        classify_result(&config.classifier, result, config.error_body_limit).await
+    };
+    let Some(at) = deadline else {
+        return call.await;
+    };
+    match Box::pin(tokio::time::timeout_at(at, call)).await {
+        Ok(done) => done,
+        Err(_) => {
+            let deadline = config.deadline.unwrap_or_default();
+            let error: BoxError = Box::new(DeadlineExceeded::new(deadline, 1));
+            (Err(error), Outcome::new(OutcomeKind::Timeout))
+        }
+    }
+}
+
+/// Marks a response with the target that served it.
+fn served<B: Body>(
+    result: Output<B>,
+    config: &FallbackConfig,
+    target: &Target,
+    position: usize,
+) -> Output<B> {
+    result.map(|mut response| {
+        if let Some(name) = &config.served_header {
+            if let Ok(value) = HeaderValue::from_str(&target.model) {
+                response.headers_mut().insert(name.clone(), value);
+            }
+        }
+        response
+            .extensions_mut()
+            .insert(ServedBy::new(target.model.clone(), position));
+        response
+    })
+}
+
+/// The request head for `target`: its endpoint and headers, and the new body length.
+fn target_parts(parts: &Parts, target: &Target, body_len: Option<usize>) -> Parts {
+    let mut parts = parts.clone();
+    if let Some(base) = &target.base_url {
+        parts.uri = rebase(&parts.uri, base);
+        if parts.headers.contains_key(header::HOST) {
+            if let Some(authority) = base.authority() {
+                if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                    parts.headers.insert(header::HOST, host);
+                }
+            }
+        }
+    }
+    for (name, value) in &target.headers {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    if let Some(len) = body_len {
+        if parts.headers.contains_key(header::CONTENT_LENGTH) {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+    }
+    parts
+}
+
+/// `uri` moved to `base`'s scheme and authority, under `base`'s path.
+fn rebase(uri: &Uri, base: &Uri) -> Uri {
+    let prefix = base.path().trim_end_matches('/');
+    let rest = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut builder = uri::Builder::new().path_and_query(format!("{prefix}{rest}"));
+    if let Some(scheme) = base.scheme() {
+        builder = builder.scheme(scheme.clone());
+    }
+    if let Some(authority) = base.authority() {
+        builder = builder.authority(authority.clone());
+    }
+    builder.build().unwrap_or_else(|_| uri.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rebase;
+    use http::Uri;
+
+    #[test]
+    fn rebasing_keeps_the_path_and_query() {
+        let uri: Uri = "https://api.anthropic.com/v1/messages?beta=true"
+            .parse()
+            .unwrap();
+        let base: Uri = "http://127.0.0.1:8080/proxy/".parse().unwrap();
+        assert_eq!(
+            rebase(&uri, &base),
+            "http://127.0.0.1:8080/proxy/v1/messages?beta=true"
+        );
+        let relative: Uri = "/v1/chat/completions".parse().unwrap();
+        let base: Uri = "https://api.openai.com".parse().unwrap();
+        assert_eq!(
+            rebase(&relative, &base),
+            "https://api.openai.com/v1/chat/completions"
+        );
+    }
+}

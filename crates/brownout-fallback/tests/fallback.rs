@@ -1,0 +1,462 @@
+//! Behaviour of the fallback layer against a scripted upstream, in paused time.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use brownout_breaker::{BreakerConfig, CircuitBreakerLayer};
+use brownout_core::{
+    body::PrefixedBody,
+    event::{Event, EventKind, FallbackReason, NoCascadeReason},
+    meta::ServedBy,
+    BoxError, OutcomeKind,
+};
+use brownout_fallback::{AllTargetsFailed, Exhausted, Fallback, FallbackConfig, Target};
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, Uri};
+use http_body_util::{BodyExt, Full};
+use tokio::time::Instant;
+use tower::{Service, ServiceExt};
+
+#[derive(Clone, Debug)]
+enum Step {
+    Status(u16),
+    Hang,
+    Slow(Duration, u16),
+}
+
+#[derive(Clone, Debug)]
+struct Seen {
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// Answers per model from a script (then 200), and records what it was sent. Models
+/// are read from the body; a body without one is "none".
+#[derive(Clone, Default)]
+struct Upstream {
+    name: &'static str,
+    scripts: Arc<Mutex<HashMap<String, VecDeque<Step>>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    fn named(name: &'static str) -> Self {
+        Upstream {
+            name,
+            ..Upstream::default()
+        }
+    }
+
+    fn script(&self, model: &str, steps: impl IntoIterator<Item = Step>) {
+        self.scripts
+            .lock()
+            .unwrap()
+            .entry(model.into())
+            .or_default()
+            .extend(steps);
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Service<Request<PrefixedBody<Full<Bytes>>>> for Upstream {
+    type Response = Response<Full<Bytes>>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<PrefixedBody<Full<Bytes>>>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await?.to_bytes();
+            let model = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["model"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| "none".into());
+            this.seen.lock().unwrap().push(Seen {
+                uri: parts.uri,
+                headers: parts.headers,
+                body: body.clone(),
+            });
+            let step = this
+                .scripts
+                .lock()
+                .unwrap()
+                .get_mut(&model)
+                .and_then(VecDeque::pop_front)
+                .unwrap_or(Step::Status(200));
+            let status = match step {
+                Step::Status(s) => s,
+                Step::Hang => std::future::pending().await,
+                Step::Slow(d, s) => {
+                    tokio::time::sleep(d).await;
+                    s
+                }
+            };
+            let answer = format!(r#"{{"model":"{model}","served_by":"{}"}}"#, this.name);
+            Ok(Response::builder()
+                .status(status)
+                .body(Full::new(Bytes::from(answer)))?)
+        })
+    }
+}
+
+const OPUS: &str = "claude-opus-4-1";
+const SONNET: &str = "claude-sonnet-4-5";
+const HAIKU: &str = "claude-haiku-4-5";
+
+fn targets() -> Vec<Target> {
+    vec![
+        Target::new(OPUS),
+        Target::new(SONNET),
+        Target::new(HAIKU).max_tokens(8192),
+    ]
+}
+
+fn request(body: &str) -> Request<Full<Bytes>> {
+    Request::post("https://api.anthropic.com/v1/messages?beta=1")
+        .header("content-length", body.len())
+        .header("x-api-key", "sk-ant-secret")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap()
+}
+
+fn chat(model: &str) -> String {
+    format!(
+        r#"{{"model": "{model}", "max_tokens": 32000, "messages": [{{"role":"user","content":"Hi"}}]}}"#
+    )
+}
+
+fn recorder() -> (
+    Arc<Mutex<Vec<Event>>>,
+    impl Fn(&Event) + Send + Sync + 'static,
+) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    (events, move |e: &Event| {
+        sink.lock().unwrap().push(e.clone())
+    })
+}
+
+type Reply = Result<Response<PrefixedBody<Full<Bytes>>>, BoxError>;
+
+async fn call(service: &Fallback<Upstream>, body: &str) -> Reply {
+    service.clone().oneshot(request(body)).await
+}
+
+fn served(reply: &Reply) -> (String, usize) {
+    let served = reply
+        .as_ref()
+        .unwrap()
+        .extensions()
+        .get::<ServedBy>()
+        .unwrap();
+    (served.model().to_owned(), served.position())
+}
+
+fn models_sent(upstream: &Upstream) -> Vec<String> {
+    upstream
+        .seen()
+        .iter()
+        .map(|s| {
+            serde_json::from_slice::<serde_json::Value>(&s.body).unwrap()["model"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_overloaded_primary_falls_back_and_the_response_says_so() {
+    let upstream = Upstream::named("main");
+    upstream.script(OPUS, [Step::Status(529)]);
+    let (events, listener) = recorder();
+    let config = FallbackConfig::new(targets())
+        .unwrap()
+        .served_header_default()
+        .listener(listener);
+    let service = Fallback::new(upstream.clone(), config);
+    let reply = call(&service, &chat(OPUS)).await;
+    assert_eq!(served(&reply), (SONNET.to_owned(), 1));
+    let response = reply.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-brownout-model"], SONNET);
+    assert_eq!(models_sent(&upstream), [OPUS, SONNET]);
+
+    let events = events.lock().unwrap();
+    let EventKind::FallingBack { from, to, reason } = &events[0].kind else {
+        panic!("{:?}", events[0]);
+    };
+    assert_eq!((&**from, &**to), (OPUS, SONNET));
+    let FallbackReason::Failed(outcome) = reason else {
+        panic!()
+    };
+    assert_eq!(outcome.kind(), OutcomeKind::Overloaded);
+    assert!(!format!("{events:?}").contains("sk-ant-secret"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_error_returns_at_once() {
+    for status in [400, 401, 403, 404, 413] {
+        let upstream = Upstream::default();
+        upstream.script(OPUS, [Step::Status(status)]);
+        let service = Fallback::new(upstream.clone(), FallbackConfig::new(targets()).unwrap());
+        let reply = call(&service, &chat(OPUS)).await;
+        assert_eq!(reply.as_ref().unwrap().status(), status);
+        assert_eq!(served(&reply), (OPUS.to_owned(), 0));
+        assert_eq!(upstream.seen().len(), 1);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_target_whose_breaker_is_open_is_skipped_without_a_request() {
+    let breakers = CircuitBreakerLayer::new(BreakerConfig::new());
+    let handle = breakers.handle();
+    handle.force_open(OPUS);
+    let upstream = Upstream::default();
+    let (events, listener) = recorder();
+    let config = FallbackConfig::new(targets())
+        .unwrap()
+        .health(handle)
+        .listener(listener);
+    let service = Fallback::new(upstream.clone(), config);
+    let reply = call(&service, &chat(OPUS)).await;
+    assert_eq!(served(&reply), (SONNET.to_owned(), 1));
+    assert_eq!(models_sent(&upstream), [SONNET], "nothing was sent to opus");
+    assert!(matches!(
+        &events.lock().unwrap()[0].kind,
+        EventKind::FallingBack {
+            reason: FallbackReason::Unavailable,
+            ..
+        }
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_deadline_covers_the_cascade() {
+    let upstream = Upstream::default();
+    // Opus takes 3 s to fail; sonnet hangs; with 5 s in all, haiku is never started.
+    upstream.script(OPUS, [Step::Slow(Duration::from_secs(3), 529)]);
+    upstream.script(SONNET, [Step::Hang]);
+    let config = FallbackConfig::new(targets())
+        .unwrap()
+        .deadline(Duration::from_secs(5))
+        .min_time_left(Duration::from_secs(1))
+        .on_exhausted(Exhausted::Error);
+    let service = Fallback::new(upstream.clone(), config);
+    let start = Instant::now();
+    let error = call(&service, &chat(OPUS)).await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+    assert_eq!(models_sent(&upstream), [OPUS, SONNET]);
+    let report = error.downcast_ref::<AllTargetsFailed>().unwrap();
+    let timeouts: Vec<_> = report
+        .failures()
+        .iter()
+        .map(|(m, r)| {
+            (
+                m.to_string(),
+                matches!(r, FallbackReason::Failed(o) if o.kind() == OutcomeKind::Timeout),
+            )
+        })
+        .collect();
+    assert_eq!(timeouts, [(OPUS.into(), false), (SONNET.into(), true)]);
+
+    // Not enough time left for a target: it is not started.
+    let upstream = Upstream::default();
+    upstream.script(OPUS, [Step::Slow(Duration::from_millis(4500), 529)]);
+    let config = FallbackConfig::new(targets())
+        .unwrap()
+        .deadline(Duration::from_secs(5))
+        .min_time_left(Duration::from_secs(1));
+    let service = Fallback::new(upstream.clone(), config);
+    let reply = call(&service, &chat(OPUS)).await;
+    assert_eq!(
+        reply.unwrap().status(),
+        529,
+        "the last response, as configured"
+    );
+    assert_eq!(models_sent(&upstream), [OPUS]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_every_target_fails_the_report_lists_each() {
+    let upstream = Upstream::default();
+    upstream.script(OPUS, [Step::Status(529)]);
+    upstream.script(SONNET, [Step::Status(503)]);
+    upstream.script(HAIKU, [Step::Status(500)]);
+    let config = FallbackConfig::new(targets())
+        .unwrap()
+        .on_exhausted(Exhausted::Error);
+    let service = Fallback::new(upstream.clone(), config);
+    let error = call(&service, &chat(OPUS)).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "every fallback target failed: claude-opus-4-1 (overloaded (529)); \
+         claude-sonnet-4-5 (overloaded (503)); claude-haiku-4-5 (server_error (500))"
+    );
+
+    // By default the last response comes back, with the report attached.
+    upstream.script(OPUS, [Step::Status(529)]);
+    upstream.script(SONNET, [Step::Status(503)]);
+    upstream.script(HAIKU, [Step::Status(500)]);
+    let service = Fallback::new(upstream.clone(), FallbackConfig::new(targets()).unwrap());
+    let response = call(&service, &chat(OPUS)).await.unwrap();
+    assert_eq!(response.status(), 500);
+    let report = response.extensions().get::<AllTargetsFailed>().unwrap();
+    assert_eq!(report.failures().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_model_and_the_clamped_max_tokens_change() {
+    let upstream = Upstream::default();
+    upstream.script(OPUS, [Step::Status(529)]);
+    upstream.script(SONNET, [Step::Status(529)]);
+    let body = chat(OPUS);
+    let service = Fallback::new(upstream.clone(), FallbackConfig::new(targets()).unwrap());
+    let reply = call(&service, &body).await;
+    assert_eq!(served(&reply), (HAIKU.to_owned(), 2));
+    let seen = upstream.seen();
+    assert_eq!(
+        seen[0].body,
+        body.as_bytes(),
+        "the first target gets the very bytes"
+    );
+    assert_eq!(seen[1].body, body.replace(OPUS, SONNET).as_bytes());
+    let clamped = body.replace(OPUS, HAIKU).replace("32000", "8192");
+    assert_eq!(seen[2].body, clamped.as_bytes());
+    // content-length follows the body; other headers and the URI are kept.
+    for s in &seen {
+        assert_eq!(
+            s.headers["content-length"],
+            s.body.len().to_string().as_str()
+        );
+        assert_eq!(s.headers["x-api-key"], "sk-ant-secret");
+        assert_eq!(s.uri, "https://api.anthropic.com/v1/messages?beta=1");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn bodies_without_a_model_go_unchanged_to_the_first_target_only() {
+    for body in ["not json at all", r#"{"messages":[]}"#, r#"{"model":42}"#] {
+        let upstream = Upstream::default();
+        upstream.script("none", [Step::Status(529)]);
+        let (events, listener) = recorder();
+        let config = FallbackConfig::new(targets()).unwrap().listener(listener);
+        let service = Fallback::new(upstream.clone(), config);
+        let reply = call(&service, body).await;
+        assert_eq!(reply.unwrap().status(), 529, "no cascade");
+        let seen = upstream.seen();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].body, body.as_bytes());
+        assert!(matches!(
+            events.lock().unwrap()[0].kind,
+            EventKind::NoCascade {
+                reason: NoCascadeReason::NoModel
+            }
+        ));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_oversized_body_goes_once_to_the_first_target() {
+    let upstream = Upstream::default();
+    upstream.script(OPUS, [Step::Status(529)]);
+    let body = chat(OPUS);
+    let config = FallbackConfig::new(targets()).unwrap().replay_limit(16);
+    let service = Fallback::new(upstream.clone(), config);
+    assert_eq!(call(&service, &body).await.unwrap().status(), 529);
+    assert_eq!(upstream.seen().len(), 1);
+    assert_eq!(upstream.seen()[0].body, body.as_bytes());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_requested_lighter_model_is_never_upgraded() {
+    let upstream = Upstream::default();
+    upstream.script(SONNET, [Step::Status(529)]);
+    let service = Fallback::new(upstream.clone(), FallbackConfig::new(targets()).unwrap());
+    let reply = call(&service, &chat(SONNET)).await;
+    assert_eq!(served(&reply), (HAIKU.to_owned(), 1));
+    assert_eq!(models_sent(&upstream), [SONNET, HAIKU]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_target_can_have_its_own_service_endpoint_and_credentials() {
+    let primary = Upstream::named("anthropic");
+    primary.script(OPUS, [Step::Status(529)]);
+    let other = Upstream::named("other");
+    let targets = vec![
+        Target::new(OPUS),
+        Target::new("gpt-4o")
+            .base_url("http://127.0.0.1:9000/openai")
+            .unwrap()
+            .header("x-api-key", "sk-other")
+            .unwrap(),
+    ];
+    let service = Fallback::new(primary.clone(), FallbackConfig::new(targets).unwrap())
+        .target_service("gpt-4o", other.clone())
+        .unwrap();
+    let reply = call(&service, &chat(OPUS)).await;
+    assert_eq!(served(&reply), ("gpt-4o".to_owned(), 1));
+    let body = reply
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(std::str::from_utf8(&body)
+        .unwrap()
+        .contains(r#""served_by":"other""#));
+    assert_eq!(primary.seen().len(), 1);
+    let seen = other.seen();
+    assert_eq!(
+        seen[0].uri,
+        "http://127.0.0.1:9000/openai/v1/messages?beta=1"
+    );
+    assert_eq!(seen[0].headers["x-api-key"], "sk-other");
+    assert!(format!("{service:?}").contains("gpt-4o"));
+    assert!(
+        !format!("{service:?}").contains("sk-other"),
+        "credentials never printed"
+    );
+}
+
+#[test]
+fn nonsense_settings_are_refused_with_the_key() {
+    assert_eq!(FallbackConfig::new([]).unwrap_err().key(), "targets");
+    let twice = FallbackConfig::new([Target::new("a"), Target::new("a")]).unwrap_err();
+    assert_eq!(
+        twice.to_string(),
+        "invalid fallback setting `targets`: `a` appears twice"
+    );
+    assert_eq!(
+        Target::new("a").base_url("not a url").unwrap_err().key(),
+        "target.base_url"
+    );
+    assert!(Target::new("a").base_url("/relative").is_err());
+    assert!(Target::new("a").header("bad header", "v").is_err());
+    let service = Fallback::new(Upstream::default(), FallbackConfig::new(targets()).unwrap());
+    assert_eq!(
+        service
+            .target_service("gpt-9", Upstream::default())
+            .unwrap_err()
+            .key(),
+        "target_service"
+    );
+}
