@@ -123,6 +123,23 @@ pub enum EventKind {
         /// Why.
         reason: NoCascadeReason,
     },
+    /// A cache answered instead of the upstream.
+    ServedFromCache {
+        /// `true` for an entry past its freshness, served because the live path
+        /// failed (stale-if-error); `false` for a fresh hit.
+        stale: bool,
+        /// The entry's age.
+        age: Duration,
+        /// What the live path did, when it was tried.
+        outcome: Option<Outcome>,
+    },
+    /// A canned answer was served because nothing live could answer.
+    Degraded {
+        /// The name of the rule that matched; `None` for the generic answer.
+        rule: Option<Arc<str>>,
+        /// What the live path did, when it answered with an outcome.
+        outcome: Option<Outcome>,
+    },
     /// A circuit breaker refused a request without sending it.
     CircuitRejected {
         /// The breaker's key.
@@ -141,6 +158,8 @@ impl EventKind {
             EventKind::GaveUp { .. } => "gave_up",
             EventKind::NotReplayable { .. } => "not_replayable",
             EventKind::FallingBack { .. } => "falling_back",
+            EventKind::ServedFromCache { .. } => "served_from_cache",
+            EventKind::Degraded { .. } => "degraded",
             EventKind::NoCascade { .. } => "no_cascade",
             EventKind::CircuitStateChanged { .. } => "circuit_state_changed",
             EventKind::CircuitRejected { .. } => "circuit_rejected",
@@ -562,6 +581,49 @@ fn log(event: &Event) {
                     "fallback from {from} to {to} because {reason}"
                 ),
             }
+        }
+        EventKind::ServedFromCache {
+            stale,
+            age,
+            outcome,
+        } => {
+            let outcome_name = outcome.as_ref().map(|o| o.kind().as_str());
+            let age_ms = age.as_millis() as u64;
+            if *stale {
+                tracing::warn!(
+                    layer,
+                    event = name,
+                    method,
+                    path,
+                    stale,
+                    age_ms,
+                    outcome = outcome_name,
+                    "served a stale cached answer ({age:?} old)"
+                );
+            } else {
+                tracing::debug!(
+                    layer,
+                    event = name,
+                    method,
+                    path,
+                    stale,
+                    age_ms,
+                    "served a fresh cached answer"
+                );
+            }
+        }
+        EventKind::Degraded { rule, outcome } => {
+            let rule = rule.as_deref();
+            let outcome_name = outcome.as_ref().map(|o| o.kind().as_str());
+            tracing::warn!(
+                layer,
+                event = name,
+                method,
+                path,
+                rule,
+                outcome = outcome_name,
+                "served a degraded answer"
+            );
         }
         EventKind::NoCascade { reason } => tracing::info!(
             layer,

@@ -61,3 +61,41 @@ impl ServedBy {
         self.position > 0
     }
 }
+
+/// How a cache layer answered. Inserted by the cache layer on the responses it serves
+/// from its store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CacheStatus {
+    /// A fresh entry, served without going live.
+    Hit,
+    /// An entry past its freshness, served because the live path failed.
+    Stale,
+}
+
+impl CacheStatus {
+    /// `"hit"` or `"stale"`, as in the `x-brownout-cache` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Stale => "stale",
+        }
+    }
+}
+
+/// The response is a canned answer, not the upstream's. Inserted by the degrade layer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Degraded {
+    rule: Option<std::sync::Arc<str>>,
+}
+
+impl Degraded {
+    /// A canned answer from the rule named `rule`, or the generic answer.
+    pub fn new(rule: Option<std::sync::Arc<str>>) -> Self {
+        Degraded { rule }
+    }
+
+    /// The name of the rule that matched; `None` for the generic answer.
+    pub fn rule(&self) -> Option<&str> {
+        self.rule.as_deref()
+    }
+}
