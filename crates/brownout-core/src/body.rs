@@ -86,6 +86,16 @@ impl<B: Body> PrefixedBody<B> {
         self.prefix.as_deref().unwrap_or_default()
     }
 
+    /// The original body, when nothing was read ahead of it; else `self` back.
+    pub fn into_unread(self) -> Result<B, Self> {
+        if self.prefix().is_empty() && self.trailers.is_none() && self.error.is_none() {
+            if let Some(rest) = self.rest {
+                return Ok(rest);
+            }
+        }
+        Err(self)
+    }
+
     /// Whether the whole body is held in memory (nothing left to read from the
     /// original body).
     pub fn is_complete(&self) -> bool {

@@ -1,0 +1,100 @@
+//! A response cache for tower HTTP clients: the last good answer when the upstream
+//! fails (stale-if-error), or a fresh one without going live, partitioned per caller.
+//!
+//! ```
+//! use std::time::Duration;
+//! use brownout_cache::{CacheConfig, CacheLayer};
+//! use brownout_core::{body::PrefixedBody, meta::CacheStatus};
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! // An upstream that answers once, then is overloaded.
+//! let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+//! let upstream = service_fn(move |_: Request<PrefixedBody<Full<Bytes>>>| {
+//!     let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+//!     async move {
+//!         let (status, body) = if n == 0 { (200, "Paris.") } else { (529, "overloaded") };
+//!         Response::builder().status(status).body(Full::new(Bytes::from(body)))
+//!     }
+//! });
+//! let client = ServiceBuilder::new()
+//!     .layer(CacheLayer::new(CacheConfig::new().stale_window(Duration::from_secs(3600))))
+//!     .service(upstream);
+//! let ask = || {
+//!     Request::post("https://api.anthropic.com/v1/messages")
+//!         .header("x-api-key", "sk-ant-caller-1")
+//!         .body(Full::new(Bytes::from(r#"{"model":"claude-haiku-4-5","messages":[{"role":"user","content":"Capital of France?"}]}"#)))
+//! };
+//!
+//! assert_eq!(client.clone().oneshot(ask()?).await?.status(), 200);
+//! // The upstream is overloaded now: the stored answer stands in, marked stale.
+//! let response = client.clone().oneshot(ask()?).await?;
+//! assert_eq!(response.status(), 200);
+//! assert_eq!(response.headers()["x-brownout-cache"], "stale");
+//! assert_eq!(response.extensions().get::<CacheStatus>(), Some(&CacheStatus::Stale));
+//! assert_eq!(response.into_body().collect().await?.to_bytes(), "Paris.");
+//! # Ok(()) }
+//! ```
+//!
+//! # Modes
+//!
+//! - [`Mode::StaleIfError`] (the default, for LLM calls): always go live; store every
+//!   complete successful answer; when the live path fails with an outcome
+//!   [`serve_stale_when`](CacheConfig::serve_stale_when) accepts — overloaded, rate
+//!   limited, server error, timeout, connection failure, refused by a breaker — answer
+//!   with the stored one if it is younger than [`ttl`](CacheConfig::ttl) +
+//!   [`stale_window`](CacheConfig::stale_window). Client errors go back unchanged.
+//! - [`Mode::FreshHit`] (for FAQ-style traffic): an entry younger than the TTL is
+//!   served without going live; identical concurrent misses are coalesced into one
+//!   upstream call, whose answer the others receive as hits. Failures fall back to
+//!   stale entries as above.
+//!
+//! Answers from the store carry `x-brownout-cache: hit|stale`, `age`, the
+//! [`CacheStatus`](brownout_core::meta::CacheStatus) extension, and a
+//! [`ServedFromCache`](brownout_core::event::EventKind::ServedFromCache) event.
+//!
+//! # Keys and partitions
+//!
+//! Two requests are the same when their method, path, query, selected headers
+//! (`anthropic-version`, `anthropic-beta`, `openai-organization`, `openai-project`) and
+//! JSON body agree — the body canonicalised, so member order and whitespace do not
+//! matter, while any value (a different `temperature`) does. The caller's credential
+//! (`x-api-key`, `authorization`, `api-key`) is hashed into the key, so one caller never
+//! receives another's answer; sharing across callers takes an explicit
+//! [`no_credential_partitioning`](CacheConfig::no_credential_partitioning). Keys are
+//! SHA-256 digests; credentials are never stored or logged.
+//!
+//! # What is stored
+//!
+//! Only complete successful (2xx) answers, read whole up to
+//! [`max_entry_bytes`](CacheConfig::max_entry_bytes) (a longer one is passed on and not
+//! stored), without `cache-control: no-store`. The store is a `moka` cache bounded by
+//! [`max_entries`](CacheConfig::max_entries) and [`max_bytes`](CacheConfig::max_bytes).
+//! Freshness is judged with `tokio::time`, so tests can pause it.
+//!
+//! **Streaming** requests (`"stream": true`) and event-stream answers pass through
+//! untouched and are never stored or served from the store: replaying a stored
+//! event stream faithfully (its timing, its mid-stream errors) is not something this
+//! cache claims to do. A request body longer than
+//! [`replay_limit`](CacheConfig::replay_limit) bypasses the cache.
+//!
+//! # Where it goes in a stack
+//!
+//! Outside the fallback, breaker and retry layers, so that a stored answer stands in
+//! only when every live path has failed; inside the degrade layer, which answers when
+//! even the store has nothing.
+
+mod config;
+mod key;
+mod layer;
+mod service;
+mod store;
+
+pub use config::{CacheConfig, Mode};
+pub use key::CacheKey;
+pub use layer::CacheLayer;
+pub use service::{Cache, ResponseFuture};

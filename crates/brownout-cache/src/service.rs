@@ -1,0 +1,341 @@
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use brownout_core::{
+    body::{buffer, Buffered, PrefixedBody},
+    classify::{classify_result, Outcome},
+    event::{Event, EventKind},
+    json::find_top_level_span,
+    meta::CacheStatus,
+    BoxError,
+};
+use bytes::Bytes;
+use http::{header, request::Parts, HeaderValue, Request, Response};
+use http_body::Body;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::{
+    config::Mode,
+    key::CacheKey,
+    store::{Entry, Flight, Store},
+    CacheConfig, CacheLayer,
+};
+
+/// What every service of one layer shares.
+pub(crate) struct Shared {
+    pub(crate) config: CacheConfig,
+    pub(crate) store: Arc<Store>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+/// Answers from the last good response when the live path fails, or from a fresh one
+/// without going live. See the [crate docs](crate).
+#[derive(Debug, Clone)]
+pub struct Cache<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Cache<S> {
+    /// Wraps `inner` with a store of its own.
+    pub fn new(inner: S, config: CacheConfig) -> Self {
+        let store = Arc::new(Store::new(&config));
+        Cache::from_shared(inner, Arc::new(Shared { config, store }))
+    }
+
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+        Cache { inner, shared }
+    }
+
+    /// A [`CacheLayer`] with the given settings.
+    pub fn layer(config: CacheConfig) -> CacheLayer {
+        CacheLayer::new(config)
+    }
+
+    /// How many entries are stored, and their weight in bytes.
+    pub async fn usage(&self) -> (u64, u64) {
+        self.shared.store.usage().await
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+type Output<B> = Result<Response<PrefixedBody<B>>, BoxError>;
+
+/// Response future of [`Cache`].
+pub struct ResponseFuture<B: Body> {
+    inner: Pin<Box<dyn Future<Output = Output<B>> + Send>>,
+}
+
+impl<B: Body> Future for ResponseFuture<B> {
+    type Output = Output<B>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<B: Body> fmt::Debug for ResponseFuture<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cache<S>
+where
+    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    ReqBody: Body + Unpin + Send + 'static,
+    ReqBody::Error: Send,
+    ResBody: Body + Unpin + Send + 'static,
+    ResBody::Error: Send,
+{
+    type Response = Response<PrefixedBody<ResBody>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<ResBody>;
+
+    /// Ready when the inner service is, even in fresh-hit mode: whether a request hits
+    /// is known only in `call`.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture {
+            inner: Box::pin(run(inner, self.shared.clone(), request)),
+        }
+    }
+}
+
+async fn run<S, ReqBody, ResBody>(
+    mut inner: S,
+    shared: Arc<Shared>,
+    request: Request<ReqBody>,
+) -> Output<ResBody>
+where
+    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    ReqBody: Body + Unpin,
+    ResBody: Body + Unpin,
+{
+    let config = &shared.config;
+    let (parts, body) = request.into_parts();
+    let replay = match buffer(body, config.replay_limit).await {
+        Buffered::Complete(replay) => replay,
+        Buffered::TooLarge(body) | Buffered::Failed(body) => {
+            // Too long to key: the cache stays out of the way.
+            return call(&mut inner, parts, body).await;
+        }
+    };
+    if streaming(replay.data()) || no_store(&parts) {
+        return call(&mut inner, parts, replay.replay()).await;
+    }
+    let key = config.keying.key(&parts, replay.data());
+    let store = &shared.store;
+
+    let mut guard = None;
+    if config.mode == Mode::FreshHit {
+        if let Some(hit) = fresh(store.get(&key).await, config) {
+            return Ok(from_store(&shared, &parts, &hit, CacheStatus::Hit, None));
+        }
+        match store.flight(key) {
+            Flight::Lead(lead) => guard = Some(lead),
+            Flight::Follow(mut done) => {
+                // The leader stores the answer (or gives up); either way the channel
+                // closes when it is done.
+                let _ = done.changed().await;
+                if let Some(hit) = fresh(store.get(&key).await, config) {
+                    return Ok(from_store(&shared, &parts, &hit, CacheStatus::Hit, None));
+                }
+            }
+        }
+    }
+
+    let live = inner
+        .call(Request::from_parts(parts.clone(), replay.replay()))
+        .await
+        .map_err(Into::into);
+    let (result, outcome) =
+        classify_result(&config.classifier, live, config.error_body_limit).await;
+    let result = match result {
+        Ok(response) if outcome.is_success() && response.status().is_success() => {
+            Ok(store_response(store, key, response).await)
+        }
+        other => other,
+    };
+    drop(guard);
+    if outcome.is_success() || !(config.serve_stale_when)(&outcome) {
+        return result;
+    }
+    match servable(store.get(&key).await, config) {
+        Some(entry) => {
+            let stale_for = Some(outcome);
+            Ok(from_store(
+                &shared,
+                &parts,
+                &entry,
+                CacheStatus::Stale,
+                stale_for,
+            ))
+        }
+        None => result,
+    }
+}
+
+/// The request passed through without the cache.
+async fn call<S, ReqBody, ResBody>(
+    inner: &mut S,
+    parts: Parts,
+    body: PrefixedBody<ReqBody>,
+) -> Output<ResBody>
+where
+    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    ReqBody: Body,
+    ResBody: Body,
+{
+    let response = inner
+        .call(Request::from_parts(parts, body))
+        .await
+        .map_err(Into::into)?;
+    Ok(response.map(PrefixedBody::new))
+}
+
+/// Reads a successful answer whole (up to the entry limit) and stores it; a longer
+/// or streamed answer is passed on as it is, unstored.
+async fn store_response<B: Body + Unpin>(
+    store: &Store,
+    key: CacheKey,
+    response: Response<PrefixedBody<B>>,
+) -> Response<PrefixedBody<B>> {
+    let event_stream = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if event_stream || no_store_response(&response) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // The classifier never reads a success body: the original is under the wrapper.
+    let body = match body.into_unread() {
+        Ok(body) => body,
+        Err(body) => return Response::from_parts(parts, body),
+    };
+    let replay = match buffer(body, store.max_entry_bytes).await {
+        Buffered::Complete(replay) => replay,
+        Buffered::TooLarge(body) | Buffered::Failed(body) => {
+            return Response::from_parts(parts, body);
+        }
+    };
+    // Trailers are not stored: such an answer is passed on, unstored.
+    if replay.trailers().is_none() {
+        let entry = Entry {
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers.clone(),
+            body: replay.data().clone(),
+            stored_at: Instant::now(),
+        };
+        store.insert(key, entry).await;
+    }
+    Response::from_parts(parts, replay.replay())
+}
+
+fn fresh(entry: Option<Arc<Entry>>, config: &CacheConfig) -> Option<Arc<Entry>> {
+    entry.filter(|e| e.stored_at.elapsed() < config.ttl)
+}
+
+fn servable(entry: Option<Arc<Entry>>, config: &CacheConfig) -> Option<Arc<Entry>> {
+    let limit = config.ttl.saturating_add(config.stale_window);
+    entry.filter(|e| e.stored_at.elapsed() < limit)
+}
+
+/// An answer from the store, marked as such.
+fn from_store<B: Body>(
+    shared: &Shared,
+    parts: &Parts,
+    entry: &Entry,
+    status: CacheStatus,
+    live: Option<Outcome>,
+) -> Response<PrefixedBody<B>> {
+    let age = entry.stored_at.elapsed();
+    shared.config.events.emit(Event::new(
+        "cache",
+        &parts.method,
+        &parts.uri,
+        EventKind::ServedFromCache {
+            stale: status == CacheStatus::Stale,
+            age,
+            outcome: live,
+        },
+    ));
+    let mut response = Response::new(PrefixedBody::complete(entry.body.clone(), None));
+    *response.status_mut() = entry.status;
+    *response.version_mut() = entry.version;
+    *response.headers_mut() = entry.headers.clone();
+    let headers = response.headers_mut();
+    headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
+    if let Some(name) = &shared.config.status_header {
+        headers.insert(name.clone(), HeaderValue::from_static(status.as_str()));
+    }
+    response.extensions_mut().insert(status);
+    response
+}
+
+/// Whether the request asks for a server-sent event stream (`"stream": true`).
+fn streaming(body: &Bytes) -> bool {
+    find_top_level_span(body, "stream").is_some_and(|span| &body[span] == b"true")
+}
+
+fn no_store(parts: &Parts) -> bool {
+    has_no_store(&parts.headers)
+}
+
+fn no_store_response<B>(response: &Response<B>) -> bool {
+    has_no_store(response.headers())
+}
+
+fn has_no_store(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|d| d.trim().eq_ignore_ascii_case("no-store"))
+        })
+}

@@ -1,0 +1,354 @@
+//! Behaviour of the cache layer, in paused tokio time.
+
+use std::{
+    sync::{
+        atomic::{AtomicU16, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use brownout_cache::{Cache, CacheConfig, Mode};
+use brownout_core::{
+    body::PrefixedBody,
+    event::{Event, EventKind},
+    meta::CacheStatus,
+    BoxError,
+};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use tokio::sync::Semaphore;
+use tower::{Service, ServiceExt};
+
+const QUOTA: &str = r#"{"error":{"message":"quota","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
+
+/// An upstream whose status the test sets; it answers `answer-N` for its N-th call.
+#[derive(Clone)]
+struct Upstream {
+    status: Arc<AtomicU16>,
+    calls: Arc<AtomicUsize>,
+    gate: Option<Arc<Semaphore>>,
+    body_size: usize,
+    stream: bool,
+}
+
+impl Upstream {
+    fn new() -> Self {
+        Upstream {
+            status: Arc::new(AtomicU16::new(200)),
+            calls: Arc::default(),
+            gate: None,
+            body_size: 0,
+            stream: false,
+        }
+    }
+
+    fn set(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Service<Request<PrefixedBody<Full<Bytes>>>> for Upstream {
+    type Response = Response<Full<Bytes>>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<PrefixedBody<Full<Bytes>>>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let n = this.calls.fetch_add(1, Ordering::SeqCst);
+            let _ = request.into_body().collect().await?;
+            if let Some(gate) = &this.gate {
+                gate.acquire().await?.forget();
+            }
+            let status = this.status.load(Ordering::SeqCst);
+            if status == 0 {
+                return Err(
+                    Box::new(std::io::Error::from(std::io::ErrorKind::TimedOut)) as BoxError
+                );
+            }
+            let body = match status {
+                429 => QUOTA.to_owned(),
+                _ if this.body_size > 0 => "x".repeat(this.body_size),
+                _ => format!("answer-{n}"),
+            };
+            let mut response = Response::builder().status(status);
+            if this.stream {
+                response = response.header("content-type", "text/event-stream");
+            }
+            Ok(response.body(Full::new(Bytes::from(body)))?)
+        })
+    }
+}
+
+fn ask(key: &str, body: &str) -> Request<Full<Bytes>> {
+    Request::post("https://api.anthropic.com/v1/messages")
+        .header("x-api-key", key)
+        .header("anthropic-version", "2023-06-01")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap()
+}
+
+const Q: &str = r#"{"model":"claude-haiku-4-5","max_tokens":64,"temperature":0.2,"messages":[{"role":"user","content":"Capital of France?"}]}"#;
+
+type Reply = Result<Response<PrefixedBody<Full<Bytes>>>, BoxError>;
+
+async fn send(cache: &Cache<Upstream>, key: &str, body: &str) -> Reply {
+    cache.clone().oneshot(ask(key, body)).await
+}
+
+async fn text(reply: Reply) -> (u16, Option<CacheStatus>, String) {
+    let response = reply.unwrap();
+    let status = response.status().as_u16();
+    let cached = response.extensions().get::<CacheStatus>().copied();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, cached, String::from_utf8(body.to_vec()).unwrap())
+}
+
+fn fresh_hit(ttl: u64) -> CacheConfig {
+    CacheConfig::new()
+        .mode(Mode::FreshHit)
+        .ttl(Duration::from_secs(ttl))
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_if_error_stands_in_for_overloads_and_outages_only() {
+    let upstream = Upstream::new();
+    let cache = Cache::new(upstream.clone(), CacheConfig::new());
+    assert_eq!(
+        text(send(&cache, "k", Q).await).await,
+        (200, None, "answer-0".into())
+    );
+    // Always live while the upstream answers.
+    assert_eq!(
+        text(send(&cache, "k", Q).await).await,
+        (200, None, "answer-1".into())
+    );
+
+    for status in [529, 503, 500, 502, 0 /* timeout error */] {
+        upstream.set(status);
+        let (code, cached, body) = text(send(&cache, "k", Q).await).await;
+        assert_eq!(
+            (code, cached, body.as_str()),
+            (200, Some(CacheStatus::Stale), "answer-1"),
+            "{status}"
+        );
+    }
+    for status in [400, 401, 403, 404, 413, 429] {
+        upstream.set(status);
+        let (code, cached, _) = text(send(&cache, "k", Q).await).await;
+        assert_eq!(
+            (code, cached),
+            (status, None),
+            "a client error goes back as it is"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_answers_are_marked() {
+    let upstream = Upstream::new();
+    let (events, listener) = recorder();
+    let cache = Cache::new(upstream.clone(), CacheConfig::new().listener(listener));
+    send(&cache, "k", Q).await.unwrap();
+    tokio::time::advance(Duration::from_secs(42)).await;
+    upstream.set(529);
+    let response = send(&cache, "k", Q).await.unwrap();
+    assert_eq!(response.headers()["x-brownout-cache"], "stale");
+    assert_eq!(response.headers()["age"], "42");
+    let events = events.lock().unwrap();
+    assert!(matches!(
+        &events[0].kind,
+        EventKind::ServedFromCache { stale: true, age, outcome: Some(o) }
+            if *age == Duration::from_secs(42) && o.status().map(|s| s.as_u16()) == Some(529)
+    ));
+    assert!(
+        !format!("{events:?}").contains("sk-"),
+        "no credential in events"
+    );
+}
+
+fn recorder() -> (
+    Arc<std::sync::Mutex<Vec<Event>>>,
+    impl Fn(&Event) + Send + Sync + 'static,
+) {
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = events.clone();
+    (events, move |e: &Event| {
+        sink.lock().unwrap().push(e.clone())
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_caller_never_receives_another_callers_answer() {
+    let upstream = Upstream::new();
+    let cache = Cache::new(upstream.clone(), fresh_hit(60));
+    assert_eq!(text(send(&cache, "sk-a", Q).await).await.2, "answer-0");
+    assert_eq!(
+        text(send(&cache, "sk-b", Q).await).await.2,
+        "answer-1",
+        "no cross hit"
+    );
+    assert_eq!(
+        text(send(&cache, "sk-a", Q).await).await,
+        (200, Some(CacheStatus::Hit), "answer-0".into())
+    );
+
+    // Nor a stale one.
+    upstream.set(529);
+    let (status, cached, _) = text(send(&cache, "sk-c", Q).await).await;
+    assert_eq!((status, cached), (529, None));
+
+    // Unless partitioning is turned off, explicitly.
+    let upstream = Upstream::new();
+    let shared = Cache::new(upstream.clone(), fresh_hit(60).no_credential_partitioning());
+    send(&shared, "sk-a", Q).await.unwrap();
+    assert_eq!(
+        text(send(&shared, "sk-b", Q).await).await.1,
+        Some(CacheStatus::Hit)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn keys_ignore_member_order_and_whitespace_but_not_values() {
+    let upstream = Upstream::new();
+    let cache = Cache::new(upstream.clone(), fresh_hit(60));
+    send(&cache, "k", Q).await.unwrap();
+    let reordered = r#"{ "messages": [ {"content": "Capital of France?", "role": "user"} ],
+        "temperature": 0.2, "max_tokens": 64, "model": "claude-haiku-4-5" }"#;
+    assert_eq!(
+        text(send(&cache, "k", reordered).await).await.1,
+        Some(CacheStatus::Hit)
+    );
+    let warmer = Q.replace("0.2", "0.9");
+    assert_eq!(text(send(&cache, "k", &warmer).await).await.1, None);
+    assert_eq!(upstream.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ttl_and_stale_window_expire() {
+    let upstream = Upstream::new();
+    let config = fresh_hit(60).stale_window(Duration::from_secs(600));
+    let cache = Cache::new(upstream.clone(), config);
+    send(&cache, "k", Q).await.unwrap();
+    tokio::time::advance(Duration::from_secs(59)).await;
+    assert_eq!(
+        text(send(&cache, "k", Q).await).await.1,
+        Some(CacheStatus::Hit)
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    upstream.set(503);
+    // Past the TTL: live, and the live failure is covered by the stale entry.
+    let (status, cached, body) = text(send(&cache, "k", Q).await).await;
+    assert_eq!(
+        (status, cached, body.as_str()),
+        (200, Some(CacheStatus::Stale), "answer-0")
+    );
+    assert_eq!(upstream.calls(), 2);
+    // Past TTL + stale window: nothing left to serve.
+    tokio::time::advance(Duration::from_secs(600)).await;
+    let (status, cached, _) = text(send(&cache, "k", Q).await).await;
+    assert_eq!((status, cached), (503, None));
+}
+
+#[tokio::test(start_paused = true)]
+async fn identical_concurrent_misses_make_one_upstream_call() {
+    let mut upstream = Upstream::new();
+    let gate = Arc::new(Semaphore::new(0));
+    upstream.gate = Some(gate.clone());
+    let cache = Cache::new(upstream.clone(), fresh_hit(60));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { text(send(&cache, "k", Q).await).await })
+        })
+        .collect();
+    while upstream.calls() < 1 {
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(upstream.calls(), 1, "the others wait for the leader");
+    gate.add_permits(100);
+    let mut hits = 0;
+    for task in tasks {
+        let (status, cached, body) = task.await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "answer-0"));
+        hits += usize::from(cached == Some(CacheStatus::Hit));
+    }
+    assert_eq!(upstream.calls(), 1);
+    assert_eq!(hits, 7);
+}
+
+#[tokio::test(start_paused = true)]
+async fn entries_are_bounded_by_count_and_bytes() {
+    let upstream = Upstream::new();
+    let cache = Cache::new(
+        upstream.clone(),
+        fresh_hit(60).max_entries(4).max_bytes(1 << 20),
+    );
+    for i in 0..20 {
+        send(&cache, "k", &Q.replace("France", &format!("country {i}")))
+            .await
+            .unwrap();
+    }
+    let (entries, _) = cache.usage().await;
+    assert!(entries <= 4, "{entries}");
+
+    let mut big = Upstream::new();
+    big.body_size = 10_000;
+    let cache = Cache::new(
+        big.clone(),
+        fresh_hit(60).max_bytes(50_000).max_entries(1000),
+    );
+    for i in 0..20 {
+        send(&cache, "k", &Q.replace("France", &format!("country {i}")))
+            .await
+            .unwrap();
+    }
+    let (entries, bytes) = cache.usage().await;
+    assert!(bytes <= 50_000, "{bytes}");
+    assert!(entries <= 5, "{entries}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn answers_over_the_entry_limit_pass_whole_and_are_not_stored() {
+    let mut upstream = Upstream::new();
+    upstream.body_size = 5000;
+    let cache = Cache::new(upstream.clone(), fresh_hit(60).max_entry_bytes(4096));
+    let (_, _, body) = text(send(&cache, "k", Q).await).await;
+    assert_eq!(body.len(), 5000);
+    let (_, cached, _) = text(send(&cache, "k", Q).await).await;
+    assert_eq!(cached, None);
+    assert_eq!(upstream.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn streams_pass_through_and_are_never_stored() {
+    let mut upstream = Upstream::new();
+    upstream.stream = true;
+    let cache = Cache::new(upstream.clone(), fresh_hit(60));
+    let streamed = Q.replace(r#""max_tokens":64"#, r#""max_tokens":64,"stream":true"#);
+    send(&cache, "k", &streamed).await.unwrap();
+    send(&cache, "k", &streamed).await.unwrap();
+    assert_eq!(upstream.calls(), 2);
+    // An event-stream answer to a plain request is not stored either.
+    send(&cache, "k", Q).await.unwrap();
+    assert_eq!(text(send(&cache, "k", Q).await).await.1, None);
+    assert_eq!(upstream.calls(), 4);
+}
