@@ -1,0 +1,209 @@
+//! `brownout-sim`: serves a script as an Anthropic/OpenAI-compatible upstream over
+//! HTTP/1.1, or runs the outage scenario runner on it. See the crate docs.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use brownout_sim::{runner, runner::Baseline, Endpoint, Runner, Script, Sim, SimServer};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// An overloaded Anthropic/OpenAI-compatible upstream with scripted faults.
+///
+/// Without a subcommand, serves the script over HTTP/1.1: POST /v1/messages and
+/// POST /v1/chat/completions.
+#[derive(Parser)]
+#[command(name = "brownout-sim", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The script (TOML); the shipped outage script when absent.
+    #[arg(long)]
+    script: Option<PathBuf>,
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    listen: SocketAddr,
+    /// Overrides the script's seed.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs client stacks against the script and prints what their callers saw.
+    Run(RunArgs),
+    /// Prints the shipped outage script.
+    Script,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The script (TOML); the shipped outage script when absent.
+    #[arg(long)]
+    script: Option<PathBuf>,
+    /// Which baseline client stack to run.
+    #[arg(long, value_enum, default_value_t = Client::All)]
+    client: Client,
+    /// Client requests to send [default: the script's, else 100].
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Client requests in flight at most [default: the script's, else 10].
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Spread request starts over this long, e.g. 10m [default: the script's].
+    #[arg(long, value_parser = duration)]
+    over: Option<Duration>,
+    /// Send requests as fast as the workers allow, ignoring the script's spread.
+    #[arg(long, conflicts_with = "over")]
+    no_spread: bool,
+    /// The model requested [default: the script's, else its first model].
+    #[arg(long)]
+    model: Option<String>,
+    /// The API the requests speak [default: the script's, else anthropic].
+    #[arg(long, value_enum)]
+    endpoint: Option<EndpointArg>,
+    /// Ask for streamed answers.
+    #[arg(long)]
+    stream: bool,
+    /// Overrides the script's seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// How long the caller waits for one answer, e.g. 60s [default: the script's, else 60s].
+    #[arg(long, value_parser = duration)]
+    timeout: Option<Duration>,
+    /// Run on the wall clock instead of in virtual time (a ten-minute script then
+    /// takes ten minutes).
+    #[arg(long)]
+    real_time: bool,
+    /// Print the reports as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Client {
+    Naive,
+    RetryOnly,
+    All,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EndpointArg {
+    Anthropic,
+    Openai,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    brownout_core::classify::parse_go_duration(text)
+        .ok_or_else(|| format!("`{text}` is not a duration such as 800ms, 60s or 10m"))
+}
+
+fn load(path: Option<&PathBuf>, seed: Option<u64>) -> Result<Script, String> {
+    let script = match path {
+        Some(path) => Script::from_file(path).map_err(|e| e.to_string())?,
+        None => Script::outage(),
+    };
+    Ok(match seed {
+        Some(seed) => script.seed(seed),
+        None => script,
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Script) => {
+            print!("{}", brownout_sim::OUTAGE_TOML);
+            Ok(())
+        }
+        Some(Command::Run(args)) => run(args),
+        None => serve(cli.serve),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("brownout-sim: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let script = load(args.script.as_ref(), args.seed)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let server = SimServer::bind(args.listen, Sim::new(script))
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        let addr = server.local_addr().map_err(|e| e.to_string())?;
+        let name = args
+            .script
+            .as_ref()
+            .map_or_else(|| "the outage script".to_owned(), |p| p.display().to_string());
+        println!("brownout-sim: serving {name} on http://{addr} (POST /v1/messages, POST /v1/chat/completions)");
+        server.serve().await;
+        Ok(())
+    })
+}
+
+fn run(args: RunArgs) -> Result<(), String> {
+    let script = load(args.script.as_ref(), args.seed)?;
+    let mut runner = Runner::new(script).stream(args.stream);
+    if let Some(requests) = args.requests {
+        runner = runner.requests(requests);
+    }
+    if let Some(concurrency) = args.concurrency {
+        runner = runner.concurrency(concurrency);
+    }
+    if let Some(over) = args.over {
+        runner = runner.spread_over(over);
+    }
+    if args.no_spread {
+        runner = runner.no_spread();
+    }
+    if let Some(model) = args.model {
+        runner = runner.model(model);
+    }
+    if let Some(endpoint) = args.endpoint {
+        runner = runner.endpoint(match endpoint {
+            EndpointArg::Anthropic => Endpoint::Anthropic,
+            EndpointArg::Openai => Endpoint::OpenAi,
+        });
+    }
+    if let Some(timeout) = args.timeout {
+        runner = runner.timeout(timeout);
+    }
+    let baselines: &[Baseline] = match args.client {
+        Client::Naive => &[Baseline::Naive],
+        Client::RetryOnly => &[Baseline::RetryOnly],
+        Client::All => &Baseline::ALL,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(!args.real_time)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let reports = runtime.block_on(async {
+        let mut reports = Vec::new();
+        for baseline in baselines {
+            reports.push(runner.run_baseline(*baseline).await);
+        }
+        reports
+    });
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&reports).map_err(|e| e.to_string())?
+        );
+    } else {
+        print!("{}", runner::table(&reports));
+    }
+    Ok(())
+}

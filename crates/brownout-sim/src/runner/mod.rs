@@ -1,0 +1,495 @@
+//! The outage scenario runner: N requests at concurrency C through a client stack,
+//! against a script, and what came of them.
+//!
+//! [`Runner::run`] makes a fresh [`Sim`] from the script, builds the client stack on
+//! top of it with the closure it is given, and sends the requests: `concurrency`
+//! workers each send the next request as soon as the previous one is done, and when
+//! the run is spread over a duration ([`Runner::spread_over`], the script's
+//! `[run] over`), request `i` of `n` does not start before `i/n` of it has passed, so
+//! a ten-minute script is crossed from end to end. Each request's body is read to its
+//! end; the caller waits at most [`Runner::timeout`] for all of it.
+//!
+//! Everything runs on tokio's clock: in a runtime with paused time (a
+//! `#[tokio::test(start_paused = true)]`, or `brownout-sim run` without
+//! `--real-time`) a ten-minute outage runs in well under a second, with the same
+//! report as in real time.
+//!
+//! # What the report counts
+//!
+//! - **Answered, by source.** A 2xx answer is *degraded* when it has brownout's
+//!   [`Degraded`] extension or an `x-brownout-degraded` header, *cached* when it has a
+//!   [`CacheStatus`] extension or an `x-brownout-cache` header other than `miss`, and
+//!   otherwise *first choice* or *fallback*: as its [`ServedBy`] extension says when
+//!   it has one, else depending on whether the model that served it (the
+//!   `x-brownout-model` header, else the body's `model`) is the one requested. A
+//!   stream that ends in an error event is an error, whatever its status.
+//! - **Errors, by what they were**: `529 overloaded_error`, `429 rate_limit_error`,
+//!   `timeout: …`, `connection_failed: …`, `200 stream overloaded_error`.
+//! - **Upstream requests** counted by the simulator, and the amplification: upstream
+//!   requests per client request.
+//! - **Latency** of the client's view (p50, p95, p99, max), from sending the request
+//!   to the end of its body, errors included.
+
+mod baseline;
+mod report;
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use brownout_core::{
+    classify::{Classify, DefaultClassifier, Observed},
+    meta::{CacheStatus, Degraded, ServedBy},
+    BoxError,
+};
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, Limited};
+use serde::Deserialize;
+use tokio::{task::JoinSet, time::Instant};
+use tower::{Service, ServiceExt};
+
+pub use self::baseline::{naive, retry_only, retry_only_config, Baseline};
+pub use self::report::{table, Answered, LatencySummary, Report, Upstream};
+
+use crate::{Endpoint, Script, Sim};
+
+/// The largest response body the runner reads; longer ones count as errors.
+const MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
+
+/// Drives a script through a client stack and reports what the caller saw.
+///
+/// ```
+/// use std::time::Duration;
+/// use brownout_sim::{runner::Baseline, Fault, ModelScript, Runner, Script};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let script = Script::new().seed(1).model(
+///     "claude-sonnet-4-5",
+///     ModelScript::new().fault(Fault::overloaded().until(Duration::from_secs(10))),
+/// );
+/// let runner = Runner::new(script)
+///     .model("claude-sonnet-4-5")
+///     .requests(20)
+///     .concurrency(2)
+///     .spread_over(Duration::from_secs(20));
+///
+/// let naive = runner.run_baseline(Baseline::Naive).await;
+/// // The first half of the requests arrive during the outage.
+/// assert_eq!(naive.answered.first_choice, 10);
+/// assert_eq!(naive.errors["529 overloaded_error"], 10);
+/// assert_eq!(naive.upstream.requests, 20);
+///
+/// let retry = runner.run_baseline(Baseline::RetryOnly).await;
+/// assert!(retry.upstream.requests > 20);
+/// println!("{}", brownout_sim::runner::table(&[naive, retry]));
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Runner {
+    script: Script,
+    model: String,
+    endpoint: Endpoint,
+    requests: u64,
+    concurrency: usize,
+    over: Option<Duration>,
+    timeout: Duration,
+    stream: bool,
+    base_url: String,
+    max_tokens: u32,
+}
+
+impl Runner {
+    /// A runner for `script`, with the script's `[run]` settings where it has them,
+    /// else: the script's first model on the Anthropic endpoint, 100 requests, 10 at
+    /// a time, not spread, a 60 s timeout, no streaming.
+    pub fn new(script: Script) -> Self {
+        let plan = script.plan.clone();
+        let model = plan
+            .model
+            .or_else(|| script.model_names().next().map(str::to_owned))
+            .unwrap_or_else(|| "claude-sonnet-4-5".to_owned());
+        Runner {
+            model,
+            endpoint: plan.endpoint.unwrap_or_default(),
+            requests: plan.requests.unwrap_or(100),
+            concurrency: plan.concurrency.unwrap_or(10),
+            over: plan.over,
+            timeout: plan.timeout.unwrap_or(Duration::from_secs(60)),
+            stream: plan.stream.unwrap_or(false),
+            base_url: "http://127.0.0.1".to_owned(),
+            max_tokens: 1024,
+            script,
+        }
+    }
+
+    /// The model every request asks for (the first choice).
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.model = model.into();
+        self
+    }
+
+    /// The API the requests speak.
+    pub fn endpoint(mut self, endpoint: Endpoint) -> Self {
+        self.endpoint = endpoint;
+        self
+    }
+
+    /// How many requests to send.
+    pub fn requests(mut self, requests: u64) -> Self {
+        self.requests = requests;
+        self
+    }
+
+    /// How many requests are in flight at most (0 is taken as 1).
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// Spreads the request starts evenly over `duration`.
+    pub fn spread_over(mut self, duration: Duration) -> Self {
+        self.over = Some(duration);
+        self
+    }
+
+    /// Sends each request as soon as a worker is free.
+    pub fn no_spread(mut self) -> Self {
+        self.over = None;
+        self
+    }
+
+    /// How long the caller waits for a whole answer before it gives up (a
+    /// `timeout: …` error in the report).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Whether requests ask for a streamed answer.
+    pub fn stream(mut self, stream: bool) -> Self {
+        self.stream = stream;
+        self
+    }
+
+    /// The scheme and authority of request URIs, for client stacks that send them
+    /// over the network (`http://127.0.0.1:8080`). The in-process simulator ignores
+    /// it.
+    pub fn base_url(mut self, base_url: impl Into<String>) -> Self {
+        self.base_url = base_url.into().trim_end_matches('/').to_owned();
+        self
+    }
+
+    /// The script.
+    pub fn script(&self) -> &Script {
+        &self.script
+    }
+
+    /// The `i`-th request the runner sends: a short chat request for the runner's
+    /// model in the endpoint's shape, with the provider's usual headers.
+    pub fn request(&self, i: u64) -> Request<Full<Bytes>> {
+        let prompt = format!("Request {i}: summarise the incident report in one line.");
+        let body = match self.endpoint {
+            Endpoint::Anthropic => serde_json::json!({
+                "model": self.model,
+                "max_tokens": self.max_tokens,
+                "stream": self.stream,
+                "messages": [{"role": "user", "content": prompt}],
+            }),
+            Endpoint::OpenAi => serde_json::json!({
+                "model": self.model,
+                "max_completion_tokens": self.max_tokens,
+                "stream": self.stream,
+                "messages": [{"role": "user", "content": prompt}],
+            }),
+        };
+        let builder = Request::post(format!("{}{}", self.base_url, self.endpoint.path())).header(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let builder = match self.endpoint {
+            Endpoint::Anthropic => builder
+                .header("x-api-key", "sk-ant-sim")
+                .header("anthropic-version", "2023-06-01"),
+            Endpoint::OpenAi => builder.header(header::AUTHORIZATION, "Bearer sk-sim"),
+        };
+        builder
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("the runner's requests are valid")
+    }
+
+    /// Runs one of the shipped baseline stacks.
+    pub async fn run_baseline(&self, baseline: Baseline) -> Report {
+        let seed = self.script.seed;
+        match baseline {
+            Baseline::Naive => self.run(baseline.name(), naive).await,
+            Baseline::RetryOnly => self.run(baseline.name(), |sim| retry_only(sim, seed)).await,
+        }
+    }
+
+    /// Makes a fresh [`Sim`] from the script, builds the client stack over it with
+    /// `make_client`, and runs the scenario through it. `stack` names the stack in
+    /// the report.
+    pub async fn run<F, S, B>(&self, stack: &str, make_client: F) -> Report
+    where
+        F: FnOnce(Sim) -> S,
+        S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let sim = Sim::new(self.script.clone());
+        let client = make_client(sim.clone());
+        self.run_with(stack, &sim, client).await
+    }
+
+    /// Runs the scenario through `client`, counting upstream requests on `sim`: for a
+    /// client that reaches the simulator some other way, such as over a
+    /// [`SimServer`](crate::SimServer) (set [`base_url`](Self::base_url) then).
+    pub async fn run_with<S, B>(&self, stack: &str, sim: &Sim, client: S) -> Report
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let before = sim.stats();
+        let start = Instant::now();
+        let shared = Arc::new((self.clone(), AtomicU64::new(0)));
+        let mut workers = JoinSet::new();
+        for _ in 0..self.concurrency.min(self.requests.max(1) as usize) {
+            workers.spawn(worker(shared.clone(), client.clone(), start));
+        }
+        let mut records = Vec::with_capacity(self.requests as usize);
+        while let Some(result) = workers.join_next().await {
+            match result {
+                Ok(mut done) => records.append(&mut done),
+                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                Err(_) => {}
+            }
+        }
+        let elapsed = start.elapsed();
+        records.sort_by_key(|r| r.index);
+        report::build(self, stack, records, before, sim.stats(), elapsed)
+    }
+}
+
+/// What happened to one client request.
+pub(crate) struct Record {
+    pub(crate) index: u64,
+    pub(crate) latency: Duration,
+    pub(crate) source: Source,
+}
+
+/// Where an answer came from, or what went wrong.
+pub(crate) enum Source {
+    FirstChoice,
+    Fallback(String),
+    Cached,
+    Degraded,
+    Unknown,
+    Error(String),
+}
+
+async fn worker<S, B>(shared: Arc<(Runner, AtomicU64)>, client: S, start: Instant) -> Vec<Record>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
+    S::Error: Into<BoxError>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let (runner, next) = &*shared;
+    let mut records = Vec::new();
+    loop {
+        let index = next.fetch_add(1, Ordering::Relaxed);
+        if index >= runner.requests {
+            return records;
+        }
+        if let Some(over) = runner.over {
+            let at = over.mul_f64(index as f64 / runner.requests as f64);
+            tokio::time::sleep_until(start + at).await;
+        }
+        let request = runner.request(index);
+        let sent = Instant::now();
+        let source = match tokio::time::timeout(
+            runner.timeout,
+            exchange(client.clone(), request, &runner.model),
+        )
+        .await
+        {
+            Ok(source) => source,
+            Err(_) => Source::Error(format!("timeout: no answer within {:?}", runner.timeout)),
+        };
+        records.push(Record {
+            index,
+            latency: sent.elapsed(),
+            source,
+        });
+    }
+}
+
+/// Sends one request, reads its answer to the end, and says what it was.
+async fn exchange<S, B>(client: S, request: Request<Full<Bytes>>, requested: &str) -> Source
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let response = match client.oneshot(request).await {
+        Ok(response) => response,
+        Err(error) => return Source::Error(error_label(&*error.into())),
+    };
+    let (parts, body) = response.into_parts();
+    let body = match Limited::new(body, MAX_RESPONSE_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => {
+            return Source::Error(format!(
+                "{} body failed: {}",
+                parts.status.as_u16(),
+                root(&*error)
+            ))
+        }
+    };
+    if !parts.status.is_success() {
+        let outcome = DefaultClassifier::new().classify(Observed::Response {
+            status: parts.status,
+            headers: &parts.headers,
+            body: Some(&body),
+        });
+        return Source::Error(match outcome.error_type() {
+            Some(error_type) => format!("{} {error_type}", parts.status.as_u16()),
+            None => parts.status.as_u16().to_string(),
+        });
+    }
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let extensions = &parts.extensions;
+    if extensions.get::<Degraded>().is_some() || header("x-brownout-degraded").is_some() {
+        return Source::Degraded;
+    }
+    if extensions.get::<CacheStatus>().is_some()
+        || header("x-brownout-cache").is_some_and(|v| !v.eq_ignore_ascii_case("miss"))
+    {
+        return Source::Cached;
+    }
+    let from_body = match read_answer(&body) {
+        Read::StreamError(error_type) => {
+            return Source::Error(format!("{} stream {error_type}", parts.status.as_u16()))
+        }
+        Read::Model(model) => model,
+    };
+    if let Some(served) = extensions.get::<ServedBy>() {
+        return if served.is_fallback() {
+            Source::Fallback(served.model().to_owned())
+        } else {
+            Source::FirstChoice
+        };
+    }
+    let served = header("x-brownout-model").map(str::to_owned).or(from_body);
+    match served {
+        Some(model) if model == requested => Source::FirstChoice,
+        Some(model) => Source::Fallback(model),
+        None => Source::Unknown,
+    }
+}
+
+enum Read {
+    Model(Option<String>),
+    StreamError(String),
+}
+
+#[derive(Deserialize)]
+struct ModelField {
+    model: Option<String>,
+    message: Option<Box<ModelField>>,
+    error: Option<ErrorField>,
+}
+
+#[derive(Deserialize)]
+struct ErrorField {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    code: Option<String>,
+}
+
+/// The model named by a JSON answer or a stream of server-sent events, or the error a
+/// stream ended with.
+fn read_answer(body: &[u8]) -> Read {
+    if let Ok(answer) = serde_json::from_slice::<ModelField>(body) {
+        return Read::Model(answer.model);
+    }
+    let text = String::from_utf8_lossy(body);
+    let mut model = None;
+    let mut event = "";
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("event:") {
+            event = name.trim();
+            continue;
+        }
+        let Some(data) = line.strip_prefix("data:").map(str::trim) else {
+            continue;
+        };
+        let Ok(parsed) = serde_json::from_str::<ModelField>(data) else {
+            continue;
+        };
+        if let Some(error) = parsed.error {
+            return Read::StreamError(error.code.or(error.kind).unwrap_or_else(|| "error".into()));
+        }
+        if event == "error" {
+            return Read::StreamError("error".into());
+        }
+        if model.is_none() {
+            model = parsed
+                .model
+                .or_else(|| parsed.message.and_then(|m| m.model));
+        }
+    }
+    Read::Model(model)
+}
+
+fn error_label(error: &(dyn std::error::Error + 'static)) -> String {
+    let outcome = DefaultClassifier::new().classify(Observed::Error(error));
+    format!("{}: {}", outcome.kind(), root(error))
+}
+
+/// The innermost cause of an error, which says the most.
+fn root(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut error = error;
+    while let Some(source) = error.source() {
+        error = source;
+    }
+    error.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_models_and_stream_errors() {
+        assert!(matches!(read_answer(br#"{"model":"a","x":1}"#), Read::Model(Some(m)) if m == "a"));
+        let anthropic = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"b\"}}\n\nevent: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+        assert!(
+            matches!(read_answer(anthropic.as_bytes()), Read::StreamError(t) if t == "overloaded_error")
+        );
+        let openai = "data: {\"model\":\"c\",\"choices\":[]}\n\ndata: [DONE]\n\n";
+        assert!(matches!(read_answer(openai.as_bytes()), Read::Model(Some(m)) if m == "c"));
+        assert!(matches!(read_answer(b"not json"), Read::Model(None)));
+    }
+}

@@ -1,0 +1,260 @@
+//! The scenario runner, on scripts small enough to work out by hand, in paused time.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use brownout_sim::{
+    runner::{table, Baseline},
+    Fault, Latency, ModelScript, Runner, Script, Sim,
+};
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use tower::{service_fn, ServiceExt};
+
+fn map(entries: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    entries.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+}
+
+/// "primary" answers in 100 ms, but rate-limits everything before 3 s (retry after
+/// 2 s). Ten requests, one a second.
+fn rate_limited_start() -> Runner {
+    let script = Script::new().seed(3).model(
+        "primary",
+        ModelScript::new()
+            .latency(Latency::fixed(Duration::from_millis(100)))
+            .fault(Fault::rate_limited(Duration::from_secs(2)).until(Duration::from_secs(3))),
+    );
+    Runner::new(script)
+        .model("primary")
+        .requests(10)
+        .concurrency(4)
+        .spread_over(Duration::from_secs(10))
+}
+
+#[tokio::test(start_paused = true)]
+async fn naive_numbers_by_hand() {
+    let report = rate_limited_start().run_baseline(Baseline::Naive).await;
+    // Requests 0, 1 and 2 (at 0 s, 1 s, 2 s) are rate-limited; the rest answer.
+    assert_eq!(report.answered.total, 7);
+    assert_eq!(report.answered.first_choice, 7);
+    assert_eq!(report.errors, map(&[("429 rate_limit_error", 3)]));
+    assert_eq!(report.upstream.requests, 10);
+    assert_eq!(report.upstream.amplification, 1.0);
+    assert_eq!(
+        report.upstream.by_answer,
+        map(&[("ok", 7), ("rate_limited", 3)])
+    );
+    assert_eq!(report.latency.p50_ms, 100.0);
+    assert_eq!(report.latency.max_ms, 100.0);
+    assert_eq!(report.latency.mean_ms, 70.0);
+    // The last request starts at 9 s and takes 100 ms.
+    assert_eq!(report.elapsed_ms, 9100.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_only_numbers_by_hand() {
+    let report = rate_limited_start().run_baseline(Baseline::RetryOnly).await;
+    // Each retry waits the 2 s the server asks for (more than the first backoffs):
+    // request 0 is sent at 0 s, 2 s (429 again) and 4 s: 3 attempts, 4.1 s;
+    // requests 1 and 2 are sent again at 3 s and 4 s, after the window: 2 attempts,
+    // 2.1 s each; the 7 others once, 100 ms.
+    assert_eq!(report.answered.first_choice, 10);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.upstream.requests, 14);
+    assert_eq!(report.upstream.amplification, 1.4);
+    assert_eq!(
+        report.upstream.by_answer,
+        map(&[("ok", 10), ("rate_limited", 4)])
+    );
+    assert_eq!(report.latency.p50_ms, 100.0);
+    assert_eq!(report.latency.p95_ms, 4100.0);
+    assert_eq!(report.latency.max_ms, 4100.0);
+    assert_eq!(report.latency.mean_ms, 900.0);
+}
+
+/// The index the runner put in a request's prompt.
+async fn index_of(request: Request<Full<Bytes>>) -> (u64, http::request::Parts, Bytes) {
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let prompt = json["messages"][0]["content"].as_str().unwrap();
+    let index = prompt["Request ".len()..prompt.find(':').unwrap()]
+        .parse()
+        .unwrap();
+    (index, parts, body)
+}
+
+#[tokio::test(start_paused = true)]
+async fn fallbacks_are_told_from_first_choices() {
+    let script = Script::new()
+        .model(
+            "primary",
+            ModelScript::new().fault(Fault::overloaded().until(Duration::from_secs(5))),
+        )
+        .model("backup", ModelScript::new());
+    let runner = Runner::new(script)
+        .model("primary")
+        .requests(10)
+        .concurrency(2)
+        .spread_over(Duration::from_secs(10));
+    // A hand-made fallback: on 529, ask "backup" instead.
+    let report = runner
+        .run("fallback", |sim: Sim| {
+            service_fn(move |request: Request<Full<Bytes>>| {
+                let sim = sim.clone();
+                async move {
+                    let (_, parts, body) = index_of(request).await;
+                    let first = Request::from_parts(parts.clone(), Full::new(body.clone()));
+                    let response = sim.clone().oneshot(first).await?;
+                    if response.status() != 529 {
+                        return Ok(response);
+                    }
+                    let body = String::from_utf8(body.to_vec())
+                        .unwrap()
+                        .replace("\"primary\"", "\"backup\"");
+                    sim.oneshot(Request::from_parts(parts, Full::new(Bytes::from(body))))
+                        .await
+                }
+            })
+        })
+        .await;
+    assert_eq!(report.answered.first_choice, 5);
+    assert_eq!(report.answered.fallback, 5);
+    assert_eq!(report.fallback_models, map(&[("backup", 5)]));
+    assert!(report.errors.is_empty());
+    assert_eq!(report.upstream.requests, 15);
+    assert_eq!(report.upstream.amplification, 1.5);
+    assert_eq!(
+        report.upstream.by_model,
+        map(&[("backup", 5), ("primary", 10)])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn cached_degraded_and_served_by_are_read_from_extensions_and_headers() {
+    use brownout_core::meta::{CacheStatus, ServedBy};
+    let runner = Runner::new(Script::new())
+        .model("m")
+        .requests(8)
+        .concurrency(3);
+    let report = runner
+        .run("layers", |sim: Sim| {
+            service_fn(move |request: Request<Full<Bytes>>| {
+                let sim = sim.clone();
+                async move {
+                    let (index, parts, body) = index_of(request).await;
+                    let canned =
+                        || http::Response::new(brownout_sim::SimBody::full(r#"{"model":"m"}"#));
+                    match index % 4 {
+                        0 => {
+                            let mut response = canned();
+                            response.extensions_mut().insert(CacheStatus::Stale);
+                            Ok(response)
+                        }
+                        1 => {
+                            let mut response = canned();
+                            response
+                                .headers_mut()
+                                .insert("x-brownout-degraded", "static".parse().unwrap());
+                            Ok(response)
+                        }
+                        2 => {
+                            sim.oneshot(Request::from_parts(parts, Full::new(body)))
+                                .await
+                        }
+                        _ => {
+                            // The body names "m", but the fallback layer says otherwise.
+                            let mut response = sim
+                                .oneshot(Request::from_parts(parts, Full::new(body)))
+                                .await?;
+                            response
+                                .extensions_mut()
+                                .insert(ServedBy::new("m-lite".into(), 1));
+                            Ok(response)
+                        }
+                    }
+                }
+            })
+        })
+        .await;
+    assert_eq!(report.answered.cached, 2);
+    assert_eq!(report.answered.degraded, 2);
+    assert_eq!(report.answered.first_choice, 2);
+    assert_eq!(report.answered.fallback, 2);
+    assert_eq!(report.fallback_models, map(&[("m-lite", 2)]));
+    assert_eq!(report.upstream.requests, 4);
+    assert_eq!(report.upstream.amplification, 0.5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hangs_end_at_the_callers_timeout_and_stream_errors_are_errors() {
+    let script = Script::new()
+        .model("hangs", ModelScript::new().fault(Fault::hang()))
+        .model("breaks", ModelScript::new().fault(Fault::stream_error(1)));
+    let runner = Runner::new(script)
+        .model("hangs")
+        .requests(3)
+        .concurrency(3)
+        .timeout(Duration::from_secs(5));
+    let report = runner.run_baseline(Baseline::Naive).await;
+    assert_eq!(report.errors, map(&[("timeout: no answer within 5s", 3)]));
+    assert_eq!(report.latency.max_ms, 5000.0);
+    assert_eq!(report.elapsed_ms, 5000.0);
+
+    let report = runner
+        .model("breaks")
+        .stream(true)
+        .run_baseline(Baseline::Naive)
+        .await;
+    assert_eq!(report.errors, map(&[("200 stream overloaded_error", 3)]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_same_seed_gives_the_same_report() {
+    let runner = Runner::new(Script::outage()).requests(200);
+    let first = runner.run_baseline(Baseline::RetryOnly).await;
+    let second = runner.run_baseline(Baseline::RetryOnly).await;
+    assert_eq!(first, second);
+    let other = Runner::new(Script::outage().seed(1))
+        .requests(200)
+        .run_baseline(Baseline::RetryOnly)
+        .await;
+    assert_ne!(first.upstream, other.upstream);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_outage_script_overloads_about_forty_percent_of_first_choice_requests() {
+    let report = Runner::new(Script::outage())
+        .run_baseline(Baseline::Naive)
+        .await;
+    assert_eq!(report.requests, 600);
+    let overloaded = report.errors["529 overloaded_error"] as f64 / 600.0;
+    assert!((0.35..0.47).contains(&overloaded), "{overloaded}");
+    assert!(report.errors.contains_key("429 rate_limit_error"));
+    // Spread over ten minutes.
+    assert!(report.elapsed_ms >= 599_000.0, "{}", report.elapsed_ms);
+    // The lighter model is healthy all along.
+    let light = Runner::new(Script::outage())
+        .model("claude-haiku-4-5")
+        .requests(100)
+        .run_baseline(Baseline::Naive)
+        .await;
+    assert_eq!(light.answered.first_choice, 100);
+
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(
+        json["answered"]["first_choice"],
+        report.answered.first_choice
+    );
+    assert_eq!(json["upstream"]["amplification"], 1.0);
+    let text = table(&[report, light]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("  529 overloaded_error")),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("amplification")),
+        "{text}"
+    );
+}
