@@ -11,6 +11,7 @@
 //! | `retry` (default) | [`retry`] | retry with full jitter, server-given delays, a budget and a deadline |
 //! | `breaker` (default) | [`breaker`] | circuit breakers per model or host, with half-open probes |
 //! | `fallback` (default) | [`fallback`] | a cascade from the preferred model to lighter ones |
+//! | `cache` (default) | [`cache`] | the last good answer when the upstream fails, per caller |
 //!
 //! What the layers share — how a result is classified, replayable bodies, response
 //! metadata and events — is re-exported from `brownout-core` at the top level:
@@ -47,6 +48,10 @@ pub use brownout_breaker as breaker;
 #[cfg(feature = "fallback")]
 #[doc(inline)]
 pub use brownout_fallback as fallback;
+
+#[cfg(feature = "cache")]
+#[doc(inline)]
+pub use brownout_cache as cache;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
