@@ -12,24 +12,56 @@
 //! | `breaker` (default) | [`breaker`] | circuit breakers per model or host, with half-open probes |
 //! | `fallback` (default) | [`fallback`] | a cascade from the preferred model to lighter ones |
 //! | `cache` (default) | [`cache`] | the last good answer when the upstream fails, per caller |
+//! | `degrade` (default) | [`degrade`] | canned answers in the provider's shape when nothing else answers |
+//! | `reqwest` | [`reqwest_bridge`] | a `reqwest::Client` as the inner service |
 //!
 //! What the layers share — how a result is classified, replayable bodies, response
 //! metadata and events — is re-exported from `brownout-core` at the top level:
 //! [`classify`], [`body`], [`meta`], [`event`], [`health`], [`json`], [`error`],
 //! [`rng`].
 //!
+//! # The recommended order
+//!
+//! Outermost first, as [`ServiceBuilderExt`] reads:
+//!
+//! 1. **degrade** — the last resort: it answers only when everything inside failed, so
+//!    it wraps everything.
+//! 2. **cache** — a stored answer stands in only when every live path failed (the
+//!    cascade included), and a fresh hit saves the whole live path.
+//! 3. **fallback** — moves to the next model when one fails or its breaker is open; it
+//!    asks the breaker's handle, so it must sit outside the breaker.
+//! 4. **breaker** — counts each (retried) call once, and fails fast without letting the
+//!    retry layer hammer an open circuit.
+//! 5. **retry** — closest to the network: each retry is one more attempt at the same
+//!    target, with the body replayed byte for byte.
+//! 6. the HTTP client (hyper-util, [`reqwest_bridge::ReqwestService`], …).
+//!
 //! ```
-//! # #[cfg(feature = "retry")] {
+//! # #[cfg(all(feature = "retry", feature = "breaker", feature = "fallback", feature = "cache"))] {
 //! use std::time::Duration;
-//! use brownout::retry::{RetryConfig, RetryLayer};
+//! use brownout::{
+//!     breaker::{BreakerConfig, CircuitBreakerLayer},
+//!     cache::CacheConfig,
+//!     fallback::{FallbackConfig, Target},
+//!     retry::RetryConfig,
+//!     ServiceBuilderExt,
+//! };
 //! use tower::ServiceBuilder;
 //!
-//! # let client = tower::service_fn(|_: http::Request<brownout::body::PrefixedBody<http_body_util::Full<bytes::Bytes>>>| async {
+//! # type Body = brownout::body::PrefixedBody<brownout::body::PrefixedBody<brownout::body::PrefixedBody<brownout::body::PrefixedBody<http_body_util::Full<bytes::Bytes>>>>>;
+//! # let http_client = tower::service_fn(|_: http::Request<Body>| async {
 //! #     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
 //! # });
+//! let breakers = CircuitBreakerLayer::new(BreakerConfig::new());
+//! let cascade = FallbackConfig::new([Target::new("claude-sonnet-4-5"), Target::new("claude-haiku-4-5")])
+//!     .unwrap()
+//!     .health(breakers.handle());
 //! let client = ServiceBuilder::new()
-//!     .layer(RetryLayer::new(RetryConfig::new().deadline(Duration::from_secs(60))))
-//!     .service(client);
+//!     .response_cache(CacheConfig::new())
+//!     .model_fallback(cascade)
+//!     .circuit_breaker(breakers)
+//!     .retry_with_jitter(RetryConfig::new().deadline(Duration::from_secs(60)))
+//!     .service(http_client);
 //! # let _ = client;
 //! # }
 //! ```
@@ -52,6 +84,16 @@ pub use brownout_fallback as fallback;
 #[cfg(feature = "cache")]
 #[doc(inline)]
 pub use brownout_cache as cache;
+
+#[cfg(feature = "degrade")]
+#[doc(inline)]
+pub use brownout_degrade as degrade;
+
+mod builder;
+pub use builder::ServiceBuilderExt;
+
+#[cfg(feature = "reqwest")]
+pub mod reqwest_bridge;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -1,0 +1,278 @@
+//! What a failed request asked for: its model, whether it streams, and the text of
+//! its last user message.
+//!
+//! This runs only on the degrade path. The body is parsed with `serde_json` into
+//! types that take only what is needed and borrow strings that have no escapes; a
+//! body that does not fit them (not JSON, an unexpected shape) falls back to a scan
+//! of its top level for `model` and `stream`, and its text is then unknown.
+
+use std::{borrow::Cow, fmt};
+
+use brownout_core::json::{find_top_level, find_top_level_span};
+use serde::{
+    de::{self, IgnoredAny, SeqAccess, Visitor},
+    Deserialize, Deserializer,
+};
+
+/// What the degraded answer is shaped after.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Asked<'a> {
+    /// The requested model, echoed in the answer.
+    pub(crate) model: Option<Cow<'a, str>>,
+    /// `"stream": true`: the answer is an SSE stream.
+    pub(crate) stream: bool,
+    /// OpenAI `"stream_options": {"include_usage": true}`: a usage chunk ends the
+    /// stream.
+    pub(crate) include_usage: bool,
+    /// The text of the last user message; `None` when it cannot be read.
+    pub(crate) text: Option<Cow<'a, str>>,
+}
+
+impl Asked<'_> {
+    pub(crate) fn into_owned(self) -> Asked<'static> {
+        Asked {
+            model: self.model.map(|m| Cow::Owned(m.into_owned())),
+            stream: self.stream,
+            include_usage: self.include_usage,
+            text: self.text.map(|t| Cow::Owned(t.into_owned())),
+        }
+    }
+}
+
+/// Reads a whole request body.
+pub(crate) fn read(body: &[u8]) -> Asked<'_> {
+    let Ok(wire) = serde_json::from_slice::<Wire<'_>>(body) else {
+        return scan(body);
+    };
+    let text = wire
+        .messages
+        .into_iter()
+        .rev()
+        .find(|m| m.role.as_ref().is_some_and(|r| r.0 == "user"))
+        .map(|m| match m.content {
+            Some(Content::Text(text)) => text,
+            Some(Content::Parts(parts)) => parts,
+            Some(Content::Other) | None => Cow::Borrowed(""),
+        });
+    Asked {
+        model: wire.model.map(|m| m.0),
+        stream: wire.stream == Some(true),
+        include_usage: wire
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+        text,
+    }
+}
+
+/// Reads `model` and `stream` from the top level of a body, or of the start of one:
+/// the scan stops at each key, so what comes after need not be there or be valid.
+pub(crate) fn scan(body: &[u8]) -> Asked<'_> {
+    let stream = find_top_level_span(body, "stream").is_some_and(|s| &body[s] == b"true");
+    let include_usage = stream
+        && find_top_level_span(body, "stream_options").is_some_and(|s| {
+            serde_json::from_slice::<StreamOptions>(&body[s])
+                .ok()
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false)
+        });
+    Asked {
+        model: find_top_level(body, "model").map(|m| m.value),
+        stream,
+        include_usage,
+        text: None,
+    }
+}
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow, default)]
+    model: Option<Str<'a>>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(borrow, default)]
+    messages: Vec<Message<'a>>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow, default)]
+    role: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    content: Option<Content<'a>>,
+}
+
+/// A string, borrowed from the body when it has no escapes. (`Cow<str>` itself
+/// borrows only as a direct field, not inside an `Option`.)
+struct Str<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StrVisitor;
+        impl<'de> Visitor<'de> for StrVisitor {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(StrVisitor)
+    }
+}
+
+/// A message's content: a string, or the text of its `text` blocks (parts) joined
+/// with newlines. Anything else (an object, a number) has no text.
+enum Content<'a> {
+    Text(Cow<'a, str>),
+    Parts(Cow<'a, str>),
+    Other,
+}
+
+#[derive(Deserialize)]
+struct Part<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    text: Option<Str<'a>>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ContentVisitor;
+        impl<'de> Visitor<'de> for ContentVisitor {
+            type Value = Content<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an array of content blocks")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Content<'de>, E> {
+                Ok(Content::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Content<'de>, E> {
+                Ok(Content::Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Content<'de>, E> {
+                Ok(Content::Text(Cow::Owned(v)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Content<'de>, A::Error> {
+                let mut joined: Option<Cow<'de, str>> = None;
+                while let Some(part) = seq.next_element::<Part<'de>>()? {
+                    let (Some(kind), Some(text)) = (part.kind, part.text) else {
+                        continue;
+                    };
+                    if kind.0 != "text" {
+                        continue;
+                    }
+                    joined = Some(match joined {
+                        None => text.0,
+                        Some(before) => {
+                            let mut s = before.into_owned();
+                            s.push('\n');
+                            s.push_str(&text.0);
+                            Cow::Owned(s)
+                        }
+                    });
+                }
+                Ok(Content::Parts(joined.unwrap_or(Cow::Borrowed(""))))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Content<'de>, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Content::Other)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Content<'de>, E> {
+                Ok(Content::Other)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Content<'de>, E> {
+                Ok(Content::Other)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Content<'de>, E> {
+                Ok(Content::Other)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Content<'de>, E> {
+                Ok(Content::Other)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Content<'de>, E> {
+                Ok(Content::Other)
+            }
+        }
+        deserializer.deserialize_any(ContentVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(body: &str) -> Option<String> {
+        read(body.as_bytes()).text.map(Cow::into_owned)
+    }
+
+    #[test]
+    fn the_last_user_message_in_every_form() {
+        let anthropic = r#"{"model":"m","messages":[
+            {"role":"user","content":"refund please"},
+            {"role":"assistant","content":[{"type":"text","text":"sure"}]},
+            {"role":"user","content":[{"type":"image","source":{}},{"type":"text","text":"line one"},{"type":"text","text":"line \"two\""}]},
+            {"role":"assistant","content":"after"}]}"#;
+        assert_eq!(text(anthropic).as_deref(), Some("line one\nline \"two\""));
+        let openai = r#"{"messages":[{"role":"system","content":"be nice"},{"role":"user","content":"caf\u00e9"},{"role":"assistant","content":null,"tool_calls":[]}],"model":"gpt"}"#;
+        assert_eq!(text(openai).as_deref(), Some("café"));
+        let tool_only = r#"{"messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":"42"}]}]}"#;
+        assert_eq!(text(tool_only).as_deref(), Some(""));
+        assert_eq!(
+            text(r#"{"messages":[{"role":"assistant","content":"x"}]}"#),
+            None
+        );
+        assert_eq!(text(r#"{"model":"m"}"#), None);
+    }
+
+    #[test]
+    fn unescaped_text_is_borrowed() {
+        let body = br#"{"messages":[{"role":"user","content":"plain"}],"model":"m"}"#;
+        let asked = read(body);
+        assert!(matches!(asked.text, Some(Cow::Borrowed("plain"))));
+        assert!(matches!(asked.model, Some(Cow::Borrowed("m"))));
+    }
+
+    #[test]
+    fn stream_flags() {
+        let asked =
+            read(br#"{"stream":true,"stream_options":{"include_usage":true},"messages":[]}"#);
+        assert!(asked.stream && asked.include_usage);
+        let asked = read(br#"{"stream":false,"messages":[]}"#);
+        assert!(!asked.stream);
+    }
+
+    #[test]
+    fn odd_bodies_fall_back_to_a_scan() {
+        assert_eq!(read(b"not json"), Asked::default());
+        assert_eq!(read(b""), Asked::default());
+        // `messages` has an unexpected shape: model and stream are still read.
+        let asked = read(br#"{"model":"m","stream":true,"messages":"oops"}"#);
+        assert_eq!(asked.model.as_deref(), Some("m"));
+        assert!(asked.stream);
+        assert_eq!(asked.text, None);
+        // The start of a body cut short.
+        let asked = scan(br#"{"model":"m","stream":true,"messages":[{"role":"us"#);
+        assert_eq!(asked.model.as_deref(), Some("m"));
+        assert!(asked.stream);
+    }
+}

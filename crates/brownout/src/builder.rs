@@ -1,0 +1,92 @@
+//! `ServiceBuilder` methods for brownout's layers, named for what they do.
+
+#[cfg(feature = "breaker")]
+use crate::breaker::CircuitBreakerLayer;
+#[cfg(feature = "cache")]
+use crate::cache::{CacheConfig, CacheLayer};
+#[cfg(feature = "degrade")]
+use crate::degrade::{DegradeConfig, DegradeLayer};
+#[cfg(feature = "fallback")]
+use crate::fallback::{FallbackConfig, FallbackLayer};
+#[cfg(feature = "retry")]
+use crate::retry::{RetryConfig, RetryLayer};
+use tower::{layer::util::Stack, ServiceBuilder};
+
+/// Adds brownout's layers to a [`ServiceBuilder`]. Call them in the
+/// [recommended order](crate#the-recommended-order): the first call is the outermost
+/// layer.
+///
+/// ```
+/// # #[cfg(all(feature = "retry", feature = "breaker", feature = "fallback", feature = "cache"))] {
+/// use brownout::{breaker::{BreakerConfig, CircuitBreakerLayer}, cache::CacheConfig,
+///     fallback::{FallbackConfig, Target}, retry::RetryConfig, ServiceBuilderExt};
+/// use tower::ServiceBuilder;
+///
+/// let breakers = CircuitBreakerLayer::new(BreakerConfig::new());
+/// let cascade = FallbackConfig::new([Target::new("claude-sonnet-4-5"), Target::new("claude-haiku-4-5")])
+///     .unwrap()
+///     .health(breakers.handle());
+/// let builder = ServiceBuilder::new()
+///     .response_cache(CacheConfig::new())
+///     .model_fallback(cascade)
+///     .circuit_breaker(breakers)
+///     .retry_with_jitter(RetryConfig::new());
+/// # let _ = builder;
+/// # }
+/// ```
+pub trait ServiceBuilderExt<L>: Sized {
+    /// Canned answers in the provider's shape when nothing else can answer.
+    #[cfg(feature = "degrade")]
+    fn degrade(self, config: DegradeConfig) -> ServiceBuilder<Stack<DegradeLayer, L>>;
+
+    /// The last good answer when every live path fails, or fresh hits.
+    #[cfg(feature = "cache")]
+    fn response_cache(self, config: CacheConfig) -> ServiceBuilder<Stack<CacheLayer, L>>;
+
+    /// The model cascade.
+    #[cfg(feature = "fallback")]
+    fn model_fallback(self, config: FallbackConfig) -> ServiceBuilder<Stack<FallbackLayer, L>>;
+
+    /// Circuit breakers per model or host. Takes the layer, so that its
+    /// [`handle`](crate::breaker::CircuitBreakerLayer::handle) can be given to the
+    /// fallback first.
+    #[cfg(feature = "breaker")]
+    fn circuit_breaker(
+        self,
+        layer: CircuitBreakerLayer,
+    ) -> ServiceBuilder<Stack<CircuitBreakerLayer, L>>;
+
+    /// Retry with full jitter, server-given delays, a budget and a deadline.
+    #[cfg(feature = "retry")]
+    fn retry_with_jitter(self, config: RetryConfig) -> ServiceBuilder<Stack<RetryLayer, L>>;
+}
+
+impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
+    #[cfg(feature = "degrade")]
+    fn degrade(self, config: DegradeConfig) -> ServiceBuilder<Stack<DegradeLayer, L>> {
+        self.layer(DegradeLayer::new(config))
+    }
+
+    #[cfg(feature = "cache")]
+    fn response_cache(self, config: CacheConfig) -> ServiceBuilder<Stack<CacheLayer, L>> {
+        self.layer(CacheLayer::new(config))
+    }
+
+    #[cfg(feature = "fallback")]
+    fn model_fallback(self, config: FallbackConfig) -> ServiceBuilder<Stack<FallbackLayer, L>> {
+        self.layer(FallbackLayer::new(config))
+    }
+
+    #[cfg(feature = "breaker")]
+    fn circuit_breaker(
+        self,
+        layer: CircuitBreakerLayer,
+    ) -> ServiceBuilder<Stack<CircuitBreakerLayer, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "retry")]
+    fn retry_with_jitter(self, config: RetryConfig) -> ServiceBuilder<Stack<RetryLayer, L>> {
+        self.layer(RetryLayer::new(config))
+    }
+}
