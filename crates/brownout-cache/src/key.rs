@@ -1,9 +1,12 @@
 //! What makes two requests the same.
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use http::{header::HeaderName, request::Parts};
-use serde_json::Value;
+use serde::{
+    de::{self, MapAccess, SeqAccess, Visitor},
+    Deserialize, Deserializer,
+};
 use sha2::{Digest, Sha256};
 
 /// A cache key: a SHA-256 digest of everything that identifies the request. A
@@ -68,41 +71,145 @@ fn field(hasher: &mut Sha256, tag: u8, bytes: &[u8]) {
 /// A JSON body is hashed in a canonical form: object members in key order, no
 /// whitespace. Anything else is hashed as its bytes.
 fn canonical_body(hasher: &mut Sha256, body: &[u8]) {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(value) => {
+    match serde_json::from_slice::<Node<'_>>(body) {
+        Ok(node) => {
             hasher.update(b"J");
-            canonical(hasher, &value);
+            node.hash(hasher);
         }
         Err(_) => field(hasher, b'B', body),
     }
 }
 
-fn canonical(hasher: &mut Sha256, value: &Value) {
-    match value {
-        Value::Null => hasher.update(b"n"),
-        Value::Bool(true) => hasher.update(b"t"),
-        Value::Bool(false) => hasher.update(b"f"),
-        Value::Number(n) => field(hasher, b'd', n.to_string().as_bytes()),
-        Value::String(s) => field(hasher, b's', s.as_bytes()),
-        Value::Array(items) => {
-            hasher.update(b"a");
-            hasher.update((items.len() as u64).to_le_bytes());
-            for item in items {
-                canonical(hasher, item);
+/// A JSON value parsed for hashing: strings borrowed from the body where they have no
+/// escapes, objects as member lists. Cheaper than `serde_json::Value` (no map, few
+/// allocations), which matters as the key is computed on every request.
+enum Node<'a> {
+    Null,
+    Bool(bool),
+    Number(String),
+    Str(Cow<'a, str>),
+    Array(Vec<Node<'a>>),
+    Object(Vec<(Cow<'a, str>, Node<'a>)>),
+}
+
+impl Node<'_> {
+    fn hash(&self, hasher: &mut Sha256) {
+        match self {
+            Node::Null => hasher.update(b"n"),
+            Node::Bool(true) => hasher.update(b"t"),
+            Node::Bool(false) => hasher.update(b"f"),
+            Node::Number(n) => field(hasher, b'd', n.as_bytes()),
+            Node::Str(s) => field(hasher, b's', s.as_bytes()),
+            Node::Array(items) => {
+                hasher.update(b"a");
+                hasher.update((items.len() as u64).to_le_bytes());
+                for item in items {
+                    item.hash(hasher);
+                }
+            }
+            Node::Object(members) => {
+                let mut sorted: Vec<&(Cow<'_, str>, Node<'_>)> = members.iter().collect();
+                sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                hasher.update(b"o");
+                hasher.update((sorted.len() as u64).to_le_bytes());
+                for (k, v) in sorted {
+                    field(hasher, b'k', k.as_bytes());
+                    v.hash(hasher);
+                }
             }
         }
-        Value::Object(members) => {
-            // Sorted here, whatever order the map keeps (serde_json's
-            // `preserve_order` may be on in the build).
-            let mut sorted: Vec<(&String, &Value)> = members.iter().collect();
-            sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            hasher.update(b"o");
-            hasher.update((sorted.len() as u64).to_le_bytes());
-            for (k, v) in sorted {
-                field(hasher, b'k', k.as_bytes());
-                canonical(hasher, v);
+    }
+}
+
+impl<'de> Deserialize<'de> for Node<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NodeVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+impl<'de> Visitor<'de> for NodeVisitor {
+    type Value = Node<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Node<'de>, E> {
+        Ok(Node::Null)
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Node<'de>, E> {
+        Ok(Node::Bool(v))
+    }
+
+    // Numbers are written as serde_json writes them, so `1` and `1.0` stay distinct.
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Node<'de>, E> {
+        Ok(Node::Number(serde_json::Number::from(v).to_string()))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Node<'de>, E> {
+        Ok(Node::Number(serde_json::Number::from(v).to_string()))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node<'de>, E> {
+        serde_json::Number::from_f64(v)
+            .map(|n| Node::Number(n.to_string()))
+            .ok_or_else(|| E::custom("a non-finite number"))
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Node<'de>, E> {
+        Ok(Node::Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Node<'de>, E> {
+        Ok(Node::Str(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Node<'de>, E> {
+        Ok(Node::Str(Cow::Owned(v)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Node::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
+        let mut members = Vec::with_capacity(map.size_hint().unwrap_or(0));
+        while let Some((key, value)) = map.next_entry::<Key<'de>, Node<'de>>()? {
+            members.push((key.0, value));
+        }
+        Ok(Node::Object(members))
+    }
+}
+
+/// An object key, borrowed where it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
             }
         }
+        deserializer.deserialize_str(KeyVisitor)
     }
 }
 
@@ -151,6 +258,24 @@ mod tests {
         let a = k.key(&p, br#"{"messages":["a","b"]}"#);
         let b = k.key(&p, br#"{"messages":["b","a"]}"#);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn escapes_numbers_and_nesting_are_canonical() {
+        let k = keying(false);
+        let p = parts(&[]);
+        // An escaped key or string is the same text as its plain form.
+        assert_eq!(
+            k.key(&p, br#"{"a\u0062":"\u0063"}"#),
+            k.key(&p, br#"{"ab":"c"}"#)
+        );
+        // 1 and 1.0 are different values to an API; so are they here.
+        assert_ne!(k.key(&p, br#"{"t":1}"#), k.key(&p, br#"{"t":1.0}"#));
+        assert_eq!(
+            k.key(&p, br#"{"o":{"b":[1,{"y":2,"x":1}],"a":null}}"#),
+            k.key(&p, br#"{"o":{"a":null,"b":[1,{"x":1,"y":2}]}}"#)
+        );
+        assert_ne!(k.key(&p, br#"{"a":"1"}"#), k.key(&p, br#"{"a":1}"#));
     }
 
     #[test]
