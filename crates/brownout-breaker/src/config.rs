@@ -4,6 +4,7 @@ use std::{fmt, sync::Arc, time::Duration};
 
 use brownout_core::{
     classify::{Classifier, Classify, Outcome, DEFAULT_ERROR_BODY_LIMIT},
+    error::InvalidConfig,
     event::{Events, Listener},
     rng::SharedRng,
 };
@@ -31,6 +32,7 @@ impl FailurePolicy {
     pub fn consecutive(failures: u32) -> Result<Self, InvalidConfig> {
         if failures == 0 {
             return Err(InvalidConfig::new(
+                "circuit breaker",
                 "consecutive_failures",
                 "must be at least 1",
             ));
@@ -51,12 +53,14 @@ impl FailurePolicy {
     ) -> Result<Self, InvalidConfig> {
         if !(threshold > 0.0 && threshold <= 1.0) {
             return Err(InvalidConfig::new(
+                "circuit breaker",
                 "failure_rate.threshold",
                 format!("must be in (0, 1], not {threshold}"),
             ));
         }
         if minimum_calls == 0 {
             return Err(InvalidConfig::new(
+                "circuit breaker",
                 "failure_rate.minimum_calls",
                 "must be at least 1",
             ));
@@ -64,18 +68,21 @@ impl FailurePolicy {
         match window {
             Window::Count(0) => {
                 return Err(InvalidConfig::new(
+                    "circuit breaker",
                     "failure_rate.window",
                     "a count window must hold at least 1 call",
                 ))
             }
             Window::Count(n) if minimum_calls > n => {
                 return Err(InvalidConfig::new(
+                    "circuit breaker",
                     "failure_rate.minimum_calls",
                     format!("{minimum_calls} can never be reached in a window of {n} calls"),
                 ))
             }
             Window::Time(d) if d < Duration::from_millis(10) => {
                 return Err(InvalidConfig::new(
+                    "circuit breaker",
                     "failure_rate.window",
                     format!("a time window must be at least 10ms, not {d:?}"),
                 ))
@@ -122,6 +129,7 @@ impl OpenDuration {
     pub fn growing(base: Duration, max: Duration) -> Result<Self, InvalidConfig> {
         if base.is_zero() || base > max {
             return Err(InvalidConfig::new(
+                "circuit breaker",
                 "open_duration",
                 format!("base ({base:?}) must be above zero and at most max ({max:?})"),
             ));
@@ -386,36 +394,3 @@ impl fmt::Debug for BreakerConfig {
             .finish_non_exhaustive()
     }
 }
-
-/// A breaker setting that was given nonsense: names the setting and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidConfig {
-    key: &'static str,
-    reason: String,
-}
-
-impl InvalidConfig {
-    fn new(key: &'static str, reason: impl Into<String>) -> Self {
-        InvalidConfig {
-            key,
-            reason: reason.into(),
-        }
-    }
-
-    /// The setting at fault (`failure_rate.threshold`).
-    pub fn key(&self) -> &str {
-        self.key
-    }
-}
-
-impl fmt::Display for InvalidConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid circuit breaker setting `{}`: {}",
-            self.key, self.reason
-        )
-    }
-}
-
-impl std::error::Error for InvalidConfig {}

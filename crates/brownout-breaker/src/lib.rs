@@ -95,10 +95,13 @@ mod state;
 mod store;
 
 pub use brownout_core::error::CircuitOpen;
-pub use config::{BreakerConfig, FailurePolicy, InvalidConfig, OnOpen, OpenDuration, Window};
+pub use config::{BreakerConfig, FailurePolicy, OnOpen, OpenDuration, Window};
 pub use future::ResponseFuture;
 pub use handle::BreakerHandle;
 pub use layer::CircuitBreakerLayer;
 pub use service::CircuitBreaker;
 pub use state::{Admission, Force, Permit, Snapshot, Transition, Verdict};
 pub use store::{BreakerEntry, BreakerStore, LocalStore};
+
+/// A setting that was refused, naming it and why.
+pub use brownout_core::error::InvalidConfig;

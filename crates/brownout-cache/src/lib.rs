@@ -97,4 +97,8 @@ mod store;
 pub use config::{CacheConfig, Mode};
 pub use key::CacheKey;
 pub use layer::CacheLayer;
-pub use service::{Cache, ResponseFuture};
+pub use service::Cache;
+
+/// Response future of the layer: a boxed future, shared with the other layers that
+/// read bodies.
+pub use brownout_core::future::ResponseFuture;

@@ -1,7 +1,5 @@
 use std::{
     fmt,
-    future::Future,
-    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
 };
@@ -10,6 +8,7 @@ use brownout_core::{
     body::{buffer, Buffered, PrefixedBody},
     classify::{classify_result, Outcome},
     event::{Event, EventKind},
+    future::ResponseFuture,
     json::find_top_level_span,
     meta::CacheStatus,
     BoxError,
@@ -89,25 +88,6 @@ impl<S> Cache<S> {
 
 type Output<B> = Result<Response<PrefixedBody<B>>, BoxError>;
 
-/// Response future of [`Cache`].
-pub struct ResponseFuture<B: Body> {
-    inner: Pin<Box<dyn Future<Output = Output<B>> + Send>>,
-}
-
-impl<B: Body> Future for ResponseFuture<B> {
-    type Output = Output<B>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
-    }
-}
-
-impl<B: Body> fmt::Debug for ResponseFuture<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cache<S>
 where
     S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>
@@ -134,9 +114,7 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture {
-            inner: Box::pin(run(inner, self.shared.clone(), request)),
-        }
+        ResponseFuture::new(run(inner, self.shared.clone(), request))
     }
 }
 

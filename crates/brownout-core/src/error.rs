@@ -143,3 +143,47 @@ impl fmt::Display for CircuitOpen {
 }
 
 impl std::error::Error for CircuitOpen {}
+
+/// A layer's setting was given nonsense: names the layer, the setting and why.
+///
+/// Returned by the validating constructors of the layers' configurations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidConfig {
+    layer: &'static str,
+    key: &'static str,
+    reason: String,
+}
+
+impl InvalidConfig {
+    /// The `key` setting of `layer` (`"circuit breaker"`, `"fallback"`) is refused
+    /// because of `reason`.
+    pub fn new(layer: &'static str, key: &'static str, reason: impl Into<String>) -> Self {
+        InvalidConfig {
+            layer,
+            key,
+            reason: reason.into(),
+        }
+    }
+
+    /// The setting at fault (`failure_rate.threshold`).
+    pub fn key(&self) -> &str {
+        self.key
+    }
+
+    /// Why it was refused.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid {} setting `{}`: {}",
+            self.layer, self.key, self.reason
+        )
+    }
+}
+
+impl std::error::Error for InvalidConfig {}

@@ -10,6 +10,7 @@
 //!   byte.
 //! - [`meta`]: what layers record in a response's extensions.
 //! - [`event`]: every decision as a `tracing` event and for a [`Listener`](event::Listener).
+//! - [`future`]: the boxed response future of the layers that read bodies.
 //! - [`health`]: which targets can take requests now, as a fallback asks it.
 //! - [`json`]: the top-level `model` of a request body, found without a full parse.
 //! - [`rng`]: injectable randomness; time comes only from `tokio::time`, so tests can
@@ -43,6 +44,7 @@ pub mod body;
 pub mod classify;
 pub mod error;
 pub mod event;
+pub mod future;
 pub mod health;
 pub mod json;
 pub mod meta;

@@ -158,4 +158,8 @@ mod service;
 pub use config::{DegradeConfig, InvalidConfig, DEFAULT_GENERIC_ANSWER, DEFAULT_REPLAY_LIMIT};
 pub use layer::DegradeLayer;
 pub use rules::Rule;
-pub use service::{Degrade, ResponseFuture, DEGRADED_HEADER, DEGRADED_RULE_HEADER, UNKNOWN_MODEL};
+pub use service::{Degrade, DEGRADED_HEADER, DEGRADED_RULE_HEADER, UNKNOWN_MODEL};
+
+/// Response future of the layer: a boxed future, shared with the other layers that
+/// read bodies.
+pub use brownout_core::future::ResponseFuture;

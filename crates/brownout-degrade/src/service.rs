@@ -1,7 +1,5 @@
 use std::{
     fmt,
-    future::Future,
-    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::{SystemTime, UNIX_EPOCH},
@@ -11,6 +9,7 @@ use brownout_core::{
     body::{buffer, Buffered, PrefixedBody},
     classify::{classify_result, Outcome},
     event::{Event, EventKind},
+    future::ResponseFuture,
     meta::Degraded,
     BoxError,
 };
@@ -83,25 +82,6 @@ impl<S> fmt::Debug for Degrade<S> {
 
 type Output<B> = Result<Response<PrefixedBody<B>>, BoxError>;
 
-/// Response future of [`Degrade`].
-pub struct ResponseFuture<B: Body> {
-    inner: Pin<Box<dyn Future<Output = Output<B>> + Send>>,
-}
-
-impl<B: Body> Future for ResponseFuture<B> {
-    type Output = Output<B>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
-    }
-}
-
-impl<B: Body> fmt::Debug for ResponseFuture<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Degrade<S>
 where
     S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>
@@ -127,9 +107,7 @@ where
         // The service that was driven to readiness serves this call.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture {
-            inner: Box::pin(run(inner, self.config.clone(), request)),
-        }
+        ResponseFuture::new(run(inner, self.config.clone(), request))
     }
 }
 

@@ -4,6 +4,7 @@ use std::{fmt, sync::Arc, time::Duration};
 
 use brownout_core::{
     classify::{Classifier, Classify, Outcome, OutcomeKind, DEFAULT_ERROR_BODY_LIMIT},
+    error::InvalidConfig,
     event::{Events, Listener},
     health::Health,
 };
@@ -42,11 +43,12 @@ impl Target {
     /// request's path. The endpoint must speak the same API (an OpenAI-compatible one
     /// for OpenAI-shaped requests): bodies are not translated between providers.
     pub fn base_url(mut self, url: &str) -> Result<Self, InvalidConfig> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| InvalidConfig::new("target.base_url", format!("`{url}`: {e}")))?;
+        let uri: Uri = url.parse().map_err(|e| {
+            InvalidConfig::new("fallback", "target.base_url", format!("`{url}`: {e}"))
+        })?;
         if uri.scheme().is_none() || uri.authority().is_none() {
             return Err(InvalidConfig::new(
+                "fallback",
                 "target.base_url",
                 format!("`{url}` needs a scheme and a host"),
             ));
@@ -59,10 +61,15 @@ impl Target {
     /// `authorization`). Values are marked sensitive and never printed.
     pub fn header(mut self, name: &str, value: &str) -> Result<Self, InvalidConfig> {
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-            InvalidConfig::new("target.header", format!("`{name}` is not a header name"))
+            InvalidConfig::new(
+                "fallback",
+                "target.header",
+                format!("`{name}` is not a header name"),
+            )
         })?;
         let mut value = HeaderValue::from_str(value).map_err(|_| {
             InvalidConfig::new(
+                "fallback",
                 "target.header",
                 format!("the value of `{name}` is not a valid header value"),
             )
@@ -138,6 +145,7 @@ impl FallbackConfig {
         let targets: Vec<Target> = targets.into_iter().collect();
         if targets.is_empty() {
             return Err(InvalidConfig::new(
+                "fallback",
                 "targets",
                 "at least one target is needed",
             ));
@@ -145,12 +153,14 @@ impl FallbackConfig {
         for (i, t) in targets.iter().enumerate() {
             if t.model.is_empty() {
                 return Err(InvalidConfig::new(
+                    "fallback",
                     "targets",
                     format!("target {} has an empty model", i + 1),
                 ));
             }
             if targets[..i].iter().any(|u| u.model == t.model) {
                 return Err(InvalidConfig::new(
+                    "fallback",
                     "targets",
                     format!("`{}` appears twice", t.model),
                 ));
@@ -255,7 +265,11 @@ impl FallbackConfig {
     }
 
     pub(crate) fn unknown_target(model: &str) -> InvalidConfig {
-        InvalidConfig::new("target_service", format!("`{model}` is not a target"))
+        InvalidConfig::new(
+            "fallback",
+            "target_service",
+            format!("`{model}` is not a target"),
+        )
     }
 }
 
@@ -271,36 +285,3 @@ impl fmt::Debug for FallbackConfig {
             .finish_non_exhaustive()
     }
 }
-
-/// A fallback setting that was given nonsense: names the setting and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidConfig {
-    key: &'static str,
-    reason: String,
-}
-
-impl InvalidConfig {
-    fn new(key: &'static str, reason: impl Into<String>) -> Self {
-        InvalidConfig {
-            key,
-            reason: reason.into(),
-        }
-    }
-
-    /// The setting at fault.
-    pub fn key(&self) -> &str {
-        self.key
-    }
-}
-
-impl fmt::Display for InvalidConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid fallback setting `{}`: {}",
-            self.key, self.reason
-        )
-    }
-}
-
-impl std::error::Error for InvalidConfig {}

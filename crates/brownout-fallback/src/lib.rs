@@ -84,8 +84,15 @@ mod layer;
 mod rewrite;
 mod service;
 
-pub use config::{Exhausted, FallbackConfig, InvalidConfig, Target};
+pub use config::{Exhausted, FallbackConfig, Target};
 pub use error::AllTargetsFailed;
 pub use layer::FallbackLayer;
 pub use rewrite::{rewrite_model, ModelBody};
-pub use service::{Fallback, ResponseFuture};
+pub use service::Fallback;
+
+/// Response future of the layer: a boxed future, shared with the other layers that
+/// read bodies.
+pub use brownout_core::future::ResponseFuture;
+
+/// A setting that was refused, naming it and why.
+pub use brownout_core::error::InvalidConfig;

@@ -1,7 +1,5 @@
 use std::{
     fmt,
-    future::Future,
-    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
 };
@@ -11,6 +9,7 @@ use brownout_core::{
     classify::{classify_result, Outcome, OutcomeKind},
     error::DeadlineExceeded,
     event::{Event, EventKind, FallbackReason, NoCascadeReason, NotReplayable},
+    future::ResponseFuture,
     meta::ServedBy,
     BoxError,
 };
@@ -21,9 +20,9 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::{
-    config::{Exhausted, InvalidConfig, Target},
+    config::{Exhausted, Target},
     rewrite::ModelBody,
-    AllTargetsFailed, FallbackConfig, FallbackLayer,
+    AllTargetsFailed, FallbackConfig, FallbackLayer, InvalidConfig,
 };
 
 /// Sends a request to the next model of a cascade when the current one is overloaded
@@ -107,25 +106,6 @@ impl<S> fmt::Debug for Fallback<S> {
 
 type Output<B> = Result<Response<PrefixedBody<B>>, BoxError>;
 
-/// Response future of [`Fallback`].
-pub struct ResponseFuture<B: Body> {
-    inner: Pin<Box<dyn Future<Output = Output<B>> + Send>>,
-}
-
-impl<B: Body> Future for ResponseFuture<B> {
-    type Output = Output<B>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
-    }
-}
-
-impl<B: Body> fmt::Debug for ResponseFuture<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Fallback<S>
 where
     S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>
@@ -151,14 +131,12 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture {
-            inner: Box::pin(run(
-                inner,
-                self.routes.clone(),
-                self.config.clone(),
-                request,
-            )),
-        }
+        ResponseFuture::new(run(
+            inner,
+            self.routes.clone(),
+            self.config.clone(),
+            request,
+        ))
     }
 }
 

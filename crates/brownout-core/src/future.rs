@@ -1,0 +1,49 @@
+//! The response future of the layers that do their work in one boxed future.
+//!
+//! The fallback, cache and degrade layers read bodies, call the inner service
+//! several times or not at all, and wait on other requests: an `async` block behind
+//! one allocation per call says that most clearly, and their benchmarks show the
+//! allocation is small beside the work. Retry and breaker, which sit on every
+//! request's hot path, have hand-written futures instead.
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use http::Response;
+use http_body::Body;
+
+use crate::{body::PrefixedBody, BoxError};
+
+type Output<B> = Result<Response<PrefixedBody<B>>, BoxError>;
+
+/// A boxed response future answering `Response<PrefixedBody<B>>` or a [`BoxError`].
+pub struct ResponseFuture<B: Body> {
+    inner: Pin<Box<dyn Future<Output = Output<B>> + Send>>,
+}
+
+impl<B: Body> ResponseFuture<B> {
+    /// Boxes `future`.
+    pub fn new(future: impl Future<Output = Output<B>> + Send + 'static) -> Self {
+        ResponseFuture {
+            inner: Box::pin(future),
+        }
+    }
+}
+
+impl<B: Body> Future for ResponseFuture<B> {
+    type Output = Output<B>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<B: Body> fmt::Debug for ResponseFuture<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
