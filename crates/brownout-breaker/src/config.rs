@@ -292,7 +292,7 @@ impl BreakerConfig {
 
     /// One breaker per model: the top-level `model` of a JSON body, else the request's
     /// host, else `"default"`. The default. The body is read (up to 4 MiB) to find the
-    /// model and sent on whole; the scan stops at the `model` member.
+    /// model and sent on whole; of a longer body, the first 4 MiB are searched.
     pub fn key_by_model_or_host(mut self) -> Self {
         self.keying = Keying::ModelOrHost;
         self
@@ -320,6 +320,13 @@ impl BreakerConfig {
         key: impl Fn(&Parts, &[u8]) -> String + Send + Sync + 'static,
     ) -> Self {
         self.keying = Keying::Body(Arc::new(key));
+        self
+    }
+
+    /// How many bytes of a body are read, at most, to find its `model` (default
+    /// 4 MiB). A longer body is keyed by the `model` in those bytes and sent on whole.
+    pub fn key_read_limit(mut self, bytes: usize) -> Self {
+        self.key_body_limit = bytes;
         self
     }
 

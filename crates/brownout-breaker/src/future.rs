@@ -9,11 +9,11 @@ use std::{
 };
 
 use brownout_core::{
-    body::{buffer, BufferFuture, Buffered, PrefixedBody},
+    body::{read_prefix, BufferFuture, Buffered, PrefixedBody},
     classify::{classify_head, classify_response, Classify, Observed, Outcome, OutcomeKind},
     error::CircuitOpen,
     event::{Event, EventKind},
-    json::find_top_level,
+    json::{find_in_prefix, find_top_level, Member},
     BoxError,
 };
 use http::{request::Parts, Request, Response};
@@ -103,7 +103,7 @@ where
     pub(crate) fn new(inner: S, shared: Arc<Shared>, request: Request<ReqBody>) -> Self {
         let (parts, body) = request.into_parts();
         if let Keying::ModelOrHost | Keying::Body(_) = shared.keying {
-            let buffer = buffer(body, shared.key_body_limit);
+            let buffer = read_prefix(body, shared.key_body_limit);
             let pending = Box::new(Pending {
                 inner,
                 parts,
@@ -215,7 +215,7 @@ where
                     let store = &this.shared.store;
                     let entry = match &this.shared.keying {
                         Keying::Body(key) => store.entry(&key(&parts, body.prefix()), now),
-                        _ => match find_top_level(body.prefix(), "model") {
+                        _ => match find_model(&body) {
                             Some(model) if !model.value.is_empty() => {
                                 store.entry(&model.value, now)
                             }
@@ -268,6 +268,16 @@ where
                 }
             }
         }
+    }
+}
+
+/// The body's `model`: in the whole body when it was read to its end, else in the
+/// bytes read (the SDKs write `model` first).
+fn find_model<B: Body>(body: &PrefixedBody<B>) -> Option<Member<'_>> {
+    if body.is_complete() {
+        find_top_level(body.prefix(), "model")
+    } else {
+        find_in_prefix(body.prefix(), "model")
     }
 }
 

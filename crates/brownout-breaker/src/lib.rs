@@ -67,8 +67,8 @@
 //! # Keys
 //!
 //! One breaker per key, so that one model's outage never blocks another. By default the
-//! key is the top-level `model` of a JSON body (found by a scan that stops at the
-//! member), else the host. The keys are bounded: see [`LocalStore`].
+//! key is the top-level `model` of a JSON body (found by a scan that builds
+//! nothing; for a body over the read limit, in its first 4 MiB), else the host. The keys are bounded: see [`LocalStore`].
 //!
 //! # When it refuses
 //!

@@ -134,7 +134,8 @@ impl LocalStore {
             .map(|e| (e.value().last_used(), e.key().clone()))
             .collect();
         by_use.sort_unstable_by_key(|(used, _)| *used);
-        let excess = self.map.len() + 1 - self.max_keys;
+        // Other callers may have evicted since the check above: saturate.
+        let excess = (self.map.len() + 1).saturating_sub(self.max_keys);
         let evict = excess.max(self.max_keys / 8).min(by_use.len());
         for (_, key) in by_use.into_iter().take(evict) {
             self.map.remove(&key);

@@ -500,6 +500,23 @@ async fn keys_fall_back_to_the_host_and_can_be_custom() {
     assert!(by_header.handle().state("acme").is_some());
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_body_over_the_read_limit_is_keyed_by_the_model_at_its_start() {
+    let (client, upstream, handle) = breaker(consecutive(1).key_read_limit(32));
+    let long = format!(
+        r#"{{"model":"{M}","max_tokens":16,"messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(500)
+    );
+    let request = Request::post("https://api.anthropic.com/v1/messages")
+        .header("content-length", long.len())
+        .body(Full::new(Bytes::from(long.clone())))
+        .unwrap();
+    upstream.script(M, [Step::Status(529)]);
+    client.clone().oneshot(request).await.unwrap();
+    assert_eq!(state(&handle, M), CircuitState::Open);
+    assert!(handle.state("api.anthropic.com").is_none());
+}
+
 fn request_for(model: &str) -> Request<Full<Bytes>> {
     request(model)
 }

@@ -244,6 +244,7 @@ where
     BufferFuture {
         body: Some(body),
         limit,
+        trust_size_hint: true,
         first: None,
         more: None,
         read: 0,
@@ -251,10 +252,24 @@ where
     }
 }
 
+/// Like [`buffer`], but reads up to `limit` bytes even when the size hint says the body
+/// is longer: for a layer that needs the start of any body (to find its `model`, say)
+/// rather than a whole body to replay.
+pub fn read_prefix<B>(body: B, limit: usize) -> BufferFuture<B>
+where
+    B: Body + Unpin,
+{
+    BufferFuture {
+        trust_size_hint: false,
+        ..buffer(body, limit)
+    }
+}
+
 /// The future returned by [`buffer`].
 pub struct BufferFuture<B> {
     body: Option<B>,
     limit: usize,
+    trust_size_hint: bool,
     first: Option<Bytes>,
     more: Option<BytesMut>,
     read: usize,
@@ -281,7 +296,11 @@ where
         let Some(body) = this.body.as_mut() else {
             panic!("BufferFuture polled after completion");
         };
-        if this.read == 0 && this.first.is_none() && body.size_hint().lower() > this.limit as u64 {
+        if this.trust_size_hint
+            && this.read == 0
+            && this.first.is_none()
+            && body.size_hint().lower() > this.limit as u64
+        {
             let body = this.body.take().expect("checked above");
             return Poll::Ready(Buffered::TooLarge(PrefixedBody::new(body)));
         }
@@ -430,6 +449,20 @@ mod tests {
         };
         assert_eq!(prefixed.prefix(), b"");
         assert_eq!(prefixed.size_hint().exact(), Some(10));
+        assert_eq!(&collect(prefixed).await.0[..], b"0123456789");
+    }
+
+    #[tokio::test]
+    async fn a_prefix_is_read_whatever_the_size_hint_says() {
+        let body = Full::new(Bytes::from_static(b"0123456789"));
+        let Buffered::TooLarge(prefixed) = read_prefix(body, 4).await else {
+            panic!("expected an oversized body");
+        };
+        assert_eq!(
+            prefixed.prefix(),
+            b"0123456789",
+            "one chunk read, kept whole"
+        );
         assert_eq!(&collect(prefixed).await.0[..], b"0123456789");
     }
 

@@ -3,12 +3,14 @@
 //! Breakers key on the model and fallback rewrites it, on every request. A full
 //! `serde_json` parse of a chat request costs time in proportion to the whole body
 //! (conversations and inline images run to hundreds of kilobytes), while `model`
-//! usually comes first. [`find_top_level`] scans only as far as the key, skipping
-//! nested values by their brackets and strings, and reports the exact byte range of
-//! the value, so that a rewrite can replace those bytes and keep every other byte.
+//! usually comes first. [`find_top_level`] crosses nested values by their brackets
+//! and strings (strings `memchr` at a time), without building anything, and reports
+//! the exact byte range of the value, so that a rewrite can replace those bytes and
+//! keep every other byte.
 //!
-//! The scan checks the JSON it passes over; what lies after the value is not looked
-//! at. Anything it cannot understand yields `None`, never a panic.
+//! The scan goes on to the end of the object: a key that appears twice is refused
+//! (`None`), since parsers disagree on which one wins and the upstream might read the
+//! other. Anything it cannot understand yields `None`, never a panic.
 
 use std::{borrow::Cow, ops::Range};
 
@@ -57,6 +59,29 @@ pub fn find_top_level<'a>(body: &'a [u8], key: &str) -> Option<Member<'a>> {
 /// assert_eq!(&body[span], b"4096");
 /// ```
 pub fn find_top_level_span(body: &[u8], key: &str) -> Option<Range<usize>> {
+    scan(body, key, true)
+}
+
+/// Like [`find_top_level`], for the first bytes of a body cut at a read limit: the
+/// first member named `key` is taken without looking further, since the rest of the
+/// object is not there to look at.
+///
+/// ```
+/// use brownout_core::json::find_in_prefix;
+///
+/// let start = br#"{"model":"claude-opus-4-1","messages":[{"role":"user","content":"a very long"#;
+/// assert_eq!(find_in_prefix(start, "model").unwrap().value, "claude-opus-4-1");
+/// ```
+pub fn find_in_prefix<'a>(prefix: &'a [u8], key: &str) -> Option<Member<'a>> {
+    let span = scan(prefix, key, false)?;
+    if prefix[span.start] != b'"' {
+        return None;
+    }
+    let value = decode_string(&prefix[span.clone()])?;
+    Some(Member { value, span })
+}
+
+fn scan(body: &[u8], key: &str, whole: bool) -> Option<Range<usize>> {
     let mut s = Scanner {
         bytes: body,
         pos: 0,
@@ -67,6 +92,7 @@ pub fn find_top_level_span(body: &[u8], key: &str) -> Option<Range<usize>> {
     if s.peek()? == b'}' {
         return None;
     }
+    let mut found = None;
     loop {
         s.skip_ws();
         let key_span = s.string()?;
@@ -76,11 +102,19 @@ pub fn find_top_level_span(body: &[u8], key: &str) -> Option<Range<usize>> {
         let start = s.pos;
         s.value()?;
         if key_matches(&body[key_span], key) {
-            return Some(start..s.pos);
+            if !whole {
+                return Some(start..s.pos);
+            }
+            if found.is_some() {
+                // Parsers disagree on which of two members wins: neither does here.
+                return None;
+            }
+            found = Some(start..s.pos);
         }
         s.skip_ws();
         match s.next()? {
             b',' => continue,
+            b'}' => return found,
             _ => return None,
         }
     }
@@ -212,6 +246,7 @@ mod tests {
             (br#"{"model":"caf\u00e9"}"#, Some("café")),
             (br#"{"model":42}"#, None),
             (br#"{"model":null,"model":"second"}"#, None),
+            (br#"{"model":"a","x":1,"model":"b"}"#, None),
             (br#"{"models":"a"}"#, None),
             (br#"{}"#, None),
             (br#"[{"model":"a"}]"#, None),
@@ -221,6 +256,7 @@ mod tests {
             (b"", None),
             (b"\xff\xfe", None),
             (br#"{"model":"ok"} trailing garbage"#, Some("ok")),
+            (br#"{"model":"ok","x":"#, None),
         ];
         for (body, want) in cases {
             let got = find_top_level(body, "model").map(|m| m.value.into_owned());

@@ -42,6 +42,10 @@ impl Target {
     /// `url` replace the request's, and its path, if any, is put in front of the
     /// request's path. The endpoint must speak the same API (an OpenAI-compatible one
     /// for OpenAI-shaped requests): bodies are not translated between providers.
+    ///
+    /// A target with its own endpoint or headers never receives the caller's
+    /// credentials (`authorization`, `x-api-key`, `api-key`): give it its own with
+    /// [`header`](Self::header).
     pub fn base_url(mut self, url: &str) -> Result<Self, InvalidConfig> {
         let uri: Uri = url.parse().map_err(|e| {
             InvalidConfig::new("fallback", "target.base_url", format!("`{url}`: {e}"))

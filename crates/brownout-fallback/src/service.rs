@@ -157,16 +157,26 @@ where
     let event = |kind| Event::new("fallback", &parts.method, &parts.uri, kind);
     let first = &config.targets[0];
 
-    let replay = match buffer(body, config.replay_limit).await {
-        Buffered::Complete(replay) => replay,
-        Buffered::TooLarge(body) | Buffered::Failed(body) => {
-            let reason = NoCascadeReason::NotReplayable(NotReplayable::BodyTooLarge {
+    let buffered = match buffer(body, config.replay_limit).await {
+        Buffered::Complete(replay) => Ok(replay),
+        Buffered::TooLarge(body) => Err((
+            body,
+            NotReplayable::BodyTooLarge {
                 limit: config.replay_limit,
-            });
+            },
+        )),
+        Buffered::Failed(body) => Err((body, NotReplayable::BodyFailed)),
+    };
+    let replay = match buffered {
+        Ok(replay) => replay,
+        Err((body, why)) => {
+            let reason = NoCascadeReason::NotReplayable(why);
             config.events.emit(event(EventKind::NoCascade { reason }));
+            // The caller readied the inner service, not a target's own one.
+            let ready = routes[0].is_none();
             let mut service = routes[0].clone().unwrap_or(inner);
             let request = Request::from_parts(target_parts(&parts, first, None), body);
-            let (result, _) = attempt(&mut service, true, &config, request, deadline).await;
+            let (result, _) = attempt(&mut service, ready, &config, request, deadline).await;
             return served(result, &config, first, 0);
         }
     };
@@ -174,9 +184,10 @@ where
         config.events.emit(event(EventKind::NoCascade {
             reason: NoCascadeReason::NoModel,
         }));
+        let ready = routes[0].is_none();
         let mut service = routes[0].clone().unwrap_or(inner);
         let request = Request::from_parts(target_parts(&parts, first, None), replay.replay());
-        let (result, _) = attempt(&mut service, true, &config, request, deadline).await;
+        let (result, _) = attempt(&mut service, ready, &config, request, deadline).await;
         return served(result, &config, first, 0);
     };
 
@@ -212,7 +223,14 @@ where
                 continue;
             }
         }
-        if let Some(at) = deadline {
+        // The first target tried always goes, whatever the deadline: a deadline
+        // shorter than `min_time_left` must not mean that nothing is ever sent.
+        if let (Some(at), false) = (
+            deadline,
+            failures
+                .iter()
+                .all(|(_, r)| matches!(r, FallbackReason::Unavailable)),
+        ) {
             if at.saturating_duration_since(Instant::now()) < config.min_time_left {
                 break;
             }
@@ -309,6 +327,12 @@ fn served<B: Body>(
     })
 }
 
+const CREDENTIALS: [header::HeaderName; 3] = [
+    header::AUTHORIZATION,
+    header::HeaderName::from_static("x-api-key"),
+    header::HeaderName::from_static("api-key"),
+];
+
 /// The request head for `target`: its endpoint and headers, and the new body length.
 fn target_parts(parts: &Parts, target: &Target, body_len: Option<usize>) -> Parts {
     let mut parts = parts.clone();
@@ -320,6 +344,13 @@ fn target_parts(parts: &Parts, target: &Target, body_len: Option<usize>) -> Part
                     parts.headers.insert(header::HOST, host);
                 }
             }
+        }
+    }
+    // A target with its own endpoint or headers never receives the caller's
+    // credentials: they belong to the caller's provider, not to this one.
+    if target.base_url.is_some() || !target.headers.is_empty() {
+        for name in CREDENTIALS {
+            parts.headers.remove(name);
         }
     }
     for (name, value) in &target.headers {

@@ -460,3 +460,81 @@ fn nonsense_settings_are_refused_with_the_key() {
         "target_service"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_target_with_its_own_endpoint_never_gets_the_callers_credentials() {
+    let primary = Upstream::default();
+    primary.script(OPUS, [Step::Status(529)]);
+    let targets = vec![
+        Target::new(OPUS),
+        Target::new("gpt-4o")
+            .base_url("http://127.0.0.1:9000")
+            .unwrap(),
+    ];
+    let service = Fallback::new(primary.clone(), FallbackConfig::new(targets).unwrap());
+    let mut request = request(&chat(OPUS));
+    request
+        .headers_mut()
+        .insert("authorization", "Bearer sk-caller".parse().unwrap());
+    let reply = service.clone().oneshot(request).await;
+    assert_eq!(served(&reply), ("gpt-4o".to_owned(), 1));
+    let seen = primary.seen();
+    assert_eq!(
+        seen[0].headers["x-api-key"], "sk-ant-secret",
+        "the caller's own provider"
+    );
+    assert!(!seen[1].headers.contains_key("x-api-key"));
+    assert!(!seen[1].headers.contains_key("authorization"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_shorter_than_the_minimum_still_sends_the_first_target() {
+    let upstream = Upstream::default();
+    let config = FallbackConfig::new(targets())
+        .unwrap()
+        .deadline(Duration::from_millis(800))
+        .min_time_left(Duration::from_secs(1));
+    let service = Fallback::new(upstream.clone(), config);
+    let reply = call(&service, &chat(OPUS)).await;
+    assert_eq!(served(&reply), (OPUS.to_owned(), 0));
+}
+
+/// A service that panics, as tower's `Buffer` and `ConcurrencyLimit` do, when called
+/// without being made ready first.
+#[derive(Clone, Default)]
+struct Strict {
+    inner: Upstream,
+    ready: bool,
+}
+
+impl Service<Request<PrefixedBody<Full<Bytes>>>> for Strict {
+    type Response = Response<Full<Bytes>>;
+    type Error = BoxError;
+    type Future = <Upstream as Service<Request<PrefixedBody<Full<Bytes>>>>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.ready = true;
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<PrefixedBody<Full<Bytes>>>) -> Self::Future {
+        assert!(std::mem::take(&mut self.ready), "called without poll_ready");
+        self.inner.call(request)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_targets_own_service_is_made_ready_before_it_is_called() {
+    let own = Strict::default();
+    let service = Fallback::new(Strict::default(), FallbackConfig::new(targets()).unwrap())
+        .target_service(OPUS, own.clone())
+        .unwrap();
+    for body in ["not json", &chat(OPUS)] {
+        let reply = service.clone().oneshot(request(body)).await;
+        assert_eq!(reply.unwrap().status(), 200);
+    }
+    assert_eq!(own.inner.seen().len(), 2);
+}
