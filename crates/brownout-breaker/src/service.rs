@@ -10,7 +10,7 @@ use brownout_core::{
     classify::{Classifier, Outcome},
     error::CircuitOpen,
     event::Events,
-    BoxError,
+    shape, BoxError,
 };
 use bytes::Bytes;
 use http::{header, request::Parts, HeaderValue, Request, Response, StatusCode};
@@ -197,16 +197,11 @@ fn strip_authority(authority: &str) -> &str {
 pub(crate) fn refusal<B: Body>(parts: &Parts, open: CircuitOpen) -> Response<PrefixedBody<B>> {
     let message = open.to_string();
     let body = if parts.uri.path().ends_with("/chat/completions") {
-        serde_json::json!({
-            "error": {"message": message, "type": "server_error", "param": null, "code": "circuit_open"}
-        })
+        shape::openai_error(&message, "server_error", None, Some("circuit_open"))
     } else {
-        serde_json::json!({
-            "type": "error",
-            "error": {"type": "overloaded_error", "message": message}
-        })
+        shape::anthropic_error("overloaded_error", &message)
     };
-    let bytes = Bytes::from(body.to_string());
+    let bytes = Bytes::from(body);
     let mut response = Response::new(PrefixedBody::complete(bytes, None));
     *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     let headers = response.headers_mut();

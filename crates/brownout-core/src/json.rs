@@ -73,12 +73,18 @@ pub fn find_top_level_span(body: &[u8], key: &str) -> Option<Range<usize>> {
 /// assert_eq!(find_in_prefix(start, "model").unwrap().value, "claude-opus-4-1");
 /// ```
 pub fn find_in_prefix<'a>(prefix: &'a [u8], key: &str) -> Option<Member<'a>> {
-    let span = scan(prefix, key, false)?;
+    let span = find_span_in_prefix(prefix, key)?;
     if prefix[span.start] != b'"' {
         return None;
     }
     let value = decode_string(&prefix[span.clone()])?;
     Some(Member { value, span })
+}
+
+/// Like [`find_top_level_span`], for the first bytes of a body cut at a read limit:
+/// the first member named `key` is taken without looking further.
+pub fn find_span_in_prefix(prefix: &[u8], key: &str) -> Option<Range<usize>> {
+    scan(prefix, key, false)
 }
 
 fn scan(body: &[u8], key: &str, whole: bool) -> Option<Range<usize>> {

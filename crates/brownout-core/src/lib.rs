@@ -13,6 +13,8 @@
 //! - [`future`]: the boxed response future of the layers that read bodies.
 //! - [`health`]: which targets can take requests now, as a fallback asks it.
 //! - [`json`]: the top-level `model` of a request body, found without a full parse.
+//! - [`shape`]: the providers' response and error bodies and their SSE streams, byte
+//!   for byte.
 //! - [`rng`]: injectable randomness; time comes only from `tokio::time`, so tests can
 //!   pause it.
 //! - [`error`]: the errors layers create themselves.
@@ -49,6 +51,7 @@ pub mod health;
 pub mod json;
 pub mod meta;
 pub mod rng;
+pub mod shape;
 
 pub use classify::{Classifier, Classify, Outcome, OutcomeKind};
 pub use error::BoxError;

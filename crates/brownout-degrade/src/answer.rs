@@ -4,10 +4,11 @@
 //! The shapes carry every field the official SDKs require, and no more. Token counts
 //! are estimates (a quarter of the answer's characters, rounded up): nothing was billed,
 //! and no tokenizer is at hand. Whole streams are rendered at once and sent as one
-//! chunk; SSE readers do not depend on how events are split.
+//! chunk; SSE readers do not depend on how events are split. The shapes themselves are
+//! [`brownout_core::shape`]'s.
 
+use brownout_core::shape::{self, Ending, Reply, Stop, Style};
 use bytes::Bytes;
-use serde::Serialize;
 
 /// Which API the request was for, from its path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +36,16 @@ impl Provider {
     }
 }
 
+/// How canned answers copy the providers: OpenAI's `"refusal":null` and
+/// `"usage":null`, no fingerprint, Anthropic's compact ping.
+const STYLE: Style<'static> = Style {
+    system_fingerprint: None,
+    start_output_tokens: 0,
+    spaced_ping: false,
+    null_usage: true,
+    role_refusal: true,
+};
+
 /// One answer to render.
 pub(crate) struct Answer<'a> {
     pub(crate) provider: Provider,
@@ -49,346 +60,30 @@ pub(crate) struct Answer<'a> {
 
 impl Answer<'_> {
     pub(crate) fn render(&self) -> Bytes {
-        let mut out = Vec::with_capacity(self.text.len() * 2 + 512);
-        match (self.provider, self.stream) {
-            (Provider::Anthropic, false) => write_json(&mut out, &self.anthropic_message(true)),
-            (Provider::Anthropic, true) => self.anthropic_stream(&mut out),
-            (Provider::OpenAi, false) => write_json(&mut out, &self.openai_completion()),
-            (Provider::OpenAi, true) => self.openai_stream(&mut out),
-        }
+        let pieces = [self.text];
+        let reply = Reply {
+            id: self.id,
+            model: self.model,
+            created: self.created,
+            pieces: &pieces,
+            input_tokens: 0,
+            output_tokens: self.output_tokens(),
+            stop: Stop::EndTurn,
+        };
+        let out = match (self.provider, self.stream) {
+            (Provider::Anthropic, false) => shape::anthropic_message(&reply),
+            (Provider::Anthropic, true) => shape::anthropic_sse(&reply, &STYLE, Ending::Complete),
+            (Provider::OpenAi, false) => shape::openai_completion(&reply, &STYLE),
+            (Provider::OpenAi, true) => {
+                shape::openai_sse(&reply, &STYLE, self.include_usage, Ending::Complete)
+            }
+        };
         Bytes::from(out)
     }
 
     fn output_tokens(&self) -> u64 {
         (self.text.chars().count() as u64).div_ceil(4).max(1)
     }
-
-    fn anthropic_message(&self, complete: bool) -> AnthropicMessage<'_> {
-        AnthropicMessage {
-            id: self.id,
-            kind: "message",
-            role: "assistant",
-            model: self.model,
-            content: if complete {
-                Some(TextBlock {
-                    kind: "text",
-                    text: self.text,
-                })
-            } else {
-                None
-            },
-            stop_reason: complete.then_some("end_turn"),
-            stop_sequence: None,
-            usage: AnthropicUsage {
-                input_tokens: 0,
-                output_tokens: if complete { self.output_tokens() } else { 0 },
-            },
-        }
-    }
-
-    fn anthropic_stream(&self, out: &mut Vec<u8>) {
-        let index = 0;
-        sse_event(
-            out,
-            "message_start",
-            &MessageStart {
-                kind: "message_start",
-                message: self.anthropic_message(false),
-            },
-        );
-        sse_event(
-            out,
-            "content_block_start",
-            &BlockStart {
-                kind: "content_block_start",
-                index,
-                content_block: TextBlock {
-                    kind: "text",
-                    text: "",
-                },
-            },
-        );
-        sse_event(out, "ping", &Typed { kind: "ping" });
-        sse_event(
-            out,
-            "content_block_delta",
-            &BlockDelta {
-                kind: "content_block_delta",
-                index,
-                delta: TextBlock {
-                    kind: "text_delta",
-                    text: self.text,
-                },
-            },
-        );
-        sse_event(
-            out,
-            "content_block_stop",
-            &BlockStop {
-                kind: "content_block_stop",
-                index,
-            },
-        );
-        sse_event(
-            out,
-            "message_delta",
-            &MessageDelta {
-                kind: "message_delta",
-                delta: StopDelta {
-                    stop_reason: "end_turn",
-                    stop_sequence: None,
-                },
-                usage: OutputUsage {
-                    output_tokens: self.output_tokens(),
-                },
-            },
-        );
-        sse_event(
-            out,
-            "message_stop",
-            &Typed {
-                kind: "message_stop",
-            },
-        );
-    }
-
-    fn openai_usage(&self) -> OpenAiUsage {
-        let completion_tokens = self.output_tokens();
-        OpenAiUsage {
-            prompt_tokens: 0,
-            completion_tokens,
-            total_tokens: completion_tokens,
-        }
-    }
-
-    fn openai_completion(&self) -> Completion<'_> {
-        Completion {
-            id: self.id,
-            object: "chat.completion",
-            created: self.created,
-            model: self.model,
-            choices: [Choice {
-                index: 0,
-                message: ChoiceMessage {
-                    role: "assistant",
-                    content: self.text,
-                    refusal: None,
-                },
-                logprobs: None,
-                finish_reason: "stop",
-            }],
-            usage: self.openai_usage(),
-        }
-    }
-
-    fn chunk<'s>(&'s self, delta: Delta<'s>, finish_reason: Option<&'static str>) -> Chunk<'s> {
-        Chunk {
-            id: self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: self.model,
-            choices: vec![ChunkChoice {
-                index: 0,
-                delta,
-                logprobs: None,
-                finish_reason,
-            }],
-            // With `include_usage`, every chunk has `"usage": null` until the last.
-            usage: self.include_usage.then_some(None),
-        }
-    }
-
-    fn openai_stream(&self, out: &mut Vec<u8>) {
-        let chunk = |delta, finish_reason| self.chunk(delta, finish_reason);
-        let first = Delta {
-            role: Some("assistant"),
-            content: Some(""),
-            refusal: Some(None),
-        };
-        sse_data(out, &chunk(first, None));
-        let text = Delta {
-            role: None,
-            content: Some(self.text),
-            refusal: None,
-        };
-        sse_data(out, &chunk(text, None));
-        sse_data(out, &chunk(Delta::default(), Some("stop")));
-        if self.include_usage {
-            let mut usage = chunk(Delta::default(), None);
-            usage.choices.clear();
-            usage.usage = Some(Some(self.openai_usage()));
-            sse_data(out, &usage);
-        }
-        out.extend_from_slice(b"data: [DONE]\n\n");
-    }
-}
-
-fn write_json(out: &mut Vec<u8>, value: &impl Serialize) {
-    // Serializing these plain structs into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, value);
-}
-
-fn sse_event(out: &mut Vec<u8>, name: &str, data: &impl Serialize) {
-    out.extend_from_slice(b"event: ");
-    out.extend_from_slice(name.as_bytes());
-    out.push(b'\n');
-    sse_data(out, data);
-}
-
-fn sse_data(out: &mut Vec<u8>, data: &impl Serialize) {
-    // serde_json escapes every newline inside strings: the JSON is one line.
-    out.extend_from_slice(b"data: ");
-    write_json(out, data);
-    out.extend_from_slice(b"\n\n");
-}
-
-#[derive(Serialize)]
-struct TextBlock<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    text: &'a str,
-}
-
-#[derive(Serialize)]
-struct AnthropicMessage<'a> {
-    id: &'a str,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    role: &'static str,
-    model: &'a str,
-    // Serialized as a list of zero or one block.
-    #[serde(serialize_with = "as_list")]
-    content: Option<TextBlock<'a>>,
-    stop_reason: Option<&'static str>,
-    stop_sequence: Option<&'static str>,
-    usage: AnthropicUsage,
-}
-
-fn as_list<S: serde::Serializer>(block: &Option<TextBlock<'_>>, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(block.iter())
-}
-
-#[derive(Serialize)]
-struct AnthropicUsage {
-    input_tokens: u64,
-    output_tokens: u64,
-}
-
-#[derive(Serialize)]
-struct Typed {
-    #[serde(rename = "type")]
-    kind: &'static str,
-}
-
-#[derive(Serialize)]
-struct MessageStart<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    message: AnthropicMessage<'a>,
-}
-
-#[derive(Serialize)]
-struct BlockStart<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    index: u32,
-    content_block: TextBlock<'a>,
-}
-
-#[derive(Serialize)]
-struct BlockDelta<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    index: u32,
-    delta: TextBlock<'a>,
-}
-
-#[derive(Serialize)]
-struct BlockStop {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    index: u32,
-}
-
-#[derive(Serialize)]
-struct MessageDelta {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    delta: StopDelta,
-    usage: OutputUsage,
-}
-
-#[derive(Serialize)]
-struct StopDelta {
-    stop_reason: &'static str,
-    stop_sequence: Option<&'static str>,
-}
-
-#[derive(Serialize)]
-struct OutputUsage {
-    output_tokens: u64,
-}
-
-#[derive(Serialize)]
-struct Completion<'a> {
-    id: &'a str,
-    object: &'static str,
-    created: u64,
-    model: &'a str,
-    choices: [Choice<'a>; 1],
-    usage: OpenAiUsage,
-}
-
-#[derive(Serialize)]
-struct Choice<'a> {
-    index: u32,
-    message: ChoiceMessage<'a>,
-    logprobs: Option<()>,
-    finish_reason: &'static str,
-}
-
-#[derive(Serialize)]
-struct ChoiceMessage<'a> {
-    role: &'static str,
-    content: &'a str,
-    refusal: Option<&'static str>,
-}
-
-#[derive(Serialize, Clone, Copy)]
-struct OpenAiUsage {
-    prompt_tokens: u64,
-    completion_tokens: u64,
-    total_tokens: u64,
-}
-
-#[derive(Serialize)]
-struct Chunk<'a> {
-    id: &'a str,
-    object: &'static str,
-    created: u64,
-    model: &'a str,
-    choices: Vec<ChunkChoice<'a>>,
-    // `None`: absent; `Some(None)`: `null`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    usage: Option<Option<OpenAiUsage>>,
-}
-
-#[derive(Serialize)]
-struct ChunkChoice<'a> {
-    index: u32,
-    delta: Delta<'a>,
-    logprobs: Option<()>,
-    finish_reason: Option<&'static str>,
-}
-
-#[derive(Serialize, Default)]
-struct Delta<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    role: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    content: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    refusal: Option<Option<&'static str>>,
 }
 
 #[cfg(test)]

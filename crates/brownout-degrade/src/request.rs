@@ -8,7 +8,7 @@
 
 use std::{borrow::Cow, fmt};
 
-use brownout_core::json::{find_top_level, find_top_level_span};
+use brownout_core::json::{find_in_prefix, find_span_in_prefix};
 use serde::{
     de::{self, IgnoredAny, SeqAccess, Visitor},
     Deserialize, Deserializer,
@@ -68,16 +68,16 @@ pub(crate) fn read(body: &[u8]) -> Asked<'_> {
 /// Reads `model` and `stream` from the top level of a body, or of the start of one:
 /// the scan stops at each key, so what comes after need not be there or be valid.
 pub(crate) fn scan(body: &[u8]) -> Asked<'_> {
-    let stream = find_top_level_span(body, "stream").is_some_and(|s| &body[s] == b"true");
+    let stream = find_span_in_prefix(body, "stream").is_some_and(|s| &body[s] == b"true");
     let include_usage = stream
-        && find_top_level_span(body, "stream_options").is_some_and(|s| {
+        && find_span_in_prefix(body, "stream_options").is_some_and(|s| {
             serde_json::from_slice::<StreamOptions>(&body[s])
                 .ok()
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false)
         });
     Asked {
-        model: find_top_level(body, "model").map(|m| m.value),
+        model: find_in_prefix(body, "model").map(|m| m.value),
         stream,
         include_usage,
         text: None,

@@ -1,9 +1,10 @@
 //! The providers' wire formats: answers, server-sent events and error bodies, in the
-//! exact JSON shapes of the Anthropic Messages and OpenAI Chat Completions APIs.
+//! exact JSON shapes of the Anthropic Messages and OpenAI Chat Completions APIs (as
+//! [`brownout_core::shape`] renders them), with the providers' own quirks.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use brownout_core::shape::{self, Ending, Reply, Stop, Style};
+use bytes::Bytes;
 use http::StatusCode;
-use serde::Serialize;
 
 use crate::script::{Endpoint, FaultKind};
 
@@ -19,10 +20,7 @@ pub(crate) struct Answer<'a> {
 }
 
 impl Answer<'_> {
-    fn output_tokens(&self) -> u32 {
-        self.words.len() as u32
-    }
-
+    #[cfg(test)]
     fn text(&self) -> String {
         let mut text = String::with_capacity(self.words.len() * 8);
         for (i, word) in self.words.iter().enumerate() {
@@ -107,418 +105,33 @@ pub(crate) const WORDS: &[&str] = &[
     "budget",
 ];
 
-fn json<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("the simulator's answers serialize")
-}
+/// How the simulator copies the providers: a fingerprint, Anthropic's spaced ping and
+/// the `output_tokens: 1` of its `message_start`; no `"usage":null` chunks.
+const STYLE: Style<'static> = Style {
+    system_fingerprint: Some("fp_b0a5e1c2d3"),
+    start_output_tokens: 1,
+    spaced_ping: true,
+    null_usage: false,
+    role_refusal: false,
+};
 
-// ---- Anthropic -------------------------------------------------------------------
+const OVERLOADED_MESSAGE: &str = "The server is overloaded. Please retry your request.";
 
-#[derive(Serialize)]
-struct Message<'a> {
-    id: &'a str,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    role: &'static str,
-    model: &'a str,
-    content: Vec<TextBlock<'a>>,
-    stop_reason: Option<&'static str>,
-    stop_sequence: Option<&'static str>,
-    usage: MessageUsage,
-}
-
-#[derive(Serialize)]
-struct TextBlock<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    text: &'a str,
-}
-
-#[derive(Serialize)]
-struct MessageUsage {
-    input_tokens: u32,
-    output_tokens: u32,
-}
-
-fn anthropic_stop(answer: &Answer<'_>) -> &'static str {
-    if answer.truncated {
-        "max_tokens"
-    } else {
-        "end_turn"
-    }
-}
-
-fn anthropic_message(answer: &Answer<'_>) -> Vec<u8> {
-    let text = answer.text();
-    json(&Message {
+/// Renders `answer` as a [`Reply`] for `render`.
+fn with_reply<T>(answer: &Answer<'_>, render: impl FnOnce(&Reply<'_>) -> T) -> T {
+    let deltas: Vec<String> = answer.deltas().collect();
+    let pieces: Vec<&str> = deltas.iter().map(String::as_str).collect();
+    render(&Reply {
         id: answer.id,
-        kind: "message",
-        role: "assistant",
         model: answer.model,
-        content: vec![TextBlock {
-            kind: "text",
-            text: &text,
-        }],
-        stop_reason: Some(anthropic_stop(answer)),
-        stop_sequence: None,
-        usage: MessageUsage {
-            input_tokens: answer.input_tokens,
-            output_tokens: answer.output_tokens(),
-        },
-    })
-}
-
-fn sse(event: Option<&str>, data: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(data.len() + 32);
-    if let Some(event) = event {
-        out.put_slice(b"event: ");
-        out.put_slice(event.as_bytes());
-        out.put_u8(b'\n');
-    }
-    out.put_slice(b"data: ");
-    out.put_slice(data);
-    out.put_slice(b"\n\n");
-    out.freeze()
-}
-
-#[derive(Serialize)]
-struct MessageStart<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    message: Message<'a>,
-}
-
-#[derive(Serialize)]
-struct BlockStart {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    index: u32,
-    content_block: TextBlock<'static>,
-}
-
-#[derive(Serialize)]
-struct BlockDelta<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    index: u32,
-    delta: TextDelta<'a>,
-}
-
-#[derive(Serialize)]
-struct TextDelta<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    text: &'a str,
-}
-
-#[derive(Serialize)]
-struct MessageDelta {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    delta: StopDelta,
-    usage: OutputUsage,
-}
-
-#[derive(Serialize)]
-struct StopDelta {
-    stop_reason: &'static str,
-    stop_sequence: Option<&'static str>,
-}
-
-#[derive(Serialize)]
-struct OutputUsage {
-    output_tokens: u32,
-}
-
-const ANTHROPIC_OVERLOADED: &str =
-    r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
-
-fn anthropic_events(answer: &Answer<'_>, error_after: Option<u32>) -> Vec<Bytes> {
-    let mut events = Vec::with_capacity(answer.words.len() + 7);
-    events.push(sse(
-        Some("message_start"),
-        &json(&MessageStart {
-            kind: "message_start",
-            message: Message {
-                id: answer.id,
-                kind: "message",
-                role: "assistant",
-                model: answer.model,
-                content: Vec::new(),
-                stop_reason: None,
-                stop_sequence: None,
-                usage: MessageUsage {
-                    input_tokens: answer.input_tokens,
-                    output_tokens: 1,
-                },
-            },
-        }),
-    ));
-    events.push(sse(
-        Some("content_block_start"),
-        &json(&BlockStart {
-            kind: "content_block_start",
-            index: 0,
-            content_block: TextBlock {
-                kind: "text",
-                text: "",
-            },
-        }),
-    ));
-    // Anthropic writes this one with a space.
-    events.push(sse(Some("ping"), br#"{"type": "ping"}"#));
-    for (i, delta) in answer.deltas().enumerate() {
-        if error_after == Some(i as u32) {
-            events.push(sse(Some("error"), ANTHROPIC_OVERLOADED.as_bytes()));
-            return events;
-        }
-        events.push(sse(
-            Some("content_block_delta"),
-            &json(&BlockDelta {
-                kind: "content_block_delta",
-                index: 0,
-                delta: TextDelta {
-                    kind: "text_delta",
-                    text: &delta,
-                },
-            }),
-        ));
-    }
-    if error_after.is_some() {
-        events.push(sse(Some("error"), ANTHROPIC_OVERLOADED.as_bytes()));
-        return events;
-    }
-    events.push(sse(
-        Some("content_block_stop"),
-        br#"{"type":"content_block_stop","index":0}"#,
-    ));
-    events.push(sse(
-        Some("message_delta"),
-        &json(&MessageDelta {
-            kind: "message_delta",
-            delta: StopDelta {
-                stop_reason: anthropic_stop(answer),
-                stop_sequence: None,
-            },
-            usage: OutputUsage {
-                output_tokens: answer.output_tokens(),
-            },
-        }),
-    ));
-    events.push(sse(Some("message_stop"), br#"{"type":"message_stop"}"#));
-    events
-}
-
-#[derive(Serialize)]
-struct AnthropicError<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    error: AnthropicErrorObject<'a>,
-}
-
-#[derive(Serialize)]
-struct AnthropicErrorObject<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    message: &'a str,
-}
-
-fn anthropic_error(kind: &str, message: &str) -> Vec<u8> {
-    json(&AnthropicError {
-        kind: "error",
-        error: AnthropicErrorObject { kind, message },
-    })
-}
-
-// ---- OpenAI ----------------------------------------------------------------------
-
-const FINGERPRINT: &str = "fp_b0a5e1c2d3";
-
-#[derive(Serialize)]
-struct Completion<'a> {
-    id: &'a str,
-    object: &'static str,
-    created: u64,
-    model: &'a str,
-    choices: [Choice<'a>; 1],
-    usage: CompletionUsage,
-    system_fingerprint: &'static str,
-}
-
-#[derive(Serialize)]
-struct Choice<'a> {
-    index: u32,
-    message: ChoiceMessage<'a>,
-    logprobs: Option<()>,
-    finish_reason: &'static str,
-}
-
-#[derive(Serialize)]
-struct ChoiceMessage<'a> {
-    role: &'static str,
-    content: &'a str,
-    refusal: Option<()>,
-}
-
-#[derive(Serialize)]
-struct CompletionUsage {
-    prompt_tokens: u32,
-    completion_tokens: u32,
-    total_tokens: u32,
-}
-
-fn openai_finish(answer: &Answer<'_>) -> &'static str {
-    if answer.truncated {
-        "length"
-    } else {
-        "stop"
-    }
-}
-
-fn openai_usage(answer: &Answer<'_>) -> CompletionUsage {
-    CompletionUsage {
-        prompt_tokens: answer.input_tokens,
-        completion_tokens: answer.output_tokens(),
-        total_tokens: answer.input_tokens + answer.output_tokens(),
-    }
-}
-
-fn openai_completion(answer: &Answer<'_>) -> Vec<u8> {
-    let text = answer.text();
-    json(&Completion {
-        id: answer.id,
-        object: "chat.completion",
         created: answer.created,
-        model: answer.model,
-        choices: [Choice {
-            index: 0,
-            message: ChoiceMessage {
-                role: "assistant",
-                content: &text,
-                refusal: None,
-            },
-            logprobs: None,
-            finish_reason: openai_finish(answer),
-        }],
-        usage: openai_usage(answer),
-        system_fingerprint: FINGERPRINT,
-    })
-}
-
-#[derive(Serialize)]
-struct Chunk<'a> {
-    id: &'a str,
-    object: &'static str,
-    created: u64,
-    model: &'a str,
-    system_fingerprint: &'static str,
-    choices: Vec<ChunkChoice<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    usage: Option<CompletionUsage>,
-}
-
-#[derive(Serialize)]
-struct ChunkChoice<'a> {
-    index: u32,
-    delta: ChunkDelta<'a>,
-    logprobs: Option<()>,
-    finish_reason: Option<&'static str>,
-}
-
-#[derive(Serialize, Default)]
-struct ChunkDelta<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    role: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    content: Option<&'a str>,
-}
-
-const OPENAI_STREAM_ERROR: &str = r#"{"error":{"message":"The server is overloaded. Please retry your request.","type":"server_error","param":null,"code":null}}"#;
-
-fn openai_events(answer: &Answer<'_>, include_usage: bool, error_after: Option<u32>) -> Vec<Bytes> {
-    let chunk = |delta: ChunkDelta<'_>, finish_reason| {
-        sse(
-            None,
-            &json(&Chunk {
-                id: answer.id,
-                object: "chat.completion.chunk",
-                created: answer.created,
-                model: answer.model,
-                system_fingerprint: FINGERPRINT,
-                choices: vec![ChunkChoice {
-                    index: 0,
-                    delta,
-                    logprobs: None,
-                    finish_reason,
-                }],
-                usage: None,
-            }),
-        )
-    };
-    let mut events = Vec::with_capacity(answer.words.len() + 4);
-    events.push(chunk(
-        ChunkDelta {
-            role: Some("assistant"),
-            content: Some(""),
-        },
-        None,
-    ));
-    for (i, delta) in answer.deltas().enumerate() {
-        if error_after == Some(i as u32) {
-            events.push(sse(None, OPENAI_STREAM_ERROR.as_bytes()));
-            return events;
-        }
-        events.push(chunk(
-            ChunkDelta {
-                role: None,
-                content: Some(&delta),
-            },
-            None,
-        ));
-    }
-    if error_after.is_some() {
-        events.push(sse(None, OPENAI_STREAM_ERROR.as_bytes()));
-        return events;
-    }
-    events.push(chunk(ChunkDelta::default(), Some(openai_finish(answer))));
-    if include_usage {
-        events.push(sse(
-            None,
-            &json(&Chunk {
-                id: answer.id,
-                object: "chat.completion.chunk",
-                created: answer.created,
-                model: answer.model,
-                system_fingerprint: FINGERPRINT,
-                choices: Vec::new(),
-                usage: Some(openai_usage(answer)),
-            }),
-        ));
-    }
-    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    events
-}
-
-#[derive(Serialize)]
-struct OpenAiError<'a> {
-    error: OpenAiErrorObject<'a>,
-}
-
-#[derive(Serialize)]
-struct OpenAiErrorObject<'a> {
-    message: &'a str,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    param: Option<&'a str>,
-    code: Option<&'a str>,
-}
-
-fn openai_error(message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Vec<u8> {
-    json(&OpenAiError {
-        error: OpenAiErrorObject {
-            message,
-            kind,
-            param,
-            code,
+        pieces: &pieces,
+        input_tokens: answer.input_tokens.into(),
+        output_tokens: answer.words.len() as u64,
+        stop: if answer.truncated {
+            Stop::MaxTokens
+        } else {
+            Stop::EndTurn
         },
     })
 }
@@ -527,10 +140,10 @@ fn openai_error(message: &str, kind: &str, param: Option<&str>, code: Option<&st
 
 /// A whole answer, as JSON.
 pub(crate) fn success_json(endpoint: Endpoint, answer: &Answer<'_>) -> Vec<u8> {
-    match endpoint {
-        Endpoint::Anthropic => anthropic_message(answer),
-        Endpoint::OpenAi => openai_completion(answer),
-    }
+    with_reply(answer, |reply| match endpoint {
+        Endpoint::Anthropic => shape::anthropic_message(reply),
+        Endpoint::OpenAi => shape::openai_completion(reply, &STYLE),
+    })
 }
 
 /// A streamed answer, as server-sent events; with `error_after`, the stream fails with
@@ -541,10 +154,28 @@ pub(crate) fn success_events(
     include_usage: bool,
     error_after: Option<u32>,
 ) -> Vec<Bytes> {
-    match endpoint {
-        Endpoint::Anthropic => anthropic_events(answer, error_after),
-        Endpoint::OpenAi => openai_events(answer, include_usage, error_after),
-    }
+    with_reply(answer, |reply| {
+        let error_body;
+        let ending = match error_after {
+            None => Ending::Complete,
+            Some(after) => {
+                error_body = match endpoint {
+                    Endpoint::Anthropic => shape::anthropic_error("overloaded_error", "Overloaded"),
+                    Endpoint::OpenAi => {
+                        shape::openai_error(OVERLOADED_MESSAGE, "server_error", None, None)
+                    }
+                };
+                Ending::Error {
+                    after: after as usize,
+                    body: &error_body,
+                }
+            }
+        };
+        match endpoint {
+            Endpoint::Anthropic => shape::anthropic_events(reply, &STYLE, ending),
+            Endpoint::OpenAi => shape::openai_chunks(reply, &STYLE, include_usage, ending),
+        }
+    })
 }
 
 /// Why the simulator answers with an error.
@@ -576,9 +207,7 @@ pub(crate) fn error(
     match endpoint {
         Endpoint::Anthropic => {
             let (code, kind, message): (u16, &str, String) = match failure {
-                Failure::Fault(K::Overloaded) => {
-                    return (status(529), ANTHROPIC_OVERLOADED.as_bytes().to_vec())
-                }
+                Failure::Fault(K::Overloaded) => (529, "overloaded_error", "Overloaded".into()),
                 Failure::Fault(K::Unavailable) => (503, "api_error", "Service unavailable".into()),
                 Failure::Fault(K::BadGateway) => (502, "api_error", "Bad gateway".into()),
                 Failure::Fault(K::RateLimited) => (
@@ -614,7 +243,7 @@ pub(crate) fn error(
                     "Request exceeds the maximum allowed number of bytes".into(),
                 ),
             };
-            (status(code), anthropic_error(kind, &message))
+            (status(code), shape::anthropic_error(kind, &message))
         }
         Endpoint::OpenAi => {
             let (code, message, kind, param, error_code): (
@@ -626,7 +255,7 @@ pub(crate) fn error(
             ) = match failure {
                 Failure::Fault(K::Overloaded) => (
                     503,
-                    "The server is overloaded. Please retry your request.".into(),
+                    OVERLOADED_MESSAGE.into(),
                     "server_error",
                     None,
                     None,
@@ -710,7 +339,7 @@ pub(crate) fn error(
             };
             (
                 status(code),
-                openai_error(&message, kind, param, error_code),
+                shape::openai_error(&message, kind, param, error_code),
             )
         }
     }
