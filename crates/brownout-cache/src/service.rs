@@ -241,11 +241,23 @@ async fn store_response<B: Body + Unpin>(
     };
     // Trailers are not stored: such an answer is passed on, unstored.
     if replay.trailers().is_none() {
+        // Copied: a body or header value fresh from hyper shares its read buffer, which
+        // the entry would otherwise keep alive (kilobytes for a short answer) outside
+        // the byte bound.
+        let headers = parts
+            .headers
+            .iter()
+            .filter_map(|(name, value)| {
+                let mut copy = HeaderValue::from_bytes(value.as_bytes()).ok()?;
+                copy.set_sensitive(value.is_sensitive());
+                Some((name.clone(), copy))
+            })
+            .collect();
         let entry = Entry {
             status: parts.status,
             version: parts.version,
-            headers: parts.headers.clone(),
-            body: replay.data().clone(),
+            headers,
+            body: Bytes::copy_from_slice(replay.data()),
             stored_at: Instant::now(),
         };
         store.insert(key, entry).await;
