@@ -1,0 +1,335 @@
+//! The gateway's configuration: a TOML file, checked whole before anything starts.
+//!
+//! Every key is optional but the providers and at least one route; unknown keys are
+//! refused. Durations are strings such as `"800ms"`, `"30s"`, `"2m"`. A mistake is
+//! reported with its key and line ([`ConfigError`]); an API key's environment
+//! variable is read when the file is loaded, so a missing one is named before the
+//! gateway listens.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"
+//! shutdown_grace = "30s"      # how long in-flight requests may finish after SIGTERM
+//! forward_to = "anthropic"    # who gets the other paths (GET /v1/models …); default: the first provider
+//! seed = 7                    # optional: fixes jitter and ids, for reproducible runs
+//!
+//! [[provider]]
+//! name = "anthropic"
+//! api = "anthropic"           # anthropic: key in x-api-key; openai: authorization: Bearer
+//! base_url = "http://127.0.0.1:8787"
+//! api_key_env = "ANTHROPIC_API_KEY"   # the gateway holds the key…
+//! # pass_through_key = true           # …or callers send their own
+//!
+//! [routes."/v1/messages"]     # and/or [routes."/v1/chat/completions"]
+//! provider = "anthropic"
+//! cascade = [                 # optional: the fallback layer's targets, preferred first
+//!   { model = "claude-sonnet-4-5" },
+//!   { model = "claude-haiku-4-5", max_tokens = 8192 },   # provider = "…" to use another one
+//! ]
+//!
+//! [retry]                     # enabled = false to leave a layer out
+//! max_attempts = 3
+//! backoff = { base = "500ms", cap = "8s" }              # jitter = "full" | "decorrelated" | "none"
+//! budget = { ratio = 0.2, min_per_sec = 10, ttl = "10s" }
+//! max_server_delay = "20s"
+//! attempt_timeout = "30s"
+//! deadline = "60s"
+//!
+//! [breaker]
+//! failure_rate = 0.5          # or consecutive_failures = 5
+//! window = 20                 # the last 20 calls, or a duration such as "30s"
+//! minimum_calls = 10
+//! open_for = "10s"
+//! open_for_max = "2m"         # open time doubles on repeated trips, up to this
+//! half_open_probes = 1
+//!
+//! [fallback]
+//! deadline = "90s"
+//!
+//! [cache]
+//! mode = "stale-if-error"     # or "fresh-hit"
+//! ttl = "5m"
+//! stale_window = "1h"
+//!
+//! [degrade]
+//! generic = "The assistant is briefly unavailable. Please try again in a few minutes."
+//! # rules_file = "degrade.toml"   # instead of inline rules; relative to this file
+//! [[degrade.rule]]
+//! name = "refunds"
+//! pattern = "(?i)refund"
+//! answer = "You can request a refund from Settings › Billing."
+//!
+//! [headers]                   # metadata headers on responses (all on by default)
+//! model = true                # x-brownout-model
+//! cache = true                # x-brownout-cache
+//! degraded = true             # x-brownout-degraded, x-brownout-degraded-rule
+//! attempts = true             # x-brownout-attempts
+//! ```
+
+mod error;
+mod raw;
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use brownout_breaker::BreakerConfig;
+use brownout_cache::CacheConfig;
+use brownout_degrade::DegradeConfig;
+use brownout_fallback::FallbackConfig;
+use brownout_retry::RetryConfig;
+use http::{HeaderName, HeaderValue, Uri};
+
+pub use error::ConfigError;
+
+/// The path of the Anthropic Messages API.
+pub const MESSAGES_PATH: &str = "/v1/messages";
+/// The path of the OpenAI Chat Completions API.
+pub const CHAT_COMPLETIONS_PATH: &str = "/v1/chat/completions";
+
+/// The API a provider speaks: which route it can serve and which header carries its
+/// key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// Anthropic Messages (`POST /v1/messages`); the key goes in `x-api-key`.
+    Anthropic,
+    /// OpenAI Chat Completions (`POST /v1/chat/completions`); the key goes in
+    /// `authorization: Bearer …`.
+    Openai,
+}
+
+impl Api {
+    /// `"anthropic"` or `"openai"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Anthropic => "anthropic",
+            Api::Openai => "openai",
+        }
+    }
+
+    /// The path of the route it serves.
+    pub fn path(self) -> &'static str {
+        match self {
+            Api::Anthropic => MESSAGES_PATH,
+            Api::Openai => CHAT_COMPLETIONS_PATH,
+        }
+    }
+}
+
+/// Where a provider's API key comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// The gateway sends this key (read from the named environment variable) and
+    /// drops the caller's `x-api-key`, `authorization` and `api-key`.
+    Env {
+        /// The variable's name.
+        variable: String,
+        /// The header that carries the key, marked sensitive.
+        header: (HeaderName, HeaderValue),
+    },
+    /// The caller's own credential headers go upstream unchanged.
+    PassThrough,
+}
+
+impl fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The key itself is never printed: only where it comes from.
+        match self {
+            KeySource::Env { variable, header } => f
+                .debug_struct("Env")
+                .field("variable", variable)
+                .field("header", &header.0)
+                .finish_non_exhaustive(),
+            KeySource::PassThrough => f.write_str("PassThrough"),
+        }
+    }
+}
+
+/// An upstream the gateway sends requests to.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub(crate) name: String,
+    pub(crate) api: Api,
+    pub(crate) base_url: Uri,
+    pub(crate) key: KeySource,
+}
+
+impl Provider {
+    /// Its name in the configuration.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The API it speaks.
+    pub fn api(&self) -> Api {
+        self.api
+    }
+
+    /// Its base URL: scheme, host and an optional path prefix.
+    pub fn base_url(&self) -> &Uri {
+        &self.base_url
+    }
+
+    /// Where its key comes from.
+    pub fn key(&self) -> &KeySource {
+        &self.key
+    }
+}
+
+/// One of the two proxied APIs: its default provider and its model cascade.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub(crate) provider: usize,
+    pub(crate) cascade: Option<FallbackConfig>,
+}
+
+impl Route {
+    /// The index of its provider in [`Config::providers`].
+    pub fn provider(&self) -> usize {
+        self.provider
+    }
+
+    /// The fallback settings built from its cascade, if it has one.
+    pub fn cascade(&self) -> Option<&FallbackConfig> {
+        self.cascade.as_ref()
+    }
+}
+
+/// Which metadata headers the gateway puts on responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Headers {
+    /// `x-brownout-model`: the model that answered, on routes with a cascade.
+    pub model: bool,
+    /// `x-brownout-cache`: `hit` or `stale`, on answers from the cache.
+    pub cache: bool,
+    /// `x-brownout-degraded` and `x-brownout-degraded-rule`, on canned answers.
+    pub degraded: bool,
+    /// `x-brownout-attempts`: how many times the model that answered was tried, when
+    /// more than once.
+    pub attempts: bool,
+}
+
+impl Default for Headers {
+    fn default() -> Self {
+        Headers {
+            model: true,
+            cache: true,
+            degraded: true,
+            attempts: true,
+        }
+    }
+}
+
+/// A checked gateway configuration. Read it with [`Config::from_file`] or
+/// [`Config::from_toml_str`]; see the [module docs](self) for the format.
+///
+/// The layer settings it holds are brownout's own config types, built and checked
+/// when the file is read.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) listen: SocketAddr,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) providers: Vec<Provider>,
+    pub(crate) messages: Option<Route>,
+    pub(crate) chat_completions: Option<Route>,
+    pub(crate) forward_to: usize,
+    pub(crate) retry: Option<RetryConfig>,
+    pub(crate) breaker: Option<BreakerConfig>,
+    pub(crate) cache: Option<CacheConfig>,
+    pub(crate) degrade: Option<DegradeConfig>,
+    pub(crate) headers: Headers,
+}
+
+impl Config {
+    /// Reads and checks a configuration; API keys come from the process environment.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str_with_env(text, |name| std::env::var(name).ok())
+    }
+
+    /// Reads and checks a configuration, looking API keys' variables up with `env`
+    /// (for tests, and for embedding the gateway in a process with its own secrets).
+    pub fn from_toml_str_with_env(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        raw::parse(text, &env, None)
+    }
+
+    /// Reads and checks a configuration file. A degrade `rules_file` is found relative
+    /// to it.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(format!("cannot read the configuration: {e}")).in_file(path)
+        })?;
+        let dir: PathBuf = path.parent().map(Path::to_owned).unwrap_or_default();
+        raw::parse(&text, &|name: &str| std::env::var(name).ok(), Some(&dir))
+            .map_err(|e| e.in_file(path))
+    }
+
+    /// Fixes the seed of every random draw the layers make (retry jitter, breaker
+    /// open times, degraded answers' ids), as the file's `seed` does.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.retry = self.retry.map(|c| c.seed(seed));
+        self.breaker = self.breaker.map(|c| c.seed(seed));
+        self.degrade = self.degrade.map(|c| c.seed(seed));
+        self
+    }
+
+    /// The address to listen on.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// Listens on `addr` instead.
+    pub fn with_listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// How long in-flight requests may take to finish after a shutdown signal.
+    pub fn shutdown_grace(&self) -> Duration {
+        self.shutdown_grace
+    }
+
+    /// The providers, in the order of the file.
+    pub fn providers(&self) -> &[Provider] {
+        &self.providers
+    }
+
+    /// The route of `POST /v1/messages`, if configured.
+    pub fn messages(&self) -> Option<&Route> {
+        self.messages.as_ref()
+    }
+
+    /// The route of `POST /v1/chat/completions`, if configured.
+    pub fn chat_completions(&self) -> Option<&Route> {
+        self.chat_completions.as_ref()
+    }
+
+    /// The provider that receives every other path.
+    pub fn forward_to(&self) -> &Provider {
+        &self.providers[self.forward_to]
+    }
+
+    /// The metadata headers put on responses.
+    pub fn headers(&self) -> Headers {
+        self.headers
+    }
+
+    /// Whether each layer is on: retry, breaker, cache, degrade.
+    pub fn layers_enabled(&self) -> [(&'static str, bool); 4] {
+        [
+            ("retry", self.retry.is_some()),
+            ("breaker", self.breaker.is_some()),
+            ("cache", self.cache.is_some()),
+            ("degrade", self.degrade.is_some()),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,956 @@
+//! The file as written, and its check into a [`Config`].
+//!
+//! The file is deserialized into mirror types that refuse unknown keys and check
+//! single values as they are read, so toml knows their position and
+//! `serde_path_to_error` the key; values that are checked together (a cascade's
+//! providers, a breaker policy) keep their spans (`toml::Spanned`), so that their
+//! errors name a line too.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    net::SocketAddr,
+    ops::Range,
+    path::Path,
+    time::Duration,
+};
+
+use brownout_breaker::{BreakerConfig, FailurePolicy, OpenDuration, Window};
+use brownout_cache::{CacheConfig, Mode};
+use brownout_degrade::{DegradeConfig, Rule};
+use brownout_fallback::{FallbackConfig, Target};
+use brownout_retry::{Backoff, RetryBudget, RetryConfig};
+use http::{header, HeaderName, HeaderValue, StatusCode, Uri};
+use serde::{de, Deserialize, Deserializer};
+use toml::Spanned;
+
+use super::{Api, Config, ConfigError, Headers, KeySource, Provider, Route};
+
+type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub(super) fn parse(text: &str, env: Env<'_>, dir: Option<&Path>) -> Result<Config, ConfigError> {
+    let deserializer = toml::de::Deserializer::parse(text)
+        .map_err(|e| ConfigError::at("", e.message(), text, e.span()))?;
+    let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = key_of(e.path());
+        let inner = e.into_inner();
+        ConfigError::at(key, inner.message(), text, inner.span())
+    })?;
+    Check { text, env, dir }.config(raw)
+}
+
+/// A key path as the file writes it: `provider[0].base_url`,
+/// `routes."/v1/messages".cascade[1].model`, without the fields `toml::Spanned` reads
+/// through.
+fn key_of(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut key = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            Segment::Map { key: name } | Segment::Enum { variant: name } => {
+                if name.starts_with("$__serde_spanned_private") {
+                    continue;
+                }
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                if name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                {
+                    key.push_str(name);
+                } else {
+                    key.push_str(&format!("{name:?}"));
+                }
+            }
+            Segment::Unknown => {}
+        }
+    }
+    key
+}
+
+// ---------------------------------------------------------------------------------
+// The mirror of the file.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_listen")]
+    listen: SocketAddr,
+    shutdown_grace: Option<Dur>,
+    seed: Option<u64>,
+    forward_to: Option<Spanned<String>>,
+    #[serde(default, rename = "provider")]
+    providers: Vec<Spanned<RawProvider>>,
+    #[serde(default)]
+    routes: RawRoutes,
+    retry: Option<RawRetry>,
+    breaker: Option<Spanned<RawBreaker>>,
+    fallback: Option<RawFallback>,
+    cache: Option<RawCache>,
+    degrade: Option<Spanned<RawDegrade>>,
+    #[serde(default)]
+    headers: RawHeaders,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    name: Spanned<String>,
+    api: Api,
+    base_url: Spanned<String>,
+    api_key_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pass_through_key: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRoutes {
+    #[serde(rename = "/v1/messages")]
+    messages: Option<RawRoute>,
+    #[serde(rename = "/v1/chat/completions")]
+    chat_completions: Option<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    provider: Spanned<String>,
+    cascade: Option<Spanned<Vec<Spanned<RawTarget>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    model: String,
+    provider: Option<Spanned<String>>,
+    max_tokens: Option<NonZero>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    #[serde(default = "yes")]
+    enabled: bool,
+    max_attempts: Option<NonZero>,
+    backoff: Option<Spanned<RawBackoff>>,
+    budget: Option<Spanned<RawBudget>>,
+    max_server_delay: Option<Dur>,
+    attempt_timeout: Option<Positive>,
+    deadline: Option<Positive>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum JitterKind {
+    #[default]
+    Full,
+    Decorrelated,
+    None,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+struct RawBackoff {
+    #[serde(default)]
+    jitter: JitterKind,
+    base: Dur,
+    cap: Dur,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    ratio: Option<f32>,
+    min_per_sec: Option<u32>,
+    ttl: Option<Dur>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    #[serde(default = "yes")]
+    enabled: bool,
+    failure_rate: Option<Spanned<f64>>,
+    window: Option<Spanned<WindowValue>>,
+    minimum_calls: Option<Spanned<u32>>,
+    consecutive_failures: Option<Spanned<u32>>,
+    open_for: Option<Spanned<Dur>>,
+    open_for_max: Option<Dur>,
+    half_open_probes: Option<NonZero>,
+    half_open_successes: Option<NonZero>,
+    slow_call: Option<Positive>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFallback {
+    deadline: Option<Positive>,
+    min_time_left: Option<Dur>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+enum CacheMode {
+    StaleIfError,
+    FreshHit,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    #[serde(default = "yes")]
+    enabled: bool,
+    mode: Option<CacheMode>,
+    ttl: Option<Dur>,
+    stale_window: Option<Dur>,
+    max_entries: Option<NonZero>,
+    max_bytes: Option<NonZero>,
+    max_entry_bytes: Option<NonZero>,
+    #[serde(default)]
+    shared_between_callers: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDegrade {
+    #[serde(default = "yes")]
+    enabled: bool,
+    rules_file: Option<Spanned<String>>,
+    generic: Option<Spanned<String>>,
+    status: Option<Spanned<u16>>,
+    retry_after: Option<Dur>,
+    #[serde(default)]
+    rule: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    pattern: String,
+    answer: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaders {
+    #[serde(default = "yes")]
+    model: bool,
+    #[serde(default = "yes")]
+    cache: bool,
+    #[serde(default = "yes")]
+    degraded: bool,
+    #[serde(default = "yes")]
+    attempts: bool,
+}
+
+impl Default for RawHeaders {
+    fn default() -> Self {
+        RawHeaders {
+            model: true,
+            cache: true,
+            degraded: true,
+            attempts: true,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Values checked as they are read.
+
+/// A duration written as a string with a unit: `"800ms"`, `"30s"`, `"1m30s"`.
+#[derive(Clone, Copy)]
+struct Dur(Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"800ms\", \"30s\" or \"2m\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
+                brownout_core::classify::parse_go_duration(v)
+                    .map(Dur)
+                    .ok_or_else(|| {
+                        E::custom(format!(
+                            "`{v}` is not a duration such as \"800ms\", \"30s\" or \"2m\""
+                        ))
+                    })
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
+                Err(E::custom(format!(
+                    "a duration needs a unit: write \"{v}s\" or \"{v}ms\", not {v}"
+                )))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Dur, E> {
+                Err(E::custom(format!(
+                    "a duration needs a unit: write \"{v}s\", not {v}"
+                )))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// A duration above zero.
+#[derive(Clone, Copy)]
+struct Positive(Duration);
+
+impl<'de> Deserialize<'de> for Positive {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let Dur(d) = Dur::deserialize(deserializer)?;
+        if d.is_zero() {
+            return Err(de::Error::custom("must be longer than zero"));
+        }
+        Ok(Positive(d))
+    }
+}
+
+/// A whole number of at least 1.
+#[derive(Clone, Copy)]
+struct NonZero(u64);
+
+impl<'de> Deserialize<'de> for NonZero {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(deserializer)?;
+        if n < 1 {
+            return Err(de::Error::custom(format!("must be at least 1, not {n}")));
+        }
+        Ok(NonZero(n as u64))
+    }
+}
+
+impl NonZero {
+    fn u32(self) -> u32 {
+        u32::try_from(self.0).unwrap_or(u32::MAX)
+    }
+
+    fn usize(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+/// A breaker window: a number of calls, or a stretch of time.
+enum WindowValue {
+    Calls(u32),
+    Time(Duration),
+}
+
+impl<'de> Deserialize<'de> for WindowValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = WindowValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of calls (20) or a duration (\"30s\")")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<WindowValue, E> {
+                u32::try_from(v)
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .map(WindowValue::Calls)
+                    .ok_or_else(|| E::custom(format!("a window of {v} calls cannot hold a call")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<WindowValue, E> {
+                Dur::deserialize(de::value::StrDeserializer::<E>::new(v))
+                    .map(|Dur(d)| WindowValue::Time(d))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The check.
+
+struct Check<'a> {
+    text: &'a str,
+    env: Env<'a>,
+    dir: Option<&'a Path>,
+}
+
+impl Check<'_> {
+    fn error(
+        &self,
+        key: impl Into<String>,
+        span: Range<usize>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::at(key, message, self.text, Some(span))
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let seed = raw.seed;
+        let headers = Headers {
+            model: raw.headers.model,
+            cache: raw.headers.cache,
+            degraded: raw.headers.degraded,
+            attempts: raw.headers.attempts,
+        };
+        let providers = self.providers(&raw.providers)?;
+        let route = |route: Option<&RawRoute>, api: Api| {
+            route
+                .map(|r| self.route(r, api, &providers, raw.fallback.as_ref(), headers.model))
+                .transpose()
+        };
+        let messages = route(raw.routes.messages.as_ref(), Api::Anthropic)?;
+        let chat_completions = route(raw.routes.chat_completions.as_ref(), Api::Openai)?;
+        if messages.is_none() && chat_completions.is_none() {
+            return Err(ConfigError::at(
+                "routes",
+                "no route is configured: add [routes.\"/v1/messages\"] or [routes.\"/v1/chat/completions\"] with a provider",
+                self.text,
+                None,
+            ));
+        }
+        let forward_to = match &raw.forward_to {
+            None => 0,
+            Some(name) => self.provider_index(name, "forward_to", &providers)?,
+        };
+        let breaker = match &raw.breaker {
+            None => Some(default_breaker(seed)),
+            Some(b) => self.breaker(b, seed)?,
+        };
+        Ok(Config {
+            listen: raw.listen,
+            shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
+            providers,
+            messages,
+            chat_completions,
+            forward_to,
+            retry: self.retry(raw.retry.as_ref(), seed)?,
+            breaker,
+            cache: self.cache(raw.cache.as_ref(), headers),
+            degrade: self.degrade(raw.degrade.as_ref(), seed)?,
+            headers,
+        })
+    }
+
+    fn providers(&self, raw: &[Spanned<RawProvider>]) -> Result<Vec<Provider>, ConfigError> {
+        if raw.is_empty() {
+            return Err(ConfigError::at(
+                "provider",
+                "no provider is configured: add a [[provider]] with a name, an api and a base_url",
+                self.text,
+                None,
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut bases: HashMap<String, bool> = HashMap::new();
+        let mut providers = Vec::with_capacity(raw.len());
+        for (i, spanned) in raw.iter().enumerate() {
+            let p = spanned.get_ref();
+            let key = |field: &str| format!("provider[{i}].{field}");
+            if p.name.get_ref().trim().is_empty() {
+                return Err(self.error(key("name"), p.name.span(), "a provider needs a name"));
+            }
+            if !names.insert(p.name.get_ref().clone()) {
+                return Err(self.error(
+                    key("name"),
+                    p.name.span(),
+                    format!("`{}` is the name of an earlier provider", p.name.get_ref()),
+                ));
+            }
+            let base_url = self.base_url(&p.base_url, &key("base_url"))?;
+            // Two providers may share an endpoint (a simulator, a compatible server
+            // speaking both APIs), unless one of them holds a key: the gateway could
+            // not tell whose key to send.
+            let holds_key = p.api_key_env.is_some();
+            match bases.get(&base_url.to_string()) {
+                Some(&earlier_holds_key) if holds_key || earlier_holds_key => {
+                    return Err(self.error(
+                        key("base_url"),
+                        p.base_url.span(),
+                        "an earlier provider has the same base_url, and one of them holds an API key: the gateway could not tell whose key to send",
+                    ))
+                }
+                _ => {
+                    bases.insert(base_url.to_string(), holds_key);
+                }
+            }
+            let keysource = match (&p.api_key_env, p.pass_through_key) {
+                (Some(_), true) => {
+                    return Err(self.error(
+                        key("api_key_env"),
+                        spanned.span(),
+                        "api_key_env and pass_through_key = true exclude each other: choose one",
+                    ))
+                }
+                (None, false) => {
+                    return Err(self.error(
+                        format!("provider[{i}]"),
+                        spanned.span(),
+                        format!(
+                            "provider `{}` does not say where its API key comes from: set api_key_env = \"NAME\" (the gateway sends the key in that environment variable) or pass_through_key = true (callers send their own)",
+                            p.name.get_ref()
+                        ),
+                    ))
+                }
+                (None, true) => KeySource::PassThrough,
+                (Some(variable), false) => self.env_key(variable, p.api, &key("api_key_env"))?,
+            };
+            providers.push(Provider {
+                name: p.name.get_ref().clone(),
+                api: p.api,
+                base_url,
+                key: keysource,
+            });
+        }
+        Ok(providers)
+    }
+
+    fn base_url(&self, raw: &Spanned<String>, key: &str) -> Result<Uri, ConfigError> {
+        let text = raw.get_ref().trim();
+        let fail = |message: String| self.error(key, raw.span(), message);
+        let uri: Uri = text
+            .parse()
+            .map_err(|e| fail(format!("`{text}` is not a URL: {e}")))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(fail(format!(
+                    "`{text}`: https upstreams are not supported yet (this gateway has no TLS client); use an http:// endpoint, such as a local TLS-originating proxy or brownout-sim"
+                )))
+            }
+            _ => return Err(fail(format!("`{text}` needs the scheme http://"))),
+        }
+        if uri.authority().is_none() {
+            return Err(fail(format!("`{text}` needs a host")));
+        }
+        if uri.query().is_some() {
+            return Err(fail(format!(
+                "`{text}` has a query: a base URL is a scheme, a host and an optional path"
+            )));
+        }
+        // The path is a prefix put in front of every request's path: keep it without
+        // its trailing slash, so that `/proxy/` and `/proxy` mean the same.
+        let prefix = uri.path().trim_end_matches('/');
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+        format!("http://{authority}{prefix}")
+            .parse()
+            .map_err(|e| fail(format!("`{text}` is not a URL: {e}")))
+    }
+
+    fn env_key(
+        &self,
+        variable: &Spanned<String>,
+        api: Api,
+        key: &str,
+    ) -> Result<KeySource, ConfigError> {
+        let name = variable.get_ref().trim();
+        let fail = |message: String| self.error(key, variable.span(), message);
+        if name.is_empty() {
+            return Err(fail("the name of the environment variable is empty".into()));
+        }
+        let Some(value) = (self.env)(name) else {
+            return Err(fail(format!(
+                "the environment variable {name} is not set (it should hold the provider's API key)"
+            )));
+        };
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(fail(format!("the environment variable {name} is empty")));
+        }
+        let header = match api {
+            Api::Anthropic => (HeaderName::from_static("x-api-key"), value.to_owned()),
+            Api::Openai => (header::AUTHORIZATION, format!("Bearer {value}")),
+        };
+        // The value is never shown, not even in this error.
+        let mut value = HeaderValue::from_str(&header.1).map_err(|_| {
+            fail(format!(
+                "the environment variable {name} holds characters a header cannot carry"
+            ))
+        })?;
+        value.set_sensitive(true);
+        Ok(KeySource::Env {
+            variable: name.to_owned(),
+            header: (header.0, value),
+        })
+    }
+
+    fn provider_index(
+        &self,
+        name: &Spanned<String>,
+        key: &str,
+        providers: &[Provider],
+    ) -> Result<usize, ConfigError> {
+        providers
+            .iter()
+            .position(|p| p.name == *name.get_ref())
+            .ok_or_else(|| {
+                let known: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+                self.error(
+                    key,
+                    name.span(),
+                    format!(
+                        "no provider is named `{}` (the providers are: {})",
+                        name.get_ref(),
+                        known.join(", ")
+                    ),
+                )
+            })
+    }
+
+    fn route(
+        &self,
+        raw: &RawRoute,
+        api: Api,
+        providers: &[Provider],
+        fallback: Option<&RawFallback>,
+        served_header: bool,
+    ) -> Result<Route, ConfigError> {
+        let path = api.path();
+        let route_key = format!("routes.\"{path}\"");
+        let speaks = |index: usize, key: &str, span: Range<usize>| {
+            let provider = &providers[index];
+            if provider.api == api {
+                Ok(())
+            } else {
+                Err(self.error(
+                    key,
+                    span,
+                    format!(
+                        "provider `{}` speaks the {} API; {path} needs an {} one",
+                        provider.name,
+                        provider.api.as_str(),
+                        api.as_str()
+                    ),
+                ))
+            }
+        };
+        let provider_key = format!("{route_key}.provider");
+        let provider = self.provider_index(&raw.provider, &provider_key, providers)?;
+        speaks(provider, &provider_key, raw.provider.span())?;
+        let Some(cascade) = &raw.cascade else {
+            return Ok(Route {
+                provider,
+                cascade: None,
+            });
+        };
+        let cascade_key = format!("{route_key}.cascade");
+        if cascade.get_ref().is_empty() {
+            return Err(self.error(
+                &cascade_key,
+                cascade.span(),
+                "an empty cascade: list at least one model, or leave the key out",
+            ));
+        }
+        let mut targets = Vec::with_capacity(cascade.get_ref().len());
+        for (i, spanned) in cascade.get_ref().iter().enumerate() {
+            let t = spanned.get_ref();
+            let key = format!("{cascade_key}[{i}]");
+            let index = match &t.provider {
+                None => provider,
+                Some(name) => {
+                    let k = format!("{key}.provider");
+                    let index = self.provider_index(name, &k, providers)?;
+                    speaks(index, &k, name.span())?;
+                    index
+                }
+            };
+            let mut target = Target::new(t.model.as_str())
+                .base_url(&providers[index].base_url.to_string())
+                .map_err(|e| self.error(&key, spanned.span(), e.reason().to_owned()))?;
+            if let Some(limit) = t.max_tokens {
+                target = target.max_tokens(limit.0);
+            }
+            targets.push(target);
+        }
+        let mut config = FallbackConfig::new(targets)
+            .map_err(|e| self.error(&cascade_key, cascade.span(), e.reason().to_owned()))?;
+        if served_header {
+            config = config.served_header_default();
+        }
+        if let Some(f) = fallback {
+            if let Some(Positive(d)) = f.deadline {
+                config = config.deadline(d);
+            }
+            if let Some(Dur(d)) = f.min_time_left {
+                config = config.min_time_left(d);
+            }
+        }
+        Ok(Route {
+            provider,
+            cascade: Some(config),
+        })
+    }
+
+    fn retry(
+        &self,
+        raw: Option<&RawRetry>,
+        seed: Option<u64>,
+    ) -> Result<Option<RetryConfig>, ConfigError> {
+        let mut config = RetryConfig::new();
+        if let Some(seed) = seed {
+            config = config.seed(seed);
+        }
+        let Some(raw) = raw else {
+            return Ok(Some(config));
+        };
+        if !raw.enabled {
+            return Ok(None);
+        }
+        if let Some(n) = raw.max_attempts {
+            config = config.max_attempts(n.u32());
+        }
+        if let Some(b) = &raw.backoff {
+            let RawBackoff { jitter, base, cap } = *b.get_ref();
+            let backoff = match jitter {
+                JitterKind::Full => Backoff::full_jitter(base.0, cap.0),
+                JitterKind::Decorrelated => Backoff::decorrelated_jitter(base.0, cap.0),
+                JitterKind::None => Backoff::exponential(base.0, cap.0),
+            }
+            .map_err(|e| self.error("retry.backoff", b.span(), e.to_string()))?;
+            config = config.backoff(backoff);
+        }
+        if let Some(b) = &raw.budget {
+            let RawBudget {
+                ratio,
+                min_per_sec,
+                ttl,
+            } = *b.get_ref();
+            let budget = RetryBudget::new(
+                ttl.map_or(Duration::from_secs(10), |d| d.0),
+                min_per_sec.unwrap_or(10),
+                ratio.unwrap_or(0.2),
+            )
+            .map_err(|e| self.error("retry.budget", b.span(), e.to_string()))?;
+            config = config.budget(budget);
+        }
+        if let Some(Dur(d)) = raw.max_server_delay {
+            config = config.max_server_delay(d);
+        }
+        if let Some(Positive(d)) = raw.attempt_timeout {
+            config = config.attempt_timeout(d);
+        }
+        if let Some(Positive(d)) = raw.deadline {
+            config = config.deadline(d);
+        }
+        Ok(Some(config))
+    }
+
+    fn breaker(
+        &self,
+        raw: &Spanned<RawBreaker>,
+        seed: Option<u64>,
+    ) -> Result<Option<BreakerConfig>, ConfigError> {
+        let b = raw.get_ref();
+        if !b.enabled {
+            return Ok(None);
+        }
+        let mut config = default_breaker(seed);
+        let rate_keys = b.failure_rate.is_some() || b.window.is_some() || b.minimum_calls.is_some();
+        let policy = match &b.consecutive_failures {
+            Some(n) if rate_keys => {
+                return Err(self.error(
+                    "breaker.consecutive_failures",
+                    n.span(),
+                    "consecutive_failures excludes failure_rate, window and minimum_calls: choose one policy",
+                ))
+            }
+            Some(n) => FailurePolicy::consecutive(*n.get_ref())
+                .map_err(|e| self.error("breaker.consecutive_failures", n.span(), e.reason().to_owned()))?,
+            None => {
+                let threshold = b.failure_rate.as_ref().map_or(0.5, |r| *r.get_ref());
+                let window = match b.window.as_ref().map(Spanned::get_ref) {
+                    None => Window::Count(20),
+                    Some(WindowValue::Calls(n)) => Window::Count(*n),
+                    Some(WindowValue::Time(d)) => Window::Time(*d),
+                };
+                let minimum = b.minimum_calls.as_ref().map_or(10, |m| *m.get_ref());
+                FailurePolicy::failure_rate(threshold, window, minimum).map_err(|e| {
+                    // Point at the value the breaker crate refused.
+                    let (key, span) = match e.key() {
+                        "failure_rate.threshold" => ("breaker.failure_rate", b.failure_rate.as_ref().map(Spanned::span)),
+                        "failure_rate.window" => ("breaker.window", b.window.as_ref().map(Spanned::span)),
+                        _ => ("breaker.minimum_calls", b.minimum_calls.as_ref().map(Spanned::span)),
+                    };
+                    let message = e.reason().to_owned();
+                    ConfigError::at(key, message, self.text, Some(span.unwrap_or_else(|| raw.span())))
+                })?
+            }
+        };
+        config = config.policy(policy);
+        if let Some(open) = &b.open_for {
+            let base = open.get_ref().0;
+            let duration = match b.open_for_max {
+                None if base.is_zero() => {
+                    return Err(self.error(
+                        "breaker.open_for",
+                        open.span(),
+                        "must be longer than zero",
+                    ))
+                }
+                None => OpenDuration::Fixed(base),
+                Some(Dur(max)) => OpenDuration::growing(base, max).map_err(|e| {
+                    self.error("breaker.open_for", open.span(), e.reason().to_owned())
+                })?,
+            };
+            config = config.open_duration(duration);
+        } else if let Some(Dur(max)) = b.open_for_max {
+            config = config.open_duration(
+                OpenDuration::growing(Duration::from_secs(30).min(max), max).map_err(|e| {
+                    self.error("breaker.open_for_max", raw.span(), e.reason().to_owned())
+                })?,
+            );
+        }
+        if let Some(n) = b.half_open_probes {
+            config = config.half_open_probes(n.u32());
+        }
+        if let Some(n) = b.half_open_successes {
+            config = config.half_open_successes(n.u32());
+        }
+        if let Some(Positive(d)) = b.slow_call {
+            config = config.slow_call(d);
+        }
+        Ok(Some(config))
+    }
+
+    fn cache(&self, raw: Option<&RawCache>, headers: Headers) -> Option<CacheConfig> {
+        let mut config = CacheConfig::new();
+        if !headers.cache {
+            config = config.status_header(None);
+        }
+        let Some(c) = raw else {
+            return Some(config);
+        };
+        if !c.enabled {
+            return None;
+        }
+        if let Some(mode) = c.mode {
+            config = config.mode(match mode {
+                CacheMode::StaleIfError => Mode::StaleIfError,
+                CacheMode::FreshHit => Mode::FreshHit,
+            });
+        }
+        if let Some(Dur(d)) = c.ttl {
+            config = config.ttl(d);
+        }
+        if let Some(Dur(d)) = c.stale_window {
+            config = config.stale_window(d);
+        }
+        if let Some(n) = c.max_entries {
+            config = config.max_entries(n.0);
+        }
+        if let Some(n) = c.max_bytes {
+            config = config.max_bytes(n.0);
+        }
+        if let Some(n) = c.max_entry_bytes {
+            config = config.max_entry_bytes(n.usize());
+        }
+        if c.shared_between_callers {
+            config = config.no_credential_partitioning();
+        }
+        Some(config)
+    }
+
+    fn degrade(
+        &self,
+        raw: Option<&Spanned<RawDegrade>>,
+        seed: Option<u64>,
+    ) -> Result<Option<DegradeConfig>, ConfigError> {
+        let Some(spanned) = raw else {
+            return Ok(Some(seeded_degrade(DegradeConfig::default(), seed)));
+        };
+        let d = spanned.get_ref();
+        if !d.enabled {
+            return Ok(None);
+        }
+        if let Some(file) = &d.rules_file {
+            let inline = d.generic.is_some()
+                || d.status.is_some()
+                || d.retry_after.is_some()
+                || !d.rule.is_empty();
+            if inline {
+                return Err(self.error(
+                    "degrade.rules_file",
+                    file.span(),
+                    "rules_file excludes inline settings (generic, status, retry_after, rule): put them all in the rules file",
+                ));
+            }
+            let path = match self.dir {
+                Some(dir) => dir.join(file.get_ref()),
+                None => Path::new(file.get_ref()).to_owned(),
+            };
+            let config = DegradeConfig::from_file(&path).map_err(|e| {
+                self.error(
+                    "degrade.rules_file",
+                    file.span(),
+                    format!("in {}: {e}", path.display()),
+                )
+            })?;
+            return Ok(Some(seeded_degrade(config, seed)));
+        }
+        let mut rules = Vec::with_capacity(d.rule.len());
+        for (i, spanned) in d.rule.iter().enumerate() {
+            let r = spanned.get_ref();
+            let rule = Rule::new(&r.name, &r.pattern, &r.answer).map_err(|e| {
+                let field = e.key().strip_prefix("rule.").unwrap_or("rule");
+                self.error(
+                    format!("degrade.rule[{i}].{field}"),
+                    spanned.span(),
+                    e.reason().to_owned(),
+                )
+            })?;
+            rules.push(rule);
+        }
+        let mut config = DegradeConfig::new(rules).map_err(|e| {
+            let i = e.rule_index().map_or(0, |i| i.saturating_sub(1));
+            let span = d.rule.get(i).map_or_else(|| spanned.span(), Spanned::span);
+            self.error(
+                format!("degrade.rule[{i}].name"),
+                span,
+                e.reason().to_owned(),
+            )
+        })?;
+        if let Some(generic) = &d.generic {
+            config = config.generic(generic.get_ref().as_str()).map_err(|e| {
+                self.error("degrade.generic", generic.span(), e.reason().to_owned())
+            })?;
+        }
+        if let Some(status) = &d.status {
+            let code = StatusCode::from_u16(*status.get_ref()).map_err(|_| {
+                self.error(
+                    "degrade.status",
+                    status.span(),
+                    format!("{} is not an HTTP status", status.get_ref()),
+                )
+            })?;
+            config = config
+                .status(code)
+                .map_err(|e| self.error("degrade.status", status.span(), e.reason().to_owned()))?;
+        }
+        if let Some(Dur(d)) = d.retry_after {
+            config = config.retry_after(d);
+        }
+        Ok(Some(seeded_degrade(config, seed)))
+    }
+}
+
+fn default_breaker(seed: Option<u64>) -> BreakerConfig {
+    let config = BreakerConfig::new();
+    match seed {
+        Some(seed) => config.seed(seed),
+        None => config,
+    }
+}
+
+fn seeded_degrade(config: DegradeConfig, seed: Option<u64>) -> DegradeConfig {
+    match seed {
+        Some(seed) => config.seed(seed),
+        None => config,
+    }
+}

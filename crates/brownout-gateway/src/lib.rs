@@ -1,0 +1,94 @@
+//! A config-driven proxy for LLM provider APIs that keeps answering through an outage,
+//! built only from brownout's layers; and the outage demo.
+//!
+//! Point an Anthropic or OpenAI SDK at the gateway (by changing its base URL) and its
+//! requests go through degrade → cache → fallback → circuit breaker → retry → the
+//! provider, as a TOML file says. The gateway adds no resilience logic of its own: it
+//! reads the file into the layers' own config types, stacks them
+//! ([`pipeline`]), routes requests into them ([`router`]) and serves them over HTTP/1.1
+//! with a graceful stop ([`Gateway`]).
+//!
+//! ```
+//! use brownout_gateway::{Config, Router};
+//! use brownout_sim::{Fault, ModelScript, Script, Sim};
+//! use bytes::Bytes;
+//! use http_body_util::{BodyExt, Full};
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let config = Config::from_toml_str(r#"
+//!     [[provider]]
+//!     name = "anthropic"
+//!     api = "anthropic"
+//!     base_url = "http://127.0.0.1:8787"
+//!     pass_through_key = true
+//!
+//!     [routes."/v1/messages"]
+//!     provider = "anthropic"
+//!     cascade = [{ model = "claude-sonnet-4-5" }, { model = "claude-haiku-4-5" }]
+//! "#)?;
+//!
+//! // In place of the network, a simulated provider whose first choice is overloaded.
+//! let sim = Sim::new(Script::new().model("claude-sonnet-4-5", ModelScript::new().fault(Fault::overloaded())));
+//! let gateway = Router::new(&config, sim.clone(), sim);
+//!
+//! let request = http::Request::post("/v1/messages").body(Full::new(Bytes::from(
+//!     r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"Hi"}]}"#,
+//! )))?;
+//! let response = gateway.oneshot(request).await?;
+//! assert_eq!(response.status(), 200);
+//! assert_eq!(response.headers()["x-brownout-model"], "claude-haiku-4-5");
+//! let body = response.into_body().collect().await?.to_bytes();
+//! assert!(std::str::from_utf8(&body)?.contains("claude-haiku-4-5"));
+//! # Ok(()) }
+//! ```
+//!
+//! # The binary
+//!
+//! ```text
+//! brownout-gateway [demo]           the outage demo (the default): naive, retry-only and
+//!     [--script FILE] [--config FILE] [--requests N] [--stream] [--json]
+//! brownout-gateway serve --config FILE [--listen ADDR] [--log-level LEVEL]
+//!                                   run the proxy until SIGTERM or ctrl-c
+//! brownout-gateway check --config FILE
+//!                                   check a configuration (environment variables included)
+//! ```
+//!
+//! `--config FILE` without a subcommand also serves. Configuration errors name the
+//! key and the line, and exit with status 2; see [`config`] for the format and
+//! `gateway.example.toml` for a commented example.
+//!
+//! # What it proxies
+//!
+//! `POST /v1/messages` and `POST /v1/chat/completions` go through their route's
+//! pipeline; every other request is forwarded unchanged to one provider. On a route
+//! with a cascade, a request for one of its models starts there (never an upgrade),
+//! and a request for any other model is sent as the cascade's first model: that is
+//! the fallback layer's rule, and the `x-brownout-model` header says which answered. Answers are
+//! streamed as they arrive: the layers judge a response on its head (and the start of
+//! an error body), never buffer a success body, and hand hyper's body on. Request
+//! bodies are buffered up to 4 MiB so that retry and fallback can send them again; a
+//! longer one is sent once.
+//!
+//! # Limits
+//!
+//! Upstreams are reached over plain HTTP/1.1: this version has no TLS client, so a
+//! provider's https endpoint needs a TLS-originating proxy in between, and the
+//! configuration refuses `https://` base URLs rather than fail later. The gateway
+//! itself listens on plain HTTP/1.1.
+
+pub mod config;
+mod credentials;
+pub mod demo;
+pub mod pipeline;
+pub mod router;
+mod server;
+mod skip;
+
+pub use config::{Api, Config, ConfigError};
+pub use credentials::Credentials;
+pub use pipeline::{Layers, Pipeline};
+pub use router::{GatewayBody, Router};
+pub use server::{http_client, shutdown_signal, Gateway, HttpClient, Stopped};
+pub use skip::{Skip, Skipped, SkippedFuture};

@@ -1,0 +1,238 @@
+//! `brownout-gateway`: the resilient proxy, its configuration check, and the outage
+//! demo. See the library's docs.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use brownout_gateway::{demo::Demo, shutdown_signal, Config, Gateway};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// A proxy for LLM provider APIs that keeps answering through an outage, and its demo.
+///
+/// Without a subcommand, runs the outage demo (or serves, with --config).
+#[derive(Parser)]
+#[command(
+    name = "brownout-gateway",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Serve with this configuration (the same as `serve --config FILE`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs naive, retry-only and brownout stacks against a simulated outage and prints
+    /// what their callers saw (in simulated time: it takes seconds).
+    Demo(DemoArgs),
+    /// Runs the proxy until SIGTERM or ctrl-c.
+    Serve(ServeArgs),
+    /// Checks a configuration, environment variables included, and exits.
+    Check {
+        /// The configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The configuration file (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Listen here instead of the configuration's `listen` (e.g. 127.0.0.1:0).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The least severe log level shown.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    log_level: LogLevel,
+}
+
+#[derive(Args, Default)]
+struct DemoArgs {
+    /// A brownout-sim script (TOML) instead of the shipped outage script.
+    #[arg(long)]
+    script: Option<PathBuf>,
+    /// A gateway configuration for the brownout stack instead of the example.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Requests per stack [default: the script's, 600 for the shipped one].
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Requests in flight at most [default: the script's, 8 for the shipped one].
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Ask for streamed answers.
+    #[arg(long)]
+    stream: bool,
+    /// Print the reports as JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+/// A failure, and the exit status it gets: 2 for a configuration the gateway refuses,
+/// 1 for anything else.
+struct Failure {
+    message: String,
+    status: u8,
+}
+
+impl Failure {
+    fn config(error: impl std::fmt::Display) -> Self {
+        Failure {
+            message: error.to_string(),
+            status: 2,
+        }
+    }
+
+    fn runtime(error: impl std::fmt::Display) -> Self {
+        Failure {
+            message: error.to_string(),
+            status: 1,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match (cli.command, cli.config) {
+        (Some(Command::Demo(args)), _) => demo(args),
+        (Some(Command::Serve(args)), _) => serve(args),
+        (Some(Command::Check { config }), _) => check(&config),
+        (None, Some(config)) => serve(ServeArgs {
+            config,
+            listen: None,
+            log_level: LogLevel::Info,
+        }),
+        (None, None) => demo(DemoArgs::default()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("brownout-gateway: {}", failure.message);
+            ExitCode::from(failure.status)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::runtime(format!("cannot start the runtime: {e}")))
+}
+
+fn check(path: &PathBuf) -> Result<(), Failure> {
+    // Inside a runtime, as `serve` does: the layers read tokio's clock when built.
+    runtime()?.block_on(async {
+        let config = Config::from_file(path).map_err(Failure::config)?;
+        let routes: Vec<&str> = [
+            config.messages().map(|_| "POST /v1/messages"),
+            config
+                .chat_completions()
+                .map(|_| "POST /v1/chat/completions"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let layers: Vec<&str> = config
+            .layers_enabled()
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(name, _)| *name)
+            .collect();
+        println!(
+            "{}: ok ({} provider(s); routes: {}; layers: {})",
+            path.display(),
+            config.providers().len(),
+            routes.join(", "),
+            layers.join(", ")
+        );
+        Ok(())
+    })
+}
+
+fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let level = match args.log_level {
+        LogLevel::Error => tracing::Level::ERROR,
+        LogLevel::Warn => tracing::Level::WARN,
+        LogLevel::Info => tracing::Level::INFO,
+        LogLevel::Debug => tracing::Level::DEBUG,
+        LogLevel::Trace => tracing::Level::TRACE,
+    };
+    // Logs go to stderr; no layer or the gateway ever logs a header value or a body.
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .init();
+    runtime()?.block_on(async {
+        let mut config = Config::from_file(&args.config).map_err(Failure::config)?;
+        if let Some(listen) = args.listen {
+            config = config.with_listen(listen);
+        }
+        for provider in config.providers() {
+            tracing::info!(
+                provider = provider.name(),
+                api = provider.api().as_str(),
+                base_url = %provider.base_url(),
+                key = ?provider.key(),
+                "brownout-gateway: upstream"
+            );
+        }
+        let listener = tokio::net::TcpListener::bind(config.listen())
+            .await
+            .map_err(|e| Failure::runtime(format!("cannot listen on {}: {e}", config.listen())))?;
+        let addr = listener.local_addr().map_err(Failure::runtime)?;
+        // On stdout, for whoever started the gateway (and the tests) to read.
+        println!("brownout-gateway: listening on http://{addr}");
+        let gateway = Gateway::new(&config);
+        gateway
+            .serve(listener, shutdown_signal())
+            .await
+            .map_err(Failure::runtime)?;
+        Ok(())
+    })
+}
+
+fn demo(args: DemoArgs) -> Result<(), Failure> {
+    let mut demo = Demo::new().stream(args.stream);
+    if let Some(path) = &args.script {
+        let script = brownout_sim::Script::from_file(path).map_err(Failure::config)?;
+        demo = demo.script(script, path.display().to_string());
+    }
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Failure::config(format!("{}: cannot read: {e}", path.display())))?;
+        demo = demo.config(text, path.display().to_string());
+    }
+    if let Some(requests) = args.requests {
+        demo = demo.requests(requests);
+    }
+    if let Some(concurrency) = args.concurrency {
+        demo = demo.concurrency(concurrency);
+    }
+    let started = std::time::Instant::now();
+    let report = demo.run().map_err(Failure::config)?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{report}");
+        println!(
+            "\n(ran in {:.1} s of wall-clock time)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! The proxy on a socket: HTTP/1.1 in, hyper-util's pooled client out, and a graceful
+//! stop.
+//!
+//! On the shutdown signal the listener is closed at once (new connections are
+//! refused), idle keep-alive connections are closed, and requests in flight are given
+//! up to the configured grace period to finish, streams included; what is still
+//! running then is cut off.
+
+use std::{future::Future, io, time::Duration};
+
+use hyper::{body::Incoming, server::conn::http1};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+    service::TowerToHyperService,
+};
+use tokio::net::TcpListener;
+
+use crate::{pipeline::Layered, Config, Router};
+
+/// The HTTP client the gateway sends with: hyper-util's pooled HTTP/1.1 client over
+/// plain TCP.
+pub type HttpClient<B> = Client<HttpConnector, B>;
+
+/// How long a caller may take to send a request's head before its connection is closed.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The gateway: the [`Router`] over hyper-util's client, served by hyper.
+///
+/// ```no_run
+/// use brownout_gateway::{shutdown_signal, Config, Gateway};
+///
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = Config::from_file("gateway.toml")?;
+/// let listener = tokio::net::TcpListener::bind(config.listen()).await?;
+/// Gateway::new(&config).serve(listener, shutdown_signal()).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    router: Router<Incoming, hyper::body::Incoming>,
+    grace: Duration,
+}
+
+/// How a [`Gateway::serve`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stopped {
+    /// Whether every connection finished within the grace period.
+    pub drained: bool,
+}
+
+impl Gateway {
+    /// The gateway `config` describes, with its own connection pools. Call it inside
+    /// the runtime that will serve.
+    pub fn new(config: &Config) -> Gateway {
+        Gateway {
+            router: Router::new(
+                config,
+                http_client::<Layered<Incoming>>(),
+                http_client::<Incoming>(),
+            ),
+            grace: config.shutdown_grace(),
+        }
+    }
+
+    /// The routes, as a `tower::Service`.
+    pub fn router(&self) -> &Router<Incoming, Incoming> {
+        &self.router
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then stops accepting and lets
+    /// in-flight requests finish for up to the grace period.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<Stopped> {
+        let addr = listener.local_addr()?;
+        let graceful = GracefulShutdown::new();
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .keep_alive(true);
+        tokio::pin!(shutdown);
+        tracing::info!(%addr, "brownout-gateway: listening");
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let service = TowerToHyperService::new(self.router.clone());
+                        let connection = builder.serve_connection(TokioIo::new(stream), service);
+                        let connection = graceful.watch(connection);
+                        tokio::spawn(async move {
+                            if let Err(error) = connection.await {
+                                tracing::debug!(%peer, %error, "brownout-gateway: connection ended with an error");
+                            }
+                        });
+                    }
+                    Err(error) => {
+                        // Out of file descriptors, most likely: wait a little rather
+                        // than spin.
+                        tracing::warn!(%error, "brownout-gateway: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        tracing::info!(
+            connections = graceful.count(),
+            grace_s = self.grace.as_secs_f64(),
+            "brownout-gateway: shutting down; finishing requests in flight"
+        );
+        let drained = tokio::time::timeout(self.grace, graceful.shutdown())
+            .await
+            .is_ok();
+        if drained {
+            tracing::info!("brownout-gateway: stopped");
+        } else {
+            tracing::warn!("brownout-gateway: grace period over; closing the connections left");
+        }
+        Ok(Stopped { drained })
+    }
+}
+
+/// hyper-util's pooled client, with Nagle off and a connect timeout.
+pub fn http_client<B>() -> HttpClient<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(10)));
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector)
+}
+
+/// Completes on ctrl-c, or on SIGTERM on Unix.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("brownout-gateway: ctrl-c received"),
+        () = terminate => tracing::info!("brownout-gateway: SIGTERM received"),
+    }
+}
