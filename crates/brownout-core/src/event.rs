@@ -284,6 +284,9 @@ impl fmt::Display for FallbackReason {
 pub enum NoCascadeReason {
     /// The body is not a JSON object, or has no string `model` at its top level.
     NoModel,
+    /// The requested model is not one of the cascade's targets, and such requests
+    /// pass through.
+    NotATarget,
     /// The body is longer than the replay buffer (or failed while it was read).
     NotReplayable(NotReplayable),
 }
@@ -293,6 +296,7 @@ impl NoCascadeReason {
     pub fn as_str(&self) -> &'static str {
         match self {
             NoCascadeReason::NoModel => "no_model",
+            NoCascadeReason::NotATarget => "not_a_target",
             NoCascadeReason::NotReplayable(reason) => reason.as_str(),
         }
     }
@@ -302,6 +306,7 @@ impl fmt::Display for NoCascadeReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NoCascadeReason::NoModel => f.write_str("the body has no top-level JSON `model`"),
+            NoCascadeReason::NotATarget => f.write_str("the requested model is not a target"),
             NoCascadeReason::NotReplayable(reason) => fmt::Display::fmt(reason, f),
         }
     }

@@ -17,6 +17,7 @@ pub struct Target {
     pub(crate) max_tokens: Option<u64>,
     pub(crate) base_url: Option<Uri>,
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) keep_caller_credentials: bool,
 }
 
 impl Target {
@@ -27,7 +28,16 @@ impl Target {
             max_tokens: None,
             base_url: None,
             headers: Vec::new(),
+            keep_caller_credentials: false,
         }
+    }
+
+    /// Sends the caller's credentials to this target even though it has its own
+    /// endpoint: for an endpoint that expects the caller's own key (a proxy that passes
+    /// keys through, or a layer further in that sets the right one per endpoint).
+    pub fn keep_caller_credentials(mut self) -> Self {
+        self.keep_caller_credentials = true;
+        self
     }
 
     /// Lowers the request's `max_tokens` to `limit` when it asks for more (a lighter
@@ -45,7 +55,8 @@ impl Target {
     ///
     /// A target with its own endpoint or headers never receives the caller's
     /// credentials (`authorization`, `x-api-key`, `api-key`): give it its own with
-    /// [`header`](Self::header).
+    /// [`header`](Self::header), or see
+    /// [`keep_caller_credentials`](Self::keep_caller_credentials).
     pub fn base_url(mut self, url: &str) -> Result<Self, InvalidConfig> {
         let uri: Uri = url.parse().map_err(|e| {
             InvalidConfig::new("fallback", "target.base_url", format!("`{url}`: {e}"))
@@ -98,6 +109,7 @@ impl fmt::Debug for Target {
             .field("max_tokens", &self.max_tokens)
             .field("base_url", &self.base_url)
             .field("headers", &headers)
+            .field("keep_caller_credentials", &self.keep_caller_credentials)
             .finish()
     }
 }
@@ -115,6 +127,18 @@ pub enum Exhausted {
     Error,
 }
 
+/// What the cascade does with a request for a model that is not one of its targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownModels {
+    /// Run the cascade from the first target: the request is rewritten to it. For a
+    /// client whose every request should go through the cascade. The default.
+    #[default]
+    FromFirstTarget,
+    /// Send the request unchanged, once, to the first target's service, with no
+    /// cascade and no rewrite. For a proxy that serves models outside the cascade too.
+    PassThrough,
+}
+
 /// The fallback layer's settings. Every setter takes and returns `self`.
 ///
 /// | setting | default |
@@ -126,6 +150,7 @@ pub enum Exhausted {
 /// | [`min_time_left`](Self::min_time_left) | 1 s |
 /// | [`served_header`](Self::served_header) | off (`x-brownout-model` when on) |
 /// | [`on_exhausted`](Self::on_exhausted) | [`Exhausted::LastResponse`] |
+/// | [`unknown_models`](Self::unknown_models) | [`UnknownModels::FromFirstTarget`] |
 /// | [`replay_limit`](Self::replay_limit) | 4 MiB |
 #[derive(Clone)]
 pub struct FallbackConfig {
@@ -136,6 +161,7 @@ pub struct FallbackConfig {
     pub(crate) min_time_left: Duration,
     pub(crate) served_header: Option<HeaderName>,
     pub(crate) on_exhausted: Exhausted,
+    pub(crate) unknown_models: UnknownModels,
     pub(crate) replay_limit: usize,
     pub(crate) classifier: Classifier,
     pub(crate) error_body_limit: usize,
@@ -188,6 +214,7 @@ impl FallbackConfig {
             min_time_left: Duration::from_secs(1),
             served_header: None,
             on_exhausted: Exhausted::LastResponse,
+            unknown_models: UnknownModels::FromFirstTarget,
             replay_limit: 4 * 1024 * 1024,
             classifier: Classifier::default(),
             error_body_limit: DEFAULT_ERROR_BODY_LIMIT,
@@ -238,6 +265,12 @@ impl FallbackConfig {
         self.served_header(HeaderName::from_static("x-brownout-model"))
     }
 
+    /// What a request for a model outside the cascade gets.
+    pub fn unknown_models(mut self, unknown: UnknownModels) -> Self {
+        self.unknown_models = unknown;
+        self
+    }
+
     /// What the caller gets when every target failed.
     pub fn on_exhausted(mut self, exhausted: Exhausted) -> Self {
         self.on_exhausted = exhausted;
@@ -285,6 +318,7 @@ impl fmt::Debug for FallbackConfig {
             .field("min_time_left", &self.min_time_left)
             .field("served_header", &self.served_header)
             .field("on_exhausted", &self.on_exhausted)
+            .field("unknown_models", &self.unknown_models)
             .field("replay_limit", &self.replay_limit)
             .finish_non_exhaustive()
     }

@@ -40,7 +40,8 @@
 //! # How it moves along
 //!
 //! The targets are tried in order, from the requested model when it is one of them
-//! (the cascade never upgrades a request), else from the first. Each target gets the
+//! (the cascade never upgrades a request), else from the first — or, with
+//! [`UnknownModels::PassThrough`], a request for another model is sent unchanged. Each target gets the
 //! request with its model written into the JSON body's top-level `model` — only that
 //! value changes, and `max_tokens` when the target has a lower limit: every other byte
 //! is kept, order and whitespace included, and `content-length` follows. A target can
@@ -84,7 +85,7 @@ mod layer;
 mod rewrite;
 mod service;
 
-pub use config::{Exhausted, FallbackConfig, Target};
+pub use config::{Exhausted, FallbackConfig, Target, UnknownModels};
 pub use error::AllTargetsFailed;
 pub use layer::FallbackLayer;
 pub use rewrite::{rewrite_model, ModelBody};

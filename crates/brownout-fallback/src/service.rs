@@ -20,7 +20,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::{
-    config::{Exhausted, Target},
+    config::{Exhausted, Target, UnknownModels},
     rewrite::ModelBody,
     AllTargetsFailed, FallbackConfig, FallbackLayer, InvalidConfig,
 };
@@ -192,11 +192,21 @@ where
     };
 
     // A request for one of the targets starts the cascade there: never an upgrade.
-    let start = config
+    let requested = config
         .targets
         .iter()
-        .position(|t| *t.model == *model_body.model())
-        .unwrap_or(0);
+        .position(|t| *t.model == *model_body.model());
+    if requested.is_none() && config.unknown_models == UnknownModels::PassThrough {
+        config.events.emit(event(EventKind::NoCascade {
+            reason: NoCascadeReason::NotATarget,
+        }));
+        let ready = routes[0].is_none();
+        let mut service = routes[0].clone().unwrap_or(inner);
+        let request = Request::from_parts(parts, replay.replay());
+        let (result, _) = attempt(&mut service, ready, &config, request, deadline).await;
+        return result;
+    }
+    let start = requested.unwrap_or(0);
     let cascade = &config.targets[start..];
     let mut inner = inner;
     // The inner service was driven to readiness by the caller: its first use skips
@@ -348,7 +358,8 @@ fn target_parts(parts: &Parts, target: &Target, body_len: Option<usize>) -> Part
     }
     // A target with its own endpoint or headers never receives the caller's
     // credentials: they belong to the caller's provider, not to this one.
-    if target.base_url.is_some() || !target.headers.is_empty() {
+    if (target.base_url.is_some() || !target.headers.is_empty()) && !target.keep_caller_credentials
+    {
         for name in CREDENTIALS {
             parts.headers.remove(name);
         }

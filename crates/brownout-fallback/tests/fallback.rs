@@ -538,3 +538,24 @@ async fn a_targets_own_service_is_made_ready_before_it_is_called() {
     }
     assert_eq!(own.inner.seen().len(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn models_outside_the_cascade_can_pass_through_unchanged() {
+    let upstream = Upstream::default();
+    upstream.script("claude-3-haiku", [Step::Status(529)]);
+    let config = FallbackConfig::new(targets())
+        .unwrap()
+        .unknown_models(brownout_fallback::UnknownModels::PassThrough);
+    let service = Fallback::new(upstream.clone(), config);
+    let body = chat("claude-3-haiku");
+    let reply = call(&service, &body).await;
+    assert_eq!(reply.unwrap().status(), 529, "no cascade");
+    assert_eq!(upstream.seen().len(), 1);
+    assert_eq!(upstream.seen()[0].body, body.as_bytes());
+
+    // By default the cascade runs from its first target.
+    let upstream = Upstream::default();
+    let service = Fallback::new(upstream.clone(), FallbackConfig::new(targets()).unwrap());
+    let reply = call(&service, &chat("claude-3-haiku")).await;
+    assert_eq!(served(&reply), (OPUS.to_owned(), 0));
+}

@@ -667,6 +667,10 @@ impl Check<'_> {
             if let Some(limit) = t.max_tokens {
                 target = target.max_tokens(limit.0);
             }
+            // The credentials layer, innermost, sets each keyed provider's key on the
+            // final endpoint and strips the caller's there; a pass-through provider
+            // must receive the caller's key, so the cascade keeps it on the request.
+            target = target.keep_caller_credentials();
             targets.push(target);
         }
         let mut config = FallbackConfig::new(targets)
