@@ -559,3 +559,20 @@ async fn models_outside_the_cascade_can_pass_through_unchanged() {
     let reply = call(&service, &chat("claude-3-haiku")).await;
     assert_eq!(served(&reply), (OPUS.to_owned(), 0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_target_can_be_told_to_keep_the_callers_credentials() {
+    let upstream = Upstream::default();
+    upstream.script(OPUS, [Step::Status(529)]);
+    let targets = vec![
+        Target::new(OPUS),
+        Target::new(SONNET)
+            .base_url("http://127.0.0.1:9000")
+            .unwrap()
+            .keep_caller_credentials(),
+    ];
+    let service = Fallback::new(upstream.clone(), FallbackConfig::new(targets).unwrap());
+    let reply = call(&service, &chat(OPUS)).await;
+    assert_eq!(served(&reply), (SONNET.to_owned(), 1));
+    assert_eq!(upstream.seen()[1].headers["x-api-key"], "sk-ant-secret");
+}
