@@ -13,6 +13,7 @@ use brownout_core::{
     classify::{classify_head, classify_response, Classify, Observed, Outcome, OutcomeKind},
     error::CircuitOpen,
     event::{Event, EventKind},
+    future::Output,
     json::{find_in_prefix, find_top_level, Member},
     BoxError,
 };
@@ -30,7 +31,6 @@ use crate::{
     store::BreakerEntry,
 };
 
-type Output<B> = Result<Response<PrefixedBody<B>>, BoxError>;
 type Classifying<B> = Pin<Box<dyn Future<Output = (Response<PrefixedBody<B>>, Outcome)> + Send>>;
 
 pin_project! {

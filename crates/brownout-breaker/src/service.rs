@@ -10,6 +10,7 @@ use brownout_core::{
     classify::{Classifier, Outcome},
     error::CircuitOpen,
     event::Events,
+    future::take_ready,
     shape, BoxError,
 };
 use bytes::Bytes;
@@ -157,8 +158,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = take_ready(&mut self.inner);
         ResponseFuture::new(inner, self.shared.clone(), request)
     }
 }

@@ -8,7 +8,7 @@ use brownout_core::{
     body::{buffer, Buffered, PrefixedBody},
     classify::{classify_result, Outcome},
     event::{Event, EventKind},
-    future::ResponseFuture,
+    future::{take_ready, Output, ResponseFuture},
     json::find_top_level_span,
     meta::CacheStatus,
     BoxError,
@@ -86,8 +86,6 @@ impl<S> Cache<S> {
     }
 }
 
-type Output<B> = Result<Response<PrefixedBody<B>>, BoxError>;
-
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cache<S>
 where
     S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>
@@ -112,8 +110,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = take_ready(&mut self.inner);
         ResponseFuture::new(run(inner, self.shared.clone(), request))
     }
 }

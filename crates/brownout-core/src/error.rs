@@ -74,33 +74,6 @@ impl fmt::Display for DeadlineExceeded {
 
 impl std::error::Error for DeadlineExceeded {}
 
-/// A request body failed while it was being read, before the request could be sent.
-#[derive(Debug)]
-pub struct BodyError {
-    source: BoxError,
-}
-
-impl BodyError {
-    /// Wraps the body's error.
-    pub fn new(source: impl Into<BoxError>) -> Self {
-        BodyError {
-            source: source.into(),
-        }
-    }
-}
-
-impl fmt::Display for BodyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("request body failed")
-    }
-}
-
-impl std::error::Error for BodyError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.source)
-    }
-}
-
 /// A circuit breaker is open for this request's key: the request was not sent.
 ///
 /// Returned by the circuit breaker layer (which re-exports it); the default classifier

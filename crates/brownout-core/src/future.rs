@@ -18,7 +18,9 @@ use http_body::Body;
 
 use crate::{body::PrefixedBody, BoxError};
 
-type Output<B> = Result<Response<PrefixedBody<B>>, BoxError>;
+/// What a layer's response future yields: the response, its body wrapped as the layer
+/// may have read ahead of it, or the error.
+pub type Output<B> = Result<Response<PrefixedBody<B>>, BoxError>;
 
 /// A boxed response future answering `Response<PrefixedBody<B>>` or a [`BoxError`].
 pub struct ResponseFuture<B: Body> {
@@ -46,4 +48,12 @@ impl<B: Body> fmt::Debug for ResponseFuture<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
+}
+
+/// Takes the service that `poll_ready` drove to readiness out of `slot`, leaving a clone
+/// in its place for the next call, as tower's own middleware do: the ready service
+/// serves this call, and the clone waits for its own `poll_ready`.
+pub fn take_ready<S: Clone>(slot: &mut S) -> S {
+    let clone = slot.clone();
+    std::mem::replace(slot, clone)
 }

@@ -9,7 +9,7 @@ use brownout_core::{
     body::{buffer, Buffered, PrefixedBody},
     classify::{classify_result, Outcome},
     event::{Event, EventKind},
-    future::ResponseFuture,
+    future::{take_ready, Output, ResponseFuture},
     meta::Degraded,
     BoxError,
 };
@@ -80,8 +80,6 @@ impl<S> fmt::Debug for Degrade<S> {
     }
 }
 
-type Output<B> = Result<Response<PrefixedBody<B>>, BoxError>;
-
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Degrade<S>
 where
     S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>
@@ -104,9 +102,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        // The service that was driven to readiness serves this call.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = take_ready(&mut self.inner);
         ResponseFuture::new(run(inner, self.config.clone(), request))
     }
 }

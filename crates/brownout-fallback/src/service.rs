@@ -9,7 +9,7 @@ use brownout_core::{
     classify::{classify_result, Outcome, OutcomeKind},
     error::DeadlineExceeded,
     event::{Event, EventKind, FallbackReason, NoCascadeReason, NotReplayable},
-    future::ResponseFuture,
+    future::{take_ready, Output, ResponseFuture},
     meta::ServedBy,
     BoxError,
 };
@@ -104,8 +104,6 @@ impl<S> fmt::Debug for Fallback<S> {
     }
 }
 
-type Output<B> = Result<Response<PrefixedBody<B>>, BoxError>;
-
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Fallback<S>
 where
     S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>
@@ -129,8 +127,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = take_ready(&mut self.inner);
         ResponseFuture::new(run(
             inner,
             self.routes.clone(),

@@ -3,7 +3,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use brownout_core::{body::PrefixedBody, BoxError};
+use brownout_core::{body::PrefixedBody, future::take_ready, BoxError};
 use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
@@ -81,10 +81,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        // The service that was driven to readiness serves the first attempt; the clone
-        // stays behind for the next call, as tower's middleware do.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = take_ready(&mut self.inner);
         ResponseFuture::new(inner, self.config.clone(), request)
     }
 }
