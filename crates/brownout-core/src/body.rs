@@ -1,167 +1,426 @@
-//! Bodies that can be read ahead and handed on intact, and replayable requests.
+//! [`Body`]: the one body type of every brownout layer, buffered once.
 //!
-//! HTTP bodies are streams and cannot be cloned, yet retry and fallback must send a
-//! request again, byte for byte, and the classifier must peek at an error body without
-//! taking it from the caller. Both are served by one body type, [`PrefixedBody`]: the
-//! bytes already read, followed by whatever the original body has not yet yielded.
+//! Every layer accepts `Request<B>` for any [`http_body::Body`] `B` whose data is
+//! [`Buf`], hands its inner service `Request<Body>` and answers `Response<Body>`. A
+//! client under a brownout stack is therefore always named with this one type
+//! (`Client<C, brownout::Body>`), whichever layers are on, and
+//! `ServiceBuilder::option_layer` works with each of them.
 //!
-//! [`buffer`] reads a body up to a limit. When the whole body fits, the result is a
-//! [`ReplayBody`] that can produce any number of identical copies; when it does not,
-//! the result is a [`PrefixedBody`] that sends the bytes read so far followed by the
-//! rest, exactly once. A body is never truncated and never replaced by an empty one.
+//! Like axum-core's `Body`, [`Body::new`] wraps any body and never wraps a [`Body`]
+//! a second time: it is handed back as it is. A body whose bytes are all in memory is
+//! a [`Bytes`] (and its trailers), which [`Body::try_clone`] copies for a retry or a
+//! fallback by reference count, without copying a byte.
+//!
+//! # Buffered once
+//!
+//! The first layer that needs a request's bytes (to replay it, read its `model`, or
+//! key a cache entry) calls [`prepare`]. It reads the body up to the replay limit of
+//! [`BodyLimits`] (one setting for the whole stack: put a `BodyLimits` in the
+//! request's extensions, or leave the default of 4 MiB), and the layers inside see a
+//! body that is already replayable, or already known to be too large, and neither read
+//! nor copy it again. A body over the limit is sent once, streamed, and never retried:
+//! the bytes read so far go first, then the rest.
+//!
+//! # A caller's broken upload is the caller's failure
+//!
+//! A request body that fails while it is read (cut short of its `content-length`, the
+//! client hung up) or stalls for longer than [`BodyLimits::idle_timeout`] is never
+//! sent truncated. [`prepare`] answers a [`BrokenBody`] error, which the default
+//! classifier reads as a [`ClientError`](crate::OutcomeKind::ClientError): it never
+//! counts against a breaker or a retry budget, never causes a fallback, and is never
+//! answered by a cache or a canned answer. The same holds for a body over the limit
+//! that breaks while it streams: its errors reach the inner service as a
+//! `BrokenBody`, found in the error's source chain.
 
 use std::{
+    any::Any,
     fmt,
     future::Future,
     pin::Pin,
     task::{ready, Context, Poll},
+    time::Duration,
 };
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::HeaderMap;
-use http_body::{Body, Frame, SizeHint};
-use pin_project_lite::pin_project;
+use http::{HeaderMap, Request};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt};
+use tokio::time::Sleep;
 
-pin_project! {
-    /// A body made of bytes already read (and, once the original body has ended, its
-    /// trailers), followed by the rest of the original body.
-    ///
-    /// Layers use it both for request bodies they buffer for replay and for error
-    /// response bodies the classifier peeked at. Its data type is [`Bytes`]; frames of
-    /// the original body are converted with [`Buf::copy_to_bytes`], which does not copy
-    /// when the original data already is `Bytes`.
-    pub struct PrefixedBody<B: Body> {
-        prefix: Option<Bytes>,
-        // Boxed: trailers are rare, and the body is moved often.
-        trailers: Option<Box<HeaderMap>>,
-        error: Option<B::Error>,
-        #[pin]
-        rest: Option<B>,
+use crate::{
+    error::BrokenBody,
+    request::RequestFacts,
+    BoxError,
+};
+
+/// The replay limit of [`BodyLimits::default`]: 4 MiB.
+pub const DEFAULT_REPLAY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// The idle timeout of [`BodyLimits::default`]: 30 seconds without a byte of the
+/// request body.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How far the layers read a request body: the one setting for the whole stack.
+///
+/// Put it in the request's extensions (the gateway does, from its config; a
+/// `tower_http::add_extension` layer or a `map_request` outside the stack does it for
+/// a library user); without it, [`BodyLimits::default`] holds.
+///
+/// ```
+/// use brownout_core::body::BodyLimits;
+/// use std::time::Duration;
+///
+/// let limits = BodyLimits::new()
+///     .replay_limit(1024 * 1024)
+///     .idle_timeout(Some(Duration::from_secs(10)));
+/// let mut request = http::Request::new(());
+/// request.extensions_mut().insert(limits);
+/// assert_eq!(BodyLimits::of(request.extensions()).replay_limit_bytes(), 1024 * 1024);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    replay_limit: usize,
+    idle_timeout: Option<Duration>,
+}
+
+impl BodyLimits {
+    /// The defaults: [`DEFAULT_REPLAY_LIMIT`] and [`DEFAULT_IDLE_TIMEOUT`].
+    pub const fn new() -> Self {
+        BodyLimits {
+            replay_limit: DEFAULT_REPLAY_LIMIT,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+        }
+    }
+
+    /// Bodies up to this many bytes are buffered and can be sent again; longer ones
+    /// are sent once.
+    pub const fn replay_limit(mut self, bytes: usize) -> Self {
+        self.replay_limit = bytes;
+        self
+    }
+
+    /// How long the caller's body may go without a byte before it counts as stalled;
+    /// `None` waits for ever.
+    pub const fn idle_timeout(mut self, idle: Option<Duration>) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
+
+    /// The replay limit, in bytes.
+    pub const fn replay_limit_bytes(&self) -> usize {
+        self.replay_limit
+    }
+
+    /// The idle timeout.
+    pub const fn idle(&self) -> Option<Duration> {
+        self.idle_timeout
+    }
+
+    /// The limits in `extensions`, or the defaults.
+    pub fn of(extensions: &http::Extensions) -> BodyLimits {
+        extensions.get::<BodyLimits>().copied().unwrap_or_default()
     }
 }
 
-impl<B: Body> PrefixedBody<B> {
-    /// The original body, nothing read ahead.
-    pub fn new(body: B) -> Self {
-        PrefixedBody {
-            prefix: None,
-            trailers: None,
-            error: None,
-            rest: Some(body),
-        }
-    }
-
-    /// `prefix`, then the rest of `body`.
-    pub fn prefixed(prefix: Bytes, body: B) -> Self {
-        PrefixedBody {
-            prefix: Some(prefix),
-            trailers: None,
-            error: None,
-            rest: Some(body),
-        }
-    }
-
-    /// A complete body that was read to its end: its data and trailers.
-    pub fn complete(data: Bytes, trailers: Option<HeaderMap>) -> Self {
-        PrefixedBody {
-            prefix: Some(data),
-            trailers: trailers.map(Box::new),
-            error: None,
-            rest: None,
-        }
-    }
-
-    /// The bytes read before the original body failed, then its error.
-    pub fn failed(prefix: Bytes, error: B::Error) -> Self {
-        PrefixedBody {
-            prefix: Some(prefix),
-            trailers: None,
-            error: Some(error),
-            rest: None,
-        }
-    }
-
-    /// The bytes read ahead and not yet yielded.
-    pub fn prefix(&self) -> &[u8] {
-        self.prefix.as_deref().unwrap_or_default()
-    }
-
-    /// The original body, when nothing was read ahead of it; else `self` back.
-    pub fn into_unread(self) -> Result<B, Self> {
-        if self.prefix().is_empty() && self.trailers.is_none() && self.error.is_none() {
-            if let Some(rest) = self.rest {
-                return Ok(rest);
-            }
-        }
-        Err(self)
-    }
-
-    /// Whether the whole body is held in memory (nothing left to read from the
-    /// original body).
-    pub fn is_complete(&self) -> bool {
-        self.rest.is_none() && self.error.is_none()
-    }
-}
-
-impl<B: Body + Default> Default for PrefixedBody<B> {
+impl Default for BodyLimits {
     fn default() -> Self {
-        PrefixedBody::new(B::default())
+        BodyLimits::new()
     }
 }
 
-impl<B: Body> fmt::Debug for PrefixedBody<B> {
+type Stream = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The body every brownout layer hands inward and outward. See the
+/// [module docs](self).
+pub struct Body {
+    kind: Kind,
+}
+
+enum Kind {
+    /// Every byte in memory: replayable.
+    Full {
+        data: Bytes,
+        trailers: Option<Box<HeaderMap>>,
+    },
+    /// Bytes read ahead (possibly none), then the rest of the original body.
+    Stream {
+        prefix: Bytes,
+        rest: Stream,
+        /// Set once a layer tried to buffer the body and found it longer than this.
+        over_limit: Option<usize>,
+    },
+    /// The bytes read before the original body failed, then its error.
+    Failed {
+        prefix: Bytes,
+        error: Option<BoxError>,
+    },
+}
+
+impl Body {
+    /// Wraps any body whose data is [`Buf`]. A [`Body`] is handed back as it is,
+    /// never wrapped twice.
+    pub fn new<B>(body: B) -> Body
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let body = match try_downcast::<Body, B>(body) {
+            Ok(body) => return body,
+            Err(body) => body,
+        };
+        let body = match try_downcast::<Stream, B>(body) {
+            Ok(rest) => return Body::stream(rest),
+            Err(body) => body,
+        };
+        Body::stream(ToBytes { inner: body }.boxed_unsync())
+    }
+
+    fn stream(rest: Stream) -> Body {
+        Body {
+            kind: Kind::Stream {
+                prefix: Bytes::new(),
+                rest,
+                over_limit: None,
+            },
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Body {
+        Body::from_bytes(Bytes::new())
+    }
+
+    /// A complete body of these bytes.
+    pub fn from_bytes(data: Bytes) -> Body {
+        Body::full(data, None)
+    }
+
+    /// A complete body of these bytes and trailers.
+    pub fn full(data: Bytes, trailers: Option<HeaderMap>) -> Body {
+        Body {
+            kind: Kind::Full {
+                data,
+                trailers: trailers.map(Box::new),
+            },
+        }
+    }
+
+    /// A copy of the body when every byte is in memory (cloning [`Bytes`] copies no
+    /// data); `None` for a body that streams.
+    pub fn try_clone(&self) -> Option<Body> {
+        match &self.kind {
+            Kind::Full { data, trailers } => Some(Body {
+                kind: Kind::Full {
+                    data: data.clone(),
+                    trailers: trailers.clone(),
+                },
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether every byte is in memory, so that the body can be sent again.
+    pub fn is_replayable(&self) -> bool {
+        matches!(self.kind, Kind::Full { .. })
+    }
+
+    /// The whole body, when every byte is in memory.
+    pub fn bytes(&self) -> Option<&Bytes> {
+        match &self.kind {
+            Kind::Full { data, .. } => Some(data),
+            _ => None,
+        }
+    }
+
+    /// The bytes held in memory: the whole body when it is complete, else what was
+    /// read ahead of the rest (possibly nothing).
+    pub fn prefix(&self) -> &[u8] {
+        match &self.kind {
+            Kind::Full { data, .. } => data,
+            Kind::Stream { prefix, .. } | Kind::Failed { prefix, .. } => prefix,
+        }
+    }
+
+    /// The replay limit a layer found this body to be over, once one tried.
+    pub fn over_limit(&self) -> Option<usize> {
+        match &self.kind {
+            Kind::Stream { over_limit, .. } => *over_limit,
+            _ => None,
+        }
+    }
+
+    /// The trailers of a complete body.
+    pub fn trailers(&self) -> Option<&HeaderMap> {
+        match &self.kind {
+            Kind::Full { trailers, .. } => trailers.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Reads the body until it ends or more than `limit` bytes have been read.
+    /// See [`Buffer`].
+    pub fn buffer(self, limit: usize) -> Buffer {
+        Buffer {
+            body: Some(self),
+            limit,
+            trust_size_hint: true,
+            idle: None,
+            timer: None,
+            rearm: false,
+            first: None,
+            more: None,
+            read: 0,
+            trailers: None,
+        }
+    }
+
+    /// Like [`buffer`](Self::buffer), but reads up to `limit` bytes even when the size
+    /// hint says the body is longer: for the start of an error body.
+    pub fn read_prefix(self, limit: usize) -> Buffer {
+        Buffer {
+            trust_size_hint: false,
+            ..self.buffer(limit)
+        }
+    }
+
+    /// Replaces the bytes held in memory (the whole body, or the prefix read ahead)
+    /// with `bytes`: how a fallback writes another model into a request.
+    pub fn with_prefix(self, bytes: Bytes) -> Body {
+        match self.kind {
+            Kind::Full { trailers, .. } => Body {
+                kind: Kind::Full {
+                    data: bytes,
+                    trailers,
+                },
+            },
+            Kind::Stream {
+                rest, over_limit, ..
+            } => Body {
+                kind: Kind::Stream {
+                    prefix: bytes,
+                    rest,
+                    over_limit,
+                },
+            },
+            Kind::Failed { error, .. } => Body {
+                kind: Kind::Failed {
+                    prefix: bytes,
+                    error,
+                },
+            },
+        }
+    }
+
+    /// The error of a body that failed while it was buffered.
+    fn take_failure(&mut self) -> Option<BoxError> {
+        match &mut self.kind {
+            Kind::Failed { error, .. } => error.take(),
+            _ => None,
+        }
+    }
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Body::empty()
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(data: Bytes) -> Self {
+        Body::from_bytes(data)
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(data: Vec<u8>) -> Self {
+        Body::from_bytes(data.into())
+    }
+}
+
+impl From<String> for Body {
+    fn from(data: String) -> Self {
+        Body::from_bytes(data.into())
+    }
+}
+
+impl From<&'static str> for Body {
+    fn from(data: &'static str) -> Self {
+        Body::from_bytes(Bytes::from_static(data.as_bytes()))
+    }
+}
+
+impl From<&'static [u8]> for Body {
+    fn from(data: &'static [u8]) -> Self {
+        Body::from_bytes(Bytes::from_static(data))
+    }
+}
+
+impl fmt::Debug for Body {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PrefixedBody")
-            .field("prefix_len", &self.prefix().len())
-            .field("has_trailers", &self.trailers.is_some())
-            .field("failed", &self.error.is_some())
-            .field("complete", &self.is_complete())
-            .finish()
+        let mut d = f.debug_struct("Body");
+        match &self.kind {
+            Kind::Full { data, trailers } => d
+                .field("len", &data.len())
+                .field("has_trailers", &trailers.is_some()),
+            Kind::Stream {
+                prefix, over_limit, ..
+            } => d
+                .field("prefix_len", &prefix.len())
+                .field("over_limit", over_limit),
+            Kind::Failed { prefix, .. } => {
+                d.field("prefix_len", &prefix.len()).field("failed", &true)
+            }
+        };
+        d.finish_non_exhaustive()
     }
 }
 
-impl<B> Body for PrefixedBody<B>
-where
-    B: Body,
-{
+impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let mut this = self.project();
-        if let Some(prefix) = this.prefix.take() {
-            if !prefix.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(prefix))));
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().kind {
+            Kind::Full { data, trailers } => {
+                if !data.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(std::mem::take(data)))));
+                }
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(*t))))
+            }
+            Kind::Stream { prefix, rest, .. } => {
+                if !prefix.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(std::mem::take(prefix)))));
+                }
+                Pin::new(rest).poll_frame(cx)
+            }
+            Kind::Failed { prefix, error } => {
+                if !prefix.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(std::mem::take(prefix)))));
+                }
+                Poll::Ready(error.take().map(Err))
             }
         }
-        if let Some(error) = this.error.take() {
-            return Poll::Ready(Some(Err(error)));
-        }
-        if let Some(rest) = this.rest.as_mut().as_pin_mut() {
-            let frame = ready!(rest.poll_frame(cx));
-            return Poll::Ready(frame.map(|frame| {
-                frame.map(|frame| frame.map_data(|mut data| data.copy_to_bytes(data.remaining())))
-            }));
-        }
-        Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(*t))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefix().is_empty()
-            && self.trailers.is_none()
-            && self.error.is_none()
-            && self.rest.as_ref().is_none_or(Body::is_end_stream)
+        match &self.kind {
+            Kind::Full { data, trailers } => data.is_empty() && trailers.is_none(),
+            Kind::Stream { prefix, rest, .. } => prefix.is_empty() && rest.is_end_stream(),
+            Kind::Failed { prefix, error } => prefix.is_empty() && error.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        let prefix = self.prefix().len() as u64;
-        match &self.rest {
-            None => SizeHint::with_exact(prefix),
-            Some(rest) => {
+        match &self.kind {
+            Kind::Full { data, .. } => SizeHint::with_exact(data.len() as u64),
+            Kind::Stream { prefix, rest, .. } => {
                 let hint = rest.size_hint();
+                let prefix = prefix.len() as u64;
                 let mut out = SizeHint::new();
                 out.set_lower(hint.lower().saturating_add(prefix));
                 if let Some(upper) = hint.upper() {
@@ -169,155 +428,166 @@ where
                 }
                 out
             }
+            Kind::Failed { prefix, .. } => SizeHint::with_exact(prefix.len() as u64),
         }
     }
 }
 
-/// A complete body held in memory, from which identical copies can be made.
-#[derive(Clone, Default)]
-pub struct ReplayBody {
-    data: Bytes,
-    trailers: Option<Box<HeaderMap>>,
-}
-
-impl ReplayBody {
-    /// A replayable body of these bytes and trailers.
-    pub fn new(data: Bytes, trailers: Option<HeaderMap>) -> Self {
-        ReplayBody {
-            data,
-            trailers: trailers.map(Box::new),
-        }
-    }
-
-    /// The body's bytes.
-    pub fn data(&self) -> &Bytes {
-        &self.data
-    }
-
-    /// The body's trailers, if it had any.
-    pub fn trailers(&self) -> Option<&HeaderMap> {
-        self.trailers.as_deref()
-    }
-
-    /// A fresh copy of the body, to send. Cloning [`Bytes`] does not copy the data.
-    pub fn replay<B: Body>(&self) -> PrefixedBody<B> {
-        PrefixedBody {
-            prefix: Some(self.data.clone()),
-            trailers: self.trailers.clone(),
-            error: None,
-            rest: None,
-        }
+pin_project_lite::pin_project! {
+    /// Any body as one of `Bytes` and `BoxError`, size hint and end kept (the
+    /// combinators of `http-body-util` drop the size hint when they map frames).
+    struct ToBytes<B> {
+        #[pin]
+        inner: B,
     }
 }
 
-impl fmt::Debug for ReplayBody {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReplayBody")
-            .field("len", &self.data.len())
-            .field("has_trailers", &self.trailers.is_some())
-            .finish()
+impl<B> http_body::Body for ToBytes<B>
+where
+    B: http_body::Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = ready!(self.project().inner.poll_frame(cx));
+        Poll::Ready(frame.map(|frame| match frame {
+            Ok(frame) => Ok(frame.map_data(|mut data| data.copy_to_bytes(data.remaining()))),
+            Err(error) => Err(error.into()),
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
-/// What [`buffer`] made of a body.
-#[derive(Debug)]
-pub enum Buffered<B: Body> {
-    /// The body ended within the limit and can be replayed.
-    Complete(ReplayBody),
-    /// The body is longer than the limit: the bytes read so far followed by the rest.
-    /// It can be sent once.
-    TooLarge(PrefixedBody<B>),
-    /// The body failed while it was read: the bytes read so far followed by the error,
-    /// so that whoever reads it next sees the same failure.
-    Failed(PrefixedBody<B>),
+/// `Ok` when `K` is `T`: how [`Body::new`] avoids wrapping a body twice.
+fn try_downcast<T: 'static, K: 'static>(k: K) -> Result<T, K> {
+    let mut k = Some(k);
+    match <dyn Any>::downcast_mut::<Option<T>>(&mut k) {
+        Some(t) => Ok(t.take().expect("present")),
+        None => Err(k.expect("present")),
+    }
 }
 
-/// Reads `body` until it ends or more than `limit` bytes have been read.
+/// The future of [`Body::buffer`] and [`Body::read_prefix`].
 ///
-/// A body whose size hint already says it is longer than `limit` is not read at all.
-/// Nothing is lost either way: see [`Buffered`]. A body whose frames are all ready
-/// (such as `Full`) is buffered in the first poll, without waiting.
-pub fn buffer<B>(body: B, limit: usize) -> BufferFuture<B>
-where
-    B: Body + Unpin,
-{
-    BufferFuture {
-        body: Some(body),
-        limit,
-        trust_size_hint: true,
-        first: None,
-        more: None,
-        read: 0,
-        trailers: None,
-    }
-}
-
-/// Like [`buffer`], but reads up to `limit` bytes even when the size hint says the body
-/// is longer: for a layer that needs the start of any body (to find its `model`, say)
-/// rather than a whole body to replay.
-pub fn read_prefix<B>(body: B, limit: usize) -> BufferFuture<B>
-where
-    B: Body + Unpin,
-{
-    BufferFuture {
-        trust_size_hint: false,
-        ..buffer(body, limit)
-    }
-}
-
-/// The future returned by [`buffer`].
-pub struct BufferFuture<B> {
-    body: Option<B>,
+/// Its output is a [`Body`]: complete (replayable) when the body ended within the
+/// limit; the bytes read so far followed by the rest when it is longer (marked with
+/// [`Body::over_limit`], so that no layer inside reads it again); or the bytes read
+/// so far followed by the error when it failed. A body that is already complete, or
+/// already found over a limit, is handed back at once. A body whose frames are all
+/// ready (such as `Full`) is buffered in the first poll, without waiting, and a body
+/// of one frame is not copied.
+pub struct Buffer {
+    body: Option<Body>,
     limit: usize,
     trust_size_hint: bool,
+    idle: Option<Duration>,
+    // Allocated only once a frame is not ready at once.
+    timer: Option<Pin<Box<Sleep>>>,
+    rearm: bool,
     first: Option<Bytes>,
     more: Option<BytesMut>,
     read: usize,
     trailers: Option<Box<HeaderMap>>,
 }
 
-impl<B> fmt::Debug for BufferFuture<B> {
+impl Buffer {
+    /// Fails the body with [`BrokenBody`] when it goes `idle` without a frame.
+    fn idle_timeout(mut self, idle: Option<Duration>) -> Self {
+        self.idle = idle;
+        self
+    }
+}
+
+impl fmt::Debug for Buffer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BufferFuture")
+        f.debug_struct("Buffer")
             .field("limit", &self.limit)
             .field("read", &self.read)
             .finish_non_exhaustive()
     }
 }
 
-impl<B> Future for BufferFuture<B>
-where
-    B: Body + Unpin,
-{
-    type Output = Buffered<B>;
+impl Future for Buffer {
+    type Output = Body;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Buffered<B>> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Body> {
         let this = &mut *self;
-        let Some(body) = this.body.as_mut() else {
-            panic!("BufferFuture polled after completion");
+        let body = this.body.as_mut().expect("Buffer polled after completion");
+        let hint = body.size_hint().lower();
+        let prefix = match &mut body.kind {
+            Kind::Full { .. } | Kind::Failed { .. } => {
+                return Poll::Ready(this.body.take().expect("present"))
+            }
+            Kind::Stream {
+                over_limit: Some(_),
+                ..
+            } => return Poll::Ready(this.body.take().expect("present")),
+            Kind::Stream { prefix, .. } => prefix,
         };
-        if this.trust_size_hint
-            && this.read == 0
-            && this.first.is_none()
-            && body.size_hint().lower() > this.limit as u64
-        {
-            let body = this.body.take().expect("checked above");
-            return Poll::Ready(Buffered::TooLarge(PrefixedBody::new(body)));
+        if this.read == 0 && this.first.is_none() {
+            if this.trust_size_hint {
+                if hint > this.limit as u64 {
+                    let mut body = this.body.take().expect("present");
+                    set_over_limit(&mut body, this.limit);
+                    return Poll::Ready(body);
+                }
+            }
+            if !prefix.is_empty() {
+                let prefix = std::mem::take(prefix);
+                this.read = prefix.len();
+                this.first = Some(prefix);
+            }
         }
         loop {
-            let body = this.body.as_mut().expect("present until ready");
-            let frame = match ready!(Pin::new(body).poll_frame(cx)) {
-                None => break,
-                Some(Ok(frame)) => frame,
-                Some(Err(error)) => {
-                    this.body = None;
-                    let prefix = take(this.first.take(), this.more.take());
-                    return Poll::Ready(Buffered::Failed(PrefixedBody::failed(prefix, error)));
+            let Some(Kind::Stream { rest, .. }) = this.body.as_mut().map(|b| &mut b.kind) else {
+                unreachable!("a streaming body until ready");
+            };
+            let frame = match Pin::new(rest).poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    this.rearm = true;
+                    frame
+                }
+                Poll::Pending => {
+                    let Some(idle) = this.idle else {
+                        return Poll::Pending;
+                    };
+                    let at = tokio::time::Instant::now() + idle;
+                    let timer = match &mut this.timer {
+                        Some(timer) => {
+                            if std::mem::take(&mut this.rearm) {
+                                timer.as_mut().reset(at);
+                            }
+                            timer
+                        }
+                        None => {
+                            this.rearm = false;
+                            this.timer.insert(Box::pin(tokio::time::sleep_until(at)))
+                        }
+                    };
+                    ready!(timer.as_mut().poll(cx));
+                    let error: BoxError = Box::new(BrokenBody::stalled(idle));
+                    return Poll::Ready(this.finish_failed(error));
                 }
             };
-            let frame = match frame.into_data() {
-                Ok(mut data) => {
-                    let chunk = data.copy_to_bytes(data.remaining());
+            let frame = match frame {
+                None => break,
+                Some(Ok(frame)) => frame,
+                Some(Err(error)) => return Poll::Ready(this.finish_failed(error)),
+            };
+            match frame.into_data() {
+                Ok(chunk) => {
                     this.read = this.read.saturating_add(chunk.len());
                     match (&mut this.first, &mut this.more) {
                         (None, _) => this.first = Some(chunk),
@@ -330,29 +600,49 @@ where
                         (Some(_), Some(joined)) => joined.extend_from_slice(&chunk),
                     }
                     if this.read > this.limit {
-                        let body = this.body.take().expect("present until ready");
-                        let prefix = take(this.first.take(), this.more.take());
-                        return Poll::Ready(Buffered::TooLarge(PrefixedBody::prefixed(
-                            prefix, body,
-                        )));
+                        let mut body = this.body.take().expect("present");
+                        let read = take(this.first.take(), this.more.take());
+                        body = body.with_prefix(read);
+                        set_over_limit(&mut body, this.limit);
+                        return Poll::Ready(body);
                     }
-                    continue;
                 }
-                Err(frame) => frame,
-            };
-            if let Ok(t) = frame.into_trailers() {
-                match &mut this.trailers {
-                    Some(existing) => existing.extend(t),
-                    None => this.trailers = Some(Box::new(t)),
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        match &mut this.trailers {
+                            Some(existing) => existing.extend(t),
+                            None => this.trailers = Some(Box::new(t)),
+                        }
+                    }
                 }
             }
         }
         this.body = None;
         let data = take(this.first.take(), this.more.take());
-        Poll::Ready(Buffered::Complete(ReplayBody {
-            data,
-            trailers: this.trailers.take(),
-        }))
+        Poll::Ready(Body {
+            kind: Kind::Full {
+                data,
+                trailers: this.trailers.take(),
+            },
+        })
+    }
+}
+
+impl Buffer {
+    fn finish_failed(&mut self, error: BoxError) -> Body {
+        self.body = None;
+        Body {
+            kind: Kind::Failed {
+                prefix: take(self.first.take(), self.more.take()),
+                error: Some(error),
+            },
+        }
+    }
+}
+
+fn set_over_limit(body: &mut Body, limit: usize) {
+    if let Kind::Stream { over_limit, .. } = &mut body.kind {
+        *over_limit = Some(limit);
     }
 }
 
@@ -363,182 +653,111 @@ fn take(first: Option<Bytes>, more: Option<BytesMut>) -> Bytes {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::{BodyExt, Full};
-    use std::{collections::VecDeque, convert::Infallible};
+/// What a layer needs of a request before it can act on it, for [`prepare`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// The body buffered for replay (retry, fallback, cache).
+    Replay,
+    /// The body buffered and the [`RequestFacts`] read (breaker keyed by model,
+    /// fallback, cache, degrade).
+    Facts,
+}
 
-    /// A body that yields the given frames one by one, with no size hint.
-    struct Chunks(VecDeque<Frame<Bytes>>);
+/// The future of [`prepare`].
+pub struct Prepare {
+    parts: Option<http::request::Parts>,
+    buffer: Buffer,
+    need: Need,
+}
 
-    impl Body for Chunks {
-        type Data = Bytes;
-        type Error = Infallible;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-            Poll::Ready(self.0.pop_front().map(Ok))
-        }
-    }
-
-    fn chunks(parts: &[&[u8]], trailers: Option<HeaderMap>) -> Chunks {
-        let mut frames: VecDeque<Frame<Bytes>> = parts
-            .iter()
-            .map(|p| Frame::data(Bytes::copy_from_slice(p)))
-            .collect();
-        if let Some(t) = trailers {
-            frames.push_back(Frame::trailers(t));
-        }
-        Chunks(frames)
-    }
-
-    async fn collect<B: Body<Data = Bytes>>(body: B) -> (Bytes, Option<HeaderMap>)
-    where
-        B::Error: fmt::Debug,
-    {
-        let collected = body.collect().await.unwrap();
-        let trailers = collected.trailers().cloned();
-        (collected.to_bytes(), trailers)
-    }
-
-    #[tokio::test]
-    async fn complete_body_replays_identically() {
-        let mut t = HeaderMap::new();
-        t.insert("x-checksum", "abc".parse().unwrap());
-        let body = chunks(&[b"hello ", b"wor", b"ld"], Some(t.clone()));
-        let Buffered::Complete(replay) = buffer(body, 64).await else {
-            panic!("expected a complete body");
-        };
-        for _ in 0..3 {
-            let (data, trailers) = collect(replay.replay::<Full<Bytes>>()).await;
-            assert_eq!(&data[..], b"hello world");
-            assert_eq!(trailers.as_ref(), Some(&t));
-        }
-    }
-
-    #[tokio::test]
-    async fn body_at_exactly_the_limit_is_complete() {
-        let body = chunks(&[b"abcd", b"ef"], None);
-        assert!(matches!(buffer(body, 6).await, Buffered::Complete(_)));
-        let body = chunks(&[b"abcd", b"efg"], None);
-        assert!(matches!(buffer(body, 6).await, Buffered::TooLarge(_)));
-    }
-
-    #[tokio::test]
-    async fn oversized_body_is_sent_whole_once() {
-        let mut t = HeaderMap::new();
-        t.insert("x-end", "1".parse().unwrap());
-        let body = chunks(&[b"0123", b"4567", b"89"], Some(t.clone()));
-        let Buffered::TooLarge(prefixed) = buffer(body, 5).await else {
-            panic!("expected an oversized body");
-        };
-        assert_eq!(prefixed.prefix(), b"01234567");
-        assert!(!prefixed.is_complete());
-        let (data, trailers) = collect(prefixed).await;
-        assert_eq!(&data[..], b"0123456789");
-        assert_eq!(trailers, Some(t));
-    }
-
-    #[tokio::test]
-    async fn size_hint_over_the_limit_is_not_read() {
-        let body = Full::new(Bytes::from_static(b"0123456789"));
-        let Buffered::TooLarge(prefixed) = buffer(body, 4).await else {
-            panic!("expected an oversized body");
-        };
-        assert_eq!(prefixed.prefix(), b"");
-        assert_eq!(prefixed.size_hint().exact(), Some(10));
-        assert_eq!(&collect(prefixed).await.0[..], b"0123456789");
-    }
-
-    #[tokio::test]
-    async fn a_prefix_is_read_whatever_the_size_hint_says() {
-        let body = Full::new(Bytes::from_static(b"0123456789"));
-        let Buffered::TooLarge(prefixed) = read_prefix(body, 4).await else {
-            panic!("expected an oversized body");
-        };
-        assert_eq!(
-            prefixed.prefix(),
-            b"0123456789",
-            "one chunk read, kept whole"
-        );
-        assert_eq!(&collect(prefixed).await.0[..], b"0123456789");
-    }
-
-    #[tokio::test]
-    async fn empty_body_stays_empty_and_ended() {
-        let Buffered::Complete(replay) = buffer(Full::new(Bytes::new()), 4).await else {
-            panic!("expected a complete body");
-        };
-        let body = replay.replay::<Full<Bytes>>();
-        assert!(body.is_end_stream());
-        assert_eq!(body.size_hint().exact(), Some(0));
-    }
-
-    #[tokio::test]
-    async fn single_chunk_is_not_copied() {
-        let data = Bytes::from(vec![7u8; 1024]);
-        let ptr = data.as_ptr();
-        let Buffered::Complete(replay) = buffer(Full::new(data), 4096).await else {
-            panic!("expected a complete body");
-        };
-        assert_eq!(replay.data().as_ptr(), ptr);
-    }
-
-    /// A body that yields one chunk and then fails.
-    struct Breaks(u8);
-
-    impl Body for Breaks {
-        type Data = Bytes;
-        type Error = &'static str;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, &'static str>>> {
-            self.0 += 1;
-            Poll::Ready(Some(match self.0 {
-                1 => Ok(Frame::data(Bytes::from_static(b"partial"))),
-                _ => Err("connection reset"),
-            }))
-        }
-    }
-
-    #[tokio::test]
-    async fn failing_body_keeps_its_bytes_and_its_error() {
-        let Buffered::Failed(mut body) = buffer(Breaks(0), 64).await else {
-            panic!("expected a failed body");
-        };
-        assert!(!body.is_complete());
-        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-        assert_eq!(&first[..], b"partial");
-        assert_eq!(body.frame().await.unwrap().unwrap_err(), "connection reset");
-        assert!(body.frame().await.is_none());
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn any_chunking_round_trips(
-            parts in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..40), 0..8),
-            limit in 0usize..200,
-        ) {
-            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-            let slices: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-            let whole: Vec<u8> = parts.concat();
-            let got = rt.block_on(async {
-                match buffer(chunks(&slices, None), limit).await {
-                    Buffered::Complete(r) => {
-                        assert!(whole.len() <= limit);
-                        collect(r.replay::<Full<Bytes>>()).await.0
-                    }
-                    Buffered::TooLarge(p) => {
-                        assert!(whole.len() > limit);
-                        collect(p).await.0
-                    }
-                    Buffered::Failed(_) => unreachable!("these bodies cannot fail"),
-                }
-            });
-            proptest::prop_assert_eq!(&got[..], &whole[..]);
-        }
+impl fmt::Debug for Prepare {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prepare")
+            .field("need", &self.need)
+            .field("buffer", &self.buffer)
+            .finish_non_exhaustive()
     }
 }
+
+/// Makes a request ready for a layer: its body a [`Body`] buffered under the stack's
+/// [`BodyLimits`] (unless a layer further out already did), and with [`Need::Facts`]
+/// its [`RequestFacts`] read once into its extensions.
+///
+/// Fails with [`BrokenBody`] when the caller's body breaks or stalls while it is read,
+/// and with [`InvalidRequest`] when the body names its `model` twice; both are the
+/// caller's errors, classified as [`ClientError`](crate::OutcomeKind::ClientError).
+/// A body over the limit is handed on streamed (see [`Body::over_limit`]); its facts
+/// are read from the bytes read ahead.
+pub fn prepare<B>(request: Request<B>, need: Need) -> Prepare
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = request.into_parts();
+    let limits = BodyLimits::of(&parts.extensions);
+    let body = caller_body(Body::new(body));
+    Prepare {
+        parts: Some(parts),
+        buffer: body
+            .buffer(limits.replay_limit)
+            .idle_timeout(limits.idle_timeout),
+        need,
+    }
+}
+
+/// Marks the errors of the caller's streamed body as the caller's.
+fn caller_body(body: Body) -> Body {
+    match body.kind {
+        Kind::Stream {
+            prefix,
+            rest,
+            over_limit: None,
+        } if !prefix.is_empty() || !rest.is_end_stream() => Body {
+            kind: Kind::Stream {
+                prefix,
+                rest: rest
+                    .map_err(|error| -> BoxError {
+                        if error.is::<BrokenBody>() {
+                            error
+                        } else {
+                            Box::new(BrokenBody::cut(error))
+                        }
+                    })
+                    .boxed_unsync(),
+                over_limit: None,
+            },
+        },
+        kind => Body { kind },
+    }
+}
+
+impl Future for Prepare {
+    type Output = Result<Request<Body>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let mut body = ready!(Pin::new(&mut this.buffer).poll(cx));
+        let mut parts = this.parts.take().expect("Prepare polled after completion");
+        if let Some(error) = body.take_failure() {
+            let error = if error.is::<BrokenBody>() {
+                error
+            } else {
+                Box::new(BrokenBody::cut(error))
+            };
+            return Poll::Ready(Err(error));
+        }
+        if this.need == Need::Facts && parts.extensions.get::<RequestFacts>().is_none() {
+            match RequestFacts::read(&parts, body.prefix(), body.is_replayable()) {
+                Ok(facts) => {
+                    parts.extensions.insert(facts);
+                }
+                Err(error) => return Poll::Ready(Err(Box::new(error))),
+            }
+        }
+        Poll::Ready(Ok(Request::from_parts(parts, body)))
+    }
+}
+
+#[cfg(test)]
+mod tests;

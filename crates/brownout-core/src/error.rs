@@ -74,48 +74,139 @@ impl fmt::Display for DeadlineExceeded {
 
 impl std::error::Error for DeadlineExceeded {}
 
-/// A circuit breaker is open for this request's key: the request was not sent.
+/// A brownout layer refused to send the request (a circuit breaker is open, a queue
+/// is full): the upstream was not asked.
 ///
-/// Returned by the circuit breaker layer (which re-exports it); the default classifier
-/// reads it as [`Rejected`](crate::OutcomeKind::Rejected), with [`retry_after`](Self::retry_after)
-/// as the server-given delay, so that a retry layer outside waits for the breaker and
-/// a fallback moves on to its next target.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CircuitOpen {
-    key: std::sync::Arc<str>,
+/// Layers do not return it bare: their own error (the breaker's `CircuitOpen`) holds
+/// one and gives it as its [`source`](std::error::Error::source), so that the default
+/// classifier recognises any layer's refusal as
+/// [`Rejected`](crate::OutcomeKind::Rejected), with [`retry_after`](Self::retry_after)
+/// as the server-given delay, without core naming the layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejected {
     retry_after: Option<Duration>,
 }
 
-impl CircuitOpen {
-    /// The breaker of `key` refused the request; it admits requests again after
-    /// `retry_after`, when that is known.
-    pub fn new(key: std::sync::Arc<str>, retry_after: Option<Duration>) -> Self {
-        CircuitOpen { key, retry_after }
+impl Rejected {
+    /// A refusal; the request may pass after `retry_after`, when that is known.
+    pub fn new(retry_after: Option<Duration>) -> Self {
+        Rejected { retry_after }
     }
 
-    /// The breaker's key (a model name, a host…).
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
-    /// How long until the breaker admits a probe again: `None` while it is half-open
-    /// with its probes busy, or forced open.
+    /// How long until the layer admits requests again, when it knows.
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }
 }
 
-impl fmt::Display for CircuitOpen {
+impl fmt::Display for Rejected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "circuit open for {}", self.key)?;
-        match self.retry_after {
-            Some(d) => write!(f, "; retry after {:.3}s", d.as_secs_f64()),
-            None => Ok(()),
+        f.write_str("refused by a brownout layer")
+    }
+}
+
+impl std::error::Error for Rejected {}
+
+/// The caller's request body broke or stalled before it was all read: the caller's
+/// failure, never the upstream's.
+///
+/// The default classifier reads it, anywhere in an error's source chain, as a
+/// [`ClientError`](crate::OutcomeKind::ClientError); the gateway answers 400 for a
+/// cut body and 408 for a stalled one.
+#[derive(Debug)]
+pub struct BrokenBody {
+    stalled: Option<Duration>,
+    source: Option<BoxError>,
+}
+
+impl BrokenBody {
+    /// The body failed with `source` (cut short, the client hung up).
+    pub fn cut(source: BoxError) -> Self {
+        BrokenBody {
+            stalled: None,
+            source: Some(source),
+        }
+    }
+
+    /// No byte of the body came for `idle`.
+    pub fn stalled(idle: Duration) -> Self {
+        BrokenBody {
+            stalled: Some(idle),
+            source: None,
+        }
+    }
+
+    /// Whether the body stalled (else it was cut).
+    pub fn is_stalled(&self) -> bool {
+        self.stalled.is_some()
+    }
+}
+
+impl fmt::Display for BrokenBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.stalled, &self.source) {
+            (Some(idle), _) => write!(f, "request body stalled for {idle:?}"),
+            (None, Some(source)) => write!(f, "request body broken: {source}"),
+            (None, None) => f.write_str("request body broken"),
         }
     }
 }
 
-impl std::error::Error for CircuitOpen {}
+impl std::error::Error for BrokenBody {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// The caller's request cannot be sent as it is (its body names `model` twice): the
+/// caller's failure, classified as a [`ClientError`](crate::OutcomeKind::ClientError);
+/// the gateway answers 400.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidRequest {
+    reason: &'static str,
+}
+
+impl InvalidRequest {
+    /// The request is refused because of `reason`.
+    pub fn new(reason: &'static str) -> Self {
+        InvalidRequest { reason }
+    }
+
+    /// Why.
+    pub fn reason(&self) -> &str {
+        self.reason
+    }
+}
+
+impl fmt::Display for InvalidRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid request: {}", self.reason)
+    }
+}
+
+impl std::error::Error for InvalidRequest {}
+
+/// Whether `error` or an error in its source chain is the caller's own failure
+/// ([`BrokenBody`], [`InvalidRequest`]).
+pub fn is_caller_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    find::<BrokenBody>(error).is_some() || find::<InvalidRequest>(error).is_some()
+}
+
+/// The first error of type `T` in `error`'s source chain, `error` included.
+pub fn find<'a, T: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(t) = e.downcast_ref::<T>() {
+            return Some(t);
+        }
+        current = e.source();
+    }
+    None
+}
 
 /// A layer's setting was given nonsense: names the layer, the setting and why.
 ///

@@ -14,37 +14,34 @@ use std::{
 };
 
 use http::Response;
-use http_body::Body;
+use crate::{body::Body, BoxError};
 
-use crate::{body::PrefixedBody, BoxError};
+/// What a layer's response future yields: the response or the error.
+pub type Output = Result<Response<Body>, BoxError>;
 
-/// What a layer's response future yields: the response, its body wrapped as the layer
-/// may have read ahead of it, or the error.
-pub type Output<B> = Result<Response<PrefixedBody<B>>, BoxError>;
-
-/// A boxed response future answering `Response<PrefixedBody<B>>` or a [`BoxError`].
-pub struct ResponseFuture<B: Body> {
-    inner: Pin<Box<dyn Future<Output = Output<B>> + Send>>,
+/// A boxed response future answering `Response<Body>` or a [`BoxError`].
+pub struct ResponseFuture {
+    inner: Pin<Box<dyn Future<Output = Output> + Send>>,
 }
 
-impl<B: Body> ResponseFuture<B> {
+impl ResponseFuture {
     /// Boxes `future`.
-    pub fn new(future: impl Future<Output = Output<B>> + Send + 'static) -> Self {
+    pub fn new(future: impl Future<Output = Output> + Send + 'static) -> Self {
         ResponseFuture {
             inner: Box::pin(future),
         }
     }
 }
 
-impl<B: Body> Future for ResponseFuture<B> {
-    type Output = Output<B>;
+impl Future for ResponseFuture {
+    type Output = Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.inner.as_mut().poll(cx)
     }
 }
 
-impl<B: Body> fmt::Debug for ResponseFuture<B> {
+impl fmt::Debug for ResponseFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }

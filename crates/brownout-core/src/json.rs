@@ -126,14 +126,14 @@ fn scan(body: &[u8], key: &str, whole: bool) -> Option<Range<usize>> {
     }
 }
 
-fn key_matches(raw: &[u8], key: &str) -> bool {
+pub(crate) fn key_matches(raw: &[u8], key: &str) -> bool {
     if !raw.contains(&b'\\') {
         return raw.len() == key.len() + 2 && &raw[1..raw.len() - 1] == key.as_bytes();
     }
     decode_string(raw).is_some_and(|k| k == key)
 }
 
-fn decode_string(raw: &[u8]) -> Option<Cow<'_, str>> {
+pub(crate) fn decode_string(raw: &[u8]) -> Option<Cow<'_, str>> {
     if !raw.contains(&b'\\') {
         return std::str::from_utf8(&raw[1..raw.len() - 1])
             .ok()
@@ -142,27 +142,27 @@ fn decode_string(raw: &[u8]) -> Option<Cow<'_, str>> {
     serde_json::from_slice::<String>(raw).ok().map(Cow::Owned)
 }
 
-struct Scanner<'a> {
-    bytes: &'a [u8],
-    pos: usize,
+pub(crate) struct Scanner<'a> {
+    pub(crate) bytes: &'a [u8],
+    pub(crate) pos: usize,
 }
 
 impl Scanner<'_> {
-    fn peek(&self) -> Option<u8> {
+    pub(crate) fn peek(&self) -> Option<u8> {
         self.bytes.get(self.pos).copied()
     }
 
-    fn next(&mut self) -> Option<u8> {
+    pub(crate) fn next(&mut self) -> Option<u8> {
         let b = self.peek()?;
         self.pos += 1;
         Some(b)
     }
 
-    fn expect(&mut self, want: u8) -> Option<()> {
+    pub(crate) fn expect(&mut self, want: u8) -> Option<()> {
         (self.next()? == want).then_some(())
     }
 
-    fn skip_ws(&mut self) {
+    pub(crate) fn skip_ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
             self.pos += 1;
         }
@@ -171,7 +171,7 @@ impl Scanner<'_> {
     /// A string, quotes included; escapes are skipped, not decoded, and the contents
     /// are not validated. Most of a chat request's bytes are inside strings: `memchr`
     /// crosses them many bytes at a time.
-    fn string(&mut self) -> Option<Range<usize>> {
+    pub(crate) fn string(&mut self) -> Option<Range<usize>> {
         let start = self.pos;
         self.expect(b'"')?;
         loop {
@@ -187,7 +187,7 @@ impl Scanner<'_> {
     }
 
     /// Any value, skipped.
-    fn value(&mut self) -> Option<()> {
+    pub(crate) fn value(&mut self) -> Option<()> {
         match self.peek()? {
             b'"' => self.string().map(drop),
             b'{' | b'[' => self.nested(),
@@ -280,7 +280,7 @@ mod tests {
         ]
     }
 
-    fn value() -> impl Strategy<Value = Value> {
+    pub(crate) fn value() -> impl Strategy<Value = Value> {
         leaf().prop_recursive(3, 24, 4, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),

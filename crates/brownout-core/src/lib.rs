@@ -6,13 +6,15 @@
 //!
 //! - [`classify`]: one decision of what happened to a request ([`Outcome`]), knowing
 //!   generic HTTP, Anthropic and OpenAI semantics, replaceable by your own.
-//! - [`body`]: bodies buffered for replay, and error bodies peeked at without losing a
-//!   byte.
+//! - [`body`]: [`Body`], the one body of every layer, buffered once for replay.
+//! - [`request`]: the facts of an LLM request (API, model, `max_tokens`, `stream`,
+//!   caller), read once and carried in its extensions.
+//! - [`provider`]: what brownout knows of Anthropic and OpenAI, in one place.
 //! - [`meta`]: what layers record in a response's extensions.
 //! - [`event`]: every decision as a `tracing` event and for a [`Listener`](event::Listener).
 //! - [`future`]: the boxed response future of the layers that read bodies.
 //! - [`health`]: which targets can take requests now, as a fallback asks it.
-//! - [`json`]: the top-level `model` of a request body, found without a full parse.
+//! - [`json`]: top-level members of a JSON body, found without a full parse.
 //! - [`shape`]: the providers' response and error bodies and their SSE streams, byte
 //!   for byte.
 //! - [`rng`]: injectable randomness; time comes only from `tokio::time`, so tests can
@@ -28,7 +30,7 @@
 //! let response = http::Response::builder()
 //!     .status(529)
 //!     .header("retry-after", "3")
-//!     .body(Full::new(bytes::Bytes::from(body)))
+//!     .body(brownout_core::Body::new(Full::new(bytes::Bytes::from(body))))
 //!     .unwrap();
 //!
 //! let (response, outcome) =
@@ -50,8 +52,12 @@ pub mod future;
 pub mod health;
 pub mod json;
 pub mod meta;
+pub mod provider;
+pub mod request;
 pub mod rng;
 pub mod shape;
 
+pub use body::Body;
 pub use classify::{Classifier, Classify, Outcome, OutcomeKind};
+pub use request::RequestFacts;
 pub use error::BoxError;

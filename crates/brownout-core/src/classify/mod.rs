@@ -37,9 +37,15 @@
 //!   the limits that were hit, and the latest of them is used; when no remaining count
 //!   says which limit was hit, the earliest reset is used, since waiting longer than
 //!   needed is what the backoff is there to avoid. Malformed values are ignored.
-//! - brownout's own [`CircuitOpen`](crate::error::CircuitOpen) is
-//!   [`Rejected`](OutcomeKind::Rejected), with the breaker's reopening time as the
+//! - A status outside 100–599 (an upstream answering 641) is no valid HTTP answer: a
+//!   [`ServerError`](OutcomeKind::ServerError), like a 502.
+//! - A layer's refusal (an error whose source chain holds a
+//!   [`Rejected`](crate::error::Rejected), such as the breaker's `CircuitOpen`) is
+//!   [`Rejected`](OutcomeKind::Rejected), with the layer's reopening time as the
 //!   server-given delay.
+//! - The caller's own failures, [`BrokenBody`](crate::error::BrokenBody) (a request
+//!   body cut short or stalled) and [`InvalidRequest`](crate::error::InvalidRequest),
+//!   anywhere in the source chain, are [`ClientError`](OutcomeKind::ClientError).
 //! - Transport errors: an [`io::Error`](std::io::Error) of kind `TimedOut`, tokio's and
 //!   tower's `Elapsed`, and brownout's own [`AttemptTimedOut`](crate::error::AttemptTimedOut)
 //!   and [`DeadlineExceeded`](crate::error::DeadlineExceeded) anywhere in the error's
@@ -53,13 +59,20 @@
 //! [`Classify::wants_body`] says so (by default for 429 and 5xx), only up to
 //! [`DEFAULT_ERROR_BODY_LIMIT`] bytes or the limit given to [`classify_response`], and
 //! what was read is handed back in front of the rest of the body, so the caller
-//! receives every byte (see [`PrefixedBody`](crate::body::PrefixedBody)).
+//! receives every byte (see [`Body`](crate::body::Body)).
+//!
+//! # Once per attempt
+//!
+//! [`classify_response`] records the outcome in the response's extensions, so every
+//! layer further out reads it with [`classify_head`] instead of reading the body
+//! again. One classifier serves the whole stack: the default one, or yours through a
+//! [`ClassifyLayer`] right over the HTTP client.
 //!
 //! # Your own classifier
 //!
 //! Anything that implements [`Classify`] can replace the default, and so can a closure
 //! `Fn(Observed<'_>) -> Outcome`; it may delegate to [`DefaultClassifier`] for the cases
-//! it does not care about:
+//! it does not care about. Give it to a [`ClassifyLayer`] over the client:
 //!
 //! ```
 //! use brownout_core::classify::{Classifier, Classify, DefaultClassifier, Observed, Outcome, OutcomeKind};
@@ -85,7 +98,10 @@ use std::{error::Error as StdError, fmt, sync::Arc, time::Duration, time::System
 use http::{HeaderMap, StatusCode};
 
 pub use self::headers::{parse_go_duration, parse_retry_after};
-pub use self::read::{classify_head, classify_response, classify_result, DEFAULT_ERROR_BODY_LIMIT};
+pub use self::read::{
+    classify_error, classify_head, classify_response, classify_result, record, recorded,
+    Classified, ClassifiedError, ClassifyLayer, DEFAULT_ERROR_BODY_LIMIT,
+};
 
 /// What happened to one request, in the terms every brownout layer uses.
 ///
@@ -129,6 +145,24 @@ impl OutcomeKind {
         !matches!(
             self,
             OutcomeKind::Success | OutcomeKind::ClientError | OutcomeKind::Rejected
+        )
+    }
+
+    /// Whether this kind says the upstream cannot answer now, so that another path
+    /// (the next model, a stored answer, a canned one) should: rate limited,
+    /// overloaded, server error, timeout, connection failed, or refused by a layer.
+    ///
+    /// The named default of fallback's, the cache's and degrade's "when" predicates.
+    /// Successes and client errors (the caller's own bad or broken request) are not.
+    pub fn is_unavailable(self) -> bool {
+        matches!(
+            self,
+            OutcomeKind::RateLimited
+                | OutcomeKind::Overloaded
+                | OutcomeKind::ServerError
+                | OutcomeKind::Timeout
+                | OutcomeKind::ConnectionFailed
+                | OutcomeKind::Rejected
         )
     }
 
@@ -281,7 +315,7 @@ pub trait Classify: Send + Sync + 'static {
     /// meaning depends on the provider's error type. Never called for successes.
     fn wants_body(&self, status: StatusCode, headers: &HeaderMap) -> bool {
         let _ = headers;
-        status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+        status == StatusCode::TOO_MANY_REQUESTS || (500..600).contains(&status.as_u16())
     }
 
     /// Classifies what was observed.
@@ -359,7 +393,7 @@ impl DefaultClassifier {
         headers: &HeaderMap,
         body: Option<&[u8]>,
     ) -> Outcome {
-        if !(status.is_client_error() || status.is_server_error()) {
+        if (100..400).contains(&status.as_u16()) {
             return Outcome::success().with_status(status);
         }
         let error_type = body.and_then(body::error_type);
@@ -368,6 +402,8 @@ impl DefaultClassifier {
             429 => OutcomeKind::RateLimited,
             503 | 529 => OutcomeKind::Overloaded,
             400..=499 => OutcomeKind::ClientError,
+            // 5xx, and statuses outside 100–599: no valid HTTP answer, a protocol
+            // failure of the upstream like a 502.
             _ => OutcomeKind::ServerError,
         };
         if let Some(t) = &error_type {
@@ -411,17 +447,23 @@ impl Classify for DefaultClassifier {
                 headers,
                 body,
             } => self.classify_response(status, headers, body),
-            Observed::Error(error) => classify_error(error),
+            Observed::Error(error) => classify_error_chain(error),
         }
     }
 }
 
 /// Classifies a transport error by walking its source chain.
-fn classify_error(error: &(dyn StdError + 'static)) -> Outcome {
+fn classify_error_chain(error: &(dyn StdError + 'static)) -> Outcome {
     let mut current = Some(error);
     while let Some(e) = current {
-        if let Some(open) = e.downcast_ref::<crate::error::CircuitOpen>() {
-            return Outcome::new(OutcomeKind::Rejected).with_server_delay(open.retry_after());
+        if let Some(classified) = e.downcast_ref::<ClassifiedError>() {
+            return classified.outcome().clone();
+        }
+        if let Some(rejected) = e.downcast_ref::<crate::error::Rejected>() {
+            return Outcome::new(OutcomeKind::Rejected).with_server_delay(rejected.retry_after());
+        }
+        if e.is::<crate::error::BrokenBody>() || e.is::<crate::error::InvalidRequest>() {
+            return Outcome::new(OutcomeKind::ClientError);
         }
         if is_timeout(e) {
             return Outcome::new(OutcomeKind::Timeout);

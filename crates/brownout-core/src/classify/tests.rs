@@ -296,10 +296,10 @@ fn closures_classify() {
     );
 }
 
-fn response(status: u16, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn response(status: u16, body: impl Into<Bytes>) -> Response<crate::body::Body> {
     Response::builder()
         .status(status)
-        .body(Full::new(body.into()))
+        .body(crate::body::Body::new(Full::new(body.into())))
         .unwrap()
 }
 
@@ -321,7 +321,18 @@ async fn error_bodies_are_read_bounded_and_kept_intact() {
     let (res, outcome) =
         classify_response(&classifier(), response(529, ANTHROPIC_OVERLOADED), 4096).await;
     assert_eq!(outcome.error_type(), Some("overloaded_error"));
-    assert!(res.body().is_complete());
+    assert!(res.body().is_replayable());
+    assert_eq!(
+        recorded(&res).map(Outcome::kind),
+        Some(OutcomeKind::Overloaded),
+        "the outcome travels outward with the response"
+    );
+    // A layer further out reads the recorded outcome and not the body.
+    let never = |_: Observed<'_>| -> Outcome { panic!("classified twice") };
+    assert_eq!(
+        classify_head(&never, &res).map(|o| o.kind()),
+        Some(OutcomeKind::Overloaded)
+    );
     assert_eq!(
         res.into_body().collect().await.unwrap().to_bytes(),
         ANTHROPIC_OVERLOADED
@@ -339,7 +350,7 @@ async fn error_bodies_are_read_bounded_and_kept_intact() {
 
 #[tokio::test]
 async fn classify_result_keeps_the_error() {
-    let result: Result<Response<Full<Bytes>>, crate::BoxError> = Err(Box::new(
+    let result: Result<Response<crate::body::Body>, crate::BoxError> = Err(Box::new(
         std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
     ));
     let (result, outcome) = classify_result(&classifier(), result, 4096).await;
@@ -359,14 +370,23 @@ fn outcome_display() {
 }
 
 #[test]
-fn an_open_circuit_is_a_rejection_with_its_delay() {
-    use crate::error::CircuitOpen;
-    let open = CircuitOpen::new("claude-opus-4-1".into(), Some(Duration::from_secs(12)));
-    assert_eq!(
-        open.to_string(),
-        "circuit open for claude-opus-4-1; retry after 12.000s"
-    );
-    let boxed: crate::BoxError = Box::new(open);
+fn a_layers_refusal_is_a_rejection_with_its_delay() {
+    /// A layer's own error, holding the core marker as its source.
+    #[derive(Debug)]
+    struct Refused(crate::error::Rejected);
+    impl std::fmt::Display for Refused {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("refused")
+        }
+    }
+    impl std::error::Error for Refused {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+    let boxed: crate::BoxError = Box::new(Refused(crate::error::Rejected::new(Some(
+        Duration::from_secs(12),
+    ))));
     let o = classifier().classify(Observed::Error(boxed.as_ref()));
     assert_eq!(o.kind(), OutcomeKind::Rejected);
     assert!(o.is_retryable());
@@ -375,4 +395,42 @@ fn an_open_circuit_is_a_rejection_with_its_delay() {
         "a breaker does not count another's refusal"
     );
     assert_eq!(o.server_delay(), Some(Duration::from_secs(12)));
+}
+
+#[test]
+fn statuses_outside_100_to_599_are_failures() {
+    let o = classify(641, &[], "");
+    assert_eq!(o.kind(), OutcomeKind::ServerError);
+    assert!(o.kind().is_upstream_failure());
+    assert!(o.is_retryable());
+    let c = classifier();
+    let res = http::Response::builder().status(641).body(()).unwrap();
+    assert_eq!(
+        classify_head(&c, &res).map(|o| o.kind()),
+        Some(OutcomeKind::ServerError)
+    );
+}
+
+#[test]
+fn the_callers_broken_body_is_a_client_error() {
+    let cut: crate::BoxError = Box::new(crate::error::BrokenBody::cut("reset".into()));
+    // Wrapped, as an HTTP client returns it.
+    #[derive(Debug)]
+    struct ClientError(crate::BoxError);
+    impl std::fmt::Display for ClientError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("error sending request")
+        }
+    }
+    impl std::error::Error for ClientError {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+    let wrapped: crate::BoxError = Box::new(ClientError(cut));
+    for e in [wrapped, Box::new(crate::error::BrokenBody::stalled(Duration::from_secs(30))) as crate::BoxError] {
+        let o = classifier().classify(Observed::Error(e.as_ref()));
+        assert_eq!(o.kind(), OutcomeKind::ClientError, "{e}");
+        assert!(!o.is_retryable());
+    }
 }
