@@ -18,11 +18,10 @@ use std::{
 };
 
 use brownout::{
-    body::PrefixedBody,
     event::{Event, EventKind},
     meta::Attempts,
     retry::{Backoff, RetryConfig, RetryLayer},
-    BoxError,
+    Body, BoxError,
 };
 use bytes::Bytes;
 use http::{Request, Response};
@@ -38,7 +37,7 @@ const REQUESTS: usize = 50;
 fn upstream(
     calls: Arc<AtomicU32>,
 ) -> impl Service<
-    Request<PrefixedBody<Full<Bytes>>>,
+    Request<Body>,
     Response = Response<Full<Bytes>>,
     Error = BoxError,
     Future = impl Send,
@@ -46,7 +45,7 @@ fn upstream(
        + Send
        + 'static {
     let rng = Arc::new(Mutex::new(fastrand::Rng::with_seed(2026)));
-    service_fn(move |request: Request<PrefixedBody<Full<Bytes>>>| {
+    service_fn(move |request: Request<Body>| {
         calls.fetch_add(1, Ordering::Relaxed);
         let (overloaded, hinted) = {
             let mut rng = rng.lock().unwrap();
@@ -100,11 +99,8 @@ struct Tally {
 
 async fn drive<S>(client: S) -> Tally
 where
-    S: Service<
-            Request<Full<Bytes>>,
-            Response = Response<PrefixedBody<Full<Bytes>>>,
-            Error = BoxError,
-        > + Clone
+    S: Service<Request<Full<Bytes>>, Response = Response<Body>, Error = BoxError>
+        + Clone
         + Send
         + 'static,
     S::Future: Send,

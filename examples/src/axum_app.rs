@@ -11,21 +11,17 @@ use axum::{
     Json, Router,
 };
 use brownout::{
-    body::PrefixedBody, breaker::BreakerHandle, breaker::CircuitOpen, fallback::AllTargetsFailed,
-    BoxError, ServiceBuilderExt,
+    breaker::BreakerHandle, breaker::CircuitOpen, fallback::AllTargetsFailed, Body, BoxError,
+    ServiceBuilderExt,
 };
-use brownout_sim::{Sim, SimBody};
+use brownout_sim::Sim;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tower::{util::BoxCloneSyncService, ServiceBuilder, ServiceExt};
 
 use crate::{breakers, chat_body, retry, PRIMARY};
 
-type Client = BoxCloneSyncService<
-    http::Request<Full<Bytes>>,
-    http::Response<PrefixedBody<PrefixedBody<SimBody>>>,
-    BoxError,
->;
+type Client = BoxCloneSyncService<http::Request<Full<Bytes>>, http::Response<Body>, BoxError>;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -97,8 +93,15 @@ async fn ask(State(state): State<AppState>, Json(question): Json<serde_json::Val
 }
 
 /// Errors brownout makes, as the answers a client can act on: an open circuit is a
-/// 503 with `retry-after`, not a 500.
+/// 503 with `retry-after`, not a 500; the caller's own broken or invalid request a 400.
 pub fn brownout_error(error: &(dyn std::error::Error + 'static)) -> Response {
+    if brownout::error::is_caller_error(error) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({"error": error.to_string()})),
+        )
+            .into_response();
+    }
     if let Some(open) = error.downcast_ref::<CircuitOpen>() {
         let retry_after = open.retry_after().unwrap_or(Duration::from_secs(1));
         let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);

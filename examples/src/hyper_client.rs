@@ -1,7 +1,6 @@
 //! The full pipeline over a hyper-util legacy client, against a loopback simulator.
 
-use brownout::{body::PrefixedBody, cache::CacheConfig, BoxError, ServiceBuilderExt};
-use bytes::Bytes;
+use brownout::{cache::CacheConfig, Body, BoxError, ServiceBuilderExt};
 use http_body_util::Full;
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
@@ -11,13 +10,11 @@ use tower::{ServiceBuilder, ServiceExt};
 
 use crate::{breakers, cascade, chat_body, retry, Answer, PRIMARY};
 
-/// The body the client sends: the caller's, wrapped once by each layer that reads it.
-type Wire = PrefixedBody<PrefixedBody<PrefixedBody<PrefixedBody<Full<Bytes>>>>>;
-
 /// Sends `n` questions for the preferred model to the simulator at `base_url`
 /// through cache → fallback → breaker → retry → hyper-util, and says who answered.
 pub async fn ask(base_url: &str, n: usize) -> Result<Vec<Answer>, BoxError> {
-    let http: Client<HttpConnector, Wire> = Client::builder(TokioExecutor::new()).build_http();
+    // Whichever layers are on, the client sends brownout's one body type.
+    let http: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build_http();
     let breakers = breakers();
     let client = ServiceBuilder::new()
         .response_cache(CacheConfig::new())

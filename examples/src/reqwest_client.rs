@@ -1,8 +1,7 @@
 //! The full pipeline over reqwest, through brownout's bridge.
 
 use brownout::{
-    body::PrefixedBody, cache::CacheConfig, reqwest_bridge::ReqwestService, BoxError,
-    ServiceBuilderExt,
+    cache::CacheConfig, reqwest_bridge::ReqwestService, Body, BoxError, ServiceBuilderExt,
 };
 use http_body_util::Full;
 use tower::{ServiceBuilder, ServiceExt};
@@ -25,7 +24,7 @@ pub async fn ask(base_url: &str, n: usize) -> Result<Vec<Answer>, BoxError> {
             .header("content-type", "application/json")
             .header("x-api-key", "sk-ant-example")
             .body(Full::new(chat_body(PRIMARY, &format!("Question {i}?"))))?;
-        let response: http::Response<PrefixedBody<_>> = client.clone().oneshot(request).await?;
+        let response: http::Response<Body> = client.clone().oneshot(request).await?;
         answers.push(Answer {
             status: response.status().as_u16(),
             model: response

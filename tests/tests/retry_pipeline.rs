@@ -9,10 +9,9 @@ use std::{
 };
 
 use brownout::{
-    body::PrefixedBody,
     meta::Attempts,
     retry::{Backoff, RetryConfig, RetryLayer},
-    BoxError,
+    Body, BoxError,
 };
 use bytes::Bytes;
 use http::{Request, Response};
@@ -34,7 +33,7 @@ fn request() -> Request<Full<Bytes>> {
 async fn tower_timeouts_inside_are_retried() {
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
-    let upstream = service_fn(move |request: Request<PrefixedBody<Full<Bytes>>>| {
+    let upstream = service_fn(move |request: Request<Body>| {
         let n = counter.fetch_add(1, Ordering::SeqCst);
         async move {
             if n == 0 {
@@ -66,22 +65,20 @@ async fn tower_timeouts_inside_are_retried() {
 async fn stacked_retry_layers_replay_the_same_bytes() {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let record = seen.clone();
-    let upstream = service_fn(
-        move |request: Request<PrefixedBody<PrefixedBody<Full<Bytes>>>>| {
-            let record = record.clone();
-            async move {
-                let body = request.into_body().collect().await?.to_bytes();
-                let mut seen = record.lock().unwrap();
-                seen.push(body);
-                let status = if seen.len() < 4 { 503 } else { 200 };
-                Ok::<_, BoxError>(
-                    Response::builder()
-                        .status(status)
-                        .body(Full::new(Bytes::new()))?,
-                )
-            }
-        },
-    );
+    let upstream = service_fn(move |request: Request<Body>| {
+        let record = record.clone();
+        async move {
+            let body = request.into_body().collect().await?.to_bytes();
+            let mut seen = record.lock().unwrap();
+            seen.push(body);
+            let status = if seen.len() < 4 { 503 } else { 200 };
+            Ok::<_, BoxError>(
+                Response::builder()
+                    .status(status)
+                    .body(Full::new(Bytes::new()))?,
+            )
+        }
+    });
     let fast = || {
         RetryConfig::new()
             .no_budget()

@@ -14,7 +14,7 @@ use std::{
 };
 
 use brownout_breaker::{BreakerConfig, CircuitBreaker, FailurePolicy, Window};
-use brownout_core::body::PrefixedBody;
+use brownout_core::Body;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
@@ -82,13 +82,13 @@ fn success_path(c: &mut Criterion) {
     let bare = service_fn(ok::<Full<Bytes>>);
     let by_model = single.block_on(async {
         CircuitBreaker::new(
-            service_fn(ok::<PrefixedBody<Full<Bytes>>>),
+            service_fn(ok::<Body>),
             BreakerConfig::new().policy(policy()),
         )
     });
     let by_host = single.block_on(async {
         CircuitBreaker::new(
-            service_fn(ok::<PrefixedBody<Full<Bytes>>>),
+            service_fn(ok::<Body>),
             BreakerConfig::new().policy(policy()).key_by_host(),
         )
     });

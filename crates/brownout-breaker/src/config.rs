@@ -3,16 +3,27 @@
 use std::{fmt, sync::Arc, time::Duration};
 
 use brownout_core::{
-    classify::{Classifier, Classify, Outcome, DEFAULT_ERROR_BODY_LIMIT},
+    classify::Outcome,
     error::InvalidConfig,
     event::{Events, Listener},
     rng::SharedRng,
 };
 use http::request::Parts;
 
-/// When a closed breaker opens.
+use crate::store::BreakerStore;
+
+/// When a closed breaker opens: after so many failures in a row
+/// ([`consecutive`](Self::consecutive)), or at a failure rate over a window of calls
+/// ([`failure_rate`](Self::failure_rate)).
+///
+/// Made only by those constructors, which refuse nonsense settings: a policy in hand
+/// is always a valid one.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum FailurePolicy {
+pub struct FailurePolicy(pub(crate) Policy);
+
+/// The policies, private so that [`FailurePolicy`]'s constructors cannot be bypassed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Policy {
     /// After this many failures in a row; a success resets the count.
     ConsecutiveFailures(u32),
     /// When the share of failures among the calls in the window reaches `threshold`,
@@ -37,7 +48,7 @@ impl FailurePolicy {
                 "must be at least 1",
             ));
         }
-        Ok(FailurePolicy::ConsecutiveFailures(failures))
+        Ok(FailurePolicy(Policy::ConsecutiveFailures(failures)))
     }
 
     /// Opens when `threshold` of the calls in `window` failed, once it holds at least
@@ -89,11 +100,44 @@ impl FailurePolicy {
             }
             _ => {}
         }
-        Ok(FailurePolicy::FailureRate {
+        Ok(FailurePolicy(Policy::FailureRate {
             threshold,
             window,
             minimum_calls,
-        })
+        }))
+    }
+
+    /// The number of failures in a row that trips the breaker, for a
+    /// [`consecutive`](Self::consecutive) policy.
+    pub fn consecutive_failures(&self) -> Option<u32> {
+        match self.0 {
+            Policy::ConsecutiveFailures(n) => Some(n),
+            Policy::FailureRate { .. } => None,
+        }
+    }
+
+    /// The threshold, window and minimum number of calls of a
+    /// [`failure_rate`](Self::failure_rate) policy.
+    pub fn rate(&self) -> Option<(f64, Window, u32)> {
+        match self.0 {
+            Policy::ConsecutiveFailures(_) => None,
+            Policy::FailureRate {
+                threshold,
+                window,
+                minimum_calls,
+            } => Some((threshold, window, minimum_calls)),
+        }
+    }
+
+    /// Whether the policy counts the calls of a stretch of time.
+    pub(crate) fn is_timed(&self) -> bool {
+        matches!(
+            self.0,
+            Policy::FailureRate {
+                window: Window::Time(_),
+                ..
+            }
+        )
     }
 }
 
@@ -112,15 +156,32 @@ pub enum Window {
 pub enum OpenDuration {
     /// Always the same.
     Fixed(Duration),
-    /// `base` on the first trip, doubling on each trip that follows without the breaker
-    /// closing in between, up to `max`; each drawn between half and all of that, so
-    /// that clients do not probe together.
-    Growing {
-        /// The first open time.
-        base: Duration,
-        /// The longest open time.
-        max: Duration,
-    },
+    /// An open time that grows on repeated trips; made by
+    /// [`OpenDuration::growing`], which checks its bounds.
+    Growing(GrowingOpen),
+}
+
+/// The bounds of [`OpenDuration::Growing`]: `base` on the first trip, doubling on each
+/// trip that follows without the breaker closing in between, up to `max`; each drawn
+/// between half and all of that, so that clients do not probe together.
+///
+/// Its fields are private: make it with [`OpenDuration::growing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrowingOpen {
+    base: Duration,
+    max: Duration,
+}
+
+impl GrowingOpen {
+    /// The first open time.
+    pub fn base(&self) -> Duration {
+        self.base
+    }
+
+    /// The longest open time.
+    pub fn max(&self) -> Duration {
+        self.max
+    }
 }
 
 impl OpenDuration {
@@ -134,14 +195,14 @@ impl OpenDuration {
                 format!("base ({base:?}) must be above zero and at most max ({max:?})"),
             ));
         }
-        Ok(OpenDuration::Growing { base, max })
+        Ok(OpenDuration::Growing(GrowingOpen { base, max }))
     }
 
     /// The open time after `trips` trips in a row (from 1), given a draw from `[0, 1)`.
     pub(crate) fn for_trip(&self, trips: u32, unit: f64) -> Duration {
         match *self {
             OpenDuration::Fixed(d) => d,
-            OpenDuration::Growing { base, max } => {
+            OpenDuration::Growing(GrowingOpen { base, max }) => {
                 let exponent = trips.saturating_sub(1).min(32);
                 let ceiling = base
                     .checked_mul(1u32 << exponent.min(31))
@@ -158,9 +219,14 @@ pub enum OnOpen {
     /// Fail with a [`CircuitOpen`](crate::CircuitOpen) error (the default).
     #[default]
     Error,
-    /// Answer `503 Service Unavailable` with `retry-after` and an error body in the
-    /// provider's shape (OpenAI's for `/v1/chat/completions`, Anthropic's otherwise),
-    /// for servers that want a response rather than an error.
+    /// Answer `503 Service Unavailable` with `retry-after` and an overload error body
+    /// in the shape of the API the path belongs to (OpenAI's for
+    /// `/v1/chat/completions` and `/v1/responses`, Anthropic's otherwise; see
+    /// [`Api::error_body`](brownout_core::provider::Api::error_body)), for servers that
+    /// want a response rather than an error. The response carries the
+    /// [`CircuitOpen`](crate::CircuitOpen) in its extensions and records a
+    /// [`Rejected`](brownout_core::OutcomeKind::Rejected) outcome, so that the layers
+    /// further out read it as a refusal, not as the upstream's overload.
     Respond,
 }
 
@@ -201,7 +267,16 @@ impl fmt::Debug for Keying {
 /// | [`max_keys`](Self::max_keys) | 1,024 |
 /// | [`idle_timeout`](Self::idle_timeout) | 10 min |
 /// | [`on_open`](Self::on_open) | [`OnOpen::Error`] |
-/// | what fails | outcomes that say the upstream is unwell ([`OutcomeKind::is_upstream_failure`](brownout_core::OutcomeKind::is_upstream_failure)) |
+/// | what fails ([`failure_when`](Self::failure_when)) | [`OutcomeKind::is_upstream_failure`](brownout_core::OutcomeKind::is_upstream_failure) |
+/// | [`store`](Self::store) | a [`LocalStore`](crate::LocalStore) of this config's settings |
+///
+/// Two things are not set here, because they are one setting for the whole stack:
+/// how much of a request body is read to find its `model` is the stack's
+/// [`BodyLimits`](brownout_core::body::BodyLimits) (4 MiB by default), and what a
+/// result means is decided by brownout-core's
+/// [`DefaultClassifier`](brownout_core::classify::DefaultClassifier), or by your own
+/// given to a [`ClassifyLayer`](brownout_core::classify::ClassifyLayer) over the HTTP
+/// client.
 #[derive(Clone)]
 pub struct BreakerConfig {
     pub(crate) policy: FailurePolicy,
@@ -211,12 +286,10 @@ pub struct BreakerConfig {
     pub(crate) slow_call: Option<Duration>,
     pub(crate) max_server_delay: Duration,
     pub(crate) keying: Keying,
-    pub(crate) key_body_limit: usize,
     pub(crate) max_keys: usize,
     pub(crate) idle_timeout: Duration,
     pub(crate) on_open: OnOpen,
-    pub(crate) classifier: Classifier,
-    pub(crate) error_body_limit: usize,
+    pub(crate) store: Option<Arc<dyn BreakerStore>>,
     pub(crate) is_failure: Arc<dyn Fn(&Outcome) -> bool + Send + Sync>,
     pub(crate) events: Events,
     pub(crate) rng: SharedRng,
@@ -226,23 +299,21 @@ impl BreakerConfig {
     /// The defaults in the table above.
     pub fn new() -> Self {
         BreakerConfig {
-            policy: FailurePolicy::FailureRate {
+            policy: FailurePolicy(Policy::FailureRate {
                 threshold: 0.5,
                 window: Window::Count(20),
                 minimum_calls: 10,
-            },
+            }),
             open_duration: OpenDuration::Fixed(Duration::from_secs(30)),
             half_open_probes: 1,
             half_open_successes: 1,
             slow_call: None,
             max_server_delay: Duration::from_secs(600),
             keying: Keying::ModelOrHost,
-            key_body_limit: 4 * 1024 * 1024,
             max_keys: 1024,
             idle_timeout: Duration::from_secs(600),
             on_open: OnOpen::Error,
-            classifier: Classifier::default(),
-            error_body_limit: DEFAULT_ERROR_BODY_LIMIT,
+            store: None,
             is_failure: Arc::new(|outcome: &Outcome| outcome.kind().is_upstream_failure()),
             events: Events::new(),
             rng: SharedRng::new(),
@@ -291,8 +362,14 @@ impl BreakerConfig {
     }
 
     /// One breaker per model: the top-level `model` of a JSON body, else the request's
-    /// host, else `"default"`. The default. The body is read (up to 4 MiB) to find the
-    /// model and sent on whole; of a longer body, the first 4 MiB are searched.
+    /// host, else `"default"`. The default.
+    ///
+    /// The model comes from the request's
+    /// [`RequestFacts`](brownout_core::RequestFacts), read once for the whole stack:
+    /// the body is buffered under the stack's
+    /// [`BodyLimits`](brownout_core::body::BodyLimits) (unless a layer further out
+    /// already did) and sent on whole. A body over the limit is sent on streamed,
+    /// keyed by the `model` in the bytes read ahead of the rest, if any.
     pub fn key_by_model_or_host(mut self) -> Self {
         self.keying = Keying::ModelOrHost;
         self
@@ -313,20 +390,14 @@ impl BreakerConfig {
         self
     }
 
-    /// Keys from the request head and the body's first bytes (the whole body when it is
-    /// under the 4 MiB read limit).
+    /// Keys from the request head and the body's bytes: the whole body when it is
+    /// within the stack's [`BodyLimits`](brownout_core::body::BodyLimits), else the
+    /// bytes read ahead of the rest.
     pub fn key_by_body(
         mut self,
         key: impl Fn(&Parts, &[u8]) -> String + Send + Sync + 'static,
     ) -> Self {
         self.keying = Keying::Body(Arc::new(key));
-        self
-    }
-
-    /// How many bytes of a body are read, at most, to find its `model` (default
-    /// 4 MiB). A longer body is keyed by the `model` in those bytes and sent on whole.
-    pub fn key_read_limit(mut self, bytes: usize) -> Self {
-        self.key_body_limit = bytes;
         self
     }
 
@@ -349,20 +420,33 @@ impl BreakerConfig {
         self
     }
 
-    /// Decides what happened to a request.
-    pub fn classifier(mut self, classifier: impl Classify) -> Self {
-        self.classifier = Classifier::new(classifier);
-        self
-    }
-
-    /// Decides which outcomes count against the breaker. Outcomes for which it returns
-    /// `false` count as successes, except client errors and rejections by another
-    /// breaker, which are never counted either way.
+    /// Decides which outcomes count against the breaker. The default is
+    /// [`OutcomeKind::is_upstream_failure`](brownout_core::OutcomeKind::is_upstream_failure):
+    /// rate limits, overloads, server errors (an invalid status such as 641 included),
+    /// timeouts and connection failures. Outcomes for which it returns `false` count as
+    /// successes, except client errors (the caller's broken body included) and
+    /// rejections by another breaker, which are never counted either way.
     pub fn failure_when(
         mut self,
         is_failure: impl Fn(&Outcome) -> bool + Send + Sync + 'static,
     ) -> Self {
         self.is_failure = Arc::new(is_failure);
+        self
+    }
+
+    /// Keeps the breakers in `store` instead of a [`LocalStore`](crate::LocalStore) of
+    /// this config's own: a store shared by several replicas, or one that wraps a
+    /// `LocalStore` to watch it. See [`BreakerStore`].
+    ///
+    /// The store holds the breakers' state machine, so [`policy`](Self::policy),
+    /// [`open_duration`](Self::open_duration), the half-open settings,
+    /// [`max_server_delay`](Self::max_server_delay), [`max_keys`](Self::max_keys) and
+    /// [`idle_timeout`](Self::idle_timeout) are the store's own (a
+    /// `LocalStore::new(&config)` takes them from the config it is given); the layer
+    /// keeps the keys, what counts as a failure, slow calls, the refusal and the
+    /// events. Clones of this config share the store.
+    pub fn store(mut self, store: impl BreakerStore) -> Self {
+        self.store = Some(Arc::new(store));
         self
     }
 
@@ -398,6 +482,7 @@ impl fmt::Debug for BreakerConfig {
             .field("max_keys", &self.max_keys)
             .field("idle_timeout", &self.idle_timeout)
             .field("on_open", &self.on_open)
+            .field("store", &self.store)
             .finish_non_exhaustive()
     }
 }

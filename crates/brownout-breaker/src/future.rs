@@ -9,16 +9,16 @@ use std::{
 };
 
 use brownout_core::{
-    body::{read_prefix, BufferFuture, Buffered, PrefixedBody},
-    classify::{classify_head, classify_response, Classify, Observed, Outcome, OutcomeKind},
-    error::CircuitOpen,
+    body::{prepare, Need, Prepare},
+    classify::{
+        classify_error, classify_head, classify_response, DefaultClassifier, Outcome, OutcomeKind,
+        DEFAULT_ERROR_BODY_LIMIT,
+    },
     event::{Event, EventKind},
     future::Output,
-    json::{find_in_prefix, find_top_level, Member},
-    BoxError,
+    Body, BoxError, RequestFacts,
 };
-use http::{request::Parts, Request, Response};
-use http_body::Body;
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_service::Service;
@@ -26,26 +26,29 @@ use tower_service::Service;
 use crate::{
     config::{Keying, OnOpen},
     handle::emit_transition,
-    service::{host_key, refusal, Shared},
+    keys::host_key,
+    refusal::refusal,
+    shared::Shared,
     state::{Admission, Permit, Verdict},
     store::BreakerEntry,
+    CircuitOpen,
 };
 
-type Classifying<B> = Pin<Box<dyn Future<Output = (Response<PrefixedBody<B>>, Outcome)> + Send>>;
+type Classifying = Pin<Box<dyn Future<Output = (Response<Body>, Outcome)> + Send>>;
 
 pin_project! {
     /// Response future of [`CircuitBreaker`](crate::CircuitBreaker).
     ///
-    /// A hand-written state machine: on the success path it allocates nothing. The
-    /// `breaker` benchmark measures it against the bare service and tower-resilience.
-    pub struct ResponseFuture<S, ReqBody, ResBody>
+    /// A hand-written state machine: on the success path it allocates nothing beyond
+    /// what the request's [`Body`] needs (and, keyed by the body, the state that reads
+    /// it). The `breaker` benchmark measures it against the bare service and
+    /// tower-resilience.
+    pub struct ResponseFuture<S>
     where
-        S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>,
-        ReqBody: Body,
-        ResBody: Body,
+        S: Service<Request<Body>>,
     {
         #[pin]
-        state: State<S, ReqBody, ResBody>,
+        state: State<S>,
         shared: Arc<Shared>,
         call: Option<Admitted>,
     }
@@ -54,27 +57,24 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     #[project_replace = StateReplace]
-    enum State<S, ReqBody, ResBody>
+    enum State<S>
     where
-        S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>,
-        ReqBody: Body,
-        ResBody: Body,
+        S: Service<Request<Body>>,
     {
-        /// Reading the body to find the key. Boxed, with the inner service and the
-        /// request head, so that the future stays small when the key needs no body.
-        Buffering { pending: Box<Pending<S, ReqBody>> },
+        /// Reading the body to find the key. Boxed, with the inner service, so that
+        /// the future stays small when the key needs no body.
+        Buffering { pending: Box<Pending<S>> },
         Calling { #[pin] future: S::Future },
         /// Reading the start of an error body for the classifier.
-        Classifying { future: Classifying<ResBody> },
+        Classifying { future: Classifying },
         /// Refused (boxed: the refusal is the rare path), or done.
-        Ready { output: Option<Box<Output<ResBody>>> },
+        Ready { output: Option<Box<Output>> },
     }
 }
 
-struct Pending<S, ReqBody: Body> {
+struct Pending<S> {
     inner: S,
-    parts: Parts,
-    buffer: BufferFuture<ReqBody>,
+    prepare: Prepare,
 }
 
 /// An admitted call: its breaker and permit. Dropping it before the verdict gives the
@@ -93,21 +93,25 @@ impl Drop for Admitted {
     }
 }
 
-impl<S, ReqBody, ResBody> ResponseFuture<S, ReqBody, ResBody>
+impl<S> ResponseFuture<S>
 where
-    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>,
-    S::Error: Into<BoxError>,
-    ReqBody: Body + Unpin,
-    ResBody: Body,
+    S: Service<Request<Body>>,
 {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>, request: Request<ReqBody>) -> Self {
-        let (parts, body) = request.into_parts();
-        if let Keying::ModelOrHost | Keying::Body(_) = shared.keying {
-            let buffer = read_prefix(body, shared.key_body_limit);
+    pub(crate) fn new<B>(inner: S, shared: Arc<Shared>, request: Request<B>) -> Self
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let need = match shared.keying {
+            Keying::ModelOrHost => Some(Need::Facts),
+            Keying::Body(_) => Some(Need::Replay),
+            Keying::Host | Keying::Head(_) => None,
+        };
+        if let Some(need) = need {
             let pending = Box::new(Pending {
                 inner,
-                parts,
-                buffer,
+                prepare: prepare(request, need),
             });
             return ResponseFuture {
                 state: State::Buffering { pending },
@@ -115,12 +119,11 @@ where
                 call: None,
             };
         }
+        // Keyed by the head: the body is not read, but its failures are the caller's.
+        let request = brownout_core::body::from_caller(request);
         let now = Instant::now();
-        let entry = match &shared.keying {
-            Keying::Head(key) => shared.store.entry(&key(&parts), now),
-            _ => shared.store.entry(host_key(&parts), now),
-        };
-        let (state, call) = start(inner, &shared, parts, PrefixedBody::new(body), entry, now);
+        let (request, entry) = entry_of(&shared, request, now);
+        let (state, call) = start(inner, &shared, request, entry, now);
         ResponseFuture {
             state,
             shared,
@@ -129,19 +132,52 @@ where
     }
 }
 
+/// The breaker of a request (prepared, when its keying reads the body).
+fn entry_of(
+    shared: &Shared,
+    request: Request<Body>,
+    now: Instant,
+) -> (Request<Body>, Arc<dyn BreakerEntry>) {
+    let store = &shared.store;
+    match &shared.keying {
+        Keying::Head(key) => {
+            let (parts, body) = request.into_parts();
+            let entry = store.entry(&key(&parts), now);
+            (Request::from_parts(parts, body), entry)
+        }
+        Keying::Body(key) => {
+            // The whole body when it is within the limit, else the bytes read ahead.
+            let (parts, body) = request.into_parts();
+            let entry = store.entry(&key(&parts, body.prefix()), now);
+            (Request::from_parts(parts, body), entry)
+        }
+        Keying::ModelOrHost => {
+            let model = RequestFacts::of(request.extensions())
+                .and_then(RequestFacts::model)
+                .filter(|model| !model.is_empty());
+            let entry = match model {
+                Some(model) => store.entry(model, now),
+                None => store.entry(host_key(request.uri(), request.headers()), now),
+            };
+            (request, entry)
+        }
+        Keying::Host => {
+            let entry = store.entry(host_key(request.uri(), request.headers()), now);
+            (request, entry)
+        }
+    }
+}
+
 /// Admission, then the call or the refusal.
-fn start<S, ReqBody, ResBody>(
+fn start<S>(
     mut inner: S,
     shared: &Shared,
-    parts: Parts,
-    body: PrefixedBody<ReqBody>,
+    request: Request<Body>,
     entry: Arc<dyn BreakerEntry>,
     now: Instant,
-) -> (State<S, ReqBody, ResBody>, Option<Admitted>)
+) -> (State<S>, Option<Admitted>)
 where
-    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>,
-    ReqBody: Body,
-    ResBody: Body,
+    S: Service<Request<Body>>,
 {
     let (admission, transition) = entry.acquire(now);
     if let Some(transition) = transition {
@@ -149,7 +185,7 @@ where
     }
     match admission {
         Admission::Admitted(permit) => {
-            let future = inner.call(Request::from_parts(parts, body));
+            let future = inner.call(request);
             let call = Admitted {
                 entry,
                 permit: Some(permit),
@@ -160,8 +196,8 @@ where
         Admission::Rejected { retry_after } => {
             shared.events.emit(Event::new(
                 "breaker",
-                &parts.method,
-                &parts.uri,
+                request.method(),
+                request.uri(),
                 EventKind::CircuitRejected {
                     key: entry.key().clone(),
                     retry_after,
@@ -170,7 +206,7 @@ where
             let open = CircuitOpen::new(entry.key().clone(), retry_after);
             let output = match shared.on_open {
                 OnOpen::Error => Err(Box::new(open) as BoxError),
-                OnOpen::Respond => Ok(refusal(&parts, open)),
+                OnOpen::Respond => Ok(refusal(request.uri(), open)),
             };
             (
                 State::Ready {
@@ -182,25 +218,22 @@ where
     }
 }
 
-impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody, ResBody>
+impl<S, ResBody> Future for ResponseFuture<S>
 where
-    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>,
+    S: Service<Request<Body>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
-    ReqBody: Body + Unpin,
-    ResBody: Body + Unpin + Send + 'static,
-    ResBody::Error: Send,
+    ResBody: http_body::Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
 {
-    type Output = Output<ResBody>;
+    type Output = Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
                 StateProj::Buffering { pending } => {
-                    let body = match ready!(Pin::new(&mut pending.buffer).poll(cx)) {
-                        Buffered::Complete(replay) => replay.replay(),
-                        Buffered::TooLarge(body) | Buffered::Failed(body) => body,
-                    };
+                    let prepared = ready!(Pin::new(&mut pending.prepare).poll(cx));
                     let StateReplace::Buffering { pending } = this
                         .state
                         .as_mut()
@@ -208,46 +241,50 @@ where
                     else {
                         unreachable!("in the buffering state")
                     };
-                    let Pending { inner, parts, .. } = *pending;
-                    // A body over the limit is keyed by the bytes read: `model` comes
-                    // early in the requests of both providers.
-                    let now = Instant::now();
-                    let store = &this.shared.store;
-                    let entry = match &this.shared.keying {
-                        Keying::Body(key) => store.entry(&key(&parts, body.prefix()), now),
-                        _ => match find_model(&body) {
-                            Some(model) if !model.value.is_empty() => {
-                                store.entry(&model.value, now)
-                            }
-                            _ => store.entry(host_key(&parts), now),
-                        },
+                    let request = match prepared {
+                        Ok(request) => request,
+                        // The caller's body broke, or the request is invalid: the
+                        // caller's failure, answered at once and counted nowhere.
+                        Err(error) => {
+                            this.state.set(State::Ready {
+                                output: Some(Box::new(Err(error))),
+                            });
+                            continue;
+                        }
                     };
-                    let (state, call) = start(inner, this.shared, parts, body, entry, now);
+                    let Pending { inner, .. } = *pending;
+                    let now = Instant::now();
+                    let (request, entry) = entry_of(this.shared, request, now);
+                    let (state, call) = start(inner, this.shared, request, entry, now);
                     *this.call = call;
                     this.state.set(state);
                 }
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx)).map_err(Into::into);
-                    let classifier = &this.shared.classifier;
+                    let classifier = DefaultClassifier::new();
                     match result {
-                        Ok(response) => match classify_head(classifier, &response) {
+                        Ok(response) => match classify_head(&classifier, &response) {
                             Some(outcome) => {
                                 verdict(this.shared, this.call, &outcome);
-                                let output = Ok(response.map(PrefixedBody::new));
+                                let output = Ok(response.map(Body::new));
                                 this.state.set(State::Ready { output: None });
                                 return Poll::Ready(output);
                             }
                             None => {
-                                let classifier = classifier.clone();
-                                let limit = this.shared.error_body_limit;
+                                let response = response.map(Body::new);
                                 let future = Box::pin(async move {
-                                    classify_response(&classifier, response, limit).await
+                                    classify_response(
+                                        &classifier,
+                                        response,
+                                        DEFAULT_ERROR_BODY_LIMIT,
+                                    )
+                                    .await
                                 });
                                 this.state.set(State::Classifying { future });
                             }
                         },
                         Err(error) => {
-                            let outcome = classifier.classify(Observed::Error(error.as_ref()));
+                            let outcome = classify_error(&classifier, error.as_ref());
                             verdict(this.shared, this.call, &outcome);
                             this.state.set(State::Ready { output: None });
                             return Poll::Ready(Err(error));
@@ -268,16 +305,6 @@ where
                 }
             }
         }
-    }
-}
-
-/// The body's `model`: in the whole body when it was read to its end, else in the
-/// bytes read (the SDKs write `model` first).
-fn find_model<B: Body>(body: &PrefixedBody<B>) -> Option<Member<'_>> {
-    if body.is_complete() {
-        find_top_level(body.prefix(), "model")
-    } else {
-        find_in_prefix(body.prefix(), "model")
     }
 }
 
@@ -321,11 +348,9 @@ fn verdict(shared: &Shared, call: &mut Option<Admitted>, outcome: &Outcome) {
     }
 }
 
-impl<S, ReqBody, ResBody> fmt::Debug for ResponseFuture<S, ReqBody, ResBody>
+impl<S> fmt::Debug for ResponseFuture<S>
 where
-    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>,
-    ReqBody: Body,
-    ResBody: Body,
+    S: Service<Request<Body>>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()

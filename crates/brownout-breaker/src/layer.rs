@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use tower_layer::Layer;
 
-use crate::{service::Shared, BreakerConfig, BreakerHandle, CircuitBreaker};
+use crate::{shared::Shared, BreakerConfig, BreakerHandle, CircuitBreaker};
 
 /// Applies [`CircuitBreaker`] to a service. See the [crate docs](crate).
 ///

@@ -1,10 +1,15 @@
 //! Circuit breakers for tower HTTP clients, one per model or host: fail fast while an
 //! upstream is down, and let a few probes find out when it is back.
 //!
+//! Use it when an upstream's outages last long enough that waiting on it (and
+//! retrying into it) only adds load and latency: an LLM provider's model that is
+//! overloaded for minutes, a host that is down. While a breaker is open, its requests
+//! fail at once, and a fallback outside can send them elsewhere.
+//!
 //! ```
 //! use std::time::Duration;
 //! use brownout_breaker::{BreakerConfig, CircuitBreakerLayer, CircuitOpen, FailurePolicy, OpenDuration};
-//! use brownout_core::body::PrefixedBody;
+//! use brownout_core::Body;
 //! use bytes::Bytes;
 //! use http::{Request, Response};
 //! use http_body_util::Full;
@@ -13,8 +18,8 @@
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! // An upstream whose every answer is an overload.
-//! let upstream = service_fn(|_: Request<PrefixedBody<Full<Bytes>>>| async {
-//!     Response::builder().status(529).body(Full::new(Bytes::new()))
+//! let upstream = service_fn(|_: Request<Body>| async {
+//!     Response::builder().status(529).body(Body::empty())
 //! });
 //! let breakers = CircuitBreakerLayer::new(
 //!     BreakerConfig::new()
@@ -55,25 +60,52 @@
 //!
 //! # What counts
 //!
-//! brownout-core's classification decides: rate limits, overloads, server errors,
-//! timeouts and connection failures count as failures; client errors (400, 401, 403,
-//! 404, 413, an exhausted quota) and refusals by another breaker are not counted at
-//! all, since they say nothing about the upstream's health. With
+//! brownout-core's classification decides, and by default an outcome fails when
+//! [`OutcomeKind::is_upstream_failure`](brownout_core::OutcomeKind::is_upstream_failure)
+//! says so: rate limits, overloads, server errors (an invalid status such as 641
+//! included), timeouts and connection failures count as failures; client errors (400,
+//! 401, 403, 404, 413, an exhausted quota) and refusals by another breaker are not
+//! counted at all, since they say nothing about the upstream's health. With
 //! [`slow_call`](BreakerConfig::slow_call), a call slower than the threshold is a
-//! failure whatever it returned. Change the rules with
-//! [`failure_when`](BreakerConfig::failure_when) or
-//! [`classifier`](BreakerConfig::classifier).
+//! failure whatever it returned. Change which outcomes fail with
+//! [`failure_when`](BreakerConfig::failure_when); change what a response means for the
+//! whole stack with a [`ClassifyLayer`](brownout_core::classify::ClassifyLayer) over
+//! the HTTP client, whose recorded outcome this layer reads.
+//!
+//! # When the caller's request is at fault
+//!
+//! A request body that breaks or stalls while it is read to find its key (the caller
+//! hung up, the upload was cut short), or that names its `model` twice, is never sent:
+//! the call fails at once with brownout-core's
+//! [`BrokenBody`](brownout_core::error::BrokenBody) or
+//! [`InvalidRequest`](brownout_core::error::InvalidRequest) error, and no breaker
+//! counts it. Keyed by host or by [`key_by`](BreakerConfig::key_by), the body is not
+//! read here: it streams to the inner service as it comes (unless a layer further out
+//! already buffered it), marked as the caller's, so that if it breaks on the way the
+//! client's error holds a `BrokenBody`, which no breaker counts.
 //!
 //! # Keys
 //!
 //! One breaker per key, so that one model's outage never blocks another. By default the
-//! key is the top-level `model` of a JSON body (found by a scan that builds
-//! nothing; for a body over the read limit, in its first 4 MiB), else the host. The keys are bounded: see [`LocalStore`].
+//! key is the top-level `model` of a JSON body, from the request's
+//! [`RequestFacts`](brownout_core::RequestFacts) (read once for the whole stack, from
+//! the body buffered under the stack's [`BodyLimits`](brownout_core::body::BodyLimits);
+//! for a body over that limit, from the bytes read ahead of the rest), else the host.
+//! The keys are bounded: see [`LocalStore`].
+//!
+//! # Where the breakers live
+//!
+//! In a [`LocalStore`] in this process, unless the config is given a
+//! [`store`](BreakerConfig::store) of its own: anything that implements
+//! [`BreakerStore`], such as a store shared by several replicas.
 //!
 //! # When it refuses
 //!
 //! With a [`CircuitOpen`] error (`downcast_ref` it from the `BoxError`) naming the key
-//! and when to retry, or, with [`OnOpen::Respond`], a `503` with `retry-after`. Either
+//! and when to retry, which the default classifier of the layers further out reads as
+//! [`Rejected`](brownout_core::OutcomeKind::Rejected); or, with [`OnOpen::Respond`], a
+//! `503` with `retry-after`, an error body in the provider's shape, and the same
+//! `Rejected` outcome recorded on it. Either
 //! way a [`CircuitRejected`](brownout_core::event::EventKind::CircuitRejected) event is
 //! emitted, and every state change is a
 //! [`CircuitStateChanged`](brownout_core::event::EventKind::CircuitStateChanged) event
@@ -87,15 +119,19 @@
 //! to skip.
 
 mod config;
+mod error;
 mod future;
 mod handle;
+mod keys;
 mod layer;
+mod refusal;
 mod service;
+mod shared;
 mod state;
 mod store;
 
-pub use brownout_core::error::CircuitOpen;
-pub use config::{BreakerConfig, FailurePolicy, OnOpen, OpenDuration, Window};
+pub use config::{BreakerConfig, FailurePolicy, GrowingOpen, OnOpen, OpenDuration, Window};
+pub use error::CircuitOpen;
 pub use future::ResponseFuture;
 pub use handle::BreakerHandle;
 pub use layer::CircuitBreakerLayer;

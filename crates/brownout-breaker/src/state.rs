@@ -20,7 +20,7 @@ use brownout_core::{
 };
 use tokio::time::Instant;
 
-use crate::config::{FailurePolicy, OpenDuration, Window};
+use crate::config::{FailurePolicy, OpenDuration, Policy, Window};
 
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
@@ -52,6 +52,19 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
+    /// The breaker settings of `config`, with times counted from now.
+    pub(crate) fn of(config: &crate::BreakerConfig) -> Self {
+        Settings {
+            policy: config.policy,
+            open_duration: config.open_duration,
+            probes: config.half_open_probes,
+            successes: config.half_open_successes,
+            max_server_delay: config.max_server_delay,
+            rng: config.rng.clone(),
+            epoch: Instant::now(),
+        }
+    }
+
     pub(crate) fn nanos(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
@@ -147,6 +160,25 @@ pub struct Snapshot {
     pub total_rejected: u64,
 }
 
+impl Snapshot {
+    /// A snapshot of `key` in `state` with every count at zero and no open time: for a
+    /// [`BreakerStore`](crate::BreakerStore) of your own, which sets the public fields
+    /// it knows.
+    pub fn new(key: Arc<str>, state: CircuitState) -> Self {
+        Snapshot {
+            key,
+            state,
+            failures: 0,
+            calls: 0,
+            open_for: None,
+            trips: 0,
+            total_calls: 0,
+            total_failures: 0,
+            total_rejected: 0,
+        }
+    }
+}
+
 pub(crate) struct KeyState {
     key: Arc<str>,
     settings: Arc<Settings>,
@@ -179,9 +211,9 @@ impl std::fmt::Debug for KeyState {
 
 impl KeyState {
     pub(crate) fn new(key: Arc<str>, settings: Arc<Settings>, now: Instant) -> Self {
-        let window = match settings.policy {
-            FailurePolicy::ConsecutiveFailures(_) => Counter::None,
-            FailurePolicy::FailureRate { window, .. } => Counter::new(window),
+        let window = match settings.policy.0 {
+            Policy::ConsecutiveFailures(_) => Counter::None,
+            Policy::FailureRate { window, .. } => Counter::new(window),
         };
         let last_used = settings.nanos(now);
         KeyState {
@@ -391,8 +423,8 @@ impl KeyState {
             Verdict::Failure { .. } => true,
         };
         self.total_calls.fetch_add(1, Relaxed);
-        let trip = match self.settings.policy {
-            FailurePolicy::ConsecutiveFailures(limit) => {
+        let trip = match self.settings.policy.0 {
+            Policy::ConsecutiveFailures(limit) => {
                 if failure {
                     self.total_failures.fetch_add(1, Relaxed);
                     let streak = self.consecutive.fetch_add(1, AcqRel) + 1;
@@ -404,7 +436,7 @@ impl KeyState {
                     None
                 }
             }
-            FailurePolicy::FailureRate {
+            Policy::FailureRate {
                 threshold,
                 minimum_calls,
                 ..
@@ -494,12 +526,12 @@ impl KeyState {
     pub(crate) fn snapshot(&self, now: Instant) -> Snapshot {
         let state = self.state();
         let now_n = self.settings.nanos(now);
-        let (failures, calls) = match self.settings.policy {
-            FailurePolicy::ConsecutiveFailures(_) => {
+        let (failures, calls) = match self.settings.policy.0 {
+            Policy::ConsecutiveFailures(_) => {
                 let streak = self.consecutive.load(Acquire);
                 (streak, streak)
             }
-            FailurePolicy::FailureRate { .. } => self.window.counts(now_n),
+            Policy::FailureRate { .. } => self.window.counts(now_n),
         };
         let open_for = (state == CircuitState::Open)
             .then(|| Duration::from_nanos(self.open_until.load(Acquire).saturating_sub(now_n)));

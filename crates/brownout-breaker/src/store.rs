@@ -1,4 +1,4 @@
-//! Where breakers live: the small trait a shared store implements, and the local one.
+//! Where breakers live: the small trait a store implements, and the local one.
 
 use std::{
     fmt,
@@ -13,14 +13,75 @@ use brownout_core::event::CircuitState;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use crate::state::{Admission, Force, KeyState, Permit, Settings, Snapshot, Transition, Verdict};
+use crate::{
+    state::{Admission, Force, KeyState, Permit, Settings, Snapshot, Transition, Verdict},
+    BreakerConfig,
+};
 
-/// The breakers of all keys. The layer asks it for a key's entry on every request.
+/// The breakers of all keys: where a [`CircuitBreakerLayer`](crate::CircuitBreakerLayer)
+/// keeps its state. Give the layer one with
+/// [`BreakerConfig::store`](crate::BreakerConfig::store); without it, the layer keeps a
+/// [`LocalStore`] of its own.
 ///
-/// [`LocalStore`] keeps them in this process. A store shared by several replicas
-/// (Redis, say) implements this trait and [`BreakerEntry`]; the trait's methods are
-/// synchronous so that the hot path never waits on the network: such a store keeps a
-/// local view and exchanges counts in the background.
+/// A store shared by several replicas (Redis, say) implements this trait and
+/// [`BreakerEntry`] in its own crate. The methods are synchronous so that the hot
+/// path never waits on the network: such a store keeps a local view (a
+/// [`LocalStore`] it wraps serves well) and exchanges counts and states in the
+/// background.
+///
+/// # How the layer uses it
+///
+/// - [`entry`](Self::entry) on every request, once its key is known: it must be fast
+///   (a map lookup), and may create the entry and drop others to stay within its
+///   bounds.
+/// - On the entry: [`acquire`](BreakerEntry::acquire) before the call, and, when a
+///   [`Permit`] was given, exactly one [`record`](BreakerEntry::record) with the
+///   call's [`Verdict`] once it is known ([`Verdict::Ignored`] when the call was
+///   cancelled or its outcome does not count). The [`Transition`]s they return become
+///   [`CircuitStateChanged`](brownout_core::event::EventKind::CircuitStateChanged)
+///   events.
+/// - The [`BreakerHandle`](crate::BreakerHandle) reads [`get`](Self::get) and
+///   [`entries`](Self::entries) for its snapshots and health answers, and forces
+///   states through [`entry`](Self::entry) and [`BreakerEntry::force`].
+///
+/// Times are `tokio::time::Instant`s, so tests with a paused clock drive a store too.
+///
+/// # Example: watching a local store
+///
+/// ```
+/// use std::sync::{atomic::{AtomicUsize, Ordering}, Arc};
+/// use brownout_breaker::{BreakerConfig, BreakerEntry, BreakerStore, LocalStore};
+/// use tokio::time::Instant;
+///
+/// /// A store that counts the lookups of a LocalStore.
+/// #[derive(Debug)]
+/// struct Counting {
+///     local: LocalStore,
+///     lookups: Arc<AtomicUsize>,
+/// }
+///
+/// impl BreakerStore for Counting {
+///     fn entry(&self, key: &str, now: Instant) -> Arc<dyn BreakerEntry> {
+///         self.lookups.fetch_add(1, Ordering::Relaxed);
+///         self.local.entry(key, now)
+///     }
+///     fn get(&self, key: &str) -> Option<Arc<dyn BreakerEntry>> {
+///         self.local.get(key)
+///     }
+///     fn entries(&self) -> Vec<Arc<dyn BreakerEntry>> {
+///         self.local.entries()
+///     }
+///     fn remove(&self, key: &str) -> bool {
+///         self.local.remove(key)
+///     }
+/// }
+///
+/// let config = BreakerConfig::new();
+/// let lookups = Arc::new(AtomicUsize::new(0));
+/// let store = Counting { local: LocalStore::new(&config), lookups: lookups.clone() };
+/// let config = config.store(store);
+/// # let _ = config;
+/// ```
 pub trait BreakerStore: Send + Sync + fmt::Debug + 'static {
     /// The entry of `key`, created (and the store kept within its bounds) if need be.
     fn entry(&self, key: &str, now: Instant) -> Arc<dyn BreakerEntry>;
@@ -32,18 +93,25 @@ pub trait BreakerStore: Send + Sync + fmt::Debug + 'static {
     fn remove(&self, key: &str) -> bool;
 }
 
-/// One key's breaker.
+/// One key's breaker, as a [`BreakerStore`] hands it out.
+///
+/// The entries of a [`LocalStore`] implement it with the state machine the crate
+/// docs describe; a store of your own may hand those out, wrap them, or implement
+/// the machine itself.
 pub trait BreakerEntry: Send + Sync + fmt::Debug + 'static {
     /// The key.
     fn key(&self) -> &Arc<str>;
     /// Whether a request may go now, and the state change this caused (an open time
-    /// that passed), if any.
+    /// that passed), if any. An [`Admission::Admitted`] permit is handed back to
+    /// [`record`](Self::record) exactly once.
     fn acquire(&self, now: Instant) -> (Admission, Option<Transition>);
     /// Counts the verdict of an admitted request; the state change it caused, if any.
+    /// A permit of an older [`generation`](Permit::generation) than the current state
+    /// should not be counted.
     fn record(&self, permit: Permit, verdict: Verdict, now: Instant) -> Option<Transition>;
     /// Forces a state; the state change, if any.
     fn force(&self, force: Force) -> Option<Transition>;
-    /// The state and counts.
+    /// The state and counts (see [`Snapshot::new`] to make one).
     fn snapshot(&self, now: Instant) -> Snapshot;
     /// Whether a request would be admitted now, without taking a permit.
     fn is_available(&self, now: Instant) -> bool;
@@ -93,7 +161,24 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
-    pub(crate) fn new(settings: Arc<Settings>, max_keys: usize, idle: Duration) -> Self {
+    /// A store with the breaker settings of `config`: its
+    /// [`policy`](BreakerConfig::policy), [`open_duration`](BreakerConfig::open_duration),
+    /// half-open settings, [`max_server_delay`](BreakerConfig::max_server_delay),
+    /// [`max_keys`](BreakerConfig::max_keys), [`idle_timeout`](BreakerConfig::idle_timeout)
+    /// and jitter [`seed`](BreakerConfig::seed).
+    ///
+    /// What a layer builds for itself when it is given no
+    /// [`store`](BreakerConfig::store); build one yourself to wrap it in a store of
+    /// your own.
+    pub fn new(config: &BreakerConfig) -> Self {
+        LocalStore::with_settings(
+            Arc::new(Settings::of(config)),
+            config.max_keys,
+            config.idle_timeout,
+        )
+    }
+
+    fn with_settings(settings: Arc<Settings>, max_keys: usize, idle: Duration) -> Self {
         LocalStore {
             map: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             settings,

@@ -2,22 +2,31 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex},
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    task::{Context, Poll},
     time::Duration,
 };
 
 use brownout_breaker::{
-    BreakerConfig, BreakerHandle, CircuitBreaker, CircuitBreakerLayer, CircuitOpen, FailurePolicy,
-    OnOpen, OpenDuration, Window,
+    BreakerConfig, BreakerEntry, BreakerHandle, BreakerStore, CircuitBreaker, CircuitBreakerLayer,
+    CircuitOpen, FailurePolicy, LocalStore, OnOpen, OpenDuration, Window,
 };
 use brownout_core::{
-    body::PrefixedBody,
+    body::BodyLimits,
+    classify::{classify_error, recorded, DefaultClassifier, OutcomeKind},
+    error::{find, BrokenBody, InvalidRequest},
     event::{CircuitState, Event, EventKind, TransitionReason},
     health::Health,
-    BoxError,
+    provider::ErrorKind,
+    Body, BoxError,
 };
 use bytes::Bytes;
 use http::{Request, Response};
+use http_body::Frame;
 use http_body_util::{BodyExt, Full};
 use tokio::sync::Semaphore;
 use tower::{Service, ServiceExt};
@@ -68,7 +77,7 @@ impl Upstream {
     }
 }
 
-impl Service<Request<PrefixedBody<Full<Bytes>>>> for Upstream {
+impl Service<Request<Body>> for Upstream {
     type Response = Response<Full<Bytes>>;
     type Error = BoxError;
     type Future = std::pin::Pin<
@@ -82,7 +91,7 @@ impl Service<Request<PrefixedBody<Full<Bytes>>>> for Upstream {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<PrefixedBody<Full<Bytes>>>) -> Self::Future {
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
             let body = request.into_body().collect().await?.to_bytes();
@@ -502,15 +511,23 @@ async fn keys_fall_back_to_the_host_and_can_be_custom() {
 
 #[tokio::test(start_paused = true)]
 async fn a_body_over_the_read_limit_is_keyed_by_the_model_at_its_start() {
-    let (client, upstream, handle) = breaker(consecutive(1).key_read_limit(32));
+    let (client, upstream, handle) = breaker(consecutive(1));
     let long = format!(
         r#"{{"model":"{M}","max_tokens":16,"messages":[{{"role":"user","content":"{}"}}]}}"#,
         "x".repeat(500)
     );
-    let request = Request::post("https://api.anthropic.com/v1/messages")
-        .header("content-length", long.len())
-        .body(Full::new(Bytes::from(long.clone())))
+    // An upload in 16-byte chunks, over the stack's 32-byte replay limit.
+    let mut request = Request::post("https://api.anthropic.com/v1/messages")
+        .body(Chunks(
+            Bytes::from(long)
+                .chunks(16)
+                .map(Bytes::copy_from_slice)
+                .collect(),
+        ))
         .unwrap();
+    request
+        .extensions_mut()
+        .insert(BodyLimits::new().replay_limit(32));
     upstream.script(M, [Step::Status(529)]);
     client.clone().oneshot(request).await.unwrap();
     assert_eq!(state(&handle, M), CircuitState::Open);
@@ -595,6 +612,10 @@ async fn the_error_downcasts_and_reads_as_a_sentence() {
     );
     let open = error.downcast_ref::<CircuitOpen>().unwrap();
     assert_eq!(open.key(), M);
+    // Any layer's default classifier reads it as a refusal, with the breaker's delay.
+    let outcome = classify_error(&DefaultClassifier::new(), error.as_ref());
+    assert_eq!(outcome.kind(), OutcomeKind::Rejected);
+    assert_eq!(outcome.server_delay(), Some(Duration::from_millis(7500)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -608,6 +629,10 @@ async fn the_response_option_answers_503_with_retry_after() {
     assert_eq!(response.headers()["retry-after"], "8");
     assert_eq!(response.headers()["x-brownout-circuit"], "open");
     assert!(response.extensions().get::<CircuitOpen>().is_some());
+    // The layers further out read a refusal, not the upstream's overload.
+    let outcome = recorded(&response).expect("an outcome is recorded");
+    assert_eq!(outcome.kind(), OutcomeKind::Rejected);
+    assert_eq!(outcome.server_delay(), Some(Duration::from_millis(7500)));
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(json["type"], "error");
@@ -625,7 +650,12 @@ async fn the_response_option_answers_503_with_retry_after() {
     let response = client.clone().oneshot(openai()).await.unwrap();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(json["error"]["code"], "circuit_open");
+    // The overload error of brownout-core's provider module, in OpenAI's shape.
+    assert_eq!(json["error"]["type"], ErrorKind::Overloaded.openai_type());
+    assert_eq!(
+        json["error"]["code"],
+        ErrorKind::Overloaded.openai_code().unwrap()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -681,4 +711,154 @@ async fn the_layer_shares_breakers_between_the_services_it_builds() {
         "b sees a's open breaker"
     );
     assert!(!layer.handle().is_available(M));
+}
+
+/// A request body that arrives in chunks, of unknown length.
+struct Chunks(VecDeque<Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Poll::Ready(self.0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
+    }
+}
+
+/// A request body that yields the start of a request for `model`, then fails: a
+/// caller that hung up mid-upload.
+struct Cut(Option<Bytes>);
+
+impl http_body::Body for Cut {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Poll::Ready(Some(match self.0.take() {
+            Some(start) => Ok(Frame::data(start)),
+            None => Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        }))
+    }
+}
+
+fn cut_request(model: &str) -> Request<Cut> {
+    let start = format!(r#"{{"model":"{model}","max_tokens":16,"mess"#);
+    Request::post("https://api.anthropic.com/v1/messages")
+        .header("x-api-key", "sk-secret")
+        .body(Cut(Some(Bytes::from(start))))
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn broken_request_bodies_are_the_callers_and_never_trip_a_healthy_model() {
+    let (events, listener) = recorder();
+    let (client, upstream, handle) = breaker(consecutive(2).listener(listener));
+    assert_eq!(send(&client, M).await.unwrap(), 200);
+    for _ in 0..12 {
+        let error = client.clone().oneshot(cut_request(M)).await.unwrap_err();
+        assert!(
+            find::<BrokenBody>(error.as_ref()).is_some(),
+            "a BrokenBody: {error}"
+        );
+    }
+    assert_eq!(
+        upstream.calls(M),
+        1,
+        "no broken request reached the upstream"
+    );
+    let s = handle.state(M).unwrap();
+    assert_eq!(s.state, CircuitState::Closed);
+    assert_eq!((s.failures, s.total_calls, s.total_failures), (0, 1, 0));
+    assert!(handle.is_available(M));
+    assert!(transitions(&events).is_empty());
+    assert_eq!(send(&client, M).await.unwrap(), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_naming_two_models_is_refused_and_never_counted() {
+    let (client, upstream, handle) = breaker(consecutive(1));
+    let request = Request::post("https://api.anthropic.com/v1/messages")
+        .body(Full::new(Bytes::from(format!(
+            r#"{{"model":"{M}","model":"claude-opus-4-1"}}"#
+        ))))
+        .unwrap();
+    let error = client.clone().oneshot(request).await.unwrap_err();
+    assert!(find::<InvalidRequest>(error.as_ref()).is_some(), "{error}");
+    assert_eq!(upstream.calls(M) + upstream.calls("claude-opus-4-1"), 0);
+    assert!(handle.snapshots().is_empty(), "no breaker counted it");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalid_status_counts_as_a_failure() {
+    let (client, upstream, handle) = breaker(consecutive(2));
+    upstream.script(M, [Step::Status(641), Step::Status(641)]);
+    assert_eq!(send(&client, M).await.unwrap(), 641);
+    assert_eq!(state(&handle, M), CircuitState::Closed);
+    assert_eq!(send(&client, M).await.unwrap(), 641);
+    assert_eq!(state(&handle, M), CircuitState::Open);
+    open_error(send(&client, M).await);
+    assert_eq!(upstream.calls(M), 2);
+}
+
+/// A store of one's own: a LocalStore, with every lookup counted.
+#[derive(Debug)]
+struct Counting {
+    local: LocalStore,
+    entries: Arc<AtomicUsize>,
+    gets: Arc<AtomicUsize>,
+}
+
+impl BreakerStore for Counting {
+    fn entry(&self, key: &str, now: tokio::time::Instant) -> Arc<dyn BreakerEntry> {
+        self.entries.fetch_add(1, Ordering::SeqCst);
+        self.local.entry(key, now)
+    }
+
+    fn get(&self, key: &str) -> Option<Arc<dyn BreakerEntry>> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        self.local.get(key)
+    }
+
+    fn entries(&self) -> Vec<Arc<dyn BreakerEntry>> {
+        self.local.entries()
+    }
+
+    fn remove(&self, key: &str) -> bool {
+        self.local.remove(key)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_injected_store_keeps_the_breakers() {
+    let config = consecutive(2).seed(5);
+    let entries = Arc::new(AtomicUsize::new(0));
+    let gets = Arc::new(AtomicUsize::new(0));
+    let store = Counting {
+        local: LocalStore::new(&config),
+        entries: entries.clone(),
+        gets: gets.clone(),
+    };
+    let upstream = Upstream::default();
+    let client = CircuitBreaker::new(upstream.clone(), config.store(store));
+    let handle = client.handle();
+
+    upstream.script(M, [Step::Status(529), Step::Status(529)]);
+    for _ in 0..2 {
+        assert_eq!(send(&client, M).await.unwrap(), 529);
+    }
+    open_error(send(&client, M).await);
+    assert_eq!(entries.load(Ordering::SeqCst), 3, "one lookup per request");
+    assert_eq!(upstream.calls(M), 2);
+
+    // The handle reads the same store.
+    assert_eq!(state(&handle, M), CircuitState::Open);
+    assert!(!handle.is_available(M));
+    assert_eq!(gets.load(Ordering::SeqCst), 2);
+    assert_eq!(handle.snapshots().len(), 1);
 }

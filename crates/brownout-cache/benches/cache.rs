@@ -8,7 +8,7 @@
 use std::{convert::Infallible, future::Ready, hint::black_box, time::Duration};
 
 use brownout_cache::{Cache, CacheConfig, Mode};
-use brownout_core::body::PrefixedBody;
+use brownout_core::Body;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use http::{Request, Response};
@@ -58,7 +58,7 @@ fn benches(c: &mut Criterion) {
             b.iter(|| rt.block_on(bare.oneshot(black_box(request(body)))).unwrap())
         });
         let cache = Cache::new(
-            service_fn(|_: Request<PrefixedBody<Full<Bytes>>>| async {
+            service_fn(|_: Request<Body>| async {
                 Response::builder()
                     .status(500)
                     .body(Full::new(Bytes::new()))
@@ -76,7 +76,7 @@ fn benches(c: &mut Criterion) {
             },
         );
         let hits = Cache::new(
-            service_fn(ok::<PrefixedBody<Full<Bytes>>>),
+            service_fn(ok::<Body>),
             CacheConfig::new()
                 .mode(Mode::FreshHit)
                 .ttl(Duration::from_secs(3600)),

@@ -3,12 +3,13 @@
 use std::{fmt, sync::Arc, time::Duration};
 
 use brownout_core::{
-    classify::{Classifier, Classify, Outcome, OutcomeKind, DEFAULT_ERROR_BODY_LIMIT},
+    classify::Outcome,
     event::{Events, Listener},
+    provider::VARYING_HEADERS,
 };
 use http::{header::HeaderName, request::Parts};
 
-use crate::key::Keying;
+use crate::key::{Keying, Partition};
 
 /// When the cache answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,9 +35,16 @@ pub enum Mode {
 /// | [`max_bytes`](Self::max_bytes) | 64 MiB in all |
 /// | [`max_entry_bytes`](Self::max_entry_bytes) | 1 MiB: a longer answer is not stored |
 /// | key | method, path, query, `anthropic-version`, `anthropic-beta`, `openai-organization`, `openai-project`, the canonical JSON body |
-/// | partition | the caller's `x-api-key`, `authorization` and `api-key`, hashed |
-/// | [`serve_stale_when`](Self::serve_stale_when) | overloaded, rate limited, server error, timeout, connection failure, refused by a breaker |
+/// | partition | the caller's credential (`x-api-key`, `authorization`, `api-key`), by its [`Fingerprint`](brownout_core::request::Fingerprint) |
+/// | [`serve_stale_when`](Self::serve_stale_when) | [`OutcomeKind::is_unavailable`](brownout_core::OutcomeKind::is_unavailable): rate limited, overloaded, server error, timeout, connection failure, refused by a breaker |
 /// | [`status_header`](Self::status_header) | `x-brownout-cache: hit` or `stale` on answers from the store |
+///
+/// Two settings are the stack's, not this layer's: how much of a request body is read
+/// to key it is the [`BodyLimits`](brownout_core::body::BodyLimits) in the request's
+/// extensions (4 MiB by default; a longer body bypasses the cache), and what the live
+/// answer means is decided by the stack's one classifier
+/// ([`DefaultClassifier`](brownout_core::classify::DefaultClassifier), or yours through
+/// a [`ClassifyLayer`](brownout_core::classify::ClassifyLayer) over the HTTP client).
 #[derive(Clone)]
 pub struct CacheConfig {
     pub(crate) mode: Mode,
@@ -48,9 +56,6 @@ pub struct CacheConfig {
     pub(crate) keying: Keying,
     pub(crate) serve_stale_when: Arc<dyn Fn(&Outcome) -> bool + Send + Sync>,
     pub(crate) status_header: Option<HeaderName>,
-    pub(crate) replay_limit: usize,
-    pub(crate) classifier: Classifier,
-    pub(crate) error_body_limit: usize,
     pub(crate) events: Events,
 }
 
@@ -65,36 +70,12 @@ impl CacheConfig {
             max_bytes: 64 * 1024 * 1024,
             max_entry_bytes: 1024 * 1024,
             keying: Keying {
-                headers: [
-                    "anthropic-version",
-                    "anthropic-beta",
-                    "openai-organization",
-                    "openai-project",
-                ]
-                .map(HeaderName::from_static)
-                .into(),
-                credentials: Some(
-                    ["x-api-key", "authorization", "api-key"]
-                        .map(HeaderName::from_static)
-                        .into(),
-                ),
+                headers: VARYING_HEADERS.into(),
+                partition: Partition::Caller,
                 custom: None,
             },
-            serve_stale_when: Arc::new(|outcome: &Outcome| {
-                matches!(
-                    outcome.kind(),
-                    OutcomeKind::Overloaded
-                        | OutcomeKind::RateLimited
-                        | OutcomeKind::ServerError
-                        | OutcomeKind::Timeout
-                        | OutcomeKind::ConnectionFailed
-                        | OutcomeKind::Rejected
-                )
-            }),
+            serve_stale_when: Arc::new(|outcome: &Outcome| outcome.kind().is_unavailable()),
             status_header: Some(HeaderName::from_static("x-brownout-cache")),
-            replay_limit: 4 * 1024 * 1024,
-            classifier: Classifier::default(),
-            error_body_limit: DEFAULT_ERROR_BODY_LIMIT,
             events: Events::new(),
         }
     }
@@ -119,9 +100,9 @@ impl CacheConfig {
         self
     }
 
-    /// The most entries kept (at least 1). Enforced together with
-    /// [`max_bytes`](Self::max_bytes): each entry weighs at least
-    /// `max_bytes / max_entries`.
+    /// The most entries kept (at least 1), exactly: the store never holds more.
+    /// Enforced together with [`max_bytes`](Self::max_bytes), in one weighted bound:
+    /// each entry weighs at least `max_bytes / max_entries` bytes.
     pub fn max_entries(mut self, entries: u64) -> Self {
         self.max_entries = entries.max(1);
         self
@@ -150,12 +131,14 @@ impl CacheConfig {
     }
 
     /// The headers holding the caller's credential, whose hashed value partitions the
-    /// cache (replaces the default list).
+    /// cache, instead of the providers' credential headers (`x-api-key`,
+    /// `authorization`, `api-key`) that make the default
+    /// [`Fingerprint`](brownout_core::request::Fingerprint).
     pub fn credential_headers<I>(mut self, headers: I) -> Self
     where
         I: IntoIterator<Item = HeaderName>,
     {
-        self.keying.credentials = Some(headers.into_iter().collect());
+        self.keying.partition = Partition::Headers(headers.into_iter().collect());
         self
     }
 
@@ -163,7 +146,7 @@ impl CacheConfig {
     /// that are the same for everyone: with this, a caller may receive an answer
     /// another caller paid for.
     pub fn no_credential_partitioning(mut self) -> Self {
-        self.keying.credentials = None;
+        self.keying.partition = Partition::Shared;
         self
     }
 
@@ -178,8 +161,11 @@ impl CacheConfig {
         self
     }
 
-    /// Which live outcomes a stored answer may stand in for. Client errors should not:
-    /// the caller must learn that its request is wrong.
+    /// Which live outcomes a stored answer may stand in for. The default is
+    /// [`OutcomeKind::is_unavailable`](brownout_core::OutcomeKind::is_unavailable).
+    /// Client errors should not: the caller must learn that its request is wrong (and
+    /// a caller's broken or ambiguous request body never reaches this predicate: it
+    /// is answered with its error at once).
     pub fn serve_stale_when(
         mut self,
         when: impl Fn(&Outcome) -> bool + Send + Sync + 'static,
@@ -193,19 +179,6 @@ impl CacheConfig {
     /// `age` are always set.
     pub fn status_header(mut self, name: Option<HeaderName>) -> Self {
         self.status_header = name;
-        self
-    }
-
-    /// The largest request body read to make a key; a request with a longer one
-    /// bypasses the cache.
-    pub fn replay_limit(mut self, bytes: usize) -> Self {
-        self.replay_limit = bytes;
-        self
-    }
-
-    /// Decides what happened on the live path.
-    pub fn classifier(mut self, classifier: impl Classify) -> Self {
-        self.classifier = Classifier::new(classifier);
         self
     }
 
@@ -232,7 +205,7 @@ impl fmt::Debug for CacheConfig {
             .field("max_bytes", &self.max_bytes)
             .field("max_entry_bytes", &self.max_entry_bytes)
             .field("key_headers", &self.keying.headers)
-            .field("credential_headers", &self.keying.credentials)
+            .field("partition", &self.keying.partition)
             .field("custom_key", &self.keying.custom.is_some())
             .field("status_header", &self.status_header)
             .finish_non_exhaustive()

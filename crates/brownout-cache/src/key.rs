@@ -1,7 +1,8 @@
 //! What makes two requests the same.
 
-use std::{borrow::Cow, sync::Arc};
+use std::{borrow::Cow, fmt, sync::Arc};
 
+use brownout_core::{request::Fingerprint, RequestFacts};
 use http::{header::HeaderName, request::Parts};
 use serde::{
     de::{self, MapAccess, SeqAccess, Visitor},
@@ -20,8 +21,29 @@ type KeyFn = dyn Fn(&Parts, &[u8]) -> Vec<u8> + Send + Sync;
 #[derive(Clone)]
 pub(crate) struct Keying {
     pub(crate) headers: Arc<[HeaderName]>,
-    pub(crate) credentials: Option<Arc<[HeaderName]>>,
+    pub(crate) partition: Partition,
     pub(crate) custom: Option<Arc<KeyFn>>,
+}
+
+/// Whose entries a request may see.
+#[derive(Clone)]
+pub(crate) enum Partition {
+    /// The caller's: its credential's [`Fingerprint`], as the request's facts give it.
+    Caller,
+    /// The caller's, by the hashed values of these headers.
+    Headers(Arc<[HeaderName]>),
+    /// Everyone's.
+    Shared,
+}
+
+impl fmt::Debug for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Partition::Caller => f.write_str("Caller"),
+            Partition::Headers(headers) => f.debug_tuple("Headers").field(headers).finish(),
+            Partition::Shared => f.write_str("Shared"),
+        }
+    }
 }
 
 impl Keying {
@@ -47,15 +69,27 @@ impl Keying {
                 canonical_body(&mut hasher, body);
             }
         }
-        if let Some(credentials) = &self.credentials {
-            // The caller's credential partitions the cache: hashed with the rest, never
-            // stored or logged as it is.
-            for name in credentials.iter() {
-                for value in parts.headers.get_all(name) {
-                    field(&mut hasher, b'c', name.as_str().as_bytes());
-                    field(&mut hasher, b'v', value.as_bytes());
+        // The caller's credential partitions the cache: only a digest of it goes into
+        // the key, and it is never stored or logged as it is.
+        match &self.partition {
+            Partition::Caller => {
+                let caller = match RequestFacts::of(&parts.extensions) {
+                    Some(facts) => facts.caller(&parts.headers),
+                    None => Fingerprint::of(&parts.headers),
+                };
+                if let Some(caller) = caller {
+                    field(&mut hasher, b'c', caller.as_bytes());
                 }
             }
+            Partition::Headers(credentials) => {
+                for name in credentials.iter() {
+                    for value in parts.headers.get_all(name) {
+                        field(&mut hasher, b'c', name.as_str().as_bytes());
+                        field(&mut hasher, b'v', value.as_bytes());
+                    }
+                }
+            }
+            Partition::Shared => {}
         }
         hasher.finalize().into()
     }
@@ -220,13 +254,11 @@ mod tests {
     fn keying(credentials: bool) -> Keying {
         Keying {
             headers: vec![HeaderName::from_static("anthropic-version")].into(),
-            credentials: credentials.then(|| {
-                vec![
-                    HeaderName::from_static("x-api-key"),
-                    http::header::AUTHORIZATION,
-                ]
-                .into()
-            }),
+            partition: if credentials {
+                Partition::Caller
+            } else {
+                Partition::Shared
+            },
             custom: None,
         }
     }
@@ -292,6 +324,38 @@ mod tests {
             without.key(&parts(&[("x-api-key", "sk-a")]), body),
             without.key(&parts(&[("x-api-key", "sk-b")]), body)
         );
+        // Own credential headers partition instead of the providers' ones.
+        let own = Keying {
+            partition: Partition::Headers(vec![HeaderName::from_static("x-tenant")].into()),
+            ..keying(true)
+        };
+        assert_ne!(
+            own.key(&parts(&[("x-tenant", "a")]), body),
+            own.key(&parts(&[("x-tenant", "b")]), body)
+        );
+        assert_eq!(
+            own.key(&parts(&[("x-api-key", "sk-a")]), body),
+            own.key(&parts(&[("x-api-key", "sk-b")]), body)
+        );
+    }
+
+    #[test]
+    fn the_caller_partition_is_the_fingerprint_the_facts_give() {
+        let body = br#"{"model":"m"}"#;
+        let k = keying(true);
+        let plain = parts(&[("x-api-key", "sk-a")]);
+        let mut with_facts = plain.clone();
+        let facts = RequestFacts::read(&with_facts, body, true).unwrap();
+        with_facts.extensions.insert(facts);
+        assert_eq!(k.key(&plain, body), k.key(&with_facts, body));
+        // Azure's `api-key` is a credential too.
+        assert_ne!(
+            k.key(&parts(&[("api-key", "a")]), body),
+            k.key(&parts(&[("api-key", "b")]), body)
+        );
+        // The credential itself is never in the key's input, only its fingerprint:
+        // a caller without one shares nothing with a caller who has one.
+        assert_ne!(k.key(&parts(&[]), body), k.key(&plain, body));
     }
 
     #[test]

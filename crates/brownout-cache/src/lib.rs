@@ -4,7 +4,7 @@
 //! ```
 //! use std::time::Duration;
 //! use brownout_cache::{CacheConfig, CacheLayer};
-//! use brownout_core::{body::PrefixedBody, meta::CacheStatus};
+//! use brownout_core::{meta::CacheStatus, Body};
 //! use bytes::Bytes;
 //! use http::{Request, Response};
 //! use http_body_util::{BodyExt, Full};
@@ -14,11 +14,11 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! // An upstream that answers once, then is overloaded.
 //! let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-//! let upstream = service_fn(move |_: Request<PrefixedBody<Full<Bytes>>>| {
+//! let upstream = service_fn(move |_: Request<Body>| {
 //!     let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 //!     async move {
 //!         let (status, body) = if n == 0 { (200, "Paris.") } else { (529, "overloaded") };
-//!         Response::builder().status(status).body(Full::new(Bytes::from(body)))
+//!         Response::builder().status(status).body(Body::from(body))
 //!     }
 //! });
 //! let client = ServiceBuilder::new()
@@ -40,18 +40,33 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # When to use it
+//!
+//! When yesterday's answer beats an error: a stored answer stands in while the
+//! upstream is overloaded or down ([`Mode::StaleIfError`]), or answers repeated
+//! questions without going live at all ([`Mode::FreshHit`]). Not for streams (see
+//! below).
+//!
 //! # Modes
 //!
 //! - [`Mode::StaleIfError`] (the default, for LLM calls): always go live; store every
 //!   complete successful answer; when the live path fails with an outcome
-//!   [`serve_stale_when`](CacheConfig::serve_stale_when) accepts — overloaded, rate
-//!   limited, server error, timeout, connection failure, refused by a breaker — answer
-//!   with the stored one if it is younger than [`ttl`](CacheConfig::ttl) +
-//!   [`stale_window`](CacheConfig::stale_window). Client errors go back unchanged.
+//!   [`serve_stale_when`](CacheConfig::serve_stale_when) accepts — by default
+//!   [`OutcomeKind::is_unavailable`](brownout_core::OutcomeKind::is_unavailable):
+//!   overloaded, rate limited, server error, timeout, connection failure, refused by
+//!   a breaker — answer with the stored one if it is younger than
+//!   [`ttl`](CacheConfig::ttl) + [`stale_window`](CacheConfig::stale_window). Client
+//!   errors go back unchanged.
 //! - [`Mode::FreshHit`] (for FAQ-style traffic): an entry younger than the TTL is
 //!   served without going live; identical concurrent misses are coalesced into one
 //!   upstream call, whose answer the others receive as hits. Failures fall back to
 //!   stale entries as above.
+//!
+//! The live answer is classified once: the outcome a layer further in recorded on it
+//! is reused, else the stack's classifier
+//! ([`DefaultClassifier`](brownout_core::classify::DefaultClassifier), or yours through
+//! a [`ClassifyLayer`](brownout_core::classify::ClassifyLayer) over the HTTP client)
+//! decides.
 //!
 //! Answers from the store carry `x-brownout-cache: hit|stale`, `age`, the
 //! [`CacheStatus`](brownout_core::meta::CacheStatus) extension, and a
@@ -63,24 +78,51 @@
 //! (`anthropic-version`, `anthropic-beta`, `openai-organization`, `openai-project`) and
 //! JSON body agree — the body canonicalised, so member order and whitespace do not
 //! matter, while any value (a different `temperature`) does. The caller's credential
-//! (`x-api-key`, `authorization`, `api-key`) is hashed into the key, so one caller never
-//! receives another's answer; sharing across callers takes an explicit
+//! (`x-api-key`, `authorization`, `api-key`) partitions the store by its
+//! [`Fingerprint`](brownout_core::request::Fingerprint), taken from the request's
+//! [`RequestFacts`](brownout_core::RequestFacts), so one caller never receives
+//! another's answer; sharing across callers takes an explicit
 //! [`no_credential_partitioning`](CacheConfig::no_credential_partitioning). Keys are
-//! SHA-256 digests; credentials are never stored or logged.
+//! SHA-256 digests; credentials are never stored or logged, and the key holds only the
+//! fingerprint's digest.
 //!
-//! # What is stored
+//! # What is buffered, and what is stored
 //!
-//! Only complete successful (2xx) answers, read whole up to
-//! [`max_entry_bytes`](CacheConfig::max_entry_bytes) (a longer one is passed on and not
-//! stored), without `cache-control: no-store`. The store is a `moka` cache bounded by
-//! [`max_entries`](CacheConfig::max_entries) and [`max_bytes`](CacheConfig::max_bytes).
-//! Freshness is judged with `tokio::time`, so tests can pause it.
+//! - The request body, always, whole: it is the key. It is read once for the whole
+//!   stack, under the stack's [`BodyLimits`](brownout_core::body::BodyLimits) (4 MiB by
+//!   default, set in the request's extensions). A longer body bypasses the cache:
+//!   the bytes read so far, then the rest, go to the upstream as they come.
+//! - A successful (2xx) answer that is not an event stream and not marked
+//!   `cache-control: no-store` is read whole, up to
+//!   [`max_entry_bytes`](CacheConfig::max_entry_bytes), before the caller receives its
+//!   first byte, in both modes: that is how it is stored. One whose `content-length`
+//!   is over the limit is handed on unread; one that turns out longer, fails while
+//!   it is read, or ends with trailers is handed on whole (the bytes read, then the
+//!   rest or the failure) and not stored.
+//! - An error answer is read only as far as the classifier needs (the first 4 KiB of
+//!   a 429 or 5xx body, and only once in a stack), and never stored.
 //!
-//! **Streaming** requests (`"stream": true`) and event-stream answers pass through
-//! untouched and are never stored or served from the store: replaying a stored
-//! event stream faithfully (its timing, its mid-stream errors) is not something this
-//! cache claims to do. A request body longer than
-//! [`replay_limit`](CacheConfig::replay_limit) bypasses the cache.
+//! Only those complete successful answers are stored. The store is a `moka` cache
+//! bounded by [`max_entries`](CacheConfig::max_entries) (exactly) and
+//! [`max_bytes`](CacheConfig::max_bytes). Freshness is judged with `tokio::time`, so
+//! tests can pause it.
+//!
+//! **Streaming** requests (`"stream": true` at the top level of the body, as the
+//! request's facts say) and event-stream answers pass through untouched (the answer
+//! is not buffered; the request body is, as every request body is, to read `stream`)
+//! and are never stored or served from the store: replaying a stored event stream
+//! faithfully (its timing, its mid-stream errors) is not something this cache claims
+//! to do.
+//!
+//! # On failure
+//!
+//! A caller's request body that breaks or stalls while it is read is answered at once
+//! with a [`BrokenBody`](brownout_core::error::BrokenBody) error, and one that names
+//! its top-level `model` twice with an
+//! [`InvalidRequest`](brownout_core::error::InvalidRequest) error: the upstream is not
+//! called, nothing is stored, and no stored answer stands in, even a fresh one for
+//! the same key. When the live path fails, see the modes above; when the store has
+//! nothing to serve, the live failure goes back as it is.
 //!
 //! # Where it goes in a stack
 //!

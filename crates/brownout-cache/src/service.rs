@@ -5,17 +5,15 @@ use std::{
 };
 
 use brownout_core::{
-    body::{buffer, Buffered, PrefixedBody},
-    classify::{classify_result, Outcome},
+    body::{prepare, Need},
+    classify::{classify_result, DefaultClassifier, Outcome, DEFAULT_ERROR_BODY_LIMIT},
     event::{Event, EventKind},
     future::{take_ready, Output, ResponseFuture},
-    json::find_top_level_span,
     meta::CacheStatus,
-    BoxError,
+    Body, BoxError, RequestFacts,
 };
 use bytes::Bytes;
 use http::{header, request::Parts, HeaderValue, Request, Response};
-use http_body::Body;
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -88,20 +86,19 @@ impl<S> Cache<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cache<S>
 where
-    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
-    ReqBody: Body + Unpin + Send + 'static,
-    ReqBody::Error: Send,
-    ResBody: Body + Unpin + Send + 'static,
-    ResBody::Error: Send,
+    ReqBody: http_body::Body + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: http_body::Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
 {
-    type Response = Response<PrefixedBody<ResBody>>;
+    type Response = Response<Body>;
     type Error = BoxError;
-    type Future = ResponseFuture<ResBody>;
+    type Future = ResponseFuture;
 
     /// Ready when the inner service is, even in fresh-hit mode: whether a request hits
     /// is known only in `call`.
@@ -111,34 +108,37 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let inner = take_ready(&mut self.inner);
-        ResponseFuture::new(run(inner, self.shared.clone(), request))
+        let shared = self.shared.clone();
+        ResponseFuture::new(async move {
+            // Buffered once for the whole stack, and the facts read once. A caller's
+            // broken or ambiguous body is its own error: answered at once, never from
+            // the store, and nothing is stored.
+            let request = prepare(request, Need::Facts).await?;
+            run(inner, shared, request).await
+        })
     }
 }
 
-async fn run<S, ReqBody, ResBody>(
-    mut inner: S,
-    shared: Arc<Shared>,
-    request: Request<ReqBody>,
-) -> Output<ResBody>
+async fn run<S, ResBody>(mut inner: S, shared: Arc<Shared>, request: Request<Body>) -> Output
 where
-    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>,
+    S: Service<Request<Body>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
-    ReqBody: Body + Unpin,
-    ResBody: Body + Unpin,
+    ResBody: http_body::Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
 {
     let config = &shared.config;
     let (parts, body) = request.into_parts();
-    let replay = match buffer(body, config.replay_limit).await {
-        Buffered::Complete(replay) => replay,
-        Buffered::TooLarge(body) | Buffered::Failed(body) => {
-            // Too long to key: the cache stays out of the way.
-            return call(&mut inner, parts, body).await;
-        }
+    let Some(data) = body.bytes().cloned() else {
+        // Over the stack's replay limit, too long to key: the cache stays out of the
+        // way.
+        return call(&mut inner, parts, body).await;
     };
-    if streaming(replay.data()) || no_store(&parts) {
-        return call(&mut inner, parts, replay.replay()).await;
+    let stream = RequestFacts::of(&parts.extensions).is_some_and(RequestFacts::is_stream);
+    if stream || no_store(&parts) {
+        return call(&mut inner, parts, body).await;
     }
-    let key = config.keying.key(&parts, replay.data());
+    let key = config.keying.key(&parts, &data);
     let store = &shared.store;
 
     let mut guard = None;
@@ -160,11 +160,13 @@ where
     }
 
     let live = inner
-        .call(Request::from_parts(parts.clone(), replay.replay()))
+        .call(Request::from_parts(parts.clone(), body))
         .await
-        .map_err(Into::into);
+        .map_err(Into::into)
+        .map(|response| response.map(Body::new));
+    // The outcome a layer further in recorded, else the default classifier's.
     let (result, outcome) =
-        classify_result(&config.classifier, live, config.error_body_limit).await;
+        classify_result(&DefaultClassifier::new(), live, DEFAULT_ERROR_BODY_LIMIT).await;
     let result = match result {
         Ok(response) if outcome.is_success() && response.status().is_success() => {
             Ok(store_response(store, key, response).await)
@@ -191,31 +193,27 @@ where
 }
 
 /// The request passed through without the cache.
-async fn call<S, ReqBody, ResBody>(
-    inner: &mut S,
-    parts: Parts,
-    body: PrefixedBody<ReqBody>,
-) -> Output<ResBody>
+async fn call<S, ResBody>(inner: &mut S, parts: Parts, body: Body) -> Output
 where
-    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>,
+    S: Service<Request<Body>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
-    ReqBody: Body,
-    ResBody: Body,
+    ResBody: http_body::Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
 {
     let response = inner
         .call(Request::from_parts(parts, body))
         .await
         .map_err(Into::into)?;
-    Ok(response.map(PrefixedBody::new))
+    Ok(response.map(Body::new))
 }
 
-/// Reads a successful answer whole (up to the entry limit) and stores it; a longer
-/// or streamed answer is passed on as it is, unstored.
-async fn store_response<B: Body + Unpin>(
-    store: &Store,
-    key: CacheKey,
-    response: Response<PrefixedBody<B>>,
-) -> Response<PrefixedBody<B>> {
+/// Reads a successful answer whole (up to the entry limit) before handing it on, and
+/// stores it; an event stream, a `no-store` answer, or one whose `content-length` is
+/// over the limit is handed on unread; one that turns out longer, fails while it is
+/// read, or ends with trailers is handed on whole (the bytes read, then the rest or
+/// the failure) and not stored.
+async fn store_response(store: &Store, key: CacheKey, response: Response<Body>) -> Response<Body> {
     let event_stream = response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -225,19 +223,13 @@ async fn store_response<B: Body + Unpin>(
         return response;
     }
     let (parts, body) = response.into_parts();
-    // The classifier never reads a success body: the original is under the wrapper.
-    let body = match body.into_unread() {
-        Ok(body) => body,
-        Err(body) => return Response::from_parts(parts, body),
-    };
-    let replay = match buffer(body, store.max_entry_bytes).await {
-        Buffered::Complete(replay) => replay,
-        Buffered::TooLarge(body) | Buffered::Failed(body) => {
-            return Response::from_parts(parts, body);
-        }
-    };
-    // Trailers are not stored: such an answer is passed on, unstored.
-    if replay.trailers().is_none() {
+    let body = Box::pin(body.buffer(store.max_entry_bytes)).await;
+    // Trailers are not stored: such an answer is passed on, unstored. (A body that was
+    // in memory already is complete whatever its length: it is measured here.)
+    let storable = body
+        .bytes()
+        .filter(|data| data.len() <= store.max_entry_bytes && body.trailers().is_none());
+    if let Some(data) = storable {
         // Copied: a body or header value fresh from hyper shares its read buffer, which
         // the entry would otherwise keep alive (kilobytes for a short answer) outside
         // the byte bound.
@@ -254,12 +246,12 @@ async fn store_response<B: Body + Unpin>(
             status: parts.status,
             version: parts.version,
             headers,
-            body: Bytes::copy_from_slice(replay.data()),
+            body: Bytes::copy_from_slice(data),
             stored_at: Instant::now(),
         };
         store.insert(key, entry).await;
     }
-    Response::from_parts(parts, replay.replay())
+    Response::from_parts(parts, body)
 }
 
 fn fresh(entry: Option<Arc<Entry>>, config: &CacheConfig) -> Option<Arc<Entry>> {
@@ -272,13 +264,13 @@ fn servable(entry: Option<Arc<Entry>>, config: &CacheConfig) -> Option<Arc<Entry
 }
 
 /// An answer from the store, marked as such.
-fn from_store<B: Body>(
+fn from_store(
     shared: &Shared,
     parts: &Parts,
     entry: &Entry,
     status: CacheStatus,
     live: Option<Outcome>,
-) -> Response<PrefixedBody<B>> {
+) -> Response<Body> {
     let age = entry.stored_at.elapsed();
     shared.config.events.emit(Event::new(
         "cache",
@@ -290,7 +282,7 @@ fn from_store<B: Body>(
             outcome: live,
         },
     ));
-    let mut response = Response::new(PrefixedBody::complete(entry.body.clone(), None));
+    let mut response = Response::new(Body::from_bytes(entry.body.clone()));
     *response.status_mut() = entry.status;
     *response.version_mut() = entry.version;
     *response.headers_mut() = entry.headers.clone();
@@ -301,11 +293,6 @@ fn from_store<B: Body>(
     }
     response.extensions_mut().insert(status);
     response
-}
-
-/// Whether the request asks for a server-sent event stream (`"stream": true`).
-fn streaming(body: &Bytes) -> bool {
-    find_top_level_span(body, "stream").is_some_and(|span| &body[span] == b"true")
 }
 
 fn no_store(parts: &Parts) -> bool {

@@ -37,6 +37,11 @@ impl Entry {
 /// The store and the misses in flight.
 pub(crate) struct Store {
     entries: moka::future::Cache<CacheKey, Arc<Entry>>,
+    /// How many bytes one unit of moka's weight stands for: 1, unless `max_bytes` is
+    /// beyond what a `u32` weight can count.
+    unit: u64,
+    /// moka's capacity, in units.
+    capacity: u64,
     /// Fresh-hit misses being fetched: followers wait on the leader's channel. Only
     /// touched on a miss in fresh-hit mode.
     in_flight: Mutex<HashMap<CacheKey, watch::Receiver<()>>>,
@@ -71,13 +76,20 @@ impl Drop for FlightGuard {
 
 impl Store {
     pub(crate) fn new(config: &CacheConfig) -> Self {
-        // Each entry weighs at least max_bytes / max_entries, so the byte bound also
-        // bounds the count.
-        let floor = (config.max_bytes / config.max_entries).max(1);
+        // One weighted bound enforces both limits. Every entry weighs at least `floor`
+        // units, and the capacity is at most `max_entries * floor` units, so that
+        // `max_entries` entries of the least weight fit and one more never does
+        // (rounding `floor` down but keeping the whole byte capacity would let
+        // `max_entries + 1` of them in); the capacity is never more than `max_bytes`.
+        let max_entries = config.max_entries.max(1);
+        let unit = config.max_bytes.div_ceil(u64::from(u32::MAX)).max(1);
+        let bytes = (config.max_bytes / unit).max(1);
+        let floor = (bytes / max_entries).max(1);
+        let capacity = bytes.min(floor.saturating_mul(max_entries));
         let entries = moka::future::Cache::builder()
-            .max_capacity(config.max_bytes)
+            .max_capacity(capacity)
             .weigher(move |_key, entry: &Arc<Entry>| {
-                u32::try_from(entry.weight().max(floor)).unwrap_or(u32::MAX)
+                u32::try_from(entry.weight().div_ceil(unit).max(floor)).unwrap_or(u32::MAX)
             })
             // moka keeps wall-clock time; it only reclaims memory here. Freshness is
             // judged with tokio's clock, on every read.
@@ -90,6 +102,8 @@ impl Store {
             .build();
         Store {
             entries,
+            unit,
+            capacity,
             in_flight: Mutex::new(HashMap::new()),
             max_entry_bytes: config.max_entry_bytes,
         }
@@ -99,7 +113,11 @@ impl Store {
         self.entries.get(key).await
     }
 
+    /// Stores `entry`, unless it alone weighs more than the whole store.
     pub(crate) async fn insert(&self, key: CacheKey, entry: Entry) {
+        if entry.weight().div_ceil(self.unit) > self.capacity {
+            return;
+        }
         self.entries.insert(key, Arc::new(entry)).await;
     }
 
@@ -123,7 +141,10 @@ impl Store {
     /// Entries and their weight in bytes, after pending maintenance.
     pub(crate) async fn usage(&self) -> (u64, u64) {
         self.entries.run_pending_tasks().await;
-        (self.entries.entry_count(), self.entries.weighted_size())
+        (
+            self.entries.entry_count(),
+            self.entries.weighted_size().saturating_mul(self.unit),
+        )
     }
 }
 
@@ -133,5 +154,62 @@ impl fmt::Debug for Store {
             .field("entries", &self.entries.entry_count())
             .field("bytes", &self.entries.weighted_size())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            status: StatusCode::OK,
+            version: Version::HTTP_11,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"Paris."),
+            stored_at: Instant::now(),
+        }
+    }
+
+    fn key(i: u32) -> CacheKey {
+        let mut key = [0u8; 32];
+        key[..4].copy_from_slice(&i.to_le_bytes());
+        key
+    }
+
+    #[tokio::test]
+    async fn the_default_bound_holds_exactly_ten_thousand_entries() {
+        let config = CacheConfig::new();
+        assert_eq!(config.max_entries, 10_000);
+        let store = Store::new(&config);
+        for i in 0..10_500 {
+            store.insert(key(i), entry()).await;
+        }
+        let (entries, bytes) = store.usage().await;
+        assert!(entries <= 10_000, "{entries}");
+        assert!(entries >= 9_000, "{entries}: small entries are not refused");
+        assert!(bytes <= config.max_bytes, "{bytes}");
+    }
+
+    #[tokio::test]
+    async fn a_byte_bound_beyond_u32_counts_in_larger_units() {
+        let config = CacheConfig::new().max_bytes(1 << 40).max_entries(3);
+        let store = Store::new(&config);
+        assert!(store.unit > 1);
+        for i in 0..100 {
+            store.insert(key(i), entry()).await;
+        }
+        let (entries, _) = store.usage().await;
+        assert!((1..=3).contains(&entries), "{entries}");
+    }
+
+    #[tokio::test]
+    async fn an_entry_heavier_than_the_whole_store_is_not_stored() {
+        let config = CacheConfig::new().max_bytes(100);
+        let store = Store::new(&config);
+        let mut big = entry();
+        big.body = Bytes::from(vec![b'x'; 200]);
+        store.insert(key(0), big).await;
+        assert_eq!(store.usage().await.0, 0);
     }
 }

@@ -1,22 +1,26 @@
 //! Behaviour of the cache layer, in paused tokio time.
 
 use std::{
+    collections::VecDeque,
+    pin::Pin,
     sync::{
         atomic::{AtomicU16, AtomicUsize, Ordering},
         Arc,
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
 use brownout_cache::{Cache, CacheConfig, Mode};
 use brownout_core::{
-    body::PrefixedBody,
+    error::{BrokenBody, InvalidRequest},
     event::{Event, EventKind},
     meta::CacheStatus,
-    BoxError,
+    Body, BoxError,
 };
 use bytes::Bytes;
 use http::{Request, Response};
+use http_body::Frame;
 use http_body_util::{BodyExt, Full};
 use tokio::sync::Semaphore;
 use tower::{Service, ServiceExt};
@@ -53,8 +57,8 @@ impl Upstream {
     }
 }
 
-impl Service<Request<PrefixedBody<Full<Bytes>>>> for Upstream {
-    type Response = Response<Full<Bytes>>;
+impl Service<Request<Body>> for Upstream {
+    type Response = Response<Body>;
     type Error = BoxError;
     type Future = std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
@@ -67,7 +71,7 @@ impl Service<Request<PrefixedBody<Full<Bytes>>>> for Upstream {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<PrefixedBody<Full<Bytes>>>) -> Self::Future {
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
             let n = this.calls.fetch_add(1, Ordering::SeqCst);
@@ -90,7 +94,7 @@ impl Service<Request<PrefixedBody<Full<Bytes>>>> for Upstream {
             if this.stream {
                 response = response.header("content-type", "text/event-stream");
             }
-            Ok(response.body(Full::new(Bytes::from(body)))?)
+            Ok(response.body(Body::from(body))?)
         })
     }
 }
@@ -105,7 +109,7 @@ fn ask(key: &str, body: &str) -> Request<Full<Bytes>> {
 
 const Q: &str = r#"{"model":"claude-haiku-4-5","max_tokens":64,"temperature":0.2,"messages":[{"role":"user","content":"Capital of France?"}]}"#;
 
-type Reply = Result<Response<PrefixedBody<Full<Bytes>>>, BoxError>;
+type Reply = Result<Response<Body>, BoxError>;
 
 async fn send(cache: &Cache<Upstream>, key: &str, body: &str) -> Reply {
     cache.clone().oneshot(ask(key, body)).await
@@ -351,4 +355,111 @@ async fn streams_pass_through_and_are_never_stored() {
     send(&cache, "k", Q).await.unwrap();
     assert_eq!(text(send(&cache, "k", Q).await).await.1, None);
     assert_eq!(upstream.calls(), 4);
+}
+
+/// A request body that yields its chunks, then fails, as an upload whose client hung
+/// up does.
+struct Cut(VecDeque<Bytes>);
+
+impl http_body::Body for Cut {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Poll::Ready(Some(match self.0.pop_front() {
+            Some(chunk) => Ok(Frame::data(chunk)),
+            None => Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        }))
+    }
+}
+
+/// `Q`, cut after most of it.
+fn cut(key: &str) -> Request<Cut> {
+    let (head, tail) = Q.as_bytes().split_at(Q.len() - 10);
+    let _ = tail;
+    Request::post("https://api.anthropic.com/v1/messages")
+        .header("x-api-key", key)
+        .header("anthropic-version", "2023-06-01")
+        .header("content-length", Q.len())
+        .body(Cut(VecDeque::from([
+            Bytes::copy_from_slice(&head[..20]),
+            Bytes::copy_from_slice(&head[20..]),
+        ])))
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broken_body_gets_its_error_even_with_an_entry_to_serve() {
+    for mode in [Mode::StaleIfError, Mode::FreshHit] {
+        let upstream = Upstream::new();
+        let (events, listener) = recorder();
+        let cache = Cache::new(
+            upstream.clone(),
+            CacheConfig::new()
+                .mode(mode)
+                .ttl(Duration::from_secs(60))
+                .listener(listener),
+        );
+        send(&cache, "k", Q).await.unwrap();
+        assert_eq!(cache.usage().await.0, 1);
+        // The upstream is down, and an entry for the same key is there (fresh, even).
+        upstream.set(529);
+        let error = cache.clone().oneshot(cut("k")).await.unwrap_err();
+        assert!(
+            error.downcast_ref::<BrokenBody>().is_some(),
+            "{mode:?}: {error}"
+        );
+        assert_eq!(upstream.calls(), 1, "{mode:?}: the upstream is not called");
+        assert!(events.lock().unwrap().is_empty(), "{mode:?}: not served");
+        assert_eq!(cache.usage().await.0, 1, "{mode:?}: nothing stored");
+    }
+    // Nor is anything stored for a broken body when the upstream is up.
+    let upstream = Upstream::new();
+    let cache = Cache::new(upstream.clone(), fresh_hit(60));
+    assert!(cache.clone().oneshot(cut("k")).await.is_err());
+    assert_eq!(cache.usage().await.0, 0);
+    assert_eq!(upstream.calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_naming_two_models_is_refused_and_never_served() {
+    let upstream = Upstream::new();
+    let cache = Cache::new(upstream.clone(), fresh_hit(60));
+    let twice = r#"{"model":"claude-haiku-4-5","messages":[],"model":"claude-opus-4-1"}"#;
+    let error = send(&cache, "k", twice).await.unwrap_err();
+    assert!(error.downcast_ref::<InvalidRequest>().is_some(), "{error}");
+    assert_eq!(upstream.calls(), 0);
+    assert_eq!(cache.usage().await.0, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_entries_is_an_exact_bound() {
+    // Small entries, many distinct keys: the count, not the bytes, is what binds.
+    for (max_entries, max_bytes) in [
+        (10, None),
+        // The shape of the default (10,000 entries in 64 MiB), where a per-entry
+        // weight rounded down let one entry more in.
+        (100, Some(8_090)),
+    ] {
+        let upstream = Upstream::new();
+        let mut config = fresh_hit(60).max_entries(max_entries);
+        if let Some(bytes) = max_bytes {
+            config = config.max_bytes(bytes);
+        }
+        let cache = Cache::new(upstream.clone(), config);
+        for i in 0..1000 {
+            send(&cache, "k", &Q.replace("France", &format!("country {i}")))
+                .await
+                .unwrap();
+        }
+        let (entries, bytes) = cache.usage().await;
+        assert!(entries <= max_entries, "{entries} > {max_entries}");
+        assert!(entries > 0);
+        if let Some(max) = max_bytes {
+            assert!(bytes <= max, "{bytes} > {max}");
+        }
+    }
 }

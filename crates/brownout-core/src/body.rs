@@ -47,11 +47,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt};
 use tokio::time::Sleep;
 
-use crate::{
-    error::BrokenBody,
-    request::RequestFacts,
-    BoxError,
-};
+use crate::{error::BrokenBody, request::RequestFacts, BoxError};
 
 /// The replay limit of [`BodyLimits::default`]: 4 MiB.
 pub const DEFAULT_REPLAY_LIMIT: usize = 4 * 1024 * 1024;
@@ -148,6 +144,8 @@ enum Kind {
         rest: Stream,
         /// Set once a layer tried to buffer the body and found it longer than this.
         over_limit: Option<usize>,
+        /// The caller's request body: its errors are the caller's ([`BrokenBody`]).
+        caller: bool,
     },
     /// The bytes read before the original body failed, then its error.
     Failed {
@@ -182,6 +180,7 @@ impl Body {
                 prefix: Bytes::new(),
                 rest,
                 over_limit: None,
+                caller: false,
             },
         }
     }
@@ -295,12 +294,16 @@ impl Body {
                 },
             },
             Kind::Stream {
-                rest, over_limit, ..
+                rest,
+                over_limit,
+                caller,
+                ..
             } => Body {
                 kind: Kind::Stream {
                     prefix: bytes,
                     rest,
                     over_limit,
+                    caller,
                 },
             },
             Kind::Failed { error, .. } => Body {
@@ -392,11 +395,21 @@ impl http_body::Body for Body {
                 }
                 Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(*t))))
             }
-            Kind::Stream { prefix, rest, .. } => {
+            Kind::Stream {
+                prefix,
+                rest,
+                caller,
+                ..
+            } => {
                 if !prefix.is_empty() {
                     return Poll::Ready(Some(Ok(Frame::data(std::mem::take(prefix)))));
                 }
-                Pin::new(rest).poll_frame(cx)
+                match ready!(Pin::new(rest).poll_frame(cx)) {
+                    Some(Err(error)) if *caller && !error.is::<BrokenBody>() => {
+                        Poll::Ready(Some(Err(Box::new(BrokenBody::cut(error)))))
+                    }
+                    frame => Poll::Ready(frame),
+                }
             }
             Kind::Failed { prefix, error } => {
                 if !prefix.is_empty() {
@@ -537,12 +550,10 @@ impl Future for Buffer {
             Kind::Stream { prefix, .. } => prefix,
         };
         if this.read == 0 && this.first.is_none() {
-            if this.trust_size_hint {
-                if hint > this.limit as u64 {
-                    let mut body = this.body.take().expect("present");
-                    set_over_limit(&mut body, this.limit);
-                    return Poll::Ready(body);
-                }
+            if this.trust_size_hint && hint > this.limit as u64 {
+                let mut body = this.body.take().expect("present");
+                set_over_limit(&mut body, this.limit);
+                return Poll::Ready(body);
             }
             if !prefix.is_empty() {
                 let prefix = std::mem::take(prefix);
@@ -667,6 +678,7 @@ pub enum Need {
 pub struct Prepare {
     parts: Option<http::request::Parts>,
     buffer: Buffer,
+    replay_limit: usize,
     need: Need,
 }
 
@@ -697,40 +709,47 @@ where
     let (parts, body) = request.into_parts();
     let limits = BodyLimits::of(&parts.extensions);
     let body = caller_body(Body::new(body));
+    let oversized = body.over_limit().is_none()
+        && !body.is_replayable()
+        && body.size_hint().lower() > limits.replay_limit as u64;
+    let buffer = if oversized && need == Need::Facts {
+        // Too long to replay, whatever is read: read only the start, for the facts.
+        body.read_prefix(limits.replay_limit.min(FACTS_PREFIX_LIMIT))
+    } else {
+        body.buffer(limits.replay_limit)
+    };
     Prepare {
         parts: Some(parts),
-        buffer: body
-            .buffer(limits.replay_limit)
-            .idle_timeout(limits.idle_timeout),
+        buffer: buffer.idle_timeout(limits.idle_timeout),
+        replay_limit: limits.replay_limit,
         need,
     }
 }
 
 /// Marks the errors of the caller's streamed body as the caller's.
-fn caller_body(body: Body) -> Body {
-    match body.kind {
-        Kind::Stream {
-            prefix,
-            rest,
-            over_limit: None,
-        } if !prefix.is_empty() || !rest.is_end_stream() => Body {
-            kind: Kind::Stream {
-                prefix,
-                rest: rest
-                    .map_err(|error| -> BoxError {
-                        if error.is::<BrokenBody>() {
-                            error
-                        } else {
-                            Box::new(BrokenBody::cut(error))
-                        }
-                    })
-                    .boxed_unsync(),
-                over_limit: None,
-            },
-        },
-        kind => Body { kind },
+fn caller_body(mut body: Body) -> Body {
+    if let Kind::Stream { caller, .. } = &mut body.kind {
+        *caller = true;
     }
+    body
 }
+
+/// The caller's request with its body as a [`Body`] whose failures are the caller's
+/// ([`BrokenBody`] in the error chain of whatever sends it), without reading it: for a
+/// layer that needs none of its bytes (a breaker keyed by host). Costs no allocation
+/// beyond [`Body::new`].
+pub fn from_caller<B>(request: Request<B>) -> Request<Body>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    request.map(|body| caller_body(Body::new(body)))
+}
+
+/// How much of a body over the replay limit [`prepare`] reads for its facts: the
+/// `model` and the rest come first in every SDK's requests.
+pub const FACTS_PREFIX_LIMIT: usize = 64 * 1024;
 
 impl Future for Prepare {
     type Output = Result<Request<Body>, BoxError>;
@@ -739,6 +758,10 @@ impl Future for Prepare {
         let this = &mut *self;
         let mut body = ready!(Pin::new(&mut this.buffer).poll(cx));
         let mut parts = this.parts.take().expect("Prepare polled after completion");
+        if body.over_limit().is_some() {
+            // Over the stack's limit, however much of it was read for the facts.
+            set_over_limit(&mut body, this.replay_limit);
+        }
         if let Some(error) = body.take_failure() {
             let error = if error.is::<BrokenBody>() {
                 error

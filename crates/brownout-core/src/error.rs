@@ -195,6 +195,9 @@ pub fn is_caller_error(error: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// The first error of type `T` in `error`'s source chain, `error` included.
+///
+/// The chain goes through an [`io::Error`](std::io::Error) that wraps another error
+/// (`io::Error::other(e)`) to `e` itself: `io::Error`'s own `source` skips it.
 pub fn find<'a, T: std::error::Error + 'static>(
     error: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a T> {
@@ -203,9 +206,22 @@ pub fn find<'a, T: std::error::Error + 'static>(
         if let Some(t) = e.downcast_ref::<T>() {
             return Some(t);
         }
-        current = e.source();
+        current = next_in_chain(e);
     }
     None
+}
+
+/// The error after `error` in its source chain: the error an `io::Error` wraps, else
+/// `source()`.
+pub(crate) fn next_in_chain<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a (dyn std::error::Error + 'static)> {
+    if let Some(io) = error.downcast_ref::<std::io::Error>() {
+        if let Some(inner) = io.get_ref() {
+            return Some(inner);
+        }
+    }
+    error.source()
 }
 
 /// A layer's setting was given nonsense: names the layer, the setting and why.

@@ -13,8 +13,8 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::Response;
 use crate::{body::Body, BoxError};
+use http::Response;
 
 /// What a layer's response future yields: the response or the error.
 pub type Output = Result<Response<Body>, BoxError>;

@@ -59,5 +59,5 @@ pub mod shape;
 
 pub use body::Body;
 pub use classify::{Classifier, Classify, Outcome, OutcomeKind};
-pub use request::RequestFacts;
 pub use error::BoxError;
+pub use request::RequestFacts;

@@ -113,10 +113,11 @@ impl ErrorKind {
     /// OpenAI's `error.code` for this kind, where it has one.
     pub fn openai_code(self) -> Option<&'static str> {
         match self {
+            ErrorKind::InvalidRequest => None,
             ErrorKind::RequestTimeout => Some("request_timeout"),
-            ErrorKind::Overloaded => Some("overloaded"),
+            ErrorKind::Overloaded => Some("service_unavailable"),
+            ErrorKind::Upstream => Some("bad_gateway"),
             ErrorKind::Timeout => Some("timeout"),
-            _ => None,
         }
     }
 }

@@ -392,7 +392,11 @@ mod tests {
         );
         let f = read(std::str::from_utf8(&body).unwrap()).unwrap();
         let (same, _) = f.retarget(&body, "claude-opus-4-1", None).unwrap();
-        assert_eq!(same.as_ptr(), body.as_ptr(), "unchanged bodies are not copied");
+        assert_eq!(
+            same.as_ptr(),
+            body.as_ptr(),
+            "unchanged bodies are not copied"
+        );
         let (out, g) = f.retarget(&body, "claude-haiku-4-5", Some(8192)).unwrap();
         assert_eq!(
             &out[..],

@@ -7,7 +7,7 @@
 
 use std::{convert::Infallible, future::Ready, hint::black_box};
 
-use brownout_core::body::PrefixedBody;
+use brownout_core::Body;
 use brownout_degrade::{Degrade, DegradeConfig, Rule};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -76,10 +76,7 @@ fn degraded(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let service = Degrade::new(
-        service_fn(overloaded::<PrefixedBody<Full<Bytes>>>),
-        config(),
-    );
+    let service = Degrade::new(service_fn(overloaded::<Body>), config());
     let mut group = c.benchmark_group("degraded_answer_2KB");
     for (label, url) in [
         ("anthropic", "https://api.anthropic.com/v1/messages"),
@@ -113,7 +110,7 @@ fn success_path(c: &mut Criterion) {
     let body = chat(false);
     let url = "https://api.anthropic.com/v1/messages";
     let bare = service_fn(ok::<Full<Bytes>>);
-    let degrade = Degrade::new(service_fn(ok::<PrefixedBody<Full<Bytes>>>), config());
+    let degrade = Degrade::new(service_fn(ok::<Body>), config());
     let mut group = c.benchmark_group("success_path_2KB");
     group.bench_function("bare service", |b| {
         b.iter(|| {

@@ -7,32 +7,25 @@
 //! chunk; SSE readers do not depend on how events are split. The shapes themselves are
 //! [`brownout_core::shape`]'s.
 
-use brownout_core::shape::{self, Ending, Reply, Stop, Style};
+use brownout_core::{
+    provider::Api,
+    shape::{self, Ending, Reply, Stop, Style},
+};
 use bytes::Bytes;
 
-/// Which API the request was for, from its path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Provider {
-    /// Anthropic Messages (and anything not on a `/chat/completions` path).
-    Anthropic,
-    /// OpenAI chat completions.
-    OpenAi,
+/// Whether answers to requests of `api` take the OpenAI chat completion shape; every
+/// other API (Anthropic Messages, and any path brownout does not know) gets the
+/// Anthropic Messages shape.
+fn is_openai_chat(api: Api) -> bool {
+    api == Api::OpenAiChat
 }
 
-impl Provider {
-    pub(crate) fn of_path(path: &str) -> Self {
-        if path.trim_end_matches('/').ends_with("/chat/completions") {
-            Provider::OpenAi
-        } else {
-            Provider::Anthropic
-        }
-    }
-
-    pub(crate) fn id_prefix(self) -> &'static str {
-        match self {
-            Provider::Anthropic => "msg_",
-            Provider::OpenAi => "chatcmpl-",
-        }
+/// The prefix of an answer's id in the shape of `api`: `chatcmpl-` or `msg_`.
+pub(crate) fn id_prefix(api: Api) -> &'static str {
+    if is_openai_chat(api) {
+        "chatcmpl-"
+    } else {
+        "msg_"
     }
 }
 
@@ -48,7 +41,8 @@ const STYLE: Style<'static> = Style {
 
 /// One answer to render.
 pub(crate) struct Answer<'a> {
-    pub(crate) provider: Provider,
+    /// The API of the request, told by its path.
+    pub(crate) api: Api,
     pub(crate) stream: bool,
     pub(crate) include_usage: bool,
     pub(crate) id: &'a str,
@@ -70,13 +64,11 @@ impl Answer<'_> {
             output_tokens: self.output_tokens(),
             stop: Stop::EndTurn,
         };
-        let out = match (self.provider, self.stream) {
-            (Provider::Anthropic, false) => shape::anthropic_message(&reply),
-            (Provider::Anthropic, true) => shape::anthropic_sse(&reply, &STYLE, Ending::Complete),
-            (Provider::OpenAi, false) => shape::openai_completion(&reply, &STYLE),
-            (Provider::OpenAi, true) => {
-                shape::openai_sse(&reply, &STYLE, self.include_usage, Ending::Complete)
-            }
+        let out = match (is_openai_chat(self.api), self.stream) {
+            (false, false) => shape::anthropic_message(&reply),
+            (false, true) => shape::anthropic_sse(&reply, &STYLE, Ending::Complete),
+            (true, false) => shape::openai_completion(&reply, &STYLE),
+            (true, true) => shape::openai_sse(&reply, &STYLE, self.include_usage, Ending::Complete),
         };
         Bytes::from(out)
     }
@@ -90,9 +82,9 @@ impl Answer<'_> {
 mod tests {
     use super::*;
 
-    fn answer(provider: Provider, stream: bool) -> Answer<'static> {
+    fn answer(api: Api, stream: bool) -> Answer<'static> {
         Answer {
-            provider,
+            api,
             stream,
             include_usage: false,
             id: "id-1",
@@ -104,7 +96,7 @@ mod tests {
 
     #[test]
     fn anthropic_json_is_exact() {
-        let body = answer(Provider::Anthropic, false).render();
+        let body = answer(Api::AnthropicMessages, false).render();
         assert_eq!(
             std::str::from_utf8(&body).unwrap(),
             r#"{"id":"id-1","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":"line\n\"two\""}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":0,"output_tokens":3}}"#
@@ -113,7 +105,7 @@ mod tests {
 
     #[test]
     fn openai_json_is_exact() {
-        let body = answer(Provider::OpenAi, false).render();
+        let body = answer(Api::OpenAiChat, false).render();
         assert_eq!(
             std::str::from_utf8(&body).unwrap(),
             r#"{"id":"id-1","object":"chat.completion","created":1700000000,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"line\n\"two\"","refusal":null},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":0,"completion_tokens":3,"total_tokens":3}}"#
@@ -122,8 +114,8 @@ mod tests {
 
     #[test]
     fn every_sse_data_line_is_one_line() {
-        for provider in [Provider::Anthropic, Provider::OpenAi] {
-            let body = answer(provider, true).render();
+        for api in [Api::AnthropicMessages, Api::OpenAiChat] {
+            let body = answer(api, true).render();
             let text = std::str::from_utf8(&body).unwrap();
             assert!(text.ends_with("\n\n"));
             for event in text.split_terminator("\n\n") {
@@ -135,13 +127,11 @@ mod tests {
     }
 
     #[test]
-    fn providers_by_path() {
-        assert_eq!(Provider::of_path("/v1/chat/completions"), Provider::OpenAi);
-        assert_eq!(
-            Provider::of_path("/openai/v1/chat/completions/"),
-            Provider::OpenAi
-        );
-        assert_eq!(Provider::of_path("/v1/messages"), Provider::Anthropic);
-        assert_eq!(Provider::of_path("/"), Provider::Anthropic);
+    fn shapes_by_path() {
+        let prefix = |path| id_prefix(Api::from_path(path));
+        assert_eq!(prefix("/v1/chat/completions"), "chatcmpl-");
+        assert_eq!(prefix("/openai/v1/chat/completions/"), "chatcmpl-");
+        assert_eq!(prefix("/v1/messages"), "msg_");
+        assert_eq!(prefix("/"), "msg_");
     }
 }

@@ -1,23 +1,23 @@
 //! The degrade layer's answers and when it gives them.
 
-use std::{fmt, path::Path, sync::Arc, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use brownout_core::{
-    classify::{Classifier, Classify, Outcome, OutcomeKind, DEFAULT_ERROR_BODY_LIMIT},
+    classify::Outcome,
     event::{Events, Listener},
 };
 use http::{HeaderValue, StatusCode};
 
-use crate::{id::Ids, rules::Rule};
+use crate::{
+    error::InvalidConfig,
+    id::Ids,
+    rules::{first_duplicate, Rule},
+};
 
 /// The answer given when no rule matches, unless [`generic`](DegradeConfig::generic)
 /// sets another.
 pub const DEFAULT_GENERIC_ANSWER: &str =
     "The assistant is briefly unavailable because of high demand. Please try again in a few minutes.";
-
-/// The default size of the request buffer: 4 MiB, as for the retry and fallback layers.
-/// A longer request body is sent on as it is, and a failure gets the generic answer.
-pub const DEFAULT_REPLAY_LIMIT: usize = 4 * 1024 * 1024;
 
 /// The degrade layer's settings. Every setter takes and returns `self`.
 ///
@@ -27,13 +27,16 @@ pub const DEFAULT_REPLAY_LIMIT: usize = 4 * 1024 * 1024;
 /// | [`generic`](Self::generic) | [`DEFAULT_GENERIC_ANSWER`] |
 /// | [`status`](Self::status) | 200 |
 /// | [`retry_after`](Self::retry_after) | none |
-/// | [`degrade_when`](Self::degrade_when) | overloaded, rate limited, server error, timeout, connection failure, refused by a breaker |
-/// | [`classifier`](Self::classifier) | [`DefaultClassifier`](brownout_core::classify::DefaultClassifier) |
-/// | [`replay_limit`](Self::replay_limit) | [`DEFAULT_REPLAY_LIMIT`] (4 MiB) |
-/// | [`error_body_limit`](Self::error_body_limit) | [`DEFAULT_ERROR_BODY_LIMIT`] (4 KiB) |
+/// | [`degrade_when`](Self::degrade_when) | [`OutcomeKind::is_unavailable`](brownout_core::OutcomeKind::is_unavailable): rate limited, overloaded, server error, timeout, connection failure, refused by a layer |
 /// | [`seed`](Self::seed) | random: answer ids differ between runs |
 ///
 /// The id sequence is shared by everything built from one config and its clones.
+///
+/// Two settings are the stack's, not the layer's: how much of a request body is kept
+/// is [`BodyLimits`](brownout_core::body::BodyLimits) (4 MiB by default), and what
+/// counts as which failure is the stack's classifier
+/// ([`ClassifyLayer`](brownout_core::classify::ClassifyLayer) over the HTTP client,
+/// else [`DefaultClassifier`](brownout_core::classify::DefaultClassifier)).
 #[derive(Clone)]
 pub struct DegradeConfig {
     pub(crate) rules: Arc<[Rule]>,
@@ -42,9 +45,6 @@ pub struct DegradeConfig {
     pub(crate) retry_after: Option<Duration>,
     pub(crate) retry_after_header: Option<HeaderValue>,
     pub(crate) degrade_when: Arc<dyn Fn(&Outcome) -> bool + Send + Sync>,
-    pub(crate) classifier: Classifier,
-    pub(crate) replay_limit: usize,
-    pub(crate) error_body_limit: usize,
     pub(crate) events: Events,
     pub(crate) ids: Ids,
 }
@@ -63,39 +63,10 @@ impl DegradeConfig {
             status: StatusCode::OK,
             retry_after: None,
             retry_after_header: None,
-            degrade_when: Arc::new(|outcome: &Outcome| {
-                matches!(
-                    outcome.kind(),
-                    OutcomeKind::Overloaded
-                        | OutcomeKind::RateLimited
-                        | OutcomeKind::ServerError
-                        | OutcomeKind::Timeout
-                        | OutcomeKind::ConnectionFailed
-                        | OutcomeKind::Rejected
-                )
-            }),
-            classifier: Classifier::default(),
-            replay_limit: DEFAULT_REPLAY_LIMIT,
-            error_body_limit: DEFAULT_ERROR_BODY_LIMIT,
+            degrade_when: Arc::new(|outcome: &Outcome| outcome.kind().is_unavailable()),
             events: Events::new(),
             ids: Ids::new(),
         })
-    }
-
-    /// Reads rules and answers from TOML; see the [crate docs](crate#rules-files) for
-    /// the format. Errors name the rule and the line at fault.
-    pub fn from_toml_str(toml: &str) -> Result<Self, InvalidConfig> {
-        crate::rules::from_toml_str(toml)
-    }
-
-    /// Reads rules and answers from a TOML file; see
-    /// [`from_toml_str`](Self::from_toml_str).
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, InvalidConfig> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            InvalidConfig::new("file", format!("cannot read {}: {e}", path.display()))
-        })?;
-        DegradeConfig::from_toml_str(&text)
     }
 
     /// The answer when no rule matches (or the request's text cannot be read). Fails
@@ -138,31 +109,15 @@ impl DegradeConfig {
         self
     }
 
-    /// Which failures get a degraded answer. Never asked about successes, which always
-    /// pass through. Client errors should not be degraded: the caller needs to know
-    /// that its request is wrong.
+    /// Which failures get a degraded answer; by default those for which
+    /// [`OutcomeKind::is_unavailable`](brownout_core::OutcomeKind::is_unavailable) holds.
+    /// Never asked about successes, which always pass through, nor about the caller's
+    /// own broken or invalid request (a [`BrokenBody`](brownout_core::error::BrokenBody)
+    /// or [`InvalidRequest`](brownout_core::error::InvalidRequest)), which is never
+    /// answered with a canned reply. Other client errors should not be degraded
+    /// either: the caller needs to know that its request is wrong.
     pub fn degrade_when(mut self, when: impl Fn(&Outcome) -> bool + Send + Sync + 'static) -> Self {
         self.degrade_when = Arc::new(when);
-        self
-    }
-
-    /// Decides what happened to each request.
-    pub fn classifier(mut self, classifier: impl Classify) -> Self {
-        self.classifier = Classifier::new(classifier);
-        self
-    }
-
-    /// The largest request body, in bytes, kept to match rules after a failure. A
-    /// longer body is sent on as it is; if the request fails, it gets the generic
-    /// answer.
-    pub fn replay_limit(mut self, bytes: usize) -> Self {
-        self.replay_limit = bytes;
-        self
-    }
-
-    /// How many bytes of an error body the classifier may read.
-    pub fn error_body_limit(mut self, bytes: usize) -> Self {
-        self.error_body_limit = bytes;
         self
     }
 
@@ -209,109 +164,6 @@ impl fmt::Debug for DegradeConfig {
             .field("generic", &self.generic)
             .field("status", &self.status)
             .field("retry_after", &self.retry_after)
-            .field("replay_limit", &self.replay_limit)
-            .field("error_body_limit", &self.error_body_limit)
             .finish_non_exhaustive()
     }
 }
-
-/// The position of the first rule whose name an earlier rule already has.
-pub(crate) fn first_duplicate(rules: &[Rule]) -> Option<usize> {
-    (1..rules.len()).find(|&i| rules[..i].iter().any(|r| r.name == rules[i].name))
-}
-
-/// A degrade setting or rules file that was given nonsense: names the setting, and
-/// for a rule its name (or position) and the line of the rules file at fault.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidConfig {
-    key: &'static str,
-    reason: String,
-    rule_index: Option<usize>,
-    rule_name: Option<String>,
-    line: Option<usize>,
-}
-
-impl InvalidConfig {
-    pub(crate) fn new(key: &'static str, reason: impl Into<String>) -> Self {
-        InvalidConfig {
-            key,
-            reason: reason.into(),
-            rule_index: None,
-            rule_name: None,
-            line: None,
-        }
-    }
-
-    pub(crate) fn duplicate(name: &str) -> Self {
-        InvalidConfig::new(
-            "rule.name",
-            format!("`{name}` is already the name of an earlier rule"),
-        )
-    }
-
-    /// Says which rule is at fault: its position from 1 and its name, when it has one.
-    pub(crate) fn in_rule(mut self, index: usize, name: &str) -> Self {
-        self.rule_index = Some(index);
-        if !name.trim().is_empty() {
-            self.rule_name = Some(name.to_owned());
-        }
-        self
-    }
-
-    pub(crate) fn named(mut self, name: &str) -> Self {
-        if !name.trim().is_empty() {
-            self.rule_name = Some(name.to_owned());
-        }
-        self
-    }
-
-    pub(crate) fn at_line(mut self, line: Option<usize>) -> Self {
-        self.line = line;
-        self
-    }
-
-    /// The setting at fault: `generic`, `status`, `retry_after`, `rule.name`,
-    /// `rule.pattern`, `rule.answer`, `toml` for what the TOML parser rejected (syntax,
-    /// unknown keys, wrong types) and `file` when the file cannot be read.
-    pub fn key(&self) -> &str {
-        self.key
-    }
-
-    /// The name of the rule at fault, when it has one.
-    pub fn rule_name(&self) -> Option<&str> {
-        self.rule_name.as_deref()
-    }
-
-    /// The position of the rule at fault, from 1, when the rule is one of a list or a
-    /// file.
-    pub fn rule_index(&self) -> Option<usize> {
-        self.rule_index
-    }
-
-    /// The line of the rules file at fault, from 1.
-    pub fn line(&self) -> Option<usize> {
-        self.line
-    }
-
-    /// Why the setting was refused.
-    pub fn reason(&self) -> &str {
-        &self.reason
-    }
-}
-
-impl fmt::Display for InvalidConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid degrade setting `{}`", self.key)?;
-        match (&self.rule_name, self.rule_index) {
-            (Some(name), _) => write!(f, " in rule `{name}`")?,
-            (None, Some(index)) => write!(f, " in rule #{index}")?,
-            (None, None) => {}
-        }
-        if let Some(line) = self.line {
-            write!(f, " at line {line}")?;
-        }
-        write!(f, ": {}", self.reason)
-    }
-}
-
-impl std::error::Error for InvalidConfig {}

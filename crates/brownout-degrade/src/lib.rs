@@ -2,7 +2,7 @@
 //! reply in the provider's own shape, clearly marked as degraded, instead of an error.
 //!
 //! ```
-//! use brownout_core::{body::PrefixedBody, meta::Degraded};
+//! use brownout_core::{meta::Degraded, Body};
 //! use brownout_degrade::{DegradeConfig, DegradeLayer};
 //! use bytes::Bytes;
 //! use http::{Request, Response};
@@ -12,10 +12,10 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! // The provider is overloaded.
-//! let upstream = service_fn(|_: Request<PrefixedBody<Full<Bytes>>>| async {
-//!     Response::builder().status(529).body(Full::new(Bytes::from_static(
-//!         br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
-//!     )))
+//! let upstream = service_fn(|_: Request<Body>| async {
+//!     Response::builder().status(529).body(Body::from(
+//!         r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+//!     ))
 //! });
 //! let config = DegradeConfig::from_toml_str(
 //!     r#"
@@ -69,18 +69,22 @@
 //! message** (its `content` string, or its `text` blocks joined with newlines, in the
 //! Anthropic Messages and OpenAI chat shapes alike); the first whose regular expression
 //! matches gives the answer, and the generic answer is given when none does or the
-//! text cannot be read (the body is not JSON, or longer than the
-//! [`replay_limit`](DegradeConfig::replay_limit)).
+//! text cannot be read (the body is not JSON, or longer than the stack's replay limit,
+//! [`BodyLimits`](brownout_core::body::BodyLimits)).
 //!
-//! The answer has the shape the request's API returns, so that the official SDKs parse
-//! it like any other: an OpenAI chat completion for paths ending in
-//! `/chat/completions`, else an Anthropic Messages response; with `"stream": true` in
+//! The answer has the shape the request's API returns
+//! ([`RequestFacts::api`](brownout_core::RequestFacts::api)), so that the official SDKs
+//! parse it like any other: an OpenAI chat completion for
+//! [`Api::OpenAiChat`](brownout_core::provider::Api::OpenAiChat) (paths ending in
+//! `/chat/completions`), else an Anthropic Messages response; with `"stream": true` in
 //! the request, the SSE stream of each (Anthropic's `message_start` … `message_stop`
 //! events; OpenAI's `chat.completion.chunk`s ending in `data: [DONE]`, with a usage
 //! chunk when `stream_options.include_usage` asked for one). It names the requested
 //! model (or [`UNKNOWN_MODEL`]), has a fresh id (`msg_…`, `chatcmpl-…`; fix the
 //! sequence with [`seed`](DegradeConfig::seed)), 0 input tokens and an estimate of the
-//! output tokens.
+//! output tokens. The request's model, `stream` and API are the
+//! [`RequestFacts`](brownout_core::RequestFacts) read once for the whole stack; only the
+//! message text is read by this layer, and only once a request has failed.
 //!
 //! Every degraded answer is marked: the [`x-brownout-degraded: true`](DEGRADED_HEADER)
 //! header, the rule's name in [`x-brownout-degraded-rule`](DEGRADED_RULE_HEADER), the
@@ -92,23 +96,34 @@
 //!
 //! # On failure
 //!
-//! brownout-core's classification decides what failed. By default an overload, a rate
-//! limit, a server error, a timeout, a connection failure, and a refusal by a circuit
-//! breaker are answered — whether the inner service returned them as a response or
-//! as an error (such as brownout's `CircuitOpen`, a retry layer's `DeadlineExceeded` or
-//! a fallback's `AllTargetsFailed`); change that with
+//! brownout-core's classification decides what failed (one classifier for the stack:
+//! a [`ClassifyLayer`](brownout_core::classify::ClassifyLayer) over the HTTP client, or
+//! the default one). By default the failures for which
+//! [`OutcomeKind::is_unavailable`](brownout_core::OutcomeKind::is_unavailable) holds are
+//! answered: an overload, a rate limit, a server error, a timeout, a connection failure,
+//! and a refusal by a layer such as a circuit breaker — whether the inner service
+//! returned them as a response or as an error (such as a breaker's refusal, a retry
+//! layer's `DeadlineExceeded` or a fallback's `AllTargetsFailed`); change that with
 //! [`degrade_when`](DegradeConfig::degrade_when). A client error (400, 401, 403, 404,
 //! 413, an exhausted quota) goes back to the caller unchanged, since the caller has to
 //! fix its request, and so does every success, byte for byte.
 //!
-//! The request body is kept, up to the [`replay_limit`](DegradeConfig::replay_limit),
-//! to be read after a failure; the inner service gets an identical copy. A longer body
-//! is sent on as it is, and a failure gets the generic answer; its `model` and `stream`
-//! are those of the part read before the body turned out too long (none, and so a JSON
-//! answer, when its declared length said so at once). A request body that fails while it is
-//! read is not the upstream's fault: whatever the inner service makes of it is handed
-//! back as it is. An error from the inner service's `poll_ready` is returned as it is:
-//! tower gives no request to answer there.
+//! The request body is buffered once for the whole stack, up to the replay limit of
+//! [`BodyLimits`](brownout_core::body::BodyLimits) (one setting for the stack, 4 MiB by
+//! default), and read after a failure; the inner service gets the same bytes. A longer
+//! body is sent on streamed, and a failure gets the generic answer; its `model` and
+//! `stream` are the [`RequestFacts`](brownout_core::RequestFacts) of the bytes read
+//! ahead of the rest (none, and so a JSON answer, when none were read).
+//!
+//! A caller's broken or invalid request is **never** answered with a canned reply: a
+//! request body that is cut short or stalls while it is buffered
+//! ([`BrokenBody`](brownout_core::error::BrokenBody)), or that names its `model` twice
+//! ([`InvalidRequest`](brownout_core::error::InvalidRequest)), is refused with that
+//! error at once, without calling the inner service. A body over the replay limit that
+//! breaks while the inner service streams it reaches the inner service as a
+//! `BrokenBody`; the error it returns, with that `BrokenBody` in its source chain, is
+//! handed back as it is. An error from the inner service's `poll_ready` is returned
+//! as it is: tower gives no request to answer there.
 //!
 //! A response is judged on its head (and the start of an error body). A stream that
 //! fails after its `200` head reached the caller is the upstream's answer, and is not
@@ -149,13 +164,16 @@
 
 mod answer;
 mod config;
+mod error;
+mod file;
 mod id;
 mod layer;
 mod request;
 mod rules;
 mod service;
 
-pub use config::{DegradeConfig, InvalidConfig, DEFAULT_GENERIC_ANSWER, DEFAULT_REPLAY_LIMIT};
+pub use config::{DegradeConfig, DEFAULT_GENERIC_ANSWER};
+pub use error::InvalidConfig;
 pub use layer::DegradeLayer;
 pub use rules::Rule;
 pub use service::{Degrade, DEGRADED_HEADER, DEGRADED_RULE_HEADER, UNKNOWN_MODEL};

@@ -1,26 +1,23 @@
-//! What a failed request asked for: its model, whether it streams, and the text of
-//! its last user message.
+//! What a failed request said: the text of its last user message, and whether an
+//! OpenAI stream asked for a usage chunk.
 //!
-//! This runs only on the degrade path. The body is parsed with `serde_json` into
-//! types that take only what is needed and borrow strings that have no escapes; a
-//! body that does not fit them (not JSON, an unexpected shape) falls back to a scan
-//! of its top level for `model` and `stream`, and its text is then unknown.
+//! This runs only on the degrade path, over a body that is all in memory. Its model,
+//! whether it streams and its API are the [`RequestFacts`](brownout_core::RequestFacts)
+//! read once for the whole stack; only the message text, which no other layer needs,
+//! is read here. The body is parsed with `serde_json` into types that take only what
+//! is needed and borrow strings that have no escapes; a body that does not fit them
+//! (not JSON, an unexpected shape) has no text.
 
 use std::{borrow::Cow, fmt};
 
-use brownout_core::json::{find_in_prefix, find_span_in_prefix};
 use serde::{
     de::{self, IgnoredAny, SeqAccess, Visitor},
     Deserialize, Deserializer,
 };
 
-/// What the degraded answer is shaped after.
+/// What the degraded answer is chosen and shaped by, besides the request's facts.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Asked<'a> {
-    /// The requested model, echoed in the answer.
-    pub(crate) model: Option<Cow<'a, str>>,
-    /// `"stream": true`: the answer is an SSE stream.
-    pub(crate) stream: bool,
+pub(crate) struct Said<'a> {
     /// OpenAI `"stream_options": {"include_usage": true}`: a usage chunk ends the
     /// stream.
     pub(crate) include_usage: bool,
@@ -28,21 +25,10 @@ pub(crate) struct Asked<'a> {
     pub(crate) text: Option<Cow<'a, str>>,
 }
 
-impl Asked<'_> {
-    pub(crate) fn into_owned(self) -> Asked<'static> {
-        Asked {
-            model: self.model.map(|m| Cow::Owned(m.into_owned())),
-            stream: self.stream,
-            include_usage: self.include_usage,
-            text: self.text.map(|t| Cow::Owned(t.into_owned())),
-        }
-    }
-}
-
 /// Reads a whole request body.
-pub(crate) fn read(body: &[u8]) -> Asked<'_> {
+pub(crate) fn read(body: &[u8]) -> Said<'_> {
     let Ok(wire) = serde_json::from_slice::<Wire<'_>>(body) else {
-        return scan(body);
+        return Said::default();
     };
     let text = wire
         .messages
@@ -54,9 +40,7 @@ pub(crate) fn read(body: &[u8]) -> Asked<'_> {
             Some(Content::Parts(parts)) => parts,
             Some(Content::Other) | None => Cow::Borrowed(""),
         });
-    Asked {
-        model: wire.model.map(|m| m.0),
-        stream: wire.stream == Some(true),
+    Said {
         include_usage: wire
             .stream_options
             .and_then(|o| o.include_usage)
@@ -65,31 +49,8 @@ pub(crate) fn read(body: &[u8]) -> Asked<'_> {
     }
 }
 
-/// Reads `model` and `stream` from the top level of a body, or of the start of one:
-/// the scan stops at each key, so what comes after need not be there or be valid.
-pub(crate) fn scan(body: &[u8]) -> Asked<'_> {
-    let stream = find_span_in_prefix(body, "stream").is_some_and(|s| &body[s] == b"true");
-    let include_usage = stream
-        && find_span_in_prefix(body, "stream_options").is_some_and(|s| {
-            serde_json::from_slice::<StreamOptions>(&body[s])
-                .ok()
-                .and_then(|o| o.include_usage)
-                .unwrap_or(false)
-        });
-    Asked {
-        model: find_in_prefix(body, "model").map(|m| m.value),
-        stream,
-        include_usage,
-        text: None,
-    }
-}
-
 #[derive(Deserialize)]
 struct Wire<'a> {
-    #[serde(borrow, default)]
-    model: Option<Str<'a>>,
-    #[serde(default)]
-    stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
     #[serde(borrow, default)]
@@ -247,32 +208,25 @@ mod tests {
     #[test]
     fn unescaped_text_is_borrowed() {
         let body = br#"{"messages":[{"role":"user","content":"plain"}],"model":"m"}"#;
-        let asked = read(body);
-        assert!(matches!(asked.text, Some(Cow::Borrowed("plain"))));
-        assert!(matches!(asked.model, Some(Cow::Borrowed("m"))));
+        let said = read(body);
+        assert!(matches!(said.text, Some(Cow::Borrowed("plain"))));
     }
 
     #[test]
     fn stream_flags() {
-        let asked =
+        let said =
             read(br#"{"stream":true,"stream_options":{"include_usage":true},"messages":[]}"#);
-        assert!(asked.stream && asked.include_usage);
-        let asked = read(br#"{"stream":false,"messages":[]}"#);
-        assert!(!asked.stream);
+        assert!(said.include_usage);
+        let said = read(br#"{"stream":false,"messages":[]}"#);
+        assert!(!said.include_usage);
     }
 
     #[test]
-    fn odd_bodies_fall_back_to_a_scan() {
-        assert_eq!(read(b"not json"), Asked::default());
-        assert_eq!(read(b""), Asked::default());
-        // `messages` has an unexpected shape: model and stream are still read.
-        let asked = read(br#"{"model":"m","stream":true,"messages":"oops"}"#);
-        assert_eq!(asked.model.as_deref(), Some("m"));
-        assert!(asked.stream);
-        assert_eq!(asked.text, None);
-        // The start of a body cut short.
-        let asked = scan(br#"{"model":"m","stream":true,"messages":[{"role":"us"#);
-        assert_eq!(asked.model.as_deref(), Some("m"));
-        assert!(asked.stream);
+    fn odd_bodies_have_no_text() {
+        assert_eq!(read(b"not json"), Said::default());
+        assert_eq!(read(b""), Said::default());
+        // `messages` has an unexpected shape.
+        let said = read(br#"{"model":"m","stream":true,"messages":"oops"}"#);
+        assert_eq!(said.text, None);
     }
 }

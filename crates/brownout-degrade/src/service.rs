@@ -6,21 +6,22 @@ use std::{
 };
 
 use brownout_core::{
-    body::{buffer, Buffered, PrefixedBody},
-    classify::{classify_result, Outcome},
+    body::{prepare, Need},
+    classify::{classify_result, DefaultClassifier, Outcome, DEFAULT_ERROR_BODY_LIMIT},
+    error::is_caller_error,
     event::{Event, EventKind},
     future::{take_ready, Output, ResponseFuture},
     meta::Degraded,
-    BoxError,
+    provider::Api,
+    Body, BoxError, RequestFacts,
 };
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, Uri};
-use http_body::Body;
 use tower_service::Service;
 
 use crate::{
-    answer::{Answer, Provider},
-    request::{self, Asked},
+    answer::{id_prefix, Answer},
+    request::{self, Said},
     DegradeConfig, DegradeLayer,
 };
 
@@ -82,20 +83,19 @@ impl<S> fmt::Debug for Degrade<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Degrade<S>
 where
-    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
-    ReqBody: Body + Unpin + Send + 'static,
-    ReqBody::Error: Send,
-    ResBody: Body + Unpin + Send + 'static,
-    ResBody::Error: Send,
+    ReqBody: http_body::Body + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: http_body::Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
 {
-    type Response = Response<PrefixedBody<ResBody>>;
+    type Response = Response<Body>;
     type Error = BoxError;
-    type Future = ResponseFuture<ResBody>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -107,84 +107,103 @@ where
     }
 }
 
-/// What is kept of the request to shape an answer after a failure.
-enum Kept {
-    /// The whole body.
-    Body(Bytes),
-    /// The body was too long to keep: what its start said.
-    Start(Asked<'static>),
-    /// The body failed while it was read: the caller's side broke, not the upstream,
-    /// so the result is handed back as it is.
-    Failed,
+/// What a degraded answer is shaped after, kept from the request before it is sent.
+struct Kept {
+    api: Api,
+    model: Option<Arc<str>>,
+    stream: bool,
+    /// The whole body, when it is in memory; a body over the replay limit is sent on
+    /// streamed, and only its facts (read from its start) are known.
+    body: Option<Bytes>,
 }
 
 async fn run<S, ReqBody, ResBody>(
     mut inner: S,
     config: Arc<DegradeConfig>,
     request: Request<ReqBody>,
-) -> Output<ResBody>
+) -> Output
 where
-    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>,
+    S: Service<Request<Body>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
-    ReqBody: Body + Unpin,
-    ResBody: Body + Unpin,
+    ReqBody: http_body::Body + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: http_body::Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
 {
-    let (parts, body) = request.into_parts();
-    let method = parts.method.clone();
-    let uri = parts.uri.clone();
-    let (kept, body) = match buffer(body, config.replay_limit).await {
-        Buffered::Complete(replay) => (Kept::Body(replay.data().clone()), replay.replay()),
-        Buffered::TooLarge(body) => (Kept::Start(request::scan(body.prefix()).into_owned()), body),
-        Buffered::Failed(body) => (Kept::Failed, body),
+    // The caller's broken or invalid request is its own failure: handed back at once,
+    // never answered with a canned reply.
+    let request = prepare(request, Need::Facts).await?;
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let kept = match RequestFacts::of(request.extensions()) {
+        Some(facts) => Kept {
+            api: facts.api(),
+            model: facts.model_arc().cloned(),
+            stream: facts.is_stream(),
+            body: request.body().bytes().cloned(),
+        },
+        None => Kept {
+            api: Api::from_path(uri.path()),
+            model: None,
+            stream: false,
+            body: request.body().bytes().cloned(),
+        },
     };
     let result = inner
-        .call(Request::from_parts(parts, body))
+        .call(request)
         .await
+        .map(|response| response.map(Body::new))
         .map_err(Into::into);
     let (result, outcome) =
-        classify_result(&config.classifier, result, config.error_body_limit).await;
-    if outcome.is_success() || matches!(kept, Kept::Failed) || !(config.degrade_when)(&outcome) {
+        classify_result(&DefaultClassifier::new(), result, DEFAULT_ERROR_BODY_LIMIT).await;
+    if outcome.is_success() {
+        return result;
+    }
+    // A body that broke while the inner service streamed it (one over the replay
+    // limit) is the caller's failure too, whatever the classifier or the predicate say.
+    if let Err(error) = &result {
+        if is_caller_error(error.as_ref()) {
+            return result;
+        }
+    }
+    if !(config.degrade_when)(&outcome) {
         return result;
     }
     Ok(degraded(&config, &method, &uri, kept, outcome))
 }
 
 /// The canned answer for a failed request.
-fn degraded<B: Body>(
+fn degraded(
     config: &DegradeConfig,
     method: &Method,
     uri: &Uri,
     kept: Kept,
     outcome: Outcome,
-) -> Response<PrefixedBody<B>> {
-    let body;
-    let asked = match kept {
-        Kept::Body(bytes) => {
-            body = bytes;
-            request::read(&body)
-        }
-        Kept::Start(asked) => asked,
-        Kept::Failed => Asked::default(),
-    };
-    let rule = asked.text.as_deref().and_then(|text| config.rule_for(text));
-    let provider = Provider::of_path(uri.path());
-    let id = config.ids.next(provider.id_prefix());
+) -> Response<Body> {
+    let said = kept
+        .body
+        .as_deref()
+        .map_or_else(Said::default, request::read);
+    let rule = said.text.as_deref().and_then(|text| config.rule_for(text));
+    let id = config.ids.next(id_prefix(kept.api));
     let answer = Answer {
-        provider,
-        stream: asked.stream,
-        include_usage: asked.include_usage,
+        api: kept.api,
+        stream: kept.stream,
+        include_usage: said.include_usage,
         id: &id,
-        model: asked.model.as_deref().unwrap_or(UNKNOWN_MODEL),
+        model: kept.model.as_deref().unwrap_or(UNKNOWN_MODEL),
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         text: rule.map_or(&*config.generic, |r| &*r.answer),
     };
 
-    let mut response = Response::new(PrefixedBody::complete(answer.render(), None));
+    let mut response = Response::new(Body::from_bytes(answer.render()));
     *response.status_mut() = config.status;
     let headers = response.headers_mut();
-    if asked.stream {
+    if kept.stream {
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream"),

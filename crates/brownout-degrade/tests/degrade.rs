@@ -12,22 +12,22 @@ use std::{
 };
 
 use brownout_core::{
-    body::PrefixedBody,
-    error::{AttemptTimedOut, CircuitOpen, DeadlineExceeded},
+    body::BodyLimits,
+    error::{find, AttemptTimedOut, BrokenBody, DeadlineExceeded, InvalidRequest, Rejected},
     event::{Event, EventKind},
     meta::Degraded,
-    BoxError, OutcomeKind,
+    Body as BrownoutBody, BoxError, OutcomeKind,
 };
 use brownout_degrade::{Degrade, DegradeConfig, DegradeLayer, Rule, DEFAULT_GENERIC_ANSWER};
 use bytes::Bytes;
 use http::{response::Parts, Request, Response};
-use http_body::{Body, Frame};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tower::{service_fn, util::BoxCloneService, Layer, ServiceExt};
 
-type Inner = BoxCloneService<Request<PrefixedBody<Full<Bytes>>>, Response<Full<Bytes>>, BoxError>;
+type Inner = BoxCloneService<Request<BrownoutBody>, Response<BrownoutBody>, BoxError>;
 
 const ANTHROPIC: &str = "https://api.anthropic.com/v1/messages?beta=true";
 const OPENAI: &str = "https://api.openai.com/v1/chat/completions";
@@ -51,7 +51,7 @@ impl Seen {
 fn answering(status: u16, body: &'static str) -> (Inner, Seen) {
     let seen = Seen::default();
     let record = seen.clone();
-    let service = service_fn(move |request: Request<PrefixedBody<Full<Bytes>>>| {
+    let service = service_fn(move |request: Request<BrownoutBody>| {
         let record = record.clone();
         async move {
             let bytes = request.into_body().collect().await?.to_bytes();
@@ -60,7 +60,7 @@ fn answering(status: u16, body: &'static str) -> (Inner, Seen) {
                 .status(status)
                 .header("content-type", "application/json")
                 .header("request-id", "req_upstream")
-                .body(Full::new(Bytes::from_static(body.as_bytes())))?;
+                .body(BrownoutBody::from(body))?;
             Ok::<_, BoxError>(response)
         }
     });
@@ -69,11 +69,9 @@ fn answering(status: u16, body: &'static str) -> (Inner, Seen) {
 
 /// An upstream that fails with an error.
 fn failing(error: fn() -> BoxError) -> Inner {
-    BoxCloneService::new(service_fn(
-        move |_: Request<PrefixedBody<Full<Bytes>>>| async move {
-            Err::<Response<Full<Bytes>>, _>(error())
-        },
-    ))
+    BoxCloneService::new(service_fn(move |_: Request<BrownoutBody>| async move {
+        Err::<Response<BrownoutBody>, _>(error())
+    }))
 }
 
 fn overloaded() -> Inner {
@@ -177,6 +175,23 @@ fn is_degraded(parts: &Parts) -> bool {
         || parts.extensions.get::<Degraded>().is_some()
 }
 
+/// A layer's refusal, as a breaker's `CircuitOpen` gives it: a `Rejected` as its
+/// source.
+#[derive(Debug)]
+struct Refused(Rejected);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("circuit open")
+    }
+}
+
+impl std::error::Error for Refused {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 // --- When it degrades -----------------------------------------------------------
 
 #[tokio::test]
@@ -191,7 +206,7 @@ async fn overloads_outages_and_timeouts_are_degraded() {
         ("attempt timeout", failing(|| Box::new(AttemptTimedOut::new(Duration::from_secs(30)))), OutcomeKind::Timeout),
         ("deadline", failing(|| Box::new(DeadlineExceeded::new(Duration::from_secs(60), 3))), OutcomeKind::Timeout),
         ("io timeout", failing(|| Box::new(io::Error::from(io::ErrorKind::TimedOut))), OutcomeKind::Timeout),
-        ("circuit open", failing(|| Box::new(CircuitOpen::new("claude-sonnet-4-5".into(), Some(Duration::from_secs(20))))), OutcomeKind::Rejected),
+        ("circuit open", failing(|| Box::new(Refused(Rejected::new(Some(Duration::from_secs(20)))))), OutcomeKind::Rejected),
         ("connection refused", failing(|| Box::new(io::Error::from(io::ErrorKind::ConnectionRefused))), OutcomeKind::ConnectionFailed),
     ];
     for (label, inner, kind) in cases {
@@ -443,6 +458,20 @@ async fn a_body_that_is_not_json_gets_the_generic_answer_in_the_paths_shape() {
 }
 
 #[tokio::test]
+async fn a_body_of_an_odd_shape_keeps_its_model_and_stream() {
+    // `messages` is not a list: its text cannot be read, but the request's facts can.
+    let request = request(
+        ANTHROPIC,
+        json!({"model": "claude-sonnet-4-5", "stream": true, "messages": "refund"}),
+    );
+    let (parts, body) = call(rules(), overloaded(), request).await;
+    assert_eq!(parts.headers["content-type"], "text/event-stream");
+    assert!(parts.headers.get("x-brownout-degraded-rule").is_none());
+    assert_eq!(answer_text(&parts, &body), DEFAULT_GENERIC_ANSWER);
+    assert!(String::from_utf8_lossy(&body).contains(r#""model":"claude-sonnet-4-5""#));
+}
+
+#[tokio::test]
 async fn a_body_over_the_replay_limit_is_sent_whole_and_answered_generically() {
     let filler = "x".repeat(4096);
     let sent = json!({
@@ -450,8 +479,11 @@ async fn a_body_over_the_replay_limit_is_sent_whole_and_answered_generically() {
         "messages": [{"role": "user", "content": format!("{filler} refund")}],
     });
     let (inner, seen) = answering(529, "overloaded");
-    let request = request(ANTHROPIC, sent.clone());
-    let (parts, body) = call(rules().replay_limit(1024), inner, request).await;
+    let mut request = request(ANTHROPIC, sent.clone());
+    request
+        .extensions_mut()
+        .insert(BodyLimits::new().replay_limit(1024));
+    let (parts, body) = call(rules(), inner, request).await;
     assert_eq!(
         seen.bodies(),
         vec![Bytes::from(sent.to_string())],
@@ -485,7 +517,7 @@ async fn a_long_streamed_body_is_answered_in_the_shape_its_start_asked_for() {
     let whole: String = parts.concat();
     let seen = Seen::default();
     let record = seen.clone();
-    let inner = service_fn(move |request: Request<PrefixedBody<Chunks>>| {
+    let inner = service_fn(move |request: Request<BrownoutBody>| {
         let record = record.clone();
         async move {
             let bytes = request.into_body().collect().await?.to_bytes();
@@ -493,16 +525,16 @@ async fn a_long_streamed_body_is_answered_in_the_shape_its_start_asked_for() {
             Ok::<_, BoxError>(
                 Response::builder()
                     .status(529)
-                    .body(Full::new(Bytes::new()))?,
+                    .body(BrownoutBody::empty())?,
             )
         }
     });
     let body = Chunks(parts.iter().map(|p| Bytes::from(p.clone())).collect());
-    let request = Request::post(ANTHROPIC).body(body).unwrap();
-    let response = Degrade::new(inner, rules().replay_limit(1024))
-        .oneshot(request)
-        .await
+    let request = Request::post(ANTHROPIC)
+        .extension(BodyLimits::new().replay_limit(1024))
+        .body(body)
         .unwrap();
+    let response = Degrade::new(inner, rules()).oneshot(request).await.unwrap();
     assert_eq!(seen.bodies(), vec![Bytes::from(whole)], "sent whole, once");
     let (parts, body) = response.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
@@ -859,23 +891,160 @@ impl Body for Broken {
     }
 }
 
-#[tokio::test]
-async fn a_request_body_that_fails_is_not_degraded() {
-    let inner = service_fn(|request: Request<PrefixedBody<Broken>>| async move {
-        // The upstream client reads the body and meets its error.
-        let error = request
-            .into_body()
-            .collect()
-            .await
-            .expect_err("the body fails");
-        Err::<Response<Full<Bytes>>, BoxError>(Box::new(error))
+/// An upstream that reads the whole request body, as an HTTP client sending it does,
+/// and fails with the body's error when it meets one; else it is overloaded. Counts
+/// its calls.
+fn reading_upstream() -> (Inner, Arc<AtomicUsize>) {
+    reading_upstream_wrapping(false)
+}
+
+/// [`reading_upstream`], wrapping the body's error in an `io::Error` when `in_io`
+/// (as brownout-sim and other io-based upstreams do).
+fn reading_upstream_wrapping(in_io: bool) -> (Inner, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let count = calls.clone();
+    let service = service_fn(move |request: Request<BrownoutBody>| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if let Err(error) = request.into_body().collect().await {
+                return Err(if in_io {
+                    Box::new(io::Error::other(error)) as BoxError
+                } else {
+                    error
+                });
+            }
+            Ok::<_, BoxError>(
+                Response::builder()
+                    .status(529)
+                    .body(BrownoutBody::empty())?,
+            )
+        }
     });
-    let request = Request::post(ANTHROPIC).body(Broken(false)).unwrap();
-    let error = Degrade::new(inner, rules())
+    (BoxCloneService::new(service), calls)
+}
+
+/// A degrade config that answers every failure, and counts its events.
+fn degrade_everything() -> (DegradeConfig, Arc<AtomicUsize>) {
+    let events = Arc::new(AtomicUsize::new(0));
+    let count = events.clone();
+    let config = rules()
+        .degrade_when(|_: &brownout_core::Outcome| true)
+        .listener(move |_: &Event| {
+            count.fetch_add(1, Ordering::SeqCst);
+        });
+    (config, events)
+}
+
+#[tokio::test]
+async fn a_request_body_that_fails_is_refused_and_never_degraded() {
+    for (config, events) in [
+        (rules(), Arc::new(AtomicUsize::new(0))),
+        degrade_everything(),
+    ] {
+        let (inner, calls) = reading_upstream();
+        let request = Request::post(ANTHROPIC).body(Broken(false)).unwrap();
+        let error = Degrade::new(inner, config)
+            .oneshot(request)
+            .await
+            .unwrap_err();
+        assert!(
+            find::<BrokenBody>(error.as_ref()).is_some(),
+            "a BrokenBody: {error}"
+        );
+        assert!(error.to_string().contains("client went away"), "{error}");
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "the upstream is not asked");
+        assert_eq!(events.load(Ordering::SeqCst), 0, "no event");
+    }
+}
+
+/// An upload that declares 50 MiB (`content-length: 52428800`), sends `chunks` chunks
+/// of 1 KB and fails.
+struct CutUpload {
+    chunks: usize,
+}
+
+const FIFTY_MB: u64 = 52_428_800;
+
+impl Body for CutUpload {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if self.chunks == 0 {
+            return Poll::Ready(Some(Err(io::Error::other("client went away"))));
+        }
+        self.chunks -= 1;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b' '; 1024])))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(FIFTY_MB)
+    }
+}
+
+#[tokio::test]
+async fn an_upload_over_the_limit_that_breaks_is_never_degraded() {
+    // 1 KB then a failure: refused while its start is read for the facts, or met by
+    // the upstream as it streams the body (at most one call either way). 128 KB then a
+    // failure: past any start read for the facts, so the upstream meets it.
+    for chunks in [1, 128] {
+        for ((config, events), in_io) in [
+            ((rules(), Arc::new(AtomicUsize::new(0))), false),
+            (degrade_everything(), false),
+            ((rules(), Arc::new(AtomicUsize::new(0))), true),
+        ] {
+            let (inner, calls) = reading_upstream_wrapping(in_io);
+            let request = Request::post(ANTHROPIC)
+                .header("content-type", "application/json")
+                .header("content-length", FIFTY_MB.to_string())
+                .body(CutUpload { chunks })
+                .unwrap();
+            let result = Degrade::new(inner, config).oneshot(request).await;
+            let error = match result {
+                Ok(response) => panic!(
+                    "a broken upload was answered {} (degraded: {})",
+                    response.status(),
+                    response.headers().contains_key("x-brownout-degraded")
+                ),
+                Err(error) => error,
+            };
+            assert!(
+                find::<BrokenBody>(error.as_ref()).is_some(),
+                "{chunks} KB: a BrokenBody in the chain: {error}"
+            );
+            let calls = calls.load(Ordering::SeqCst);
+            if chunks == 1 {
+                assert!(calls <= 1, "sent once at most: {calls}");
+            } else {
+                assert_eq!(calls, 1, "streamed to the upstream once");
+            }
+            assert_eq!(events.load(Ordering::SeqCst), 0, "no event");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_body_naming_its_model_twice_is_refused_and_never_degraded() {
+    let (config, events) = degrade_everything();
+    let (inner, calls) = reading_upstream();
+    let request = Request::post(ANTHROPIC)
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"claude-haiku-4-5","messages":[{"role":"user","content":"refund"}],"model":"claude-opus-4-1"}"#,
+        )))
+        .unwrap();
+    let error = Degrade::new(inner, config)
         .oneshot(request)
         .await
         .unwrap_err();
-    assert_eq!(error.to_string(), "client went away");
+    assert!(
+        find::<InvalidRequest>(error.as_ref()).is_some(),
+        "an InvalidRequest: {error}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "the upstream is not asked");
+    assert_eq!(events.load(Ordering::SeqCst), 0, "no event");
 }
 
 #[tokio::test(start_paused = true)]
@@ -885,19 +1054,17 @@ async fn the_errors_of_the_layers_inside_are_degraded() {
 
     let calls = Arc::new(AtomicUsize::new(0));
     let count = calls.clone();
-    let upstream = service_fn(
-        move |_: Request<PrefixedBody<PrefixedBody<PrefixedBody<Full<Bytes>>>>>| {
-            count.fetch_add(1, Ordering::SeqCst);
-            async {
-                Ok::<_, BoxError>(
-                    Response::builder()
-                        .status(529)
-                        .body(Full::new(Bytes::new()))
-                        .unwrap(),
-                )
-            }
-        },
-    );
+    let upstream = service_fn(move |_: Request<BrownoutBody>| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async {
+            Ok::<_, BoxError>(
+                Response::builder()
+                    .status(529)
+                    .body(BrownoutBody::empty())
+                    .unwrap(),
+            )
+        }
+    });
     let breaker = CircuitBreakerLayer::new(
         BreakerConfig::new().policy(FailurePolicy::consecutive(1).unwrap()),
     );

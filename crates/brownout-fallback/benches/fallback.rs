@@ -1,5 +1,6 @@
-//! The model rewrite against a full serde_json parse and re-serialize, on a 2 KB and a
-//! 200 KB chat body, and the cascade on the success path against the bare service.
+//! The model rewrite (core's `RequestFacts`, read once, then `retarget` per target)
+//! against a full serde_json parse and re-serialize, on a 2 KB and a 200 KB chat body,
+//! and the cascade on the success path against the bare service.
 //!
 //! ```sh
 //! cargo bench -p brownout-fallback --bench fallback
@@ -7,8 +8,8 @@
 
 use std::{convert::Infallible, future::Ready, hint::black_box};
 
-use brownout_core::body::PrefixedBody;
-use brownout_fallback::{rewrite_model, Fallback, FallbackConfig, ModelBody, Target};
+use brownout_core::{Body, RequestFacts};
+use brownout_fallback::{Fallback, FallbackConfig, Target};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use http::{Request, Response};
@@ -41,10 +42,15 @@ fn serde_rewrite(body: &[u8]) -> Vec<u8> {
 }
 
 fn rewrite(c: &mut Criterion) {
+    let parts = Request::post("https://api.anthropic.com/v1/messages")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
     let mut group = c.benchmark_group("rewrite");
     for (label, size) in [("2KB", 2 * 1024), ("200KB", 200 * 1024)] {
         for model_last in [false, true] {
-            let body = chat(size, model_last);
+            let body = Bytes::from(chat(size, model_last));
             let position = if model_last {
                 "model last"
             } else {
@@ -55,15 +61,24 @@ fn rewrite(c: &mut Criterion) {
                 BenchmarkId::new(format!("brownout, {position}"), label),
                 &body,
                 |b, body| {
-                    b.iter(|| rewrite_model(black_box(body), "claude-haiku-4-5", None).unwrap())
+                    b.iter(|| {
+                        let facts = RequestFacts::read(&parts, black_box(body), true).unwrap();
+                        facts.retarget(body, "claude-haiku-4-5", None).unwrap()
+                    })
                 },
             );
-            // What the cascade does per target once the spans are known.
-            let parsed = ModelBody::parse(Bytes::from(body.clone())).unwrap();
+            // What the cascade does per target once the facts are read.
+            let facts = RequestFacts::read(&parts, &body, true).unwrap();
             group.bench_with_input(
                 BenchmarkId::new(format!("brownout, per target, {position}"), label),
-                &parsed,
-                |b, parsed| b.iter(|| parsed.for_target(black_box("claude-haiku-4-5"), None)),
+                &facts,
+                |b, facts| {
+                    b.iter(|| {
+                        facts
+                            .retarget(&body, black_box("claude-haiku-4-5"), None)
+                            .unwrap()
+                    })
+                },
             );
             group.bench_with_input(
                 BenchmarkId::new(format!("serde_json Value, {position}"), label),
@@ -98,7 +113,7 @@ fn cascade(c: &mut Criterion) {
         Target::new("claude-haiku-4-5"),
     ])
     .unwrap();
-    let fallback = Fallback::new(service_fn(ok::<PrefixedBody<Full<Bytes>>>), config);
+    let fallback = Fallback::new(service_fn(ok::<Body>), config);
     let mut group = c.benchmark_group("success_path_2KB");
     group.bench_function("bare service", |b| {
         b.iter(|| rt.block_on(bare.oneshot(black_box(request()))).unwrap())

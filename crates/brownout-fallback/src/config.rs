@@ -3,7 +3,7 @@
 use std::{fmt, sync::Arc, time::Duration};
 
 use brownout_core::{
-    classify::{Classifier, Classify, Outcome, OutcomeKind, DEFAULT_ERROR_BODY_LIMIT},
+    classify::Outcome,
     error::InvalidConfig,
     event::{Events, Listener},
     health::Health,
@@ -144,14 +144,21 @@ pub enum UnknownModels {
 /// | setting | default |
 /// |---|---|
 /// | targets | given to [`new`](Self::new), preferred first |
-/// | [`fallback_when`](Self::fallback_when) | overloaded, rate limited, server error, timeout, connection failure, refused by a breaker |
+/// | [`fallback_when`](Self::fallback_when) | [`OutcomeKind::is_unavailable`](brownout_core::OutcomeKind::is_unavailable): rate limited, overloaded, server error, timeout, connection failure, refused by a breaker |
 /// | [`health`](Self::health) | none: every target is tried |
 /// | [`deadline`](Self::deadline) | none |
 /// | [`min_time_left`](Self::min_time_left) | 1 s |
 /// | [`served_header`](Self::served_header) | off (`x-brownout-model` when on) |
 /// | [`on_exhausted`](Self::on_exhausted) | [`Exhausted::LastResponse`] |
 /// | [`unknown_models`](Self::unknown_models) | [`UnknownModels::FromFirstTarget`] |
-/// | [`replay_limit`](Self::replay_limit) | 4 MiB |
+///
+/// Two settings are the stack's, not this layer's: how much of a request body is
+/// buffered to be sent to several targets is the
+/// [`BodyLimits`](brownout_core::body::BodyLimits) in the request's extensions (4 MiB
+/// by default), and what each target's answer means is decided by the stack's one
+/// classifier ([`DefaultClassifier`](brownout_core::classify::DefaultClassifier), or
+/// yours through a [`ClassifyLayer`](brownout_core::classify::ClassifyLayer) over the
+/// HTTP client).
 #[derive(Clone)]
 pub struct FallbackConfig {
     pub(crate) targets: Arc<[Target]>,
@@ -162,9 +169,6 @@ pub struct FallbackConfig {
     pub(crate) served_header: Option<HeaderName>,
     pub(crate) on_exhausted: Exhausted,
     pub(crate) unknown_models: UnknownModels,
-    pub(crate) replay_limit: usize,
-    pub(crate) classifier: Classifier,
-    pub(crate) error_body_limit: usize,
     pub(crate) events: Events,
 }
 
@@ -198,32 +202,21 @@ impl FallbackConfig {
         }
         Ok(FallbackConfig {
             targets: targets.into(),
-            fallback_when: Arc::new(|outcome: &Outcome| {
-                matches!(
-                    outcome.kind(),
-                    OutcomeKind::Overloaded
-                        | OutcomeKind::RateLimited
-                        | OutcomeKind::ServerError
-                        | OutcomeKind::Timeout
-                        | OutcomeKind::ConnectionFailed
-                        | OutcomeKind::Rejected
-                )
-            }),
+            fallback_when: Arc::new(|outcome: &Outcome| outcome.kind().is_unavailable()),
             health: None,
             deadline: None,
             min_time_left: Duration::from_secs(1),
             served_header: None,
             on_exhausted: Exhausted::LastResponse,
             unknown_models: UnknownModels::FromFirstTarget,
-            replay_limit: 4 * 1024 * 1024,
-            classifier: Classifier::default(),
-            error_body_limit: DEFAULT_ERROR_BODY_LIMIT,
             events: Events::new(),
         })
     }
 
-    /// Which outcomes move the cascade to the next target. Client errors should not:
-    /// a request the first model refuses as malformed, another will refuse too.
+    /// Which outcomes move the cascade to the next target. The default is
+    /// [`OutcomeKind::is_unavailable`](brownout_core::OutcomeKind::is_unavailable).
+    /// Client errors should not: a request the first model refuses as malformed,
+    /// another will refuse too.
     pub fn fallback_when(
         mut self,
         when: impl Fn(&Outcome) -> bool + Send + Sync + 'static,
@@ -277,19 +270,6 @@ impl FallbackConfig {
         self
     }
 
-    /// The largest request body kept to be sent to several targets. A longer one is
-    /// sent once, unchanged, to the first target.
-    pub fn replay_limit(mut self, bytes: usize) -> Self {
-        self.replay_limit = bytes;
-        self
-    }
-
-    /// Decides what happened at each target.
-    pub fn classifier(mut self, classifier: impl Classify) -> Self {
-        self.classifier = Classifier::new(classifier);
-        self
-    }
-
     /// Where decisions go besides `tracing`.
     pub fn listener(mut self, listener: impl Listener) -> Self {
         self.events = Events::with_listener(listener);
@@ -319,7 +299,6 @@ impl fmt::Debug for FallbackConfig {
             .field("served_header", &self.served_header)
             .field("on_exhausted", &self.on_exhausted)
             .field("unknown_models", &self.unknown_models)
-            .field("replay_limit", &self.replay_limit)
             .finish_non_exhaustive()
     }
 }

@@ -5,23 +5,25 @@ use std::{
 };
 
 use brownout_core::{
-    body::{buffer, Buffered, PrefixedBody},
-    classify::{classify_result, Outcome, OutcomeKind},
+    body::{prepare, BodyLimits, Need},
+    classify::{
+        classify_result, DefaultClassifier, Outcome, OutcomeKind, DEFAULT_ERROR_BODY_LIMIT,
+    },
     error::DeadlineExceeded,
     event::{Event, EventKind, FallbackReason, NoCascadeReason, NotReplayable},
     future::{take_ready, Output, ResponseFuture},
     meta::ServedBy,
-    BoxError,
+    provider::CREDENTIAL_HEADERS,
+    Body, BoxError, RequestFacts,
 };
+use bytes::Bytes;
 use http::{header, request::Parts, uri, HeaderValue, Request, Response, Uri};
-use http_body::Body;
 use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::{
     config::{Exhausted, Target, UnknownModels},
-    rewrite::ModelBody,
     AllTargetsFailed, FallbackConfig, FallbackLayer, InvalidConfig,
 };
 
@@ -106,21 +108,19 @@ impl<S> fmt::Debug for Fallback<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Fallback<S>
 where
-    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
-    ReqBody: Body + Unpin + Send + 'static,
-    ReqBody::Error: Send,
-    ResBody: Body + Unpin + Send + 'static,
-    ResBody::Error: Send,
+    ReqBody: http_body::Body + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: http_body::Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
 {
-    type Response = Response<PrefixedBody<ResBody>>;
+    type Response = Response<Body>;
     type Error = BoxError;
-    type Future = ResponseFuture<ResBody>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -128,89 +128,108 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let inner = take_ready(&mut self.inner);
-        ResponseFuture::new(run(
-            inner,
-            self.routes.clone(),
-            self.config.clone(),
-            request,
-        ))
+        let routes = self.routes.clone();
+        let config = self.config.clone();
+        ResponseFuture::new(async move {
+            // Buffered once for the whole stack, and the facts read once: a caller's
+            // broken or ambiguous body is its own error, answered at once.
+            let request = prepare(request, Need::Facts).await?;
+            run(inner, routes, config, request).await
+        })
     }
 }
 
-async fn run<S, ReqBody, ResBody>(
+async fn run<S, ResBody>(
     inner: S,
     routes: Arc<[Option<S>]>,
     config: Arc<FallbackConfig>,
-    request: Request<ReqBody>,
-) -> Output<ResBody>
+    request: Request<Body>,
+) -> Output
 where
-    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>> + Clone,
+    S: Service<Request<Body>, Response = Response<ResBody>> + Clone,
     S::Error: Into<BoxError>,
-    ReqBody: Body + Unpin,
-    ResBody: Body + Unpin,
+    ResBody: http_body::Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
 {
     let deadline = config.deadline.map(|d| Instant::now() + d);
     let (parts, body) = request.into_parts();
     let event = |kind| Event::new("fallback", &parts.method, &parts.uri, kind);
-    let first = &config.targets[0];
+    let facts = RequestFacts::of(&parts.extensions)
+        .cloned()
+        .unwrap_or_else(|| RequestFacts::of_head(&parts));
+    // A request for one of the targets starts the cascade there: never an upgrade.
+    let requested = facts
+        .model()
+        .and_then(|model| config.targets.iter().position(|t| *t.model == *model));
+    let pass_through = requested.is_none() && config.unknown_models == UnknownModels::PassThrough;
+    let start = requested.unwrap_or(0);
+    // The service of the one target a request goes to without a cascade. The caller
+    // readied the inner service, not a target's own one.
+    let once = |at: usize, inner: S| match &routes[at] {
+        Some(own) => (own.clone(), false),
+        None => (inner, true),
+    };
 
-    let buffered = match buffer(body, config.replay_limit).await {
-        Buffered::Complete(replay) => Ok(replay),
-        Buffered::TooLarge(body) => Err((
-            body,
-            NotReplayable::BodyTooLarge {
-                limit: config.replay_limit,
-            },
-        )),
-        Buffered::Failed(body) => Err((body, NotReplayable::BodyFailed)),
+    let Some(data) = body.bytes().cloned() else {
+        // Too long to buffer: sent once, to the cascade's first target, its model
+        // (read from the bytes read ahead) written into those bytes.
+        let limit = body
+            .over_limit()
+            .unwrap_or_else(|| BodyLimits::of(&parts.extensions).replay_limit_bytes());
+        let reason = NoCascadeReason::NotReplayable(NotReplayable::BodyTooLarge { limit });
+        config.events.emit(event(EventKind::NoCascade { reason }));
+        let at = if pass_through { 0 } else { start };
+        let (mut service, ready) = once(at, inner);
+        let target = &config.targets[at];
+        let request = if pass_through {
+            Request::from_parts(parts, body)
+        } else {
+            let mut parts = target_parts(&parts, target, None);
+            let (body, change) = retarget_prefix(&facts, body, target);
+            if let Some((grown, new_facts)) = change {
+                grow_content_length(&mut parts, grown);
+                parts.extensions.insert(new_facts);
+            }
+            Request::from_parts(parts, body)
+        };
+        let (result, _) = attempt(&mut service, ready, &config, request, deadline).await;
+        return if pass_through {
+            result
+        } else {
+            served(result, &config, target, 0)
+        };
     };
-    let replay = match buffered {
-        Ok(replay) => replay,
-        Err((body, why)) => {
-            let reason = NoCascadeReason::NotReplayable(why);
-            config.events.emit(event(EventKind::NoCascade { reason }));
-            // The caller readied the inner service, not a target's own one.
-            let ready = routes[0].is_none();
-            let mut service = routes[0].clone().unwrap_or(inner);
-            let request = Request::from_parts(target_parts(&parts, first, None), body);
-            let (result, _) = attempt(&mut service, ready, &config, request, deadline).await;
-            return served(result, &config, first, 0);
-        }
-    };
-    let Some(model_body) = ModelBody::parse(replay.data().clone()) else {
+    let trailers = body.trailers().cloned();
+
+    if facts.model().is_none() {
         config.events.emit(event(EventKind::NoCascade {
             reason: NoCascadeReason::NoModel,
         }));
-        let ready = routes[0].is_none();
-        let mut service = routes[0].clone().unwrap_or(inner);
-        let request = Request::from_parts(target_parts(&parts, first, None), replay.replay());
+        let (mut service, ready) = once(0, inner);
+        let first = &config.targets[0];
+        let request = Request::from_parts(target_parts(&parts, first, None), body);
         let (result, _) = attempt(&mut service, ready, &config, request, deadline).await;
         return served(result, &config, first, 0);
-    };
-
-    // A request for one of the targets starts the cascade there: never an upgrade.
-    let requested = config
-        .targets
-        .iter()
-        .position(|t| *t.model == *model_body.model());
-    if requested.is_none() && config.unknown_models == UnknownModels::PassThrough {
+    }
+    if pass_through {
         config.events.emit(event(EventKind::NoCascade {
             reason: NoCascadeReason::NotATarget,
         }));
-        let ready = routes[0].is_none();
-        let mut service = routes[0].clone().unwrap_or(inner);
-        let request = Request::from_parts(parts, replay.replay());
+        let (mut service, ready) = once(0, inner);
+        let request = Request::from_parts(parts, body);
         let (result, _) = attempt(&mut service, ready, &config, request, deadline).await;
         return result;
     }
-    let start = requested.unwrap_or(0);
+    drop(body);
+
     let cascade = &config.targets[start..];
     let mut inner = inner;
     // The inner service was driven to readiness by the caller: its first use skips
     // `ready`, later uses wait for it.
     let mut inner_ready = true;
     let mut failures: Vec<(Arc<str>, FallbackReason)> = Vec::new();
-    let mut last: Option<Output<ResBody>> = None;
+    let mut last: Option<Output> = None;
 
     for (offset, target) in cascade.iter().enumerate() {
         let next = cascade.get(offset + 1);
@@ -242,11 +261,14 @@ where
                 break;
             }
         }
-        let body = model_body.for_target(&target.model, target.max_tokens);
-        let request = Request::from_parts(
-            target_parts(&parts, target, Some(body.len())),
-            PrefixedBody::complete(body, replay.trailers().cloned()),
-        );
+        // The target's body and its facts, so that the layers inside (a breaker keyed
+        // by model) see the model it asks for without reading the body again.
+        let (bytes, target_facts) = facts
+            .retarget(&data, &target.model, target.max_tokens)
+            .unwrap_or_else(|| (data.clone(), facts.clone()));
+        let mut target_parts = target_parts(&parts, target, Some(bytes.len()));
+        target_parts.extensions.insert(target_facts);
+        let request = Request::from_parts(target_parts, Body::full(bytes, trailers.clone()));
         let (result, outcome) = match &routes[start + offset] {
             Some(own) => attempt(&mut own.clone(), false, &config, request, deadline).await,
             None => {
@@ -275,20 +297,63 @@ where
     }
 }
 
-/// One target's attempt: readiness, the call and its classification, cut off at the
+/// The body of a request too long to buffer, for `target`: its model (and
+/// `max_tokens`) rewritten in the bytes read ahead of the rest, with how much longer
+/// the body got and its new facts; the body as it is when nothing changes.
+fn retarget_prefix(
+    facts: &RequestFacts,
+    body: Body,
+    target: &Target,
+) -> (Body, Option<(i64, RequestFacts)>) {
+    let clamps = matches!(
+        (facts.max_tokens(), target.max_tokens),
+        (Some(n), Some(limit)) if n > limit
+    );
+    if facts.model().is_none() || (facts.model() == Some(&*target.model) && !clamps) {
+        return (body, None);
+    }
+    let prefix = Bytes::copy_from_slice(body.prefix());
+    match facts.retarget(&prefix, &target.model, target.max_tokens) {
+        Some((bytes, new_facts)) => {
+            let grown = bytes.len() as i64 - prefix.len() as i64;
+            (body.with_prefix(bytes), Some((grown, new_facts)))
+        }
+        None => (body, None),
+    }
+}
+
+/// Moves `content-length`, when the request has one, by `grown` bytes.
+fn grow_content_length(parts: &mut Parts, grown: i64) {
+    let Some(length) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let length = length.saturating_add_signed(grown);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+}
+
+/// One target's attempt: readiness, the call and its classification (the outcome a
+/// layer further in recorded, else the default classifier's), cut off at the
 /// deadline.
-async fn attempt<S, ReqBody, ResBody>(
+async fn attempt<S, ResBody>(
     service: &mut S,
     ready: bool,
     config: &FallbackConfig,
-    request: Request<PrefixedBody<ReqBody>>,
+    request: Request<Body>,
     deadline: Option<Instant>,
-) -> (Output<ResBody>, Outcome)
+) -> (Output, Outcome)
 where
-    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>,
+    S: Service<Request<Body>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
-    ReqBody: Body,
-    ResBody: Body + Unpin,
+    ResBody: http_body::Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
 {
     let call = async {
         let result = if ready {
@@ -299,7 +364,8 @@ where
                 Err(error) => Err(error),
             }
         };
-        classify_result(&config.classifier, result, config.error_body_limit).await
+        let result = result.map(|response| response.map(Body::new));
+        classify_result(&DefaultClassifier::new(), result, DEFAULT_ERROR_BODY_LIMIT).await
     };
     let Some(at) = deadline else {
         return call.await;
@@ -315,12 +381,7 @@ where
 }
 
 /// Marks a response with the target that served it.
-fn served<B: Body>(
-    result: Output<B>,
-    config: &FallbackConfig,
-    target: &Target,
-    position: usize,
-) -> Output<B> {
+fn served(result: Output, config: &FallbackConfig, target: &Target, position: usize) -> Output {
     result.map(|mut response| {
         if let Some(name) = &config.served_header {
             if let Ok(value) = HeaderValue::from_str(&target.model) {
@@ -333,12 +394,6 @@ fn served<B: Body>(
         response
     })
 }
-
-const CREDENTIALS: [header::HeaderName; 3] = [
-    header::AUTHORIZATION,
-    header::HeaderName::from_static("x-api-key"),
-    header::HeaderName::from_static("api-key"),
-];
 
 /// The request head for `target`: its endpoint and headers, and the new body length.
 fn target_parts(parts: &Parts, target: &Target, body_len: Option<usize>) -> Parts {
@@ -357,7 +412,7 @@ fn target_parts(parts: &Parts, target: &Target, body_len: Option<usize>) -> Part
     // credentials: they belong to the caller's provider, not to this one.
     if (target.base_url.is_some() || !target.headers.is_empty()) && !target.keep_caller_credentials
     {
-        for name in CREDENTIALS {
+        for name in &CREDENTIAL_HEADERS {
             parts.headers.remove(name);
         }
     }

@@ -2,23 +2,30 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex},
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    task::{Context, Poll},
     time::Duration,
 };
 
-use brownout_breaker::{BreakerConfig, CircuitBreakerLayer};
+use brownout_breaker::{BreakerConfig, CircuitBreakerLayer, FailurePolicy};
 use brownout_core::{
-    body::PrefixedBody,
-    event::{Event, EventKind, FallbackReason, NoCascadeReason},
+    body::BodyLimits,
+    error::{BrokenBody, InvalidRequest},
+    event::{Event, EventKind, FallbackReason, NoCascadeReason, NotReplayable},
     meta::ServedBy,
-    BoxError, OutcomeKind,
+    Body, BoxError, OutcomeKind, RequestFacts,
 };
 use brownout_fallback::{AllTargetsFailed, Exhausted, Fallback, FallbackConfig, Target};
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, Uri};
+use http_body::Frame;
 use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
-use tower::{Service, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 #[derive(Clone, Debug)]
 enum Step {
@@ -32,6 +39,7 @@ struct Seen {
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
+    facts: Option<RequestFacts>,
 }
 
 /// Answers per model from a script (then 200), and records what it was sent. Models
@@ -41,6 +49,7 @@ struct Upstream {
     name: &'static str,
     scripts: Arc<Mutex<HashMap<String, VecDeque<Step>>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    calls: Arc<AtomicUsize>,
 }
 
 impl Upstream {
@@ -65,8 +74,8 @@ impl Upstream {
     }
 }
 
-impl Service<Request<PrefixedBody<Full<Bytes>>>> for Upstream {
-    type Response = Response<Full<Bytes>>;
+impl Service<Request<Body>> for Upstream {
+    type Response = Response<Body>;
     type Error = BoxError;
     type Future = std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
@@ -79,8 +88,9 @@ impl Service<Request<PrefixedBody<Full<Bytes>>>> for Upstream {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<PrefixedBody<Full<Bytes>>>) -> Self::Future {
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
         let this = self.clone();
+        this.calls.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
             let (parts, body) = request.into_parts();
             let body = body.collect().await?.to_bytes();
@@ -89,6 +99,7 @@ impl Service<Request<PrefixedBody<Full<Bytes>>>> for Upstream {
                 .and_then(|v| v["model"].as_str().map(str::to_owned))
                 .unwrap_or_else(|| "none".into());
             this.seen.lock().unwrap().push(Seen {
+                facts: RequestFacts::of(&parts.extensions).cloned(),
                 uri: parts.uri,
                 headers: parts.headers,
                 body: body.clone(),
@@ -111,7 +122,7 @@ impl Service<Request<PrefixedBody<Full<Bytes>>>> for Upstream {
             let answer = format!(r#"{{"model":"{model}","served_by":"{}"}}"#, this.name);
             Ok(Response::builder()
                 .status(status)
-                .body(Full::new(Bytes::from(answer)))?)
+                .body(Body::from(answer))?)
         })
     }
 }
@@ -153,7 +164,7 @@ fn recorder() -> (
     })
 }
 
-type Reply = Result<Response<PrefixedBody<Full<Bytes>>>, BoxError>;
+type Reply = Result<Response<Body>, BoxError>;
 
 async fn call(service: &Fallback<Upstream>, body: &str) -> Reply {
     service.clone().oneshot(request(body)).await
@@ -378,11 +389,26 @@ async fn an_oversized_body_goes_once_to_the_first_target() {
     let upstream = Upstream::default();
     upstream.script(OPUS, [Step::Status(529)]);
     let body = chat(OPUS);
-    let config = FallbackConfig::new(targets()).unwrap().replay_limit(16);
+    let (events, listener) = recorder();
+    let config = FallbackConfig::new(targets()).unwrap().listener(listener);
     let service = Fallback::new(upstream.clone(), config);
-    assert_eq!(call(&service, &body).await.unwrap().status(), 529);
+    let mut request = request(&body);
+    // The replay limit is the stack's: one setting in the request's extensions.
+    request
+        .extensions_mut()
+        .insert(BodyLimits::new().replay_limit(16));
+    assert_eq!(service.oneshot(request).await.unwrap().status(), 529);
     assert_eq!(upstream.seen().len(), 1);
     assert_eq!(upstream.seen()[0].body, body.as_bytes());
+    assert!(matches!(
+        events.lock().unwrap()[..],
+        [Event {
+            kind: EventKind::NoCascade {
+                reason: NoCascadeReason::NotReplayable(NotReplayable::BodyTooLarge { limit: 16 })
+            },
+            ..
+        }]
+    ));
 }
 
 #[tokio::test(start_paused = true)]
@@ -507,10 +533,10 @@ struct Strict {
     ready: bool,
 }
 
-impl Service<Request<PrefixedBody<Full<Bytes>>>> for Strict {
-    type Response = Response<Full<Bytes>>;
+impl Service<Request<Body>> for Strict {
+    type Response = Response<Body>;
     type Error = BoxError;
-    type Future = <Upstream as Service<Request<PrefixedBody<Full<Bytes>>>>>::Future;
+    type Future = <Upstream as Service<Request<Body>>>::Future;
 
     fn poll_ready(
         &mut self,
@@ -520,7 +546,7 @@ impl Service<Request<PrefixedBody<Full<Bytes>>>> for Strict {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<PrefixedBody<Full<Bytes>>>) -> Self::Future {
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
         assert!(std::mem::take(&mut self.ready), "called without poll_ready");
         self.inner.call(request)
     }
@@ -575,4 +601,171 @@ async fn a_target_can_be_told_to_keep_the_callers_credentials() {
     let reply = call(&service, &chat(OPUS)).await;
     assert_eq!(served(&reply), (SONNET.to_owned(), 1));
     assert_eq!(upstream.seen()[1].headers["x-api-key"], "sk-ant-secret");
+}
+
+/// A request body that yields its chunks one by one, with no size hint, then ends;
+/// or, when `cut`, fails after them, as an upload whose client hung up does.
+struct Chunks {
+    chunks: VecDeque<Bytes>,
+    cut: bool,
+}
+
+impl Chunks {
+    fn new(body: &str, chunk: usize, cut: bool) -> Self {
+        let chunks = body
+            .as_bytes()
+            .chunks(chunk)
+            .map(Bytes::copy_from_slice)
+            .collect();
+        Chunks { chunks, cut }
+    }
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        match self.chunks.pop_front() {
+            Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+            None if self.cut => Poll::Ready(Some(Err(std::io::Error::from(
+                std::io::ErrorKind::ConnectionReset,
+            )))),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+fn request_with<B>(body: B, len: usize) -> Request<B> {
+    Request::post("https://api.anthropic.com/v1/messages?beta=1")
+        .header("content-length", len)
+        .header("x-api-key", "sk-ant-secret")
+        .body(body)
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broken_body_is_the_callers_error_and_nothing_is_sent() {
+    let upstream = Upstream::default();
+    upstream.script(OPUS, [Step::Status(529)]);
+    let (events, listener) = recorder();
+    let config = FallbackConfig::new(targets()).unwrap().listener(listener);
+    let service = Fallback::new(upstream.clone(), config);
+    let body = chat(OPUS);
+    let request = request_with(Chunks::new(&body, 16, true), body.len());
+    let error = service.oneshot(request).await.unwrap_err();
+    assert!(error.downcast_ref::<BrokenBody>().is_some(), "{error}");
+    assert_eq!(
+        upstream.calls.load(Ordering::SeqCst),
+        0,
+        "no target is called"
+    );
+    assert!(events.lock().unwrap().is_empty(), "no fallback, no event");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_naming_two_models_is_refused_and_nothing_is_sent() {
+    let upstream = Upstream::default();
+    let (events, listener) = recorder();
+    let config = FallbackConfig::new(targets()).unwrap().listener(listener);
+    let service = Fallback::new(upstream.clone(), config);
+    let body = format!(r#"{{"model":"{OPUS}","max_tokens":10,"messages":[],"model":"{HAIKU}"}}"#);
+    let error = call(&service, &body).await.unwrap_err();
+    assert!(error.downcast_ref::<InvalidRequest>().is_some(), "{error}");
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), 0);
+    assert!(events.lock().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_target_sees_the_facts_of_its_own_body() {
+    let upstream = Upstream::default();
+    upstream.script(OPUS, [Step::Status(529)]);
+    upstream.script(SONNET, [Step::Status(529)]);
+    let service = Fallback::new(upstream.clone(), FallbackConfig::new(targets()).unwrap());
+    let reply = call(&service, &chat(OPUS)).await;
+    assert_eq!(served(&reply), (HAIKU.to_owned(), 2));
+    let facts: Vec<(Option<String>, Option<u64>)> = upstream
+        .seen()
+        .iter()
+        .map(|s| {
+            let facts = s.facts.as_ref().expect("facts in every target's request");
+            (facts.model().map(str::to_owned), facts.max_tokens())
+        })
+        .collect();
+    assert_eq!(
+        facts,
+        [
+            (Some(OPUS.to_owned()), Some(32000)),
+            (Some(SONNET.to_owned()), Some(32000)),
+            (Some(HAIKU.to_owned()), Some(8192)),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_oversized_body_has_its_model_written_into_the_bytes_read_ahead() {
+    for (asked, target, clamped) in [("claude-3-haiku", OPUS, false), (HAIKU, HAIKU, true)] {
+        let upstream = Upstream::default();
+        upstream.script(target, [Step::Status(529)]);
+        let (events, listener) = recorder();
+        let config = FallbackConfig::new(targets()).unwrap().listener(listener);
+        let service = Fallback::new(upstream.clone(), config);
+        let body = chat(asked);
+        let mut request = request_with(Chunks::new(&body, 10, false), body.len());
+        request
+            .extensions_mut()
+            .insert(BodyLimits::new().replay_limit(60));
+        let reply = service.oneshot(request).await;
+        assert_eq!(served(&reply), (target.to_owned(), 0));
+        assert_eq!(reply.unwrap().status(), 529, "sent once: no cascade");
+        let seen = upstream.seen();
+        assert_eq!(seen.len(), 1);
+        let mut expected = body.replace(asked, target);
+        if clamped {
+            expected = expected.replace("32000", "8192");
+        }
+        assert_eq!(seen[0].body, expected.as_bytes());
+        assert_eq!(
+            seen[0].headers["content-length"],
+            expected.len().to_string().as_str()
+        );
+        let facts = seen[0].facts.as_ref().unwrap();
+        assert_eq!(facts.model(), Some(target));
+        assert!(!facts.is_whole());
+        assert!(matches!(
+            events.lock().unwrap()[..],
+            [Event {
+                kind: EventKind::NoCascade {
+                    reason: NoCascadeReason::NotReplayable(NotReplayable::BodyTooLarge {
+                        limit: 60
+                    })
+                },
+                ..
+            }]
+        ));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_inside_keys_each_target_by_the_model_it_is_sent() {
+    let upstream = Upstream::default();
+    upstream.script(OPUS, [Step::Status(529)]);
+    let breakers = CircuitBreakerLayer::new(
+        BreakerConfig::new().policy(FailurePolicy::consecutive(1).unwrap()),
+    );
+    let config = FallbackConfig::new(targets())
+        .unwrap()
+        .health(breakers.handle());
+    let service = Fallback::new(breakers.layer(upstream.clone()), config);
+    // Opus's 529 opens its breaker. Sonnet's request passes: the breaker keys it by the
+    // model in the facts of the body it is sent, not by the caller's opus.
+    let reply = service.clone().oneshot(request(&chat(OPUS))).await;
+    assert_eq!(served(&reply), (SONNET.to_owned(), 1));
+    // Next time opus is skipped without a request.
+    let reply = service.clone().oneshot(request(&chat(OPUS))).await;
+    assert_eq!(served(&reply), (SONNET.to_owned(), 1));
+    assert_eq!(models_sent(&upstream), [OPUS, SONNET, SONNET]);
 }

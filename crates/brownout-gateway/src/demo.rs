@@ -28,7 +28,7 @@ use crate::{Config, ConfigError, Router};
 
 /// The example configuration shipped with the crate (`gateway.example.toml`): the
 /// demo's pipeline.
-pub const EXAMPLE_CONFIG: &str = include_str!("../gateway.example.toml");
+pub use crate::config::EXAMPLE_CONFIG;
 
 /// A demo run's settings. See the [module docs](self).
 #[derive(Debug, Clone)]

@@ -67,9 +67,13 @@
 //! and a request for any other model is sent as the cascade's first model: that is
 //! the fallback layer's rule, and the `x-brownout-model` header says which answered. Answers are
 //! streamed as they arrive: the layers judge a response on its head (and the start of
-//! an error body), never buffer a success body, and hand hyper's body on. Request
-//! bodies are buffered up to 4 MiB so that retry and fallback can send them again; a
-//! longer one is sent once.
+//! an error body), and hand hyper's body on; only the cache reads a success body, to
+//! store it (up to its per-entry limit), and streams it to the caller as it reads.
+//! Request bodies are buffered once, up to the `limits.replay_limit` of the config
+//! (4 MiB by default), so that retry and fallback can send them again; a longer one is
+//! sent once. A caller's body that breaks off is answered `400`, one that stalls for
+//! `limits.body_idle_timeout` `408`; a body naming `model` twice `400`. None of them
+//! counts against a breaker or a budget.
 //!
 //! # Limits
 //!
@@ -80,15 +84,14 @@
 
 pub mod config;
 mod credentials;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod pipeline;
 pub mod router;
 mod server;
-mod skip;
 
-pub use config::{Api, Config, ConfigError};
+pub use config::{Api, Config, ConfigError, EXAMPLE_CONFIG};
 pub use credentials::Credentials;
 pub use pipeline::{Layers, Pipeline};
-pub use router::{GatewayBody, Router};
+pub use router::Router;
 pub use server::{http_client, shutdown_signal, Gateway, HttpClient, Stopped};
-pub use skip::{Skip, Skipped, SkippedFuture};

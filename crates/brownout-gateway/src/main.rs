@@ -3,12 +3,15 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
-use brownout_gateway::{demo::Demo, shutdown_signal, Config, Gateway};
+#[cfg(feature = "demo")]
+use brownout_gateway::demo::Demo;
+use brownout_gateway::{shutdown_signal, Config, Gateway};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// A proxy for LLM provider APIs that keeps answering through an outage, and its demo.
 ///
-/// Without a subcommand, runs the outage demo (or serves, with --config).
+/// Without a subcommand, runs the outage demo (or serves, with --config). The demo
+/// is built with the `demo` feature only.
 #[derive(Parser)]
 #[command(
     name = "brownout-gateway",
@@ -206,6 +209,15 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     })
 }
 
+#[cfg(not(feature = "demo"))]
+fn demo(_: DemoArgs) -> Result<(), Failure> {
+    Err(Failure::config(
+        "this build has no demo: build with `--features demo` \
+         (cargo run -p brownout-gateway --features demo -- demo), or serve with --config FILE",
+    ))
+}
+
+#[cfg(feature = "demo")]
 fn demo(args: DemoArgs) -> Result<(), Failure> {
     let mut demo = Demo::new().stream(args.stream);
     if let Some(path) = &args.script {

@@ -7,31 +7,27 @@
 //! answer is better than a canned one and worse than a live one, the cascade asks the
 //! breakers which models to skip, and the breaker counts each retried call once.
 //!
-//! A layer the configuration turns off is replaced by [`Skip`], so a pipeline has
-//! one type whichever layers are on. The stack is boxed once, at the top, into a
+//! A layer the configuration turns off is left out with `option_layer`: every layer
+//! takes any request body and hands on [`Body`], so a pipeline has one type
+//! whichever layers are on. The stack is boxed once, at the top, into a
 //! [`Pipeline`]: the fallback, cache and degrade layers already box their futures, and
 //! `benches/proxy.rs` measures the whole gateway against a bare proxy.
 
-use brownout_breaker::{BreakerHandle, CircuitBreakerLayer};
-use brownout_cache::CacheLayer;
-use brownout_core::{body::PrefixedBody, BoxError};
-use brownout_degrade::DegradeLayer;
-use brownout_fallback::{FallbackConfig, FallbackLayer};
-use brownout_retry::RetryLayer;
+use brownout::{
+    breaker::{BreakerHandle, CircuitBreakerLayer},
+    cache::CacheLayer,
+    degrade::DegradeLayer,
+    fallback::{FallbackConfig, FallbackLayer},
+    retry::RetryLayer,
+    Body, BoxError,
+};
 use http::{Request, Response};
-use http_body::Body;
-use tower::{util::BoxCloneSyncService, util::Either, Service, ServiceBuilder};
+use tower::{util::BoxCloneSyncService, Service, ServiceBuilder};
 
-use crate::{config::Provider, credentials::Credentials, skip::Skip, Config};
+use crate::{config::Provider, credentials::Credentials, Config};
 
-/// Five [`PrefixedBody`] wrappers around `B`, one per layer: the body the HTTP client
-/// receives from a pipeline (with `B` the caller's request body), and the body a
-/// pipeline returns (with `B` the client's response body).
-pub type Layered<B> = PrefixedBody<PrefixedBody<PrefixedBody<PrefixedBody<PrefixedBody<B>>>>>;
-
-/// A whole pipeline, boxed: takes the caller's `Request<B>`, answers with the layered
-/// body of the client's response body `X`.
-pub type Pipeline<B, X> = BoxCloneSyncService<Request<B>, Response<Layered<X>>, BoxError>;
+/// A whole pipeline, boxed: takes the caller's `Request<B>`, answers `Response<Body>`.
+pub type Pipeline<B> = BoxCloneSyncService<Request<B>, Response<Body>, BoxError>;
 
 /// The layers built from a [`Config`], with their shared state: one set of circuit
 /// breakers, one cache store, one retry budget for every route.
@@ -70,13 +66,15 @@ impl Layers {
 
     /// Stacks the layers over `client`, with a fallback over `cascade` when there is one.
     /// Its fallback asks the breakers which models to skip.
-    pub fn pipeline<B, X, C>(&self, cascade: Option<&FallbackConfig>, client: C) -> Pipeline<B, X>
+    pub fn pipeline<B, X, C>(&self, cascade: Option<&FallbackConfig>, client: C) -> Pipeline<B>
     where
-        B: Body + Unpin + Send + 'static,
-        B::Error: Send,
-        X: Body + Unpin + Send + 'static,
-        X::Error: Into<BoxError> + Send,
-        C: Service<Request<Layered<B>>, Response = Response<X>> + Clone + Send + Sync + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+        X: http_body::Body + Send + 'static,
+        X::Data: Send,
+        X::Error: Into<BoxError>,
+        C: Service<Request<Body>, Response = Response<X>> + Clone + Send + Sync + 'static,
         C::Error: Into<BoxError>,
         C::Future: Send + 'static,
     {
@@ -88,37 +86,38 @@ impl Layers {
             })
         });
         let stack = ServiceBuilder::new()
-            .layer(either(self.degrade.clone()))
-            .layer(either(self.cache.clone()))
-            .layer(either(fallback))
-            .layer(either(self.breaker.clone()))
-            .layer(either(self.retry.clone()))
+            // With every layer off, the caller's body still becomes a `Body`.
+            .map_request(|request: Request<B>| request.map(Body::new))
+            .option_layer(self.degrade.clone())
+            .option_layer(self.cache.clone())
+            .option_layer(fallback)
+            .option_layer(self.breaker.clone())
+            .option_layer(self.retry.clone())
+            .map_err(Into::<BoxError>::into)
+            .map_response(|response: Response<X>| response.map(Body::new))
             .service(Credentials::new(client, &self.providers));
         BoxCloneSyncService::new(stack)
     }
 
     /// The provider's key over `client`, for paths forwarded without the layers.
-    pub(crate) fn plain<B, X, C>(
-        &self,
-        client: C,
-    ) -> BoxCloneSyncService<Request<B>, Response<X>, BoxError>
+    pub(crate) fn plain<B, X, C>(&self, client: C) -> Pipeline<B>
     where
-        B: 'static,
-        C: Service<Request<B>, Response = Response<X>> + Clone + Send + Sync + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+        X: http_body::Body + Send + 'static,
+        X::Data: Send,
+        X::Error: Into<BoxError>,
+        C: Service<Request<Body>, Response = Response<X>> + Clone + Send + Sync + 'static,
         C::Error: Into<BoxError>,
         C::Future: Send + 'static,
     {
         BoxCloneSyncService::new(
             ServiceBuilder::new()
-                .map_err(Into::into)
+                .map_request(|request: Request<B>| request.map(Body::new))
+                .map_err(Into::<BoxError>::into)
+                .map_response(|response: Response<X>| response.map(Body::new))
                 .service(Credentials::new(client, &self.providers)),
         )
-    }
-}
-
-fn either<L>(layer: Option<L>) -> Either<L, Skip> {
-    match layer {
-        Some(layer) => Either::Left(layer),
-        None => Either::Right(Skip),
     }
 }

@@ -20,43 +20,44 @@ use std::{
     task::{Context, Poll},
 };
 
-use brownout_core::{
+use brownout::{
+    body::BodyLimits,
     classify::{Classify, DefaultClassifier, Observed, OutcomeKind},
+    error::{find, BrokenBody, InvalidRequest},
     meta::{Attempts, CacheStatus, Degraded, ServedBy},
-    BoxError,
+    provider::{self, ErrorKind},
+    Body, BoxError,
 };
 use bytes::Bytes;
 use http::{
     header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri,
 };
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
-use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{util::BoxCloneSyncService, Service, ServiceExt};
 
 use crate::{
     config::{Api, Headers, CHAT_COMPLETIONS_PATH, MESSAGES_PATH},
-    pipeline::{Layered, Layers, Pipeline},
+    pipeline::{Layers, Pipeline},
     Config,
 };
 
 /// The header that says how many times the model that answered was tried.
 pub const ATTEMPTS_HEADER: &str = "x-brownout-attempts";
 
-struct RouteService<B, X: Body> {
+struct RouteService<B> {
     api: Api,
     /// The provider's base URL, or `None` when the route's cascade sets each target's.
     base: Option<Uri>,
-    pipeline: Pipeline<B, X>,
+    pipeline: Pipeline<B>,
 }
 
-struct Shared<B, X: Body> {
-    messages: Option<RouteService<B, X>>,
-    chat_completions: Option<RouteService<B, X>>,
+struct Shared<B> {
+    messages: Option<RouteService<B>>,
+    chat_completions: Option<RouteService<B>>,
     forward_base: Uri,
-    forward: BoxCloneSyncService<Request<B>, Response<X>, BoxError>,
+    forward: Pipeline<B>,
     headers: Headers,
+    limits: BodyLimits,
     layers: Layers,
 }
 
@@ -64,13 +65,12 @@ struct Shared<B, X: Body> {
 /// forwards it, and always answers (its error type is [`Infallible`]). See the
 /// [module docs](self).
 ///
-/// `B` is the callers' request body (hyper's `Incoming` in the proxy) and `X` the
-/// HTTP client's response body. Cheap to clone.
-pub struct Router<B, X: Body> {
-    shared: Arc<Shared<B, X>>,
+/// `B` is the callers' request body (hyper's `Incoming` in the proxy). Cheap to clone.
+pub struct Router<B> {
+    shared: Arc<Shared<B>>,
 }
 
-impl<B, X: Body> Clone for Router<B, X> {
+impl<B> Clone for Router<B> {
     fn clone(&self) -> Self {
         Router {
             shared: self.shared.clone(),
@@ -78,7 +78,7 @@ impl<B, X: Body> Clone for Router<B, X> {
     }
 }
 
-impl<B, X: Body> std::fmt::Debug for Router<B, X> {
+impl<B> std::fmt::Debug for Router<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Router")
             .field("messages", &self.shared.messages.is_some())
@@ -89,24 +89,26 @@ impl<B, X: Body> std::fmt::Debug for Router<B, X> {
     }
 }
 
-impl<B, X> Router<B, X>
+impl<B> Router<B>
 where
-    B: Body + Unpin + Send + 'static,
-    B::Error: Send,
-    X: Body<Data = Bytes> + Unpin + Send + 'static,
-    X::Error: Into<BoxError> + Send,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
 {
     /// Builds the layers of `config` and the routes over two clients: `upstream`
     /// serves the pipelines, `forward` the other paths. Each gets the providers' keys.
     ///
     /// Call it inside the runtime that will serve: the layers take their start time
     /// from tokio's clock.
-    pub fn new<C, F>(config: &Config, upstream: C, forward: F) -> Self
+    pub fn new<C, F, X>(config: &Config, upstream: C, forward: F) -> Self
     where
-        C: Service<Request<Layered<B>>, Response = Response<X>> + Clone + Send + Sync + 'static,
+        X: http_body::Body + Send + 'static,
+        X::Data: Send,
+        X::Error: Into<BoxError>,
+        C: Service<Request<Body>, Response = Response<X>> + Clone + Send + Sync + 'static,
         C::Error: Into<BoxError>,
         C::Future: Send + 'static,
-        F: Service<Request<B>, Response = Response<X>> + Clone + Send + Sync + 'static,
+        F: Service<Request<Body>, Response = Response<X>> + Clone + Send + Sync + 'static,
         F::Error: Into<BoxError>,
         F::Future: Send + 'static,
     {
@@ -131,6 +133,7 @@ where
                 forward_base: config.forward_to().base_url().clone(),
                 forward,
                 headers: config.headers(),
+                limits: config.limits(),
                 layers,
             }),
         }
@@ -142,17 +145,15 @@ where
     }
 }
 
-type RouterFuture<X> =
-    Pin<Box<dyn Future<Output = Result<Response<GatewayBody<X>>, Infallible>> + Send>>;
+type RouterFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
-impl<B, X> Service<Request<B>> for Router<B, X>
+impl<B> Service<Request<B>> for Router<B>
 where
     B: Send + 'static,
-    X: Body + Send + 'static,
 {
-    type Response = Response<GatewayBody<X>>;
+    type Response = Response<Body>;
     type Error = Infallible;
-    type Future = RouterFuture<X>;
+    type Future = RouterFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // Every pipeline's layers and clients are always ready: readiness is driven
@@ -160,7 +161,7 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request<B>) -> RouterFuture<X> {
+    fn call(&mut self, mut request: Request<B>) -> RouterFuture {
         let started = Instant::now();
         let shared = &*self.shared;
         let method = request.method().clone();
@@ -168,6 +169,8 @@ where
         remove_hop_by_hop(request.headers_mut());
         // The caller addressed the gateway; the client names the upstream's host.
         request.headers_mut().remove(header::HOST);
+        // The one replay limit of the whole stack, from the config.
+        request.extensions_mut().insert(shared.limits);
 
         let route = match (&method, &*path) {
             (&Method::POST, MESSAGES_PATH) => shared.messages.as_ref(),
@@ -186,7 +189,7 @@ where
                 let pipeline = route.pipeline.clone();
                 Box::pin(async move {
                     let response = match pipeline.oneshot(request).await {
-                        Ok(response) => finish(response, headers).map(GatewayBody::pipeline),
+                        Ok(response) => finish(response, headers),
                         Err(error) => failure(api, &*error, &method, &path),
                     };
                     log(&method, &path, &response, started);
@@ -205,7 +208,7 @@ where
                     let response = match forward.oneshot(request).await {
                         Ok(mut response) => {
                             remove_hop_by_hop(response.headers_mut());
-                            response.map(GatewayBody::forward)
+                            response
                         }
                         Err(error) => failure(api, &*error, &method, &path),
                     };
@@ -232,10 +235,10 @@ fn finish<T>(mut response: Response<T>, headers: Headers) -> Response<T> {
     if !headers.degraded {
         response
             .headers_mut()
-            .remove(brownout_degrade::DEGRADED_HEADER);
+            .remove(brownout::degrade::DEGRADED_HEADER);
         response
             .headers_mut()
-            .remove(brownout_degrade::DEGRADED_RULE_HEADER);
+            .remove(brownout::degrade::DEGRADED_RULE_HEADER);
     }
     response
 }
@@ -243,40 +246,53 @@ fn finish<T>(mut response: Response<T>, headers: Headers) -> Response<T> {
 /// The answer when a pipeline or the forwarding client ends in an error: the status
 /// that says what happened, with an error body in the provider's shape. The message
 /// is the error's own (brownout's errors name models and outcomes, never headers).
-fn failure<X: Body>(
+///
+/// The caller's own failures come first: a body that broke off is `400`, one that
+/// stalled `408`, a body naming `model` twice `400`.
+fn failure(
     api: Api,
     error: &(dyn std::error::Error + 'static),
     method: &Method,
     path: &str,
-) -> Response<GatewayBody<X>> {
+) -> Response<Body> {
     let outcome = DefaultClassifier::new().classify(Observed::Error(error));
-    let (status, anthropic_type, openai_type) = match outcome.kind() {
-        OutcomeKind::Rejected => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded_error",
-            "service_unavailable",
-        ),
-        OutcomeKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout_error", "timeout"),
-        _ => (StatusCode::BAD_GATEWAY, "api_error", "bad_gateway"),
+    let (status, kind) = if let Some(broken) = find::<BrokenBody>(error) {
+        if broken.is_stalled() {
+            (StatusCode::REQUEST_TIMEOUT, ErrorKind::RequestTimeout)
+        } else {
+            (StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest)
+        }
+    } else if find::<InvalidRequest>(error).is_some() {
+        (StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest)
+    } else {
+        match outcome.kind() {
+            OutcomeKind::Rejected => (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Overloaded),
+            OutcomeKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, ErrorKind::Timeout),
+            _ => (StatusCode::BAD_GATEWAY, ErrorKind::Upstream),
+        }
     };
-    tracing::warn!(%method, path, status = status.as_u16(), error = %error, "brownout-gateway: no answer from upstream");
+    if status.is_client_error() {
+        tracing::debug!(%method, path, status = status.as_u16(), error = %error, "brownout-gateway: the caller's request failed");
+    } else {
+        tracing::warn!(%method, path, status = status.as_u16(), error = %error, "brownout-gateway: no answer from upstream");
+    }
     let message = format!("brownout-gateway: {error}");
-    let body = match api {
-        Api::Anthropic => serde_json::json!({
-            "type": "error",
-            "error": {"type": anthropic_type, "message": message},
-        }),
-        Api::Openai => serde_json::json!({
-            "error": {"message": message, "type": openai_type, "param": null, "code": openai_type},
-        }),
+    let api = match api {
+        Api::Anthropic => provider::Api::AnthropicMessages,
+        Api::Openai => provider::Api::OpenAiChat,
     };
-    let mut response = Response::new(GatewayBody::local(Bytes::from(body.to_string())));
+    let mut response = Response::new(Body::from(api.error_body(kind, &message)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Some(delay) = outcome.server_delay() {
+    if status.is_client_error() {
+        // The caller's own request: sending it again as it is cannot help.
+        response
+            .headers_mut()
+            .insert("x-should-retry", HeaderValue::from_static("false"));
+    } else if let Some(delay) = outcome.server_delay() {
         let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
         response
             .headers_mut()
@@ -375,94 +391,6 @@ fn origin_form(uri: &Uri) -> Uri {
     }
 }
 
-pin_project! {
-    /// The body of a gateway response: a pipeline's answer, a forwarded one, or an
-    /// error the gateway wrote itself. Streams as the upstream sends.
-    pub struct GatewayBody<X: Body> {
-        #[pin]
-        kind: Kind<X>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<X: Body> {
-        Pipeline { #[pin] body: Layered<X> },
-        Forward { #[pin] body: X },
-        Local { #[pin] body: Full<Bytes> },
-    }
-}
-
-impl<X: Body> GatewayBody<X> {
-    fn pipeline(body: Layered<X>) -> Self {
-        GatewayBody {
-            kind: Kind::Pipeline { body },
-        }
-    }
-
-    fn forward(body: X) -> Self {
-        GatewayBody {
-            kind: Kind::Forward { body },
-        }
-    }
-
-    fn local(bytes: Bytes) -> Self {
-        GatewayBody {
-            kind: Kind::Local {
-                body: Full::new(bytes),
-            },
-        }
-    }
-}
-
-impl<X: Body> std::fmt::Debug for GatewayBody<X> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match &self.kind {
-            Kind::Pipeline { .. } => "pipeline",
-            Kind::Forward { .. } => "forward",
-            Kind::Local { .. } => "local",
-        };
-        f.debug_struct("GatewayBody").field("kind", &kind).finish()
-    }
-}
-
-impl<X> Body for GatewayBody<X>
-where
-    X: Body<Data = Bytes>,
-{
-    type Data = Bytes;
-    type Error = X::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, X::Error>>> {
-        match self.project().kind.project() {
-            KindProj::Pipeline { body } => body.poll_frame(cx),
-            KindProj::Forward { body } => body.poll_frame(cx),
-            KindProj::Local { body } => body
-                .poll_frame(cx)
-                .map(|frame| frame.map(|f| f.map_err(|never| match never {}))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Pipeline { body } => body.is_end_stream(),
-            Kind::Forward { body } => body.is_end_stream(),
-            Kind::Local { body } => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Pipeline { body } => body.size_hint(),
-            Kind::Forward { body } => body.size_hint(),
-            Kind::Local { body } => body.size_hint(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -502,18 +430,14 @@ mod tests {
 
     #[test]
     fn errors_become_answers_in_the_providers_shape() {
-        let open = brownout_core::error::CircuitOpen::new(
+        let open = brownout::breaker::CircuitOpen::new(
             "claude-sonnet-4-5".into(),
             Some(std::time::Duration::from_millis(2500)),
         );
-        let response = failure::<Full<Bytes>>(Api::Anthropic, &open, &Method::POST, "/v1/messages");
+        let response = failure(Api::Anthropic, &open, &Method::POST, "/v1/messages");
         assert_eq!(response.status(), 503);
         assert_eq!(response.headers()[header::RETRY_AFTER], "3");
-        let body = match response.into_body().kind {
-            Kind::Local { body } => body,
-            _ => panic!("a local body"),
-        };
-        let bytes = futures_bytes(body);
+        let bytes = body_bytes(response.into_body());
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(json["type"], "error");
         assert_eq!(json["error"]["type"], "overloaded_error");
@@ -522,24 +446,35 @@ mod tests {
             .unwrap()
             .contains("circuit open for claude-sonnet-4-5"));
 
-        let timeout =
-            brownout_core::error::DeadlineExceeded::new(std::time::Duration::from_secs(60), 3);
-        let response =
-            failure::<Full<Bytes>>(Api::Openai, &timeout, &Method::POST, "/v1/chat/completions");
+        let timeout = brownout::error::DeadlineExceeded::new(std::time::Duration::from_secs(60), 3);
+        let response = failure(Api::Openai, &timeout, &Method::POST, "/v1/chat/completions");
         assert_eq!(response.status(), 504);
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        let response =
-            failure::<Full<Bytes>>(Api::Openai, &refused, &Method::POST, "/v1/chat/completions");
+        let response = failure(Api::Openai, &refused, &Method::POST, "/v1/chat/completions");
         assert_eq!(response.status(), 502);
-        let body = match response.into_body().kind {
-            Kind::Local { body } => body,
-            _ => panic!("a local body"),
-        };
-        let json: serde_json::Value = serde_json::from_slice(&futures_bytes(body)).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&body_bytes(response.into_body())).unwrap();
         assert_eq!(json["error"]["code"], "bad_gateway");
     }
 
-    fn futures_bytes(body: Full<Bytes>) -> Bytes {
+    #[test]
+    fn the_callers_broken_or_invalid_request_is_a_400_or_408() {
+        let cut = BrokenBody::cut("connection reset".into());
+        let response = failure(Api::Anthropic, &cut, &Method::POST, "/v1/messages");
+        assert_eq!(response.status(), 400);
+        assert_eq!(response.headers()["x-should-retry"], "false");
+        let json: serde_json::Value =
+            serde_json::from_slice(&body_bytes(response.into_body())).unwrap();
+        assert_eq!(json["error"]["type"], "invalid_request_error");
+        let stalled = BrokenBody::stalled(std::time::Duration::from_secs(30));
+        let response = failure(Api::Openai, &stalled, &Method::POST, "/v1/chat/completions");
+        assert_eq!(response.status(), 408);
+        let twice = InvalidRequest::new("the body names its `model` twice");
+        let response = failure(Api::Anthropic, &twice, &Method::POST, "/v1/messages");
+        assert_eq!(response.status(), 400);
+    }
+
+    fn body_bytes(body: Body) -> Bytes {
         use http_body_util::BodyExt;
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()

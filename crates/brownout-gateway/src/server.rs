@@ -17,11 +17,11 @@ use hyper_util::{
 };
 use tokio::net::TcpListener;
 
-use crate::{pipeline::Layered, Config, Router};
+use crate::{Config, Router};
 
 /// The HTTP client the gateway sends with: hyper-util's pooled HTTP/1.1 client over
-/// plain TCP.
-pub type HttpClient<B> = Client<HttpConnector, B>;
+/// plain TCP, sending [`brownout::Body`], the one body of every layer.
+pub type HttpClient = Client<HttpConnector, brownout::Body>;
 
 /// How long a caller may take to send a request's head before its connection is closed.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,7 +39,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// ```
 #[derive(Debug, Clone)]
 pub struct Gateway {
-    router: Router<Incoming, hyper::body::Incoming>,
+    router: Router<Incoming>,
     grace: Duration,
 }
 
@@ -56,17 +56,13 @@ impl Gateway {
     /// the runtime that will serve.
     pub fn new(config: &Config) -> Gateway {
         Gateway {
-            router: Router::new(
-                config,
-                http_client::<Layered<Incoming>>(),
-                http_client::<Incoming>(),
-            ),
+            router: Router::new(config, http_client(), http_client()),
             grace: config.shutdown_grace(),
         }
     }
 
     /// The routes, as a `tower::Service`.
-    pub fn router(&self) -> &Router<Incoming, Incoming> {
+    pub fn router(&self) -> &Router<Incoming> {
         &self.router
     }
 
@@ -129,11 +125,7 @@ impl Gateway {
 }
 
 /// hyper-util's pooled client, with Nagle off and a connect timeout.
-pub fn http_client<B>() -> HttpClient<B>
-where
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-{
+pub fn http_client() -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(10)));

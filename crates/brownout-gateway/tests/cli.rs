@@ -104,6 +104,7 @@ fn a_bad_configuration_is_refused_with_its_key_and_line() {
 }
 
 #[test]
+#[cfg(feature = "demo")]
 fn without_arguments_it_runs_the_demo() {
     let output = run(&[]);
     assert!(output.status.success(), "{}", stderr(&output));

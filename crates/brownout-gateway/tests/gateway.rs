@@ -216,7 +216,7 @@ async fn with_every_model_down_the_last_answer_stands_in_then_a_canned_one() {
     assert_eq!(message["model"], "claude-sonnet-4-5");
     assert_eq!(
         message["content"][0]["text"],
-        brownout_degrade::DEFAULT_GENERIC_ANSWER
+        brownout::degrade::DEFAULT_GENERIC_ANSWER
     );
 }
 

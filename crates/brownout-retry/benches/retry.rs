@@ -7,7 +7,7 @@
 
 use std::{hint::black_box, time::Duration};
 
-use brownout_core::body::PrefixedBody;
+use brownout_core::Body;
 use brownout_retry::{Backoff, Retry, RetryConfig};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -39,7 +39,7 @@ fn success_path(c: &mut Criterion) {
 
     let backoff = Backoff::full_jitter(Duration::from_millis(500), Duration::from_secs(8)).unwrap();
     let equivalent = Retry::new(
-        service_fn(ok::<PrefixedBody<Full<Bytes>>>),
+        service_fn(ok::<Body>),
         RetryConfig::new()
             .max_attempts(3)
             .backoff(backoff)
@@ -52,10 +52,7 @@ fn success_path(c: &mut Criterion) {
         })
     });
 
-    let defaults = Retry::new(
-        service_fn(ok::<PrefixedBody<Full<Bytes>>>),
-        RetryConfig::new(),
-    );
+    let defaults = Retry::new(service_fn(ok::<Body>), RetryConfig::new());
     group.bench_function("brownout Retry (defaults, with budget)", |b| {
         b.iter(|| {
             rt.block_on(defaults.clone().oneshot(black_box(request())))

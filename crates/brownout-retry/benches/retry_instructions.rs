@@ -15,7 +15,7 @@
 
 use std::{hint::black_box, time::Duration};
 
-use brownout_core::body::PrefixedBody;
+use brownout_core::Body;
 use brownout_retry::{Backoff, Retry, RetryConfig};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -39,7 +39,7 @@ fn main() {
     let tower_retry = tower::retry::Retry::new(Attempts(3), service_fn(ok::<Full<Bytes>>));
     let backoff = Backoff::full_jitter(Duration::from_millis(500), Duration::from_secs(8)).unwrap();
     let brownout = Retry::new(
-        service_fn(ok::<PrefixedBody<Full<Bytes>>>),
+        service_fn(ok::<Body>),
         RetryConfig::new()
             .max_attempts(3)
             .backoff(backoff)

@@ -3,16 +3,11 @@
 use std::{fmt, time::Duration};
 
 use brownout_core::{
-    classify::{Classifier, Classify, DEFAULT_ERROR_BODY_LIMIT},
     event::{Events, Listener},
     rng::SharedRng,
 };
 
 use crate::{Backoff, RetryBudget};
-
-/// The default size of the replay buffer: 4 MiB, enough for chat requests with a few
-/// images inline. A larger request body is sent once and not retried.
-pub const DEFAULT_REPLAY_LIMIT: usize = 4 * 1024 * 1024;
 
 /// The retry layer's settings. Every setter takes and returns `self`.
 ///
@@ -24,9 +19,14 @@ pub const DEFAULT_REPLAY_LIMIT: usize = 4 * 1024 * 1024;
 /// | [`deadline`](Self::deadline) | none |
 /// | [`attempt_timeout`](Self::attempt_timeout) | none |
 /// | [`budget`](Self::budget) | 20 % of the last 10 s of requests, plus 10 retries a second |
-/// | [`classifier`](Self::classifier) | [`DefaultClassifier`](brownout_core::classify::DefaultClassifier) |
-/// | [`replay_limit`](Self::replay_limit) | [`DEFAULT_REPLAY_LIMIT`] (4 MiB) |
-/// | [`error_body_limit`](Self::error_body_limit) | [`DEFAULT_ERROR_BODY_LIMIT`] (4 KiB) |
+///
+/// Two things are not set here, because they are one setting for the whole stack:
+/// how much of a request body is kept to be sent again is the stack's
+/// [`BodyLimits`](brownout_core::body::BodyLimits) (4 MiB by default), and what a
+/// result means is decided by brownout-core's
+/// [`DefaultClassifier`](brownout_core::classify::DefaultClassifier), or by your own
+/// given to a [`ClassifyLayer`](brownout_core::classify::ClassifyLayer) over the HTTP
+/// client.
 ///
 /// The budget and the random number generator are shared by everything built from one
 /// config (and its clones); give a service its own budget with
@@ -39,9 +39,6 @@ pub struct RetryConfig {
     pub(crate) deadline: Option<Duration>,
     pub(crate) attempt_timeout: Option<Duration>,
     pub(crate) budget: Option<RetryBudget>,
-    pub(crate) classifier: Classifier,
-    pub(crate) replay_limit: usize,
-    pub(crate) error_body_limit: usize,
     pub(crate) events: Events,
     pub(crate) rng: SharedRng,
 }
@@ -56,9 +53,6 @@ impl RetryConfig {
             deadline: None,
             attempt_timeout: None,
             budget: Some(RetryBudget::default()),
-            classifier: Classifier::default(),
-            replay_limit: DEFAULT_REPLAY_LIMIT,
-            error_body_limit: DEFAULT_ERROR_BODY_LIMIT,
             events: Events::new(),
             rng: SharedRng::new(),
         }
@@ -117,25 +111,6 @@ impl RetryConfig {
         self
     }
 
-    /// Decides which results are failures and which of those are retried.
-    pub fn classifier(mut self, classifier: impl Classify) -> Self {
-        self.classifier = Classifier::new(classifier);
-        self
-    }
-
-    /// The largest request body, in bytes, kept to be sent again. A longer body is sent
-    /// once, as it is, and an event says why it was not retried.
-    pub fn replay_limit(mut self, bytes: usize) -> Self {
-        self.replay_limit = bytes;
-        self
-    }
-
-    /// How many bytes of an error body the classifier may read.
-    pub fn error_body_limit(mut self, bytes: usize) -> Self {
-        self.error_body_limit = bytes;
-        self
-    }
-
     /// Where decisions go besides `tracing`.
     pub fn listener(mut self, listener: impl Listener) -> Self {
         self.events = Events::with_listener(listener);
@@ -164,8 +139,6 @@ impl fmt::Debug for RetryConfig {
             .field("deadline", &self.deadline)
             .field("attempt_timeout", &self.attempt_timeout)
             .field("budget", &self.budget)
-            .field("replay_limit", &self.replay_limit)
-            .field("error_body_limit", &self.error_body_limit)
             .finish_non_exhaustive()
     }
 }

@@ -3,7 +3,6 @@
 use std::{
     fmt,
     future::Future,
-    marker::PhantomData,
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
@@ -11,17 +10,18 @@ use std::{
 };
 
 use brownout_core::{
-    body::{buffer, BufferFuture, Buffered, PrefixedBody, ReplayBody},
+    body::{prepare, BodyLimits, Need, Prepare},
     classify::{
-        classify_head, classify_response, classify_result, Classify, Observed, Outcome, OutcomeKind,
+        classify_error, classify_head, classify_response, classify_result, DefaultClassifier,
+        Outcome, OutcomeKind, DEFAULT_ERROR_BODY_LIMIT,
     },
     error::{AttemptTimedOut, DeadlineExceeded},
     event::{Event, EventKind, GiveUpReason, NotReplayable},
+    future::Output,
     meta::Attempts,
-    BoxError,
+    Body, BoxError,
 };
 use http::{request::Parts, Request, Response};
-use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
@@ -29,126 +29,130 @@ use tower_service::Service;
 
 use crate::RetryConfig;
 
-type Result<B> = std::result::Result<Response<PrefixedBody<B>>, BoxError>;
+/// The classifier of an attempt whose outcome no layer further in recorded.
+fn classifier() -> DefaultClassifier {
+    DefaultClassifier::new()
+}
 
 pin_project! {
     /// Response future of [`Retry`](crate::Retry).
     ///
     /// The first attempt runs in this hand-written state machine, with no allocation
-    /// on the success path; once an attempt fails, the rest of the call (waits, further
-    /// attempts, events) continues in one boxed future. The `retry` benchmark measures
-    /// the success path against tower's own retry.
-    pub struct ResponseFuture<S, ReqBody, ResBody>
+    /// on the success path beyond what the request's [`Body`] needs; once an attempt
+    /// fails, the rest of the call (waits, further attempts, events) continues in one
+    /// boxed future. The `retry` benchmark measures the success path against tower's
+    /// own retry.
+    pub struct ResponseFuture<S>
     where
-        S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>,
-        ReqBody: Body,
-        ResBody: Body,
+        S: Service<Request<Body>>,
     {
         #[pin]
-        state: State<S::Future, ReqBody, ResBody>,
-        first: Option<First<S, ReqBody>>,
+        state: State<S::Future>,
+        first: Option<First<S>>,
     }
 }
 
 /// What the first attempt needs, and hands over to the slow path.
-struct First<S, ReqBody: Body> {
+struct First<S> {
     inner: S,
     config: Arc<RetryConfig>,
-    parts: Parts,
-    replay: Option<ReplayBody>,
+    /// The request head, once the body is prepared.
+    parts: Option<Parts>,
+    /// The body to send again, kept while the first attempt runs.
+    replay: Option<Body>,
     deadline: Option<Instant>,
     /// The first attempt's cutoff: the deadline or the attempt timeout, whichever is
     /// sooner. Allocated only when one of them is configured.
     cutoff: Option<Pin<Box<Sleep>>>,
-    _body: PhantomData<fn(ReqBody)>,
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, ReqBody, ResBody>
-    where
-        ReqBody: Body,
-        ResBody: Body,
-    {
-        Buffering { buffer: BufferFuture<ReqBody> },
+    enum State<F> {
+        Buffering { prepare: Prepare },
         Calling { #[pin] future: F },
-        Slow { future: Pin<Box<dyn Future<Output = Result<ResBody>> + Send>> },
+        Slow { future: Pin<Box<dyn Future<Output = Output> + Send>> },
         Done,
     }
 }
 
-impl<S, ReqBody, ResBody> ResponseFuture<S, ReqBody, ResBody>
+impl<S> ResponseFuture<S>
 where
-    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>,
-    ReqBody: Body + Unpin,
-    ResBody: Body,
+    S: Service<Request<Body>>,
 {
-    pub(crate) fn new(inner: S, config: Arc<RetryConfig>, request: Request<ReqBody>) -> Self {
-        let (parts, body) = request.into_parts();
+    pub(crate) fn new<B>(inner: S, config: Arc<RetryConfig>, request: Request<B>) -> Self
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
         let deadline = config.deadline.map(|d| Instant::now() + d);
-        let buffer = buffer(body, config.replay_limit);
         ResponseFuture {
-            state: State::Buffering { buffer },
+            state: State::Buffering {
+                prepare: prepare(request, Need::Replay),
+            },
             first: Some(First {
                 inner,
                 config,
-                parts,
+                parts: None,
                 replay: None,
                 deadline,
                 cutoff: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
-                _body: PhantomData,
             }),
         }
     }
 }
 
-impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody, ResBody>
+impl<S, ResBody> Future for ResponseFuture<S>
 where
-    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
+    S: Service<Request<Body>, Response = Response<ResBody>> + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
-    ReqBody: Body + Unpin + Send + 'static,
-    ReqBody::Error: Send,
-    ResBody: Body + Unpin + Send + 'static,
-    ResBody::Error: Send,
+    ResBody: http_body::Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
 {
-    type Output = Result<ResBody>;
+    type Output = Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Buffering { buffer } => {
+                StateProj::Buffering { prepare } => {
                     let first = this.first.as_mut().expect("present until the slow path");
                     if deadline_passed(&mut first.cutoff, cx) {
                         this.state.set(State::Done);
                         let config = &this.first.take().expect("present").config;
                         return Poll::Ready(Err(deadline_exceeded(config, 0)));
                     }
-                    let buffered = ready!(Pin::new(buffer).poll(cx));
-                    let config = first.config.clone();
-                    let body = match buffered {
-                        Buffered::Complete(replay) => replay,
-                        Buffered::TooLarge(body) => {
-                            let reason = NotReplayable::BodyTooLarge {
-                                limit: config.replay_limit,
-                            };
-                            let once = Sendable::Once(Some(body), reason);
-                            let future = this.first.take().expect("present").into_slow(once, None);
-                            this.state.set(State::Slow { future });
-                            continue;
-                        }
-                        Buffered::Failed(body) => {
-                            let once = Sendable::Once(Some(body), NotReplayable::BodyFailed);
-                            let future = this.first.take().expect("present").into_slow(once, None);
-                            this.state.set(State::Slow { future });
-                            continue;
+                    let request = match ready!(Pin::new(prepare).poll(cx)) {
+                        Ok(request) => request,
+                        // The caller's body broke, or the request is invalid: the
+                        // caller's failure, answered at once. Nothing was sent, so
+                        // nothing is deposited and nothing is announced.
+                        Err(error) => {
+                            this.state.set(State::Done);
+                            this.first.take();
+                            return Poll::Ready(Err(error));
                         }
                     };
-                    if let Some(budget) = &config.budget {
+                    let (parts, body) = request.into_parts();
+                    let Some(attempt_body) = body.try_clone() else {
+                        // Over the stack's replay limit: sent once, streamed.
+                        let limit = body.over_limit().unwrap_or_else(|| {
+                            BodyLimits::of(&parts.extensions).replay_limit_bytes()
+                        });
+                        first.parts = Some(parts);
+                        let once =
+                            Sendable::Once(Some(body), NotReplayable::BodyTooLarge { limit });
+                        let future = this.first.take().expect("present").into_slow(once, None);
+                        this.state.set(State::Slow { future });
+                        continue;
+                    };
+                    if let Some(budget) = &first.config.budget {
                         budget.deposit();
                     }
-                    if let Some(timeout) = config.attempt_timeout {
+                    if let Some(timeout) = first.config.attempt_timeout {
                         let at = Instant::now() + timeout;
                         match &mut first.cutoff {
                             Some(cutoff) if cutoff.deadline() <= at => {}
@@ -156,7 +160,8 @@ where
                             None => first.cutoff = Some(Box::pin(tokio::time::sleep_until(at))),
                         }
                     }
-                    let request = Request::from_parts(first.parts.clone(), body.replay());
+                    let request = Request::from_parts(parts.clone(), attempt_body);
+                    first.parts = Some(parts);
                     first.replay = Some(body);
                     // The service the caller drove to readiness serves the first attempt.
                     let future = first.inner.call(request);
@@ -169,23 +174,22 @@ where
                     } else {
                         ready!(future.poll(cx)).map_err(Into::into)
                     };
-                    let classifier = &first.config.classifier;
+                    let classifier = classifier();
                     let attempt = match result {
-                        Ok(response) => match classify_head(classifier, &response) {
+                        Ok(response) => match classify_head(&classifier, &response) {
                             Some(outcome) if outcome.is_success() => {
                                 this.state.set(State::Done);
                                 this.first.take();
-                                let response = response.map(PrefixedBody::new);
+                                let response = response.map(Body::new);
                                 return Poll::Ready(with_attempts(Ok(response), 1));
                             }
-                            Some(outcome) => FirstAttempt::Classified(
-                                Ok(response.map(PrefixedBody::new)),
-                                outcome,
-                            ),
-                            None => FirstAttempt::Unclassified(response),
+                            Some(outcome) => {
+                                FirstAttempt::Classified(Ok(response.map(Body::new)), outcome)
+                            }
+                            None => FirstAttempt::Unclassified(response.map(Body::new)),
                         },
                         Err(error) => {
-                            let outcome = classifier.classify(Observed::Error(error.as_ref()));
+                            let outcome = classify_error(&classifier, error.as_ref());
                             FirstAttempt::Classified(Err(error), outcome)
                         }
                     };
@@ -205,11 +209,9 @@ where
     }
 }
 
-impl<S, ReqBody, ResBody> fmt::Debug for ResponseFuture<S, ReqBody, ResBody>
+impl<S> fmt::Debug for ResponseFuture<S>
 where
-    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>,
-    ReqBody: Body,
-    ResBody: Body,
+    S: Service<Request<Body>>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
@@ -223,17 +225,13 @@ fn deadline_passed(cutoff: &mut Option<Pin<Box<Sleep>>>, cx: &mut Context<'_>) -
 }
 
 /// The first attempt's result, as handed to the slow path.
-enum FirstAttempt<B: Body> {
-    Classified(Result<B>, Outcome),
+enum FirstAttempt {
+    Classified(Output, Outcome),
     /// An error response whose body the classifier wants to read.
-    Unclassified(Response<B>),
+    Unclassified(Response<Body>),
 }
 
-impl<S, ReqBody> First<S, ReqBody>
-where
-    S: Service<Request<PrefixedBody<ReqBody>>>,
-    ReqBody: Body,
-{
+impl<S> First<S> {
     fn timeout_error(&self, attempts: u32) -> BoxError {
         let cutoff = self
             .cutoff
@@ -243,26 +241,28 @@ where
     }
 }
 
-impl<S, ReqBody, ResBody> First<S, ReqBody>
+impl<S, ResBody> First<S>
 where
-    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
+    S: Service<Request<Body>, Response = Response<ResBody>> + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
-    ReqBody: Body + Unpin + Send + 'static,
-    ReqBody::Error: Send,
-    ResBody: Body + Unpin + Send + 'static,
-    ResBody::Error: Send,
+    ResBody: http_body::Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
 {
     fn into_slow(
         self,
-        body: Sendable<ReqBody>,
-        attempt: Option<FirstAttempt<ResBody>>,
-    ) -> Pin<Box<dyn Future<Output = Result<ResBody>> + Send>> {
+        body: Sendable,
+        attempt: Option<FirstAttempt>,
+    ) -> Pin<Box<dyn Future<Output = Output> + Send>> {
         let cutoff = self.cutoff.as_ref().map(|sleep| sleep.deadline());
+        let parts = self
+            .parts
+            .expect("the slow path starts once the body is prepared");
         Box::pin(slow(
             self.inner,
             self.config,
-            self.parts,
+            parts,
             body,
             self.deadline,
             attempt.map(|a| (a, cutoff)),
@@ -271,27 +271,29 @@ where
 }
 
 /// What can be sent: a body to replay on every attempt, or one to send once.
-enum Sendable<B: Body> {
-    Replay(ReplayBody),
-    Once(Option<PrefixedBody<B>>, NotReplayable),
+enum Sendable {
+    /// A body whose every byte is in memory.
+    Replay(Body),
+    Once(Option<Body>, NotReplayable),
 }
 
 /// The rest of a call once the first attempt failed (or when the body cannot be
 /// replayed, the whole call): classification of an error body, events, waits and
 /// further attempts.
-async fn slow<S, ReqBody, ResBody>(
+async fn slow<S, ResBody>(
     mut inner: S,
     config: Arc<RetryConfig>,
     parts: Parts,
-    mut body: Sendable<ReqBody>,
+    mut body: Sendable,
     deadline: Option<Instant>,
-    first: Option<(FirstAttempt<ResBody>, Option<Instant>)>,
-) -> Result<ResBody>
+    first: Option<(FirstAttempt, Option<Instant>)>,
+) -> Output
 where
-    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>,
+    S: Service<Request<Body>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
-    ReqBody: Body + Unpin,
-    ResBody: Body + Unpin,
+    ResBody: http_body::Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
 {
     let event = |kind| Event::new("retry", &parts.method, &parts.uri, kind);
     if let Sendable::Once(_, reason) = &body {
@@ -311,8 +313,8 @@ where
         let (result, outcome) = match first.take() {
             Some((FirstAttempt::Classified(result, outcome), _)) => (result, outcome),
             Some((FirstAttempt::Unclassified(response), cutoff)) => {
-                let classify =
-                    classify_response(&config.classifier, response, config.error_body_limit);
+                let classifier = classifier();
+                let classify = classify_response(&classifier, response, DEFAULT_ERROR_BODY_LIMIT);
                 match cutoff {
                     None => {
                         let (response, outcome) = classify.await;
@@ -328,13 +330,16 @@ where
                 }
             }
             None => {
-                let request = match &mut body {
-                    Sendable::Replay(replay) => Request::from_parts(parts.clone(), replay.replay()),
+                let body = match &mut body {
+                    Sendable::Replay(replay) => replay
+                        .try_clone()
+                        .expect("a body kept for replay is in memory"),
                     Sendable::Once(once, _) => match once.take() {
-                        Some(body) => Request::from_parts(parts.clone(), body),
+                        Some(body) => body,
                         None => unreachable!("a body sent once is never retried"),
                     },
                 };
+                let request = Request::from_parts(parts.clone(), body);
                 send(&mut inner, &config, request, attempt, deadline).await
             }
         };
@@ -373,22 +378,23 @@ where
 
 /// One attempt: readiness, the call and the classification, bounded by the attempt
 /// timeout and the deadline.
-async fn send<S, ReqBody, ResBody>(
+async fn send<S, ResBody>(
     inner: &mut S,
     config: &RetryConfig,
-    request: Request<PrefixedBody<ReqBody>>,
+    request: Request<Body>,
     attempt: u32,
     deadline: Option<Instant>,
-) -> (Result<ResBody>, Outcome)
+) -> (Output, Outcome)
 where
-    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>,
+    S: Service<Request<Body>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
-    ReqBody: Body + Unpin,
-    ResBody: Body + Unpin,
+    ResBody: http_body::Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
 {
     let call = async {
         // The first attempt uses the service the caller drove to readiness.
-        let result: std::result::Result<_, BoxError> = if attempt == 1 {
+        let result: Result<_, BoxError> = if attempt == 1 {
             inner.call(request).await.map_err(Into::into)
         } else {
             match inner.ready().await.map_err(Into::into) {
@@ -396,7 +402,8 @@ where
                 Err(error) => Err(error),
             }
         };
-        classify_result(&config.classifier, result, config.error_body_limit).await
+        let result = result.map(|response| response.map(Body::new));
+        classify_result(&classifier(), result, DEFAULT_ERROR_BODY_LIMIT).await
     };
     let attempt_deadline = config.attempt_timeout.map(|t| Instant::now() + t);
     let cutoff = match (attempt_deadline, deadline) {
@@ -416,14 +423,14 @@ where
 }
 
 /// Whether to try again, and after how long.
-fn decide<B: Body>(
+fn decide(
     config: &RetryConfig,
     outcome: &Outcome,
-    body: &Sendable<B>,
+    body: &Sendable,
     attempt: u32,
     previous_delay: Duration,
     deadline: Option<Instant>,
-) -> std::result::Result<Duration, GiveUpReason> {
+) -> Result<Duration, GiveUpReason> {
     if !outcome.is_retryable() {
         return Err(GiveUpReason::NotRetryable);
     }
@@ -487,7 +494,7 @@ fn deadline_exceeded(config: &RetryConfig, attempts: u32) -> BoxError {
 /// once. A first-attempt answer carries no extension, which [`Attempts::of`] reads as
 /// one: inserting the first extension of a response costs three allocations, a third
 /// of the layer's whole cost on the success path (see the `retry_instructions` bench).
-fn with_attempts<B: Body>(result: Result<B>, attempts: u32) -> Result<B> {
+fn with_attempts(result: Output, attempts: u32) -> Output {
     result.map(|mut response| {
         if attempts > 1 {
             response.extensions_mut().insert(Attempts(attempts));

@@ -3,9 +3,8 @@ use std::{
     task::{Context, Poll},
 };
 
-use brownout_core::{body::PrefixedBody, future::take_ready, BoxError};
+use brownout_core::{future::take_ready, Body, BoxError};
 use http::{Request, Response};
-use http_body::Body;
 use tower_service::Service;
 
 use crate::{future::ResponseFuture, RetryConfig, RetryLayer};
@@ -13,10 +12,11 @@ use crate::{future::ResponseFuture, RetryConfig, RetryLayer};
 /// Sends a request again when it fails in a way that may pass. See the
 /// [crate docs](crate).
 ///
-/// The inner service receives requests whose body is a
-/// [`PrefixedBody`]: the buffered bytes of the caller's body, replayed
-/// on every attempt. Responses come back with a [`PrefixedBody`] too, since the
-/// classifier may have read the start of an error body.
+/// It takes requests with any body and hands its inner service a [`Body`]: the
+/// caller's bytes, buffered once under the stack's
+/// [`BodyLimits`](brownout_core::body::BodyLimits) and replayed on every attempt.
+/// Responses come back as [`Body`] too, since the classifier may have read the start
+/// of an error body.
 #[derive(Debug, Clone)]
 pub struct Retry<S> {
     inner: S,
@@ -61,20 +61,19 @@ impl<S> Retry<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Retry<S>
 where
-    S: Service<Request<PrefixedBody<ReqBody>>, Response = Response<ResBody>>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
-    ReqBody: Body + Unpin + Send + 'static,
-    ReqBody::Error: Send,
-    ResBody: Body + Unpin + Send + 'static,
-    ResBody::Error: Send,
+    ReqBody: http_body::Body + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: http_body::Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
 {
-    type Response = Response<PrefixedBody<ResBody>>;
+    type Response = Response<Body>;
     type Error = BoxError;
-    type Future = ResponseFuture<S, ReqBody, ResBody>;
+    type Future = ResponseFuture<S>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)

@@ -2,24 +2,30 @@
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex},
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    task::{Context, Poll},
     time::{Duration, SystemTime},
 };
 
 use brownout_core::{
-    body::PrefixedBody,
-    classify::{DefaultClassifier, Observed, Outcome, OutcomeKind},
-    error::{AttemptTimedOut, DeadlineExceeded},
+    body::BodyLimits,
+    classify::{ClassifyLayer, DefaultClassifier, Observed, Outcome, OutcomeKind},
+    error::{find, AttemptTimedOut, BrokenBody, DeadlineExceeded},
     event::{Event, EventKind, GiveUpReason, NotReplayable},
     meta::Attempts,
-    BoxError,
+    Body, BoxError,
 };
 use brownout_retry::{Backoff, Retry, RetryBudget, RetryConfig};
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
+use http_body::Frame;
 use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
-use tower::{Service, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 const OVERLOADED: &str =
     r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
@@ -52,6 +58,7 @@ struct Seen {
 struct Upstream {
     script: Arc<Mutex<VecDeque<Step>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    calls: Arc<AtomicUsize>,
 }
 
 impl Upstream {
@@ -59,7 +66,13 @@ impl Upstream {
         Upstream {
             script: Arc::new(Mutex::new(script.into_iter().collect())),
             seen: Arc::default(),
+            calls: Arc::default(),
         }
+    }
+
+    /// How many times the service was called, whether or not the body arrived.
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -76,7 +89,7 @@ impl Upstream {
     }
 }
 
-impl Service<Request<PrefixedBody<Full<Bytes>>>> for Upstream {
+impl Service<Request<Body>> for Upstream {
     type Response = Response<Full<Bytes>>;
     type Error = BoxError;
     type Future = std::pin::Pin<
@@ -90,7 +103,8 @@ impl Service<Request<PrefixedBody<Full<Bytes>>>> for Upstream {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<PrefixedBody<Full<Bytes>>>) -> Self::Future {
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         let step = self
             .script
             .lock()
@@ -100,11 +114,7 @@ impl Service<Request<PrefixedBody<Full<Bytes>>>> for Upstream {
         let seen = self.seen.clone();
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map_err(|e| -> BoxError { match e {} })?
-                .to_bytes();
+            let body = body.collect().await?.to_bytes();
             seen.lock().unwrap().push(Seen {
                 at: Instant::now(),
                 method: parts.method,
@@ -142,10 +152,22 @@ fn request(body: &'static str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-type Reply = Result<Response<PrefixedBody<Full<Bytes>>>, BoxError>;
+type Reply = Result<Response<Body>, BoxError>;
 
 async fn call(config: RetryConfig, upstream: &Upstream, body: &'static str) -> Reply {
     Retry::new(upstream.clone(), config)
+        .oneshot(request(body))
+        .await
+}
+
+/// Like [`call`], with the stack's classifier set over the upstream.
+async fn call_classified(
+    config: RetryConfig,
+    classify: ClassifyLayer,
+    upstream: &Upstream,
+    body: &'static str,
+) -> Reply {
+    Retry::new(classify.layer(upstream.clone()), config)
         .oneshot(request(body))
         .await
 }
@@ -286,8 +308,8 @@ async fn retry_after_http_date_is_honoured() {
         vec![("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT".into())],
         "",
     )]);
-    let config = config().classifier(DefaultClassifier::new().wall_clock(now));
-    let reply = call(config, &upstream, "{}").await;
+    let classify = ClassifyLayer::new(DefaultClassifier::new().wall_clock(now));
+    let reply = call_classified(config(), classify, &upstream, "{}").await;
     assert_eq!(reply.unwrap().status(), 200);
     assert_eq!(upstream.gaps(), [Duration::from_secs(10)]);
 }
@@ -452,7 +474,8 @@ async fn the_budget_is_shared_by_clones_and_stops_retries_when_spent() {
     let mut clones = vec![service.clone(), service.clone(), service.clone(), service];
     let mut total = 0;
     for service in &mut clones {
-        let reply = service.ready().await.unwrap().call(request("{}")).await;
+        let ready = ServiceExt::<Request<Full<Bytes>>>::ready(service).await;
+        let reply = ready.unwrap().call(request("{}")).await;
         assert_eq!(reply.unwrap().status(), 503);
         total += 1;
     }
@@ -500,7 +523,13 @@ async fn an_oversized_body_is_sent_once_whole() {
     let body = "0123456789abcdef";
     let upstream = Upstream::new([answer(529)]);
     let (events, listener) = recorder();
-    let reply = call(config().replay_limit(8).listener(listener), &upstream, body).await;
+    let mut request = request(body);
+    request
+        .extensions_mut()
+        .insert(BodyLimits::new().replay_limit(8));
+    let reply = Retry::new(upstream.clone(), config().listener(listener))
+        .oneshot(request)
+        .await;
     assert_eq!(reply.unwrap().status(), 529);
     let seen = upstream.seen();
     assert_eq!(seen.len(), 1);
@@ -540,7 +569,62 @@ async fn a_closure_can_replace_the_classifier() {
     };
     use brownout_core::Classify;
     let upstream = Upstream::new([answer(404)]);
-    let reply = call(config().classifier(classifier), &upstream, "{}").await;
+    let classify = ClassifyLayer::new(classifier);
+    let reply = call_classified(config(), classify, &upstream, "{}").await;
     assert_eq!(reply.unwrap().status(), 200);
     assert_eq!(upstream.attempts(), 2);
+}
+
+/// A request body that yields one chunk, then fails: a caller that hung up mid-upload.
+struct Cut {
+    sent: bool,
+}
+
+impl http_body::Body for Cut {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if self.sent {
+            return Poll::Ready(Some(Err(std::io::Error::from(
+                std::io::ErrorKind::ConnectionReset,
+            ))));
+        }
+        self.sent = true;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+            br#"{"model":"claude-sonnet-4-5","mess"#,
+        )))))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broken_request_body_fails_at_once_and_touches_nothing() {
+    // No floor, 100 %: each first attempt pays for exactly one retry.
+    let budget = RetryBudget::new(Duration::from_secs(10), 0, 1.0).unwrap();
+    let upstream = Upstream::new(vec![answer(503); 10]);
+    let (events, listener) = recorder();
+    let service = Retry::new(
+        upstream.clone(),
+        config().budget(budget).max_attempts(5).listener(listener),
+    );
+
+    let cut = Request::post("https://api.example.com/v1/messages")
+        .body(Cut { sent: false })
+        .unwrap();
+    let error = service.clone().oneshot(cut).await.unwrap_err();
+    assert!(
+        find::<BrokenBody>(error.as_ref()).is_some(),
+        "a BrokenBody: {error}"
+    );
+    assert_eq!(upstream.calls(), 0, "the inner service is never called");
+    assert!(events.lock().unwrap().is_empty(), "no event");
+
+    // The budget is untouched: the next call's own deposit pays for one retry only,
+    // where a deposit by the broken call would have paid for a second.
+    let reply = service.oneshot(request("{}")).await;
+    assert_eq!(reply.unwrap().status(), 503);
+    assert_eq!(upstream.calls(), 2);
 }

@@ -60,22 +60,34 @@
 //!
 //! # The runner
 //!
-//! [`Runner`] sends N requests at concurrency C through any client stack over a fresh
-//! [`Sim`] and reports who answered (first-choice model, fallback, cache, degraded,
-//! or which error), how many upstream requests each client request cost, and the
-//! latency the caller saw, as a table or JSON. Two baselines ship:
-//! [`runner::naive`] (one attempt) and [`runner::retry_only`] (6 attempts,
-//! exponential backoff with full jitter, no budget, no fallback). See [`runner`].
+//! [`Runner`] sends N requests at concurrency C through client stacks over a fresh
+//! [`Sim`] each and reports who answered (first-choice model, fallback, cache,
+//! degraded, or which error), how many upstream requests each client request cost,
+//! and the latency the caller saw, as a table or JSON. The stacks are the caller's
+//! ([`runner::Stack`]: a name and how to build the client over a simulator); the
+//! simulator depends on no layer, and ships only the naive baseline,
+//! [`Stack::naive`](runner::Stack::naive) (one attempt per request). See [`runner`].
+//!
+//! # APIs
+//!
+//! The simulator serves two APIs, named by brownout-core's
+//! [`Api`](brownout_core::provider::Api) like everywhere in brownout:
+//! [`Api::AnthropicMessages`](brownout_core::provider::Api::AnthropicMessages) at
+//! `POST /v1/messages` and [`Api::OpenAiChat`](brownout_core::provider::Api::OpenAiChat)
+//! at `POST /v1/chat/completions`. Scripts (`[run] endpoint`) and the binary
+//! (`--endpoint`) call them `anthropic` and `openai`.
 //!
 //! # The binary
 //!
 //! ```text
 //! brownout-sim [--script FILE] [--listen 127.0.0.1:8787] [--seed N]
 //!     serve a script (the shipped outage script by default) over HTTP/1.1
-//! brownout-sim run [--script FILE] [--client naive|retry-only|all] [--requests N]
-//!     [--concurrency C] [--over 10m] [--model M] [--endpoint anthropic|openai]
-//!     [--stream] [--seed N] [--timeout 60s] [--real-time] [--json]
-//!     run the scenario runner on a script (in virtual time unless --real-time)
+//! brownout-sim run [--script FILE] [--requests N] [--concurrency C] [--over 10m]
+//!     [--model M] [--endpoint anthropic|openai] [--stream] [--seed N] [--timeout 60s]
+//!     [--real-time] [--json]
+//!     run the scenario runner on a script with the naive client (in virtual time
+//!     unless --real-time); `brownout-gateway demo` compares it with a retry-only
+//!     client and brownout's pipeline
 //! brownout-sim script
 //!     print the shipped outage script
 //! ```
@@ -88,9 +100,8 @@ mod server;
 mod sim;
 
 pub use body::SimBody;
-pub use runner::{Report, Runner};
-pub use script::{
-    Endpoint, Fault, FaultKind, Latency, ModelScript, Script, ScriptError, OUTAGE_TOML,
-};
+pub use brownout_core::provider::Api;
+pub use runner::{Report, Runner, Stack};
+pub use script::{Fault, FaultKind, Latency, ModelScript, Script, ScriptError, OUTAGE_TOML};
 pub use server::{SimServer, SimServerHandle};
 pub use sim::{ResponseFuture, Sim, SimStats, MAX_REQUEST_BODY, OTHER_MODELS};

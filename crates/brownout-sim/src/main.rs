@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use brownout_sim::{runner, runner::Baseline, Endpoint, Runner, Script, Sim, SimServer};
+use brownout_sim::{runner, Api, Runner, Script, Sim, SimServer, Stack};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// An overloaded Anthropic/OpenAI-compatible upstream with scripted faults.
@@ -34,7 +34,9 @@ struct ServeArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs client stacks against the script and prints what their callers saw.
+    /// Runs the naive client (one attempt per request) against the script and prints
+    /// what its callers saw. `brownout-gateway demo` compares it with a retry-only
+    /// client and brownout's pipeline.
     Run(RunArgs),
     /// Prints the shipped outage script.
     Script,
@@ -45,9 +47,6 @@ struct RunArgs {
     /// The script (TOML); the shipped outage script when absent.
     #[arg(long)]
     script: Option<PathBuf>,
-    /// Which baseline client stack to run.
-    #[arg(long, value_enum, default_value_t = Client::All)]
-    client: Client,
     /// Client requests to send [default: the script's, else 100].
     #[arg(long)]
     requests: Option<u64>,
@@ -65,7 +64,7 @@ struct RunArgs {
     model: Option<String>,
     /// The API the requests speak [default: the script's, else anthropic].
     #[arg(long, value_enum)]
-    endpoint: Option<EndpointArg>,
+    endpoint: Option<ApiArg>,
     /// Ask for streamed answers.
     #[arg(long)]
     stream: bool,
@@ -85,14 +84,7 @@ struct RunArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum Client {
-    Naive,
-    RetryOnly,
-    All,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum EndpointArg {
+enum ApiArg {
     Anthropic,
     Openai,
 }
@@ -172,31 +164,20 @@ fn run(args: RunArgs) -> Result<(), String> {
         runner = runner.model(model);
     }
     if let Some(endpoint) = args.endpoint {
-        runner = runner.endpoint(match endpoint {
-            EndpointArg::Anthropic => Endpoint::Anthropic,
-            EndpointArg::Openai => Endpoint::OpenAi,
+        runner = runner.api(match endpoint {
+            ApiArg::Anthropic => Api::AnthropicMessages,
+            ApiArg::Openai => Api::OpenAiChat,
         });
     }
     if let Some(timeout) = args.timeout {
         runner = runner.timeout(timeout);
     }
-    let baselines: &[Baseline] = match args.client {
-        Client::Naive => &[Baseline::Naive],
-        Client::RetryOnly => &[Baseline::RetryOnly],
-        Client::All => &Baseline::ALL,
-    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(!args.real_time)
         .build()
         .map_err(|e| e.to_string())?;
-    let reports = runtime.block_on(async {
-        let mut reports = Vec::new();
-        for baseline in baselines {
-            reports.push(runner.run_baseline(*baseline).await);
-        }
-        reports
-    });
+    let reports = runtime.block_on(runner.compare(&[Stack::naive()]));
     if args.json {
         println!(
             "{}",

@@ -6,9 +6,11 @@ use brownout_core::shape::{self, Ending, Reply, Stop, Style};
 use bytes::Bytes;
 use http::StatusCode;
 
-use crate::script::{Endpoint, FaultKind};
+use brownout_core::provider::Api;
 
-/// What an answer says, decided before it is rendered for an endpoint.
+use crate::script::FaultKind;
+
+/// What an answer says, decided before it is rendered for an API.
 pub(crate) struct Answer<'a> {
     pub(crate) model: &'a str,
     pub(crate) id: &'a str,
@@ -139,17 +141,20 @@ fn with_reply<T>(answer: &Answer<'_>, render: impl FnOnce(&Reply<'_>) -> T) -> T
 // ---- Both ------------------------------------------------------------------------
 
 /// A whole answer, as JSON.
-pub(crate) fn success_json(endpoint: Endpoint, answer: &Answer<'_>) -> Vec<u8> {
-    with_reply(answer, |reply| match endpoint {
-        Endpoint::Anthropic => shape::anthropic_message(reply),
-        Endpoint::OpenAi => shape::openai_completion(reply, &STYLE),
+pub(crate) fn success_json(api: Api, answer: &Answer<'_>) -> Vec<u8> {
+    with_reply(answer, |reply| {
+        if api.is_openai() {
+            shape::openai_completion(reply, &STYLE)
+        } else {
+            shape::anthropic_message(reply)
+        }
     })
 }
 
 /// A streamed answer, as server-sent events; with `error_after`, the stream fails with
 /// an overload after that many content deltas.
 pub(crate) fn success_events(
-    endpoint: Endpoint,
+    api: Api,
     answer: &Answer<'_>,
     include_usage: bool,
     error_after: Option<u32>,
@@ -159,11 +164,10 @@ pub(crate) fn success_events(
         let ending = match error_after {
             None => Ending::Complete,
             Some(after) => {
-                error_body = match endpoint {
-                    Endpoint::Anthropic => shape::anthropic_error("overloaded_error", "Overloaded"),
-                    Endpoint::OpenAi => {
-                        shape::openai_error(OVERLOADED_MESSAGE, "server_error", None, None)
-                    }
+                error_body = if api.is_openai() {
+                    shape::openai_error(OVERLOADED_MESSAGE, "server_error", None, None)
+                } else {
+                    shape::anthropic_error("overloaded_error", "Overloaded")
                 };
                 Ending::Error {
                     after: after as usize,
@@ -171,9 +175,10 @@ pub(crate) fn success_events(
                 }
             }
         };
-        match endpoint {
-            Endpoint::Anthropic => shape::anthropic_events(reply, &STYLE, ending),
-            Endpoint::OpenAi => shape::openai_chunks(reply, &STYLE, include_usage, ending),
+        if api.is_openai() {
+            shape::openai_chunks(reply, &STYLE, include_usage, ending)
+        } else {
+            shape::anthropic_events(reply, &STYLE, ending)
         }
     })
 }
@@ -193,10 +198,10 @@ pub(crate) enum Failure<'a> {
     TooLarge,
 }
 
-/// The status and body of an error answer. `rpm` and `retry_after_secs` go into rate
-/// limit messages.
+/// The status and body of an error answer, in OpenAI's shape for its APIs and in
+/// Anthropic's for every other. `rpm` and `retry_after` go into rate limit messages.
 pub(crate) fn error(
-    endpoint: Endpoint,
+    api: Api,
     failure: Failure<'_>,
     model: &str,
     rpm: u32,
@@ -204,9 +209,8 @@ pub(crate) fn error(
 ) -> (StatusCode, Vec<u8>) {
     use FaultKind as K;
     let status = |code: u16| StatusCode::from_u16(code).expect("valid status");
-    match endpoint {
-        Endpoint::Anthropic => {
-            let (code, kind, message): (u16, &str, String) = match failure {
+    if !api.is_openai() {
+        let (code, kind, message): (u16, &str, String) = match failure {
                 Failure::Fault(K::Overloaded) => (529, "overloaded_error", "Overloaded".into()),
                 Failure::Fault(K::Unavailable) => (503, "api_error", "Service unavailable".into()),
                 Failure::Fault(K::BadGateway) => (502, "api_error", "Bad gateway".into()),
@@ -243,10 +247,9 @@ pub(crate) fn error(
                     "Request exceeds the maximum allowed number of bytes".into(),
                 ),
             };
-            (status(code), shape::anthropic_error(kind, &message))
-        }
-        Endpoint::OpenAi => {
-            let (code, message, kind, param, error_code): (
+        return (status(code), shape::anthropic_error(kind, &message));
+    }
+    let (code, message, kind, param, error_code): (
                 u16,
                 String,
                 &str,
@@ -337,12 +340,10 @@ pub(crate) fn error(
                     None,
                 ),
             };
-            (
-                status(code),
-                shape::openai_error(&message, kind, param, error_code),
-            )
-        }
-    }
+    (
+        status(code),
+        shape::openai_error(&message, kind, param, error_code),
+    )
 }
 
 #[cfg(test)]
@@ -371,7 +372,7 @@ mod tests {
     #[test]
     fn error_bodies_are_byte_exact() {
         let (status, body) = error(
-            Endpoint::Anthropic,
+            Api::AnthropicMessages,
             Failure::Fault(FaultKind::Overloaded),
             "m",
             50,
@@ -383,7 +384,7 @@ mod tests {
             br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#
         );
         let (status, body) = error(
-            Endpoint::OpenAi,
+            Api::OpenAiChat,
             Failure::Fault(FaultKind::QuotaExceeded),
             "m",
             50,

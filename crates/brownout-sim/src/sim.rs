@@ -14,7 +14,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use brownout_core::BoxError;
+use brownout_core::{provider::Api, BoxError};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -25,7 +25,7 @@ use tower::Service;
 use crate::{
     body::SimBody,
     provider::{self, Answer, Failure},
-    script::{Endpoint, Fault, FaultKind, ModelScript, Script},
+    script::{served_api, Fault, FaultKind, ModelScript, Script},
 };
 
 /// The largest request body the simulator reads: 32 MiB, as Anthropic's API. A larger
@@ -356,26 +356,21 @@ where
     let elapsed = arrived.saturating_duration_since(shared.start);
     let mut rng = fastrand::Rng::with_seed(request_seed(shared.script.seed, n));
     let (parts, body) = request.into_parts();
-    let Some(endpoint) = Endpoint::from_path(parts.uri.path()) else {
-        let guess = if parts.uri.path().contains("chat") {
-            Endpoint::OpenAi
-        } else {
-            Endpoint::Anthropic
+    let Some(api) = served_api(parts.uri.path()) else {
+        // Not served here: a 404 in the shape of the API the path looks like.
+        let guess = match Api::from_path(parts.uri.path()) {
+            Api::Other if parts.uri.path().contains("chat") => Api::OpenAiChat,
+            other => other,
         };
         return Ok(reject(&shared, &mut rng, guess, Failure::NotFound));
     };
     if parts.method != Method::POST {
-        return Ok(reject(
-            &shared,
-            &mut rng,
-            endpoint,
-            Failure::MethodNotAllowed,
-        ));
+        return Ok(reject(&shared, &mut rng, api, Failure::MethodNotAllowed));
     }
     let bytes = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<LengthLimitError>() => {
-            return Ok(reject(&shared, &mut rng, endpoint, Failure::TooLarge))
+            return Ok(reject(&shared, &mut rng, api, Failure::TooLarge))
         }
         Err(error) => return Err(io::Error::other(error)),
     };
@@ -383,19 +378,14 @@ where
         Ok(parsed) => parsed,
         Err(error) => {
             let message = format!("the request body is not valid JSON: {error}");
-            return Ok(reject(
-                &shared,
-                &mut rng,
-                endpoint,
-                Failure::Invalid(&message),
-            ));
+            return Ok(reject(&shared, &mut rng, api, Failure::Invalid(&message)));
         }
     };
     let Some(model) = parsed.model.as_deref() else {
         return Ok(reject(
             &shared,
             &mut rng,
-            endpoint,
+            api,
             Failure::Invalid("model: Field required"),
         ));
     };
@@ -430,15 +420,16 @@ where
             _ => {}
         }
         let latency = fault.latency.sample(&mut rng);
-        let response = fault_response(&mut rng, endpoint, fault, model, limits, latency);
+        let response = fault_response(&mut rng, api, fault, model, limits, latency);
         wait(arrived, latency).await;
         return Ok(response);
     }
 
     let latency = script.latency.sample(&mut rng);
-    let id = match endpoint {
-        Endpoint::Anthropic => random_id(&mut rng, "msg_01", 22, BASE62),
-        Endpoint::OpenAi => random_id(&mut rng, "chatcmpl-", 29, BASE62),
+    let id = if api.is_openai() {
+        random_id(&mut rng, "chatcmpl-", 29, BASE62)
+    } else {
+        random_id(&mut rng, "msg_01", 22, BASE62)
     };
     let max_tokens = parsed.max_completion_tokens.or(parsed.max_tokens);
     let words_wanted = script.output_tokens;
@@ -459,7 +450,7 @@ where
         words: &words,
         truncated: words_given < words_wanted,
     };
-    let mut headers = provider_headers(&mut rng, endpoint, &limits, latency);
+    let mut headers = provider_headers(&mut rng, api, &limits, latency);
     let body = if stream {
         let error_after = fault.map(|f| f.after_deltas);
         shared.count(if error_after.is_some() {
@@ -468,7 +459,7 @@ where
             "ok"
         });
         let include_usage = parsed.stream_options.is_some_and(|o| o.include_usage);
-        let events = provider::success_events(endpoint, &answer, include_usage, error_after);
+        let events = provider::success_events(api, &answer, include_usage, error_after);
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream; charset=utf-8"),
@@ -481,7 +472,7 @@ where
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        SimBody::full(provider::success_json(endpoint, &answer))
+        SimBody::full(provider::success_json(api, &answer))
     };
     wait(arrived, latency).await;
     let mut response = Response::new(body);
@@ -513,11 +504,11 @@ async fn wait(arrived: Instant, latency: Duration) {
 fn reject(
     shared: &Shared,
     rng: &mut fastrand::Rng,
-    endpoint: Endpoint,
+    api: Api,
     failure: Failure<'_>,
 ) -> Response<SimBody> {
     shared.count("rejected");
-    let (status, body) = provider::error(endpoint, failure, "", 0, "");
+    let (status, body) = provider::error(api, failure, "", 0, "");
     let mut response = Response::new(SimBody::full(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -525,69 +516,67 @@ fn reject(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    insert_request_id(headers, rng, endpoint);
+    insert_request_id(headers, rng, api);
     response
 }
 
-fn insert_request_id(headers: &mut HeaderMap, rng: &mut fastrand::Rng, endpoint: Endpoint) {
-    let (name, id) = match endpoint {
-        Endpoint::Anthropic => ("request-id", random_id(rng, "req_01", 22, BASE62)),
-        Endpoint::OpenAi => (
+fn insert_request_id(headers: &mut HeaderMap, rng: &mut fastrand::Rng, api: Api) {
+    let (name, id) = if api.is_openai() {
+        (
             "x-request-id",
             random_id(rng, "req_", 32, b"0123456789abcdef"),
-        ),
+        )
+    } else {
+        ("request-id", random_id(rng, "req_01", 22, BASE62))
     };
     headers.insert(name, HeaderValue::try_from(id).expect("ids are ASCII"));
 }
 
 fn provider_headers(
     rng: &mut fastrand::Rng,
-    endpoint: Endpoint,
+    api: Api,
     limits: &Limits,
     latency: Duration,
 ) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(8);
-    insert_request_id(&mut headers, rng, endpoint);
-    match endpoint {
-        Endpoint::Anthropic => {
-            headers.insert(
-                "anthropic-ratelimit-requests-limit",
-                HeaderValue::from(limits.limit),
-            );
-            headers.insert(
-                "anthropic-ratelimit-requests-remaining",
-                HeaderValue::from(limits.remaining),
-            );
-            headers.insert(
-                "anthropic-ratelimit-requests-reset",
-                rfc3339_after(limits.reset_in),
-            );
-        }
-        Endpoint::OpenAi => {
-            headers.insert(
-                "openai-processing-ms",
-                HeaderValue::from(latency.as_millis() as u64),
-            );
-            headers.insert(
-                "x-ratelimit-limit-requests",
-                HeaderValue::from(limits.limit),
-            );
-            headers.insert(
-                "x-ratelimit-remaining-requests",
-                HeaderValue::from(limits.remaining),
-            );
-            headers.insert(
-                "x-ratelimit-reset-requests",
-                HeaderValue::try_from(go_duration(limits.reset_in)).expect("ASCII"),
-            );
-        }
+    insert_request_id(&mut headers, rng, api);
+    if !api.is_openai() {
+        headers.insert(
+            "anthropic-ratelimit-requests-limit",
+            HeaderValue::from(limits.limit),
+        );
+        headers.insert(
+            "anthropic-ratelimit-requests-remaining",
+            HeaderValue::from(limits.remaining),
+        );
+        headers.insert(
+            "anthropic-ratelimit-requests-reset",
+            rfc3339_after(limits.reset_in),
+        );
+    } else {
+        headers.insert(
+            "openai-processing-ms",
+            HeaderValue::from(latency.as_millis() as u64),
+        );
+        headers.insert(
+            "x-ratelimit-limit-requests",
+            HeaderValue::from(limits.limit),
+        );
+        headers.insert(
+            "x-ratelimit-remaining-requests",
+            HeaderValue::from(limits.remaining),
+        );
+        headers.insert(
+            "x-ratelimit-reset-requests",
+            HeaderValue::try_from(go_duration(limits.reset_in)).expect("ASCII"),
+        );
     }
     headers
 }
 
 fn fault_response(
     rng: &mut fastrand::Rng,
-    endpoint: Endpoint,
+    api: Api,
     fault: &Fault,
     model: &str,
     mut limits: Limits,
@@ -602,13 +591,13 @@ fn fault_response(
     }
     let retry_after = fault.retry_after.map(go_duration).unwrap_or_default();
     let (status, body) = provider::error(
-        endpoint,
+        api,
         Failure::Fault(fault.kind),
         model,
         limits.limit,
         &retry_after,
     );
-    let mut headers = provider_headers(rng, endpoint, &limits, latency);
+    let mut headers = provider_headers(rng, api, &limits, latency);
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

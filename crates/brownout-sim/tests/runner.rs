@@ -2,14 +2,22 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use brownout_sim::{
-    runner::{table, Baseline},
-    Fault, Latency, ModelScript, Runner, Script, Sim,
-};
+use brownout_retry::{RetryConfig, RetryLayer};
+use brownout_sim::{runner::table, Fault, Latency, ModelScript, Runner, Script, Sim, Stack};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use tower::{service_fn, ServiceExt};
+use tower::{service_fn, Layer, ServiceExt};
+
+/// What most guides recommend: up to 6 attempts with exponential backoff and full
+/// jitter (brownout-retry's default, 500 ms doubling to 8 s), server-given delays
+/// honoured, no retry budget, no fallback; jitter seeded with the script's seed.
+fn retry_only() -> Stack {
+    Stack::new("retry-only", |sim: Sim| {
+        let seed = sim.script().seed_value();
+        RetryLayer::new(RetryConfig::new().max_attempts(6).no_budget().seed(seed)).layer(sim)
+    })
+}
 
 fn map(entries: &[(&str, u64)]) -> BTreeMap<String, u64> {
     entries.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
@@ -33,7 +41,7 @@ fn rate_limited_start() -> Runner {
 
 #[tokio::test(start_paused = true)]
 async fn naive_numbers_by_hand() {
-    let report = rate_limited_start().run_baseline(Baseline::Naive).await;
+    let report = rate_limited_start().run_stack(&Stack::naive()).await;
     // Requests 0, 1 and 2 (at 0 s, 1 s, 2 s) are rate-limited; the rest answer.
     assert_eq!(report.answered.total, 7);
     assert_eq!(report.answered.first_choice, 7);
@@ -53,7 +61,7 @@ async fn naive_numbers_by_hand() {
 
 #[tokio::test(start_paused = true)]
 async fn retry_only_numbers_by_hand() {
-    let report = rate_limited_start().run_baseline(Baseline::RetryOnly).await;
+    let report = rate_limited_start().run_stack(&retry_only()).await;
     // Each retry waits the 2 s the server asks for (more than the first backoffs):
     // request 0 is sent at 0 s, 2 s (429 again) and 4 s: 3 attempts, 4.1 s;
     // requests 1 and 2 are sent again at 3 s and 4 s, after the window: 2 attempts,
@@ -196,7 +204,7 @@ async fn hangs_end_at_the_callers_timeout_and_stream_errors_are_errors() {
         .requests(3)
         .concurrency(3)
         .timeout(Duration::from_secs(5));
-    let report = runner.run_baseline(Baseline::Naive).await;
+    let report = runner.run_stack(&Stack::naive()).await;
     assert_eq!(report.errors, map(&[("timeout: no answer within 5s", 3)]));
     assert_eq!(report.latency.max_ms, 5000.0);
     assert_eq!(report.elapsed_ms, 5000.0);
@@ -204,7 +212,7 @@ async fn hangs_end_at_the_callers_timeout_and_stream_errors_are_errors() {
     let report = runner
         .model("breaks")
         .stream(true)
-        .run_baseline(Baseline::Naive)
+        .run_stack(&Stack::naive())
         .await;
     assert_eq!(report.errors, map(&[("200 stream overloaded_error", 3)]));
 }
@@ -212,12 +220,12 @@ async fn hangs_end_at_the_callers_timeout_and_stream_errors_are_errors() {
 #[tokio::test(start_paused = true)]
 async fn the_same_seed_gives_the_same_report() {
     let runner = Runner::new(Script::outage()).requests(200);
-    let first = runner.run_baseline(Baseline::RetryOnly).await;
-    let second = runner.run_baseline(Baseline::RetryOnly).await;
+    let first = runner.run_stack(&retry_only()).await;
+    let second = runner.run_stack(&retry_only()).await;
     assert_eq!(first, second);
     let other = Runner::new(Script::outage().seed(1))
         .requests(200)
-        .run_baseline(Baseline::RetryOnly)
+        .run_stack(&retry_only())
         .await;
     assert_ne!(first.upstream, other.upstream);
 }
@@ -225,7 +233,7 @@ async fn the_same_seed_gives_the_same_report() {
 #[tokio::test(start_paused = true)]
 async fn the_outage_script_overloads_about_forty_percent_of_first_choice_requests() {
     let report = Runner::new(Script::outage())
-        .run_baseline(Baseline::Naive)
+        .run_stack(&Stack::naive())
         .await;
     assert_eq!(report.requests, 600);
     let overloaded = report.errors["529 overloaded_error"] as f64 / 600.0;
@@ -237,7 +245,7 @@ async fn the_outage_script_overloads_about_forty_percent_of_first_choice_request
     let light = Runner::new(Script::outage())
         .model("claude-haiku-4-5")
         .requests(100)
-        .run_baseline(Baseline::Naive)
+        .run_stack(&Stack::naive())
         .await;
     assert_eq!(light.answered.first_choice, 100);
 
@@ -256,5 +264,23 @@ async fn the_outage_script_overloads_about_forty_percent_of_first_choice_request
     assert!(
         text.lines().any(|l| l.starts_with("amplification")),
         "{text}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn compare_runs_each_stack_over_its_own_simulator_in_order() {
+    let runner = rate_limited_start();
+    let reports = runner.compare(&[Stack::naive(), retry_only()]).await;
+    let names: Vec<&str> = reports.iter().map(|r| r.stack.as_str()).collect();
+    assert_eq!(names, ["naive", "retry-only"]);
+    // Each stack met the same outage from its start: the same as run alone.
+    assert_eq!(reports[0], runner.run_stack(&Stack::naive()).await);
+    assert_eq!(reports[1], runner.run_stack(&retry_only()).await);
+    assert_eq!(reports[0].upstream.requests, 10);
+    assert_eq!(reports[1].upstream.requests, 14);
+    assert!(runner.compare(&[]).await.is_empty());
+    assert_eq!(
+        format!("{:?}", Stack::naive()),
+        r#"Stack { name: "naive", .. }"#
     );
 }

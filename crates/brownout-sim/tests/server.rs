@@ -146,7 +146,9 @@ async fn a_reset_drops_the_connection() {
     assert!(reset, "{error:?}");
     let (_, outcome) = classify_result(
         &DefaultClassifier::new(),
-        result.map_err(brownout_core::BoxError::from),
+        result
+            .map(|response| response.map(brownout_core::Body::new))
+            .map_err(brownout_core::BoxError::from),
         DEFAULT_ERROR_BODY_LIMIT,
     )
     .await;
@@ -167,9 +169,7 @@ async fn the_runner_drives_a_client_over_the_network() {
         .requests(20)
         .concurrency(1)
         .no_spread();
-    let in_process = runner
-        .run_baseline(brownout_sim::runner::Baseline::Naive)
-        .await;
+    let in_process = runner.run_stack(&brownout_sim::Stack::naive()).await;
 
     let sim = Sim::new(script());
     let server = SimServer::bind("127.0.0.1:0", sim.clone())

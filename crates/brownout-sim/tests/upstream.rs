@@ -184,7 +184,7 @@ async fn error_faults_answer_in_each_providers_shape() {
         assert!(response.headers().contains_key("request-id"));
         let (response, classified) = classify_response(
             &DefaultClassifier::new(),
-            response,
+            response.map(brownout_core::Body::new),
             DEFAULT_ERROR_BODY_LIMIT,
         )
         .await;
@@ -205,7 +205,7 @@ async fn error_faults_answer_in_each_providers_shape() {
         assert!(response.headers().contains_key("x-request-id"));
         let (response, classified) = classify_response(
             &DefaultClassifier::new(),
-            response,
+            response.map(brownout_core::Body::new),
             DEFAULT_ERROR_BODY_LIMIT,
         )
         .await;
@@ -246,7 +246,7 @@ async fn rate_limits_say_when_to_come_back() {
     parts.headers = headers;
     let (_, outcome) = classify_response(
         &DefaultClassifier::new(),
-        Response::from_parts(parts, http_body_util::Full::new(bytes::Bytes::from(body))),
+        Response::from_parts(parts, brownout_core::Body::from(body)),
         DEFAULT_ERROR_BODY_LIMIT,
     )
     .await;
@@ -264,7 +264,7 @@ async fn rate_limits_say_when_to_come_back() {
     assert_eq!(response.headers()["x-ratelimit-remaining-requests"], "0");
     let (_, outcome) = classify_response(
         &DefaultClassifier::new(),
-        response,
+        response.map(brownout_core::Body::new),
         DEFAULT_ERROR_BODY_LIMIT,
     )
     .await;
@@ -418,7 +418,7 @@ async fn a_reset_is_a_connection_error_in_process() {
     assert_eq!(start.elapsed(), Duration::from_millis(200));
     let outcome = brownout_core::classify::classify_result(
         &DefaultClassifier::new(),
-        Err::<Response<brownout_sim::SimBody>, _>(brownout_core::BoxError::from(error)),
+        Err::<Response<brownout_core::Body>, _>(brownout_core::BoxError::from(error)),
         DEFAULT_ERROR_BODY_LIMIT,
     )
     .await
@@ -608,4 +608,49 @@ async fn malformed_requests_get_the_providers_errors() {
     assert_eq!(send(&sim, get).await.status(), 405);
     assert_eq!(sim.stats().by_answer["rejected"], 4);
     assert!(sim.stats().by_model.is_empty());
+}
+
+/// What a brownout stack hands the simulator when the caller's upload breaks while it
+/// streams: the first bytes, then a `BrokenBody`.
+struct BrokenUpload(bool);
+
+impl http_body::Body for BrokenUpload {
+    type Data = bytes::Bytes;
+    type Error = brownout_core::error::BrokenBody;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if std::mem::replace(&mut self.0, true) {
+            let error = brownout_core::error::BrokenBody::cut("client went away".into());
+            return std::task::Poll::Ready(Some(Err(error)));
+        }
+        let start = bytes::Bytes::from_static(br#"{"model":"m","messages":["#);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(start))))
+    }
+}
+
+#[tokio::test]
+async fn a_callers_broken_upload_stays_the_callers_error() {
+    let sim = sim_with(ModelScript::new());
+    let request = Request::post("/v1/messages")
+        .body(BrokenUpload(false))
+        .unwrap();
+    let error = sim
+        .clone()
+        .oneshot(request)
+        .await
+        .expect_err("no answer to a broken upload");
+    // The simulator's io::Error wraps it; the chain still finds it, and the stack
+    // classifies it as the caller's failure, not the upstream's.
+    let error = brownout_core::BoxError::from(error);
+    assert!(
+        brownout_core::error::find::<brownout_core::error::BrokenBody>(error.as_ref()).is_some(),
+        "{error}"
+    );
+    let outcome =
+        brownout_core::classify::classify_error(&DefaultClassifier::new(), error.as_ref());
+    assert_eq!(outcome.kind(), OutcomeKind::ClientError);
+    assert_eq!(sim.stats().received, 1);
 }

@@ -15,10 +15,14 @@
 //! | `degrade` (default) | [`degrade`] | canned answers in the provider's shape when nothing else answers |
 //! | `reqwest` | [`reqwest_bridge`] | a `reqwest::Client` as the inner service |
 //!
-//! What the layers share — how a result is classified, replayable bodies, response
-//! metadata and events — is re-exported from `brownout-core` at the top level:
-//! [`classify`], [`body`], [`meta`], [`event`], [`health`], [`json`], [`error`],
-//! [`rng`].
+//! What the layers share is re-exported from `brownout-core` at the top level:
+//! [`Body`], the one body type of every layer (a client under a brownout stack is
+//! `Client<C, brownout::Body>`, whichever layers are on, and
+//! `ServiceBuilder::option_layer` works with each layer); [`classify`], one
+//! classification per attempt that travels outward with the response (set your own
+//! with [`classify::ClassifyLayer`] over the client); [`request`], the facts of an LLM
+//! request read once; [`body::BodyLimits`], the one replay limit of the stack;
+//! [`provider`], [`meta`], [`event`], [`health`], [`json`], [`error`], [`rng`].
 //!
 //! # The recommended order
 //!
@@ -48,9 +52,8 @@
 //! };
 //! use tower::ServiceBuilder;
 //!
-//! # type Body = brownout::body::PrefixedBody<brownout::body::PrefixedBody<brownout::body::PrefixedBody<brownout::body::PrefixedBody<http_body_util::Full<bytes::Bytes>>>>>;
-//! # let http_client = tower::service_fn(|_: http::Request<Body>| async {
-//! #     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::new())))
+//! # let http_client = tower::service_fn(|_: http::Request<brownout::Body>| async {
+//! #     Ok::<_, std::convert::Infallible>(http::Response::new(brownout::Body::empty()))
 //! # });
 //! let breakers = CircuitBreakerLayer::new(BreakerConfig::new());
 //! let cascade = FallbackConfig::new([Target::new("claude-sonnet-4-5"), Target::new("claude-haiku-4-5")])
@@ -66,8 +69,10 @@
 //! # }
 //! ```
 
-pub use brownout_core::{body, classify, error, event, health, json, meta, rng};
-pub use brownout_core::{BoxError, Classifier, Classify, Outcome, OutcomeKind};
+pub use brownout_core::{
+    body, classify, error, event, health, json, meta, provider, request, rng, shape,
+};
+pub use brownout_core::{Body, BoxError, Classifier, Classify, Outcome, OutcomeKind, RequestFacts};
 
 #[cfg(feature = "retry")]
 #[doc(inline)]

@@ -1,9 +1,9 @@
-//! A `reqwest::Client` as a `tower::Service<http::Request<B>>`, so that every brownout
-//! layer stacks on it.
+//! A `reqwest::Client` as a `tower::Service<http::Request<brownout::Body>>`, so that
+//! every brownout layer stacks on it.
 //!
 //! reqwest's `Client` is a service of `reqwest::Request`; tower layers speak
 //! `http::Request`. [`ReqwestService`] converts one into the other with no copy of the
-//! body, and returns `http::Response<reqwest::Body>`, whose body streams as reqwest
+//! body (a body held in memory goes as its `Bytes`), and returns `http::Response<reqwest::Body>`, whose body streams as reqwest
 //! receives it.
 //!
 //! ```no_run
@@ -45,8 +45,10 @@ use std::{
     task::{Context, Poll},
 };
 
+use std::sync::Mutex;
+
 use bytes::Bytes;
-use http_body::Body;
+use http_body::{Body, Frame, SizeHint};
 use tower_service::Service;
 
 use crate::BoxError;
@@ -95,12 +97,7 @@ impl fmt::Debug for ReqwestFuture {
     }
 }
 
-impl<B> Service<http::Request<B>> for ReqwestService
-where
-    B: Body + Send + Sync + 'static,
-    B::Data: Into<Bytes>,
-    B::Error: Into<BoxError>,
-{
+impl Service<http::Request<crate::Body>> for ReqwestService {
     type Response = http::Response<reqwest::Body>;
     type Error = BoxError;
     type Future = ReqwestFuture;
@@ -110,8 +107,13 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let request = request.map(reqwest::Body::wrap);
+    fn call(&mut self, request: http::Request<crate::Body>) -> Self::Future {
+        // A body in memory goes as bytes (reqwest sets its content-length); one that
+        // streams goes through `Streamed`, since reqwest wants a `Sync` body.
+        let request = request.map(|body| match body.bytes() {
+            Some(bytes) => reqwest::Body::from(bytes.clone()),
+            None => reqwest::Body::wrap(Streamed(Mutex::new(body))),
+        });
         let sent = reqwest::Request::try_from(request).map(|r| self.client.execute(r));
         ReqwestFuture {
             inner: Box::pin(async move {
@@ -128,5 +130,31 @@ fn kind(error: reqwest::Error) -> BoxError {
         Box::new(std::io::Error::new(std::io::ErrorKind::TimedOut, error))
     } else {
         Box::new(error)
+    }
+}
+
+/// A streamed [`crate::Body`] made `Sync` for reqwest. The body is only ever polled
+/// through `&mut`, so the mutex is never locked: `get_mut` reaches it for free.
+struct Streamed(Mutex<crate::Body>);
+
+impl Body for Streamed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut().0.get_mut() {
+            Ok(body) => Pin::new(body).poll_frame(cx),
+            Err(_) => Poll::Ready(Some(Err("request body poisoned".into()))),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0
+            .lock()
+            .map(|body| body.size_hint())
+            .unwrap_or_default()
     }
 }

@@ -196,7 +196,10 @@ async fn a_stalled_upload_fails_after_the_idle_timeout() {
 
 #[tokio::test]
 async fn prepare_reads_facts_once_and_inner_layers_find_them() {
-    let inner = chunks(&[br#"{"model":"m","max_tokens":5,"#, br#""stream":true}"#], None);
+    let inner = chunks(
+        &[br#"{"model":"m","max_tokens":5,"#, br#""stream":true}"#],
+        None,
+    );
     let polls = inner.1.clone();
     let request = Request::post("/v1/messages").body(inner).unwrap();
     let request = prepare(request, Need::Facts).await.unwrap();
@@ -213,7 +216,9 @@ async fn prepare_reads_facts_once_and_inner_layers_find_them() {
 #[tokio::test]
 async fn two_models_are_refused() {
     let request = Request::post("/v1/messages")
-        .body(Full::new(Bytes::from_static(br#"{"model":"a","model":"b"}"#)))
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"a","model":"b"}"#,
+        )))
         .unwrap();
     let error = prepare(request, Need::Facts).await.unwrap_err();
     assert!(error.is::<crate::error::InvalidRequest>());
@@ -235,4 +240,61 @@ proptest::proptest! {
         });
         proptest::prop_assert_eq!(&got[..], &whole[..]);
     }
+}
+
+/// A body whose size hint says far more than it has: a 50 MB upload cut after 1 KB.
+struct Declared(Option<Bytes>, usize);
+
+impl http_body::Body for Declared {
+    type Data = Bytes;
+    type Error = &'static str;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, &'static str>>> {
+        if let Some(first) = self.0.take() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        if self.1 == 0 {
+            return Poll::Ready(Some(Err("the client hung up")));
+        }
+        self.1 -= 1;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; 1024])))))
+    }
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(50 * 1024 * 1024)
+    }
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_still_gives_its_facts_and_its_failure_is_the_callers() {
+    let mut first = br#"{"model":"claude-opus-4-1","messages":[{"role":"user","content":""#.to_vec();
+    first.resize(1024, b'x');
+    let first = Bytes::from(first);
+    // Cut after 1 KB: the caller's error, found while the start is read.
+    let cut = Request::post("/v1/messages")
+        .body(Declared(Some(first.clone()), 0))
+        .unwrap();
+    let error = prepare(cut, Need::Facts).await.unwrap_err();
+    assert!(error.is::<BrokenBody>(), "{error}");
+    // Cut after 100 KB: the start is read for the facts, the rest streams.
+    let request = Request::post("/v1/messages")
+        .body(Declared(Some(first), 100))
+        .unwrap();
+    let request = prepare(request, Need::Facts).await.unwrap();
+    let facts = RequestFacts::of(request.extensions()).unwrap();
+    assert_eq!(facts.model(), Some("claude-opus-4-1"));
+    assert!(!facts.is_whole());
+    assert_eq!(request.body().over_limit(), Some(DEFAULT_REPLAY_LIMIT));
+    // Sent on, it fails as the caller's failure.
+    let error = request.into_body().collect().await.unwrap_err();
+    assert!(error.is::<BrokenBody>(), "{error}");
+}
+
+#[tokio::test]
+async fn from_caller_marks_failures_without_reading() {
+    let request = from_caller(Request::post("/").body(Breaks(0)).unwrap());
+    assert_eq!(request.body().prefix(), b"", "nothing read");
+    let error = request.into_body().collect().await.unwrap_err();
+    assert!(error.is::<BrokenBody>());
 }

@@ -468,7 +468,7 @@ fn classify_error_chain(error: &(dyn StdError + 'static)) -> Outcome {
         if is_timeout(e) {
             return Outcome::new(OutcomeKind::Timeout);
         }
-        current = e.source();
+        current = crate::error::next_in_chain(e);
     }
     Outcome::new(OutcomeKind::ConnectionFailed)
 }

@@ -428,7 +428,17 @@ fn the_callers_broken_body_is_a_client_error() {
         }
     }
     let wrapped: crate::BoxError = Box::new(ClientError(cut));
-    for e in [wrapped, Box::new(crate::error::BrokenBody::stalled(Duration::from_secs(30))) as crate::BoxError] {
+    // In an io::Error, whose own `source` skips the error it wraps (an upstream that
+    // reads the body with io, such as brownout-sim).
+    let in_io: crate::BoxError = Box::new(std::io::Error::other(crate::error::BrokenBody::cut(
+        "reset".into(),
+    )));
+    assert!(crate::error::find::<crate::error::BrokenBody>(in_io.as_ref()).is_some());
+    for e in [
+        wrapped,
+        in_io,
+        Box::new(crate::error::BrokenBody::stalled(Duration::from_secs(30))) as crate::BoxError,
+    ] {
         let o = classifier().classify(Observed::Error(e.as_ref()));
         assert_eq!(o.kind(), OutcomeKind::ClientError, "{e}");
         assert!(!o.is_retryable());

@@ -63,10 +63,18 @@
 //! cache = true                # x-brownout-cache
 //! degraded = true             # x-brownout-degraded, x-brownout-degraded-rule
 //! attempts = true             # x-brownout-attempts
+//!
+//! [limits]                    # how far the layers read a caller's body
+//! replay_limit = 4194304      # bytes buffered once for retry and fallback; longer bodies go once
+//! body_idle_timeout = "30s"   # a body silent this long is answered 408
 //! ```
 
 mod error;
 mod raw;
+
+/// The example configuration shipped with the crate (`gateway.example.toml`): the
+/// demo's pipeline, and a commented starting point.
+pub const EXAMPLE_CONFIG: &str = include_str!("../../gateway.example.toml");
 
 use std::{
     fmt,
@@ -75,11 +83,11 @@ use std::{
     time::Duration,
 };
 
-use brownout_breaker::BreakerConfig;
-use brownout_cache::CacheConfig;
-use brownout_degrade::DegradeConfig;
-use brownout_fallback::FallbackConfig;
-use brownout_retry::RetryConfig;
+use brownout::breaker::BreakerConfig;
+use brownout::cache::CacheConfig;
+use brownout::degrade::DegradeConfig;
+use brownout::fallback::FallbackConfig;
+use brownout::retry::RetryConfig;
 use http::{HeaderName, HeaderValue, Uri};
 
 pub use error::ConfigError;
@@ -241,6 +249,7 @@ pub struct Config {
     pub(crate) cache: Option<CacheConfig>,
     pub(crate) degrade: Option<DegradeConfig>,
     pub(crate) headers: Headers,
+    pub(crate) limits: brownout::body::BodyLimits,
 }
 
 impl Config {
@@ -318,6 +327,12 @@ impl Config {
     /// The metadata headers put on responses.
     pub fn headers(&self) -> Headers {
         self.headers
+    }
+
+    /// How far the layers read a caller's body (`[limits]`): the replay limit and the
+    /// idle timeout, one setting for the whole pipeline.
+    pub fn limits(&self) -> brownout::body::BodyLimits {
+        self.limits
     }
 
     /// Whether each layer is on: retry, breaker, cache, degrade.

@@ -15,11 +15,11 @@ use std::{
     time::Duration,
 };
 
-use brownout_breaker::{BreakerConfig, FailurePolicy, OpenDuration, Window};
-use brownout_cache::{CacheConfig, Mode};
-use brownout_degrade::{DegradeConfig, Rule};
-use brownout_fallback::{FallbackConfig, Target};
-use brownout_retry::{Backoff, RetryBudget, RetryConfig};
+use brownout::breaker::{BreakerConfig, FailurePolicy, OpenDuration, Window};
+use brownout::cache::{CacheConfig, Mode};
+use brownout::degrade::{DegradeConfig, Rule};
+use brownout::fallback::{FallbackConfig, Target};
+use brownout::retry::{Backoff, RetryBudget, RetryConfig};
 use http::{header, HeaderName, HeaderValue, StatusCode, Uri};
 use serde::{de, Deserialize, Deserializer};
 use toml::Spanned;
@@ -92,6 +92,19 @@ struct RawConfig {
     degrade: Option<Spanned<RawDegrade>>,
     #[serde(default)]
     headers: RawHeaders,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+/// `[limits]`: how far the layers read a caller's request body, one setting for the
+/// whole pipeline.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    /// Bytes buffered for replay; a longer body is sent once.
+    replay_limit: Option<NonZero>,
+    /// How long a caller's body may go without a byte before it is answered 408.
+    body_idle_timeout: Option<Dur>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -282,7 +295,7 @@ impl<'de> Deserialize<'de> for Dur {
                 f.write_str("a duration such as \"800ms\", \"30s\" or \"2m\"")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
-                brownout_core::classify::parse_go_duration(v)
+                brownout::classify::parse_go_duration(v)
                     .map(Dur)
                     .ok_or_else(|| {
                         E::custom(format!(
@@ -436,6 +449,16 @@ impl Check<'_> {
             cache: self.cache(raw.cache.as_ref(), headers),
             degrade: self.degrade(raw.degrade.as_ref(), seed)?,
             headers,
+            limits: {
+                let mut limits = brownout::body::BodyLimits::new();
+                if let Some(bytes) = &raw.limits.replay_limit {
+                    limits = limits.replay_limit(usize::try_from(bytes.0).unwrap_or(usize::MAX));
+                }
+                if let Some(idle) = &raw.limits.body_idle_timeout {
+                    limits = limits.idle_timeout(Some(idle.0));
+                }
+                limits
+            },
         })
     }
 

@@ -1,5 +1,13 @@
-//! The outage scenario runner: N requests at concurrency C through a client stack,
+//! The outage scenario runner: N requests at concurrency C through client stacks,
 //! against a script, and what came of them.
+//!
+//! The runner measures stacks it is given: a [`Stack`] is a name and how to build the
+//! client over a simulator. [`Runner::compare`] runs several side by side, each over a
+//! fresh [`Sim`] made from the same script, so that each meets the same outage.
+//! [`Stack::naive`] (one attempt per request, straight to the upstream) is the one
+//! baseline the simulator ships, since it depends on no layer: a retry-only stack, or
+//! a brownout pipeline, is built by the caller (`brownout-gateway demo` compares the
+//! naive client, a retry-only one and the gateway's pipeline).
 //!
 //! [`Runner::run`] makes a fresh [`Sim`] from the script, builds the client stack on
 //! top of it with the closure it is given, and sends the requests: `concurrency`
@@ -30,8 +38,8 @@
 //! - **Latency** of the client's view (p50, p95, p99, max), from sending the request
 //!   to the end of its body, errors included.
 
-mod baseline;
 mod report;
+mod stack;
 
 use std::{
     sync::{
@@ -44,6 +52,7 @@ use std::{
 use brownout_core::{
     classify::{Classify, DefaultClassifier, Observed},
     meta::{CacheStatus, Degraded, ServedBy},
+    provider::Api,
     BoxError,
 };
 use bytes::Bytes;
@@ -54,19 +63,20 @@ use serde::Deserialize;
 use tokio::{task::JoinSet, time::Instant};
 use tower::{Service, ServiceExt};
 
-pub use self::baseline::{naive, retry_only, retry_only_config, Baseline};
 pub use self::report::{table, Answered, LatencySummary, Report, Upstream};
+pub use self::stack::{Client, Stack};
 
-use crate::{Endpoint, Script, Sim};
+use crate::{script::api_path, Script, Sim};
 
 /// The largest response body the runner reads; longer ones count as errors.
 const MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
 
-/// Drives a script through a client stack and reports what the caller saw.
+/// Drives a script through client stacks and reports what the caller saw.
 ///
 /// ```
 /// use std::time::Duration;
-/// use brownout_sim::{runner::Baseline, Fault, ModelScript, Runner, Script};
+/// use brownout_sim::{runner::Stack, Fault, ModelScript, Runner, Script, Sim};
+/// use tower::ServiceExt;
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() {
@@ -80,22 +90,38 @@ const MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
 ///     .concurrency(2)
 ///     .spread_over(Duration::from_secs(20));
 ///
-/// let naive = runner.run_baseline(Baseline::Naive).await;
+/// // A stack of your own: here, every request sent twice when the first answer is an
+/// // error (a layer such as brownout-retry would go here).
+/// let twice = Stack::new("twice", |sim: Sim| {
+///     tower::service_fn(move |request: http::Request<http_body_util::Full<bytes::Bytes>>| {
+///         let sim = sim.clone();
+///         async move {
+///             let (parts, body) = request.into_parts();
+///             let first = http::Request::from_parts(parts.clone(), body.clone());
+///             let response = sim.clone().oneshot(first).await?;
+///             if response.status().is_success() {
+///                 return Ok(response);
+///             }
+///             sim.oneshot(http::Request::from_parts(parts, body)).await
+///         }
+///     })
+/// });
+/// let reports = runner.compare(&[Stack::naive(), twice]).await;
+/// let [naive, twice] = &reports[..] else { unreachable!() };
 /// // The first half of the requests arrive during the outage.
+/// assert_eq!(naive.stack, "naive");
 /// assert_eq!(naive.answered.first_choice, 10);
 /// assert_eq!(naive.errors["529 overloaded_error"], 10);
 /// assert_eq!(naive.upstream.requests, 20);
-///
-/// let retry = runner.run_baseline(Baseline::RetryOnly).await;
-/// assert!(retry.upstream.requests > 20);
-/// println!("{}", brownout_sim::runner::table(&[naive, retry]));
+/// assert_eq!(twice.upstream.requests, 30);
+/// println!("{}", brownout_sim::runner::table(&reports));
 /// # }
 /// ```
 #[derive(Debug, Clone)]
 pub struct Runner {
     script: Script,
     model: String,
-    endpoint: Endpoint,
+    api: Api,
     requests: u64,
     concurrency: usize,
     over: Option<Duration>,
@@ -107,8 +133,8 @@ pub struct Runner {
 
 impl Runner {
     /// A runner for `script`, with the script's `[run]` settings where it has them,
-    /// else: the script's first model on the Anthropic endpoint, 100 requests, 10 at
-    /// a time, not spread, a 60 s timeout, no streaming.
+    /// else: the script's first model on the Anthropic Messages API, 100 requests, 10
+    /// at a time, not spread, a 60 s timeout, no streaming.
     pub fn new(script: Script) -> Self {
         let plan = script.plan.clone();
         let model = plan
@@ -117,7 +143,7 @@ impl Runner {
             .unwrap_or_else(|| "claude-sonnet-4-5".to_owned());
         Runner {
             model,
-            endpoint: plan.endpoint.unwrap_or_default(),
+            api: plan.api.unwrap_or(Api::AnthropicMessages),
             requests: plan.requests.unwrap_or(100),
             concurrency: plan.concurrency.unwrap_or(10),
             over: plan.over,
@@ -135,9 +161,13 @@ impl Runner {
         self
     }
 
-    /// The API the requests speak.
-    pub fn endpoint(mut self, endpoint: Endpoint) -> Self {
-        self.endpoint = endpoint;
+    /// The API the requests speak: [`Api::AnthropicMessages`] (the default) or
+    /// [`Api::OpenAiChat`], the two the simulator serves (a script's
+    /// `endpoint = "anthropic"` or `"openai"`). Requests for another API go to its path
+    /// (`/v1/responses`, or `/`) and are answered 404 by the simulator, as by an
+    /// upstream without that API.
+    pub fn api(mut self, api: Api) -> Self {
+        self.api = api;
         self
     }
 
@@ -191,46 +221,64 @@ impl Runner {
         &self.script
     }
 
+    /// The API the requests speak.
+    pub fn api_value(&self) -> Api {
+        self.api
+    }
+
     /// The `i`-th request the runner sends: a short chat request for the runner's
-    /// model in the endpoint's shape, with the provider's usual headers.
+    /// model in the API's shape, with the provider's usual headers.
     pub fn request(&self, i: u64) -> Request<Full<Bytes>> {
         let prompt = format!("Request {i}: summarise the incident report in one line.");
-        let body = match self.endpoint {
-            Endpoint::Anthropic => serde_json::json!({
-                "model": self.model,
-                "max_tokens": self.max_tokens,
-                "stream": self.stream,
-                "messages": [{"role": "user", "content": prompt}],
-            }),
-            Endpoint::OpenAi => serde_json::json!({
+        let body = match self.api {
+            Api::OpenAiChat => serde_json::json!({
                 "model": self.model,
                 "max_completion_tokens": self.max_tokens,
                 "stream": self.stream,
                 "messages": [{"role": "user", "content": prompt}],
             }),
+            Api::OpenAiResponses => serde_json::json!({
+                "model": self.model,
+                "max_output_tokens": self.max_tokens,
+                "stream": self.stream,
+                "input": prompt,
+            }),
+            _ => serde_json::json!({
+                "model": self.model,
+                "max_tokens": self.max_tokens,
+                "stream": self.stream,
+                "messages": [{"role": "user", "content": prompt}],
+            }),
         };
-        let builder = Request::post(format!("{}{}", self.base_url, self.endpoint.path())).header(
+        let builder = Request::post(format!("{}{}", self.base_url, api_path(self.api))).header(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        let builder = match self.endpoint {
-            Endpoint::Anthropic => builder
+        let builder = if self.api.is_openai() {
+            builder.header(header::AUTHORIZATION, "Bearer sk-sim")
+        } else {
+            builder
                 .header("x-api-key", "sk-ant-sim")
-                .header("anthropic-version", "2023-06-01"),
-            Endpoint::OpenAi => builder.header(header::AUTHORIZATION, "Bearer sk-sim"),
+                .header("anthropic-version", "2023-06-01")
         };
         builder
             .body(Full::new(Bytes::from(body.to_string())))
             .expect("the runner's requests are valid")
     }
 
-    /// Runs one of the shipped baseline stacks.
-    pub async fn run_baseline(&self, baseline: Baseline) -> Report {
-        let seed = self.script.seed;
-        match baseline {
-            Baseline::Naive => self.run(baseline.name(), naive).await,
-            Baseline::RetryOnly => self.run(baseline.name(), |sim| retry_only(sim, seed)).await,
+    /// Runs each of `stacks` in turn, each over a fresh [`Sim`] made from the script
+    /// (so each meets the same outage), and reports on each, in order.
+    pub async fn compare(&self, stacks: &[Stack]) -> Vec<Report> {
+        let mut reports = Vec::with_capacity(stacks.len());
+        for stack in stacks {
+            reports.push(self.run_stack(stack).await);
         }
+        reports
+    }
+
+    /// Runs one stack over a fresh [`Sim`] made from the script.
+    pub async fn run_stack(&self, stack: &Stack) -> Report {
+        self.run(stack.name(), |sim| stack.build(sim)).await
     }
 
     /// Makes a fresh [`Sim`] from the script, builds the client stack over it with

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt, time::Duration};
 use serde::Serialize;
 
 use super::{Record, Runner, Source};
-use crate::SimStats;
+use crate::{script::api_name, SimStats};
 
 /// The result of one run of one client stack. Serializes to JSON with serde; its
 /// Display is [`table`] of this one report.
@@ -16,7 +16,7 @@ pub struct Report {
     pub stack: String,
     /// The model every request asked for.
     pub model: String,
-    /// The endpoint requests were sent to (`"anthropic"`, `"openai"`).
+    /// The API requests spoke, as scripts name it (`"anthropic"`, `"openai"`).
     pub endpoint: String,
     /// Whether requests asked for a stream.
     pub stream: bool,
@@ -162,7 +162,7 @@ pub(super) fn build(
     Report {
         stack: stack.to_owned(),
         model: runner.model.clone(),
-        endpoint: runner.endpoint.as_str().to_owned(),
+        endpoint: api_name(runner.api).to_owned(),
         stream: runner.stream,
         requests: runner.requests,
         concurrency: runner.concurrency,

@@ -14,7 +14,9 @@ use std::{
 
 use serde::{de, Deserialize, Deserializer};
 
-use super::{Endpoint, Fault, FaultKind, Latency, ModelScript, RunPlan, Script};
+use brownout_core::provider::Api;
+
+use super::{Fault, FaultKind, Latency, ModelScript, RunPlan, Script};
 
 /// A script that could not be read or built: what is wrong and, for a file, where.
 ///
@@ -146,7 +148,7 @@ impl RawScript {
     fn into_script(self) -> Script {
         let plan = self.run.map_or_else(RunPlan::default, |run| RunPlan {
             model: run.model,
-            endpoint: run.endpoint.map(|e| e.0),
+            api: run.endpoint.map(|e| e.0),
             requests: run.requests,
             concurrency: run.concurrency.map(NonZeroUsize::get),
             over: run.over.map(|d| d.0),
@@ -314,14 +316,16 @@ impl<'de> Deserialize<'de> for KindDe {
     }
 }
 
-struct EndpointDe(Endpoint);
+/// The API requests speak, by the names scripts have always used: `"anthropic"`
+/// (Messages) and `"openai"` (Chat Completions).
+struct EndpointDe(Api);
 
 impl<'de> Deserialize<'de> for EndpointDe {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let name = String::deserialize(deserializer)?;
         match name.as_str() {
-            "anthropic" => Ok(EndpointDe(Endpoint::Anthropic)),
-            "openai" => Ok(EndpointDe(Endpoint::OpenAi)),
+            "anthropic" => Ok(EndpointDe(Api::AnthropicMessages)),
+            "openai" => Ok(EndpointDe(Api::OpenAiChat)),
             other => Err(de::Error::unknown_variant(other, &["anthropic", "openai"])),
         }
     }
@@ -465,7 +469,7 @@ latency = { lognormal = { median = "1s", sigma = 0.3 } }
         )
         .unwrap();
         assert_eq!(script.seed, 42);
-        assert_eq!(script.plan.endpoint, Some(Endpoint::OpenAi));
+        assert_eq!(script.plan.api, Some(Api::OpenAiChat));
         assert_eq!(script.plan.concurrency, Some(2));
         assert_eq!(script.plan.over, Some(Duration::from_secs(60)));
         assert_eq!(

@@ -32,7 +32,7 @@
 //!
 //! [run]                      # how the runner drives the script (its defaults)
 //! model = "claude-sonnet-4-5"
-//! endpoint = "anthropic"     # or "openai"
+//! endpoint = "anthropic"     # the API: "anthropic" (Messages) or "openai" (Chat Completions)
 //! requests = 600
 //! concurrency = 8
 //! over = "10m"               # spread request starts over ten minutes
@@ -84,6 +84,8 @@ mod de;
 
 use std::{fmt, path::Path, time::Duration};
 
+use brownout_core::provider::Api;
+
 pub use self::de::ScriptError;
 
 /// The shipped outage script, as TOML: a bad hour at a provider compressed into ten
@@ -94,48 +96,34 @@ pub const OUTAGE_TOML: &str = include_str!("../../scripts/outage.toml");
 /// [`Latency::max`]: five minutes.
 pub const DEFAULT_LATENCY_CAP: Duration = Duration::from_secs(300);
 
-/// Which provider's API a request speaks, and so which shape its answer takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Endpoint {
-    /// `POST /v1/messages`, the Anthropic Messages API.
-    #[default]
-    Anthropic,
-    /// `POST /v1/chat/completions`, the OpenAI Chat Completions API.
-    OpenAi,
-}
-
-impl Endpoint {
-    /// The request path (`/v1/messages`).
-    pub fn path(self) -> &'static str {
-        match self {
-            Endpoint::Anthropic => "/v1/messages",
-            Endpoint::OpenAi => "/v1/chat/completions",
-        }
-    }
-
-    /// A short lowercase name (`"anthropic"`, `"openai"`), as TOML and the binary take
-    /// it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Endpoint::Anthropic => "anthropic",
-            Endpoint::OpenAi => "openai",
-        }
-    }
-
-    /// The endpoint a request path belongs to.
-    pub fn from_path(path: &str) -> Option<Endpoint> {
-        match path {
-            "/v1/messages" => Some(Endpoint::Anthropic),
-            "/v1/chat/completions" => Some(Endpoint::OpenAi),
-            _ => None,
-        }
+/// The request path of `api`, as the runner sends it: `/v1/messages`,
+/// `/v1/chat/completions`, `/v1/responses`, and `/` for an API brownout does not know.
+pub(crate) fn api_path(api: Api) -> &'static str {
+    match api {
+        Api::AnthropicMessages => "/v1/messages",
+        Api::OpenAiChat => "/v1/chat/completions",
+        Api::OpenAiResponses => "/v1/responses",
+        _ => "/",
     }
 }
 
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// The name of `api` in scripts (`endpoint = "anthropic"`), on the binary's command
+/// line and in reports: `"anthropic"` and `"openai"` for the two APIs the simulator
+/// serves, else [`Api::as_str`].
+pub(crate) fn api_name(api: Api) -> &'static str {
+    match api {
+        Api::AnthropicMessages => "anthropic",
+        Api::OpenAiChat => "openai",
+        other => other.as_str(),
     }
+}
+
+/// The API the simulator serves at `path`, exactly there: Anthropic Messages at
+/// `/v1/messages` and OpenAI Chat Completions at `/v1/chat/completions`.
+pub(crate) fn served_api(path: &str) -> Option<Api> {
+    let api = Api::from_path(path);
+    (matches!(api, Api::AnthropicMessages | Api::OpenAiChat) && path == api_path(api))
+        .then_some(api)
 }
 
 /// A whole scenario: a seed, per-model behaviour, and optionally how the
@@ -172,7 +160,7 @@ pub struct Script {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RunPlan {
     pub(crate) model: Option<String>,
-    pub(crate) endpoint: Option<Endpoint>,
+    pub(crate) api: Option<Api>,
     pub(crate) requests: Option<u64>,
     pub(crate) concurrency: Option<usize>,
     pub(crate) over: Option<Duration>,
@@ -192,7 +180,7 @@ impl Script {
     /// 529 `overloaded_error` in three bursts and at a low rate between them (about 40 %
     /// of its requests over the run), 429 with `retry-after` now and then, and a mid-
     /// stream overload on some streams; the lighter `claude-haiku-4-5` stays healthy.
-    /// `gpt-4.1` and `gpt-4.1-mini` play the same parts on the OpenAI endpoint.
+    /// `gpt-4.1` and `gpt-4.1-mini` play the same parts on the OpenAI API.
     pub fn outage() -> Script {
         Script::from_toml_str(OUTAGE_TOML).expect("the shipped outage script is valid")
     }
@@ -328,8 +316,8 @@ impl ModelScript {
     }
 }
 
-/// What a fault does to a request. The status and body depend on the endpoint; each
-/// body is the provider's own JSON error shape.
+/// What a fault does to a request. The status and body depend on the API; each body
+/// is the provider's own JSON error shape.
 ///
 /// | kind | `/v1/messages` (Anthropic) | `/v1/chat/completions` (OpenAI) |
 /// |---|---|---|
@@ -351,7 +339,7 @@ impl ModelScript {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum FaultKind {
-    /// The provider is overloaded (529 on Anthropic's endpoint, 503 on OpenAI's).
+    /// The provider is overloaded (529 on Anthropic's API, 503 on OpenAI's).
     Overloaded,
     /// 503.
     Unavailable,
@@ -452,7 +440,7 @@ impl Fault {
         }
     }
 
-    /// 529 `overloaded_error` (503 on the OpenAI endpoint).
+    /// 529 `overloaded_error` (503 on the OpenAI API).
     pub fn overloaded() -> Self {
         Fault::new(FaultKind::Overloaded)
     }
@@ -756,6 +744,25 @@ mod tests {
         assert_eq!(script.model_names().collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(script.model_script("a").output_tokens, 2);
         assert_eq!(script.model_script("unknown").output_tokens, 16);
+    }
+
+    #[test]
+    fn apis_by_path() {
+        assert_eq!(served_api("/v1/messages"), Some(Api::AnthropicMessages));
+        assert_eq!(served_api("/v1/chat/completions"), Some(Api::OpenAiChat));
+        for path in [
+            "/v1/responses",
+            "/v1/complete",
+            "/anthropic/v1/messages",
+            "/",
+        ] {
+            assert_eq!(served_api(path), None, "{path}");
+        }
+        for api in [Api::AnthropicMessages, Api::OpenAiChat] {
+            assert_eq!(served_api(api_path(api)), Some(api));
+        }
+        assert_eq!(api_name(Api::OpenAiChat), "openai");
+        assert_eq!(api_name(Api::OpenAiResponses), "openai_responses");
     }
 
     #[test]

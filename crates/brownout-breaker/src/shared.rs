@@ -1,0 +1,57 @@
+//! What every service of one layer shares.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use brownout_core::{classify::Outcome, event::Events};
+
+use crate::{
+    config::{Keying, OnOpen},
+    handle::BreakerHandle,
+    store::{BreakerStore, LocalStore},
+    BreakerConfig,
+};
+
+/// The settings and the store of one layer, shared by its services and their clones.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn BreakerStore>,
+    pub(crate) keying: Keying,
+    pub(crate) on_open: OnOpen,
+    pub(crate) is_failure: Arc<dyn Fn(&Outcome) -> bool + Send + Sync>,
+    pub(crate) slow_call: Option<Duration>,
+    /// Whether every verdict needs the clock: the policy counts calls in a time
+    /// window, or the store is not ours and is given exact times.
+    pub(crate) timed_window: bool,
+    pub(crate) events: Events,
+}
+
+impl Shared {
+    pub(crate) fn new(config: BreakerConfig) -> Self {
+        let (store, timed_window): (Arc<dyn BreakerStore>, bool) = match &config.store {
+            Some(store) => (store.clone(), true),
+            None => (Arc::new(LocalStore::new(&config)), config.policy.is_timed()),
+        };
+        Shared {
+            store,
+            keying: config.keying,
+            on_open: config.on_open,
+            is_failure: config.is_failure,
+            slow_call: config.slow_call,
+            timed_window,
+            events: config.events,
+        }
+    }
+
+    pub(crate) fn handle(&self) -> BreakerHandle {
+        BreakerHandle::new(self.store.clone(), self.events.clone())
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("store", &self.store)
+            .field("keying", &self.keying)
+            .field("on_open", &self.on_open)
+            .finish_non_exhaustive()
+    }
+}
