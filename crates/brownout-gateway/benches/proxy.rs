@@ -36,8 +36,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use brownout_core::body::PrefixedBody;
-use brownout_gateway::demo::EXAMPLE_CONFIG;
+use brownout::Body;
+use brownout_gateway::EXAMPLE_CONFIG;
 use bytes::Bytes;
 use http::{header, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
@@ -530,21 +530,19 @@ fn orchestrate() {
 // What boxing the pipeline costs: the same stack, boxed and not, over an in-memory
 // upstream, on one thread.
 
-type Body5 = PrefixedBody<PrefixedBody<PrefixedBody<PrefixedBody<PrefixedBody<Full<Bytes>>>>>>;
-
 async fn box_cost() -> String {
-    use brownout_breaker::CircuitBreakerLayer;
-    use brownout_cache::{CacheConfig, CacheLayer};
-    use brownout_degrade::{DegradeConfig, DegradeLayer};
-    use brownout_fallback::{FallbackConfig, FallbackLayer, Target};
-    use brownout_retry::{RetryConfig, RetryLayer};
+    use brownout::breaker::{BreakerConfig, CircuitBreakerLayer};
+    use brownout::cache::{CacheConfig, CacheLayer};
+    use brownout::degrade::{DegradeConfig, DegradeLayer};
+    use brownout::fallback::{FallbackConfig, FallbackLayer, Target};
+    use brownout::retry::{RetryConfig, RetryLayer};
 
-    let upstream = tower::service_fn(|_: Request<Body5>| async {
+    let upstream = tower::service_fn(|_: Request<Body>| async {
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
             ANSWER.as_bytes(),
         ))))
     });
-    let breakers = CircuitBreakerLayer::new(brownout_breaker::BreakerConfig::new());
+    let breakers = CircuitBreakerLayer::new(BreakerConfig::new());
     let cascade = FallbackConfig::new([
         Target::new("claude-sonnet-4-5"),
         Target::new("claude-haiku-4-5"),

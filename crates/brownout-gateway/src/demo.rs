@@ -19,10 +19,14 @@
 
 use std::fmt;
 
+use std::sync::Arc;
+
+use brownout::retry::{RetryConfig, RetryLayer};
 use brownout_sim::{
-    runner::{self, Baseline, Report},
-    Endpoint, Runner, Script, Sim,
+    runner::{self, Report},
+    Api, Runner, Script, Sim, Stack,
 };
+use tower::Layer;
 
 use crate::{Config, ConfigError, Router};
 
@@ -122,42 +126,37 @@ impl Demo {
         if let Some(concurrency) = self.concurrency {
             runner = runner.concurrency(concurrency);
         }
-        let mut reports = Vec::with_capacity(3);
-        for baseline in Baseline::ALL {
-            reports.push(runner.run_baseline(baseline).await);
-        }
-        let brownout = runner
-            .run("brownout", |sim: Sim| {
-                Router::new(&config, sim.clone(), sim)
-            })
+        // The stacks the runner compares come from here: the simulator knows no layer.
+        let seed = self.script.seed_value();
+        let retry_only = Stack::new("retry-only", move |sim: Sim| {
+            RetryLayer::new(RetryConfig::new().max_attempts(6).no_budget().seed(seed)).layer(sim)
+        });
+        let shared = Arc::new(config.clone());
+        let brownout = Stack::new("brownout", move |sim: Sim| {
+            Router::new(&shared, sim.clone(), sim)
+        });
+        let reports = runner
+            .compare(&[Stack::naive(), retry_only, brownout])
             .await;
-        reports.push(brownout);
         Ok(DemoReport {
             reports,
             script_name: self.script_name.clone(),
             config_name,
             seed: self.script.seed_value(),
-            endpoint: match runner_endpoint(&runner) {
-                Endpoint::Anthropic => "Anthropic Messages",
-                Endpoint::OpenAi => "OpenAI Chat Completions",
+            endpoint: match runner.api_value() {
+                Api::OpenAiChat => "OpenAI Chat Completions",
+                _ => "Anthropic Messages",
             },
             shipped: self.shipped,
-            cascade: cascade_text(&config, runner_endpoint(&runner)),
+            cascade: cascade_text(&config, runner.api_value()),
         })
     }
 }
 
-fn runner_endpoint(runner: &Runner) -> Endpoint {
-    match runner.request(0).uri().path() {
-        "/v1/chat/completions" => Endpoint::OpenAi,
-        _ => Endpoint::Anthropic,
-    }
-}
-
-fn cascade_text(config: &Config, endpoint: Endpoint) -> String {
-    let route = match endpoint {
-        Endpoint::Anthropic => config.messages(),
-        Endpoint::OpenAi => config.chat_completions(),
+fn cascade_text(config: &Config, api: Api) -> String {
+    let route = match api {
+        Api::OpenAiChat => config.chat_completions(),
+        _ => config.messages(),
     };
     match route.and_then(|r| r.cascade()) {
         Some(cascade) => cascade

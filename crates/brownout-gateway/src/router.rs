@@ -28,12 +28,11 @@ use brownout::{
     provider::{self, ErrorKind},
     Body, BoxError,
 };
-use bytes::Bytes;
 use http::{
     header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri,
 };
 use tokio::time::Instant;
-use tower::{util::BoxCloneSyncService, Service, ServiceExt};
+use tower::{Service, ServiceExt};
 
 use crate::{
     config::{Api, Headers, CHAT_COMPLETIONS_PATH, MESSAGES_PATH},
@@ -474,7 +473,7 @@ mod tests {
         assert_eq!(response.status(), 400);
     }
 
-    fn body_bytes(body: Body) -> Bytes {
+    fn body_bytes(body: Body) -> bytes::Bytes {
         use http_body_util::BodyExt;
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()

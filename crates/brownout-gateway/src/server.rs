@@ -125,7 +125,14 @@ impl Gateway {
 }
 
 /// hyper-util's pooled client, with Nagle off and a connect timeout.
-pub fn http_client() -> HttpClient {
+///
+/// The gateway's is an [`HttpClient`], sending [`brownout::Body`]; `B` is open so that
+/// the benchmark's bare proxy can send hyper's own body with the same client.
+pub fn http_client<B>() -> Client<HttpConnector, B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(10)));
