@@ -91,7 +91,7 @@ fn breakers() -> CircuitBreakerLayer {
     CircuitBreakerLayer::new(
         BreakerConfig::new()
             .policy(FailurePolicy::consecutive(3).unwrap())
-            .open_duration(OpenDuration::fixed(Duration::from_secs(60)).unwrap()),
+            .open_duration(OpenDuration::Fixed(Duration::from_secs(60))),
     )
 }
 
@@ -243,6 +243,9 @@ async fn every_layer_takes_option_layer_and_one_client_type() {
         let handle = breakers.handle();
         let layer = |bit: u32| on & (1 << bit) != 0;
         let client = ServiceBuilder::new()
+            // The caller's body becomes the one body type, so that each slot, on or
+            // off, takes and gives the same types.
+            .map_request(|request: Request<Counted>| request.map(Body::new))
             .option_layer(
                 layer(0)
                     .then(|| brownout::degrade::DegradeLayer::new(DegradeConfig::new([]).unwrap())),
@@ -253,8 +256,6 @@ async fn every_layer_takes_option_layer_and_one_client_type() {
             )
             .option_layer(layer(3).then(|| breakers.clone()))
             .option_layer(layer(4).then(|| brownout::retry::RetryLayer::new(retry())))
-            // With every layer off, the caller's body still becomes the one body type.
-            .map_request(|request: Request<Counted>| request.map(Body::new))
             .service(upstream(log.clone(), |_| 200));
         let polls = Arc::new(AtomicUsize::new(0));
         let response = client

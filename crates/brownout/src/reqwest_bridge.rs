@@ -1,5 +1,5 @@
-//! A `reqwest::Client` as a `tower::Service<http::Request<brownout::Body>>`, so that
-//! every brownout layer stacks on it.
+//! A `reqwest::Client` as a `tower::Service<http::Request<B>>` (under brownout's layers,
+//! `B` is [`brownout::Body`](crate::Body)), so that every brownout layer stacks on it.
 //!
 //! reqwest's `Client` is a service of `reqwest::Request`; tower layers speak
 //! `http::Request`. [`ReqwestService`] converts one into the other with no copy of the
@@ -97,7 +97,12 @@ impl fmt::Debug for ReqwestFuture {
     }
 }
 
-impl Service<http::Request<crate::Body>> for ReqwestService {
+impl<B> Service<http::Request<B>> for ReqwestService
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     type Response = http::Response<reqwest::Body>;
     type Error = BoxError;
     type Future = ReqwestFuture;
@@ -107,12 +112,15 @@ impl Service<http::Request<crate::Body>> for ReqwestService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<crate::Body>) -> Self::Future {
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
         // A body in memory goes as bytes (reqwest sets its content-length); one that
         // streams goes through `Streamed`, since reqwest wants a `Sync` body.
-        let request = request.map(|body| match body.bytes() {
-            Some(bytes) => reqwest::Body::from(bytes.clone()),
-            None => reqwest::Body::wrap(Streamed(Mutex::new(body))),
+        let request = request.map(|body| {
+            let body = crate::Body::new(body);
+            match body.bytes() {
+                Some(bytes) => reqwest::Body::from(bytes.clone()),
+                None => reqwest::Body::wrap(Streamed(Mutex::new(body))),
+            }
         });
         let sent = reqwest::Request::try_from(request).map(|r| self.client.execute(r));
         ReqwestFuture {
