@@ -696,7 +696,7 @@ impl fmt::Debug for Prepare {
 /// its [`RequestFacts`] read once into its extensions.
 ///
 /// Fails with [`BrokenBody`] when the caller's body breaks or stalls while it is read,
-/// and with [`InvalidRequest`] when the body names its `model` twice; both are the
+/// and with [`InvalidRequest`](crate::error::InvalidRequest) when the body names its `model` twice; both are the
 /// caller's errors, classified as [`ClientError`](crate::OutcomeKind::ClientError).
 /// A body over the limit is handed on streamed (see [`Body::over_limit`]); its facts
 /// are read from the bytes read ahead.

@@ -319,6 +319,17 @@ impl fmt::Debug for RequestFacts {
     }
 }
 
+impl PartialEq for RequestFacts {
+    fn eq(&self, other: &Self) -> bool {
+        self.api == other.api
+            && self.model == other.model
+            && self.model_span == other.model_span
+            && self.max_tokens == other.max_tokens
+            && self.stream == other.stream
+            && self.whole == other.whole
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,16 +434,5 @@ mod tests {
         assert_ne!(Some(fa), Fingerprint::of(&b));
         assert_eq!(Fingerprint::of(&HeaderMap::new()), None);
         assert!(!format!("{fa:?}{fa}").contains("secret"));
-    }
-}
-
-impl PartialEq for RequestFacts {
-    fn eq(&self, other: &Self) -> bool {
-        self.api == other.api
-            && self.model == other.model
-            && self.model_span == other.model_span
-            && self.max_tokens == other.max_tokens
-            && self.stream == other.stream
-            && self.whole == other.whole
     }
 }

@@ -71,9 +71,9 @@
 //! # APIs
 //!
 //! The simulator serves two APIs, named by brownout-core's
-//! [`Api`](brownout_core::provider::Api) like everywhere in brownout:
-//! [`Api::AnthropicMessages`](brownout_core::provider::Api::AnthropicMessages) at
-//! `POST /v1/messages` and [`Api::OpenAiChat`](brownout_core::provider::Api::OpenAiChat)
+//! [`Api`] like everywhere in brownout:
+//! [`Api::AnthropicMessages`] at
+//! `POST /v1/messages` and [`Api::OpenAiChat`]
 //! at `POST /v1/chat/completions`. Scripts (`[run] endpoint`) and the binary
 //! (`--endpoint`) call them `anthropic` and `openai`.
 //!

@@ -268,7 +268,8 @@ impl http_body::Body for Declared {
 
 #[tokio::test]
 async fn a_body_over_the_limit_still_gives_its_facts_and_its_failure_is_the_callers() {
-    let mut first = br#"{"model":"claude-opus-4-1","messages":[{"role":"user","content":""#.to_vec();
+    let mut first =
+        br#"{"model":"claude-opus-4-1","messages":[{"role":"user","content":""#.to_vec();
     first.resize(1024, b'x');
     let first = Bytes::from(first);
     // Cut after 1 KB: the caller's error, found while the start is read.

@@ -63,7 +63,7 @@ where
 
 /// Classifies a response, reading at most `limit` bytes of its body when the
 /// classifier asks for them, and records the outcome on it (see the
-/// [module docs](self)).
+/// [module docs](crate::classify)).
 ///
 /// The returned response carries every byte of the original body: what was read comes
 /// first, then the rest. A body whose `content-length` (size hint) is over `limit` is
