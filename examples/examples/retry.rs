@@ -18,9 +18,8 @@ use std::{
 };
 
 use brownout::{
-    event::{Event, EventKind},
-    meta::Attempts,
-    retry::{Backoff, RetryConfig, RetryLayer},
+    event::Event,
+    retry::{Attempts, Backoff, RetryConfig, RetryEvent, RetryLayer},
     Body, BoxError,
 };
 use bytes::Bytes;
@@ -157,11 +156,11 @@ async fn main() -> Result<(), BoxError> {
         )?)
         .seed(7)
         .listener(move |event: &Event| {
-            if let EventKind::Retrying {
+            if let Some(RetryEvent::Retrying {
                 attempt,
                 delay,
                 outcome,
-            } = &event.kind
+            }) = event.data::<RetryEvent>()
             {
                 if logged.fetch_add(1, Ordering::Relaxed) < 5 {
                     println!("  retry: attempt {attempt} was {outcome}, waiting {delay:?}");

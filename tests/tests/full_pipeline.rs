@@ -7,8 +7,7 @@ use std::{
 
 use brownout::{
     breaker::{BreakerConfig, CircuitBreakerLayer, FailurePolicy, OpenDuration},
-    fallback::{FallbackConfig, FallbackLayer, Target},
-    meta::ServedBy,
+    fallback::{FallbackConfig, FallbackLayer, ServedBy, Target},
     retry::{Backoff, RetryConfig, RetryLayer},
     Body, BoxError,
 };

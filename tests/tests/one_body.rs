@@ -19,8 +19,7 @@ use brownout::{
     classify::{Classify, ClassifyLayer, DefaultClassifier, Observed, Outcome},
     degrade::DegradeConfig,
     error::{find, BrokenBody, InvalidRequest},
-    fallback::{FallbackConfig, Target},
-    meta::ServedBy,
+    fallback::{FallbackConfig, ServedBy, Target},
     retry::{Backoff, RetryConfig},
     Body, BoxError, RequestFacts, ServiceBuilderExt,
 };

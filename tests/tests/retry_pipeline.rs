@@ -9,8 +9,7 @@ use std::{
 };
 
 use brownout::{
-    meta::Attempts,
-    retry::{Backoff, RetryConfig, RetryLayer},
+    retry::{Attempts, Backoff, RetryConfig, RetryLayer},
     Body, BoxError,
 };
 use bytes::Bytes;

@@ -14,7 +14,7 @@ use brownout_core::{
         classify_error, classify_head, classify_response, DefaultClassifier, Outcome, OutcomeKind,
         DEFAULT_ERROR_BODY_LIMIT,
     },
-    event::{Event, EventKind},
+    event::Event,
     future::Output,
     Body, BoxError, RequestFacts,
 };
@@ -31,7 +31,7 @@ use crate::{
     shared::Shared,
     state::{Admission, Permit, Verdict},
     store::BreakerEntry,
-    CircuitOpen,
+    BreakerEvent, CircuitOpen,
 };
 
 type Classifying = Pin<Box<dyn Future<Output = (Response<Body>, Outcome)> + Send>>;
@@ -198,7 +198,7 @@ where
                 "breaker",
                 request.method(),
                 request.uri(),
-                EventKind::CircuitRejected {
+                BreakerEvent::CircuitRejected {
                     key: entry.key().clone(),
                     retry_after,
                 },

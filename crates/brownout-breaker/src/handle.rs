@@ -1,12 +1,13 @@
 use std::sync::Arc;
 
 use brownout_core::{
-    event::{Event, EventKind, Events},
+    event::{Event, Events},
     health::Health,
 };
 use tokio::time::Instant;
 
 use crate::{
+    event::BreakerEvent,
     state::{Force, Snapshot, Transition},
     store::BreakerStore,
 };
@@ -79,7 +80,7 @@ impl Health for BreakerHandle {
 pub(crate) fn emit_transition(events: &Events, key: &Arc<str>, t: Transition) {
     events.emit(Event::detached(
         "breaker",
-        EventKind::CircuitStateChanged {
+        BreakerEvent::CircuitStateChanged {
             key: key.clone(),
             from: t.from,
             to: t.to,

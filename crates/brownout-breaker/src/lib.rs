@@ -106,9 +106,9 @@
 //! [`Rejected`](brownout_core::OutcomeKind::Rejected); or, with [`OnOpen::Respond`], a
 //! `503` with `retry-after`, an error body in the provider's shape, and the same
 //! `Rejected` outcome recorded on it. Either
-//! way a [`CircuitRejected`](brownout_core::event::EventKind::CircuitRejected) event is
+//! way a [`CircuitRejected`](BreakerEvent::CircuitRejected) event is
 //! emitted, and every state change is a
-//! [`CircuitStateChanged`](brownout_core::event::EventKind::CircuitStateChanged) event
+//! [`CircuitStateChanged`](BreakerEvent::CircuitStateChanged) event
 //! with key, from, to and why.
 //!
 //! # Where it goes in a stack
@@ -120,6 +120,7 @@
 
 mod config;
 mod error;
+mod event;
 mod future;
 mod handle;
 mod keys;
@@ -132,6 +133,7 @@ mod store;
 
 pub use config::{BreakerConfig, FailurePolicy, GrowingOpen, OnOpen, OpenDuration, Window};
 pub use error::CircuitOpen;
+pub use event::{BreakerEvent, CircuitState, TransitionReason};
 pub use future::ResponseFuture;
 pub use handle::BreakerHandle;
 pub use layer::CircuitBreakerLayer;

@@ -14,13 +14,13 @@ use std::{
     time::Duration,
 };
 
-use brownout_core::{
-    event::{CircuitState, TransitionReason},
-    rng::SharedRng,
-};
+use brownout_core::rng::SharedRng;
 use tokio::time::Instant;
 
-use crate::config::{FailurePolicy, OpenDuration, Policy, Window};
+use crate::{
+    config::{FailurePolicy, OpenDuration, Policy, Window},
+    event::{CircuitState, TransitionReason},
+};
 
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;

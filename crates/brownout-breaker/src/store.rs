@@ -9,9 +9,10 @@ use std::{
     time::Duration,
 };
 
-use brownout_core::event::CircuitState;
 use dashmap::DashMap;
 use tokio::time::Instant;
+
+use crate::event::CircuitState;
 
 use crate::{
     state::{Admission, Force, KeyState, Permit, Settings, Snapshot, Transition, Verdict},
@@ -38,7 +39,7 @@ use crate::{
 ///   [`Permit`] was given, exactly one [`record`](BreakerEntry::record) with the
 ///   call's [`Verdict`] once it is known ([`Verdict::Ignored`] when the call was
 ///   cancelled or its outcome does not count). The [`Transition`]s they return become
-///   [`CircuitStateChanged`](brownout_core::event::EventKind::CircuitStateChanged)
+///   [`CircuitStateChanged`](crate::BreakerEvent::CircuitStateChanged)
 ///   events.
 /// - The [`BreakerHandle`](crate::BreakerHandle) reads [`get`](Self::get) and
 ///   [`entries`](Self::entries) for its snapshots and health answers, and forces

@@ -12,14 +12,15 @@ use std::{
 };
 
 use brownout_breaker::{
-    BreakerConfig, BreakerEntry, BreakerHandle, BreakerStore, CircuitBreaker, CircuitBreakerLayer,
-    CircuitOpen, FailurePolicy, LocalStore, OnOpen, OpenDuration, Window,
+    BreakerConfig, BreakerEntry, BreakerEvent, BreakerHandle, BreakerStore, CircuitBreaker,
+    CircuitBreakerLayer, CircuitOpen, CircuitState, FailurePolicy, LocalStore, OnOpen,
+    OpenDuration, TransitionReason, Window,
 };
 use brownout_core::{
     body::BodyLimits,
     classify::{classify_error, recorded, DefaultClassifier, OutcomeKind},
     error::{find, BrokenBody, InvalidRequest},
-    event::{CircuitState, Event, EventKind, TransitionReason},
+    event::Event,
     health::Health,
     provider::ErrorKind,
     Body, BoxError,
@@ -178,10 +179,10 @@ fn transitions(events: &Mutex<Vec<Event>>) -> Vec<(CircuitState, CircuitState, T
         .lock()
         .unwrap()
         .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::CircuitStateChanged {
+        .filter_map(|e| match e.data::<BreakerEvent>() {
+            Some(BreakerEvent::CircuitStateChanged {
                 from, to, reason, ..
-            } => Some((*from, *to, *reason)),
+            }) => Some((*from, *to, *reason)),
             _ => None,
         })
         .collect()
@@ -667,8 +668,8 @@ async fn events_name_the_key_and_never_carry_secrets() {
     let _ = send(&client, M).await;
     let events = events.lock().unwrap();
     assert!(events.iter().any(|e| matches!(
-        &e.kind,
-        EventKind::CircuitRejected { key, .. } if &**key == M
+        e.data::<BreakerEvent>(),
+        Some(BreakerEvent::CircuitRejected { key, .. }) if &**key == M
     )));
     for event in events.iter() {
         assert!(!format!("{event:?}").contains("sk-secret"));

@@ -175,7 +175,7 @@ impl CacheConfig {
     }
 
     /// The header that marks answers from the store (`hit` or `stale`); `None` for no
-    /// header. The [`CacheStatus`](brownout_core::meta::CacheStatus) extension and
+    /// header. The [`CacheStatus`](crate::CacheStatus) extension and
     /// `age` are always set.
     pub fn status_header(mut self, name: Option<HeaderName>) -> Self {
         self.status_header = name;

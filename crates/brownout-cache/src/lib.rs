@@ -3,8 +3,8 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use brownout_cache::{CacheConfig, CacheLayer};
-//! use brownout_core::{meta::CacheStatus, Body};
+//! use brownout_cache::{CacheConfig, CacheLayer, CacheStatus};
+//! use brownout_core::Body;
 //! use bytes::Bytes;
 //! use http::{Request, Response};
 //! use http_body_util::{BodyExt, Full};
@@ -69,8 +69,8 @@
 //! decides.
 //!
 //! Answers from the store carry `x-brownout-cache: hit|stale`, `age`, the
-//! [`CacheStatus`](brownout_core::meta::CacheStatus) extension, and a
-//! [`ServedFromCache`](brownout_core::event::EventKind::ServedFromCache) event.
+//! [`CacheStatus`] extension, and a
+//! [`ServedFromCache`](CacheEvent::ServedFromCache) event.
 //!
 //! # Keys and partitions
 //!
@@ -131,12 +131,14 @@
 //! even the store has nothing.
 
 mod config;
+mod event;
 mod key;
 mod layer;
 mod service;
 mod store;
 
 pub use config::{CacheConfig, Mode};
+pub use event::{CacheEvent, CacheStatus};
 pub use key::CacheKey;
 pub use layer::CacheLayer;
 pub use service::Cache;

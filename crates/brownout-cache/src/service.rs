@@ -7,9 +7,8 @@ use std::{
 use brownout_core::{
     body::{prepare, Need},
     classify::{classify_result, DefaultClassifier, Outcome, DEFAULT_ERROR_BODY_LIMIT},
-    event::{Event, EventKind},
+    event::Event,
     future::{take_ready, Output, ResponseFuture},
-    meta::CacheStatus,
     Body, BoxError, RequestFacts,
 };
 use bytes::Bytes;
@@ -21,7 +20,7 @@ use crate::{
     config::Mode,
     key::CacheKey,
     store::{Entry, Flight, Store},
-    CacheConfig, CacheLayer,
+    CacheConfig, CacheEvent, CacheLayer, CacheStatus,
 };
 
 /// What every service of one layer shares.
@@ -276,7 +275,7 @@ fn from_store(
         "cache",
         &parts.method,
         &parts.uri,
-        EventKind::ServedFromCache {
+        CacheEvent::ServedFromCache {
             stale: status == CacheStatus::Stale,
             age,
             outcome: live,

@@ -11,11 +11,10 @@ use std::{
     time::Duration,
 };
 
-use brownout_cache::{Cache, CacheConfig, Mode};
+use brownout_cache::{Cache, CacheConfig, CacheEvent, CacheStatus, Mode};
 use brownout_core::{
     error::{BrokenBody, InvalidRequest},
-    event::{Event, EventKind},
-    meta::CacheStatus,
+    event::Event,
     Body, BoxError,
 };
 use bytes::Bytes;
@@ -176,8 +175,8 @@ async fn stale_answers_are_marked() {
     assert_eq!(response.headers()["age"], "42");
     let events = events.lock().unwrap();
     assert!(matches!(
-        &events[0].kind,
-        EventKind::ServedFromCache { stale: true, age, outcome: Some(o) }
+        events[0].data::<CacheEvent>(),
+        Some(CacheEvent::ServedFromCache { stale: true, age, outcome: Some(o) })
             if *age == Duration::from_secs(42) && o.status().map(|s| s.as_u16()) == Some(529)
     ));
     assert!(

@@ -137,6 +137,9 @@ enum Kind {
     Full {
         data: Bytes,
         trailers: Option<Box<HeaderMap>>,
+        /// Set when a layer found the body longer than this replay limit: it is in
+        /// memory, but the stack's limit says it is sent once.
+        once: Option<usize>,
     },
     /// Bytes read ahead (possibly none), then the rest of the original body.
     Stream {
@@ -171,7 +174,27 @@ impl Body {
             Ok(rest) => return Body::stream(rest),
             Err(body) => body,
         };
+        // The body of most requests built in memory, and of most test and mock
+        // answers: taken as bytes, without boxing (the `stack_instructions` bench).
+        let body = match try_downcast::<http_body_util::Full<Bytes>, B>(body) {
+            Ok(full) => return Body::from_full(full),
+            Err(body) => body,
+        };
         Body::stream(ToBytes { inner: body }.boxed_unsync())
+    }
+
+    /// The bytes of a `Full`, which yields them at once on its first poll.
+    fn from_full(mut full: http_body_util::Full<Bytes>) -> Body {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(&mut full).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => Body::from_bytes(data),
+                Err(_) => Body::empty(),
+            },
+            Poll::Ready(None) => Body::empty(),
+            Poll::Ready(Some(Err(never))) => match never {},
+            Poll::Pending => Body::stream(full.map_err(|never| match never {}).boxed_unsync()),
+        }
     }
 
     fn stream(rest: Stream) -> Body {
@@ -201,6 +224,7 @@ impl Body {
             kind: Kind::Full {
                 data,
                 trailers: trailers.map(Box::new),
+                once: None,
             },
         }
     }
@@ -209,10 +233,15 @@ impl Body {
     /// data); `None` for a body that streams.
     pub fn try_clone(&self) -> Option<Body> {
         match &self.kind {
-            Kind::Full { data, trailers } => Some(Body {
+            Kind::Full {
+                data,
+                trailers,
+                once: None,
+            } => Some(Body {
                 kind: Kind::Full {
                     data: data.clone(),
                     trailers: trailers.clone(),
+                    once: None,
                 },
             }),
             _ => None,
@@ -221,7 +250,7 @@ impl Body {
 
     /// Whether every byte is in memory, so that the body can be sent again.
     pub fn is_replayable(&self) -> bool {
-        matches!(self.kind, Kind::Full { .. })
+        matches!(self.kind, Kind::Full { once: None, .. })
     }
 
     /// The whole body, when every byte is in memory.
@@ -245,7 +274,8 @@ impl Body {
     pub fn over_limit(&self) -> Option<usize> {
         match &self.kind {
             Kind::Stream { over_limit, .. } => *over_limit,
-            _ => None,
+            Kind::Full { once, .. } => *once,
+            Kind::Failed { .. } => None,
         }
     }
 
@@ -287,10 +317,11 @@ impl Body {
     /// with `bytes`: how a fallback writes another model into a request.
     pub fn with_prefix(self, bytes: Bytes) -> Body {
         match self.kind {
-            Kind::Full { trailers, .. } => Body {
+            Kind::Full { trailers, once, .. } => Body {
                 kind: Kind::Full {
                     data: bytes,
                     trailers,
+                    once,
                 },
             },
             Kind::Stream {
@@ -364,7 +395,7 @@ impl fmt::Debug for Body {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Body");
         match &self.kind {
-            Kind::Full { data, trailers } => d
+            Kind::Full { data, trailers, .. } => d
                 .field("len", &data.len())
                 .field("has_trailers", &trailers.is_some()),
             Kind::Stream {
@@ -389,7 +420,7 @@ impl http_body::Body for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().kind {
-            Kind::Full { data, trailers } => {
+            Kind::Full { data, trailers, .. } => {
                 if !data.is_empty() {
                     return Poll::Ready(Some(Ok(Frame::data(std::mem::take(data)))));
                 }
@@ -422,7 +453,7 @@ impl http_body::Body for Body {
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Full { data, trailers } => data.is_empty() && trailers.is_none(),
+            Kind::Full { data, trailers, .. } => data.is_empty() && trailers.is_none(),
             Kind::Stream { prefix, rest, .. } => prefix.is_empty() && rest.is_end_stream(),
             Kind::Failed { prefix, error } => prefix.is_empty() && error.is_none(),
         }
@@ -540,9 +571,13 @@ impl Future for Buffer {
         let body = this.body.as_mut().expect("Buffer polled after completion");
         let hint = body.size_hint().lower();
         let prefix = match &mut body.kind {
-            Kind::Full { .. } | Kind::Failed { .. } => {
-                return Poll::Ready(this.body.take().expect("present"))
+            Kind::Full { data, once, .. } => {
+                if this.trust_size_hint && once.is_none() && data.len() > this.limit {
+                    *once = Some(this.limit);
+                }
+                return Poll::Ready(this.body.take().expect("present"));
             }
+            Kind::Failed { .. } => return Poll::Ready(this.body.take().expect("present")),
             Kind::Stream {
                 over_limit: Some(_),
                 ..
@@ -634,6 +669,7 @@ impl Future for Buffer {
             kind: Kind::Full {
                 data,
                 trailers: this.trailers.take(),
+                once: None,
             },
         })
     }
@@ -652,8 +688,10 @@ impl Buffer {
 }
 
 fn set_over_limit(body: &mut Body, limit: usize) {
-    if let Kind::Stream { over_limit, .. } = &mut body.kind {
-        *over_limit = Some(limit);
+    match &mut body.kind {
+        Kind::Stream { over_limit, .. } => *over_limit = Some(limit),
+        Kind::Full { once, .. } => *once = Some(limit),
+        Kind::Failed { .. } => {}
     }
 }
 
@@ -710,7 +748,7 @@ where
     let limits = BodyLimits::of(&parts.extensions);
     let body = caller_body(Body::new(body));
     let oversized = body.over_limit().is_none()
-        && !body.is_replayable()
+        && body.bytes().is_none()
         && body.size_hint().lower() > limits.replay_limit as u64;
     let buffer = if oversized && need == Need::Facts {
         // Too long to replay, whatever is read: read only the start, for the facts.

@@ -1,30 +1,103 @@
 //! The decisions layers take, as `tracing` events and for an optional listener.
 //!
 //! Every decision a layer takes on the failure path (an attempt failed, retrying after
-//! a delay, giving up, a body too large to replay) is an [`Event`]. It is logged
-//! through `tracing` with one field vocabulary across layers, and handed to the
-//! [`Listener`] configured on the layer, so that metrics and reports can be built
-//! without parsing logs. The success path emits nothing.
+//! a delay, a breaker opened, falling back, served stale, degraded) is an [`Event`]:
+//! the layer's name, and the layer's own data, a type of the layer's crate that
+//! implements [`EventData`] (`brownout_retry::RetryEvent`, `brownout_breaker::BreakerEvent`,
+//! …). Core names no layer: a new layer brings its own event type and never edits core.
+//!
+//! Each event is logged through `tracing` with one field vocabulary across layers, and
+//! handed to the [`Listener`] configured on the layer, so that metrics and reports can
+//! be built without parsing logs. A listener reads the generic part (layer, name,
+//! outcome, fields) of any event, or the layer's own type with [`Event::data`]:
 //!
 //! | field | meaning |
 //! |---|---|
 //! | `layer` | the layer that decided (`"retry"`) |
-//! | `event` | what it decided ([`EventKind::name`]) |
+//! | `event` | what it decided ([`EventData::name`], `"retrying"`) |
 //! | `method`, `path` | the request, when there is one; never its query, headers or body |
-//! | `attempt` | the attempt the decision is about, from 1 |
-//! | `outcome`, `status`, `error_type` | the [`Outcome`] that led to it |
-//! | `delay_ms` | how long the layer waits before it acts |
-//! | `reason` | why a layer stopped or a breaker changed state ([`GiveUpReason`], [`NotReplayable`], [`TransitionReason`]) |
-//! | `key`, `from`, `to` | a circuit breaker's key and states ([`CircuitState`]) |
+//! | `outcome`, `status`, `error_type` | the [`Outcome`] that led to it, when there is one |
+//! | `fields` | the layer's own fields, `key=value` separated by spaces: `attempt`, `delay_ms`, `reason`, `key`, `from`, `to`, … |
 //!
 //! Events never carry credentials: no header of the request is recorded, and the path
 //! is recorded without its query string, where some APIs take keys.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{any::Any, fmt, sync::Arc, time::Duration};
 
 use http::Method;
 
 use crate::classify::Outcome;
+
+/// What one layer decided about one request: the layer's own event type.
+///
+/// ```
+/// use brownout_core::event::{Event, EventData, Value};
+///
+/// #[derive(Debug)]
+/// struct Shed { queued: u64 }
+///
+/// impl std::fmt::Display for Shed {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         write!(f, "shed with {} queued", self.queued)
+///     }
+/// }
+///
+/// impl EventData for Shed {
+///     fn name(&self) -> &'static str { "shed" }
+///     fn fields(&self, field: &mut dyn FnMut(&'static str, Value<'_>)) {
+///         field("queued", Value::U64(self.queued));
+///     }
+/// }
+///
+/// let event = Event::detached("queue", Shed { queued: 7 });
+/// assert_eq!(event.name(), "shed");
+/// assert_eq!(event.data::<Shed>().unwrap().queued, 7);
+/// assert_eq!(event.fields_text(), "queued=7");
+/// ```
+pub trait EventData: Any + fmt::Debug + fmt::Display + Send + Sync {
+    /// The event's name, as logged in the `event` field (`"retrying"`).
+    fn name(&self) -> &'static str;
+
+    /// How loud the log line is: `DEBUG` unless the layer says otherwise.
+    fn level(&self) -> tracing::Level {
+        tracing::Level::DEBUG
+    }
+
+    /// The outcome that led to the decision, when there is one.
+    fn outcome(&self) -> Option<&Outcome> {
+        None
+    }
+
+    /// The event's own fields, one call of `field` each.
+    fn fields(&self, field: &mut dyn FnMut(&'static str, Value<'_>)) {
+        let _ = field;
+    }
+}
+
+/// The value of one of an event's own fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Value<'a> {
+    /// A count or a number.
+    U64(u64),
+    /// A name, key or reason.
+    Str(&'a str),
+    /// A delay or an age, logged in milliseconds.
+    Duration(Duration),
+    /// A flag.
+    Bool(bool),
+}
+
+impl fmt::Display for Value<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::U64(n) => write!(f, "{n}"),
+            Value::Str(s) => f.write_str(s),
+            Value::Duration(d) => write!(f, "{}", d.as_millis()),
+            Value::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
 
 /// One decision of one layer about one request.
 #[derive(Debug, Clone)]
@@ -36,331 +109,70 @@ pub struct Event {
     pub method: Option<Method>,
     /// The request's path, without its query, when the decision is about a request.
     pub path: Option<Box<str>>,
-    /// What was decided.
-    pub kind: EventKind,
+    data: Arc<dyn EventData>,
 }
 
 impl Event {
     /// An event of `layer` about the request `method path`. The query is dropped from
     /// the path.
-    pub fn new(layer: &'static str, method: &Method, uri: &http::Uri, kind: EventKind) -> Self {
+    pub fn new(
+        layer: &'static str,
+        method: &Method,
+        uri: &http::Uri,
+        data: impl EventData,
+    ) -> Self {
         Event {
             layer,
             method: Some(method.clone()),
             path: Some(uri.path().into()),
-            kind,
+            data: Arc::new(data),
         }
     }
 
     /// An event of `layer` that is not about one request (an operator forced a
     /// breaker open, say).
-    pub fn detached(layer: &'static str, kind: EventKind) -> Self {
+    pub fn detached(layer: &'static str, data: impl EventData) -> Self {
         Event {
             layer,
             method: None,
             path: None,
-            kind,
+            data: Arc::new(data),
         }
     }
-}
 
-/// What a layer decided.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum EventKind {
-    /// An attempt failed; what happens next is another event.
-    AttemptFailed {
-        /// The attempt, from 1.
-        attempt: u32,
-        /// What happened to it.
-        outcome: Outcome,
-    },
-    /// The layer will send the request again after `delay`.
-    Retrying {
-        /// The attempt that failed, from 1.
-        attempt: u32,
-        /// How long the layer waits before the next attempt.
-        delay: Duration,
-        /// What happened to the failed attempt.
-        outcome: Outcome,
-    },
-    /// The layer stopped retrying and hands the last result to the caller.
-    GaveUp {
-        /// How many attempts were made.
-        attempts: u32,
-        /// Why it stopped.
-        reason: GiveUpReason,
-        /// What happened to the last attempt.
-        outcome: Outcome,
-    },
-    /// The request cannot be sent more than once.
-    NotReplayable {
-        /// Why.
-        reason: NotReplayable,
-    },
-    /// A circuit breaker changed state.
-    CircuitStateChanged {
-        /// The breaker's key (a model name, a host…).
-        key: Arc<str>,
-        /// The state it left.
-        from: CircuitState,
-        /// The state it entered.
-        to: CircuitState,
-        /// Why.
-        reason: TransitionReason,
-    },
-    /// A fallback cascade moves from one target to the next.
-    FallingBack {
-        /// The target that failed or was skipped.
-        from: Arc<str>,
-        /// The target tried next.
-        to: Arc<str>,
-        /// Why: what happened at `from`.
-        reason: FallbackReason,
-    },
-    /// A fallback layer sent the request as it was, without a cascade.
-    NoCascade {
-        /// Why.
-        reason: NoCascadeReason,
-    },
-    /// A cache answered instead of the upstream.
-    ServedFromCache {
-        /// `true` for an entry past its freshness, served because the live path
-        /// failed (stale-if-error); `false` for a fresh hit.
-        stale: bool,
-        /// The entry's age.
-        age: Duration,
-        /// What the live path did, when it was tried.
-        outcome: Option<Outcome>,
-    },
-    /// A canned answer was served because nothing live could answer.
-    Degraded {
-        /// The name of the rule that matched; `None` for the generic answer.
-        rule: Option<Arc<str>>,
-        /// What the live path did, when it answered with an outcome.
-        outcome: Option<Outcome>,
-    },
-    /// A circuit breaker refused a request without sending it.
-    CircuitRejected {
-        /// The breaker's key.
-        key: Arc<str>,
-        /// When it admits a request again, if known.
-        retry_after: Option<Duration>,
-    },
-}
-
-impl EventKind {
-    /// The event's name, as logged in the `event` field (`"retrying"`).
+    /// The event's name (`"retrying"`).
     pub fn name(&self) -> &'static str {
-        match self {
-            EventKind::AttemptFailed { .. } => "attempt_failed",
-            EventKind::Retrying { .. } => "retrying",
-            EventKind::GaveUp { .. } => "gave_up",
-            EventKind::NotReplayable { .. } => "not_replayable",
-            EventKind::FallingBack { .. } => "falling_back",
-            EventKind::ServedFromCache { .. } => "served_from_cache",
-            EventKind::Degraded { .. } => "degraded",
-            EventKind::NoCascade { .. } => "no_cascade",
-            EventKind::CircuitStateChanged { .. } => "circuit_state_changed",
-            EventKind::CircuitRejected { .. } => "circuit_rejected",
-        }
+        self.data.name()
     }
-}
 
-/// The state of a circuit breaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum CircuitState {
-    /// Requests pass; outcomes are counted.
-    Closed,
-    /// Requests are refused until the open time has passed.
-    Open,
-    /// A few probe requests pass; their outcomes close or re-open the breaker.
-    HalfOpen,
-    /// Refused until an operator resets it.
-    ForcedOpen,
-    /// Everything passes and nothing is counted, until an operator resets it.
-    ForcedClosed,
-}
-
-impl CircuitState {
-    /// A short lowercase name, as logged (`"half_open"`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CircuitState::Closed => "closed",
-            CircuitState::Open => "open",
-            CircuitState::HalfOpen => "half_open",
-            CircuitState::ForcedOpen => "forced_open",
-            CircuitState::ForcedClosed => "forced_closed",
-        }
+    /// The outcome that led to the decision, when there is one.
+    pub fn outcome(&self) -> Option<&Outcome> {
+        self.data.outcome()
     }
-}
 
-impl fmt::Display for CircuitState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+    /// The layer's own event, when it is a `T`.
+    pub fn data<T: EventData>(&self) -> Option<&T> {
+        let data: &dyn Any = &*self.data;
+        data.downcast_ref::<T>()
     }
-}
 
-/// Why a circuit breaker changed state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum TransitionReason {
-    /// This many failures in a row.
-    ConsecutiveFailures(u32),
-    /// The failure rate over the window reached the threshold.
-    FailureRate {
-        /// Failures in the window.
-        failures: u32,
-        /// Calls in the window.
-        calls: u32,
-    },
-    /// The open time passed; probes may go.
-    OpenElapsed,
-    /// The configured number of probes succeeded.
-    ProbesSucceeded,
-    /// A probe failed.
-    ProbeFailed,
-    /// An operator forced the state through the handle.
-    Forced,
-    /// An operator reset the breaker through the handle.
-    Reset,
-}
-
-impl TransitionReason {
-    /// A short lowercase name, as logged in the `reason` field.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            TransitionReason::ConsecutiveFailures(_) => "consecutive_failures",
-            TransitionReason::FailureRate { .. } => "failure_rate",
-            TransitionReason::OpenElapsed => "open_elapsed",
-            TransitionReason::ProbesSucceeded => "probes_succeeded",
-            TransitionReason::ProbeFailed => "probe_failed",
-            TransitionReason::Forced => "forced",
-            TransitionReason::Reset => "reset",
-        }
+    /// The layer's own event, whatever its type.
+    pub fn kind(&self) -> &dyn EventData {
+        &*self.data
     }
-}
 
-impl fmt::Display for TransitionReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TransitionReason::ConsecutiveFailures(n) => write!(f, "{n} failures in a row"),
-            TransitionReason::FailureRate { failures, calls } => {
-                write!(f, "{failures} of the last {calls} calls failed")
+    /// The event's own fields as `key=value`, separated by spaces.
+    pub fn fields_text(&self) -> String {
+        let mut out = String::new();
+        self.data.fields(&mut |key, value| {
+            if !out.is_empty() {
+                out.push(' ');
             }
-            TransitionReason::OpenElapsed => f.write_str("the open time passed"),
-            TransitionReason::ProbesSucceeded => f.write_str("the probes succeeded"),
-            TransitionReason::ProbeFailed => f.write_str("a probe failed"),
-            TransitionReason::Forced => f.write_str("forced through the handle"),
-            TransitionReason::Reset => f.write_str("reset through the handle"),
-        }
-    }
-}
-
-/// Why a fallback cascade left a target.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum FallbackReason {
-    /// The target was tried and this happened.
-    Failed(Outcome),
-    /// The target's health view (its circuit breaker) said it would refuse: nothing
-    /// was sent to it.
-    Unavailable,
-}
-
-impl fmt::Display for FallbackReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FallbackReason::Failed(outcome) => write!(f, "it failed: {outcome}"),
-            FallbackReason::Unavailable => f.write_str("its circuit is open"),
-        }
-    }
-}
-
-/// Why a fallback layer sent a request unchanged to its first target only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum NoCascadeReason {
-    /// The body is not a JSON object, or has no string `model` at its top level.
-    NoModel,
-    /// The requested model is not one of the cascade's targets, and such requests
-    /// pass through.
-    NotATarget,
-    /// The body is longer than the replay buffer (or failed while it was read).
-    NotReplayable(NotReplayable),
-}
-
-impl NoCascadeReason {
-    /// A short lowercase name, as logged in the `reason` field.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            NoCascadeReason::NoModel => "no_model",
-            NoCascadeReason::NotATarget => "not_a_target",
-            NoCascadeReason::NotReplayable(reason) => reason.as_str(),
-        }
-    }
-}
-
-impl fmt::Display for NoCascadeReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NoCascadeReason::NoModel => f.write_str("the body has no top-level JSON `model`"),
-            NoCascadeReason::NotATarget => f.write_str("the requested model is not a target"),
-            NoCascadeReason::NotReplayable(reason) => fmt::Display::fmt(reason, f),
-        }
-    }
-}
-
-/// Why a retrying layer stopped before the request succeeded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum GiveUpReason {
-    /// The outcome is not retryable (a client error, or `x-should-retry: false`).
-    NotRetryable,
-    /// The configured number of attempts was made.
-    AttemptsExhausted,
-    /// The retry budget shared by the service's clones is spent.
-    BudgetExhausted,
-    /// The next attempt could not finish before the call's deadline.
-    DeadlineReached,
-    /// The server asked to wait longer than the configured maximum.
-    ServerDelayTooLong {
-        /// What the server asked for.
-        delay: Duration,
-    },
-    /// The request's body cannot be sent again.
-    NotReplayable(NotReplayable),
-}
-
-impl GiveUpReason {
-    /// A short lowercase name, as logged in the `reason` field.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            GiveUpReason::NotRetryable => "not_retryable",
-            GiveUpReason::AttemptsExhausted => "attempts_exhausted",
-            GiveUpReason::BudgetExhausted => "budget_exhausted",
-            GiveUpReason::DeadlineReached => "deadline_reached",
-            GiveUpReason::ServerDelayTooLong { .. } => "server_delay_too_long",
-            GiveUpReason::NotReplayable(reason) => reason.as_str(),
-        }
-    }
-}
-
-impl fmt::Display for GiveUpReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            GiveUpReason::NotRetryable => f.write_str("the outcome is not retryable"),
-            GiveUpReason::AttemptsExhausted => f.write_str("no attempts left"),
-            GiveUpReason::BudgetExhausted => f.write_str("the retry budget is spent"),
-            GiveUpReason::DeadlineReached => {
-                f.write_str("the deadline leaves no time for another attempt")
-            }
-            GiveUpReason::ServerDelayTooLong { delay } => {
-                write!(f, "the server asked to wait {delay:?}, longer than allowed")
-            }
-            GiveUpReason::NotReplayable(reason) => fmt::Display::fmt(reason, f),
-        }
+            out.push_str(key);
+            out.push('=');
+            out.push_str(&value.to_string());
+        });
+        out
     }
 }
 
@@ -456,196 +268,32 @@ impl fmt::Debug for Events {
 }
 
 fn log(event: &Event) {
-    let layer = event.layer;
-    let name = event.kind.name();
-    let method = event.method.as_ref().map(Method::as_str);
-    let path = event.path.as_deref();
-    match &event.kind {
-        EventKind::AttemptFailed { attempt, outcome } => tracing::debug!(
-            layer,
-            event = name,
-            method,
-            path,
-            attempt,
-            outcome = outcome.kind().as_str(),
-            status = outcome.status().map(|s| s.as_u16()),
-            error_type = outcome.error_type(),
-            "attempt failed"
-        ),
-        EventKind::Retrying {
-            attempt,
-            delay,
-            outcome,
-        } => tracing::warn!(
-            layer,
-            event = name,
-            method,
-            path,
-            attempt,
-            delay_ms = delay.as_millis() as u64,
-            outcome = outcome.kind().as_str(),
-            status = outcome.status().map(|s| s.as_u16()),
-            error_type = outcome.error_type(),
-            "retrying after {delay:?}"
-        ),
-        EventKind::GaveUp {
-            attempts,
-            reason: reason @ GiveUpReason::NotRetryable,
-            outcome,
-        } => tracing::debug!(
-            layer,
-            event = name,
-            method,
-            path,
-            attempt = attempts,
-            reason = reason.as_str(),
-            outcome = outcome.kind().as_str(),
-            status = outcome.status().map(|s| s.as_u16()),
-            error_type = outcome.error_type(),
-            "not retrying: {reason}"
-        ),
-        EventKind::GaveUp {
-            attempts,
-            reason,
-            outcome,
-        } => tracing::info!(
-            layer,
-            event = name,
-            method,
-            path,
-            attempt = attempts,
-            reason = reason.as_str(),
-            outcome = outcome.kind().as_str(),
-            status = outcome.status().map(|s| s.as_u16()),
-            error_type = outcome.error_type(),
-            "not retrying: {reason}"
-        ),
-        EventKind::NotReplayable { reason } => tracing::info!(
-            layer,
-            event = name,
-            method,
-            path,
-            reason = reason.as_str(),
-            "request sent once: {reason}"
-        ),
-        EventKind::CircuitStateChanged {
-            key,
-            from,
-            to,
-            reason,
-        } => {
-            let key = &**key;
-            let (from, to_name) = (from.as_str(), to.as_str());
-            let reason_name = reason.as_str();
-            if matches!(to, CircuitState::Open | CircuitState::ForcedOpen) {
-                tracing::warn!(
-                    layer,
-                    event = name,
-                    key,
-                    from,
-                    to = to_name,
-                    reason = reason_name,
-                    "circuit {key} {to}: {reason}"
-                );
-            } else {
-                tracing::info!(
-                    layer,
-                    event = name,
-                    key,
-                    from,
-                    to = to_name,
-                    reason = reason_name,
-                    "circuit {key} {to}: {reason}"
+    let level = event.data.level();
+    macro_rules! at {
+        ($level:expr) => {
+            if tracing::enabled!($level) {
+                let outcome = event.outcome();
+                tracing::event!(
+                    $level,
+                    layer = event.layer,
+                    event = event.name(),
+                    method = event.method.as_ref().map(Method::as_str),
+                    path = event.path.as_deref(),
+                    outcome = outcome.map(|o| o.kind().as_str()),
+                    status = outcome.and_then(|o| o.status()).map(|s| s.as_u16()),
+                    error_type = outcome.and_then(|o| o.error_type()),
+                    fields = %event.fields_text(),
+                    "{}",
+                    event.data
                 );
             }
-        }
-        EventKind::FallingBack { from, to, reason } => {
-            let (from, to) = (&**from, &**to);
-            match reason {
-                FallbackReason::Failed(outcome) => tracing::warn!(
-                    layer,
-                    event = name,
-                    method,
-                    path,
-                    from,
-                    to,
-                    reason = "failed",
-                    outcome = outcome.kind().as_str(),
-                    status = outcome.status().map(|s| s.as_u16()),
-                    error_type = outcome.error_type(),
-                    "fallback from {from} to {to} because {reason}"
-                ),
-                FallbackReason::Unavailable => tracing::warn!(
-                    layer,
-                    event = name,
-                    method,
-                    path,
-                    from,
-                    to,
-                    reason = "unavailable",
-                    "fallback from {from} to {to} because {reason}"
-                ),
-            }
-        }
-        EventKind::ServedFromCache {
-            stale,
-            age,
-            outcome,
-        } => {
-            let outcome_name = outcome.as_ref().map(|o| o.kind().as_str());
-            let age_ms = age.as_millis() as u64;
-            if *stale {
-                tracing::warn!(
-                    layer,
-                    event = name,
-                    method,
-                    path,
-                    stale,
-                    age_ms,
-                    outcome = outcome_name,
-                    "served a stale cached answer ({age:?} old)"
-                );
-            } else {
-                tracing::debug!(
-                    layer,
-                    event = name,
-                    method,
-                    path,
-                    stale,
-                    age_ms,
-                    "served a fresh cached answer"
-                );
-            }
-        }
-        EventKind::Degraded { rule, outcome } => {
-            let rule = rule.as_deref();
-            let outcome_name = outcome.as_ref().map(|o| o.kind().as_str());
-            tracing::warn!(
-                layer,
-                event = name,
-                method,
-                path,
-                rule,
-                outcome = outcome_name,
-                "served a degraded answer"
-            );
-        }
-        EventKind::NoCascade { reason } => tracing::info!(
-            layer,
-            event = name,
-            method,
-            path,
-            reason = reason.as_str(),
-            "no fallback cascade: {reason}"
-        ),
-        EventKind::CircuitRejected { key, retry_after } => tracing::debug!(
-            layer,
-            event = name,
-            method,
-            path,
-            key = &**key,
-            delay_ms = retry_after.map(|d| d.as_millis() as u64),
-            "circuit {key} open: request refused"
-        ),
+        };
+    }
+    match level {
+        tracing::Level::ERROR => at!(tracing::Level::ERROR),
+        tracing::Level::WARN => at!(tracing::Level::WARN),
+        tracing::Level::INFO => at!(tracing::Level::INFO),
+        tracing::Level::DEBUG => at!(tracing::Level::DEBUG),
+        _ => at!(tracing::Level::TRACE),
     }
 }

@@ -10,7 +10,6 @@
 //! - [`request`]: the facts of an LLM request (API, model, `max_tokens`, `stream`,
 //!   caller), read once and carried in its extensions.
 //! - [`provider`]: what brownout knows of Anthropic and OpenAI, in one place.
-//! - [`meta`]: what layers record in a response's extensions.
 //! - [`event`]: every decision as a `tracing` event and for a [`Listener`](event::Listener).
 //! - [`future`]: the boxed response future of the layers that read bodies.
 //! - [`health`]: which targets can take requests now, as a fallback asks it.
@@ -51,7 +50,6 @@ pub mod event;
 pub mod future;
 pub mod health;
 pub mod json;
-pub mod meta;
 pub mod provider;
 pub mod request;
 pub mod rng;

@@ -2,8 +2,8 @@
 //! reply in the provider's own shape, clearly marked as degraded, instead of an error.
 //!
 //! ```
-//! use brownout_core::{meta::Degraded, Body};
-//! use brownout_degrade::{DegradeConfig, DegradeLayer};
+//! use brownout_core::Body;
+//! use brownout_degrade::{DegradeConfig, DegradeLayer, Degraded};
 //! use bytes::Bytes;
 //! use http::{Request, Response};
 //! use http_body_util::{BodyExt, Full};
@@ -88,8 +88,8 @@
 //!
 //! Every degraded answer is marked: the [`x-brownout-degraded: true`](DEGRADED_HEADER)
 //! header, the rule's name in [`x-brownout-degraded-rule`](DEGRADED_RULE_HEADER), the
-//! [`Degraded`](brownout_core::meta::Degraded) extension, and a
-//! [`Degraded`](brownout_core::event::EventKind::Degraded) event naming the rule and
+//! [`Degraded`] extension, and a
+//! [`Degraded`](DegradeEvent::Degraded) event naming the rule and
 //! the outcome that led to it. The status is 200, or the one configured with
 //! [`status`](DegradeConfig::status) (503, say, with
 //! [`retry_after`](DegradeConfig::retry_after)).
@@ -165,6 +165,7 @@
 mod answer;
 mod config;
 mod error;
+mod event;
 mod file;
 mod id;
 mod layer;
@@ -174,6 +175,7 @@ mod service;
 
 pub use config::{DegradeConfig, DEFAULT_GENERIC_ANSWER};
 pub use error::InvalidConfig;
+pub use event::{DegradeEvent, Degraded};
 pub use layer::DegradeLayer;
 pub use rules::Rule;
 pub use service::{Degrade, DEGRADED_HEADER, DEGRADED_RULE_HEADER, UNKNOWN_MODEL};

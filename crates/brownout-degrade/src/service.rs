@@ -9,9 +9,8 @@ use brownout_core::{
     body::{prepare, Need},
     classify::{classify_result, DefaultClassifier, Outcome, DEFAULT_ERROR_BODY_LIMIT},
     error::is_caller_error,
-    event::{Event, EventKind},
+    event::Event,
     future::{take_ready, Output, ResponseFuture},
-    meta::Degraded,
     provider::Api,
     Body, BoxError, RequestFacts,
 };
@@ -22,7 +21,7 @@ use tower_service::Service;
 use crate::{
     answer::{id_prefix, Answer},
     request::{self, Said},
-    DegradeConfig, DegradeLayer,
+    DegradeConfig, DegradeEvent, DegradeLayer, Degraded,
 };
 
 /// The header that marks a degraded answer: `x-brownout-degraded: true`.
@@ -137,18 +136,25 @@ where
     let request = prepare(request, Need::Facts).await?;
     let method = request.method().clone();
     let uri = request.uri().clone();
+    // The body is read for a rule only when the stack buffered it whole: one over the
+    // replay limit is answered generically.
+    let whole = request
+        .body()
+        .is_replayable()
+        .then(|| request.body().bytes().cloned())
+        .flatten();
     let kept = match RequestFacts::of(request.extensions()) {
         Some(facts) => Kept {
             api: facts.api(),
             model: facts.model_arc().cloned(),
             stream: facts.is_stream(),
-            body: request.body().bytes().cloned(),
+            body: whole.clone(),
         },
         None => Kept {
             api: Api::from_path(uri.path()),
             model: None,
             stream: false,
-            body: request.body().bytes().cloned(),
+            body: whole,
         },
     };
     let result = inner
@@ -230,7 +236,7 @@ fn degraded(
         "degrade",
         method,
         uri,
-        EventKind::Degraded {
+        DegradeEvent::Degraded {
             rule: rule_name,
             outcome: Some(outcome),
         },

@@ -14,11 +14,12 @@ use std::{
 use brownout_core::{
     body::BodyLimits,
     error::{find, AttemptTimedOut, BrokenBody, DeadlineExceeded, InvalidRequest, Rejected},
-    event::{Event, EventKind},
-    meta::Degraded,
+    event::Event,
     Body as BrownoutBody, BoxError, OutcomeKind,
 };
-use brownout_degrade::{Degrade, DegradeConfig, DegradeLayer, Rule, DEFAULT_GENERIC_ANSWER};
+use brownout_degrade::{
+    Degrade, DegradeConfig, DegradeEvent, DegradeLayer, Degraded, Rule, DEFAULT_GENERIC_ANSWER,
+};
 use bytes::Bytes;
 use http::{response::Parts, Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -224,12 +225,12 @@ async fn overloads_outages_and_timeouts_are_degraded() {
         assert_eq!(answer_text(&parts, &body), OUTAGE, "{label}");
         let events = events.lock().unwrap();
         assert_eq!(events.len(), 1, "{label}");
-        match &events[0].kind {
-            EventKind::Degraded { rule, outcome } => {
+        match events[0].data::<DegradeEvent>() {
+            Some(DegradeEvent::Degraded { rule, outcome }) => {
                 assert_eq!(rule.as_deref(), Some("outage"), "{label}");
                 assert_eq!(outcome.as_ref().map(|o| o.kind()), Some(kind), "{label}");
             }
-            other => panic!("{label}: unexpected event {other:?}"),
+            _ => panic!("{label}: unexpected event {:?}", events[0]),
         }
     }
 }
@@ -844,7 +845,8 @@ async fn the_event_names_the_request_but_never_its_secrets() {
     assert_eq!(events.len(), 1);
     let event = &events[0];
     assert_eq!(event.layer, "degrade");
-    assert_eq!(event.kind.name(), "degraded");
+    assert_eq!(event.name(), "degraded");
+    assert!(event.data::<DegradeEvent>().is_some());
     assert_eq!(event.method, Some(http::Method::POST));
     assert_eq!(event.path.as_deref(), Some("/v1/messages"));
     let printed = format!("{event:?}");
@@ -1100,8 +1102,8 @@ async fn the_errors_of_the_layers_inside_are_degraded() {
     let events = events.lock().unwrap();
     let outcomes: Vec<OutcomeKind> = events
         .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::Degraded { outcome, .. } => outcome.as_ref().map(|o| o.kind()),
+        .filter_map(|e| match e.data::<DegradeEvent>() {
+            Some(DegradeEvent::Degraded { outcome, .. }) => outcome.as_ref().map(|o| o.kind()),
             _ => None,
         })
         .collect();

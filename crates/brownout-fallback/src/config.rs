@@ -247,7 +247,7 @@ impl FallbackConfig {
 
     /// Names the model that answered in this response header (`x-brownout-model`
     /// with [`served_header_default`](Self::served_header_default)). The
-    /// [`ServedBy`](brownout_core::meta::ServedBy) extension is always set.
+    /// [`ServedBy`](crate::ServedBy) extension is always set.
     pub fn served_header(mut self, name: HeaderName) -> Self {
         self.served_header = Some(name);
         self
@@ -270,7 +270,8 @@ impl FallbackConfig {
         self
     }
 
-    /// Where decisions go besides `tracing`.
+    /// Where decisions go besides `tracing`: each is an
+    /// [`Event`](brownout_core::event::Event) whose data is a [`FallbackEvent`](crate::FallbackEvent).
     pub fn listener(mut self, listener: impl Listener) -> Self {
         self.events = Events::with_listener(listener);
         self

@@ -1,6 +1,6 @@
 use std::{fmt, sync::Arc};
 
-use brownout_core::event::FallbackReason;
+use crate::FallbackReason;
 
 /// Every target of the cascade failed or was skipped: which, and why.
 ///
@@ -31,7 +31,6 @@ impl fmt::Display for AllTargetsFailed {
             match reason {
                 FallbackReason::Failed(outcome) => write!(f, "{sep}{model} ({outcome})")?,
                 FallbackReason::Unavailable => write!(f, "{sep}{model} (circuit open)")?,
-                _ => write!(f, "{sep}{model}")?,
             }
         }
         Ok(())

@@ -2,8 +2,8 @@
 //! answer from a lighter one, and say which.
 //!
 //! ```
-//! use brownout_core::{meta::ServedBy, Body, RequestFacts};
-//! use brownout_fallback::{FallbackConfig, FallbackLayer, Target};
+//! use brownout_core::{Body, RequestFacts};
+//! use brownout_fallback::{FallbackConfig, FallbackLayer, ServedBy, Target};
 //! use bytes::Bytes;
 //! use http::{Request, Response};
 //! use http_body_util::{BodyExt, Full};
@@ -76,9 +76,9 @@
 //! target is not started with less than [`min_time_left`](FallbackConfig::min_time_left)
 //! to go.
 //!
-//! The response carries a [`ServedBy`](brownout_core::meta::ServedBy) extension and,
+//! The response carries a [`ServedBy`] extension and,
 //! if configured, a header naming the model; each move is a
-//! [`FallingBack`](brownout_core::event::EventKind::FallingBack) event ("fallback from A
+//! [`FallingBack`](FallbackEvent::FallingBack) event ("fallback from A
 //! to B because …"). When every target fails, the caller gets the last response with
 //! an [`AllTargetsFailed`] report in its extensions, or that report as the error (see
 //! [`Exhausted`]).
@@ -96,7 +96,7 @@
 //!   [`InvalidRequest`](brownout_core::error::InvalidRequest) error: no target is sent
 //!   anything, and there is no event. Both are the caller's errors.
 //! - A body that is not JSON or has no string `model` is sent unchanged to the first
-//!   target only, with a [`NoCascade`](brownout_core::event::EventKind::NoCascade)
+//!   target only, with a [`NoCascade`](FallbackEvent::NoCascade)
 //!   event saying why.
 //! - A body over the limit is sent once, never to a second target: to the first
 //!   target of its cascade, its model (read from the bytes read ahead of the rest)
@@ -115,12 +115,16 @@
 
 mod config;
 mod error;
+mod event;
 mod layer;
+mod meta;
 mod service;
 
 pub use config::{Exhausted, FallbackConfig, Target, UnknownModels};
 pub use error::AllTargetsFailed;
+pub use event::{FallbackEvent, FallbackReason, NoCascadeReason};
 pub use layer::FallbackLayer;
+pub use meta::ServedBy;
 pub use service::Fallback;
 
 /// Response future of the layer: a boxed future, shared with the other layers that

@@ -10,9 +10,8 @@ use brownout_core::{
         classify_result, DefaultClassifier, Outcome, OutcomeKind, DEFAULT_ERROR_BODY_LIMIT,
     },
     error::DeadlineExceeded,
-    event::{Event, EventKind, FallbackReason, NoCascadeReason, NotReplayable},
+    event::{Event, NotReplayable},
     future::{take_ready, Output, ResponseFuture},
-    meta::ServedBy,
     provider::CREDENTIAL_HEADERS,
     Body, BoxError, RequestFacts,
 };
@@ -24,7 +23,8 @@ use tower_service::Service;
 
 use crate::{
     config::{Exhausted, Target, UnknownModels},
-    AllTargetsFailed, FallbackConfig, FallbackLayer, InvalidConfig,
+    AllTargetsFailed, FallbackConfig, FallbackEvent, FallbackLayer, FallbackReason, InvalidConfig,
+    NoCascadeReason, ServedBy,
 };
 
 /// Sends a request to the next model of a cascade when the current one is overloaded
@@ -154,7 +154,7 @@ where
 {
     let deadline = config.deadline.map(|d| Instant::now() + d);
     let (parts, body) = request.into_parts();
-    let event = |kind| Event::new("fallback", &parts.method, &parts.uri, kind);
+    let event = |data: FallbackEvent| Event::new("fallback", &parts.method, &parts.uri, data);
     let facts = RequestFacts::of(&parts.extensions)
         .cloned()
         .unwrap_or_else(|| RequestFacts::of_head(&parts));
@@ -171,14 +171,20 @@ where
         None => (inner, true),
     };
 
-    let Some(data) = body.bytes().cloned() else {
+    let replayable = body
+        .is_replayable()
+        .then(|| body.bytes().cloned())
+        .flatten();
+    let Some(data) = replayable else {
         // Too long to buffer: sent once, to the cascade's first target, its model
         // (read from the bytes read ahead) written into those bytes.
         let limit = body
             .over_limit()
             .unwrap_or_else(|| BodyLimits::of(&parts.extensions).replay_limit_bytes());
         let reason = NoCascadeReason::NotReplayable(NotReplayable::BodyTooLarge { limit });
-        config.events.emit(event(EventKind::NoCascade { reason }));
+        config
+            .events
+            .emit(event(FallbackEvent::NoCascade { reason }));
         let at = if pass_through { 0 } else { start };
         let (mut service, ready) = once(at, inner);
         let target = &config.targets[at];
@@ -203,7 +209,7 @@ where
     let trailers = body.trailers().cloned();
 
     if facts.model().is_none() {
-        config.events.emit(event(EventKind::NoCascade {
+        config.events.emit(event(FallbackEvent::NoCascade {
             reason: NoCascadeReason::NoModel,
         }));
         let (mut service, ready) = once(0, inner);
@@ -213,7 +219,7 @@ where
         return served(result, &config, first, 0);
     }
     if pass_through {
-        config.events.emit(event(EventKind::NoCascade {
+        config.events.emit(event(FallbackEvent::NoCascade {
             reason: NoCascadeReason::NotATarget,
         }));
         let (mut service, ready) = once(0, inner);
@@ -235,7 +241,7 @@ where
         let next = cascade.get(offset + 1);
         let moving_on = |reason: FallbackReason| {
             if let Some(next) = next {
-                config.events.emit(event(EventKind::FallingBack {
+                config.events.emit(event(FallbackEvent::FallingBack {
                     from: target.model.clone(),
                     to: next.model.clone(),
                     reason,

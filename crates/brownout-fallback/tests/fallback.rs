@@ -15,11 +15,13 @@ use brownout_breaker::{BreakerConfig, CircuitBreakerLayer, FailurePolicy};
 use brownout_core::{
     body::BodyLimits,
     error::{BrokenBody, InvalidRequest},
-    event::{Event, EventKind, FallbackReason, NoCascadeReason, NotReplayable},
-    meta::ServedBy,
+    event::{Event, NotReplayable},
     Body, BoxError, OutcomeKind, RequestFacts,
 };
-use brownout_fallback::{AllTargetsFailed, Exhausted, Fallback, FallbackConfig, Target};
+use brownout_fallback::{
+    AllTargetsFailed, Exhausted, Fallback, FallbackConfig, FallbackEvent, FallbackReason,
+    NoCascadeReason, ServedBy, Target,
+};
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, Uri};
 use http_body::Frame;
@@ -211,7 +213,8 @@ async fn an_overloaded_primary_falls_back_and_the_response_says_so() {
     assert_eq!(models_sent(&upstream), [OPUS, SONNET]);
 
     let events = events.lock().unwrap();
-    let EventKind::FallingBack { from, to, reason } = &events[0].kind else {
+    let Some(FallbackEvent::FallingBack { from, to, reason }) = events[0].data::<FallbackEvent>()
+    else {
         panic!("{:?}", events[0]);
     };
     assert_eq!((&**from, &**to), (OPUS, SONNET));
@@ -251,11 +254,11 @@ async fn a_target_whose_breaker_is_open_is_skipped_without_a_request() {
     assert_eq!(served(&reply), (SONNET.to_owned(), 1));
     assert_eq!(models_sent(&upstream), [SONNET], "nothing was sent to opus");
     assert!(matches!(
-        &events.lock().unwrap()[0].kind,
-        EventKind::FallingBack {
+        events.lock().unwrap()[0].data::<FallbackEvent>(),
+        Some(FallbackEvent::FallingBack {
             reason: FallbackReason::Unavailable,
             ..
-        }
+        })
     ));
 }
 
@@ -376,10 +379,10 @@ async fn bodies_without_a_model_go_unchanged_to_the_first_target_only() {
         assert_eq!(seen.len(), 1);
         assert_eq!(seen[0].body, body.as_bytes());
         assert!(matches!(
-            events.lock().unwrap()[0].kind,
-            EventKind::NoCascade {
+            events.lock().unwrap()[0].data::<FallbackEvent>(),
+            Some(FallbackEvent::NoCascade {
                 reason: NoCascadeReason::NoModel
-            }
+            })
         ));
     }
 }
@@ -401,13 +404,13 @@ async fn an_oversized_body_goes_once_to_the_first_target() {
     assert_eq!(upstream.seen().len(), 1);
     assert_eq!(upstream.seen()[0].body, body.as_bytes());
     assert!(matches!(
-        events.lock().unwrap()[..],
-        [Event {
-            kind: EventKind::NoCascade {
+        &events.lock().unwrap()[..],
+        [event] if matches!(
+            event.data::<FallbackEvent>(),
+            Some(FallbackEvent::NoCascade {
                 reason: NoCascadeReason::NotReplayable(NotReplayable::BodyTooLarge { limit: 16 })
-            },
-            ..
-        }]
+            })
+        )
     ));
 }
 
@@ -736,15 +739,15 @@ async fn an_oversized_body_has_its_model_written_into_the_bytes_read_ahead() {
         assert_eq!(facts.model(), Some(target));
         assert!(!facts.is_whole());
         assert!(matches!(
-            events.lock().unwrap()[..],
-            [Event {
-                kind: EventKind::NoCascade {
+            &events.lock().unwrap()[..],
+            [event] if matches!(
+                event.data::<FallbackEvent>(),
+                Some(FallbackEvent::NoCascade {
                     reason: NoCascadeReason::NotReplayable(NotReplayable::BodyTooLarge {
                         limit: 60
                     })
-                },
-                ..
-            }]
+                })
+            )
         ));
     }
 }

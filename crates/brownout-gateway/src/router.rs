@@ -22,10 +22,13 @@ use std::{
 
 use brownout::{
     body::BodyLimits,
+    cache::CacheStatus,
     classify::{Classify, DefaultClassifier, Observed, OutcomeKind},
+    degrade::Degraded,
     error::{find, BrokenBody, InvalidRequest},
-    meta::{Attempts, CacheStatus, Degraded, ServedBy},
+    fallback::ServedBy,
     provider::{self, ErrorKind},
+    retry::Attempts,
     Body, BoxError,
 };
 use http::{

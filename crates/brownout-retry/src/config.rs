@@ -111,7 +111,8 @@ impl RetryConfig {
         self
     }
 
-    /// Where decisions go besides `tracing`.
+    /// Where decisions go besides `tracing`: each is an
+    /// [`Event`](brownout_core::event::Event) whose data is a [`RetryEvent`](crate::RetryEvent).
     pub fn listener(mut self, listener: impl Listener) -> Self {
         self.events = Events::with_listener(listener);
         self

@@ -16,9 +16,8 @@ use brownout_core::{
         Outcome, OutcomeKind, DEFAULT_ERROR_BODY_LIMIT,
     },
     error::{AttemptTimedOut, DeadlineExceeded},
-    event::{Event, EventKind, GiveUpReason, NotReplayable},
+    event::{Event, NotReplayable},
     future::Output,
-    meta::Attempts,
     Body, BoxError,
 };
 use http::{request::Parts, Request, Response};
@@ -27,7 +26,7 @@ use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 use tower_service::Service;
 
-use crate::RetryConfig;
+use crate::{Attempts, GiveUpReason, RetryConfig, RetryEvent};
 
 /// The classifier of an attempt whose outcome no layer further in recorded.
 fn classifier() -> DefaultClassifier {
@@ -295,12 +294,12 @@ where
     ResBody::Data: Send,
     ResBody::Error: Into<BoxError>,
 {
-    let event = |kind| Event::new("retry", &parts.method, &parts.uri, kind);
+    let event = |data: RetryEvent| Event::new("retry", &parts.method, &parts.uri, data);
     if let Sendable::Once(_, reason) = &body {
         let reason = *reason;
         config
             .events
-            .emit(event(EventKind::NotReplayable { reason }));
+            .emit(event(RetryEvent::NotReplayable { reason }));
         if let Some(budget) = &config.budget {
             budget.deposit();
         }
@@ -346,7 +345,7 @@ where
         if outcome.is_success() {
             return with_attempts(result, attempt);
         }
-        config.events.emit(event(EventKind::AttemptFailed {
+        config.events.emit(event(RetryEvent::AttemptFailed {
             attempt,
             outcome: outcome.clone(),
         }));
@@ -355,7 +354,7 @@ where
         let delay = match decision {
             Ok(delay) => delay,
             Err(reason) => {
-                config.events.emit(event(EventKind::GaveUp {
+                config.events.emit(event(RetryEvent::GaveUp {
                     attempts: attempt,
                     reason,
                     outcome,
@@ -363,7 +362,7 @@ where
                 return with_attempts(result, attempt);
             }
         };
-        config.events.emit(event(EventKind::Retrying {
+        config.events.emit(event(RetryEvent::Retrying {
             attempt,
             delay,
             outcome,

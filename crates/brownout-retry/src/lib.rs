@@ -42,7 +42,7 @@
 //!     .oneshot(Request::post("/v1/messages").body(Full::new(Bytes::from("{}")))?)
 //!     .await?;
 //! assert_eq!(response.status(), 200);
-//! assert_eq!(brownout_core::meta::Attempts::of(response.extensions()), 2);
+//! assert_eq!(brownout_retry::Attempts::of(response.extensions()), 2);
 //! # Ok(()) }
 //! ```
 //!
@@ -64,7 +64,7 @@
 //! `retry-after` in seconds or as a date, the provider's rate-limit reset headers). A
 //! server delay above [`RetryConfig::max_server_delay`] (60 s by default) is not
 //! waited for: the response goes back at once. Each wait is announced by a `WARN`
-//! event before it starts.
+//! event ([`RetryEvent::Retrying`]) before it starts.
 //!
 //! # When it stops
 //!
@@ -79,8 +79,8 @@
 //!   event says why it was not retried.
 //!
 //! The caller gets the last response (with the count of attempts in its
-//! [`Attempts`](brownout_core::meta::Attempts) extension when there was more than one;
-//! read it with [`Attempts::of`](brownout_core::meta::Attempts::of)) or the last error. Errors the
+//! [`Attempts`] extension when there was more than one; read it with
+//! [`Attempts::of`]) or the last error. Errors the
 //! layer makes itself ([`AttemptTimedOut`](brownout_core::error::AttemptTimedOut),
 //! [`DeadlineExceeded`](brownout_core::error::DeadlineExceeded)) come as a
 //! [`BoxError`](brownout_core::BoxError) to `downcast_ref`.
@@ -113,13 +113,17 @@
 mod backoff;
 mod budget;
 mod config;
+mod event;
 mod future;
 mod layer;
+mod meta;
 mod service;
 
 pub use backoff::{Backoff, InvalidBackoff, Jitter};
 pub use budget::{InvalidBudget, RetryBudget};
 pub use config::RetryConfig;
+pub use event::{GiveUpReason, RetryEvent};
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
+pub use meta::Attempts;
 pub use service::Retry;

@@ -15,11 +15,12 @@ use brownout_core::{
     body::BodyLimits,
     classify::{ClassifyLayer, DefaultClassifier, Observed, Outcome, OutcomeKind},
     error::{find, AttemptTimedOut, BrokenBody, DeadlineExceeded},
-    event::{Event, EventKind, GiveUpReason, NotReplayable},
-    meta::Attempts,
+    event::{Event, NotReplayable},
     Body, BoxError,
 };
-use brownout_retry::{Backoff, Retry, RetryBudget, RetryConfig};
+use brownout_retry::{
+    Attempts, Backoff, GiveUpReason, Retry, RetryBudget, RetryConfig, RetryEvent,
+};
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use http_body::Frame;
@@ -228,12 +229,12 @@ async fn attempts_are_capped_and_the_last_response_is_returned_whole() {
     );
     let events = events.lock().unwrap();
     let last = events.last().unwrap();
-    match &last.kind {
-        EventKind::GaveUp {
+    match last.data::<RetryEvent>() {
+        Some(RetryEvent::GaveUp {
             attempts,
             reason,
             outcome,
-        } => {
+        }) => {
             assert_eq!(*attempts, 3);
             assert_eq!(*reason, GiveUpReason::AttemptsExhausted);
             assert_eq!(outcome.kind(), OutcomeKind::Overloaded);
@@ -243,7 +244,7 @@ async fn attempts_are_capped_and_the_last_response_is_returned_whole() {
     }
     let retrying = events
         .iter()
-        .filter(|e| matches!(e.kind, EventKind::Retrying { .. }))
+        .filter(|e| matches!(e.data::<RetryEvent>(), Some(RetryEvent::Retrying { .. })))
         .count();
     assert_eq!(retrying, 2);
 }
@@ -325,11 +326,11 @@ async fn a_server_delay_over_the_cap_goes_back_at_once() {
     assert_eq!(reply.unwrap().status(), 429);
     let events = events.lock().unwrap();
     assert!(matches!(
-        events.last().unwrap().kind,
-        EventKind::GaveUp {
+        events.last().unwrap().data::<RetryEvent>(),
+        Some(RetryEvent::GaveUp {
             reason: GiveUpReason::ServerDelayTooLong { delay },
             ..
-        } if delay == Duration::from_secs(600)
+        }) if *delay == Duration::from_secs(600)
     ));
 }
 
@@ -422,11 +423,11 @@ async fn the_deadline_is_never_exceeded() {
     assert_eq!(upstream.attempts(), 3);
     assert_eq!(reply.unwrap().status(), 503);
     assert!(matches!(
-        events.lock().unwrap().last().unwrap().kind,
-        EventKind::GaveUp {
+        events.lock().unwrap().last().unwrap().data::<RetryEvent>(),
+        Some(RetryEvent::GaveUp {
             reason: GiveUpReason::DeadlineReached,
             ..
-        }
+        })
     ));
 
     // A hanging attempt is cut at the deadline itself.
@@ -487,11 +488,11 @@ async fn the_budget_is_shared_by_clones_and_stops_retries_when_spent() {
         .iter()
         .filter(|e| {
             matches!(
-                e.kind,
-                EventKind::GaveUp {
+                e.data::<RetryEvent>(),
+                Some(RetryEvent::GaveUp {
                     reason: GiveUpReason::BudgetExhausted,
                     ..
-                }
+                })
             )
         })
         .count();
@@ -536,10 +537,13 @@ async fn an_oversized_body_is_sent_once_whole() {
     assert_eq!(seen[0].body, body.as_bytes());
     let events = events.lock().unwrap();
     let limit = NotReplayable::BodyTooLarge { limit: 8 };
-    assert!(matches!(events[0].kind, EventKind::NotReplayable { reason } if reason == limit));
     assert!(matches!(
-        events.last().unwrap().kind,
-        EventKind::GaveUp { reason: GiveUpReason::NotReplayable(reason), .. } if reason == limit
+        events[0].data::<RetryEvent>(),
+        Some(RetryEvent::NotReplayable { reason }) if *reason == limit
+    ));
+    assert!(matches!(
+        events.last().unwrap().data::<RetryEvent>(),
+        Some(RetryEvent::GaveUp { reason: GiveUpReason::NotReplayable(reason), .. }) if *reason == limit
     ));
 }
 

@@ -139,8 +139,7 @@ async fn fallbacks_are_told_from_first_choices() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn cached_degraded_and_served_by_are_read_from_extensions_and_headers() {
-    use brownout_core::meta::{CacheStatus, ServedBy};
+async fn cached_degraded_and_served_by_are_read_from_the_layers_headers() {
     let runner = Runner::new(Script::new())
         .model("m")
         .requests(8)
@@ -156,7 +155,9 @@ async fn cached_degraded_and_served_by_are_read_from_extensions_and_headers() {
                     match index % 4 {
                         0 => {
                             let mut response = canned();
-                            response.extensions_mut().insert(CacheStatus::Stale);
+                            response
+                                .headers_mut()
+                                .insert("x-brownout-cache", "stale".parse().unwrap());
                             Ok(response)
                         }
                         1 => {
@@ -176,8 +177,8 @@ async fn cached_degraded_and_served_by_are_read_from_extensions_and_headers() {
                                 .oneshot(Request::from_parts(parts, Full::new(body)))
                                 .await?;
                             response
-                                .extensions_mut()
-                                .insert(ServedBy::new("m-lite".into(), 1));
+                                .headers_mut()
+                                .insert("x-brownout-model", "m-lite".parse().unwrap());
                             Ok(response)
                         }
                     }

@@ -22,7 +22,7 @@
 //! classification per attempt that travels outward with the response (set your own
 //! with [`classify::ClassifyLayer`] over the client); [`request`], the facts of an LLM
 //! request read once; [`body::BodyLimits`], the one replay limit of the stack;
-//! [`provider`], [`meta`], [`event`], [`health`], [`json`], [`error`], [`rng`].
+//! [`provider`], [`event`], [`health`], [`json`], [`error`], [`rng`].
 //!
 //! # The recommended order
 //!
@@ -70,7 +70,7 @@
 //! ```
 
 pub use brownout_core::{
-    body, classify, error, event, health, json, meta, provider, request, rng, shape,
+    body, classify, error, event, health, json, provider, request, rng, shape,
 };
 pub use brownout_core::{Body, BoxError, Classifier, Classify, Outcome, OutcomeKind, RequestFacts};
 

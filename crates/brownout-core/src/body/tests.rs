@@ -92,7 +92,9 @@ async fn oversized_body_is_sent_whole_once_and_never_read_again() {
 
 #[tokio::test]
 async fn size_hint_over_the_limit_is_not_read() {
-    let body = Body::new(Full::new(Bytes::from_static(b"0123456789")))
+    // Not a `Full` (which is taken as bytes at once): a body that streams, with a
+    // size hint.
+    let body = Body::new(Full::new(Bytes::from_static(b"0123456789")).map_err(|e| e))
         .buffer(4)
         .await;
     assert_eq!(body.prefix(), b"");
@@ -102,7 +104,7 @@ async fn size_hint_over_the_limit_is_not_read() {
 
 #[tokio::test]
 async fn a_prefix_is_read_whatever_the_size_hint_says() {
-    let body = Body::new(Full::new(Bytes::from_static(b"0123456789")))
+    let body = Body::new(Full::new(Bytes::from_static(b"0123456789")).map_err(|e| e))
         .read_prefix(4)
         .await;
     assert_eq!(body.prefix(), b"0123456789", "one chunk read, kept whole");
@@ -121,8 +123,17 @@ async fn empty_body_stays_empty_and_ended() {
 async fn single_chunk_is_not_copied() {
     let data = Bytes::from(vec![7u8; 1024]);
     let ptr = data.as_ptr();
-    let body = Body::new(Full::new(data)).buffer(4096).await;
+    let body = Body::new(Full::new(data.clone())).buffer(4096).await;
     assert_eq!(body.bytes().unwrap().as_ptr(), ptr);
+    let body = Body::new(Full::new(data).map_err(|e| e)).buffer(4096).await;
+    assert_eq!(body.bytes().unwrap().as_ptr(), ptr);
+}
+
+#[test]
+fn a_full_body_is_taken_as_bytes_without_reading() {
+    let body = Body::new(Full::new(Bytes::from_static(b"abc")));
+    assert!(body.is_replayable());
+    assert_eq!(body.bytes().map(|b| &b[..]), Some(&b"abc"[..]));
 }
 
 /// A body that yields one chunk and then fails.
@@ -298,4 +309,18 @@ async fn from_caller_marks_failures_without_reading() {
     assert_eq!(request.body().prefix(), b"", "nothing read");
     let error = request.into_body().collect().await.unwrap_err();
     assert!(error.is::<BrokenBody>());
+}
+
+#[tokio::test]
+async fn a_body_in_memory_over_the_limit_is_still_sent_once() {
+    let body = Body::new(Full::new(Bytes::from_static(b"0123456789")))
+        .buffer(4)
+        .await;
+    assert!(
+        !body.is_replayable(),
+        "the stack's limit holds for every body"
+    );
+    assert!(body.try_clone().is_none());
+    assert_eq!(body.over_limit(), Some(4));
+    assert_eq!(&collect(body).await.0[..], b"0123456789");
 }

@@ -299,7 +299,10 @@ fn closures_classify() {
 fn response(status: u16, body: impl Into<Bytes>) -> Response<crate::body::Body> {
     Response::builder()
         .status(status)
-        .body(crate::body::Body::new(Full::new(body.into())))
+        .body(crate::body::Body::new(
+            // A body that streams (a `Full` would be taken as bytes at once).
+            Full::new(body.into()).map_err(|never| -> std::convert::Infallible { match never {} }),
+        ))
         .unwrap()
 }
 

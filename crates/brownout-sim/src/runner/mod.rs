@@ -24,12 +24,13 @@
 //!
 //! # What the report counts
 //!
-//! - **Answered, by source.** A 2xx answer is *degraded* when it has brownout's
-//!   [`Degraded`] extension or an `x-brownout-degraded` header, *cached* when it has a
-//!   [`CacheStatus`] extension or an `x-brownout-cache` header other than `miss`, and
-//!   otherwise *first choice* or *fallback*: as its [`ServedBy`] extension says when
-//!   it has one, else depending on whether the model that served it (the
-//!   `x-brownout-model` header, else the body's `model`) is the one requested. A
+//! - **Answered, by source.** The simulator depends on no layer, so it reads what the
+//!   layers write in the headers (the gateway writes them; a library stack writes
+//!   them when configured to). A 2xx answer is *degraded* when it has an
+//!   `x-brownout-degraded` header, *cached* when it has an `x-brownout-cache` header
+//!   other than `miss`, and otherwise *first choice* or *fallback*, depending on
+//!   whether the model that served it (the `x-brownout-model` header, else the body's
+//!   `model`) is the one requested. A
 //!   stream that ends in an error event is an error, whatever its status.
 //! - **Errors, by what they were**: `529 overloaded_error`, `429 rate_limit_error`,
 //!   `timeout: …`, `connection_failed: …`, `200 stream overloaded_error`.
@@ -51,7 +52,6 @@ use std::{
 
 use brownout_core::{
     classify::{Classify, DefaultClassifier, Observed},
-    meta::{CacheStatus, Degraded, ServedBy},
     provider::Api,
     BoxError,
 };
@@ -427,13 +427,12 @@ where
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
-    let extensions = &parts.extensions;
-    if extensions.get::<Degraded>().is_some() || header("x-brownout-degraded").is_some() {
+    // The simulator knows no layer: it reads what the layers say in the headers any
+    // client sees (the gateway's, or a stack configured to write them).
+    if header("x-brownout-degraded").is_some() {
         return Source::Degraded;
     }
-    if extensions.get::<CacheStatus>().is_some()
-        || header("x-brownout-cache").is_some_and(|v| !v.eq_ignore_ascii_case("miss"))
-    {
+    if header("x-brownout-cache").is_some_and(|v| !v.eq_ignore_ascii_case("miss")) {
         return Source::Cached;
     }
     let from_body = match read_answer(&body) {
@@ -442,13 +441,6 @@ where
         }
         Read::Model(model) => model,
     };
-    if let Some(served) = extensions.get::<ServedBy>() {
-        return if served.is_fallback() {
-            Source::Fallback(served.model().to_owned())
-        } else {
-            Source::FirstChoice
-        };
-    }
     let served = header("x-brownout-model").map(str::to_owned).or(from_body);
     match served {
         Some(model) if model == requested => Source::FirstChoice,
