@@ -789,6 +789,20 @@ where
 /// `model` and the rest come first in every SDK's requests.
 pub const FACTS_PREFIX_LIMIT: usize = 64 * 1024;
 
+impl Prepare {
+    /// The request at once when nothing must be waited for (a body already in memory,
+    /// or one whose frames are all ready), else the future back, boxed, to be awaited:
+    /// lets a hand-written response future skip a state on the common path.
+    pub fn now(mut self) -> Result<Result<Request<Body>, BoxError>, Pin<Box<Prepare>>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(&mut self).poll(&mut cx) {
+            Poll::Ready(done) => Ok(done),
+            // Polled again with the task's waker, the body registers that one.
+            Poll::Pending => Err(Box::pin(self)),
+        }
+    }
+}
+
 impl Future for Prepare {
     type Output = Result<Request<Body>, BoxError>;
 

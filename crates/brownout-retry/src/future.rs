@@ -68,16 +68,22 @@ struct First<S> {
 pin_project! {
     #[project = StateProj]
     enum State<F> {
-        Buffering { prepare: Prepare },
+        Buffering { prepare: Pin<Box<Prepare>> },
+        Refused { error: Option<BoxError> },
         Calling { #[pin] future: F },
         Slow { future: Pin<Box<dyn Future<Output = Output> + Send>> },
         Done,
     }
 }
 
-impl<S> ResponseFuture<S>
+impl<S, ResBody> ResponseFuture<S>
 where
-    S: Service<Request<Body>>,
+    S: Service<Request<Body>, Response = Response<ResBody>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    ResBody: http_body::Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
 {
     pub(crate) fn new<B>(inner: S, config: Arc<RetryConfig>, request: Request<B>) -> Self
     where
@@ -86,19 +92,76 @@ where
         B::Error: Into<BoxError>,
     {
         let deadline = config.deadline.map(|d| Instant::now() + d);
-        ResponseFuture {
-            state: State::Buffering {
-                prepare: prepare(request, Need::Replay),
-            },
-            first: Some(First {
-                inner,
-                config,
-                parts: None,
-                replay: None,
-                deadline,
-                cutoff: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
-            }),
+        let mut first = Some(First {
+            inner,
+            config,
+            parts: None,
+            replay: None,
+            deadline,
+            cutoff: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
+        });
+        // A body in memory is ready at once: the first attempt starts here, and the
+        // future never holds the buffering state (the `stack_instructions` bench).
+        let state = match prepare(request, Need::Replay).now() {
+            Ok(prepared) => begin(&mut first, prepared),
+            Err(prepare) => State::Buffering { prepare },
+        };
+        ResponseFuture { state, first }
+    }
+}
+
+/// The first attempt, once the request is prepared: the state to go on in.
+fn begin<S, ResBody>(
+    slot: &mut Option<First<S>>,
+    prepared: Result<Request<Body>, BoxError>,
+) -> State<S::Future>
+where
+    S: Service<Request<Body>, Response = Response<ResBody>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    ResBody: http_body::Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
+{
+    let request = match prepared {
+        Ok(request) => request,
+        // The caller's body broke, or the request is invalid: the caller's failure,
+        // answered at once. Nothing was sent, so nothing is deposited and nothing is
+        // announced.
+        Err(error) => {
+            slot.take();
+            return State::Refused { error: Some(error) };
         }
+    };
+    let first = slot.as_mut().expect("present until the slow path");
+    let (parts, body) = request.into_parts();
+    let Some(attempt_body) = body.try_clone() else {
+        // Over the stack's replay limit: sent once, streamed.
+        let limit = body
+            .over_limit()
+            .unwrap_or_else(|| BodyLimits::of(&parts.extensions).replay_limit_bytes());
+        first.parts = Some(parts);
+        let once = Sendable::Once(Some(body), NotReplayable::BodyTooLarge { limit });
+        let future = slot.take().expect("present").into_slow(once, None);
+        return State::Slow { future };
+    };
+    if let Some(budget) = &first.config.budget {
+        budget.deposit();
+    }
+    if let Some(timeout) = first.config.attempt_timeout {
+        let at = Instant::now() + timeout;
+        match &mut first.cutoff {
+            Some(cutoff) if cutoff.deadline() <= at => {}
+            Some(cutoff) => cutoff.as_mut().reset(at),
+            None => first.cutoff = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+    }
+    let request = Request::from_parts(parts.clone(), attempt_body);
+    first.parts = Some(parts);
+    first.replay = Some(body);
+    // The service the caller drove to readiness serves the first attempt.
+    State::Calling {
+        future: first.inner.call(request),
     }
 }
 
@@ -124,47 +187,14 @@ where
                         let config = &this.first.take().expect("present").config;
                         return Poll::Ready(Err(deadline_exceeded(config, 0)));
                     }
-                    let request = match ready!(Pin::new(prepare).poll(cx)) {
-                        Ok(request) => request,
-                        // The caller's body broke, or the request is invalid: the
-                        // caller's failure, answered at once. Nothing was sent, so
-                        // nothing is deposited and nothing is announced.
-                        Err(error) => {
-                            this.state.set(State::Done);
-                            this.first.take();
-                            return Poll::Ready(Err(error));
-                        }
-                    };
-                    let (parts, body) = request.into_parts();
-                    let Some(attempt_body) = body.try_clone() else {
-                        // Over the stack's replay limit: sent once, streamed.
-                        let limit = body.over_limit().unwrap_or_else(|| {
-                            BodyLimits::of(&parts.extensions).replay_limit_bytes()
-                        });
-                        first.parts = Some(parts);
-                        let once =
-                            Sendable::Once(Some(body), NotReplayable::BodyTooLarge { limit });
-                        let future = this.first.take().expect("present").into_slow(once, None);
-                        this.state.set(State::Slow { future });
-                        continue;
-                    };
-                    if let Some(budget) = &first.config.budget {
-                        budget.deposit();
-                    }
-                    if let Some(timeout) = first.config.attempt_timeout {
-                        let at = Instant::now() + timeout;
-                        match &mut first.cutoff {
-                            Some(cutoff) if cutoff.deadline() <= at => {}
-                            Some(cutoff) => cutoff.as_mut().reset(at),
-                            None => first.cutoff = Some(Box::pin(tokio::time::sleep_until(at))),
-                        }
-                    }
-                    let request = Request::from_parts(parts.clone(), attempt_body);
-                    first.parts = Some(parts);
-                    first.replay = Some(body);
-                    // The service the caller drove to readiness serves the first attempt.
-                    let future = first.inner.call(request);
-                    this.state.set(State::Calling { future });
+                    let prepared = ready!(prepare.as_mut().poll(cx));
+                    let next = begin(this.first, prepared);
+                    this.state.set(next);
+                }
+                StateProj::Refused { error } => {
+                    let error = error.take().expect("polled after completion");
+                    this.state.set(State::Done);
+                    return Poll::Ready(Err(error));
                 }
                 StateProj::Calling { future } => {
                     let first = this.first.as_mut().expect("present until the slow path");
