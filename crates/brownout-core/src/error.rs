@@ -224,14 +224,27 @@ pub(crate) fn next_in_chain<'a>(
     error.source()
 }
 
-/// A layer's setting was given nonsense: names the layer, the setting and why.
+/// A layer's setting was given nonsense: names the layer, the setting and why, and
+/// where the setting is one item of a list or a file (a degrade rule), which item and
+/// which line.
 ///
-/// Returned by the validating constructors of the layers' configurations.
+/// The one error of every layer's validating constructors and config files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidConfig {
     layer: &'static str,
     key: &'static str,
     reason: String,
+    // Boxed: rare, and the error travels in `Result`s of constructors.
+    place: Option<Box<Place>>,
+}
+
+/// Where in a list or a file the setting at fault is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Place {
+    item: Option<&'static str>,
+    item_index: Option<usize>,
+    item_name: Option<String>,
+    line: Option<usize>,
 }
 
 impl InvalidConfig {
@@ -242,7 +255,33 @@ impl InvalidConfig {
             layer,
             key,
             reason: reason.into(),
+            place: None,
         }
+    }
+
+    /// Says which item of a list is at fault: what the items are (`"rule"`), its
+    /// position from 1 when known, and its name when it has one.
+    pub fn in_item(mut self, item: &'static str, index: Option<usize>, name: &str) -> Self {
+        let place = self.place.get_or_insert_with(Box::default);
+        place.item = Some(item);
+        if index.is_some() {
+            place.item_index = index;
+        }
+        if !name.trim().is_empty() {
+            place.item_name = Some(name.to_owned());
+        }
+        self
+    }
+
+    /// Says which line of a file is at fault, from 1.
+    pub fn at_line(mut self, line: Option<usize>) -> Self {
+        self.place.get_or_insert_with(Box::default).line = line;
+        self
+    }
+
+    /// The layer whose setting it is.
+    pub fn layer(&self) -> &str {
+        self.layer
     }
 
     /// The setting at fault (`failure_rate.threshold`).
@@ -254,15 +293,38 @@ impl InvalidConfig {
     pub fn reason(&self) -> &str {
         &self.reason
     }
+
+    /// The name of the item at fault, when it has one.
+    pub fn item_name(&self) -> Option<&str> {
+        self.place.as_ref()?.item_name.as_deref()
+    }
+
+    /// The position of the item at fault, from 1, when known.
+    pub fn item_index(&self) -> Option<usize> {
+        self.place.as_ref()?.item_index
+    }
+
+    /// The line of the file at fault, from 1, when known.
+    pub fn line(&self) -> Option<usize> {
+        self.place.as_ref()?.line
+    }
 }
 
 impl fmt::Display for InvalidConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid {} setting `{}`: {}",
-            self.layer, self.key, self.reason
-        )
+        write!(f, "invalid {} setting `{}`", self.layer, self.key)?;
+        if let Some(place) = &self.place {
+            let item = place.item.unwrap_or("item");
+            match (&place.item_name, place.item_index) {
+                (Some(name), _) => write!(f, " in {item} `{name}`")?,
+                (None, Some(index)) => write!(f, " in {item} #{index}")?,
+                (None, None) => {}
+            }
+            if let Some(line) = place.line {
+                write!(f, " at line {line}")?;
+            }
+        }
+        write!(f, ": {}", self.reason)
     }
 }
 

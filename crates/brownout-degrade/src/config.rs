@@ -9,7 +9,7 @@ use brownout_core::{
 use http::{HeaderValue, StatusCode};
 
 use crate::{
-    error::InvalidConfig,
+    error::{duplicate, invalid, InRule, InvalidConfig},
     id::Ids,
     rules::{first_duplicate, Rule},
 };
@@ -55,7 +55,7 @@ impl DegradeConfig {
     pub fn new(rules: impl IntoIterator<Item = Rule>) -> Result<Self, InvalidConfig> {
         let rules: Vec<Rule> = rules.into_iter().collect();
         if let Some(i) = first_duplicate(&rules) {
-            return Err(InvalidConfig::duplicate(&rules[i].name).in_rule(i + 1, &rules[i].name));
+            return Err(duplicate(&rules[i].name).in_rule(i + 1, &rules[i].name));
         }
         Ok(DegradeConfig {
             rules: rules.into(),
@@ -74,7 +74,7 @@ impl DegradeConfig {
     pub fn generic(mut self, answer: impl Into<Arc<str>>) -> Result<Self, InvalidConfig> {
         let answer = answer.into();
         if answer.trim().is_empty() {
-            return Err(InvalidConfig::new("generic", "the answer is empty"));
+            return Err(invalid("generic", "the answer is empty"));
         }
         self.generic = answer;
         Ok(self)
@@ -92,7 +92,7 @@ impl DegradeConfig {
             || code == 205
             || code >= 600
         {
-            return Err(InvalidConfig::new(
+            return Err(invalid(
                 "status",
                 format!("{code} cannot carry an answer: use 2xx, 4xx or 5xx"),
             ));

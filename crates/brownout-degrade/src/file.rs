@@ -12,7 +12,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
-    error::InvalidConfig,
+    error::{duplicate, invalid, InRule, InvalidConfig},
     rules::{first_duplicate, Rule},
     DegradeConfig,
 };
@@ -28,9 +28,8 @@ impl DegradeConfig {
     /// [`from_toml_str`](Self::from_toml_str).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, InvalidConfig> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            InvalidConfig::new("file", format!("cannot read {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid("file", format!("cannot read {}: {e}", path.display())))?;
         DegradeConfig::from_toml_str(&text)
     }
 }
@@ -64,7 +63,7 @@ fn from_toml_str(source: &str) -> Result<DegradeConfig, InvalidConfig> {
         let entry = entry.get_ref();
         let name = entry.name.as_ref().map_or("", |n| n.get_ref().as_str());
         let missing = |key: &'static str| {
-            InvalidConfig::new(key, format!("`{}` is missing", &key["rule.".len()..]))
+            invalid(key, format!("`{}` is missing", &key["rule.".len()..]))
                 .in_rule(index, name)
                 .at_line(header_line)
         };
@@ -89,7 +88,7 @@ fn from_toml_str(source: &str) -> Result<DegradeConfig, InvalidConfig> {
     }
     if let Some(i) = first_duplicate(&rules) {
         let span = file.rule[i].get_ref().name.as_ref().map(|n| n.span());
-        return Err(InvalidConfig::duplicate(&rules[i].name)
+        return Err(duplicate(&rules[i].name)
             .in_rule(i + 1, &rules[i].name)
             .at_line(span.and_then(line)));
     }
@@ -105,7 +104,7 @@ fn from_toml_str(source: &str) -> Result<DegradeConfig, InvalidConfig> {
             .ok()
             .and_then(|code| StatusCode::from_u16(code).ok())
             .ok_or_else(|| {
-                InvalidConfig::new(
+                invalid(
                     "status",
                     format!("{} is not an HTTP status", status.get_ref()),
                 )
@@ -115,7 +114,7 @@ fn from_toml_str(source: &str) -> Result<DegradeConfig, InvalidConfig> {
     }
     if let Some(retry_after) = &file.retry_after {
         let secs = u64::try_from(*retry_after.get_ref()).map_err(|_| {
-            InvalidConfig::new("retry_after", "a number of seconds cannot be negative")
+            invalid("retry_after", "a number of seconds cannot be negative")
                 .at_line(line(retry_after.span()))
         })?;
         config = config.retry_after(std::time::Duration::from_secs(secs));
@@ -135,7 +134,7 @@ fn line_of(source: &str, at: usize) -> usize {
 
 /// What the TOML parser rejected, with its line and, when it lies in a rule, that rule.
 fn toml_error(source: &str, error: &toml::de::Error) -> InvalidConfig {
-    let mut invalid = InvalidConfig::new("toml", error.message().trim_end());
+    let mut invalid = invalid("toml", error.message().trim_end());
     if let Some(span) = error.span() {
         invalid = invalid.at_line(Some(line_of(source, span.start)));
         if let Some((index, name)) = rule_at(source, span.start) {
@@ -200,8 +199,8 @@ mod tests {
 ]"#;
         let error = DegradeConfig::from_toml_str(source).unwrap_err();
         assert_eq!(error.key(), "toml");
-        assert_eq!(error.rule_name(), Some("b"));
-        assert_eq!(error.rule_index(), Some(2));
+        assert_eq!(error.item_name(), Some("b"));
+        assert_eq!(error.item_index(), Some(2));
         assert_eq!(error.line(), Some(3));
     }
 
@@ -211,6 +210,6 @@ mod tests {
         let error = DegradeConfig::from_toml_str(source).unwrap_err();
         assert_eq!(error.key(), "toml");
         assert_eq!(error.line(), Some(6));
-        assert_eq!(error.rule_index(), None, "{error}");
+        assert_eq!(error.item_index(), None, "{error}");
     }
 }

@@ -158,7 +158,7 @@
 //! )
 //! .unwrap_err();
 //! assert_eq!(error.key(), "rule.pattern");
-//! assert_eq!(error.rule_name(), Some("refunds"));
+//! assert_eq!(error.item_name(), Some("refunds"));
 //! assert_eq!(error.line(), Some(3));
 //! ```
 

@@ -5,7 +5,7 @@ use std::{fmt, sync::Arc};
 use http::HeaderValue;
 use regex::Regex;
 
-use crate::error::InvalidConfig;
+use crate::error::{invalid, InRule, InvalidConfig};
 
 /// A canned answer for requests whose last user message matches a regular expression.
 ///
@@ -34,7 +34,7 @@ impl Rule {
     /// pattern, and an empty answer.
     pub fn new(name: &str, pattern: &str, answer: &str) -> Result<Rule, InvalidConfig> {
         if name.trim().is_empty() {
-            return Err(InvalidConfig::new("rule.name", "the name is empty"));
+            return Err(invalid("rule.name", "the name is empty"));
         }
         // HeaderValue would take any byte above 0x7f; a name must read the same in a
         // header as in the file.
@@ -44,7 +44,7 @@ impl Rule {
             .then(|| HeaderValue::from_str(name).ok())
             .flatten()
             .ok_or_else(|| {
-                InvalidConfig::new(
+                invalid(
                     "rule.name",
                     format!(
                         "`{}` is not printable ASCII, as a header value must be",
@@ -53,21 +53,21 @@ impl Rule {
                 )
             })?;
         if pattern.is_empty() {
-            return Err(InvalidConfig::new(
+            return Err(invalid(
                 "rule.pattern",
                 "the pattern is empty and would match everything: use `generic` for a catch-all",
             )
             .named(name));
         }
         let regex = Regex::new(pattern).map_err(|e| {
-            InvalidConfig::new(
+            invalid(
                 "rule.pattern",
                 format!("not a valid regular expression: {e}"),
             )
             .named(name)
         })?;
         if answer.trim().is_empty() {
-            return Err(InvalidConfig::new("rule.answer", "the answer is empty").named(name));
+            return Err(invalid("rule.answer", "the answer is empty").named(name));
         }
         Ok(Rule {
             name: name.into(),

@@ -92,8 +92,8 @@ fn an_invalid_regex_names_the_rule_and_its_line() {
     let source = "[[rule]]\nname = \"ok\"\npattern = \"a\"\nanswer = \"b\"\n\n[[rule]]\nname = \"refunds\"\npattern = \"(?i)refund(\"\nanswer = \"See Settings.\"\n";
     let error = load_error(source);
     assert_eq!(error.key(), "rule.pattern");
-    assert_eq!(error.rule_name(), Some("refunds"));
-    assert_eq!(error.rule_index(), Some(2));
+    assert_eq!(error.item_name(), Some("refunds"));
+    assert_eq!(error.item_index(), Some(2));
     assert_eq!(error.line(), Some(8));
     let message = error.to_string();
     assert!(
@@ -107,7 +107,7 @@ fn an_empty_answer_names_the_rule_and_its_line() {
     let source = "[[rule]]\nname = \"refunds\"\npattern = \"refund\"\nanswer = \"  \"\n";
     let error = load_error(source);
     assert_eq!(error.key(), "rule.answer");
-    assert_eq!(error.rule_name(), Some("refunds"));
+    assert_eq!(error.item_name(), Some("refunds"));
     assert_eq!(error.line(), Some(4));
 }
 
@@ -116,8 +116,8 @@ fn an_unknown_key_names_the_rule_and_its_line() {
     let source = "[[rule]]\nname = \"a\"\npattern = \"a\"\nanswer = \"b\"\n\n[[rule]]\nname = \"refunds\"\npatern = \"refund\"\nanswer = \"b\"\n";
     let error = load_error(source);
     assert_eq!(error.key(), "toml");
-    assert_eq!(error.rule_name(), Some("refunds"));
-    assert_eq!(error.rule_index(), Some(2));
+    assert_eq!(error.item_name(), Some("refunds"));
+    assert_eq!(error.item_index(), Some(2));
     assert_eq!(error.line(), Some(8));
     assert!(error.to_string().contains("patern"), "{error}");
 
@@ -125,7 +125,7 @@ fn an_unknown_key_names_the_rule_and_its_line() {
     let error = load_error("generic = \"x\"\nstatuss = 503\n");
     assert_eq!(error.key(), "toml");
     assert_eq!(error.line(), Some(2));
-    assert_eq!(error.rule_index(), None);
+    assert_eq!(error.item_index(), None);
     assert!(error.to_string().contains("statuss"), "{error}");
 }
 
@@ -134,8 +134,8 @@ fn a_duplicate_name_points_at_the_second_rule() {
     let source = "[[rule]]\nname = \"refunds\"\npattern = \"a\"\nanswer = \"b\"\n\n[[rule]]\nname = \"refunds\"\npattern = \"c\"\nanswer = \"d\"\n";
     let error = load_error(source);
     assert_eq!(error.key(), "rule.name");
-    assert_eq!(error.rule_name(), Some("refunds"));
-    assert_eq!(error.rule_index(), Some(2));
+    assert_eq!(error.item_name(), Some("refunds"));
+    assert_eq!(error.item_index(), Some(2));
     assert_eq!(error.line(), Some(7));
 }
 
@@ -144,8 +144,8 @@ fn an_unnamed_rule_is_named_by_its_position() {
     let source = "[[rule]]\nname = \"a\"\npattern = \"a\"\nanswer = \"b\"\n\n[[rule]]\npattern = \"c\"\nanswer = \"d\"\n";
     let error = load_error(source);
     assert_eq!(error.key(), "rule.name");
-    assert_eq!(error.rule_name(), None);
-    assert_eq!(error.rule_index(), Some(2));
+    assert_eq!(error.item_name(), None);
+    assert_eq!(error.item_index(), Some(2));
     assert_eq!(error.line(), Some(6));
     assert!(
         error.to_string().contains("in rule #2 at line 6"),
@@ -154,14 +154,14 @@ fn an_unnamed_rule_is_named_by_its_position() {
 
     let error = load_error("[[rule]]\nname = \"\"\npattern = \"a\"\nanswer = \"b\"\n");
     assert_eq!(error.key(), "rule.name");
-    assert_eq!(error.rule_index(), Some(1));
+    assert_eq!(error.item_index(), Some(1));
     assert_eq!(error.line(), Some(2));
 
     // A type error in an unnamed rule.
     let error = load_error("[[rule]]\npattern = \"a\"\nanswer = 3\n");
     assert_eq!(error.key(), "toml");
-    assert_eq!(error.rule_index(), Some(1));
-    assert_eq!(error.rule_name(), None);
+    assert_eq!(error.item_index(), Some(1));
+    assert_eq!(error.item_name(), None);
     assert_eq!(error.line(), Some(3));
 }
 
@@ -169,7 +169,7 @@ fn an_unnamed_rule_is_named_by_its_position() {
 fn missing_keys_are_named() {
     let error = load_error("[[rule]]\nname = \"refunds\"\nanswer = \"b\"\n");
     assert_eq!(error.key(), "rule.pattern");
-    assert_eq!(error.rule_name(), Some("refunds"));
+    assert_eq!(error.item_name(), Some("refunds"));
     assert_eq!(error.line(), Some(1));
     let error = load_error("\n[[rule]]\nname = \"refunds\"\npattern = \"b\"\n");
     assert_eq!(error.key(), "rule.answer");
@@ -200,7 +200,7 @@ fn top_level_settings_are_checked() {
 fn code_built_rules_are_checked_too() {
     let error = Rule::new("refunds", "[", "answer").unwrap_err();
     assert_eq!(
-        (error.key(), error.rule_name()),
+        (error.key(), error.item_name()),
         ("rule.pattern", Some("refunds"))
     );
     assert_eq!(error.line(), None);
@@ -214,7 +214,7 @@ fn code_built_rules_are_checked_too() {
 
     let rule = || Rule::new("refunds", "refund", "See Settings.").unwrap();
     let error = DegradeConfig::new([rule(), rule()]).unwrap_err();
-    assert_eq!((error.key(), error.rule_index()), ("rule.name", Some(2)));
+    assert_eq!((error.key(), error.item_index()), ("rule.name", Some(2)));
 
     let config = DegradeConfig::new([rule()])
         .unwrap()

@@ -935,7 +935,7 @@ impl Check<'_> {
             rules.push(rule);
         }
         let mut config = DegradeConfig::new(rules).map_err(|e| {
-            let i = e.rule_index().map_or(0, |i| i.saturating_sub(1));
+            let i = e.item_index().map_or(0, |i| i.saturating_sub(1));
             let span = d.rule.get(i).map_or_else(|| spanned.span(), Spanned::span);
             self.error(
                 format!("degrade.rule[{i}].name"),
