@@ -35,7 +35,7 @@ pub enum Mode {
 /// | [`max_bytes`](Self::max_bytes) | 64 MiB in all |
 /// | [`max_entry_bytes`](Self::max_entry_bytes) | 1 MiB: a longer answer is not stored |
 /// | key | method, path, query, `anthropic-version`, `anthropic-beta`, `openai-organization`, `openai-project`, the canonical JSON body |
-/// | partition | the caller's credential (`x-api-key`, `authorization`, `api-key`), by its [`Fingerprint`](brownout_core::request::Fingerprint) |
+/// | partition | the caller's credential (`x-api-key`, `authorization`, `api-key`: [`CREDENTIAL_HEADERS`](brownout_core::provider::CREDENTIAL_HEADERS)), hashed into the key |
 /// | [`serve_stale_when`](Self::serve_stale_when) | [`OutcomeKind::is_unavailable`](brownout_core::OutcomeKind::is_unavailable): rate limited, overloaded, server error, timeout, connection failure, refused by a breaker |
 /// | [`status_header`](Self::status_header) | `x-brownout-cache: hit` or `stale` on answers from the store |
 ///
@@ -132,8 +132,7 @@ impl CacheConfig {
 
     /// The headers holding the caller's credential, whose hashed value partitions the
     /// cache, instead of the providers' credential headers (`x-api-key`,
-    /// `authorization`, `api-key`) that make the default
-    /// [`Fingerprint`](brownout_core::request::Fingerprint).
+    /// `authorization`, `api-key`) of the default partition.
     pub fn credential_headers<I>(mut self, headers: I) -> Self
     where
         I: IntoIterator<Item = HeaderName>,

@@ -78,13 +78,14 @@
 //! (`anthropic-version`, `anthropic-beta`, `openai-organization`, `openai-project`) and
 //! JSON body agree — the body canonicalised, so member order and whitespace do not
 //! matter, while any value (a different `temperature`) does. The caller's credential
-//! (`x-api-key`, `authorization`, `api-key`) partitions the store by its
-//! [`Fingerprint`](brownout_core::request::Fingerprint), taken from the request's
-//! [`RequestFacts`](brownout_core::RequestFacts), so one caller never receives
+//! (the providers' credential headers of
+//! [`CREDENTIAL_HEADERS`](brownout_core::provider::CREDENTIAL_HEADERS): `x-api-key`,
+//! `authorization`, `api-key`) is hashed into the key, so one caller never receives
 //! another's answer; sharing across callers takes an explicit
 //! [`no_credential_partitioning`](CacheConfig::no_credential_partitioning). Keys are
-//! SHA-256 digests; credentials are never stored or logged, and the key holds only the
-//! fingerprint's digest.
+//! SHA-256 digests; credentials are never stored or logged. (The credential goes into
+//! the key's own digest rather than through the request facts' `Fingerprint`: one
+//! SHA-256 per request instead of two.)
 //!
 //! # What is buffered, and what is stored
 //!
