@@ -9,7 +9,7 @@ use std::{
 };
 
 use brownout_core::{
-    body::{prepare, Need, Prepare},
+    body::{prepare_now, Need, Prepare},
     classify::{
         classify_error, classify_head, classify_response, DefaultClassifier, Outcome, OutcomeKind,
         DEFAULT_ERROR_BODY_LIMIT,
@@ -74,7 +74,7 @@ pin_project! {
 
 struct Pending<S> {
     inner: S,
-    prepare: Prepare,
+    prepare: Pin<Box<Prepare>>,
 }
 
 /// An admitted call: its breaker and permit. Dropping it before the verdict gives the
@@ -108,19 +108,34 @@ where
             Keying::Body(_) => Some(Need::Replay),
             Keying::Host | Keying::Head(_) => None,
         };
-        if let Some(need) = need {
-            let pending = Box::new(Pending {
-                inner,
-                prepare: prepare(request, need),
-            });
-            return ResponseFuture {
-                state: State::Buffering { pending },
-                shared,
-                call: None,
-            };
-        }
-        // Keyed by the head: the body is not read, but its failures are the caller's.
-        let request = brownout_core::body::from_caller(request);
+        let request = match need {
+            // A body in memory is ready at once: no buffering state, no allocation.
+            Some(need) => match prepare_now(request, need) {
+                Ok(Ok(request)) => request,
+                // The caller's body broke, or the request is invalid: the caller's
+                // failure, answered at once and counted nowhere.
+                Ok(Err(error)) => {
+                    return ResponseFuture {
+                        state: State::Ready {
+                            output: Some(Box::new(Err(error))),
+                        },
+                        shared,
+                        call: None,
+                    }
+                }
+                Err(prepare) => {
+                    let pending = Box::new(Pending { inner, prepare });
+                    return ResponseFuture {
+                        state: State::Buffering { pending },
+                        shared,
+                        call: None,
+                    };
+                }
+            },
+            // Keyed by the head: the body is not read, but its failures are the
+            // caller's.
+            None => brownout_core::body::from_caller(request),
+        };
         let now = Instant::now();
         let (request, entry) = entry_of(&shared, request, now);
         let (state, call) = start(inner, &shared, request, entry, now);
@@ -233,7 +248,7 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Buffering { pending } => {
-                    let prepared = ready!(Pin::new(&mut pending.prepare).poll(cx));
+                    let prepared = ready!(pending.prepare.as_mut().poll(cx));
                     let StateReplace::Buffering { pending } = this
                         .state
                         .as_mut()

@@ -764,6 +764,43 @@ where
     }
 }
 
+/// [`prepare`], done at once when nothing must be waited for: a body already in
+/// memory within the replay limit (a `Full`, or one a layer further out buffered) needs
+/// no future at all. Otherwise the [`Prepare`] future, boxed, to be awaited.
+///
+/// For hand-written response futures, which then skip a state on the common path
+/// (the `stack_instructions` bench).
+pub fn prepare_now<B>(
+    request: Request<B>,
+    need: Need,
+) -> Result<Result<Request<Body>, BoxError>, Pin<Box<Prepare>>>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let (mut parts, body) = request.into_parts();
+    let body = Body::new(body);
+    let in_memory = match &body.kind {
+        Kind::Full {
+            data, once: None, ..
+        } => data.len() <= BodyLimits::of(&parts.extensions).replay_limit,
+        _ => false,
+    };
+    if !in_memory {
+        return prepare(Request::from_parts(parts, body), need).now();
+    }
+    if need == Need::Facts && parts.extensions.get::<RequestFacts>().is_none() {
+        match RequestFacts::read(&parts, body.prefix(), true) {
+            Ok(facts) => {
+                parts.extensions.insert(facts);
+            }
+            Err(error) => return Ok(Err(Box::new(error))),
+        }
+    }
+    Ok(Ok(Request::from_parts(parts, body)))
+}
+
 /// Marks the errors of the caller's streamed body as the caller's.
 fn caller_body(mut body: Body) -> Body {
     if let Kind::Stream { caller, .. } = &mut body.kind {

@@ -10,7 +10,7 @@ use std::{
 };
 
 use brownout_core::{
-    body::{prepare, BodyLimits, Need, Prepare},
+    body::{prepare_now, BodyLimits, Need, Prepare},
     classify::{
         classify_error, classify_head, classify_response, classify_result, DefaultClassifier,
         Outcome, OutcomeKind, DEFAULT_ERROR_BODY_LIMIT,
@@ -102,7 +102,7 @@ where
         });
         // A body in memory is ready at once: the first attempt starts here, and the
         // future never holds the buffering state (the `stack_instructions` bench).
-        let state = match prepare(request, Need::Replay).now() {
+        let state = match prepare_now(request, Need::Replay) {
             Ok(prepared) => begin(&mut first, prepared),
             Err(prepare) => State::Buffering { prepare },
         };
