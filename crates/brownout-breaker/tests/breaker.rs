@@ -1,13 +1,10 @@
 //! Behaviour of the circuit breaker layer, in paused tokio time.
 
 use std::{
-    collections::{HashMap, VecDeque},
-    pin::Pin,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc, Mutex,
     },
-    task::{Context, Poll},
     time::Duration,
 };
 
@@ -23,110 +20,22 @@ use brownout_core::{
     event::Event,
     health::Health,
     provider::ErrorKind,
-    Body, BoxError,
+    testing::{Step, Upload, UploadEnd, Upstream},
+    BoxError,
 };
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body::Frame;
+use http::Request;
 use http_body_util::{BodyExt, Full};
-use tokio::sync::Semaphore;
-use tower::{Service, ServiceExt};
+use tower::ServiceExt;
 
-/// One scripted answer.
-#[derive(Clone, Debug)]
-enum Step {
-    Status(u16),
-    /// A status with a `retry-after` of this many seconds.
-    RetryAfter(u16, u64),
-    /// Answer 200 after this long.
-    Slow(Duration),
-    /// Wait until the test releases the gate, then answer 200.
-    Gate,
+/// The scripted upstream of these tests: it answers `{}` unless scripted otherwise.
+fn upstream() -> Upstream {
+    Upstream::new().body_with(|_, _| "{}".into())
 }
 
-/// An upstream that answers each model from its own script (then 200) and counts
-/// the requests each model received.
-#[derive(Clone)]
-struct Upstream {
-    scripts: Arc<Mutex<HashMap<String, VecDeque<Step>>>>,
-    calls: Arc<Mutex<HashMap<String, usize>>>,
-    gate: Arc<Semaphore>,
-}
-
-impl Default for Upstream {
-    fn default() -> Self {
-        Upstream {
-            scripts: Arc::default(),
-            calls: Arc::default(),
-            gate: Arc::new(Semaphore::new(0)),
-        }
-    }
-}
-
-impl Upstream {
-    fn script(&self, model: &str, steps: impl IntoIterator<Item = Step>) {
-        self.scripts
-            .lock()
-            .unwrap()
-            .entry(model.into())
-            .or_default()
-            .extend(steps);
-    }
-
-    fn calls(&self, model: &str) -> usize {
-        self.calls.lock().unwrap().get(model).copied().unwrap_or(0)
-    }
-}
-
-impl Service<Request<Body>> for Upstream {
-    type Response = Response<Full<Bytes>>;
-    type Error = BoxError;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), BoxError>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let body = request.into_body().collect().await?.to_bytes();
-            let json: serde_json::Value = serde_json::from_slice(&body)?;
-            let model = json["model"].as_str().unwrap_or("none").to_owned();
-            *this.calls.lock().unwrap().entry(model.clone()).or_default() += 1;
-            let step = this
-                .scripts
-                .lock()
-                .unwrap()
-                .get_mut(&model)
-                .and_then(VecDeque::pop_front)
-                .unwrap_or(Step::Status(200));
-            let mut response = Response::builder();
-            let status = match step {
-                Step::Status(s) => s,
-                Step::RetryAfter(s, secs) => {
-                    response = response.header("retry-after", secs.to_string());
-                    s
-                }
-                Step::Slow(d) => {
-                    tokio::time::sleep(d).await;
-                    200
-                }
-                Step::Gate => {
-                    this.gate.acquire().await?.forget();
-                    200
-                }
-            };
-            Ok(response
-                .status(status)
-                .body(Full::new(Bytes::from_static(b"{}")))?)
-        })
-    }
+/// A status with a `retry-after` of this many seconds.
+fn retry_after(status: u16, secs: u64) -> Step {
+    Step::Answer(status, vec![("retry-after", secs.to_string())], "{}")
 }
 
 fn request(model: &str) -> Request<Full<Bytes>> {
@@ -140,7 +49,7 @@ fn request(model: &str) -> Request<Full<Bytes>> {
 type Client = CircuitBreaker<Upstream>;
 
 fn breaker(config: BreakerConfig) -> (Client, Upstream, BreakerHandle) {
-    let upstream = Upstream::default();
+    let upstream = upstream();
     let service = CircuitBreaker::new(upstream.clone(), config.seed(5));
     let handle = service.handle();
     (service, upstream, handle)
@@ -213,10 +122,14 @@ async fn consecutive_failures_walk_every_transition() {
         send(&client, M).await.unwrap();
     }
     assert_eq!(state(&handle, M), CircuitState::Open);
-    let calls = upstream.calls(M);
+    let calls = upstream.attempts_of(M);
     let open = open_error(send(&client, M).await);
     assert_eq!(open.retry_after(), Some(10 * SECOND));
-    assert_eq!(upstream.calls(M), calls, "refused without a call upstream");
+    assert_eq!(
+        upstream.attempts_of(M),
+        calls,
+        "refused without a call upstream"
+    );
 
     // After the open time, one probe; it fails: open again.
     tokio::time::advance(10 * SECOND).await;
@@ -358,7 +271,10 @@ async fn a_time_window_forgets_old_failures() {
 #[tokio::test(start_paused = true)]
 async fn slow_calls_count_as_failures_when_configured() {
     let (client, upstream, handle) = breaker(consecutive(2).slow_call(5 * SECOND));
-    upstream.script(M, [Step::Slow(6 * SECOND), Step::Slow(4 * SECOND)]);
+    upstream.script(
+        M,
+        [Step::Slow(6 * SECOND, 200), Step::Slow(4 * SECOND, 200)],
+    );
     send(&client, M).await.unwrap();
     send(&client, M).await.unwrap();
     assert_eq!(
@@ -366,7 +282,10 @@ async fn slow_calls_count_as_failures_when_configured() {
         0,
         "the fast success reset the streak"
     );
-    upstream.script(M, [Step::Slow(6 * SECOND), Step::Slow(7 * SECOND)]);
+    upstream.script(
+        M,
+        [Step::Slow(6 * SECOND, 200), Step::Slow(7 * SECOND, 200)],
+    );
     send(&client, M).await.unwrap();
     send(&client, M).await.unwrap();
     assert_eq!(state(&handle, M), CircuitState::Open);
@@ -380,7 +299,7 @@ async fn half_open_admits_exactly_the_configured_probes() {
     send(&client, M).await.unwrap();
     tokio::time::advance(10 * SECOND).await;
 
-    upstream.script(M, vec![Step::Gate; 2]);
+    upstream.script(M, vec![Step::Gate(200); 2]);
     let probes: Vec<_> = (0..2)
         .map(|_| {
             let client = client.clone();
@@ -388,17 +307,17 @@ async fn half_open_admits_exactly_the_configured_probes() {
         })
         .collect();
     tokio::task::yield_now().await;
-    while upstream.calls(M) < 3 {
+    while upstream.attempts_of(M) < 3 {
         tokio::task::yield_now().await;
     }
     assert_eq!(state(&handle, M), CircuitState::HalfOpen);
     // Both probe slots are taken: a third request is refused, with no known delay.
     let refused = open_error(send(&client, M).await);
     assert_eq!(refused.retry_after(), None);
-    assert_eq!(upstream.calls(M), 3);
+    assert_eq!(upstream.attempts_of(M), 3);
     assert!(!handle.is_available(M));
 
-    upstream.gate.add_permits(2);
+    upstream.release(2);
     for probe in probes {
         assert_eq!(probe.await.unwrap().unwrap(), 200);
     }
@@ -411,12 +330,12 @@ async fn a_cancelled_probe_gives_its_slot_back() {
     upstream.script(M, [Step::Status(529)]);
     send(&client, M).await.unwrap();
     tokio::time::advance(10 * SECOND).await;
-    upstream.script(M, [Step::Gate]);
+    upstream.script(M, [Step::Gate(200)]);
     let probe = {
         let client = client.clone();
         tokio::spawn(async move { send(&client, M).await })
     };
-    while upstream.calls(M) < 2 {
+    while upstream.attempts_of(M) < 2 {
         tokio::task::yield_now().await;
     }
     assert!(!handle.is_available(M));
@@ -431,7 +350,7 @@ async fn a_cancelled_probe_gives_its_slot_back() {
 async fn a_server_delay_keeps_the_breaker_open_at_least_that_long() {
     let (client, upstream, handle) = breaker(consecutive(2));
     // The first failure asks for 45 s; the open time is 10 s.
-    upstream.script(M, [Step::RetryAfter(429, 45), Step::Status(529)]);
+    upstream.script(M, [retry_after(429, 45), Step::Status(529)]);
     send(&client, M).await.unwrap();
     send(&client, M).await.unwrap();
     let open = open_error(send(&client, M).await);
@@ -487,14 +406,16 @@ async fn one_models_outage_never_blocks_another() {
 
 #[tokio::test(start_paused = true)]
 async fn keys_fall_back_to_the_host_and_can_be_custom() {
-    let (client, _, handle) = breaker(consecutive(2));
+    let (client, host, handle) = breaker(consecutive(2));
+    // The upstream wants JSON: a body without a model is refused.
+    host.script("none", [Step::Fail(std::io::ErrorKind::InvalidData)]);
     let request = Request::post("https://api.openai.com/v1/chat/completions")
         .body(Full::new(Bytes::from_static(b"not json")))
         .unwrap();
-    client.clone().oneshot(request).await.unwrap_err(); // the upstream wants JSON
+    client.clone().oneshot(request).await.unwrap_err();
     assert!(handle.state("api.openai.com").is_some());
 
-    let upstream = Upstream::default();
+    let upstream = upstream();
     let by_header = CircuitBreaker::new(
         upstream,
         consecutive(1).key_by(|parts| {
@@ -519,12 +440,7 @@ async fn a_body_over_the_read_limit_is_keyed_by_the_model_at_its_start() {
     );
     // An upload in 16-byte chunks, over the stack's 32-byte replay limit.
     let mut request = Request::post("https://api.anthropic.com/v1/messages")
-        .body(Chunks(
-            Bytes::from(long)
-                .chunks(16)
-                .map(Bytes::copy_from_slice)
-                .collect(),
-        ))
+        .body(Upload::chunked(long.as_bytes(), 16, UploadEnd::End))
         .unwrap();
     request
         .extensions_mut()
@@ -574,7 +490,7 @@ async fn the_handle_forces_and_resets() {
     handle.force_open(M);
     let open = open_error(send(&client, M).await);
     assert_eq!(open.retry_after(), None);
-    assert_eq!(upstream.calls(M), 0);
+    assert_eq!(upstream.attempts_of(M), 0);
 
     handle.force_closed(M);
     upstream.script(M, vec![Step::Status(529); 3]);
@@ -702,7 +618,7 @@ fn nonsense_settings_are_refused_with_the_key() {
 async fn the_layer_shares_breakers_between_the_services_it_builds() {
     use tower::Layer;
     let layer = CircuitBreakerLayer::new(consecutive(1));
-    let upstream = Upstream::default();
+    let upstream = upstream();
     upstream.script(M, [Step::Status(529)]);
     let a = layer.layer(upstream.clone());
     let b = layer.layer(upstream.clone());
@@ -714,45 +630,13 @@ async fn the_layer_shares_breakers_between_the_services_it_builds() {
     assert!(!layer.handle().is_available(M));
 }
 
-/// A request body that arrives in chunks, of unknown length.
-struct Chunks(VecDeque<Bytes>);
-
-impl http_body::Body for Chunks {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        Poll::Ready(self.0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
-    }
-}
-
-/// A request body that yields the start of a request for `model`, then fails: a
-/// caller that hung up mid-upload.
-struct Cut(Option<Bytes>);
-
-impl http_body::Body for Cut {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        Poll::Ready(Some(match self.0.take() {
-            Some(start) => Ok(Frame::data(start)),
-            None => Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
-        }))
-    }
-}
-
-fn cut_request(model: &str) -> Request<Cut> {
+/// A request for `model` whose body yields its start, then fails: a caller that hung
+/// up mid-upload.
+fn cut_request(model: &str) -> Request<Upload> {
     let start = format!(r#"{{"model":"{model}","max_tokens":16,"mess"#);
     Request::post("https://api.anthropic.com/v1/messages")
         .header("x-api-key", "sk-secret")
-        .body(Cut(Some(Bytes::from(start))))
+        .body(Upload::new([start], UploadEnd::Break))
         .unwrap()
 }
 
@@ -769,7 +653,7 @@ async fn broken_request_bodies_are_the_callers_and_never_trip_a_healthy_model() 
         );
     }
     assert_eq!(
-        upstream.calls(M),
+        upstream.attempts_of(M),
         1,
         "no broken request reached the upstream"
     );
@@ -791,7 +675,10 @@ async fn a_body_naming_two_models_is_refused_and_never_counted() {
         .unwrap();
     let error = client.clone().oneshot(request).await.unwrap_err();
     assert!(find::<InvalidRequest>(error.as_ref()).is_some(), "{error}");
-    assert_eq!(upstream.calls(M) + upstream.calls("claude-opus-4-1"), 0);
+    assert_eq!(
+        upstream.attempts_of(M) + upstream.attempts_of("claude-opus-4-1"),
+        0
+    );
     assert!(handle.snapshots().is_empty(), "no breaker counted it");
 }
 
@@ -804,7 +691,7 @@ async fn an_invalid_status_counts_as_a_failure() {
     assert_eq!(send(&client, M).await.unwrap(), 641);
     assert_eq!(state(&handle, M), CircuitState::Open);
     open_error(send(&client, M).await);
-    assert_eq!(upstream.calls(M), 2);
+    assert_eq!(upstream.attempts_of(M), 2);
 }
 
 /// A store of one's own: a LocalStore, with every lookup counted.
@@ -845,7 +732,7 @@ async fn an_injected_store_keeps_the_breakers() {
         entries: entries.clone(),
         gets: gets.clone(),
     };
-    let upstream = Upstream::default();
+    let upstream = upstream();
     let client = CircuitBreaker::new(upstream.clone(), config.store(store));
     let handle = client.handle();
 
@@ -855,7 +742,7 @@ async fn an_injected_store_keeps_the_breakers() {
     }
     open_error(send(&client, M).await);
     assert_eq!(entries.load(Ordering::SeqCst), 3, "one lookup per request");
-    assert_eq!(upstream.calls(M), 2);
+    assert_eq!(upstream.attempts_of(M), 2);
 
     // The handle reads the same store.
     assert_eq!(state(&handle, M), CircuitState::Open);

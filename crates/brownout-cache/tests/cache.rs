@@ -1,101 +1,34 @@
 //! Behaviour of the cache layer, in paused tokio time.
 
-use std::{
-    collections::VecDeque,
-    pin::Pin,
-    sync::{
-        atomic::{AtomicU16, AtomicUsize, Ordering},
-        Arc,
-    },
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use brownout_cache::{Cache, CacheConfig, CacheEvent, CacheStatus, Mode};
 use brownout_core::{
     error::{BrokenBody, InvalidRequest},
     event::Event,
+    testing::{Step, Upload, UploadEnd, Upstream},
     Body, BoxError,
 };
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body::Frame;
 use http_body_util::{BodyExt, Full};
-use tokio::sync::Semaphore;
-use tower::{Service, ServiceExt};
+use tower::ServiceExt;
 
 const QUOTA: &str = r#"{"error":{"message":"quota","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
 
-/// An upstream whose status the test sets; it answers `answer-N` for its N-th call.
-#[derive(Clone)]
-struct Upstream {
-    status: Arc<AtomicU16>,
-    calls: Arc<AtomicUsize>,
-    gate: Option<Arc<Semaphore>>,
-    body_size: usize,
-    stream: bool,
+/// The scripted upstream of these tests: it answers `answer-N` for its N-th call.
+fn answering() -> Upstream {
+    Upstream::new().body_with(|n, _| format!("answer-{n}"))
 }
 
-impl Upstream {
-    fn new() -> Self {
-        Upstream {
-            status: Arc::new(AtomicU16::new(200)),
-            calls: Arc::default(),
-            gate: None,
-            body_size: 0,
-            stream: false,
-        }
-    }
-
-    fn set(&self, status: u16) {
-        self.status.store(status, Ordering::SeqCst);
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-}
-
-impl Service<Request<Body>> for Upstream {
-    type Response = Response<Body>;
-    type Error = BoxError;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), BoxError>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let n = this.calls.fetch_add(1, Ordering::SeqCst);
-            let _ = request.into_body().collect().await?;
-            if let Some(gate) = &this.gate {
-                gate.acquire().await?.forget();
-            }
-            let status = this.status.load(Ordering::SeqCst);
-            if status == 0 {
-                return Err(
-                    Box::new(std::io::Error::from(std::io::ErrorKind::TimedOut)) as BoxError
-                );
-            }
-            let body = match status {
-                429 => QUOTA.to_owned(),
-                _ if this.body_size > 0 => "x".repeat(this.body_size),
-                _ => format!("answer-{n}"),
-            };
-            let mut response = Response::builder().status(status);
-            if this.stream {
-                response = response.header("content-type", "text/event-stream");
-            }
-            Ok(response.body(Body::from(body))?)
-        })
-    }
+/// Sets the status `upstream` answers from now on: `0` is a timeout error, `429` a
+/// quota error.
+fn set(upstream: &Upstream, status: u16) {
+    upstream.otherwise(match status {
+        0 => Step::Fail(std::io::ErrorKind::TimedOut),
+        429 => Step::Answer(429, vec![], QUOTA),
+        _ => Step::Status(status),
+    });
 }
 
 fn ask(key: &str, body: &str) -> Request<Full<Bytes>> {
@@ -130,7 +63,7 @@ fn fresh_hit(ttl: u64) -> CacheConfig {
 
 #[tokio::test(start_paused = true)]
 async fn stale_if_error_stands_in_for_overloads_and_outages_only() {
-    let upstream = Upstream::new();
+    let upstream = answering();
     let cache = Cache::new(upstream.clone(), CacheConfig::new());
     assert_eq!(
         text(send(&cache, "k", Q).await).await,
@@ -143,7 +76,7 @@ async fn stale_if_error_stands_in_for_overloads_and_outages_only() {
     );
 
     for status in [529, 503, 500, 502, 0 /* timeout error */] {
-        upstream.set(status);
+        set(&upstream, status);
         let (code, cached, body) = text(send(&cache, "k", Q).await).await;
         assert_eq!(
             (code, cached, body.as_str()),
@@ -152,7 +85,7 @@ async fn stale_if_error_stands_in_for_overloads_and_outages_only() {
         );
     }
     for status in [400, 401, 403, 404, 413, 429] {
-        upstream.set(status);
+        set(&upstream, status);
         let (code, cached, _) = text(send(&cache, "k", Q).await).await;
         assert_eq!(
             (code, cached),
@@ -164,12 +97,12 @@ async fn stale_if_error_stands_in_for_overloads_and_outages_only() {
 
 #[tokio::test(start_paused = true)]
 async fn stale_answers_are_marked() {
-    let upstream = Upstream::new();
+    let upstream = answering();
     let (events, listener) = recorder();
     let cache = Cache::new(upstream.clone(), CacheConfig::new().listener(listener));
     send(&cache, "k", Q).await.unwrap();
     tokio::time::advance(Duration::from_secs(42)).await;
-    upstream.set(529);
+    set(&upstream, 529);
     let response = send(&cache, "k", Q).await.unwrap();
     assert_eq!(response.headers()["x-brownout-cache"], "stale");
     assert_eq!(response.headers()["age"], "42");
@@ -198,7 +131,7 @@ fn recorder() -> (
 
 #[tokio::test(start_paused = true)]
 async fn one_caller_never_receives_another_callers_answer() {
-    let upstream = Upstream::new();
+    let upstream = answering();
     let cache = Cache::new(upstream.clone(), fresh_hit(60));
     assert_eq!(text(send(&cache, "sk-a", Q).await).await.2, "answer-0");
     assert_eq!(
@@ -212,12 +145,12 @@ async fn one_caller_never_receives_another_callers_answer() {
     );
 
     // Nor a stale one.
-    upstream.set(529);
+    set(&upstream, 529);
     let (status, cached, _) = text(send(&cache, "sk-c", Q).await).await;
     assert_eq!((status, cached), (529, None));
 
     // Unless partitioning is turned off, explicitly.
-    let upstream = Upstream::new();
+    let upstream = answering();
     let shared = Cache::new(upstream.clone(), fresh_hit(60).no_credential_partitioning());
     send(&shared, "sk-a", Q).await.unwrap();
     assert_eq!(
@@ -228,7 +161,7 @@ async fn one_caller_never_receives_another_callers_answer() {
 
 #[tokio::test(start_paused = true)]
 async fn keys_ignore_member_order_and_whitespace_but_not_values() {
-    let upstream = Upstream::new();
+    let upstream = answering();
     let cache = Cache::new(upstream.clone(), fresh_hit(60));
     send(&cache, "k", Q).await.unwrap();
     let reordered = r#"{ "messages": [ {"content": "Capital of France?", "role": "user"} ],
@@ -244,7 +177,7 @@ async fn keys_ignore_member_order_and_whitespace_but_not_values() {
 
 #[tokio::test(start_paused = true)]
 async fn ttl_and_stale_window_expire() {
-    let upstream = Upstream::new();
+    let upstream = answering();
     let config = fresh_hit(60).stale_window(Duration::from_secs(600));
     let cache = Cache::new(upstream.clone(), config);
     send(&cache, "k", Q).await.unwrap();
@@ -254,7 +187,7 @@ async fn ttl_and_stale_window_expire() {
         Some(CacheStatus::Hit)
     );
     tokio::time::advance(Duration::from_secs(1)).await;
-    upstream.set(503);
+    set(&upstream, 503);
     // Past the TTL: live, and the live failure is covered by the stale entry.
     let (status, cached, body) = text(send(&cache, "k", Q).await).await;
     assert_eq!(
@@ -270,9 +203,8 @@ async fn ttl_and_stale_window_expire() {
 
 #[tokio::test(start_paused = true)]
 async fn identical_concurrent_misses_make_one_upstream_call() {
-    let mut upstream = Upstream::new();
-    let gate = Arc::new(Semaphore::new(0));
-    upstream.gate = Some(gate.clone());
+    let upstream = answering();
+    upstream.otherwise(Step::Gate(200));
     let cache = Cache::new(upstream.clone(), fresh_hit(60));
     let tasks: Vec<_> = (0..8)
         .map(|_| {
@@ -287,7 +219,7 @@ async fn identical_concurrent_misses_make_one_upstream_call() {
         tokio::task::yield_now().await;
     }
     assert_eq!(upstream.calls(), 1, "the others wait for the leader");
-    gate.add_permits(100);
+    upstream.release(100);
     let mut hits = 0;
     for task in tasks {
         let (status, cached, body) = task.await.unwrap();
@@ -300,7 +232,7 @@ async fn identical_concurrent_misses_make_one_upstream_call() {
 
 #[tokio::test(start_paused = true)]
 async fn entries_are_bounded_by_count_and_bytes() {
-    let upstream = Upstream::new();
+    let upstream = answering();
     let cache = Cache::new(
         upstream.clone(),
         fresh_hit(60).max_entries(4).max_bytes(1 << 20),
@@ -313,8 +245,7 @@ async fn entries_are_bounded_by_count_and_bytes() {
     let (entries, _) = cache.usage().await;
     assert!(entries <= 4, "{entries}");
 
-    let mut big = Upstream::new();
-    big.body_size = 10_000;
+    let big = Upstream::new().body_with(|_, _| "x".repeat(10_000));
     let cache = Cache::new(
         big.clone(),
         fresh_hit(60).max_bytes(50_000).max_entries(1000),
@@ -331,8 +262,7 @@ async fn entries_are_bounded_by_count_and_bytes() {
 
 #[tokio::test(start_paused = true)]
 async fn answers_over_the_entry_limit_pass_whole_and_are_not_stored() {
-    let mut upstream = Upstream::new();
-    upstream.body_size = 5000;
+    let upstream = Upstream::new().body_with(|_, _| "x".repeat(5000));
     let cache = Cache::new(upstream.clone(), fresh_hit(60).max_entry_bytes(4096));
     let (_, _, body) = text(send(&cache, "k", Q).await).await;
     assert_eq!(body.len(), 5000);
@@ -343,8 +273,7 @@ async fn answers_over_the_entry_limit_pass_whole_and_are_not_stored() {
 
 #[tokio::test(start_paused = true)]
 async fn streams_pass_through_and_are_never_stored() {
-    let mut upstream = Upstream::new();
-    upstream.stream = true;
+    let upstream = answering().header("content-type", "text/event-stream");
     let cache = Cache::new(upstream.clone(), fresh_hit(60));
     let streamed = Q.replace(r#""max_tokens":64"#, r#""max_tokens":64,"stream":true"#);
     send(&cache, "k", &streamed).await.unwrap();
@@ -356,44 +285,28 @@ async fn streams_pass_through_and_are_never_stored() {
     assert_eq!(upstream.calls(), 4);
 }
 
-/// A request body that yields its chunks, then fails, as an upload whose client hung
-/// up does.
-struct Cut(VecDeque<Bytes>);
-
-impl http_body::Body for Cut {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        Poll::Ready(Some(match self.0.pop_front() {
-            Some(chunk) => Ok(Frame::data(chunk)),
-            None => Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
-        }))
-    }
-}
-
 /// `Q`, cut after most of it.
-fn cut(key: &str) -> Request<Cut> {
+fn cut(key: &str) -> Request<Upload> {
     let (head, tail) = Q.as_bytes().split_at(Q.len() - 10);
     let _ = tail;
     Request::post("https://api.anthropic.com/v1/messages")
         .header("x-api-key", key)
         .header("anthropic-version", "2023-06-01")
         .header("content-length", Q.len())
-        .body(Cut(VecDeque::from([
-            Bytes::copy_from_slice(&head[..20]),
-            Bytes::copy_from_slice(&head[20..]),
-        ])))
+        .body(Upload::new(
+            [
+                Bytes::copy_from_slice(&head[..20]),
+                Bytes::copy_from_slice(&head[20..]),
+            ],
+            UploadEnd::Break,
+        ))
         .unwrap()
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_broken_body_gets_its_error_even_with_an_entry_to_serve() {
     for mode in [Mode::StaleIfError, Mode::FreshHit] {
-        let upstream = Upstream::new();
+        let upstream = answering();
         let (events, listener) = recorder();
         let cache = Cache::new(
             upstream.clone(),
@@ -405,7 +318,7 @@ async fn a_broken_body_gets_its_error_even_with_an_entry_to_serve() {
         send(&cache, "k", Q).await.unwrap();
         assert_eq!(cache.usage().await.0, 1);
         // The upstream is down, and an entry for the same key is there (fresh, even).
-        upstream.set(529);
+        set(&upstream, 529);
         let error = cache.clone().oneshot(cut("k")).await.unwrap_err();
         assert!(
             error.downcast_ref::<BrokenBody>().is_some(),
@@ -416,7 +329,7 @@ async fn a_broken_body_gets_its_error_even_with_an_entry_to_serve() {
         assert_eq!(cache.usage().await.0, 1, "{mode:?}: nothing stored");
     }
     // Nor is anything stored for a broken body when the upstream is up.
-    let upstream = Upstream::new();
+    let upstream = answering();
     let cache = Cache::new(upstream.clone(), fresh_hit(60));
     assert!(cache.clone().oneshot(cut("k")).await.is_err());
     assert_eq!(cache.usage().await.0, 0);
@@ -425,7 +338,7 @@ async fn a_broken_body_gets_its_error_even_with_an_entry_to_serve() {
 
 #[tokio::test(start_paused = true)]
 async fn a_body_naming_two_models_is_refused_and_never_served() {
-    let upstream = Upstream::new();
+    let upstream = answering();
     let cache = Cache::new(upstream.clone(), fresh_hit(60));
     let twice = r#"{"model":"claude-haiku-4-5","messages":[],"model":"claude-opus-4-1"}"#;
     let error = send(&cache, "k", twice).await.unwrap_err();
@@ -443,7 +356,7 @@ async fn max_entries_is_an_exact_bound() {
         // weight rounded down let one entry more in.
         (100, Some(8_090)),
     ] {
-        let upstream = Upstream::new();
+        let upstream = answering();
         let mut config = fresh_hit(60).max_entries(max_entries);
         if let Some(bytes) = max_bytes {
             config = config.max_bytes(bytes);

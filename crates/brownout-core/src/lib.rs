@@ -19,6 +19,8 @@
 //! - [`rng`]: injectable randomness; time comes only from `tokio::time`, so tests can
 //!   pause it.
 //! - [`error`]: the errors layers create themselves.
+//! - `testing` (feature `test-util`, for tests only): a scripted upstream and test
+//!   request bodies.
 //!
 //! ```
 //! use brownout_core::classify::{classify_response, DefaultClassifier, OutcomeKind, DEFAULT_ERROR_BODY_LIMIT};
@@ -54,6 +56,8 @@ pub mod provider;
 pub mod request;
 pub mod rng;
 pub mod shape;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 pub use body::Body;
 pub use classify::{Classifier, Classify, Outcome, OutcomeKind};

@@ -1,13 +1,7 @@
 //! Behaviour of the fallback layer against a scripted upstream, in paused time.
 
 use std::{
-    collections::{HashMap, VecDeque},
-    pin::Pin,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Mutex,
-    },
-    task::{Context, Poll},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -16,117 +10,25 @@ use brownout_core::{
     body::BodyLimits,
     error::{BrokenBody, InvalidRequest},
     event::{Event, NotReplayable},
-    Body, BoxError, OutcomeKind, RequestFacts,
+    testing::{Step, Upload, UploadEnd, Upstream},
+    Body, BoxError, OutcomeKind,
 };
 use brownout_fallback::{
     AllTargetsFailed, Exhausted, Fallback, FallbackConfig, FallbackEvent, FallbackReason,
     NoCascadeReason, ServedBy, Target,
 };
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, Uri};
-use http_body::Frame;
+use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
-#[derive(Clone, Debug)]
-enum Step {
-    Status(u16),
-    Hang,
-    Slow(Duration, u16),
-}
-
-#[derive(Clone, Debug)]
-struct Seen {
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-    facts: Option<RequestFacts>,
-}
-
-/// Answers per model from a script (then 200), and records what it was sent. Models
-/// are read from the body; a body without one is "none".
-#[derive(Clone, Default)]
-struct Upstream {
-    name: &'static str,
-    scripts: Arc<Mutex<HashMap<String, VecDeque<Step>>>>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    calls: Arc<AtomicUsize>,
-}
-
-impl Upstream {
-    fn named(name: &'static str) -> Self {
-        Upstream {
-            name,
-            ..Upstream::default()
-        }
-    }
-
-    fn script(&self, model: &str, steps: impl IntoIterator<Item = Step>) {
-        self.scripts
-            .lock()
-            .unwrap()
-            .entry(model.into())
-            .or_default()
-            .extend(steps);
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-impl Service<Request<Body>> for Upstream {
-    type Response = Response<Body>;
-    type Error = BoxError;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), BoxError>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let this = self.clone();
-        this.calls.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async move {
-            let (parts, body) = request.into_parts();
-            let body = body.collect().await?.to_bytes();
-            let model = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["model"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| "none".into());
-            this.seen.lock().unwrap().push(Seen {
-                facts: RequestFacts::of(&parts.extensions).cloned(),
-                uri: parts.uri,
-                headers: parts.headers,
-                body: body.clone(),
-            });
-            let step = this
-                .scripts
-                .lock()
-                .unwrap()
-                .get_mut(&model)
-                .and_then(VecDeque::pop_front)
-                .unwrap_or(Step::Status(200));
-            let status = match step {
-                Step::Status(s) => s,
-                Step::Hang => std::future::pending().await,
-                Step::Slow(d, s) => {
-                    tokio::time::sleep(d).await;
-                    s
-                }
-            };
-            let answer = format!(r#"{{"model":"{model}","served_by":"{}"}}"#, this.name);
-            Ok(Response::builder()
-                .status(status)
-                .body(Body::from(answer))?)
-        })
-    }
+/// The scripted upstream of these tests: it answers (then 200s) with the model it
+/// answered as and its own name.
+fn named(name: &'static str) -> Upstream {
+    Upstream::new()
+        .named(name)
+        .body_with(move |_, model| format!(r#"{{"model":"{model}","served_by":"{name}"}}"#))
 }
 
 const OPUS: &str = "claude-opus-4-1";
@@ -197,7 +99,7 @@ fn models_sent(upstream: &Upstream) -> Vec<String> {
 
 #[tokio::test(start_paused = true)]
 async fn an_overloaded_primary_falls_back_and_the_response_says_so() {
-    let upstream = Upstream::named("main");
+    let upstream = named("main");
     upstream.script(OPUS, [Step::Status(529)]);
     let (events, listener) = recorder();
     let config = FallbackConfig::new(targets())
@@ -228,7 +130,7 @@ async fn an_overloaded_primary_falls_back_and_the_response_says_so() {
 #[tokio::test(start_paused = true)]
 async fn a_client_error_returns_at_once() {
     for status in [400, 401, 403, 404, 413] {
-        let upstream = Upstream::default();
+        let upstream = named("");
         upstream.script(OPUS, [Step::Status(status)]);
         let service = Fallback::new(upstream.clone(), FallbackConfig::new(targets()).unwrap());
         let reply = call(&service, &chat(OPUS)).await;
@@ -243,7 +145,7 @@ async fn a_target_whose_breaker_is_open_is_skipped_without_a_request() {
     let breakers = CircuitBreakerLayer::new(BreakerConfig::new());
     let handle = breakers.handle();
     handle.force_open(OPUS);
-    let upstream = Upstream::default();
+    let upstream = named("");
     let (events, listener) = recorder();
     let config = FallbackConfig::new(targets())
         .unwrap()
@@ -264,7 +166,7 @@ async fn a_target_whose_breaker_is_open_is_skipped_without_a_request() {
 
 #[tokio::test(start_paused = true)]
 async fn one_deadline_covers_the_cascade() {
-    let upstream = Upstream::default();
+    let upstream = named("");
     // Opus takes 3 s to fail; sonnet hangs; with 5 s in all, haiku is never started.
     upstream.script(OPUS, [Step::Slow(Duration::from_secs(3), 529)]);
     upstream.script(SONNET, [Step::Hang]);
@@ -292,7 +194,7 @@ async fn one_deadline_covers_the_cascade() {
     assert_eq!(timeouts, [(OPUS.into(), false), (SONNET.into(), true)]);
 
     // Not enough time left for a target: it is not started.
-    let upstream = Upstream::default();
+    let upstream = named("");
     upstream.script(OPUS, [Step::Slow(Duration::from_millis(4500), 529)]);
     let config = FallbackConfig::new(targets())
         .unwrap()
@@ -310,7 +212,7 @@ async fn one_deadline_covers_the_cascade() {
 
 #[tokio::test(start_paused = true)]
 async fn when_every_target_fails_the_report_lists_each() {
-    let upstream = Upstream::default();
+    let upstream = named("");
     upstream.script(OPUS, [Step::Status(529)]);
     upstream.script(SONNET, [Step::Status(503)]);
     upstream.script(HAIKU, [Step::Status(500)]);
@@ -338,7 +240,7 @@ async fn when_every_target_fails_the_report_lists_each() {
 
 #[tokio::test(start_paused = true)]
 async fn only_the_model_and_the_clamped_max_tokens_change() {
-    let upstream = Upstream::default();
+    let upstream = named("");
     upstream.script(OPUS, [Step::Status(529)]);
     upstream.script(SONNET, [Step::Status(529)]);
     let body = chat(OPUS);
@@ -368,7 +270,7 @@ async fn only_the_model_and_the_clamped_max_tokens_change() {
 #[tokio::test(start_paused = true)]
 async fn bodies_without_a_model_go_unchanged_to_the_first_target_only() {
     for body in ["not json at all", r#"{"messages":[]}"#, r#"{"model":42}"#] {
-        let upstream = Upstream::default();
+        let upstream = named("");
         upstream.script("none", [Step::Status(529)]);
         let (events, listener) = recorder();
         let config = FallbackConfig::new(targets()).unwrap().listener(listener);
@@ -389,7 +291,7 @@ async fn bodies_without_a_model_go_unchanged_to_the_first_target_only() {
 
 #[tokio::test(start_paused = true)]
 async fn an_oversized_body_goes_once_to_the_first_target() {
-    let upstream = Upstream::default();
+    let upstream = named("");
     upstream.script(OPUS, [Step::Status(529)]);
     let body = chat(OPUS);
     let (events, listener) = recorder();
@@ -416,7 +318,7 @@ async fn an_oversized_body_goes_once_to_the_first_target() {
 
 #[tokio::test(start_paused = true)]
 async fn a_requested_lighter_model_is_never_upgraded() {
-    let upstream = Upstream::default();
+    let upstream = named("");
     upstream.script(SONNET, [Step::Status(529)]);
     let service = Fallback::new(upstream.clone(), FallbackConfig::new(targets()).unwrap());
     let reply = call(&service, &chat(SONNET)).await;
@@ -426,9 +328,9 @@ async fn a_requested_lighter_model_is_never_upgraded() {
 
 #[tokio::test(start_paused = true)]
 async fn a_target_can_have_its_own_service_endpoint_and_credentials() {
-    let primary = Upstream::named("anthropic");
+    let primary = named("anthropic");
     primary.script(OPUS, [Step::Status(529)]);
-    let other = Upstream::named("other");
+    let other = named("other");
     let targets = vec![
         Target::new(OPUS),
         Target::new("gpt-4o")
@@ -480,10 +382,10 @@ fn nonsense_settings_are_refused_with_the_key() {
     );
     assert!(Target::new("a").base_url("/relative").is_err());
     assert!(Target::new("a").header("bad header", "v").is_err());
-    let service = Fallback::new(Upstream::default(), FallbackConfig::new(targets()).unwrap());
+    let service = Fallback::new(named(""), FallbackConfig::new(targets()).unwrap());
     assert_eq!(
         service
-            .target_service("gpt-9", Upstream::default())
+            .target_service("gpt-9", named(""))
             .unwrap_err()
             .key(),
         "target_service"
@@ -492,7 +394,7 @@ fn nonsense_settings_are_refused_with_the_key() {
 
 #[tokio::test(start_paused = true)]
 async fn a_target_with_its_own_endpoint_never_gets_the_callers_credentials() {
-    let primary = Upstream::default();
+    let primary = named("");
     primary.script(OPUS, [Step::Status(529)]);
     let targets = vec![
         Target::new(OPUS),
@@ -518,7 +420,7 @@ async fn a_target_with_its_own_endpoint_never_gets_the_callers_credentials() {
 
 #[tokio::test(start_paused = true)]
 async fn a_deadline_shorter_than_the_minimum_still_sends_the_first_target() {
-    let upstream = Upstream::default();
+    let upstream = named("");
     let config = FallbackConfig::new(targets())
         .unwrap()
         .deadline(Duration::from_millis(800))
@@ -570,7 +472,7 @@ async fn a_targets_own_service_is_made_ready_before_it_is_called() {
 
 #[tokio::test(start_paused = true)]
 async fn models_outside_the_cascade_can_pass_through_unchanged() {
-    let upstream = Upstream::default();
+    let upstream = named("");
     upstream.script("claude-3-haiku", [Step::Status(529)]);
     let config = FallbackConfig::new(targets())
         .unwrap()
@@ -583,7 +485,7 @@ async fn models_outside_the_cascade_can_pass_through_unchanged() {
     assert_eq!(upstream.seen()[0].body, body.as_bytes());
 
     // By default the cascade runs from its first target.
-    let upstream = Upstream::default();
+    let upstream = named("");
     let service = Fallback::new(upstream.clone(), FallbackConfig::new(targets()).unwrap());
     let reply = call(&service, &chat("claude-3-haiku")).await;
     assert_eq!(served(&reply), (OPUS.to_owned(), 0));
@@ -591,7 +493,7 @@ async fn models_outside_the_cascade_can_pass_through_unchanged() {
 
 #[tokio::test(start_paused = true)]
 async fn a_target_can_be_told_to_keep_the_callers_credentials() {
-    let upstream = Upstream::default();
+    let upstream = named("");
     upstream.script(OPUS, [Step::Status(529)]);
     let targets = vec![
         Target::new(OPUS),
@@ -606,42 +508,6 @@ async fn a_target_can_be_told_to_keep_the_callers_credentials() {
     assert_eq!(upstream.seen()[1].headers["x-api-key"], "sk-ant-secret");
 }
 
-/// A request body that yields its chunks one by one, with no size hint, then ends;
-/// or, when `cut`, fails after them, as an upload whose client hung up does.
-struct Chunks {
-    chunks: VecDeque<Bytes>,
-    cut: bool,
-}
-
-impl Chunks {
-    fn new(body: &str, chunk: usize, cut: bool) -> Self {
-        let chunks = body
-            .as_bytes()
-            .chunks(chunk)
-            .map(Bytes::copy_from_slice)
-            .collect();
-        Chunks { chunks, cut }
-    }
-}
-
-impl http_body::Body for Chunks {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        match self.chunks.pop_front() {
-            Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
-            None if self.cut => Poll::Ready(Some(Err(std::io::Error::from(
-                std::io::ErrorKind::ConnectionReset,
-            )))),
-            None => Poll::Ready(None),
-        }
-    }
-}
-
 fn request_with<B>(body: B, len: usize) -> Request<B> {
     Request::post("https://api.anthropic.com/v1/messages?beta=1")
         .header("content-length", len)
@@ -652,39 +518,38 @@ fn request_with<B>(body: B, len: usize) -> Request<B> {
 
 #[tokio::test(start_paused = true)]
 async fn a_broken_body_is_the_callers_error_and_nothing_is_sent() {
-    let upstream = Upstream::default();
+    let upstream = named("");
     upstream.script(OPUS, [Step::Status(529)]);
     let (events, listener) = recorder();
     let config = FallbackConfig::new(targets()).unwrap().listener(listener);
     let service = Fallback::new(upstream.clone(), config);
     let body = chat(OPUS);
-    let request = request_with(Chunks::new(&body, 16, true), body.len());
+    let request = request_with(
+        Upload::chunked(body.as_bytes(), 16, UploadEnd::Break),
+        body.len(),
+    );
     let error = service.oneshot(request).await.unwrap_err();
     assert!(error.downcast_ref::<BrokenBody>().is_some(), "{error}");
-    assert_eq!(
-        upstream.calls.load(Ordering::SeqCst),
-        0,
-        "no target is called"
-    );
+    assert_eq!(upstream.calls(), 0, "no target is called");
     assert!(events.lock().unwrap().is_empty(), "no fallback, no event");
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_body_naming_two_models_is_refused_and_nothing_is_sent() {
-    let upstream = Upstream::default();
+    let upstream = named("");
     let (events, listener) = recorder();
     let config = FallbackConfig::new(targets()).unwrap().listener(listener);
     let service = Fallback::new(upstream.clone(), config);
     let body = format!(r#"{{"model":"{OPUS}","max_tokens":10,"messages":[],"model":"{HAIKU}"}}"#);
     let error = call(&service, &body).await.unwrap_err();
     assert!(error.downcast_ref::<InvalidRequest>().is_some(), "{error}");
-    assert_eq!(upstream.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(upstream.calls(), 0);
     assert!(events.lock().unwrap().is_empty());
 }
 
 #[tokio::test(start_paused = true)]
 async fn each_target_sees_the_facts_of_its_own_body() {
-    let upstream = Upstream::default();
+    let upstream = named("");
     upstream.script(OPUS, [Step::Status(529)]);
     upstream.script(SONNET, [Step::Status(529)]);
     let service = Fallback::new(upstream.clone(), FallbackConfig::new(targets()).unwrap());
@@ -711,13 +576,16 @@ async fn each_target_sees_the_facts_of_its_own_body() {
 #[tokio::test(start_paused = true)]
 async fn an_oversized_body_has_its_model_written_into_the_bytes_read_ahead() {
     for (asked, target, clamped) in [("claude-3-haiku", OPUS, false), (HAIKU, HAIKU, true)] {
-        let upstream = Upstream::default();
+        let upstream = named("");
         upstream.script(target, [Step::Status(529)]);
         let (events, listener) = recorder();
         let config = FallbackConfig::new(targets()).unwrap().listener(listener);
         let service = Fallback::new(upstream.clone(), config);
         let body = chat(asked);
-        let mut request = request_with(Chunks::new(&body, 10, false), body.len());
+        let mut request = request_with(
+            Upload::chunked(body.as_bytes(), 10, UploadEnd::End),
+            body.len(),
+        );
         request
             .extensions_mut()
             .insert(BodyLimits::new().replay_limit(60));
@@ -754,7 +622,7 @@ async fn an_oversized_body_has_its_model_written_into_the_bytes_read_ahead() {
 
 #[tokio::test(start_paused = true)]
 async fn a_breaker_inside_keys_each_target_by_the_model_it_is_sent() {
-    let upstream = Upstream::default();
+    let upstream = named("");
     upstream.script(OPUS, [Step::Status(529)]);
     let breakers = CircuitBreakerLayer::new(
         BreakerConfig::new().policy(FailurePolicy::consecutive(1).unwrap()),

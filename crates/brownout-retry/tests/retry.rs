@@ -1,13 +1,7 @@
 //! Behaviour of the retry layer, in paused tokio time with seeded jitter.
 
 use std::{
-    collections::VecDeque,
-    pin::Pin,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Mutex,
-    },
-    task::{Context, Poll},
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
@@ -16,14 +10,14 @@ use brownout_core::{
     classify::{ClassifyLayer, DefaultClassifier, Observed, Outcome, OutcomeKind},
     error::{find, AttemptTimedOut, BrokenBody, DeadlineExceeded},
     event::{Event, NotReplayable},
+    testing::{Step, Upload, UploadEnd, Upstream},
     Body, BoxError,
 };
 use brownout_retry::{
     Attempts, Backoff, GiveUpReason, Retry, RetryBudget, RetryConfig, RetryEvent,
 };
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response};
-use http_body::Frame;
+use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
@@ -32,110 +26,8 @@ const OVERLOADED: &str =
     r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
 const QUOTA: &str = r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
 
-/// One scripted answer of the upstream.
-#[derive(Clone)]
-enum Step {
-    Answer(u16, Vec<(&'static str, String)>, &'static str),
-    Fail(std::io::ErrorKind),
-    Hang,
-}
-
 fn answer(status: u16) -> Step {
     Step::Answer(status, vec![], "")
-}
-
-/// What the upstream saw of one attempt.
-#[derive(Debug, Clone)]
-struct Seen {
-    at: Instant,
-    method: http::Method,
-    uri: http::Uri,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-/// An upstream that answers with its script, then 200s, and records every request.
-#[derive(Clone)]
-struct Upstream {
-    script: Arc<Mutex<VecDeque<Step>>>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    calls: Arc<AtomicUsize>,
-}
-
-impl Upstream {
-    fn new(script: impl IntoIterator<Item = Step>) -> Self {
-        Upstream {
-            script: Arc::new(Mutex::new(script.into_iter().collect())),
-            seen: Arc::default(),
-            calls: Arc::default(),
-        }
-    }
-
-    /// How many times the service was called, whether or not the body arrived.
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    fn attempts(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-
-    fn gaps(&self) -> Vec<Duration> {
-        let seen = self.seen();
-        seen.windows(2).map(|w| w[1].at - w[0].at).collect()
-    }
-}
-
-impl Service<Request<Body>> for Upstream {
-    type Response = Response<Full<Bytes>>;
-    type Error = BoxError;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), BoxError>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let step = self
-            .script
-            .lock()
-            .unwrap()
-            .pop_front()
-            .unwrap_or(answer(200));
-        let seen = self.seen.clone();
-        Box::pin(async move {
-            let (parts, body) = request.into_parts();
-            let body = body.collect().await?.to_bytes();
-            seen.lock().unwrap().push(Seen {
-                at: Instant::now(),
-                method: parts.method,
-                uri: parts.uri,
-                headers: parts.headers,
-                body,
-            });
-            match step {
-                Step::Answer(status, headers, body) => {
-                    let mut response = Response::builder().status(status);
-                    for (k, v) in headers {
-                        response = response.header(k, v);
-                    }
-                    Ok(response.body(Full::new(Bytes::from_static(body.as_bytes())))?)
-                }
-                Step::Fail(kind) => Err(Box::new(std::io::Error::from(kind)) as BoxError),
-                Step::Hang => std::future::pending().await,
-            }
-        })
-    }
 }
 
 fn config() -> RetryConfig {
@@ -190,7 +82,7 @@ fn recorder() -> (
 
 #[tokio::test(start_paused = true)]
 async fn success_passes_through_with_one_attempt() {
-    let upstream = Upstream::new([]);
+    let upstream = Upstream::scripted([]);
     let reply = call(config(), &upstream, "{}").await;
     assert_eq!(attempts(&reply), Some(1));
     let response = reply.unwrap();
@@ -200,7 +92,7 @@ async fn success_passes_through_with_one_attempt() {
 
 #[tokio::test(start_paused = true)]
 async fn overload_is_retried_with_backoff_then_succeeds() {
-    let upstream = Upstream::new([
+    let upstream = Upstream::scripted([
         Step::Answer(529, vec![], OVERLOADED),
         Step::Answer(529, vec![], OVERLOADED),
     ]);
@@ -215,7 +107,7 @@ async fn overload_is_retried_with_backoff_then_succeeds() {
 
 #[tokio::test(start_paused = true)]
 async fn attempts_are_capped_and_the_last_response_is_returned_whole() {
-    let upstream = Upstream::new(vec![Step::Answer(529, vec![], OVERLOADED); 5]);
+    let upstream = Upstream::scripted(vec![Step::Answer(529, vec![], OVERLOADED); 5]);
     let (events, listener) = recorder();
     let reply = call(config().max_attempts(3).listener(listener), &upstream, "{}").await;
     assert_eq!(upstream.attempts(), 3);
@@ -259,7 +151,7 @@ async fn client_errors_are_not_retried() {
         answer(413),
         Step::Answer(429, vec![], QUOTA),
     ] {
-        let upstream = Upstream::new([step]);
+        let upstream = Upstream::scripted([step]);
         let reply = call(config(), &upstream, "{}").await;
         assert_eq!(upstream.attempts(), 1);
         assert_eq!(attempts(&reply), Some(1));
@@ -269,13 +161,13 @@ async fn client_errors_are_not_retried() {
 #[tokio::test(start_paused = true)]
 async fn x_should_retry_overrides_the_status_both_ways() {
     let no = Step::Answer(529, vec![("x-should-retry", "false".into())], OVERLOADED);
-    let upstream = Upstream::new([no]);
+    let upstream = Upstream::scripted([no]);
     let reply = call(config(), &upstream, "{}").await;
     assert_eq!(upstream.attempts(), 1);
     assert_eq!(reply.unwrap().status(), 529);
 
     let yes = Step::Answer(409, vec![("x-should-retry", "true".into())], "");
-    let upstream = Upstream::new([yes]);
+    let upstream = Upstream::scripted([yes]);
     let reply = call(config(), &upstream, "{}").await;
     assert_eq!(upstream.attempts(), 2);
     assert_eq!(reply.unwrap().status(), 200);
@@ -283,7 +175,7 @@ async fn x_should_retry_overrides_the_status_both_ways() {
 
 #[tokio::test(start_paused = true)]
 async fn server_delays_win_over_a_shorter_backoff() {
-    let upstream = Upstream::new([
+    let upstream = Upstream::scripted([
         Step::Answer(429, vec![("retry-after", "3".into())], ""),
         Step::Answer(529, vec![("retry-after-ms", "1250.5".into())], OVERLOADED),
         // A delay shorter than the backoff does not shorten it (backoff is 400 ms here).
@@ -304,7 +196,7 @@ async fn retry_after_http_date_is_honoured() {
     fn now() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_470) // 07:27:50
     }
-    let upstream = Upstream::new([Step::Answer(
+    let upstream = Upstream::scripted([Step::Answer(
         503,
         vec![("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT".into())],
         "",
@@ -317,7 +209,7 @@ async fn retry_after_http_date_is_honoured() {
 
 #[tokio::test(start_paused = true)]
 async fn a_server_delay_over_the_cap_goes_back_at_once() {
-    let upstream = Upstream::new([Step::Answer(429, vec![("retry-after", "600".into())], "")]);
+    let upstream = Upstream::scripted([Step::Answer(429, vec![("retry-after", "600".into())], "")]);
     let (events, listener) = recorder();
     let start = Instant::now();
     let reply = call(config().listener(listener), &upstream, "{}").await;
@@ -337,7 +229,7 @@ async fn a_server_delay_over_the_cap_goes_back_at_once() {
 #[tokio::test(start_paused = true)]
 async fn full_jitter_delays_stay_within_the_backoff_ceiling() {
     let backoff = Backoff::full_jitter(Duration::from_millis(500), Duration::from_secs(8)).unwrap();
-    let upstream = Upstream::new(vec![answer(503); 5]);
+    let upstream = Upstream::scripted(vec![answer(503); 5]);
     let reply = call(
         config().backoff(backoff).max_attempts(6).seed(99),
         &upstream,
@@ -351,7 +243,7 @@ async fn full_jitter_delays_stay_within_the_backoff_ceiling() {
         assert!(*gap < backoff.ceiling(retry), "retry {retry}: {gap:?}");
     }
     // The same seed replays the same delays.
-    let again = Upstream::new(vec![answer(503); 5]);
+    let again = Upstream::scripted(vec![answer(503); 5]);
     let _ = call(
         config().backoff(backoff).max_attempts(6).seed(99),
         &again,
@@ -364,7 +256,7 @@ async fn full_jitter_delays_stay_within_the_backoff_ceiling() {
 #[tokio::test(start_paused = true)]
 async fn transport_errors_are_retried_and_the_last_error_returned() {
     use std::io::ErrorKind;
-    let upstream = Upstream::new(vec![Step::Fail(ErrorKind::ConnectionRefused); 3]);
+    let upstream = Upstream::scripted(vec![Step::Fail(ErrorKind::ConnectionRefused); 3]);
     let reply = call(config(), &upstream, "{}").await;
     assert_eq!(upstream.attempts(), 3);
     let error = reply.unwrap_err();
@@ -376,7 +268,7 @@ async fn transport_errors_are_retried_and_the_last_error_returned() {
 
 #[tokio::test(start_paused = true)]
 async fn attempt_timeout_cuts_a_hanging_attempt_and_retries() {
-    let upstream = Upstream::new([Step::Hang]);
+    let upstream = Upstream::scripted([Step::Hang]);
     let start = Instant::now();
     let reply = call(
         config().attempt_timeout(Duration::from_secs(5)),
@@ -391,7 +283,7 @@ async fn attempt_timeout_cuts_a_hanging_attempt_and_retries() {
         Duration::from_secs(5) + Duration::from_millis(100)
     );
 
-    let upstream = Upstream::new(vec![Step::Hang; 3]);
+    let upstream = Upstream::scripted(vec![Step::Hang; 3]);
     let reply = call(
         config().attempt_timeout(Duration::from_secs(5)),
         &upstream,
@@ -410,7 +302,7 @@ async fn attempt_timeout_cuts_a_hanging_attempt_and_retries() {
 async fn the_deadline_is_never_exceeded() {
     // Waits of 1 s, 2 s, 2 s… against a 4.5 s deadline: the third wait would end after it.
     let backoff = Backoff::exponential(Duration::from_secs(1), Duration::from_secs(2)).unwrap();
-    let upstream = Upstream::new(vec![answer(503); 10]);
+    let upstream = Upstream::scripted(vec![answer(503); 10]);
     let (events, listener) = recorder();
     let start = Instant::now();
     let config = config()
@@ -431,7 +323,7 @@ async fn the_deadline_is_never_exceeded() {
     ));
 
     // A hanging attempt is cut at the deadline itself.
-    let upstream = Upstream::new([answer(503), Step::Hang]);
+    let upstream = Upstream::scripted([answer(503), Step::Hang]);
     let start = Instant::now();
     let config = self::config()
         .max_attempts(10)
@@ -448,7 +340,7 @@ async fn the_deadline_is_never_exceeded() {
 
 #[tokio::test(start_paused = true)]
 async fn a_first_attempt_that_hangs_is_cut_at_the_deadline() {
-    let upstream = Upstream::new([Step::Hang]);
+    let upstream = Upstream::scripted([Step::Hang]);
     let start = Instant::now();
     let config = config()
         .deadline(Duration::from_secs(3))
@@ -466,7 +358,7 @@ async fn a_first_attempt_that_hangs_is_cut_at_the_deadline() {
 async fn the_budget_is_shared_by_clones_and_stops_retries_when_spent() {
     // No floor, 50 %: two first attempts pay for one retry.
     let budget = RetryBudget::new(Duration::from_secs(10), 0, 0.5).unwrap();
-    let upstream = Upstream::new(vec![answer(503); 100]);
+    let upstream = Upstream::scripted(vec![answer(503); 100]);
     let (events, listener) = recorder();
     let service = Retry::new(
         upstream.clone(),
@@ -502,7 +394,7 @@ async fn the_budget_is_shared_by_clones_and_stops_retries_when_spent() {
 #[tokio::test(start_paused = true)]
 async fn replayed_requests_are_byte_identical_on_every_attempt() {
     let body = r#"{"model":"claude-sonnet-4-5","max_tokens":1024,"messages":[{"role":"user","content":"héllo ✓"}]}"#;
-    let upstream = Upstream::new(vec![answer(529); 3]);
+    let upstream = Upstream::scripted(vec![answer(529); 3]);
     let reply = call(config().max_attempts(4), &upstream, body).await;
     assert_eq!(reply.unwrap().status(), 200);
     let seen = upstream.seen();
@@ -522,7 +414,7 @@ async fn replayed_requests_are_byte_identical_on_every_attempt() {
 #[tokio::test(start_paused = true)]
 async fn an_oversized_body_is_sent_once_whole() {
     let body = "0123456789abcdef";
-    let upstream = Upstream::new([answer(529)]);
+    let upstream = Upstream::scripted([answer(529)]);
     let (events, listener) = recorder();
     let mut request = request(body);
     request
@@ -549,7 +441,7 @@ async fn an_oversized_body_is_sent_once_whole() {
 
 #[tokio::test(start_paused = true)]
 async fn events_never_carry_secrets() {
-    let upstream = Upstream::new(vec![answer(529); 3]);
+    let upstream = Upstream::scripted(vec![answer(529); 3]);
     let (events, listener) = recorder();
     let _ = call(config().listener(listener), &upstream, "{}").await;
     let events = events.lock().unwrap();
@@ -572,43 +464,18 @@ async fn a_closure_can_replace_the_classifier() {
         other => DefaultClassifier::new().classify(other),
     };
     use brownout_core::Classify;
-    let upstream = Upstream::new([answer(404)]);
+    let upstream = Upstream::scripted([answer(404)]);
     let classify = ClassifyLayer::new(classifier);
     let reply = call_classified(config(), classify, &upstream, "{}").await;
     assert_eq!(reply.unwrap().status(), 200);
     assert_eq!(upstream.attempts(), 2);
 }
 
-/// A request body that yields one chunk, then fails: a caller that hung up mid-upload.
-struct Cut {
-    sent: bool,
-}
-
-impl http_body::Body for Cut {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        if self.sent {
-            return Poll::Ready(Some(Err(std::io::Error::from(
-                std::io::ErrorKind::ConnectionReset,
-            ))));
-        }
-        self.sent = true;
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
-            br#"{"model":"claude-sonnet-4-5","mess"#,
-        )))))
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_broken_request_body_fails_at_once_and_touches_nothing() {
     // No floor, 100 %: each first attempt pays for exactly one retry.
     let budget = RetryBudget::new(Duration::from_secs(10), 0, 1.0).unwrap();
-    let upstream = Upstream::new(vec![answer(503); 10]);
+    let upstream = Upstream::scripted(vec![answer(503); 10]);
     let (events, listener) = recorder();
     let service = Retry::new(
         upstream.clone(),
@@ -616,7 +483,10 @@ async fn a_broken_request_body_fails_at_once_and_touches_nothing() {
     );
 
     let cut = Request::post("https://api.example.com/v1/messages")
-        .body(Cut { sent: false })
+        .body(Upload::new(
+            [Bytes::from_static(br#"{"model":"claude-sonnet-4-5","mess"#)],
+            UploadEnd::Break,
+        ))
         .unwrap();
     let error = service.clone().oneshot(cut).await.unwrap_err();
     assert!(
