@@ -94,6 +94,7 @@ pub enum OnShed {
 /// | [`caller_share`](Self::caller_share) | half of `max_queue` per credential |
 /// | [`deadline`](Self::deadline) | none |
 /// | [`recovery_limit`](Self::recovery_limit) | 32 in flight, then no limit |
+/// | [`probe_after`](Self::probe_after) | none: held for the whole server-given delay |
 /// | [`prefer_wait`](Self::prefer_wait) | wait up to 500 ms ([`PreferWait::default`]) |
 /// | [`health`](Self::health) | none: only the answers that pass say a key is unavailable |
 /// | [`poll_interval`](Self::poll_interval) | 50 ms, with ±50 % jitter |
@@ -106,6 +107,7 @@ pub struct QueueConfig {
     pub(crate) caller_share: f64,
     pub(crate) deadline: Option<Duration>,
     pub(crate) recovery_limit: u32,
+    pub(crate) probe_after: Option<Duration>,
     pub(crate) prefer_wait: PreferWait,
     pub(crate) health: Option<Arc<dyn Health>>,
     pub(crate) reopen_hint: Option<HintFn>,
@@ -125,6 +127,7 @@ impl QueueConfig {
             caller_share: 0.5,
             deadline: None,
             recovery_limit: 32,
+            probe_after: None,
             prefer_wait: PreferWait::default(),
             health: None,
             reopen_hint: None,
@@ -182,6 +185,16 @@ impl QueueConfig {
     /// normal: no limit, requests pass straight through. `0` is taken as `1`.
     pub fn recovery_limit(mut self, in_flight: u32) -> Self {
         self.recovery_limit = in_flight.max(1);
+        self
+    }
+
+    /// Probes a key held by a server-given delay after at most `after`, instead of
+    /// the whole delay: the delay is an upper bound (`retry-after` has whole seconds,
+    /// and an overload burst often ends sooner), a probe costs one request, and a
+    /// failed one holds the key again. The expected wait is then the time to the next
+    /// probe. Off by default: a key is held for the whole delay the server asked for.
+    pub fn probe_after(mut self, after: Duration) -> Self {
+        self.probe_after = Some(after);
         self
     }
 
@@ -276,6 +289,7 @@ impl fmt::Debug for QueueConfig {
             .field("caller_share", &self.caller_share)
             .field("deadline", &self.deadline)
             .field("recovery_limit", &self.recovery_limit)
+            .field("probe_after", &self.probe_after)
             .field("prefer_wait", &self.prefer_wait)
             .field("health", &self.health.is_some())
             .field("poll_interval", &self.poll_interval)

@@ -438,7 +438,8 @@ impl Shared {
         }
         if unavailable {
             if let Some(delay) = delay {
-                let until = now + delay;
+                let hold = self.config.probe_after.map_or(delay, |p| delay.min(p));
+                let until = now + hold;
                 state.blocked_until = Some(state.blocked_until.map_or(until, |t| t.max(until)));
             }
             match state.limit {

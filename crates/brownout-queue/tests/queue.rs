@@ -561,3 +561,90 @@ async fn wait_or_move_picks_the_cascade_when_the_expected_wait_is_long() {
     let last = upstream.seen().last().unwrap().model.clone();
     assert_eq!(last, MODEL, "waited for the preferred model");
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_a_real_breaker_requests_wait_for_it_to_close_and_probe_it_once() {
+    use brownout_breaker::{BreakerConfig, CircuitBreakerLayer, FailurePolicy, OpenDuration};
+    let upstream = Upstream::new();
+    upstream.script(MODEL, [Step::Status(529)]);
+    upstream.otherwise(Step::Gate(200));
+    let breakers = CircuitBreakerLayer::new(
+        BreakerConfig::new()
+            .policy(FailurePolicy::consecutive(1).unwrap())
+            .open_duration(OpenDuration::Fixed(Duration::from_millis(500))),
+    );
+    let breaker = breakers.handle();
+    let queue = QueueLayer::new(
+        QueueConfig::new()
+            .health(breakers.handle())
+            .max_wait(Duration::from_secs(2))
+            .seed(11),
+    );
+    let handle = queue.handle();
+    let client = ServiceBuilder::new()
+        .layer(queue)
+        .layer(breakers)
+        .service(upstream.clone());
+    let first = client.clone().oneshot(request(MODEL, 0)).await.unwrap();
+    assert_eq!(first.status(), 529, "the breaker opens on it");
+    assert!(!brownout_core::health::Health::is_available(
+        &breaker, MODEL
+    ));
+
+    let answers: Vec<_> = (1..4)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.oneshot(request(MODEL, i)).await })
+        })
+        .collect();
+    settle().await;
+    assert_eq!(
+        handle.depth(MODEL),
+        3,
+        "waiting, not refused by the breaker"
+    );
+    advance(480).await;
+    assert_eq!(upstream.calls(), 1, "nothing sent while it is open");
+    advance(120).await;
+    assert_eq!(upstream.calls(), 2, "one probe when it half-opens");
+    upstream.release(1);
+    settle().await;
+    assert_eq!(upstream.calls(), 4, "then the two others");
+    upstream.release(2);
+    for answer in answers {
+        assert_eq!(answer.await.unwrap().unwrap().status(), 200);
+    }
+    let tags: Vec<usize> = upstream.seen().iter().map(|s| tag_of(&s.body)).collect();
+    assert_eq!(tags[..2], [0, 1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn probe_after_probes_before_a_long_server_delay_ends() {
+    let upstream = Upstream::new();
+    let (client, handle) = client(
+        QueueConfig::new()
+            .probe_after(Duration::from_millis(200))
+            .max_wait(Duration::from_secs(2)),
+        &upstream,
+    );
+    // retry-after has whole seconds: the burst may be over long before.
+    upstream.script(
+        MODEL,
+        [Step::Answer(
+            529,
+            vec![("retry-after", "1".into())],
+            OVERLOADED,
+        )],
+    );
+    let response = client.clone().oneshot(request(MODEL, 0)).await.unwrap();
+    assert_eq!(response.status(), 529);
+    assert_eq!(
+        handle.expected_wait(MODEL),
+        Some(Duration::from_millis(200))
+    );
+    let start = Instant::now();
+    let answer = spawn(&client, request(MODEL, 1));
+    advance(200).await;
+    assert_eq!(status_of(answer).await, 200);
+    assert_eq!(start.elapsed(), Duration::from_millis(200));
+}
