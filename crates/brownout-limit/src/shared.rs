@@ -1,0 +1,144 @@
+//! What every service of one layer shares: the settings and the keys' buckets.
+
+use std::{
+    fmt,
+    hash::{Hash, Hasher},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, PoisonError,
+    },
+};
+
+use brownout_core::{request::Fingerprint, RequestFacts};
+use dashmap::DashMap;
+use http::request::Parts;
+use tokio::time::Instant;
+
+use crate::{bucket::Buckets, tokens::Ratio, RateLimitConfig};
+
+/// A key, as the map holds it: by model and caller without building a string.
+#[derive(Clone, PartialEq, Eq)]
+enum KeyId {
+    Model(Option<Arc<str>>, Option<Fingerprint>),
+    Custom(Box<str>),
+}
+
+impl Hash for KeyId {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        match self {
+            KeyId::Model(m, f) => {
+                m.as_deref().hash(h);
+                f.hash(h);
+            }
+            KeyId::Custom(s) => s.hash(h),
+        }
+    }
+}
+
+/// One key's buckets and counters.
+pub(crate) struct Entry {
+    pub(crate) name: Arc<str>,
+    buckets: Mutex<Buckets>,
+    pub(crate) ratio: Arc<Ratio>,
+    pub(crate) waits: AtomicU64,
+    pub(crate) sheds: AtomicU64,
+}
+
+impl Entry {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Buckets> {
+        self.buckets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+type Map<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
+
+pub(crate) struct Shared {
+    pub(crate) config: RateLimitConfig,
+    keys: Map<KeyId, Arc<Entry>>,
+    ratios: Map<Arc<str>, Arc<Ratio>>,
+}
+
+impl Shared {
+    pub(crate) fn new(config: RateLimitConfig) -> Self {
+        Shared {
+            config,
+            keys: Map::default(),
+            ratios: Map::default(),
+        }
+    }
+
+    /// The entry of a request's key, made on first sight.
+    pub(crate) fn entry(&self, parts: &Parts, facts: &RequestFacts, now: Instant) -> Arc<Entry> {
+        let id = match &self.config.key_by {
+            Some(key) => KeyId::Custom(key(parts, facts).into_boxed_str()),
+            None => KeyId::Model(facts.model_arc().cloned(), facts.caller(&parts.headers)),
+        };
+        if let Some(entry) = self.keys.get(&id) {
+            return entry.clone();
+        }
+        if self.keys.len() >= self.config.max_keys {
+            self.keys.retain(|_, e| !e.lock().is_idle(now));
+        }
+        let model = facts.model_arc();
+        let name: Arc<str> = match &id {
+            KeyId::Custom(s) => Arc::from(&**s),
+            KeyId::Model(m, f) => {
+                let m = m.as_deref().unwrap_or("-");
+                match f {
+                    Some(f) => format!("{m}/{f}").into(),
+                    None => m.into(),
+                }
+            }
+        };
+        let ratio = match model {
+            Some(m) => self
+                .ratios
+                .entry(m.clone())
+                .or_insert_with(|| Arc::new(Ratio::new()))
+                .clone(),
+            None => Arc::new(Ratio::new()),
+        };
+        let limits = self.config.limits_of(model.map(|m| &**m));
+        self.keys
+            .entry(id)
+            .or_insert_with(|| {
+                Arc::new(Entry {
+                    name,
+                    buckets: Mutex::new(Buckets::new(limits.per_minute, now)),
+                    ratio,
+                    waits: AtomicU64::new(0),
+                    sheds: AtomicU64::new(0),
+                })
+            })
+            .clone()
+    }
+
+    pub(crate) fn entries(&self) -> Vec<Arc<Entry>> {
+        self.keys.iter().map(|e| e.value().clone()).collect()
+    }
+
+    pub(crate) fn ratio(&self, model: &str) -> Option<Arc<Ratio>> {
+        self.ratios.get(model).map(|r| r.clone())
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}

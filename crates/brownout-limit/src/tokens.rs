@@ -1,0 +1,471 @@
+//! Input tokens, counted before sending.
+//!
+//! OpenAI models: exact BPE counts with the model's encoding (`o200k_base` for the
+//! GPT-4o, GPT-4.1, GPT-5 and o-series families, `cl100k_base` for GPT-4 and GPT-3.5),
+//! through the `tiktoken-rs` crate, which compiles the encodings' ranks into the
+//! binary (no download at run time; the ranks are parsed once, on the first request
+//! for a model of that encoding). A chat request counts as OpenAI's cookbook counts
+//! it: 3 tokens of framing per message, 1 more for a `name`, 3 to prime the reply.
+//!
+//! Claude models have no public tokenizer: the first estimate is the text's bytes
+//! over [`EstimateConfig::bytes_per_token`](crate::EstimateConfig::bytes_per_token),
+//! and each model's `usage` corrects it by a running ratio (see [`Ratio`]).
+//!
+//! Either way system prompts, tool definitions (as their JSON), tool calls and results
+//! and images count: an image as a fixed number of tokens, since its size is not
+//! known without decoding it.
+
+use std::{borrow::Cow, fmt, marker::PhantomData, sync::Mutex};
+
+use brownout_core::provider::Api;
+use serde::{
+    de::{SeqAccess, Visitor},
+    Deserialize, Deserializer,
+};
+use serde_json::value::RawValue;
+use tiktoken_rs::{tokenizer::Tokenizer, CoreBPE};
+
+use crate::config::EstimateConfig;
+
+/// How a request's input tokens were estimated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Estimate {
+    /// The count before any correction.
+    pub(crate) raw: u64,
+    /// Whether `raw` is an exact BPE count.
+    pub(crate) exact: bool,
+}
+
+/// The BPE of an OpenAI model, if it has a known one.
+pub(crate) fn openai_bpe(model: &str) -> Option<&'static CoreBPE> {
+    match tiktoken_rs::tokenizer::get_tokenizer(model)? {
+        t @ (Tokenizer::O200kBase | Tokenizer::Cl100kBase) => {
+            tiktoken_rs::bpe_for_tokenizer(t).ok()
+        }
+        _ => None,
+    }
+}
+
+/// Counts the input tokens of a request body of `api` for `model`.
+pub(crate) fn estimate(
+    api: Api,
+    model: Option<&str>,
+    body: &[u8],
+    cfg: &EstimateConfig,
+) -> Estimate {
+    let bpe = match api {
+        Api::OpenAiChat | Api::OpenAiResponses => model.and_then(openai_bpe),
+        _ => None,
+    };
+    let Ok(request) = serde_json::from_slice::<ChatRequest<'_>>(body) else {
+        // Not a chat request we can read: the whole body, as text.
+        return Estimate {
+            raw: bytes_estimate(body.len(), cfg),
+            exact: false,
+        };
+    };
+    let mut counter = Counter {
+        bpe,
+        cfg,
+        image_tokens: if api.is_openai() {
+            cfg.image_tokens_openai
+        } else {
+            cfg.image_tokens_anthropic
+        },
+        total: 0,
+    };
+    counter.request(api, &request);
+    Estimate {
+        raw: counter.total,
+        exact: bpe.is_some(),
+    }
+}
+
+fn bytes_estimate(len: usize, cfg: &EstimateConfig) -> u64 {
+    (len as f64 / cfg.bytes_per_token).ceil() as u64
+}
+
+struct Counter<'c> {
+    bpe: Option<&'static CoreBPE>,
+    cfg: &'c EstimateConfig,
+    image_tokens: u64,
+    total: u64,
+}
+
+/// The framing OpenAI's cookbook counts per message, per name, and for the reply.
+const PER_MESSAGE: u64 = 3;
+const PER_NAME: u64 = 1;
+const REPLY_PRIMING: u64 = 3;
+/// What Anthropic adds for tool use: its published tool-use system prompt is
+/// 313–346 tokens depending on `tool_choice`.
+const ANTHROPIC_TOOLS_PROMPT: u64 = 346;
+
+impl Counter<'_> {
+    fn text(&mut self, text: &str) {
+        self.total += match self.bpe {
+            Some(bpe) => bpe.count_ordinary(text) as u64,
+            None => bytes_estimate(text.len(), self.cfg),
+        };
+    }
+
+    fn raw(&mut self, raw: &RawValue) {
+        self.text(raw.get());
+    }
+
+    fn request(&mut self, api: Api, r: &ChatRequest<'_>) {
+        if let Some(system) = &r.system {
+            self.content(system);
+        }
+        if let Some(instructions) = &r.instructions {
+            self.text(instructions);
+        }
+        for m in &r.messages {
+            self.total += PER_MESSAGE;
+            if let Some(role) = &m.role {
+                self.text(role);
+            }
+            if let Some(name) = &m.name {
+                self.text(name);
+                self.total += PER_NAME;
+            }
+            if let Some(content) = &m.content {
+                self.content(content);
+            }
+            if let Some(calls) = m.tool_calls {
+                self.raw(calls);
+            }
+        }
+        if let Some(input) = &r.input {
+            self.content(input);
+        }
+        if !r.messages.is_empty() && api.is_openai() {
+            self.total += REPLY_PRIMING;
+        }
+        for tools in [r.tools, r.functions].into_iter().flatten() {
+            self.raw(tools);
+            if !api.is_openai() {
+                self.total += ANTHROPIC_TOOLS_PROMPT;
+            }
+        }
+    }
+
+    fn content(&mut self, c: &Content<'_>) {
+        match c {
+            Content::None => {}
+            Content::Text(text) => self.text(text),
+            Content::Parts(parts) => {
+                for p in parts {
+                    self.part(p);
+                }
+            }
+        }
+    }
+
+    fn part(&mut self, p: &Part<'_>) {
+        let kind = p.kind.as_deref().unwrap_or("");
+        match kind {
+            "image" | "image_url" | "input_image" => {
+                let low = p.image_url.is_some_and(|raw| raw.get().contains("\"low\""))
+                    || p.detail.as_deref() == Some("low");
+                self.total += if low && self.bpe.is_some() {
+                    85
+                } else {
+                    self.image_tokens
+                };
+            }
+            "document" | "input_file" | "file" => {
+                // A PDF: about an image's worth per 100 KB of its base64.
+                let len = p.source.map_or(0, |s| s.get().len()) as u64;
+                self.total += self.image_tokens * (1 + len / 100_000);
+            }
+            _ => {
+                if let Some(text) = &p.text {
+                    self.text(text);
+                }
+                if let Some(content) = &p.content {
+                    self.content(content);
+                }
+                if let Some(input) = p.input {
+                    self.raw(input);
+                }
+                if let Some(arguments) = &p.arguments {
+                    self.text(arguments);
+                }
+                if let Some(output) = &p.output {
+                    self.content(output);
+                }
+            }
+        }
+    }
+}
+
+/// The parts of a chat request that hold input: Anthropic Messages, OpenAI Chat
+/// Completions and Responses alike. Every other member is skipped.
+#[derive(Deserialize)]
+struct ChatRequest<'a> {
+    #[serde(borrow, default)]
+    system: Option<Content<'a>>,
+    #[serde(borrow, default)]
+    instructions: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    messages: Vec<Message<'a>>,
+    #[serde(borrow, default)]
+    input: Option<Content<'a>>,
+    #[serde(borrow, default)]
+    tools: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    functions: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow, default)]
+    role: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    content: Option<Content<'a>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Part<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    content: Option<Content<'a>>,
+    #[serde(borrow, default)]
+    input: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    output: Option<Content<'a>>,
+    #[serde(borrow, default)]
+    image_url: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    detail: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    source: Option<&'a RawValue>,
+}
+
+/// A `content`: a string, or a list of parts; anything else counts nothing.
+enum Content<'a> {
+    None,
+    Text(Cow<'a, str>),
+    Parts(Vec<Part<'a>>),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Content<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a list of content parts")
+            }
+
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Content<'a>, E> {
+                Ok(Content::Text(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E>(self, v: &str) -> Result<Content<'a>, E> {
+                Ok(Content::Text(Cow::Owned(v.to_owned())))
+            }
+
+            fn visit_string<E>(self, v: String) -> Result<Content<'a>, E> {
+                Ok(Content::Text(Cow::Owned(v)))
+            }
+
+            fn visit_unit<E>(self) -> Result<Content<'a>, E> {
+                Ok(Content::None)
+            }
+
+            fn visit_none<E>(self) -> Result<Content<'a>, E> {
+                Ok(Content::None)
+            }
+
+            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Content<'a>, S::Error> {
+                let mut parts = Vec::with_capacity(seq.size_hint().unwrap_or(1));
+                while let Some(part) = seq.next_element::<Part<'a>>()? {
+                    parts.push(part);
+                }
+                Ok(Content::Parts(parts))
+            }
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+}
+
+/// A model's running correction: the ratio of the input tokens its responses
+/// reported to the first estimate, and the estimates' error.
+///
+/// The first report sets the ratio; each one after moves it a tenth of the way, so
+/// that one odd prompt does not swing it.
+#[derive(Debug)]
+pub(crate) struct Ratio {
+    inner: Mutex<RatioState>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct RatioState {
+    ratio: Option<f64>,
+    samples: u64,
+    raw_error: f64,
+    charged_error: f64,
+}
+
+/// How far the estimates of one model were from the usage its responses reported.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EstimateError {
+    /// How many responses reported usage.
+    pub samples: u64,
+    /// The ratio of reported to first-estimated input tokens now in force.
+    pub ratio: f64,
+    /// The mean relative error of the first estimates, `|estimate − usage| / usage`.
+    pub raw: f64,
+    /// The mean relative error of the corrected estimates that were charged.
+    pub corrected: f64,
+}
+
+impl Ratio {
+    pub(crate) fn new() -> Self {
+        Ratio {
+            inner: Mutex::new(RatioState::default()),
+        }
+    }
+
+    /// The tokens to charge for a first estimate of `raw`.
+    pub(crate) fn charge(&self, estimate: Estimate, margin: f64) -> u64 {
+        let ratio = self.lock().ratio.unwrap_or(1.0);
+        let margin = if estimate.exact { 0.0 } else { margin };
+        (estimate.raw as f64 * ratio * (1.0 + margin)).ceil() as u64
+    }
+
+    /// A response reported `actual` input tokens for a request first estimated at
+    /// `raw` and charged `charged`.
+    pub(crate) fn observe(&self, raw: u64, charged: u64, actual: u64) {
+        if actual == 0 || raw == 0 {
+            return;
+        }
+        let mut s = self.lock();
+        let sample = actual as f64 / raw as f64;
+        s.ratio = Some(match s.ratio {
+            None => sample,
+            Some(r) => r + (sample - r) * 0.1,
+        });
+        s.samples += 1;
+        let rel = |n: u64| (n as f64 - actual as f64).abs() / actual as f64;
+        s.raw_error += rel(raw);
+        s.charged_error += rel(charged);
+    }
+
+    pub(crate) fn error(&self) -> EstimateError {
+        let s = *self.lock();
+        let n = s.samples.max(1) as f64;
+        EstimateError {
+            samples: s.samples,
+            ratio: s.ratio.unwrap_or(1.0),
+            raw: s.raw_error / n,
+            corrected: s.charged_error / n,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RatioState> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn openai(model: &str, body: &str) -> u64 {
+        let e = estimate(
+            Api::OpenAiChat,
+            Some(model),
+            body.as_bytes(),
+            &EstimateConfig::new(),
+        );
+        assert!(e.exact);
+        e.raw
+    }
+
+    #[test]
+    fn openai_text_matches_the_reference_encodings() {
+        // Counts of the reference tiktoken encodings (cl100k_base, o200k_base).
+        let cl100k = openai_bpe("gpt-4").unwrap();
+        assert_eq!(cl100k.count_ordinary("hello world"), 2);
+        assert_eq!(cl100k.count_ordinary("tiktoken is great!"), 6);
+        let o200k = openai_bpe("gpt-4o").unwrap();
+        assert_eq!(o200k.count_ordinary("hello world"), 2);
+        assert!(openai_bpe("gpt-4.1-mini").is_some());
+        assert!(openai_bpe("claude-opus-4-1").is_none());
+    }
+
+    #[test]
+    fn chat_framing_is_counted_as_the_cookbook_does() {
+        // 3 per message + role + content, 3 for the reply.
+        let body = r#"{"model":"gpt-4","messages":[{"role":"user","content":"hello world"}]}"#;
+        assert_eq!(openai("gpt-4", body), 3 + 1 + 2 + 3);
+        let named = r#"{"model":"gpt-4","messages":[{"role":"user","name":"bob","content":"hello world"}]}"#;
+        assert_eq!(openai("gpt-4", named), 3 + 1 + 2 + 3 + 1 + 1);
+    }
+
+    #[test]
+    fn system_tools_and_images_count() {
+        let cfg = EstimateConfig::new();
+        let plain =
+            r#"{"model":"claude-x","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#;
+        let with_all = r#"{"model":"claude-x","max_tokens":10,"system":[{"type":"text","text":"You are terse and exact, always."}],
+            "tools":[{"name":"get_weather","description":"Weather for a city","input_schema":{"type":"object"}}],
+            "messages":[{"role":"user","content":[{"type":"text","text":"hi"},
+              {"type":"image","source":{"type":"base64","media_type":"image/png","data":"iVBORw0KGgo="}}]}]}"#;
+        let a = estimate(
+            Api::AnthropicMessages,
+            Some("claude-x"),
+            plain.as_bytes(),
+            &cfg,
+        )
+        .raw;
+        let b = estimate(
+            Api::AnthropicMessages,
+            Some("claude-x"),
+            with_all.as_bytes(),
+            &cfg,
+        )
+        .raw;
+        assert!(b >= a + 1600 + ANTHROPIC_TOOLS_PROMPT + 9, "{a} {b}");
+    }
+
+    #[test]
+    fn bad_bodies_are_estimated_by_their_length() {
+        let cfg = EstimateConfig::new();
+        for body in ["", "not json", "[1,2]", r#"{"messages":7}"#] {
+            let e = estimate(Api::AnthropicMessages, None, body.as_bytes(), &cfg);
+            assert_eq!(e.raw, bytes_estimate(body.len(), &cfg), "{body}");
+        }
+    }
+
+    #[test]
+    fn the_ratio_learns_from_usage() {
+        let r = Ratio::new();
+        let e = Estimate {
+            raw: 100,
+            exact: false,
+        };
+        assert_eq!(r.charge(e, 0.0), 100);
+        r.observe(100, 100, 150);
+        assert_eq!(r.charge(e, 0.0), 150);
+        r.observe(100, 150, 250);
+        assert_eq!(r.charge(e, 0.0), 160);
+        let err = r.error();
+        assert_eq!(err.samples, 2);
+        assert!((err.raw - (0.5 / 1.5 + 0.6) / 2.0).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,331 @@
+//! The `usage` a response reports, found as its body passes, and the rate-limit
+//! headers it carries.
+
+use brownout_core::provider::Api;
+use http::{HeaderMap, HeaderName};
+use serde::Deserialize;
+
+use crate::Resource;
+
+/// What the `usage` objects of a response said so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Usage {
+    /// Input tokens the provider counts against its input limit.
+    pub(crate) input: Option<u64>,
+    /// Every input token of the prompt, cache reads included: what the estimate is
+    /// compared with.
+    pub(crate) prompt: Option<u64>,
+    /// Output tokens, once the final count is known.
+    pub(crate) output: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct UsageObject {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+}
+
+/// How far back of a `"usage"` key a stream's `message_delta` is looked for, and how
+/// much of a usage object is kept while it is cut between frames.
+const LOOKBACK: usize = 256;
+const MAX_OBJECT: usize = 4096;
+
+/// Finds `"usage"` objects in a body that arrives in frames: a JSON answer's one, an
+/// Anthropic stream's `message_start` and `message_delta` ones, OpenAI's usage chunk
+/// and Responses' `response.completed`.
+#[derive(Debug)]
+pub(crate) struct Scanner {
+    stream: bool,
+    anthropic: bool,
+    /// The end of the bytes seen so far, kept for keys and objects cut between frames.
+    carry: Vec<u8>,
+    /// Where in `carry` the search for the next key starts.
+    from: usize,
+    pub(crate) usage: Usage,
+}
+
+static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
+
+impl Scanner {
+    pub(crate) fn new(api: Api, stream: bool) -> Self {
+        Scanner {
+            stream,
+            anthropic: !api.is_openai(),
+            carry: Vec::new(),
+            from: 0,
+            usage: Usage::default(),
+        }
+    }
+
+    /// Looks at the next frame's bytes; `last` when no frame follows.
+    pub(crate) fn feed(&mut self, chunk: &[u8], last: bool) {
+        if self.carry.is_empty() {
+            let from = self.scan(chunk, 0);
+            if !last {
+                self.keep(chunk, from);
+            }
+        } else {
+            let mut hay = std::mem::take(&mut self.carry);
+            hay.extend_from_slice(chunk);
+            let from = self.scan(&hay, self.from);
+            if !last {
+                self.keep(&hay, from);
+            }
+        }
+    }
+
+    /// Keeps the end of `hay` for the next frame: from `from` (an object cut short)
+    /// when it is set, else the last bytes.
+    fn keep(&mut self, hay: &[u8], from: Option<usize>) {
+        let (start, search) = match from {
+            Some(at) if hay.len() - at <= MAX_OBJECT => {
+                let start = at.saturating_sub(LOOKBACK);
+                (start, at - start)
+            }
+            _ => {
+                let start = hay.len().saturating_sub(LOOKBACK);
+                // The next search starts where a key cut at the end could begin.
+                (start, (hay.len() - start).saturating_sub(6))
+            }
+        };
+        self.carry.clear();
+        self.carry.extend_from_slice(&hay[start..]);
+        self.from = search;
+    }
+
+    /// Reads every usage object of `hay` from `from`; the position of one cut short.
+    fn scan(&mut self, hay: &[u8], mut from: usize) -> Option<usize> {
+        while let Some(found) = FINDER.find(&hay[from..]) {
+            let at = from + found;
+            let mut i = at + 7;
+            while i < hay.len() && matches!(hay[i], b' ' | b'\t' | b'\r' | b'\n' | b':') {
+                i += 1;
+            }
+            if i >= hay.len() {
+                return Some(at);
+            }
+            if hay[i] != b'{' {
+                from = i;
+                continue;
+            }
+            let Some(end) = object_end(&hay[i..]) else {
+                return Some(at);
+            };
+            let object = &hay[i..i + end];
+            let before = &hay[at.saturating_sub(LOOKBACK)..at];
+            self.read(object, before);
+            from = i + end;
+        }
+        None
+    }
+
+    fn read(&mut self, object: &[u8], before: &[u8]) {
+        let Ok(u) = serde_json::from_slice::<UsageObject>(object) else {
+            return;
+        };
+        let input = u.input_tokens.or(u.prompt_tokens);
+        if let Some(input) = input {
+            let creation = u.cache_creation_input_tokens.unwrap_or(0);
+            let read = u.cache_read_input_tokens.unwrap_or(0);
+            self.usage.input = Some(input + creation);
+            self.usage.prompt = Some(input + creation + read);
+        }
+        let output = u.output_tokens.or(u.completion_tokens);
+        // In an Anthropic stream only `message_delta` has the final count;
+        // `message_start`'s is the first token's.
+        let last_of_stream = !self.stream
+            || !self.anthropic
+            || memchr::memmem::rfind(before, b"message_delta").is_some();
+        if last_of_stream {
+            if let Some(output) = output {
+                self.usage.output = Some(output);
+            }
+        }
+    }
+}
+
+/// The length of the JSON object at the start of `bytes`, if it ends there.
+fn object_end(bytes: &[u8]) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    if bytes[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// What a response's headers say of one limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Learned {
+    pub(crate) resource: Resource,
+    pub(crate) limit: Option<u64>,
+    pub(crate) remaining: Option<u64>,
+}
+
+const fn name(s: &'static str) -> HeaderName {
+    HeaderName::from_static(s)
+}
+
+/// The limit and remaining headers of each resource: Anthropic's, then OpenAI's.
+static HEADERS: [(Resource, HeaderName, HeaderName); 6] = [
+    (
+        Resource::Requests,
+        name("anthropic-ratelimit-requests-limit"),
+        name("anthropic-ratelimit-requests-remaining"),
+    ),
+    (
+        Resource::InputTokens,
+        name("anthropic-ratelimit-input-tokens-limit"),
+        name("anthropic-ratelimit-input-tokens-remaining"),
+    ),
+    (
+        Resource::OutputTokens,
+        name("anthropic-ratelimit-output-tokens-limit"),
+        name("anthropic-ratelimit-output-tokens-remaining"),
+    ),
+    (
+        Resource::Tokens,
+        name("anthropic-ratelimit-tokens-limit"),
+        name("anthropic-ratelimit-tokens-remaining"),
+    ),
+    (
+        Resource::Requests,
+        name("x-ratelimit-limit-requests"),
+        name("x-ratelimit-remaining-requests"),
+    ),
+    (
+        Resource::Tokens,
+        name("x-ratelimit-limit-tokens"),
+        name("x-ratelimit-remaining-tokens"),
+    ),
+];
+
+/// The limits a response's headers tell, Anthropic's or OpenAI's, by what the API is.
+pub(crate) fn learned(api: Api, headers: &HeaderMap, mut each: impl FnMut(Learned)) {
+    let range = if api.is_openai() { 4..6 } else { 0..4 };
+    for (resource, limit, remaining) in &HEADERS[range] {
+        let number =
+            |n: &HeaderName| -> Option<u64> { headers.get(n)?.to_str().ok()?.trim().parse().ok() };
+        let (limit, remaining) = (number(limit), number(remaining));
+        if limit.is_some() || remaining.is_some() {
+            each(Learned {
+                resource: *resource,
+                limit,
+                remaining,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(api: Api, stream: bool, frames: &[&str]) -> Usage {
+        let mut s = Scanner::new(api, stream);
+        for (i, f) in frames.iter().enumerate() {
+            s.feed(f.as_bytes(), i + 1 == frames.len());
+        }
+        s.usage
+    }
+
+    #[test]
+    fn json_answers_give_their_usage() {
+        let anthropic = r#"{"id":"msg_1","content":[{"type":"text","text":"the \"usage\" word"}],"usage":{"input_tokens":12,"cache_creation_input_tokens":3,"cache_read_input_tokens":5,"output_tokens":7}}"#;
+        assert_eq!(
+            scan(Api::AnthropicMessages, false, &[anthropic]),
+            Usage {
+                input: Some(15),
+                prompt: Some(20),
+                output: Some(7)
+            }
+        );
+        let openai = r#"{"id":"c","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13,"prompt_tokens_details":{"cached_tokens":0}}}"#;
+        // Cut anywhere between frames, the same usage.
+        for cut in 1..openai.len() {
+            let (a, b) = openai.split_at(cut);
+            assert_eq!(
+                scan(Api::OpenAiChat, false, &[a, b]),
+                Usage {
+                    input: Some(9),
+                    prompt: Some(9),
+                    output: Some(4)
+                },
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn streams_give_the_final_count_only() {
+        let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":20,\"output_tokens\":1}}}\n\n";
+        let delta = "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":31}}\n\n";
+        let cut_short = scan(Api::AnthropicMessages, true, &[start]);
+        assert_eq!(
+            cut_short,
+            Usage {
+                input: Some(20),
+                prompt: Some(20),
+                output: None
+            }
+        );
+        let whole = scan(
+            Api::AnthropicMessages,
+            true,
+            &[start, "event: ping\ndata: {}\n\n", delta],
+        );
+        assert_eq!(whole.output, Some(31));
+        let chunk = "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}],\"usage\":null}\n\n";
+        let last = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":8,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
+        assert_eq!(scan(Api::OpenAiChat, true, &[chunk]).output, None);
+        assert_eq!(scan(Api::OpenAiChat, true, &[chunk, last]).output, Some(2));
+    }
+
+    #[test]
+    fn headers_are_read_per_api() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "anthropic-ratelimit-input-tokens-limit",
+            "30000".parse().unwrap(),
+        );
+        h.insert(
+            "anthropic-ratelimit-input-tokens-remaining",
+            "29000".parse().unwrap(),
+        );
+        h.insert("x-ratelimit-limit-tokens", "5".parse().unwrap());
+        let mut seen = vec![];
+        learned(Api::AnthropicMessages, &h, |l| seen.push(l));
+        assert_eq!(
+            seen,
+            vec![Learned {
+                resource: Resource::InputTokens,
+                limit: Some(30000),
+                remaining: Some(29000)
+            }]
+        );
+    }
+}
