@@ -13,6 +13,7 @@
 //! | `fallback` (default) | [`fallback`] | a cascade from the preferred model to lighter ones |
 //! | `cache` (default) | [`cache`] | the last good answer when the upstream fails, per caller |
 //! | `degrade` (default) | [`degrade`] | canned answers in the provider's shape when nothing else answers |
+//! | `limit` | [`limit`] | client-side RPM/TPM limits, tokens counted before sending, settled from usage |
 //! | `queue` | [`queue`] | holds a model's requests through a short overload, drains them with slow start |
 //! | `reqwest` | [`reqwest_bridge`] | a `reqwest::Client` as the inner service |
 //!
@@ -94,6 +95,10 @@ pub use brownout_cache as cache;
 #[cfg(feature = "degrade")]
 #[doc(inline)]
 pub use brownout_degrade as degrade;
+
+#[cfg(feature = "limit")]
+#[doc(inline)]
+pub use brownout_limit as limit;
 
 #[cfg(feature = "queue")]
 #[doc(inline)]
