@@ -16,6 +16,7 @@
 //! | `limit` | [`limit`] | client-side RPM/TPM limits, tokens counted before sending, settled from usage |
 //! | `queue` | [`queue`] | holds a model's requests through a short overload, drains them with slow start |
 //! | `reqwest` | [`reqwest_bridge`] | a `reqwest::Client` as the inner service |
+//! | `client` | [`client`] | a ready HTTPS client (hyper-util over rustls, HTTP/2 by ALPN) as the inner service |
 //!
 //! What the layers share is re-exported from `brownout-core` at the top level:
 //! [`Body`], the one body type of every layer (a client under a brownout stack is
@@ -109,6 +110,9 @@ pub use builder::ServiceBuilderExt;
 
 #[cfg(feature = "reqwest")]
 pub mod reqwest_bridge;
+
+#[cfg(feature = "client")]
+pub mod client;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
