@@ -3,13 +3,13 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use brownout_sim::{runner, Api, Runner, Script, Sim, SimServer, Stack};
+use brownout_sim::{runner, Api, Runner, Script, Sim, SimServer, SimTls, Stack};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// An overloaded Anthropic/OpenAI-compatible upstream with scripted faults.
 ///
-/// Without a subcommand, serves the script over HTTP/1.1: POST /v1/messages and
-/// POST /v1/chat/completions.
+/// Without a subcommand, serves the script over HTTP/1.1 (or TLS, with --tls-cert or
+/// --tls-self-signed): POST /v1/messages and POST /v1/chat/completions.
 #[derive(Parser)]
 #[command(name = "brownout-sim", version, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -30,6 +30,18 @@ struct ServeArgs {
     /// Overrides the script's seed.
     #[arg(long)]
     seed: Option<u64>,
+    /// Serve TLS with this certificate chain (PEM, leaf first); needs --tls-key.
+    /// HTTP/2 is offered by ALPN, HTTP/1.1 otherwise.
+    #[arg(long, requires = "tls_key", conflicts_with = "tls_self_signed")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve TLS with a certificate for localhost, 127.0.0.1 and ::1 made now, signed
+    /// by a CA made now whose certificate is written to this file (PEM): give it to
+    /// clients as their CA file (`ca_file` in the gateway).
+    #[arg(long, value_name = "CA_FILE")]
+    tls_self_signed: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -126,6 +138,22 @@ fn main() -> ExitCode {
 
 fn serve(args: ServeArgs) -> Result<(), String> {
     let script = load(args.script.as_ref(), args.seed)?;
+    let tls = match (&args.tls_cert, &args.tls_key, &args.tls_self_signed) {
+        (Some(cert), Some(key), _) => {
+            Some(SimTls::from_files(cert, key).map_err(|e| e.to_string())?)
+        }
+        (_, _, Some(ca_file)) => {
+            let tls = SimTls::self_signed().map_err(|e| e.to_string())?;
+            tls.write_ca(ca_file)
+                .map_err(|e| format!("cannot write the CA to {}: {e}", ca_file.display()))?;
+            println!(
+                "brownout-sim: CA certificate written to {}",
+                ca_file.display()
+            );
+            Some(tls)
+        }
+        _ => None,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -134,12 +162,16 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         let server = SimServer::bind(args.listen, Sim::new(script))
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        let (server, scheme) = match tls {
+            Some(tls) => (server.tls(tls), "https"),
+            None => (server, "http"),
+        };
         let addr = server.local_addr().map_err(|e| e.to_string())?;
         let name = args
             .script
             .as_ref()
             .map_or_else(|| "the outage script".to_owned(), |p| p.display().to_string());
-        println!("brownout-sim: serving {name} on http://{addr} (POST /v1/messages, POST /v1/chat/completions)");
+        println!("brownout-sim: serving {name} on {scheme}://{addr} (POST /v1/messages, POST /v1/chat/completions)");
         server.serve().await;
         Ok(())
     })
