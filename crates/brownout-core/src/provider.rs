@@ -74,6 +74,79 @@ impl Api {
     }
 }
 
+/// Whose API a request speaks, for a proxy that must send it to the right host:
+/// told by its path where the path is one provider's, else by its credential style.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Family {
+    /// Anthropic's API (`/v1/messages`, `x-api-key`, `anthropic-version`).
+    Anthropic,
+    /// OpenAI's API and compatibles (`/v1/chat/completions`, `Authorization: Bearer`).
+    OpenAi,
+}
+
+impl Family {
+    /// The provider whose API has `path` (without a query), or `None` for a path both
+    /// have (`/v1/models`) or neither.
+    ///
+    /// ```
+    /// use brownout_core::provider::Family;
+    /// assert_eq!(Family::from_path("/v1/messages/count_tokens"), Some(Family::Anthropic));
+    /// assert_eq!(Family::from_path("/v1/responses/resp_1"), Some(Family::OpenAi));
+    /// assert_eq!(Family::from_path("/v1/models"), None);
+    /// ```
+    pub fn from_path(path: &str) -> Option<Family> {
+        const ANTHROPIC: [&str; 2] = ["/v1/messages", "/v1/complete"];
+        const OPENAI: [&str; 12] = [
+            "/v1/chat/completions",
+            "/v1/responses",
+            "/v1/embeddings",
+            "/v1/completions",
+            "/v1/moderations",
+            "/v1/images",
+            "/v1/audio",
+            "/v1/files",
+            "/v1/uploads",
+            "/v1/batches",
+            "/v1/fine_tuning",
+            "/v1/assistants",
+        ];
+        let under = |base: &str| {
+            path.strip_prefix(base)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
+        if ANTHROPIC.iter().any(|b| under(b)) {
+            Some(Family::Anthropic)
+        } else if OPENAI.iter().any(|b| under(b)) {
+            Some(Family::OpenAi)
+        } else {
+            None
+        }
+    }
+
+    /// The provider whose credential style `headers` show: `x-api-key` or
+    /// `anthropic-version` are Anthropic's; `authorization: Bearer` (or Azure's
+    /// `api-key`) without them is OpenAI's.
+    pub fn from_credentials(headers: &http::HeaderMap) -> Option<Family> {
+        if headers.contains_key("x-api-key") || headers.contains_key("anthropic-version") {
+            return Some(Family::Anthropic);
+        }
+        let bearer = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().get(..7))
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"bearer "));
+        (bearer || headers.contains_key("api-key")).then_some(Family::OpenAi)
+    }
+
+    /// `"Anthropic"` or `"OpenAI"`, as in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Anthropic => "Anthropic",
+            Family::OpenAi => "OpenAI",
+        }
+    }
+}
+
 /// The kinds of error answer brownout gives in a provider's shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -89,9 +89,13 @@ pub mod demo;
 pub mod pipeline;
 pub mod router;
 mod server;
+mod timeout;
+mod upstream;
 
 pub use config::{Api, Config, ConfigError, EXAMPLE_CONFIG};
 pub use credentials::Credentials;
 pub use pipeline::{Layers, Pipeline};
 pub use router::Router;
 pub use server::{http_client, shutdown_signal, Gateway, HttpClient, Stopped};
+pub use timeout::BodyTimedOut;
+pub use upstream::{Sending, UpstreamClient};

@@ -146,23 +146,26 @@ fn check(path: &PathBuf) -> Result<(), Failure> {
             config
                 .chat_completions()
                 .map(|_| "POST /v1/chat/completions"),
+            config.responses().map(|_| "POST /v1/responses"),
         ]
         .into_iter()
         .flatten()
         .collect();
-        let layers: Vec<&str> = config
-            .layers_enabled()
-            .iter()
-            .filter(|(_, on)| *on)
-            .map(|(name, _)| *name)
-            .collect();
         println!(
-            "{}: ok ({} provider(s); routes: {}; layers: {})",
+            "{}: ok ({} provider(s); routes: {})",
             path.display(),
             config.providers().len(),
             routes.join(", "),
-            layers.join(", ")
         );
+        // Every layer, outermost first: on or off, and whether the file set it.
+        for layer in config.layers() {
+            println!(
+                "  {:<9} {:<4} {}",
+                layer.name,
+                if layer.on { "on" } else { "off" },
+                if layer.set { "set" } else { "default" }
+            );
+        }
         Ok(())
     })
 }
@@ -201,10 +204,17 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         // On stdout, for whoever started the gateway (and the tests) to read.
         println!("brownout-gateway: listening on http://{addr}");
         let gateway = Gateway::new(&config);
-        gateway
+        let stopped = gateway
             .serve(listener, shutdown_signal())
             .await
             .map_err(Failure::runtime)?;
+        if !stopped.drained {
+            return Err(Failure::runtime(format!(
+                "the shutdown grace of {:?} cut off {} connection(s) with requests in flight",
+                config.shutdown_grace(),
+                stopped.cut
+            )));
+        }
         Ok(())
     })
 }

@@ -78,6 +78,29 @@ impl Layers {
         C::Error: Into<BoxError>,
         C::Future: Send + 'static,
     {
+        self.stack(cascade, client, true)
+    }
+
+    /// [`pipeline`](Self::pipeline), with the degrade layer left out when `degrade`
+    /// is false: for the OpenAI Responses route, whose shape the degrade layer does
+    /// not render yet.
+    pub(crate) fn stack<B, X, C>(
+        &self,
+        cascade: Option<&FallbackConfig>,
+        client: C,
+        degrade: bool,
+    ) -> Pipeline<B>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+        X: http_body::Body + Send + 'static,
+        X::Data: Send,
+        X::Error: Into<BoxError>,
+        C: Service<Request<Body>, Response = Response<X>> + Clone + Send + Sync + 'static,
+        C::Error: Into<BoxError>,
+        C::Future: Send + 'static,
+    {
         let fallback = cascade.map(|c| {
             let c = c.clone();
             FallbackLayer::new(match self.breakers() {
@@ -88,7 +111,7 @@ impl Layers {
         let stack = ServiceBuilder::new()
             // With every layer off, the caller's body still becomes a `Body`.
             .map_request(|request: Request<B>| request.map(Body::new))
-            .option_layer(self.degrade.clone())
+            .option_layer(self.degrade.clone().filter(|_| degrade))
             .option_layer(self.cache.clone())
             .option_layer(fallback)
             .option_layer(self.breaker.clone())

@@ -1,33 +1,61 @@
 //! Which request goes through which pipeline, and what the caller gets back.
 //!
-//! `POST /v1/messages` and `POST /v1/chat/completions` go through their route's
-//! pipeline when the configuration has the route; every other request (and those
-//! two, when their route is not configured) is forwarded unchanged, without the
-//! layers, to the `forward_to` provider. Responses stream back as they arrive.
+//! # Placing a request
 //!
-//! The router adds nothing of resilience. It cleans hop-by-hop headers, points
-//! the request at its provider, turns the rare error that comes out of a pipeline
-//! into an error response in the provider's shape (`502`, `503` or `504`), puts
-//! `x-brownout-attempts` on when configured, and logs one line per request at `DEBUG`
-//! (method, path without its query, status, latency, which model, cache or rule
-//! answered), never a header value or a body.
+//! Each request goes to the provider whose API it speaks, never by accident:
+//!
+//! - An explicit prefix decides first: `/anthropic/v1/...` is Anthropic's,
+//!   `/openai/v1/...` OpenAI's; the prefix is removed before the request goes on.
+//! - Else the path: `/v1/messages` (with `count_tokens`, `batches`) is Anthropic's;
+//!   `/v1/chat/completions`, `/v1/responses`, `/v1/embeddings`, `/v1/completions` (and
+//!   OpenAI's other APIs) are OpenAI's ([`Family::from_path`]).
+//! - Else, for paths both have (`GET /v1/models`), the credential style: `x-api-key`
+//!   or `anthropic-version` are Anthropic's, `Authorization: Bearer` alone OpenAI's.
+//!
+//! A request that cannot be placed gets `400` naming why, and so does one whose
+//! credential style is the other provider's (the caller's key is never sent to the
+//! other provider's host). `POST /v1/messages`, `POST /v1/chat/completions` and `POST
+//! /v1/responses` go through their route's pipeline when the configuration has the
+//! route; every other request is forwarded unchanged, without the layers, to the
+//! provider of its API: `forward_to` when it speaks it, else the first provider that
+//! does. Methods no route accepts (`CONNECT`, `TRACE`, `PUT`, ...) get `405`; a path
+//! with dot segments or an encoded slash `400`. `GET /healthz` and `GET /readyz` are
+//! answered by the gateway itself.
+//!
+//! # What the caller gets
+//!
+//! Responses stream back as they arrive; an event stream that goes silent for
+//! `[streams] idle_timeout` is ended with an error event in the provider's shape. The
+//! router cleans hop-by-hop headers, puts `x-brownout-attempts` on when configured,
+//! and turns the error that comes out of a pipeline into an answer in the provider's
+//! shape: every breaker open is `529 overloaded_error` on Anthropic routes and `503`
+//! on OpenAI routes, with `retry-after` the earliest moment a target may be tried;
+//! every target timed out is `504`; anything else `502`. Every failed answer the
+//! gateway already retried or fell back on, and each of its own error answers, carries
+//! `x-should-retry: false` (unless `[headers] should_retry = false`), so that an SDK
+//! does not retry on top. One line per request is logged at `DEBUG` (method, path
+//! without its query, status, latency, which model, cache or rule answered), never a
+//! header value or a body.
 
 use std::{
     convert::Infallible,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{atomic::AtomicU64, Arc},
     task::{Context, Poll},
+    time::Duration,
 };
 
 use brownout::{
     body::BodyLimits,
+    breaker::BreakerHandle,
     cache::CacheStatus,
     classify::{Classify, DefaultClassifier, Observed, OutcomeKind},
     degrade::Degraded,
     error::{find, BrokenBody, InvalidRequest},
-    fallback::ServedBy,
-    provider::{self, ErrorKind},
+    fallback::{AllTargetsFailed, FallbackReason, ServedBy},
+    health::Health,
+    provider::{self, ErrorKind, Family},
     retry::Attempts,
     Body, BoxError,
 };
@@ -38,34 +66,47 @@ use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
 use crate::{
-    config::{Api, Headers, CHAT_COMPLETIONS_PATH, MESSAGES_PATH},
+    config::{Api, Headers, CHAT_COMPLETIONS_PATH, MESSAGES_PATH, RESPONSES_PATH},
     pipeline::{Layers, Pipeline},
+    timeout::{BodyTimedOut, IdleStream, Timed},
     Config,
 };
 
 /// The header that says how many times the model that answered was tried.
 pub const ATTEMPTS_HEADER: &str = "x-brownout-attempts";
 
+/// The methods some route accepts; any other gets `405`.
+const ALLOW: &str = "GET, HEAD, POST, DELETE";
+
 struct RouteService<B> {
-    api: Api,
+    path: &'static str,
+    api: provider::Api,
     /// The provider's base URL, or `None` when the route's cascade sets each target's.
     base: Option<Uri>,
-    pipeline: Pipeline<B>,
+    pipeline: Pipeline<Timed<B>>,
+    /// The cascade's models, for `retry-after` and `/readyz` (empty without one).
+    models: Arc<[Arc<str>]>,
 }
 
 struct Shared<B> {
     messages: Option<RouteService<B>>,
     chat_completions: Option<RouteService<B>>,
-    forward_base: Uri,
-    forward: Pipeline<B>,
+    responses: Option<RouteService<B>>,
+    /// Where each API's other paths are forwarded, when a provider speaks it.
+    anthropic_base: Option<Uri>,
+    openai_base: Option<Uri>,
+    forward: Pipeline<Timed<B>>,
     headers: Headers,
     limits: BodyLimits,
     layers: Layers,
+    body_timeout: Duration,
+    stream_idle: Duration,
+    stalls: Arc<AtomicU64>,
 }
 
-/// The gateway as a `tower::Service`: routes each request into its pipeline or
-/// forwards it, and always answers (its error type is [`Infallible`]). See the
-/// [module docs](self).
+/// The gateway as a `tower::Service`: places each request (see the [module
+/// docs](self)), routes it into its pipeline or forwards it, and always answers (its
+/// error type is [`Infallible`]).
 ///
 /// `B` is the callers' request body (hyper's `Incoming` in the proxy). Cheap to clone.
 pub struct Router<B> {
@@ -85,7 +126,9 @@ impl<B> std::fmt::Debug for Router<B> {
         f.debug_struct("Router")
             .field("messages", &self.shared.messages.is_some())
             .field("chat_completions", &self.shared.chat_completions.is_some())
-            .field("forward", &self.shared.forward_base)
+            .field("responses", &self.shared.responses.is_some())
+            .field("anthropic", &self.shared.anthropic_base)
+            .field("openai", &self.shared.openai_base)
             .field("headers", &self.shared.headers)
             .finish_non_exhaustive()
     }
@@ -115,28 +158,57 @@ where
         F::Future: Send + 'static,
     {
         let layers = Layers::new(config);
-        let route = |route: Option<&crate::config::Route>, api: Api| {
-            route.map(|r| RouteService {
-                api,
-                base: match r.cascade() {
-                    Some(_) => None,
-                    None => Some(config.providers()[r.provider()].base_url().clone()),
-                },
-                pipeline: layers.pipeline(r.cascade(), upstream.clone()),
+        let route = |route: Option<&crate::config::Route>, path: &'static str| {
+            route.map(|r| {
+                let api = provider::Api::from_path(path);
+                RouteService {
+                    path,
+                    api,
+                    base: match r.cascade() {
+                        Some(_) => None,
+                        None => Some(config.providers()[r.provider()].base_url().clone()),
+                    },
+                    // The degrade layer renders Anthropic and Chat Completions answers
+                    // only: a Responses caller gets the provider's error instead.
+                    pipeline: layers.stack(
+                        r.cascade(),
+                        upstream.clone(),
+                        api != provider::Api::OpenAiResponses,
+                    ),
+                    models: r
+                        .cascade()
+                        .map(|c| c.targets().iter().map(|t| Arc::from(t.model())).collect())
+                        .unwrap_or_default(),
+                }
             })
         };
-        let messages = route(config.messages(), Api::Anthropic);
-        let chat_completions = route(config.chat_completions(), Api::Openai);
+        let messages = route(config.messages(), MESSAGES_PATH);
+        let chat_completions = route(config.chat_completions(), CHAT_COMPLETIONS_PATH);
+        let responses = route(config.responses(), RESPONSES_PATH);
+        let base_of = |api: Api| {
+            let forward_to = config.forward_to();
+            let provider = if forward_to.api() == api {
+                Some(forward_to)
+            } else {
+                config.providers().iter().find(|p| p.api() == api)
+            };
+            provider.map(|p| p.base_url().clone())
+        };
         let forward = layers.plain(forward);
         Router {
             shared: Arc::new(Shared {
                 messages,
                 chat_completions,
-                forward_base: config.forward_to().base_url().clone(),
+                responses,
+                anthropic_base: base_of(Api::Anthropic),
+                openai_base: base_of(Api::Openai),
                 forward,
                 headers: config.headers(),
                 limits: config.limits(),
                 layers,
+                body_timeout: config.body_timeout(),
+                stream_idle: config.stream_idle_timeout(),
+                stalls: Arc::new(AtomicU64::new(0)),
             }),
         }
     }
@@ -145,9 +217,48 @@ where
     pub fn layers(&self) -> &Layers {
         &self.shared.layers
     }
+
+    /// How many streamed answers the gateway ended because they went silent for the
+    /// stream idle timeout.
+    pub fn stalled_streams(&self) -> u64 {
+        self.shared
+            .stalls
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl<B> Shared<B> {
+    fn routes(&self) -> impl Iterator<Item = &RouteService<B>> {
+        [&self.messages, &self.chat_completions, &self.responses]
+            .into_iter()
+            .flatten()
+    }
+
+    /// Whether each route has a model whose breaker admits calls.
+    fn readiness(&self) -> Vec<(&'static str, bool)> {
+        let breakers = self.layers.breakers();
+        self.routes()
+            .map(|route| {
+                let ready = match &breakers {
+                    Some(handle) if !route.models.is_empty() => {
+                        route.models.iter().any(|m| handle.is_available(m))
+                    }
+                    _ => true,
+                };
+                (route.path, ready)
+            })
+            .collect()
+    }
 }
 
 type RouterFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+/// What the answer to a failed pipeline needs besides the error.
+struct Answering {
+    should_retry: bool,
+    breakers: Option<BreakerHandle>,
+    models: Arc<[Arc<str>]>,
+}
 
 impl<B> Service<Request<B>> for Router<B>
 where
@@ -163,23 +274,64 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request<B>) -> RouterFuture {
+    fn call(&mut self, request: Request<B>) -> RouterFuture {
         let started = Instant::now();
         let shared = &*self.shared;
         let method = request.method().clone();
         let path: Box<str> = request.uri().path().into();
-        remove_hop_by_hop(request.headers_mut());
-        // The caller addressed the gateway; the client names the upstream's host.
-        request.headers_mut().remove(header::HOST);
-        // The one replay limit of the whole stack, from the config.
-        request.extensions_mut().insert(shared.limits);
+        let headers = shared.headers;
+        let refuse = |status: StatusCode, api: provider::Api, message: &str| {
+            let response = own_error(api, status, ErrorKind::InvalidRequest, message, true);
+            log(&method, &path, &response, started);
+            Box::pin(std::future::ready(Ok(response))) as RouterFuture
+        };
+        let guess = shape_of(Family::from_path(&path), &path);
 
-        let route = match (&method, &*path) {
-            (&Method::POST, MESSAGES_PATH) => shared.messages.as_ref(),
-            (&Method::POST, CHAT_COMPLETIONS_PATH) => shared.chat_completions.as_ref(),
+        if matches!(&*path, "/healthz" | "/readyz") {
+            if method != Method::GET && method != Method::HEAD {
+                return method_not_allowed(guess, "GET, HEAD", &method, &path);
+            }
+            let response = health(shared, &path);
+            log(&method, &path, &response, started);
+            return Box::pin(std::future::ready(Ok(response)));
+        }
+        if !matches!(
+            method,
+            Method::GET | Method::HEAD | Method::POST | Method::DELETE
+        ) {
+            return method_not_allowed(guess, ALLOW, &method, &path);
+        }
+        if let Err(why) = check_path(request.uri()) {
+            return refuse(StatusCode::BAD_REQUEST, guess, why);
+        }
+        let (family, rest) = match place(&path, request.headers()) {
+            Ok(placed) => placed,
+            Err(why) => return refuse(StatusCode::BAD_REQUEST, guess, &why),
+        };
+        let api = shape_of(Some(family), rest);
+
+        let (mut parts, body) = request.into_parts();
+        if rest.len() != path.len() {
+            // Without the explicit prefix, which only the gateway reads.
+            parts.uri = strip_prefix(&parts.uri, rest);
+        }
+        remove_hop_by_hop(&mut parts.headers);
+        // The caller addressed the gateway; the client names the upstream's host.
+        parts.headers.remove(header::HOST);
+        // The one replay limit of the whole stack, from the config.
+        parts.extensions.insert(shared.limits);
+        let mut request = Request::from_parts(parts, Timed::new(body, shared.body_timeout));
+
+        let route = match (&method, family, request.uri().path()) {
+            (&Method::POST, Family::Anthropic, MESSAGES_PATH) => shared.messages.as_ref(),
+            (&Method::POST, Family::OpenAi, CHAT_COMPLETIONS_PATH) => {
+                shared.chat_completions.as_ref()
+            }
+            (&Method::POST, Family::OpenAi, RESPONSES_PATH) => shared.responses.as_ref(),
             _ => None,
         };
-        let headers = shared.headers;
+        let idle = shared.stream_idle;
+        let stalls = shared.stalls.clone();
         match route {
             Some(route) => {
                 let uri = match &route.base {
@@ -189,30 +341,47 @@ where
                 *request.uri_mut() = uri;
                 let api = route.api;
                 let pipeline = route.pipeline.clone();
+                let answering = Answering {
+                    should_retry: headers.should_retry,
+                    breakers: shared.layers.breakers(),
+                    models: route.models.clone(),
+                };
                 Box::pin(async move {
                     let response = match pipeline.oneshot(request).await {
-                        Ok(response) => finish(response, headers),
-                        Err(error) => failure(api, &*error, &method, &path),
+                        Ok(response) => finish(response, headers, api, idle, stalls),
+                        Err(error) => failure(api, &*error, &method, &path, &answering),
                     };
                     log(&method, &path, &response, started);
                     Ok(response)
                 })
             }
             None => {
-                *request.uri_mut() = rebase(request.uri(), &shared.forward_base);
+                let base = match family {
+                    Family::Anthropic => shared.anthropic_base.as_ref(),
+                    _ => shared.openai_base.as_ref(),
+                };
+                let Some(base) = base else {
+                    let why = format!(
+                        "{} is a path of the {} API, and no provider of this gateway speaks it",
+                        request.uri().path(),
+                        family.name()
+                    );
+                    return refuse(StatusCode::BAD_REQUEST, api, &why);
+                };
+                *request.uri_mut() = rebase(request.uri(), base);
                 let forward = shared.forward.clone();
-                let api = if path.ends_with("/chat/completions") {
-                    Api::Openai
-                } else {
-                    Api::Anthropic
+                let answering = Answering {
+                    should_retry: headers.should_retry,
+                    breakers: None,
+                    models: Arc::from([]),
                 };
                 Box::pin(async move {
                     let response = match forward.oneshot(request).await {
                         Ok(mut response) => {
                             remove_hop_by_hop(response.headers_mut());
-                            response
+                            bound_stream(response, api, idle, stalls)
                         }
-                        Err(error) => failure(api, &*error, &method, &path),
+                        Err(error) => failure(api, &*error, &method, &path, &answering),
                     };
                     log(&method, &path, &response, started);
                     Ok(response)
@@ -222,16 +391,169 @@ where
     }
 }
 
+/// The error shape for a request of `family` on `path`: Anthropic's unless OpenAI's.
+fn shape_of(family: Option<Family>, path: &str) -> provider::Api {
+    match family {
+        Some(Family::OpenAi) if path.starts_with(RESPONSES_PATH) => provider::Api::OpenAiResponses,
+        Some(Family::OpenAi) => provider::Api::OpenAiChat,
+        _ if path.contains("/openai/") => provider::Api::OpenAiChat,
+        _ => provider::Api::AnthropicMessages,
+    }
+}
+
+fn method_not_allowed(
+    api: provider::Api,
+    allow: &'static str,
+    method: &Method,
+    path: &str,
+) -> RouterFuture {
+    let message = format!("the gateway does not accept {method} (it accepts {allow})");
+    let mut response = own_error(
+        api,
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorKind::InvalidRequest,
+        &message,
+        true,
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    tracing::debug!(%method, path, status = 405, "brownout-gateway: method refused");
+    Box::pin(std::future::ready(Ok(response)))
+}
+
+/// Refuses a path the upstream could read differently from the gateway: dot segments
+/// (`/v1/../x`, also percent-encoded) and encoded slashes or backslashes.
+fn check_path(uri: &Uri) -> Result<(), &'static str> {
+    let path = uri.path();
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || path.contains('\\') {
+        return Err("the path holds an encoded slash or a backslash: write the path plainly");
+    }
+    let dot = |segment: &str| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    };
+    if path.split('/').any(dot) {
+        return Err("the path holds a dot segment (`.` or `..`): write the path it means");
+    }
+    Ok(())
+}
+
+/// Whose API the request speaks, and its path without the gateway's prefix.
+fn place<'p>(path: &'p str, headers: &HeaderMap) -> Result<(Family, &'p str), String> {
+    let prefixed = [
+        ("/anthropic", Family::Anthropic),
+        ("/openai", Family::OpenAi),
+    ]
+    .into_iter()
+    .find_map(|(prefix, family)| {
+        let rest = path.strip_prefix(prefix)?;
+        rest.starts_with('/').then_some((family, rest))
+    });
+    let (prefix, rest) = match prefixed {
+        Some((family, rest)) => (Some(family), rest),
+        None => (None, path),
+    };
+    let by_path = Family::from_path(rest);
+    let by_credentials = Family::from_credentials(headers);
+    if let (Some(prefix), Some(by_path)) = (prefix, by_path) {
+        if prefix != by_path {
+            return Err(format!(
+                "{rest} is a path of the {} API, under the {} prefix",
+                by_path.name(),
+                prefix.name()
+            ));
+        }
+    }
+    let Some(family) = prefix.or(by_path).or(by_credentials) else {
+        return Err(format!(
+            "cannot tell which provider {rest} is for: send the provider's credential header (x-api-key for Anthropic, Authorization: Bearer for OpenAI) or use the /anthropic or /openai prefix"
+        ));
+    };
+    if let Some(credentials) = by_credentials {
+        if credentials != family {
+            return Err(format!(
+                "the request is for the {} API but carries {} credentials: the gateway never sends a caller's key to another provider",
+                family.name(),
+                credentials.name()
+            ));
+        }
+    }
+    Ok((family, rest))
+}
+
+/// `uri` with its path replaced by `rest`, its query kept.
+fn strip_prefix(uri: &Uri, rest: &str) -> Uri {
+    let pq = match uri.query() {
+        Some(query) => format!("{rest}?{query}"),
+        None => rest.to_owned(),
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = pq.parse().ok();
+    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+}
+
+/// `GET /healthz` and `GET /readyz`, answered by the gateway.
+fn health<B>(shared: &Shared<B>, path: &str) -> Response<Body> {
+    let (status, body) = if path == "/healthz" {
+        (StatusCode::OK, serde_json::json!({ "status": "ok" }))
+    } else {
+        let routes = shared.readiness();
+        let ready = routes.iter().all(|(_, ready)| *ready);
+        let detail: serde_json::Map<String, serde_json::Value> = routes
+            .into_iter()
+            .map(|(path, ready)| (path.to_owned(), serde_json::Value::Bool(ready)))
+            .collect();
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        (
+            status,
+            serde_json::json!({ "status": if ready { "ready" } else { "not_ready" }, "routes": detail }),
+        )
+    };
+    let mut response = Response::new(Body::from(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 /// The response of a pipeline, cleaned and marked as configured.
-fn finish<T>(mut response: Response<T>, headers: Headers) -> Response<T> {
+fn finish(
+    mut response: Response<Body>,
+    headers: Headers,
+    api: provider::Api,
+    idle: Duration,
+    stalls: Arc<AtomicU64>,
+) -> Response<Body> {
     remove_hop_by_hop(response.headers_mut());
-    if headers.attempts {
-        let attempts = Attempts::of(response.extensions());
-        if attempts > 1 {
-            response.headers_mut().insert(
-                HeaderName::from_static(ATTEMPTS_HEADER),
-                HeaderValue::from(attempts),
-            );
+    let attempts = Attempts::of(response.extensions());
+    if headers.attempts && attempts > 1 {
+        response.headers_mut().insert(
+            HeaderName::from_static(ATTEMPTS_HEADER),
+            HeaderValue::from(attempts),
+        );
+    }
+    if headers.should_retry && !response.status().is_success() {
+        let extensions = response.extensions();
+        let handled = attempts > 1
+            || extensions.get::<AllTargetsFailed>().is_some()
+            || extensions
+                .get::<ServedBy>()
+                .is_some_and(ServedBy::is_fallback)
+            || extensions.get::<Degraded>().is_some();
+        if handled {
+            // The gateway already retried or fell back: an SDK retrying on top would
+            // multiply the upstream's load.
+            response
+                .headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("false"));
         }
     }
     if !headers.degraded {
@@ -242,6 +564,46 @@ fn finish<T>(mut response: Response<T>, headers: Headers) -> Response<T> {
             .headers_mut()
             .remove(brownout::degrade::DEGRADED_RULE_HEADER);
     }
+    bound_stream(response, api, idle, stalls)
+}
+
+/// An event stream, ended with an error event if it goes silent for `idle`.
+fn bound_stream(
+    response: Response<Body>,
+    api: provider::Api,
+    idle: Duration,
+    stalls: Arc<AtomicU64>,
+) -> Response<Body> {
+    let streaming = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if !streaming || !response.status().is_success() {
+        return response;
+    }
+    response.map(|body| Body::new(IdleStream::new(body, idle, api, stalls)))
+}
+
+/// An error answer of the gateway's own in `api`'s shape.
+fn own_error(
+    api: provider::Api,
+    status: StatusCode,
+    kind: ErrorKind,
+    message: &str,
+    should_retry: bool,
+) -> Response<Body> {
+    let message = format!("brownout-gateway: {message}");
+    let mut response = Response::new(Body::from(api.error_body(kind, &message)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if should_retry || status.is_client_error() {
+        response
+            .headers_mut()
+            .insert("x-should-retry", HeaderValue::from_static("false"));
+    }
     response
 }
 
@@ -250,15 +612,26 @@ fn finish<T>(mut response: Response<T>, headers: Headers) -> Response<T> {
 /// is the error's own (brownout's errors name models and outcomes, never headers).
 ///
 /// The caller's own failures come first: a body that broke off is `400`, one that
-/// stalled `408`, a body naming `model` twice `400`.
+/// stalled or did not arrive within `body_timeout` `408`, a body naming `model` twice
+/// `400`. Then every breaker open is Anthropic's `529` or OpenAI's `503` with
+/// `retry-after`; every target timed out `504`; anything else `502`.
 fn failure(
-    api: Api,
+    api: provider::Api,
     error: &(dyn std::error::Error + 'static),
     method: &Method,
     path: &str,
+    answering: &Answering,
 ) -> Response<Body> {
     let outcome = DefaultClassifier::new().classify(Observed::Error(error));
-    let (status, kind) = if let Some(broken) = find::<BrokenBody>(error) {
+    let overloaded = if api.is_openai() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+    };
+    let mut delay = outcome.server_delay();
+    let (status, kind) = if find::<BodyTimedOut>(error).is_some() {
+        (StatusCode::REQUEST_TIMEOUT, ErrorKind::RequestTimeout)
+    } else if let Some(broken) = find::<BrokenBody>(error) {
         if broken.is_stalled() {
             (StatusCode::REQUEST_TIMEOUT, ErrorKind::RequestTimeout)
         } else {
@@ -266,9 +639,24 @@ fn failure(
         }
     } else if find::<InvalidRequest>(error).is_some() {
         (StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest)
+    } else if let Some(all) = find::<AllTargetsFailed>(error) {
+        let failures = all.failures();
+        let open = |r: &FallbackReason| matches!(r, FallbackReason::Unavailable);
+        let timed_out = |r: &FallbackReason| match r {
+            FallbackReason::Failed(outcome) => outcome.kind() == OutcomeKind::Timeout,
+            _ => true,
+        };
+        if failures.iter().all(|(_, r)| open(r)) {
+            delay = earliest_open(answering).or(delay);
+            (overloaded, ErrorKind::Overloaded)
+        } else if failures.iter().all(|(_, r)| timed_out(r)) {
+            (StatusCode::GATEWAY_TIMEOUT, ErrorKind::Timeout)
+        } else {
+            (StatusCode::BAD_GATEWAY, ErrorKind::Upstream)
+        }
     } else {
         match outcome.kind() {
-            OutcomeKind::Rejected => (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Overloaded),
+            OutcomeKind::Rejected => (overloaded, ErrorKind::Overloaded),
             OutcomeKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, ErrorKind::Timeout),
             _ => (StatusCode::BAD_GATEWAY, ErrorKind::Upstream),
         }
@@ -278,29 +666,37 @@ fn failure(
     } else {
         tracing::warn!(%method, path, status = status.as_u16(), error = %error, "brownout-gateway: no answer from upstream");
     }
-    let message = format!("brownout-gateway: {error}");
-    let api = match api {
-        Api::Anthropic => provider::Api::AnthropicMessages,
-        Api::Openai => provider::Api::OpenAiChat,
-    };
-    let mut response = Response::new(Body::from(api.error_body(kind, &message)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+    let mut response = own_error(
+        api,
+        status,
+        kind,
+        &error.to_string(),
+        answering.should_retry,
     );
-    if status.is_client_error() {
-        // The caller's own request: sending it again as it is cannot help.
+    if kind == ErrorKind::Overloaded {
+        // A wait is known only for open breakers; without one, a second.
+        let delay = delay.unwrap_or(Duration::from_secs(1));
+        let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
         response
             .headers_mut()
-            .insert("x-should-retry", HeaderValue::from_static("false"));
-    } else if let Some(delay) = outcome.server_delay() {
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    } else if let (false, Some(delay)) = (status.is_client_error(), delay) {
         let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
     }
     response
+}
+
+/// The earliest moment one of the route's open breakers lets a call through again.
+fn earliest_open(answering: &Answering) -> Option<Duration> {
+    let breakers = answering.breakers.as_ref()?;
+    answering
+        .models
+        .iter()
+        .filter_map(|model| breakers.state(model)?.open_for)
+        .min()
 }
 
 fn log<X>(method: &Method, path: &str, response: &Response<X>, started: Instant) {
@@ -436,8 +832,8 @@ mod tests {
             "claude-sonnet-4-5".into(),
             Some(std::time::Duration::from_millis(2500)),
         );
-        let response = failure(Api::Anthropic, &open, &Method::POST, "/v1/messages");
-        assert_eq!(response.status(), 503);
+        let response = failure(ANTHROPIC, &open, &Method::POST, "/v1/messages", &none());
+        assert_eq!(response.status(), 529);
         assert_eq!(response.headers()[header::RETRY_AFTER], "3");
         let bytes = body_bytes(response.into_body());
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
@@ -449,10 +845,22 @@ mod tests {
             .contains("circuit open for claude-sonnet-4-5"));
 
         let timeout = brownout::error::DeadlineExceeded::new(std::time::Duration::from_secs(60), 3);
-        let response = failure(Api::Openai, &timeout, &Method::POST, "/v1/chat/completions");
+        let response = failure(
+            OPENAI,
+            &timeout,
+            &Method::POST,
+            "/v1/chat/completions",
+            &none(),
+        );
         assert_eq!(response.status(), 504);
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        let response = failure(Api::Openai, &refused, &Method::POST, "/v1/chat/completions");
+        let response = failure(
+            OPENAI,
+            &refused,
+            &Method::POST,
+            "/v1/chat/completions",
+            &none(),
+        );
         assert_eq!(response.status(), 502);
         let json: serde_json::Value =
             serde_json::from_slice(&body_bytes(response.into_body())).unwrap();
@@ -462,18 +870,85 @@ mod tests {
     #[test]
     fn the_callers_broken_or_invalid_request_is_a_400_or_408() {
         let cut = BrokenBody::cut("connection reset".into());
-        let response = failure(Api::Anthropic, &cut, &Method::POST, "/v1/messages");
+        let response = failure(ANTHROPIC, &cut, &Method::POST, "/v1/messages", &none());
         assert_eq!(response.status(), 400);
         assert_eq!(response.headers()["x-should-retry"], "false");
         let json: serde_json::Value =
             serde_json::from_slice(&body_bytes(response.into_body())).unwrap();
         assert_eq!(json["error"]["type"], "invalid_request_error");
         let stalled = BrokenBody::stalled(std::time::Duration::from_secs(30));
-        let response = failure(Api::Openai, &stalled, &Method::POST, "/v1/chat/completions");
+        let response = failure(
+            OPENAI,
+            &stalled,
+            &Method::POST,
+            "/v1/chat/completions",
+            &none(),
+        );
         assert_eq!(response.status(), 408);
         let twice = InvalidRequest::new("the body names its `model` twice");
-        let response = failure(Api::Anthropic, &twice, &Method::POST, "/v1/messages");
+        let response = failure(ANTHROPIC, &twice, &Method::POST, "/v1/messages", &none());
         assert_eq!(response.status(), 400);
+    }
+
+    const ANTHROPIC: provider::Api = provider::Api::AnthropicMessages;
+    const OPENAI: provider::Api = provider::Api::OpenAiChat;
+
+    fn none() -> Answering {
+        Answering {
+            should_retry: true,
+            breakers: None,
+            models: Arc::from([]),
+        }
+    }
+
+    #[test]
+    fn requests_are_placed_by_prefix_path_then_credentials() {
+        let mut anthropic = HeaderMap::new();
+        anthropic.insert("x-api-key", HeaderValue::from_static("sk-ant"));
+        let mut openai = HeaderMap::new();
+        openai.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer sk"));
+        let none = HeaderMap::new();
+        assert_eq!(
+            place("/v1/models", &anthropic).unwrap(),
+            (Family::Anthropic, "/v1/models")
+        );
+        assert_eq!(
+            place("/v1/models", &openai).unwrap(),
+            (Family::OpenAi, "/v1/models")
+        );
+        assert_eq!(
+            place("/openai/v1/models", &none).unwrap(),
+            (Family::OpenAi, "/v1/models")
+        );
+        assert_eq!(
+            place("/v1/messages/count_tokens", &none).unwrap().0,
+            Family::Anthropic
+        );
+        assert!(place("/v1/models", &none)
+            .unwrap_err()
+            .contains("cannot tell"));
+        assert!(place("/openai/v1/messages", &none)
+            .unwrap_err()
+            .contains("under the OpenAI prefix"));
+        assert!(place("/v1/chat/completions", &anthropic)
+            .unwrap_err()
+            .contains("Anthropic credentials"));
+    }
+
+    #[test]
+    fn dot_segments_and_encoded_slashes_are_refused() {
+        for bad in [
+            "/v1/../x",
+            "/v1/./messages",
+            "/v1/%2e%2E/x",
+            "/v1%2Fmessages",
+            "/v1/a%5cb",
+        ] {
+            assert!(check_path(&bad.parse().unwrap()).is_err(), "{bad}");
+        }
+        for good in ["/v1/messages", "/v1/files/file-..abc", "/v1/a.b"] {
+            assert!(check_path(&good.parse().unwrap()).is_ok(), "{good}");
+        }
     }
 
     fn body_bytes(body: Body) -> bytes::Bytes {

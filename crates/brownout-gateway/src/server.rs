@@ -4,9 +4,23 @@
 //! On the shutdown signal the listener is closed at once (new connections are
 //! refused), idle keep-alive connections are closed, and requests in flight are given
 //! up to the configured grace period to finish, streams included; what is still
-//! running then is cut off.
+//! running then is cut off, and [`Stopped`] says how many connections were (the
+//! binary then exits with status 1).
+//!
+//! A caller's request head must arrive within 30 s, and its whole body within the
+//! configuration's `body_timeout` (else `408`). Open connections are capped per
+//! client address and in all (`[connections]`): a connection beyond a cap is answered
+//! `503` with `retry-after` and closed.
 
-use std::{future::Future, io, time::Duration};
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    future::Future,
+    io,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use hyper::{body::Incoming, server::conn::http1};
 use hyper_util::{
@@ -17,7 +31,7 @@ use hyper_util::{
 };
 use tokio::net::TcpListener;
 
-use crate::{Config, Router};
+use crate::{config::Connections, Config, Router, UpstreamClient};
 
 /// The HTTP client the gateway sends with: hyper-util's pooled HTTP/1.1 client over
 /// plain TCP, sending [`brownout::Body`], the one body of every layer.
@@ -41,6 +55,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Gateway {
     router: Router<Incoming>,
     grace: Duration,
+    caps: Connections,
 }
 
 /// How a [`Gateway::serve`] ended.
@@ -49,6 +64,78 @@ pub struct Gateway {
 pub struct Stopped {
     /// Whether every connection finished within the grace period.
     pub drained: bool,
+    /// The connections still busy when the grace period ended, cut off.
+    pub cut: usize,
+}
+
+/// How long a refused connection's client is asked to wait.
+const REFUSED_RETRY_AFTER: &str = "1";
+
+/// The open connections, in all and per client address.
+#[derive(Default)]
+struct Open {
+    total: usize,
+    per_client: HashMap<IpAddr, usize>,
+}
+
+/// One open connection, counted until it is dropped.
+struct Counted {
+    open: Arc<Mutex<Open>>,
+    client: IpAddr,
+}
+
+impl Counted {
+    /// Counts a connection from `client`, unless a cap is reached.
+    fn admit(open: &Arc<Mutex<Open>>, client: IpAddr, caps: Connections) -> Option<Counted> {
+        let mut state = open.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = state.per_client.get(&client).copied().unwrap_or(0);
+        if state.total >= caps.total || mine >= caps.per_client {
+            return None;
+        }
+        state.total += 1;
+        *state.per_client.entry(client).or_insert(0) += 1;
+        Some(Counted {
+            open: open.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut state = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        state.total = state.total.saturating_sub(1);
+        if let Some(n) = state.per_client.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                state.per_client.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// The answer on a connection over a cap: `503` with `retry-after`, then close.
+fn refused() -> http::Response<brownout::Body> {
+    let body = brownout::provider::Api::AnthropicMessages.error_body(
+        brownout::provider::ErrorKind::Overloaded,
+        "brownout-gateway: too many open connections; try again shortly",
+    );
+    let mut response = http::Response::new(brownout::Body::from(body));
+    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static(REFUSED_RETRY_AFTER),
+    );
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 impl Gateway {
@@ -56,8 +143,13 @@ impl Gateway {
     /// the runtime that will serve.
     pub fn new(config: &Config) -> Gateway {
         Gateway {
-            router: Router::new(config, http_client(), http_client()),
+            router: Router::new(
+                config,
+                UpstreamClient::new(config),
+                UpstreamClient::new(config),
+            ),
             grace: config.shutdown_grace(),
+            caps: config.connections(),
         }
     }
 
@@ -82,11 +174,28 @@ impl Gateway {
             .keep_alive(true);
         tokio::pin!(shutdown);
         tracing::info!(%addr, "brownout-gateway: listening");
+        let open = Arc::new(Mutex::new(Open::default()));
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
+                        let Some(counted) = Counted::admit(&open, peer.ip(), self.caps) else {
+                            tracing::warn!(client = %peer.ip(), "brownout-gateway: connection cap reached; answering 503");
+                            let mut once = http1::Builder::new();
+                            once.timer(TokioTimer::new())
+                                .header_read_timeout(HEADER_READ_TIMEOUT)
+                                .keep_alive(false);
+                            let service = hyper::service::service_fn(|_| async {
+                                Ok::<_, Infallible>(refused())
+                            });
+                            let connection = once.serve_connection(TokioIo::new(stream), service);
+                            let connection = graceful.watch(connection);
+                            tokio::spawn(async move {
+                                let _ = connection.await;
+                            });
+                            continue;
+                        };
                         let service = TowerToHyperService::new(self.router.clone());
                         let connection = builder.serve_connection(TokioIo::new(stream), service);
                         let connection = graceful.watch(connection);
@@ -94,6 +203,7 @@ impl Gateway {
                             if let Err(error) = connection.await {
                                 tracing::debug!(%peer, %error, "brownout-gateway: connection ended with an error");
                             }
+                            drop(counted);
                         });
                     }
                     Err(error) => {
@@ -115,12 +225,21 @@ impl Gateway {
         let drained = tokio::time::timeout(self.grace, graceful.shutdown())
             .await
             .is_ok();
+        // Connections drop their count as their tasks end; a cut one is still counted.
+        let cut = if drained {
+            0
+        } else {
+            open.lock().unwrap_or_else(|e| e.into_inner()).total.max(1)
+        };
         if drained {
             tracing::info!("brownout-gateway: stopped");
         } else {
-            tracing::warn!("brownout-gateway: grace period over; closing the connections left");
+            tracing::warn!(
+                cut,
+                "brownout-gateway: grace period over; closing the connections left"
+            );
         }
-        Ok(Stopped { drained })
+        Ok(Stopped { drained, cut })
     }
 }
 

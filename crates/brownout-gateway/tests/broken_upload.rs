@@ -123,7 +123,7 @@ async fn cut_uploads_are_400_and_leave_the_breaker_closed() {
 #[tokio::test(start_paused = true)]
 async fn a_stalled_upload_is_408() {
     let sim = Sim::new(Script::new().seed(1));
-    let gateway = router(&sim, "[limits]\nbody_idle_timeout = \"5s\"\n[degrade]\n");
+    let gateway = router(&sim, "[body]\nidle_timeout = \"5s\"\n[degrade]\n");
     let started = tokio::time::Instant::now();
     let response = gateway.oneshot(upload(Then::Stall, 4096)).await.unwrap();
     assert_eq!(response.status(), 408);

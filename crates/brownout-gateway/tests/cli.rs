@@ -38,10 +38,15 @@ fn check_accepts_the_example_configuration() {
     assert!(output.status.success(), "{}", stderr(&output));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains(": ok ("), "{stdout}");
-    assert!(
-        stdout.contains("layers: retry, breaker, cache, degrade"),
-        "{stdout}"
-    );
+    // Every layer, fallback included, on or off and set by the file or default.
+    for layer in ["degrade", "cache", "fallback", "breaker", "retry"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.split_whitespace().eq([layer, "on", "set"])),
+            "no `{layer} on set` in\n{stdout}"
+        );
+    }
 }
 
 #[test]

@@ -242,7 +242,9 @@ async fn other_paths_are_forwarded_unchanged() {
     let setup = Setup::start(healthy()).await;
     let upstream = setup.upstream.as_ref().unwrap().url();
     let get = |base: &str| {
+        // The credential style says whose shared path this is: Anthropic's.
         http::Request::get(format!("{base}/v1/models?limit=2"))
+            .header("x-api-key", "sk-ant-test-caller")
             .body(http_body_util::Full::new(bytes::Bytes::new()))
             .unwrap()
     };

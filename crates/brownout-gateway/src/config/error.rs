@@ -59,6 +59,12 @@ impl ConfigError {
         error
     }
 
+    /// Leaves the line's text out of the message: for a line that holds a secret.
+    pub(crate) fn without_source_line(mut self) -> Self {
+        self.0.source_line = None;
+        self
+    }
+
     pub(crate) fn in_file(mut self, path: &Path) -> Self {
         self.0.file = Some(path.to_owned());
         self

@@ -15,11 +15,13 @@
 //! [[provider]]
 //! name = "anthropic"
 //! api = "anthropic"           # anthropic: key in x-api-key; openai: authorization: Bearer
-//! base_url = "http://127.0.0.1:8787"
+//! base_url = "https://api.anthropic.com"   # or http://127.0.0.1:8787 for a local upstream
 //! api_key_env = "ANTHROPIC_API_KEY"   # the gateway holds the key…
 //! # pass_through_key = true           # …or callers send their own
+//! # ca_file = "corporate-ca.pem"      # also trust this CA (PEM; relative to this file)
+//! # http2 = false                     # HTTP/2 is offered by ALPN unless false
 //!
-//! [routes."/v1/messages"]     # and/or [routes."/v1/chat/completions"]
+//! [routes."/v1/messages"]     # and/or [routes."/v1/chat/completions"], [routes."/v1/responses"]
 //! provider = "anthropic"
 //! cascade = [                 # optional: the fallback layer's targets, preferred first
 //!   { model = "claude-sonnet-4-5" },
@@ -64,10 +66,23 @@
 //! degraded = true             # x-brownout-degraded, x-brownout-degraded-rule
 //! attempts = true             # x-brownout-attempts
 //!
-//! [limits]                    # how far the layers read a caller's body
+//! should_retry = true         # x-should-retry: false on answers the gateway already retried
+//!
+//! [body]                      # how far the layers read a caller's body
 //! replay_limit = 4194304      # bytes buffered once for retry and fallback; longer bodies go once
-//! body_idle_timeout = "30s"   # a body silent this long is answered 408
+//! idle_timeout = "30s"        # a body silent this long is answered 408
+//!
+//! [streams]
+//! idle_timeout = "60s"        # a streamed answer silent this long is ended with an error event
+//!
+//! [connections]               # beyond either cap a new connection is answered 503
+//! per_client = 256            # open connections per client IP address
+//! total = 4096                # open connections in all
 //! ```
+//!
+//! The top-level `body_timeout = "30s"` bounds the whole request body (a body still
+//! arriving then is answered 408). `[limits]` no longer holds the body settings: an
+//! old `limits.replay_limit` or `limits.body_idle_timeout` is refused with its new key.
 
 mod error;
 mod raw;
@@ -96,6 +111,48 @@ pub use error::ConfigError;
 pub const MESSAGES_PATH: &str = "/v1/messages";
 /// The path of the OpenAI Chat Completions API.
 pub const CHAT_COMPLETIONS_PATH: &str = "/v1/chat/completions";
+/// The path of the OpenAI Responses API.
+pub const RESPONSES_PATH: &str = "/v1/responses";
+
+/// The default of `body_timeout`: how long a caller may take to send a whole body.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default of `[streams] idle_timeout`.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The default of `[connections] per_client`.
+pub const DEFAULT_PER_CLIENT: usize = 256;
+/// The default of `[connections] total`.
+pub const DEFAULT_TOTAL: usize = 4096;
+
+/// The caps on client connections (`[connections]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connections {
+    /// Open connections per client IP address.
+    pub per_client: usize,
+    /// Open connections in all.
+    pub total: usize,
+}
+
+/// Which layer sections the file wrote (else their defaults apply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Set {
+    pub(crate) retry: bool,
+    pub(crate) breaker: bool,
+    pub(crate) fallback: bool,
+    pub(crate) cache: bool,
+    pub(crate) degrade: bool,
+}
+
+/// One layer as `check` lists it: its name, whether it is on, and whether the file
+/// set its section (else it runs with its defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerState {
+    /// `"degrade"`, `"cache"`, `"fallback"`, `"breaker"` or `"retry"`.
+    pub name: &'static str,
+    /// Whether the layer is in the pipelines.
+    pub on: bool,
+    /// Whether the file has the layer's section (`false`: the defaults).
+    pub set: bool,
+}
 
 /// The API a provider speaks: which route it can serve and which header carries its
 /// key.
@@ -163,6 +220,29 @@ pub struct Provider {
     pub(crate) api: Api,
     pub(crate) base_url: Uri,
     pub(crate) key: KeySource,
+    pub(crate) ca: Option<CaFile>,
+    pub(crate) http2: bool,
+}
+
+/// A provider's `ca_file`: its path and the certificates it held when the
+/// configuration was read.
+#[derive(Debug, Clone)]
+pub struct CaFile {
+    pub(crate) path: std::path::PathBuf,
+    pub(crate) pem: std::sync::Arc<[u8]>,
+}
+
+impl CaFile {
+    /// The file, as the configuration names it (relative to the configuration's
+    /// directory).
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Its PEM text, read when the configuration was loaded.
+    pub fn pem(&self) -> &[u8] {
+        &self.pem
+    }
 }
 
 impl Provider {
@@ -184,6 +264,17 @@ impl Provider {
     /// Where its key comes from.
     pub fn key(&self) -> &KeySource {
         &self.key
+    }
+
+    /// The certificate authority it trusts besides the platform's (`ca_file`): a
+    /// TLS-inspecting proxy's, or a test CA.
+    pub fn ca_file(&self) -> Option<&CaFile> {
+        self.ca.as_ref()
+    }
+
+    /// Whether HTTP/2 is offered to it by ALPN (`http2`, true by default).
+    pub fn http2(&self) -> bool {
+        self.http2
     }
 }
 
@@ -218,6 +309,9 @@ pub struct Headers {
     /// `x-brownout-attempts`: how many times the model that answered was tried, when
     /// more than once.
     pub attempts: bool,
+    /// `x-should-retry: false` on failed answers the gateway already retried or fell
+    /// back on, and on its own error answers, so that SDKs do not retry on top.
+    pub should_retry: bool,
 }
 
 impl Default for Headers {
@@ -227,6 +321,7 @@ impl Default for Headers {
             cache: true,
             degraded: true,
             attempts: true,
+            should_retry: true,
         }
     }
 }
@@ -243,6 +338,7 @@ pub struct Config {
     pub(crate) providers: Vec<Provider>,
     pub(crate) messages: Option<Route>,
     pub(crate) chat_completions: Option<Route>,
+    pub(crate) responses: Option<Route>,
     pub(crate) forward_to: usize,
     pub(crate) retry: Option<RetryConfig>,
     pub(crate) breaker: Option<BreakerConfig>,
@@ -250,6 +346,10 @@ pub struct Config {
     pub(crate) degrade: Option<DegradeConfig>,
     pub(crate) headers: Headers,
     pub(crate) limits: brownout::body::BodyLimits,
+    pub(crate) body_timeout: Duration,
+    pub(crate) stream_idle_timeout: Duration,
+    pub(crate) connections: Connections,
+    pub(crate) set: Set,
 }
 
 impl Config {
@@ -319,7 +419,13 @@ impl Config {
         self.chat_completions.as_ref()
     }
 
-    /// The provider that receives every other path.
+    /// The route of `POST /v1/responses`, if configured.
+    pub fn responses(&self) -> Option<&Route> {
+        self.responses.as_ref()
+    }
+
+    /// The provider that receives the other paths of its API (`forward_to`, the first
+    /// provider by default); the other API's paths go to the first provider speaking it.
     pub fn forward_to(&self) -> &Provider {
         &self.providers[self.forward_to]
     }
@@ -329,10 +435,25 @@ impl Config {
         self.headers
     }
 
-    /// How far the layers read a caller's body (`[limits]`): the replay limit and the
+    /// How far the layers read a caller's body (`[body]`): the replay limit and the
     /// idle timeout, one setting for the whole pipeline.
     pub fn limits(&self) -> brownout::body::BodyLimits {
         self.limits
+    }
+
+    /// How long a caller may take to send a whole request body (`body_timeout`).
+    pub fn body_timeout(&self) -> Duration {
+        self.body_timeout
+    }
+
+    /// How long a streamed answer may go without an event (`[streams] idle_timeout`).
+    pub fn stream_idle_timeout(&self) -> Duration {
+        self.stream_idle_timeout
+    }
+
+    /// The caps on client connections (`[connections]`).
+    pub fn connections(&self) -> Connections {
+        self.connections
     }
 
     /// Whether each layer is on: retry, breaker, cache, degrade.
@@ -342,6 +463,22 @@ impl Config {
             ("breaker", self.breaker.is_some()),
             ("cache", self.cache.is_some()),
             ("degrade", self.degrade.is_some()),
+        ]
+    }
+
+    /// Every layer, outermost first, with whether it is on and whether the file set
+    /// it. The fallback layer is on when a route has a cascade.
+    pub fn layers(&self) -> [LayerState; 5] {
+        let cascade = [&self.messages, &self.chat_completions, &self.responses]
+            .iter()
+            .any(|r| r.as_ref().is_some_and(|r| r.cascade.is_some()));
+        let layer = |name, on, set| LayerState { name, on, set };
+        [
+            layer("degrade", self.degrade.is_some(), self.set.degrade),
+            layer("cache", self.cache.is_some(), self.set.cache),
+            layer("fallback", cascade, self.set.fallback || cascade),
+            layer("breaker", self.breaker.is_some(), self.set.breaker),
+            layer("retry", self.retry.is_some(), self.set.retry),
         ]
     }
 }

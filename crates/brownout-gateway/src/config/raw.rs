@@ -24,7 +24,11 @@ use http::{header, HeaderName, HeaderValue, StatusCode, Uri};
 use serde::{de, Deserialize, Deserializer};
 use toml::Spanned;
 
-use super::{Api, Config, ConfigError, Headers, KeySource, Provider, Route};
+use super::{
+    Api, CaFile, Config, ConfigError, Connections, Headers, KeySource, Provider, Route, Set,
+    CHAT_COMPLETIONS_PATH, DEFAULT_BODY_TIMEOUT, DEFAULT_PER_CLIENT, DEFAULT_STREAM_IDLE_TIMEOUT,
+    DEFAULT_TOTAL, MESSAGES_PATH, RESPONSES_PATH,
+};
 
 type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
@@ -94,17 +98,49 @@ struct RawConfig {
     headers: RawHeaders,
     #[serde(default)]
     limits: RawLimits,
+    /// The whole request body must arrive within this, else 408.
+    body_timeout: Option<Positive>,
+    #[serde(default)]
+    body: RawBody,
+    #[serde(default)]
+    streams: RawStreams,
+    #[serde(default)]
+    connections: RawConnections,
 }
 
-/// `[limits]`: how far the layers read a caller's request body, one setting for the
-/// whole pipeline.
+/// `[limits]`: kept for the request-rate limits. The body settings it held have moved;
+/// an old file that still sets them is refused with the key's new place.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
+    replay_limit: Option<Spanned<toml::Value>>,
+    body_idle_timeout: Option<Spanned<toml::Value>>,
+}
+
+/// `[body]`: how far the layers read a caller's request body, one setting for the
+/// whole pipeline.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBody {
     /// Bytes buffered for replay; a longer body is sent once.
     replay_limit: Option<NonZero>,
     /// How long a caller's body may go without a byte before it is answered 408.
-    body_idle_timeout: Option<Dur>,
+    idle_timeout: Option<Dur>,
+}
+
+/// `[streams]`: how long a streamed answer may go without an event.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStreams {
+    idle_timeout: Option<Positive>,
+}
+
+/// `[connections]`: caps on open client connections.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConnections {
+    per_client: Option<NonZero>,
+    total: Option<NonZero>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -124,6 +160,9 @@ struct RawProvider {
     api_key_env: Option<Spanned<String>>,
     #[serde(default)]
     pass_through_key: bool,
+    ca_file: Option<Spanned<String>>,
+    #[serde(default = "yes")]
+    http2: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -133,6 +172,8 @@ struct RawRoutes {
     messages: Option<RawRoute>,
     #[serde(rename = "/v1/chat/completions")]
     chat_completions: Option<RawRoute>,
+    #[serde(rename = "/v1/responses")]
+    responses: Option<RawRoute>,
 }
 
 #[derive(Deserialize)]
@@ -266,6 +307,8 @@ struct RawHeaders {
     degraded: bool,
     #[serde(default = "yes")]
     attempts: bool,
+    #[serde(default = "yes")]
+    should_retry: bool,
 }
 
 impl Default for RawHeaders {
@@ -275,6 +318,7 @@ impl Default for RawHeaders {
             cache: true,
             degraded: true,
             attempts: true,
+            should_retry: true,
         }
     }
 }
@@ -412,19 +456,35 @@ impl Check<'_> {
             cache: raw.headers.cache,
             degraded: raw.headers.degraded,
             attempts: raw.headers.attempts,
+            should_retry: raw.headers.should_retry,
         };
+        self.moved_limits(&raw.limits)?;
         let providers = self.providers(&raw.providers)?;
-        let route = |route: Option<&RawRoute>, api: Api| {
+        let route = |route: Option<&RawRoute>, api: Api, path: &str| {
             route
-                .map(|r| self.route(r, api, &providers, raw.fallback.as_ref(), headers.model))
+                .map(|r| {
+                    self.route(
+                        r,
+                        api,
+                        path,
+                        &providers,
+                        raw.fallback.as_ref(),
+                        headers.model,
+                    )
+                })
                 .transpose()
         };
-        let messages = route(raw.routes.messages.as_ref(), Api::Anthropic)?;
-        let chat_completions = route(raw.routes.chat_completions.as_ref(), Api::Openai)?;
-        if messages.is_none() && chat_completions.is_none() {
+        let messages = route(raw.routes.messages.as_ref(), Api::Anthropic, MESSAGES_PATH)?;
+        let chat_completions = route(
+            raw.routes.chat_completions.as_ref(),
+            Api::Openai,
+            CHAT_COMPLETIONS_PATH,
+        )?;
+        let responses = route(raw.routes.responses.as_ref(), Api::Openai, RESPONSES_PATH)?;
+        if messages.is_none() && chat_completions.is_none() && responses.is_none() {
             return Err(ConfigError::at(
                 "routes",
-                "no route is configured: add [routes.\"/v1/messages\"] or [routes.\"/v1/chat/completions\"] with a provider",
+                "no route is configured: add [routes.\"/v1/messages\"], [routes.\"/v1/chat/completions\"] or [routes.\"/v1/responses\"] with a provider",
                 self.text,
                 None,
             ));
@@ -443,6 +503,7 @@ impl Check<'_> {
             providers,
             messages,
             chat_completions,
+            responses,
             forward_to,
             retry: self.retry(raw.retry.as_ref(), seed)?,
             breaker,
@@ -451,15 +512,56 @@ impl Check<'_> {
             headers,
             limits: {
                 let mut limits = brownout::body::BodyLimits::new();
-                if let Some(bytes) = &raw.limits.replay_limit {
+                if let Some(bytes) = &raw.body.replay_limit {
                     limits = limits.replay_limit(usize::try_from(bytes.0).unwrap_or(usize::MAX));
                 }
-                if let Some(idle) = &raw.limits.body_idle_timeout {
+                if let Some(idle) = &raw.body.idle_timeout {
                     limits = limits.idle_timeout(Some(idle.0));
                 }
                 limits
             },
+            body_timeout: raw.body_timeout.map_or(DEFAULT_BODY_TIMEOUT, |d| d.0),
+            stream_idle_timeout: raw
+                .streams
+                .idle_timeout
+                .map_or(DEFAULT_STREAM_IDLE_TIMEOUT, |d| d.0),
+            connections: Connections {
+                per_client: raw
+                    .connections
+                    .per_client
+                    .map_or(DEFAULT_PER_CLIENT, NonZero::usize),
+                total: raw.connections.total.map_or(DEFAULT_TOTAL, NonZero::usize),
+            },
+            set: Set {
+                retry: raw.retry.is_some(),
+                breaker: raw.breaker.is_some(),
+                fallback: raw.fallback.is_some(),
+                cache: raw.cache.is_some(),
+                degrade: raw.degrade.is_some(),
+            },
         })
+    }
+
+    /// Refuses the body settings `[limits]` held before they moved, naming the new key.
+    fn moved_limits(&self, raw: &RawLimits) -> Result<(), ConfigError> {
+        let moved = [
+            ("replay_limit", &raw.replay_limit, "body.replay_limit"),
+            (
+                "body_idle_timeout",
+                &raw.body_idle_timeout,
+                "body.idle_timeout",
+            ),
+        ];
+        for (old, value, new) in moved {
+            if let Some(value) = value {
+                return Err(self.error(
+                    format!("limits.{old}"),
+                    value.span(),
+                    format!("limits.{old} has moved: write it as {new} (in a [body] table)"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn providers(&self, raw: &[Spanned<RawProvider>]) -> Result<Vec<Provider>, ConfigError> {
@@ -525,31 +627,66 @@ impl Check<'_> {
                 (None, true) => KeySource::PassThrough,
                 (Some(variable), false) => self.env_key(variable, p.api, &key("api_key_env"))?,
             };
+            let ca = match &p.ca_file {
+                Some(file) => Some(self.ca_file(file, &key("ca_file"))?),
+                None => None,
+            };
             providers.push(Provider {
                 name: p.name.get_ref().clone(),
                 api: p.api,
                 base_url,
                 key: keysource,
+                ca,
+                http2: p.http2,
             });
         }
         Ok(providers)
     }
 
+    /// A provider's `ca_file`, relative to the configuration's directory, read now and
+    /// checked to hold CA certificates.
+    fn ca_file(&self, raw: &Spanned<String>, key: &str) -> Result<CaFile, ConfigError> {
+        let path = match self.dir {
+            Some(dir) => dir.join(raw.get_ref()),
+            None => std::path::PathBuf::from(raw.get_ref()),
+        };
+        let pem = std::fs::read(&path)
+            .map_err(|e| self.error(key, raw.span(), format!("`{}`: {e}", path.display())))?;
+        // The client's own check, so that building the client cannot fail later.
+        brownout::client::HttpsConfig::new()
+            .roots(brownout::client::Roots::None)
+            .ca_pem(&pem)
+            .build()
+            .map_err(|e| self.error(key, raw.span(), format!("`{}`: {}", path.display(), e.reason())))?;
+        Ok(CaFile {
+            path,
+            pem: pem.into(),
+        })
+    }
+
     fn base_url(&self, raw: &Spanned<String>, key: &str) -> Result<Uri, ConfigError> {
         let text = raw.get_ref().trim();
         let fail = |message: String| self.error(key, raw.span(), message);
+        // Before anything repeats the URL: user info in it is a secret.
+        let after_scheme = text.split_once("://").map_or(text, |(_, rest)| rest);
+        let authority = after_scheme
+            .split(['/', '?', '#'])
+            .next()
+            .unwrap_or_default();
+        if authority.contains('@') {
+            return Err(fail(
+                "the base URL holds a user name or password: credentials belong in api_key_env (or callers' own keys with pass_through_key = true), never in the URL".into(),
+            )
+            .without_source_line());
+        }
         let uri: Uri = text
             .parse()
             .map_err(|e| fail(format!("`{text}` is not a URL: {e}")))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(fail(format!(
-                    "`{text}`: https upstreams are not supported yet (this gateway has no TLS client); use an http:// endpoint, such as a local TLS-originating proxy or brownout-sim"
-                )))
-            }
-            _ => return Err(fail(format!("`{text}` needs the scheme http://"))),
-        }
+        let scheme = match uri.scheme_str() {
+            Some("https") => "https",
+            Some("http") => "http",
+            _ => return Err(fail(format!("`{text}` needs the scheme https:// (or http:// for a local upstream)"))),
+        };
         if uri.authority().is_none() {
             return Err(fail(format!("`{text}` needs a host")));
         }
@@ -562,7 +699,7 @@ impl Check<'_> {
         // its trailing slash, so that `/proxy/` and `/proxy` mean the same.
         let prefix = uri.path().trim_end_matches('/');
         let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
-        format!("http://{authority}{prefix}")
+        format!("{scheme}://{authority}{prefix}")
             .parse()
             .map_err(|e| fail(format!("`{text}` is not a URL: {e}")))
     }
@@ -631,11 +768,11 @@ impl Check<'_> {
         &self,
         raw: &RawRoute,
         api: Api,
+        path: &str,
         providers: &[Provider],
         fallback: Option<&RawFallback>,
         served_header: bool,
     ) -> Result<Route, ConfigError> {
-        let path = api.path();
         let route_key = format!("routes.\"{path}\"");
         let speaks = |index: usize, key: &str, span: Range<usize>| {
             let provider = &providers[index];

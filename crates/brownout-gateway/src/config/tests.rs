@@ -39,7 +39,7 @@ fn line_of(text: &str, needle: &str) -> usize {
 
 #[test]
 fn the_example_is_accepted_with_its_cascades_and_layers() {
-    let config = parse(crate::demo::EXAMPLE_CONFIG).unwrap();
+    let config = parse(crate::EXAMPLE_CONFIG).unwrap();
     assert_eq!(config.listen(), "127.0.0.1:8080".parse().unwrap());
     assert_eq!(config.shutdown_grace(), Duration::from_secs(30));
     assert_eq!(config.providers().len(), 2);
