@@ -109,6 +109,49 @@ fn a_bad_configuration_is_refused_with_its_key_and_line() {
 }
 
 #[test]
+fn check_lists_every_layer_on_or_off_and_default_or_set() {
+    let dir = scratch("check-layers");
+    let path = dir.join("gateway.toml");
+    let text = common::config_text("http://127.0.0.1:9", "[cache]\nenabled = false\n").replace(
+        "cascade = [{ model = \"gpt-4.1\" }, { model = \"gpt-4.1-mini\" }]",
+        "",
+    );
+    std::fs::write(&path, text).unwrap();
+    let output = run(&["check", "--config", path.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for expected in [
+        ["degrade", "on", "default"],
+        ["cache", "off", "set"],
+        ["fallback", "on", "set"],
+        ["breaker", "on", "default"],
+        ["retry", "on", "set"],
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.split_whitespace().eq(expected)),
+            "no {expected:?} in\n{stdout}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn check_refuses_a_base_url_with_a_password_and_never_prints_it() {
+    let dir = scratch("userinfo");
+    let path = dir.join("gateway.toml");
+    let text = common::config_text("http://operator:hunter2@127.0.0.1:9", "");
+    std::fs::write(&path, text).unwrap();
+    let output = run(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(message.contains("key provider[0].base_url"), "{message}");
+    assert!(message.contains("api_key_env"), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("hunter2"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 #[cfg(feature = "demo")]
 fn without_arguments_it_runs_the_demo() {
     let output = run(&[]);
@@ -143,7 +186,7 @@ mod signals {
         time::Duration,
     };
 
-    use brownout_sim::{Latency, ModelScript, Script, Sim, SimServer};
+    use brownout_sim::{Fault, Latency, ModelScript, Script, Sim, SimServer};
     use http_body_util::BodyExt;
 
     use super::{common, scratch, BIN};
@@ -233,6 +276,79 @@ mod signals {
             .await
             .unwrap();
         assert!(exit.success(), "exited with {exit:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shutdown_grace_that_cuts_requests_off_exits_non_zero_and_says_how_many() {
+        // An upstream that never answers: the request outlives the grace period.
+        let script = Script::new()
+            .seed(5)
+            .model("claude-sonnet-4-5", ModelScript::new().fault(Fault::hang()));
+        let server = SimServer::bind("127.0.0.1:0", Sim::new(script))
+            .await
+            .unwrap();
+        let sim = server.sim().clone();
+        let upstream = server.spawn().unwrap();
+
+        let dir = scratch("cut-off");
+        let path = dir.join("gateway.toml");
+        let text = common::config_text(&upstream.url(), "")
+            .replace("shutdown_grace = \"10s\"", "shutdown_grace = \"200ms\"");
+        std::fs::write(&path, text).unwrap();
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--config",
+                path.to_str().unwrap(),
+                "--log-level",
+                "error",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let first_line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).unwrap();
+            line
+        })
+        .await
+        .unwrap();
+        let url = first_line
+            .trim()
+            .strip_prefix("brownout-gateway: listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {first_line:?}"))
+            .to_owned();
+        let request = common::anthropic(
+            &format!("{url}/v1/messages"),
+            "claude-sonnet-4-5",
+            "Hello",
+            false,
+        );
+        let in_flight = tokio::spawn(async move { common::client().request(request).await });
+        common::until(Duration::from_secs(10), || sim.stats().received == 1).await;
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        let message = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            message.contains("cut off 1 connection(s) with requests in flight"),
+            "{message}"
+        );
+        // The caller saw its connection end, not an answer.
+        let result = tokio::time::timeout(Duration::from_secs(10), in_flight)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(result.is_err(), "{result:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

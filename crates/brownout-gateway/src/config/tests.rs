@@ -187,18 +187,27 @@ fn a_provider_must_say_where_its_key_comes_from() {
 }
 
 #[test]
-fn https_and_malformed_base_urls_are_refused() {
+fn https_base_urls_are_taken_and_malformed_ones_refused() {
     let text = format!(
         "{}{ROUTE}",
         PROVIDER.replace("http://127.0.0.1:8787", "https://api.anthropic.com")
     );
+    let config = Config::from_toml_str(&text).unwrap();
+    assert_eq!(
+        config.providers()[0].base_url(),
+        "https://api.anthropic.com/"
+    );
+    assert!(config.providers()[0].http2());
+    assert!(config.providers()[0].ca_file().is_none());
+
+    let text = format!(
+        "{}{ROUTE}",
+        PROVIDER.replace("http://127.0.0.1:8787", "ftp://api.anthropic.com")
+    );
     let e = refused(&text);
     assert_eq!(e.key(), Some("provider[0].base_url"));
     assert_eq!(e.line(), Some(line_of(&text, "base_url")));
-    assert!(
-        e.message().contains("https upstreams are not supported"),
-        "{e}"
-    );
+    assert!(e.message().contains("needs the scheme https://"), "{e}");
 
     let text = format!(
         "{}{ROUTE}",
@@ -371,4 +380,100 @@ fn syntax_errors_have_a_line() {
     let e = refused(&text);
     assert_eq!(e.line(), Some(line_of(&text, "[retry")));
     assert_eq!(e.key(), None);
+}
+
+#[test]
+fn a_base_url_with_user_info_is_refused_without_repeating_it() {
+    for url in [
+        "http://user:hunter2@127.0.0.1:8787",
+        "https://user:hunter2@api.example.com",
+        "http://hunter2@127.0.0.1:8787/proxy",
+    ] {
+        let text = PROVIDER.replace("http://127.0.0.1:8787", url) + ROUTE;
+        let e = refused(&text);
+        assert_eq!(e.key(), Some("provider[0].base_url"), "{e}");
+        assert!(e.message().contains("api_key_env"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert_eq!(e.line(), Some(line_of(&text, "base_url")));
+    }
+}
+
+#[test]
+fn the_body_settings_moved_out_of_limits_and_say_where() {
+    for (old, new) in [
+        ("replay_limit = 1024", "body.replay_limit"),
+        ("body_idle_timeout = \"5s\"", "body.idle_timeout"),
+    ] {
+        let text = format!("{PROVIDER}{ROUTE}\n[limits]\n{old}\n");
+        let e = refused(&text);
+        assert!(e.key().unwrap().starts_with("limits."), "{e}");
+        assert!(e.message().contains(new), "{e}");
+        assert_eq!(e.line(), Some(line_of(&text, old)));
+    }
+    let text = format!(
+        "body_timeout = \"12s\"\n{PROVIDER}{ROUTE}\n[body]\nreplay_limit = 1024\nidle_timeout = \"5s\"\n[streams]\nidle_timeout = \"20s\"\n[connections]\nper_client = 8\ntotal = 100\n[headers]\nshould_retry = false\n"
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.limits().replay_limit_bytes(), 1024);
+    assert_eq!(config.body_timeout(), Duration::from_secs(12));
+    assert_eq!(config.stream_idle_timeout(), Duration::from_secs(20));
+    assert_eq!(
+        config.connections(),
+        Connections {
+            per_client: 8,
+            total: 100
+        }
+    );
+    assert!(!config.headers().should_retry);
+
+    let defaults = parse(&format!("{PROVIDER}{ROUTE}")).unwrap();
+    assert_eq!(defaults.body_timeout(), DEFAULT_BODY_TIMEOUT);
+    assert_eq!(defaults.stream_idle_timeout(), Duration::from_secs(60));
+    assert_eq!(defaults.connections().per_client, 256);
+    assert!(defaults.headers().should_retry);
+    let e = refused(&format!(
+        "{PROVIDER}{ROUTE}\n[streams]\nidle_timeout = \"0s\"\n"
+    ));
+    assert_eq!(e.key(), Some("streams.idle_timeout"));
+}
+
+#[test]
+fn every_layer_is_listed_with_on_off_and_default_or_set() {
+    let config = parse(&format!("{PROVIDER}{ROUTE}\n[retry]\nenabled = false\n")).unwrap();
+    let listed: Vec<(&str, bool, bool)> = config
+        .layers()
+        .iter()
+        .map(|l| (l.name, l.on, l.set))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("degrade", true, false),
+            ("cache", true, false),
+            ("fallback", false, false),
+            ("breaker", true, false),
+            ("retry", false, true),
+        ]
+    );
+    let cascade = ROUTE.replace(
+        "provider = \"anthropic\"",
+        "provider = \"anthropic\"\ncascade = [{ model = \"a\" }, { model = \"b\" }]",
+    );
+    let config = parse(&format!("{PROVIDER}{cascade}")).unwrap();
+    assert_eq!(
+        config.layers()[2],
+        LayerState {
+            name: "fallback",
+            on: true,
+            set: true
+        }
+    );
+}
+
+#[test]
+fn the_responses_route_needs_an_openai_provider() {
+    let text = format!("{PROVIDER}{ROUTE}\n[routes.\"/v1/responses\"]\nprovider = \"anthropic\"\n");
+    let e = refused(&text);
+    assert_eq!(e.key(), Some("routes.\"/v1/responses\".provider"));
+    assert!(e.message().contains("needs an openai one"), "{e}");
 }
