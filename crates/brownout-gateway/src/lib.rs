@@ -75,12 +75,15 @@
 //! `limits.body_idle_timeout` `408`; a body naming `model` twice `400`. None of them
 //! counts against a breaker or a budget.
 //!
-//! # Limits
+//! # Upstreams and limits
 //!
-//! Upstreams are reached over plain HTTP/1.1: this version has no TLS client, so a
-//! provider's https endpoint needs a TLS-originating proxy in between, and the
-//! configuration refuses `https://` base URLs rather than fail later. The gateway
-//! itself listens on plain HTTP/1.1.
+//! Upstreams are reached with brownout's HTTPS client ([`UpstreamClient`]):
+//! `https://` base URLs over rustls, HTTP/2 by ALPN with HTTP/1.1 as the fallback, the
+//! platform's certificate authorities plus a provider's `ca_file`; `http2 = false`
+//! offers HTTP/1.1 only. Plain `http://` stays for local upstreams. A connection
+//! that cannot be made is answered `502` with the reason (`tls handshake with
+//! api.anthropic.com failed: invalid peer certificate: UnknownIssuer`), logged the
+//! same. The gateway itself listens on plain HTTP/1.1.
 
 pub mod config;
 mod credentials;

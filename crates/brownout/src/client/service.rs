@@ -42,6 +42,28 @@ impl HttpsClient {
     pub(crate) fn from_client(inner: Client<Connector, Body>) -> Self {
         HttpsClient { inner }
     }
+
+    /// Sends `request`, as [`Service::call`] does, through a shared reference.
+    pub fn send<B>(&self, request: Request<B>) -> ResponseFuture
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let Some(authority) = request.uri().authority().cloned() else {
+            return ResponseFuture {
+                state: State::Failed(Some(Box::new(crate::error::InvalidRequest::new(
+                    "the client needs an absolute URI, such as https://api.anthropic.com/v1/messages",
+                )))),
+            };
+        };
+        ResponseFuture {
+            state: State::Sending {
+                future: self.inner.request(request.map(Body::new)),
+                authority,
+            },
+        }
+    }
 }
 
 impl<B> Service<Request<B>> for HttpsClient
@@ -60,19 +82,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> ResponseFuture {
-        let Some(authority) = request.uri().authority().cloned() else {
-            return ResponseFuture {
-                state: State::Failed(Some(Box::new(crate::error::InvalidRequest::new(
-                    "the client needs an absolute URI, such as https://api.anthropic.com/v1/messages",
-                )))),
-            };
-        };
-        ResponseFuture {
-            state: State::Sending {
-                future: self.inner.request(request.map(Body::new)),
-                authority,
-            },
-        }
+        self.send(request)
     }
 }
 
