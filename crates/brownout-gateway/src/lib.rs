@@ -61,19 +61,39 @@
 //!
 //! # What it proxies
 //!
-//! `POST /v1/messages` and `POST /v1/chat/completions` go through their route's
-//! pipeline; every other request is forwarded unchanged to one provider. On a route
-//! with a cascade, a request for one of its models starts there (never an upgrade),
-//! and a request for any other model is sent as the cascade's first model: that is
-//! the fallback layer's rule, and the `x-brownout-model` header says which answered. Answers are
-//! streamed as they arrive: the layers judge a response on its head (and the start of
-//! an error body), and hand hyper's body on; only the cache reads a success body, to
-//! store it (up to its per-entry limit), and streams it to the caller as it reads.
-//! Request bodies are buffered once, up to the `limits.replay_limit` of the config
+//! Each request goes to the provider whose API it speaks (see [`router`]): by an
+//! explicit `/anthropic/` or `/openai/` prefix, else by its path, else (for paths
+//! both providers have, such as `GET /v1/models`) by its credential style; one that
+//! cannot be placed gets `400` naming why, and a caller's key never reaches the other
+//! provider's host. `POST /v1/messages`, `POST /v1/chat/completions` and `POST
+//! /v1/responses` go through their route's pipeline; every other request is
+//! forwarded unchanged to a provider of its API. `GET /healthz` (up) and `GET
+//! /readyz` (each route has a model whose breaker admits calls) are answered by the
+//! gateway. On a route with a cascade, a request for one of its models starts there
+//! (never an upgrade), and a request for any other model is sent as the cascade's
+//! first model: that is the fallback layer's rule, and the `x-brownout-model` header
+//! says which answered. Answers are streamed as they arrive: the layers judge a
+//! response on its head (and the start of an error body), and hand hyper's body on;
+//! only the cache reads a success body, to store it (up to its per-entry limit), and
+//! streams it to the caller as it reads. A stream that sends nothing for `[streams]
+//! idle_timeout` (60 s) is ended with an error event in the provider's shape.
+//!
+//! The gateway's own final answers tell an SDK what happened and not to retry on top:
+//! every breaker open is `529 overloaded_error` (Anthropic routes) or `503` (OpenAI
+//! routes) with `retry-after` the earliest moment a target may be tried; every target
+//! timed out `504`; a failed answer the gateway already retried or fell back on keeps
+//! its status and gets `x-should-retry: false` (`[headers] should_retry = false` turns
+//! that off).
+//!
+//! Request bodies are buffered once, up to the `body.replay_limit` of the config
 //! (4 MiB by default), so that retry and fallback can send them again; a longer one is
 //! sent once. A caller's body that breaks off is answered `400`, one that stalls for
-//! `limits.body_idle_timeout` `408`; a body naming `model` twice `400`. None of them
-//! counts against a breaker or a budget.
+//! `body.idle_timeout` or is not whole within `body_timeout` (30 s) `408`; a body
+//! naming `model` twice `400`. None of them counts against a breaker or a budget.
+//! Methods no route accepts get `405`, paths with dot segments or encoded slashes
+//! `400`; connections beyond `[connections]` `per_client` (256) or `total` (4096) get
+//! `503` with `retry-after`. When the shutdown grace cuts requests off, the binary
+//! exits with status 1 and says how many.
 //!
 //! # Upstreams and limits
 //!
