@@ -425,16 +425,42 @@ fn method_not_allowed(
 /// Refuses a path the upstream could read differently from the gateway: dot segments
 /// (`/v1/../x`, also percent-encoded) and encoded slashes or backslashes.
 fn check_path(uri: &Uri) -> Result<(), &'static str> {
-    let path = uri.path();
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") || path.contains('\\') {
+    let path = uri.path().as_bytes();
+    // Most paths have neither `%`, `\\` nor `.`: one scan, no allocation.
+    if !path.iter().any(|b| matches!(b, b'%' | b'\\' | b'.')) {
+        return Ok(());
+    }
+    let encoded = |at: usize, hex: &[u8; 2]| {
+        path.get(at + 1..at + 3)
+            .is_some_and(|h| h.eq_ignore_ascii_case(hex))
+    };
+    let slash = path
+        .iter()
+        .enumerate()
+        .any(|(i, b)| *b == b'\\' || (*b == b'%' && (encoded(i, b"2f") || encoded(i, b"5c"))));
+    if slash {
         return Err("the path holds an encoded slash or a backslash: write the path plainly");
     }
-    let dot = |segment: &str| {
-        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-        decoded == "." || decoded == ".."
+    let dot = |segment: &[u8]| {
+        let mut dots = 0;
+        let mut i = 0;
+        while i < segment.len() {
+            if segment[i] == b'.' {
+                i += 1;
+            } else if segment[i] == b'%'
+                && segment
+                    .get(i + 1..i + 3)
+                    .is_some_and(|h| h.eq_ignore_ascii_case(b"2e"))
+            {
+                i += 3;
+            } else {
+                return false;
+            }
+            dots += 1;
+        }
+        dots == 1 || dots == 2
     };
-    if path.split('/').any(dot) {
+    if path.split(|b| *b == b'/').any(dot) {
         return Err("the path holds a dot segment (`.` or `..`): write the path it means");
     }
     Ok(())
