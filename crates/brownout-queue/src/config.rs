@@ -95,6 +95,7 @@ pub enum OnShed {
 /// | [`deadline`](Self::deadline) | none |
 /// | [`recovery_limit`](Self::recovery_limit) | 32 in flight, then no limit |
 /// | [`probe_after`](Self::probe_after) | none: held for the whole server-given delay |
+/// | [`early_ack`](Self::early_ack) | 120 ms in flight counts as a success for slow start |
 /// | [`prefer_wait`](Self::prefer_wait) | wait up to 500 ms ([`PreferWait::default`]) |
 /// | [`health`](Self::health) | none: only the answers that pass say a key is unavailable |
 /// | [`poll_interval`](Self::poll_interval) | 50 ms, with ±50 % jitter |
@@ -108,6 +109,7 @@ pub struct QueueConfig {
     pub(crate) deadline: Option<Duration>,
     pub(crate) recovery_limit: u32,
     pub(crate) probe_after: Option<Duration>,
+    pub(crate) early_ack: Option<Duration>,
     pub(crate) prefer_wait: PreferWait,
     pub(crate) health: Option<Arc<dyn Health>>,
     pub(crate) reopen_hint: Option<HintFn>,
@@ -128,6 +130,7 @@ impl QueueConfig {
             deadline: None,
             recovery_limit: 32,
             probe_after: None,
+            early_ack: Some(Duration::from_millis(120)),
             prefer_wait: PreferWait::default(),
             health: None,
             reopen_hint: None,
@@ -195,6 +198,24 @@ impl QueueConfig {
     /// probe. Off by default: a key is held for the whole delay the server asked for.
     pub fn probe_after(mut self, after: Duration) -> Self {
         self.probe_after = Some(after);
+        self
+    }
+
+    /// A call admitted while a key recovers counts as a success for slow start once it
+    /// has been in flight this long without failing: overload and rate-limit answers
+    /// come in milliseconds, LLM answers in seconds, so waiting for the whole answer
+    /// would hold every waiter behind the probe for a full answer's time. Such a call
+    /// no longer holds a place in flight: admission bounds the calls not yet known to
+    /// pass. Its answer still counts when it comes: an overload then halves admission.
+    /// 120 ms by default.
+    pub fn early_ack(mut self, after: Duration) -> Self {
+        self.early_ack = Some(after);
+        self
+    }
+
+    /// Slow start grows only on answers: see [`early_ack`](Self::early_ack).
+    pub fn no_early_ack(mut self) -> Self {
+        self.early_ack = None;
         self
     }
 
@@ -290,6 +311,7 @@ impl fmt::Debug for QueueConfig {
             .field("deadline", &self.deadline)
             .field("recovery_limit", &self.recovery_limit)
             .field("probe_after", &self.probe_after)
+            .field("early_ack", &self.early_ack)
             .field("prefer_wait", &self.prefer_wait)
             .field("health", &self.health.is_some())
             .field("poll_interval", &self.poll_interval)

@@ -17,9 +17,10 @@ use brownout_core::{
     },
     event::Event,
     future::{Output, ResponseFuture as Boxed},
-    Body, BoxError, RequestFacts,
+    Body, BoxError, OutcomeKind, RequestFacts,
 };
-use http::{Request, Response};
+use bytes::Bytes;
+use http::{uri::Authority, Request, Response};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_service::Service;
@@ -50,7 +51,7 @@ pin_project! {
             #[pin]
             future: F,
             shared: Arc<Shared>,
-            key: Arc<str>,
+            key: KeySource,
         },
         Boxed { future: Boxed },
         Failed { error: Option<BoxError> },
@@ -58,7 +59,7 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn direct(future: F, shared: Arc<Shared>, key: Arc<str>) -> Self {
+    pub(crate) fn direct(future: F, shared: Arc<Shared>, key: KeySource) -> Self {
         ResponseFuture {
             kind: Kind::Direct {
                 future,
@@ -109,13 +110,13 @@ where
                         match classify_head(&classifier, &response) {
                             Some(outcome) => {
                                 if !outcome.is_success() {
-                                    learn(shared, key, &outcome);
+                                    learn(shared, &key.resolve(), &outcome);
                                 }
                                 Poll::Ready(Ok(response))
                             }
                             // An error body to read first (429, 5xx): the rare path.
                             None => {
-                                let (shared, key) = (shared.clone(), key.clone());
+                                let (shared, key) = (shared.clone(), key.resolve());
                                 let future = Boxed::new(async move {
                                     let (response, outcome) = classify_response(
                                         &classifier,
@@ -133,7 +134,7 @@ where
                     }
                     Err(error) => {
                         let outcome = classify_error(&classifier, error.as_ref());
-                        learn(shared, key, &outcome);
+                        learn(shared, &key.resolve(), &outcome);
                         Poll::Ready(Err(error))
                     }
                 }
@@ -175,7 +176,41 @@ pub(crate) fn key_of(request: &Request<Body>) -> Arc<str> {
     {
         return model.clone();
     }
-    Arc::from(request.uri().host().unwrap_or("default"))
+    host_key(request.uri().authority())
+}
+
+fn host_key(authority: Option<&Authority>) -> Arc<str> {
+    Arc::from(authority.map_or("default", Authority::host))
+}
+
+/// The key of a request passing straight through: found before it is sent, or, while
+/// nothing is tracked and no health view is asked, only if its answer says the key
+/// is unavailable, from the body bytes kept aside (a reference count, no copy), so
+/// that the success path reads no request facts.
+pub(crate) enum KeySource {
+    Known(Arc<str>),
+    Lazy {
+        body: Bytes,
+        authority: Option<Authority>,
+    },
+}
+
+impl KeySource {
+    fn resolve(&self) -> Arc<str> {
+        match self {
+            KeySource::Known(key) => key.clone(),
+            KeySource::Lazy { body, authority } => {
+                let (parts, ()) = Request::new(()).into_parts();
+                match RequestFacts::read(&parts, body, true) {
+                    Ok(facts) => match facts.model_arc().filter(|m| !m.is_empty()) {
+                        Some(model) => model.clone(),
+                        None => host_key(authority.as_ref()),
+                    },
+                    Err(_) => host_key(authority.as_ref()),
+                }
+            }
+        }
+    }
 }
 
 /// How long the request may wait: `max_wait`, or less when its deadline is nearer.
@@ -208,7 +243,8 @@ impl Drop for Leave {
 }
 
 /// A request that may have to wait: arrives at its key's queue, waits for a permit
-/// (or is shed), then is sent.
+/// (or is shed), then is sent; an overload answer with a delay to a request the queue
+/// sent puts it back in its place, while its wait allows.
 pub(crate) async fn queued<S, ResBody>(
     shared: Arc<Shared>,
     inner: S,
@@ -216,7 +252,7 @@ pub(crate) async fn queued<S, ResBody>(
     key: Arc<str>,
 ) -> Output
 where
-    S: Service<Request<Body>, Response = Response<ResBody>> + Send + 'static,
+    S: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
     ResBody: http_body::Body + Send + 'static,
@@ -224,88 +260,156 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let start = Instant::now();
-    let priority = {
-        let (parts, body) = request.into_parts();
-        let priority = shared.priority.of(&parts);
-        (Request::from_parts(parts, body), priority)
-    };
-    let (request, priority) = priority;
+    let (parts, body) = request.into_parts();
+    let priority = shared.priority.of(&parts);
+    let mut request = Request::from_parts(parts, body);
     let caller = RequestFacts::of(request.extensions()).and_then(|f| f.caller(request.headers()));
-    let budget = budget(&shared, &request, start);
-    match shared.arrive(&key, priority, caller, budget) {
-        Arrival::Pass(permit) => send(&shared, inner, request, &key, permit, false).await,
-        Arrival::Shed {
-            key,
-            reason,
-            retry_after,
-        } => shed_output(&shared, &request, key, reason, retry_after, Duration::ZERO),
-        Arrival::Wait {
-            key: entry,
-            slot,
-            mut rx,
-            depth,
-            expected,
-        } => {
-            shared.emit(Event::new(
-                "queue",
-                request.method(),
-                request.uri(),
-                QueueEvent::Queued {
-                    key: key.clone(),
-                    depth,
-                    expected,
-                },
-            ));
-            let mut leave = Leave {
-                shared: shared.clone(),
-                key: entry.clone(),
-                slot,
-                armed: true,
-            };
-            let shed_at = start + budget;
-            let ticket = loop {
-                let wake = shared.wake_at(&entry, Instant::now());
-                tokio::select! {
-                    biased;
-                    ticket = &mut rx => break ticket.ok(),
-                    () = tokio::time::sleep_until(shed_at) => {
-                        if shared.leave(&entry, slot) {
-                            break Some(Ticket::Shed(ShedReason::WaitExpired));
-                        }
-                        // Admitted or shed in the same instant: take what was sent.
-                        break rx.try_recv().ok();
-                    }
-                    () = tokio::time::sleep_until(wake.unwrap_or(shed_at)), if wake.is_some() => {
-                        shared.poke(&entry);
+    let shed_at = start + budget(&shared, &request, start);
+    let mut place = None;
+    // The answer to hand back if the request cannot be held again.
+    let mut failed: Option<Output> = None;
+    loop {
+        let budget = shed_at.saturating_duration_since(Instant::now());
+        let (permit, waited) = match shared.arrive(&key, priority, caller, budget, place) {
+            Arrival::Pass(permit) => (permit, false),
+            Arrival::Shed {
+                key,
+                reason,
+                retry_after,
+            } => {
+                return match failed {
+                    Some(output) => output,
+                    None => {
+                        shed_output(&shared, &request, key, reason, retry_after, start.elapsed())
                     }
                 }
-            };
-            leave.armed = false;
-            let waited = start.elapsed();
-            match ticket {
-                Some(Ticket::Go(permit)) => {
+            }
+            Arrival::Wait {
+                key: entry,
+                slot,
+                rx,
+                depth,
+                expected,
+            } => {
+                if failed.is_none() {
                     shared.emit(Event::new(
                         "queue",
                         request.method(),
                         request.uri(),
-                        QueueEvent::Admitted {
+                        QueueEvent::Queued {
                             key: key.clone(),
-                            waited,
+                            depth,
+                            expected,
                         },
                     ));
-                    send(&shared, inner, request, &key, Some(permit), true).await
                 }
-                Some(Ticket::Shed(reason)) => {
-                    let retry_after = match reason {
-                        ShedReason::Shutdown => None,
-                        _ => shared.expected(&key),
-                    };
-                    shed_output(&shared, &request, key, reason, retry_after, waited)
+                place = Some(slot.1);
+                match wait(&shared, &entry, slot, rx, shed_at).await {
+                    Some(Ticket::Go(permit)) => {
+                        shared.emit(Event::new(
+                            "queue",
+                            request.method(),
+                            request.uri(),
+                            QueueEvent::Admitted {
+                                key: key.clone(),
+                                waited: start.elapsed(),
+                            },
+                        ));
+                        (Some(permit), true)
+                    }
+                    ticket => {
+                        if let Some(output) = failed {
+                            return output;
+                        }
+                        let reason = match ticket {
+                            Some(Ticket::Shed(reason)) => reason,
+                            _ => ShedReason::Shutdown,
+                        };
+                        let retry_after = match reason {
+                            ShedReason::Shutdown => None,
+                            _ => shared.expected(&key),
+                        };
+                        return shed_output(
+                            &shared,
+                            &request,
+                            key,
+                            reason,
+                            retry_after,
+                            start.elapsed(),
+                        );
+                    }
                 }
-                None => shed_output(&shared, &request, key, ShedReason::Shutdown, None, waited),
             }
+        };
+        // Only a request the queue admits itself may be held again, and only when its
+        // bytes can be sent again.
+        let again = permit.as_ref().and_then(|_| replay_of(&request));
+        let (output, outcome) = send(&shared, inner.clone(), request, &key, permit, waited).await;
+        let hold = again.filter(|_| {
+            matches!(
+                outcome.kind(),
+                OutcomeKind::Overloaded | OutcomeKind::RateLimited | OutcomeKind::Rejected
+            ) && outcome.server_delay().is_some()
+                && shared
+                    .expected(&key)
+                    .is_some_and(|wait| Instant::now() + wait < shed_at)
+        });
+        match hold {
+            Some(again) => {
+                request = again;
+                failed = Some(output);
+            }
+            None => return output,
         }
     }
+}
+
+/// Waits for a ticket, looking again when the key's delay ends or its health may have
+/// changed; leaves the queue when the caller hangs up.
+async fn wait(
+    shared: &Arc<Shared>,
+    entry: &Arc<Key>,
+    slot: Slot,
+    mut rx: tokio::sync::oneshot::Receiver<Ticket>,
+    shed_at: Instant,
+) -> Option<Ticket> {
+    let mut leave = Leave {
+        shared: shared.clone(),
+        key: entry.clone(),
+        slot,
+        armed: true,
+    };
+    let ticket = loop {
+        let wake = shared.wake_at(entry, Instant::now());
+        tokio::select! {
+            biased;
+            ticket = &mut rx => break ticket.ok(),
+            () = tokio::time::sleep_until(shed_at) => {
+                if shared.leave(entry, slot) {
+                    break Some(Ticket::Shed(ShedReason::WaitExpired));
+                }
+                // Admitted or shed in the same instant: take what was sent.
+                break rx.try_recv().ok();
+            }
+            () = tokio::time::sleep_until(wake.unwrap_or(shed_at)), if wake.is_some() => {
+                shared.poke(entry);
+            }
+        }
+    };
+    leave.armed = false;
+    ticket
+}
+
+/// A copy of a request whose body is in memory, to be sent again.
+fn replay_of(request: &Request<Body>) -> Option<Request<Body>> {
+    let body = request.body().try_clone()?;
+    let mut copy = Request::new(body);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    Some(copy)
 }
 
 /// Sends the request and learns from its answer.
@@ -314,9 +418,9 @@ async fn send<S, ResBody>(
     mut inner: S,
     request: Request<Body>,
     key: &Arc<str>,
-    permit: Option<Permit>,
+    mut permit: Option<Permit>,
     waited: bool,
-) -> Output
+) -> (Output, Outcome)
 where
     S: Service<Request<Body>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
@@ -326,22 +430,42 @@ where
 {
     if waited {
         // Readiness was reserved before the wait; ask again, as it may have changed.
-        std::future::poll_fn(|cx| inner.poll_ready(cx))
-            .await
-            .map_err(Into::into)?;
+        if let Err(error) = std::future::poll_fn(|cx| inner.poll_ready(cx)).await {
+            let error: BoxError = error.into();
+            let outcome = classify_error(&DefaultClassifier::new(), error.as_ref());
+            return (Err(error), outcome);
+        }
     }
-    let result = inner
-        .call(request)
-        .await
-        .map(|response| response.map(Body::new))
-        .map_err(Into::into);
+    let call = inner.call(request);
+    let mut call = std::pin::pin!(async move {
+        call.await
+            .map(|response| response.map(Body::new))
+            .map_err(Into::<BoxError>::into)
+    });
+    let result = match (permit.as_mut(), shared.config.early_ack) {
+        // Overload answers come in milliseconds, LLM answers in seconds: a call still
+        // in flight after `early_ack` lets slow start admit the next ones.
+        (Some(permit), Some(after)) => {
+            tokio::select! {
+                biased;
+                result = &mut call => result,
+                () = tokio::time::sleep(after) => {
+                    if let Some(change) = shared.survived(permit) {
+                        shared.emit(Event::detached("queue", change));
+                    }
+                    call.await
+                }
+            }
+        }
+        _ => call.await,
+    };
     let (result, outcome) =
         classify_result(&DefaultClassifier::new(), result, DEFAULT_ERROR_BODY_LIMIT).await;
     if let Some(change) = shared.observe(key, &outcome, permit.as_ref()) {
         shared.emit(Event::detached("queue", change));
     }
     drop(permit);
-    result
+    (result, outcome)
 }
 
 fn shed_output(

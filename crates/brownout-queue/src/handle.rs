@@ -72,6 +72,39 @@ impl QueueHandle {
     }
 }
 
+impl QueueHandle {
+    /// A [`Health`] view that says yes only when both this handle's wait-or-move rule
+    /// and `other` (a breaker's handle) do: for a fallback outside both layers, in the
+    /// order `fallback > breaker > queue > retry`.
+    pub fn and(self, other: impl Health) -> Both {
+        Both {
+            queue: self,
+            other: std::sync::Arc::new(other),
+        }
+    }
+}
+
+/// The [`Health`] view of [`QueueHandle::and`].
+#[derive(Clone)]
+pub struct Both {
+    queue: QueueHandle,
+    other: Arc<dyn Health>,
+}
+
+impl Health for Both {
+    fn is_available(&self, key: &str) -> bool {
+        self.other.is_available(key) && self.queue.is_available(key)
+    }
+}
+
+impl fmt::Debug for Both {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Both")
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Health for QueueHandle {
     fn is_available(&self, key: &str) -> bool {
         self.choose(key).is_wait()

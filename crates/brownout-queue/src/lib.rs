@@ -68,22 +68,39 @@
 //!   unknown unless a [`reopen_hint`](QueueConfig::reopen_hint) tells (for a breaker:
 //!   `move |key| handle.state(key).and_then(|s| s.open_for)`).
 //!
-//! Otherwise requests pass straight through: with no key unavailable, the layer costs
-//! one atomic load and a look at the answer's recorded outcome (see the `queue`
-//! benchmark).
+//! Otherwise requests pass straight through: with no key unavailable and no health
+//! view to ask, the layer costs one atomic load and a look at the answer's head; the
+//! request's facts are read only when an answer says its key is unavailable (see the
+//! `queue` benchmark).
 //!
 //! # Draining without a herd
 //!
 //! When a key becomes unavailable its admission limit drops to one. When the delay has
 //! passed (and the health view says yes), the first waiter goes alone, as a half-open
 //! probe. Each success admits one more in flight, so admission doubles each round
-//! (1, 2, 4 …) until it reaches [`recovery_limit`](QueueConfig::recovery_limit), and the
-//! key is back to normal: no limit, nothing tracked. A new overload while recovering
-//! halves the limit (once per round: answers of calls started before the last halving
-//! do not halve it again) and growth goes on by one per round from there (AIMD); one
-//! with a delay also holds the key again for that long. A failed probe holds the key
-//! and probes again. Requests already in flight when a key became unavailable are not
-//! counted against its limit.
+//! (1, 2, 4 …); the key is back to normal (no limit, nothing tracked) once nobody waits
+//! any more or admission reaches [`recovery_limit`](QueueConfig::recovery_limit). A new
+//! overload while recovering halves the limit (once per round: answers of calls
+//! admitted before the last halving do not halve it again) and growth goes on by one
+//! per round from there (AIMD); one with a delay also holds the key again for that
+//! long. Requests already in flight when a key became unavailable are not counted
+//! against its limit.
+//!
+//! Two settings fit LLM APIs, where an overload is answered in milliseconds and an
+//! answer takes seconds:
+//!
+//! - [`early_ack`](QueueConfig::early_ack) (120 ms by default): an admitted call that
+//!   has not failed after that long counts as a success for slow start and gives its
+//!   place in flight to the next one, so that the backlog does not wait a whole answer
+//!   per round.
+//! - [`probe_after`](QueueConfig::probe_after) (off by default): probe after at most
+//!   that long, even when the server asked for longer (`retry-after` has whole
+//!   seconds; a burst is often over sooner).
+//!
+//! A request the queue admitted that meets a new overload or rate limit with a delay
+//! (or a breaker's refusal) is held again in its place, as long as its wait allows;
+//! otherwise its caller gets that live answer. Only the queue's own admissions are
+//! held again, and only with their body in memory.
 //!
 //! # Bounded and fair
 //!
@@ -127,11 +144,22 @@
 //!
 //! # Where it goes in a stack
 //!
-//! Inside the fallback (which asks its handle), outside the circuit breaker (whose
-//! refusals and reopening times it reads) and the retry layer:
-//! `fallback > queue > breaker > retry > client`. It buffers the request once under the
-//! stack's [`BodyLimits`](brownout_core::body::BodyLimits) and reads its
-//! [`RequestFacts`](brownout_core::RequestFacts), which the layers inside then reuse.
+//! Inside the fallback, which asks the [`QueueHandle`] whether to wait or move, and
+//! outside the retry layer. Either side of the circuit breaker:
+//!
+//! - `fallback > breaker > queue > retry > client` (measured best on the simulator's
+//!   burst script): the breaker counts a held request once, as it counts a retried
+//!   one, so that short bursts do not open it; give the fallback both views,
+//!   `queue.handle().and(breakers.handle())`. While the breaker is open the fallback
+//!   moves on, as without the queue.
+//! - `fallback > queue > breaker > retry > client`, with
+//!   [`QueueConfig::health`]`(breakers.handle())`: requests also wait while the breaker
+//!   is open (each probe the queue sends is counted by the breaker).
+//!
+//! The queue buffers the request once under the stack's
+//! [`BodyLimits`](brownout_core::body::BodyLimits) and reads its
+//! [`RequestFacts`](brownout_core::RequestFacts) when it may have to hold it, which the
+//! layers inside then reuse.
 
 mod config;
 mod error;
@@ -148,7 +176,7 @@ pub use config::{OnShed, Priority, QueueConfig, PRIORITY_HEADER};
 pub use error::{Shed, ShedReason};
 pub use event::QueueEvent;
 pub use future::ResponseFuture;
-pub use handle::QueueHandle;
+pub use handle::{Both, QueueHandle};
 pub use layer::QueueLayer;
 pub use policy::{prefer_wait_up_to, Choice, PreferWait};
 pub use service::Queue;

@@ -12,7 +12,7 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use crate::{
-    future::{self, ResponseFuture},
+    future::{self, KeySource, ResponseFuture},
     state::Shared,
     QueueConfig, QueueHandle, QueueLayer,
 };
@@ -91,13 +91,28 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let mut inner = take_ready(&mut self.inner);
         let shared = self.shared.clone();
-        match prepare_now(request, Need::Facts) {
+        let (parts, body) = request.into_parts();
+        let body = Body::new(body);
+        if shared.is_idle() {
+            if let Some(bytes) = body.bytes().cloned() {
+                // Nothing is wrong anywhere and no health view to ask: straight
+                // through, the key found only if the answer needs it.
+                let authority = parts.uri.authority().cloned();
+                let future = inner.call(Request::from_parts(parts, body));
+                let key = KeySource::Lazy {
+                    body: bytes,
+                    authority,
+                };
+                return ResponseFuture::direct(future, shared, key);
+            }
+        }
+        match prepare_now(Request::from_parts(parts, body), Need::Facts) {
             Ok(Ok(request)) => {
                 let key = future::key_of(&request);
                 if shared.is_clear(&key) {
                     // Nothing is wrong anywhere: straight through, watching the answer.
                     let future = inner.call(request);
-                    ResponseFuture::direct(future, shared, key)
+                    ResponseFuture::direct(future, shared, KeySource::Known(key))
                 } else {
                     ResponseFuture::boxed(future::queued(shared, inner, request, key))
                 }

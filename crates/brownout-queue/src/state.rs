@@ -114,13 +114,16 @@ pub(crate) struct Permit {
     key: Arc<Key>,
     pub(crate) started: Instant,
     epoch: u64,
+    /// Already counted as a success by slow start (it survived `early_ack`), and no
+    /// longer counted in flight.
+    acked: bool,
     armed: bool,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         if self.armed {
-            self.shared.finish(&self.key);
+            self.shared.finish(&self.key, !self.acked);
         }
     }
 }
@@ -146,6 +149,12 @@ impl Shared {
             shutdown: AtomicBool::new(false),
             seq: AtomicU64::new(0),
         }
+    }
+
+    /// Whether requests pass untouched without their key: no key is tracked and no
+    /// health view is asked.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.config.health.is_none() && self.tracked.load(Ordering::Acquire) == 0
     }
 
     /// Whether a request for `key` passes untouched: no key is tracked and the
@@ -240,6 +249,7 @@ impl Shared {
                 key: key.clone(),
                 started: now,
                 epoch: state.epoch,
+                acked: false,
                 armed: true,
             };
             match waiter.tx.send(Ticket::Go(permit)) {
@@ -259,6 +269,7 @@ impl Shared {
         priority: Priority,
         caller: Option<Fingerprint>,
         budget: Duration,
+        place: Option<u64>,
     ) -> Arrival {
         loop {
             let now = Instant::now();
@@ -280,6 +291,7 @@ impl Shared {
                     key: key.clone(),
                     started: now,
                     epoch: state.epoch,
+                    acked: false,
                     armed: true,
                 }));
             }
@@ -312,7 +324,9 @@ impl Shared {
                 self.forget_if_clean(&key, &mut state, now);
                 return arrival;
             }
-            let slot = (Reverse(priority), self.seq.fetch_add(1, Ordering::Relaxed));
+            // A request held again keeps its place.
+            let seq = place.unwrap_or_else(|| self.seq.fetch_add(1, Ordering::Relaxed));
+            let slot = (Reverse(priority), seq);
             let (tx, rx) = oneshot::channel();
             state.queue.insert(slot, Waiter { tx, caller });
             if let Some(caller) = caller {
@@ -357,7 +371,12 @@ impl Shared {
             covered += u64::from(limit);
             rounds += 1;
         }
-        Some(wait + state.latency.unwrap_or_default() * rounds)
+        // A round ends when its calls answer, or survive `early_ack`.
+        let round = match (state.latency, self.config.early_ack) {
+            (Some(latency), Some(ack)) => latency.min(ack),
+            (latency, ack) => latency.or(ack).unwrap_or_default(),
+        };
+        Some(wait + round * rounds)
     }
 
     /// When a waiter of `key` should look again (a delay ends, the health view may
@@ -395,10 +414,12 @@ impl Shared {
         true
     }
 
-    fn finish(self: &Arc<Self>, key: &Arc<Key>) {
+    fn finish(self: &Arc<Self>, key: &Arc<Key>, in_flight: bool) {
         let now = Instant::now();
         let mut state = lock(&key.state);
-        state.in_flight = state.in_flight.saturating_sub(1);
+        if in_flight {
+            state.in_flight = state.in_flight.saturating_sub(1);
+        }
         self.dispatch(key, &mut state, now);
         self.forget_if_clean(key, &mut state, now);
     }
@@ -472,32 +493,63 @@ impl Shared {
                 }
                 Some(_) => {}
             }
-        } else if kind == OutcomeKind::Success {
-            if let Some(limit) = state.limit {
-                let grown = if limit < state.ssthresh {
-                    limit + 1
-                } else {
-                    state.acked += 1;
-                    if state.acked >= limit {
-                        state.acked = 0;
-                        limit + 1
-                    } else {
-                        limit
-                    }
-                };
-                if grown >= self.recovery_limit {
-                    state.limit = None;
-                    state.ssthresh = u32::MAX;
-                    change = Some((None, "recovered"));
-                } else {
-                    state.limit = Some(grown);
-                }
-            }
+        } else if kind == OutcomeKind::Success && !permit.is_some_and(|p| p.acked) {
+            change = self.grow(&mut state);
         }
         self.dispatch(&key, &mut state, now);
         if permit.is_none() {
             self.forget_if_clean(&key, &mut state, now);
         }
+        drop(state);
+        change.map(|(limit, reason)| QueueEvent::AdmissionChanged {
+            key: key.name.clone(),
+            limit,
+            reason,
+        })
+    }
+
+    /// One more success for slow start: one more in flight below the threshold
+    /// (doubling each round), one more per round above it; back to normal at the
+    /// recovery limit or once the backlog is gone.
+    fn grow(&self, state: &mut KeyState) -> Option<(Option<u32>, &'static str)> {
+        let limit = state.limit?;
+        let grown = if limit < state.ssthresh {
+            limit + 1
+        } else {
+            state.acked += 1;
+            if state.acked >= limit {
+                state.acked = 0;
+                limit + 1
+            } else {
+                limit
+            }
+        };
+        // Back to normal at the recovery limit, or once nobody waits: slow start is
+        // there to release a backlog gently, and with none left the limit only
+        // throttles requests that arrive at their own pace.
+        if grown >= self.recovery_limit || state.queue.is_empty() {
+            state.limit = None;
+            state.ssthresh = u32::MAX;
+            return Some((None, "recovered"));
+        }
+        state.limit = Some(grown);
+        None
+    }
+
+    /// An admitted call still in flight after `early_ack`: counted as a success for
+    /// slow start, once, and no longer in flight for admission.
+    pub(crate) fn survived(self: &Arc<Self>, permit: &mut Permit) -> Option<QueueEvent> {
+        let now = Instant::now();
+        let key = permit.key.clone();
+        let mut state = lock(&key.state);
+        if state.limit.is_none() || permit.epoch != state.epoch || permit.acked {
+            return None;
+        }
+        permit.acked = true;
+        // Past the moment overloads are answered: its place goes to the next one.
+        state.in_flight = state.in_flight.saturating_sub(1);
+        let change = self.grow(&mut state);
+        self.dispatch(&key, &mut state, now);
         drop(state);
         change.map(|(limit, reason)| QueueEvent::AdmissionChanged {
             key: key.name.clone(),

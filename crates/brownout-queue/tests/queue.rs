@@ -648,3 +648,93 @@ async fn probe_after_probes_before_a_long_server_delay_ends() {
     assert_eq!(status_of(answer).await, 200);
     assert_eq!(start.elapsed(), Duration::from_millis(200));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_in_flight_past_early_ack_lets_slow_start_admit_the_next() {
+    let upstream = Upstream::new();
+    let (client, handle) = client(
+        QueueConfig::new()
+            .early_ack(Duration::from_millis(100))
+            .max_wait(Duration::from_secs(5)),
+        &upstream,
+    );
+    overload_for(&client, &upstream, 50).await;
+    upstream.otherwise(Step::Gate(200));
+    let answers: Vec<Answer> = (0..6).map(|i| spawn(&client, request(MODEL, i))).collect();
+    settle().await;
+    advance(50).await;
+    assert_eq!(upstream.calls(), 2, "the probe");
+    advance(100).await;
+    // The probe has not failed within 100 ms: two more go, without its answer.
+    assert_eq!(upstream.calls(), 4);
+    assert_eq!(handle.admission(MODEL), Some(2));
+    advance(100).await;
+    assert_eq!(upstream.calls(), 7, "then the rest: nobody waits any more");
+    assert_eq!(handle.depth(MODEL), 0);
+    upstream.release(10);
+    for answer in answers {
+        assert_eq!(status_of(answer).await, 200);
+    }
+    assert_eq!(
+        handle.admission(MODEL),
+        None,
+        "recovered once the backlog is gone"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_request_that_meets_a_new_overload_is_held_again_in_its_place() {
+    let upstream = Upstream::new();
+    let (client, handle) = client(
+        QueueConfig::new()
+            .no_early_ack()
+            .max_wait(Duration::from_secs(2)),
+        &upstream,
+    );
+    overload_for(&client, &upstream, 200).await;
+    // The probe meets the burst again; the second try passes.
+    upstream.script(MODEL, [overloaded(300)]);
+    let start = Instant::now();
+    let answer = spawn(&client, request(MODEL, 1));
+    advance(200).await;
+    assert_eq!(upstream.calls(), 2, "the probe went");
+    assert_eq!(handle.depth(MODEL), 1, "and is back in the queue");
+    advance(300).await;
+    let response = answer.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200, "the caller never saw the 529");
+    assert_eq!(start.elapsed(), Duration::from_millis(500));
+    let tags: Vec<usize> = upstream.seen().iter().map(|s| tag_of(&s.body)).collect();
+    assert_eq!(tags, [999, 1, 1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_request_whose_wait_would_pass_its_budget_gets_the_live_answer() {
+    let upstream = Upstream::new();
+    let (client, _) = client(
+        QueueConfig::new()
+            .no_early_ack()
+            .max_wait(Duration::from_millis(400)),
+        &upstream,
+    );
+    overload_for(&client, &upstream, 200).await;
+    upstream.script(MODEL, [overloaded(1000)]);
+    let answer = spawn(&client, request(MODEL, 1));
+    advance(200).await;
+    let response = answer.await.unwrap().unwrap();
+    assert_eq!(
+        response.status(),
+        529,
+        "the upstream's own answer, not a shed"
+    );
+    assert!(response.extensions().get::<Shed>().is_none());
+    assert_eq!(response.headers()["retry-after-ms"], "1000");
+}
+
+#[test]
+fn both_health_views_must_say_yes() {
+    use brownout_core::health::Health;
+    let layer = QueueLayer::new(QueueConfig::new());
+    let both = layer.handle().and(|key: &str| key != "down");
+    assert!(both.is_available(MODEL));
+    assert!(!both.is_available("down"));
+}

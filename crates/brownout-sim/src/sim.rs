@@ -8,7 +8,7 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     task::{Context, Poll},
     time::{Duration, SystemTime},
@@ -25,7 +25,7 @@ use tower::Service;
 use crate::{
     body::SimBody,
     provider::{self, Answer, Failure},
-    script::{served_api, Fault, FaultKind, ModelScript, Script},
+    script::{served_api, Enforced, Fault, FaultKind, ModelScript, Script},
 };
 
 /// The largest request body the simulator reads: 32 MiB, as Anthropic's API. A larger
@@ -94,6 +94,51 @@ struct ModelState {
     /// The current minute of the simulator's clock (high 32 bits) and how many
     /// requests arrived in it (low 32 bits), for the rate-limit headers.
     window: AtomicU64,
+    /// The enforced limits' buckets, made on the model's first request.
+    buckets: Mutex<Option<SimBuckets>>,
+}
+
+/// An enforced model's token buckets: a minute's limit each, refilled continuously.
+struct SimBuckets {
+    limits: [Option<u64>; 4],
+    levels: [f64; 4],
+    at: Instant,
+}
+
+impl SimBuckets {
+    fn new(limits: &Enforced, now: Instant) -> Self {
+        SimBuckets {
+            limits: limits.per_minute,
+            levels: limits.per_minute.map(|l| l.unwrap_or(0) as f64),
+            at: now,
+        }
+    }
+
+    /// Takes `need` (requests, input, output, both) if every bucket has it; else the
+    /// wait until they do and the index of the binding limit.
+    fn take(&mut self, need: [f64; 4], now: Instant) -> Result<(), (Duration, usize)> {
+        let minutes = now.saturating_duration_since(self.at).as_secs_f64() / 60.0;
+        self.at = now;
+        let mut short = None;
+        for (i, (level, limit)) in self.levels.iter_mut().zip(self.limits).enumerate() {
+            let Some(limit) = limit else { continue };
+            let limit = limit as f64;
+            *level = (*level + limit * minutes).min(limit);
+            if *level < need[i] {
+                let wait = Duration::from_secs_f64((need[i] - *level) / limit * 60.0);
+                if short.is_none_or(|(w, _)| wait > w) {
+                    short = Some((wait, i));
+                }
+            }
+        }
+        if let Some(short) = short {
+            return Err(short);
+        }
+        for (level, need) in self.levels.iter_mut().zip(need) {
+            *level -= need;
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Debug for Sim {
@@ -122,7 +167,7 @@ pub struct SimStats {
     pub by_answer: BTreeMap<String, u64>,
 }
 
-const ANSWER_LABELS: [&str; 13] = [
+const ANSWER_LABELS: [&str; 14] = [
     "ok",
     "rejected",
     "overloaded",
@@ -136,6 +181,7 @@ const ANSWER_LABELS: [&str; 13] = [
     "hang",
     "reset",
     "stream_error",
+    "over_limit",
 ];
 
 fn answer_index(label: &str) -> usize {
@@ -397,7 +443,33 @@ where
     let script = shared.model_script(index);
     let stream = parsed.stream;
     let fault = pick_fault(script, elapsed, stream, rng.f64());
-    let limits = shared.limits(index, script.requests_per_minute, elapsed);
+    let mut limits = shared.limits(index, script.requests_per_minute, elapsed);
+    let max_tokens = parsed.max_completion_tokens.or(parsed.max_tokens);
+    let words_given = max_tokens.map_or(script.output_tokens, |max| max.min(script.output_tokens));
+    let input_tokens = (bytes.len() / 4).max(1) as u32;
+    let mut enforced_headers = None;
+    if let Some(enforced) = &script.enforced {
+        let mut buckets = shared.models[index]
+            .buckets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let buckets = buckets.get_or_insert_with(|| SimBuckets::new(enforced, arrived));
+        let (input, output) = (f64::from(input_tokens), f64::from(words_given));
+        let taken = buckets.take([1.0, input, output, input + output], arrived);
+        if let Some(rpm) = buckets.limits[0] {
+            limits.limit = rpm as u32;
+            limits.remaining = buckets.levels[0].max(0.0) as u32;
+        }
+        enforced_headers = Some((buckets.limits, buckets.levels));
+        if let Err((wait, _)) = taken {
+            shared.count("over_limit");
+            let fault = Fault::rate_limited(wait.max(Duration::from_millis(1)));
+            limits.remaining = 0;
+            let mut response = fault_response(&mut rng, api, &fault, model, limits, Duration::ZERO);
+            token_headers(response.headers_mut(), api, enforced_headers);
+            return Ok(response);
+        }
+    }
     tracing::trace!(
         n,
         model,
@@ -431,9 +503,7 @@ where
     } else {
         random_id(&mut rng, "msg_01", 22, BASE62)
     };
-    let max_tokens = parsed.max_completion_tokens.or(parsed.max_tokens);
     let words_wanted = script.output_tokens;
-    let words_given = max_tokens.map_or(words_wanted, |max| max.min(words_wanted));
     let words: Vec<&'static str> = (0..words_given)
         .map(|_| provider::WORDS[rng.usize(..provider::WORDS.len())])
         .collect();
@@ -446,11 +516,12 @@ where
         model,
         id: &id,
         created,
-        input_tokens: (bytes.len() / 4).max(1) as u32,
+        input_tokens,
         words: &words,
         truncated: words_given < words_wanted,
     };
     let mut headers = provider_headers(&mut rng, api, &limits, latency);
+    token_headers(&mut headers, api, enforced_headers);
     let body = if stream {
         let error_after = fault.map(|f| f.after_deltas);
         shared.count(if error_after.is_some() {
@@ -572,6 +643,45 @@ fn provider_headers(
         );
     }
     headers
+}
+
+/// The token limits of an enforced model and what remains of them, in the provider's
+/// headers.
+fn token_headers(headers: &mut HeaderMap, api: Api, state: Option<([Option<u64>; 4], [f64; 4])>) {
+    let Some((limits, levels)) = state else {
+        return;
+    };
+    let names: &[(usize, &'static str, &'static str)] = if api.is_openai() {
+        &[(
+            3,
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens",
+        )]
+    } else {
+        &[
+            (
+                1,
+                "anthropic-ratelimit-input-tokens-limit",
+                "anthropic-ratelimit-input-tokens-remaining",
+            ),
+            (
+                2,
+                "anthropic-ratelimit-output-tokens-limit",
+                "anthropic-ratelimit-output-tokens-remaining",
+            ),
+            (
+                3,
+                "anthropic-ratelimit-tokens-limit",
+                "anthropic-ratelimit-tokens-remaining",
+            ),
+        ]
+    };
+    for (i, limit, remaining) in names {
+        if let Some(l) = limits[*i] {
+            headers.insert(*limit, HeaderValue::from(l));
+            headers.insert(*remaining, HeaderValue::from(levels[*i].max(0.0) as u64));
+        }
+    }
 }
 
 fn fault_response(

@@ -189,8 +189,18 @@ struct RawModel {
     stream_interval: Option<Dur>,
     output_tokens: Option<u32>,
     requests_per_minute: Option<u32>,
+    enforce: Option<RawEnforced>,
     #[serde(default)]
     faults: Vec<FaultDe>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnforced {
+    requests_per_minute: Option<u64>,
+    input_tokens_per_minute: Option<u64>,
+    output_tokens_per_minute: Option<u64>,
+    tokens_per_minute: Option<u64>,
 }
 
 impl RawModel {
@@ -207,6 +217,16 @@ impl RawModel {
         }
         if let Some(limit) = self.requests_per_minute {
             model = model.requests_per_minute(limit);
+        }
+        if let Some(e) = self.enforce {
+            model = model.enforce(super::Enforced {
+                per_minute: [
+                    e.requests_per_minute,
+                    e.input_tokens_per_minute,
+                    e.output_tokens_per_minute,
+                    e.tokens_per_minute,
+                ],
+            });
         }
         model.faults = self.faults.into_iter().map(|f| f.0).collect();
         model

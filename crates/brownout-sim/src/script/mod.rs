@@ -92,6 +92,10 @@ pub use self::de::ScriptError;
 /// minutes. See [`Script::outage`].
 pub const OUTAGE_TOML: &str = include_str!("../../scripts/outage.toml");
 
+/// The shipped burst script, as TOML: one minute of short, irregular overload bursts
+/// (a few hundred milliseconds each). See [`Script::bursts`].
+pub const BURSTS_TOML: &str = include_str!("../../scripts/bursts.toml");
+
 /// The longest a long-tailed [`Latency`] draws unless told otherwise with
 /// [`Latency::max`]: five minutes.
 pub const DEFAULT_LATENCY_CAP: Duration = Duration::from_secs(300);
@@ -183,6 +187,23 @@ impl Script {
     /// `gpt-4.1` and `gpt-4.1-mini` play the same parts on the OpenAI API.
     pub fn outage() -> Script {
         Script::from_toml_str(OUTAGE_TOML).expect("the shipped outage script is valid")
+    }
+
+    /// The shipped burst script ([`BURSTS_TOML`]).
+    ///
+    /// One minute in which `claude-sonnet-4-5` answers 529 `overloaded_error` (with
+    /// `retry-after: 1`) to 95 % of its requests in 47 bursts of 200 to 700 ms, 250 ms
+    /// to 1 s apart (35 % of the time), and to 2 % between them; `claude-haiku-4-5`
+    /// stays healthy. `gpt-4.1` and `gpt-4.1-mini` play the same parts on the OpenAI
+    /// API.
+    ///
+    /// ```
+    /// let script = brownout_sim::Script::bursts();
+    /// let sonnet = script.model_script("claude-sonnet-4-5");
+    /// assert_eq!(sonnet.faults().len(), 48); // 47 bursts and the background
+    /// ```
+    pub fn bursts() -> Script {
+        Script::from_toml_str(BURSTS_TOML).expect("the shipped burst script is valid")
     }
 
     /// Parses a script from TOML (the format is in the [module docs](self)). The
