@@ -103,7 +103,7 @@ pub use body::SimBody;
 pub use brownout_core::provider::Api;
 pub use runner::{Report, Runner, Stack};
 pub use script::{
-    Fault, FaultKind, Latency, ModelScript, Script, ScriptError, BURSTS_TOML, OUTAGE_TOML,
+    Enforced, Fault, FaultKind, Latency, ModelScript, Script, ScriptError, BURSTS_TOML, OUTAGE_TOML,
 };
 pub use server::{SimServer, SimServerHandle, SimTls};
 pub use sim::{ResponseFuture, Sim, SimStats, MAX_REQUEST_BODY, OTHER_MODELS};

@@ -48,6 +48,8 @@
 //! stream_interval = "30ms"   # between server-sent events
 //! output_tokens = 48
 //! requests_per_minute = 4000 # advertised in the rate-limit headers
+//! ## enforced limits: a 429 past them (see `Enforced`)
+//! enforce = { requests_per_minute = 4000, input_tokens_per_minute = 400000 }
 //!
 //! [[models."claude-sonnet-4-5".faults]]
 //! kind = "overloaded"        # see FaultKind for every kind
@@ -276,7 +278,50 @@ pub struct ModelScript {
     pub(crate) stream_interval: Duration,
     pub(crate) output_tokens: u32,
     pub(crate) requests_per_minute: u32,
+    pub(crate) enforced: Option<Enforced>,
     pub(crate) faults: Vec<Fault>,
+}
+
+/// Rate limits a model enforces, as the providers do: per minute, in token buckets
+/// that hold a minute's limit and refill continuously. A request that finds a bucket
+/// short gets a 429 `rate_limit_error` with `retry-after` (the time until there is
+/// room) and counts as `"over_limit"`. Input tokens are the simulator's count (a
+/// token per four request bytes), output tokens the words of the answer. Set with
+/// [`ModelScript::enforce`], or `[models.NAME.enforce]` in TOML with the same keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Enforced {
+    pub(crate) per_minute: [Option<u64>; 4],
+}
+
+impl Enforced {
+    /// No limit.
+    pub fn new() -> Self {
+        Enforced::default()
+    }
+
+    /// Requests per minute.
+    pub fn requests_per_minute(mut self, n: u64) -> Self {
+        self.per_minute[0] = Some(n);
+        self
+    }
+
+    /// Input tokens per minute.
+    pub fn input_tokens_per_minute(mut self, n: u64) -> Self {
+        self.per_minute[1] = Some(n);
+        self
+    }
+
+    /// Output tokens per minute.
+    pub fn output_tokens_per_minute(mut self, n: u64) -> Self {
+        self.per_minute[2] = Some(n);
+        self
+    }
+
+    /// Input and output tokens together per minute.
+    pub fn tokens_per_minute(mut self, n: u64) -> Self {
+        self.per_minute[3] = Some(n);
+        self
+    }
 }
 
 impl Default for ModelScript {
@@ -286,6 +331,7 @@ impl Default for ModelScript {
             stream_interval: Duration::ZERO,
             output_tokens: 16,
             requests_per_minute: 4000,
+            enforced: None,
             faults: Vec::new(),
         }
     }
@@ -321,6 +367,13 @@ impl ModelScript {
     /// enforced: script [`Fault::rate_limited`] for 429s.
     pub fn requests_per_minute(mut self, limit: u32) -> Self {
         self.requests_per_minute = limit;
+        self
+    }
+
+    /// Enforces these limits (see [`Enforced`]); the rate-limit headers then advertise
+    /// them.
+    pub fn enforce(mut self, limits: Enforced) -> Self {
+        self.enforced = Some(limits);
         self
     }
 
