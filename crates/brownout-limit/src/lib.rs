@@ -146,7 +146,7 @@ pub use event::LimitEvent;
 pub use handle::{KeySnapshot, LimitHandle};
 pub use layer::RateLimitLayer;
 pub use service::RateLimit;
-pub use tokens::EstimateError;
+pub use tokens::{estimate_input_tokens, EstimateError, TokenEstimate};
 
 /// A setting that was refused, naming it and why.
 pub use brownout_core::error::InvalidConfig;

@@ -46,6 +46,40 @@ pub(crate) fn openai_bpe(model: &str) -> Option<&'static CoreBPE> {
     }
 }
 
+/// The first estimate of a request's input tokens, before any usage corrected it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenEstimate {
+    /// The tokens.
+    pub tokens: u64,
+    /// Whether it is an exact BPE count (an OpenAI model with a known encoding).
+    pub exact: bool,
+}
+
+/// Counts the input tokens of a request body of `api` for `model`, as the layer does
+/// before sending (without the per-model correction the layer learns from usage).
+///
+/// ```
+/// use brownout_core::provider::Api;
+/// use brownout_limit::{estimate_input_tokens, EstimateConfig};
+///
+/// let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello world"}]}"#;
+/// let count = estimate_input_tokens(Api::OpenAiChat, Some("gpt-4o"), body, &EstimateConfig::new());
+/// assert!(count.exact);
+/// assert_eq!(count.tokens, 9); // 3 per message, "user", "hello world", 3 for the reply
+/// ```
+pub fn estimate_input_tokens(
+    api: Api,
+    model: Option<&str>,
+    body: &[u8],
+    config: &EstimateConfig,
+) -> TokenEstimate {
+    let e = estimate(api, model, body, config);
+    TokenEstimate {
+        tokens: e.raw,
+        exact: e.exact,
+    }
+}
+
 /// Counts the input tokens of a request body of `api` for `model`.
 pub(crate) fn estimate(
     api: Api,
