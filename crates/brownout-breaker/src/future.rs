@@ -83,6 +83,26 @@ struct Admitted {
     entry: Arc<dyn BreakerEntry>,
     permit: Option<Permit>,
     start: Instant,
+    /// Keyed by model, the facts were read only as far as the `model`: the body and
+    /// those facts, to finish the scan if the call fails (see [`Unchecked`]).
+    unchecked: Option<Unchecked>,
+}
+
+/// A body whose facts were read only as far as its `model`. Before its failure is
+/// counted, the rest of the scan runs: a body that names a second `model` is the
+/// caller's fault (an upstream may have served that one), and counts against no
+/// breaker. The success path never pays for it.
+struct Unchecked {
+    body: bytes::Bytes,
+    facts: RequestFacts,
+}
+
+impl Unchecked {
+    /// Whether the body names its `model` twice.
+    fn names_two_models(self) -> bool {
+        let Unchecked { body, mut facts } = self;
+        facts.complete(&body).is_err()
+    }
 }
 
 impl Drop for Admitted {
@@ -97,6 +117,7 @@ impl<S> ResponseFuture<S>
 where
     S: Service<Request<Body>>,
 {
+    #[inline(always)]
     pub(crate) fn new<B>(inner: S, shared: Arc<Shared>, request: Request<B>) -> Self
     where
         B: http_body::Body + Send + 'static,
@@ -104,7 +125,7 @@ where
         B::Error: Into<BoxError>,
     {
         let need = match shared.keying {
-            Keying::ModelOrHost => Some(Need::Facts),
+            Keying::ModelOrHost => Some(Need::Model),
             Keying::Body(_) => Some(Need::Replay),
             Keying::Host | Keying::Head(_) => None,
         };
@@ -148,47 +169,55 @@ where
 }
 
 /// The breaker of a request (prepared, when its keying reads the body).
-fn entry_of(
-    shared: &Shared,
-    request: Request<Body>,
-    now: Instant,
-) -> (Request<Body>, Arc<dyn BreakerEntry>) {
+fn entry_of(shared: &Shared, request: Request<Body>, now: Instant) -> (Request<Body>, Keyed) {
     let store = &shared.store;
     match &shared.keying {
         Keying::Head(key) => {
             let (parts, body) = request.into_parts();
             let entry = store.entry(&key(&parts), now);
-            (Request::from_parts(parts, body), entry)
+            (Request::from_parts(parts, body), (entry, None))
         }
         Keying::Body(key) => {
             // The whole body when it is within the limit, else the bytes read ahead.
             let (parts, body) = request.into_parts();
             let entry = store.entry(&key(&parts, body.prefix()), now);
-            (Request::from_parts(parts, body), entry)
+            (Request::from_parts(parts, body), (entry, None))
         }
         Keying::ModelOrHost => {
-            let model = RequestFacts::of(request.extensions())
+            let facts = RequestFacts::of(request.extensions());
+            let model = facts
                 .and_then(RequestFacts::model)
                 .filter(|model| !model.is_empty());
             let entry = match model {
                 Some(model) => store.entry(model, now),
                 None => store.entry(host_key(request.uri(), request.headers()), now),
             };
-            (request, entry)
+            let unchecked = match (facts, request.body().bytes()) {
+                (Some(facts), Some(body)) if !facts.is_complete() => Some(Unchecked {
+                    body: body.clone(),
+                    facts: facts.clone(),
+                }),
+                _ => None,
+            };
+            (request, (entry, unchecked))
         }
         Keying::Host => {
             let entry = store.entry(host_key(request.uri(), request.headers()), now);
-            (request, entry)
+            (request, (entry, None))
         }
     }
 }
 
+/// A request's breaker, and its body when its facts are not all read yet.
+type Keyed = (Arc<dyn BreakerEntry>, Option<Unchecked>);
+
 /// Admission, then the call or the refusal.
+#[inline(always)]
 fn start<S>(
     mut inner: S,
     shared: &Shared,
     request: Request<Body>,
-    entry: Arc<dyn BreakerEntry>,
+    (entry, unchecked): Keyed,
     now: Instant,
 ) -> (State<S>, Option<Admitted>)
 where
@@ -205,6 +234,7 @@ where
                 entry,
                 permit: Some(permit),
                 start: now,
+                unchecked,
             };
             (State::Calling { future }, Some(call))
         }
@@ -342,16 +372,20 @@ fn verdict(shared: &Shared, call: &mut Option<Admitted>, outcome: &Outcome) {
     let slow = shared
         .slow_call
         .is_some_and(|threshold| done.saturating_duration_since(call.start) > threshold);
-    let verdict = if slow {
-        Verdict::Failure {
-            server_delay: outcome.server_delay(),
-        }
-    } else if matches!(
+    let client_error = matches!(
         outcome.kind(),
         OutcomeKind::ClientError | OutcomeKind::Rejected
-    ) {
+    );
+    let counts = slow || (failed && !client_error);
+    let verdict = if client_error && !slow
+        || counts
+            && call
+                .unchecked
+                .take()
+                .is_some_and(Unchecked::names_two_models)
+    {
         Verdict::Ignored
-    } else if failed {
+    } else if counts {
         Verdict::Failure {
             server_delay: outcome.server_delay(),
         }

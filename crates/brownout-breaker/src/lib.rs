@@ -75,11 +75,15 @@
 //! # When the caller's request is at fault
 //!
 //! A request body that breaks or stalls while it is read to find its key (the caller
-//! hung up, the upload was cut short), or that names its `model` twice, is never sent:
-//! the call fails at once with brownout-core's
-//! [`BrokenBody`](brownout_core::error::BrokenBody) or
-//! [`InvalidRequest`](brownout_core::error::InvalidRequest) error, and no breaker
-//! counts it. Keyed by host or by [`key_by`](BreakerConfig::key_by), the body is not
+//! hung up, the upload was cut short) is never sent: the call fails at once with
+//! brownout-core's [`BrokenBody`](brownout_core::error::BrokenBody) error, and no
+//! breaker counts it. Keyed by model, the body is read only as far as its top-level
+//! `model` (a 200 KB conversation after it is not walked on the success path); when
+//! the call fails, the rest is checked before the failure counts, and a body that
+//! names its `model` twice (an upstream may have served the second) counts against no
+//! breaker. Layers that rewrite or store the request (fallback, cache, degrade)
+//! refuse such a body with [`InvalidRequest`](brownout_core::error::InvalidRequest)
+//! before it is sent. Keyed by host or by [`key_by`](BreakerConfig::key_by), the body is not
 //! read here: it streams to the inner service as it comes (unless a layer further out
 //! already buffered it), marked as the caller's, so that if it breaks on the way the
 //! client's error holds a `BrokenBody`, which no breaker counts.

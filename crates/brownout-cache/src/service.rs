@@ -137,8 +137,13 @@ where
     if stream || no_store(&parts) {
         return call(&mut inner, parts, body).await;
     }
-    let key = config.keying.key(&parts, &data);
     let store = &shared.store;
+    let keying = &config.keying;
+    let key = store
+        .key_of(keying.exact(&store.secret, &parts, &data), || {
+            keying.key(&parts, &data)
+        })
+        .await;
 
     let mut guard = None;
     if config.mode == Mode::FreshHit {

@@ -160,6 +160,7 @@ enum Kind {
 impl Body {
     /// Wraps any body whose data is [`Buf`]. A [`Body`] is handed back as it is,
     /// never wrapped twice.
+    #[inline]
     pub fn new<B>(body: B) -> Body
     where
         B: http_body::Body + Send + 'static,
@@ -184,6 +185,7 @@ impl Body {
     }
 
     /// The bytes of a `Full`, which yields them at once on its first poll.
+    #[inline]
     fn from_full(mut full: http_body_util::Full<Bytes>) -> Body {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         match Pin::new(&mut full).poll_frame(&mut cx) {
@@ -707,9 +709,37 @@ fn take(first: Option<Bytes>, more: Option<BytesMut>) -> Bytes {
 pub enum Need {
     /// The body buffered for replay (retry, fallback, cache).
     Replay,
-    /// The body buffered and the [`RequestFacts`] read (breaker keyed by model,
-    /// fallback, cache, degrade).
+    /// The body buffered and the [`RequestFacts`] read as far as the top-level
+    /// `model` (a breaker keyed by model): the scan stops there, and a layer inside
+    /// that needs more resumes it ([`RequestFacts::read_model`]). The check for a
+    /// second `model` member is left to that layer, so a stack without one keys on
+    /// the first.
+    Model,
+    /// The body buffered and every [`RequestFacts`] read (fallback, cache, degrade).
     Facts,
+}
+
+/// Reads, or completes, the facts `need` asks for into `parts`' extensions.
+fn read_facts(
+    parts: &mut http::request::Parts,
+    body: &[u8],
+    whole: bool,
+    need: Need,
+) -> Result<(), crate::error::InvalidRequest> {
+    match (need, parts.extensions.get_mut::<RequestFacts>()) {
+        (Need::Replay, _) | (Need::Model, Some(_)) => Ok(()),
+        (Need::Facts, Some(facts)) => facts.complete(body),
+        (Need::Model, None) => {
+            let facts = RequestFacts::read_model(parts, body, whole)?;
+            parts.extensions.insert(facts);
+            Ok(())
+        }
+        (Need::Facts, None) => {
+            let facts = RequestFacts::read(parts, body, whole)?;
+            parts.extensions.insert(facts);
+            Ok(())
+        }
+    }
 }
 
 /// The future of [`prepare`].
@@ -750,7 +780,7 @@ where
     let oversized = body.over_limit().is_none()
         && body.bytes().is_none()
         && body.size_hint().lower() > limits.replay_limit as u64;
-    let buffer = if oversized && need == Need::Facts {
+    let buffer = if oversized && need != Need::Replay {
         // Too long to replay, whatever is read: read only the start, for the facts.
         body.read_prefix(limits.replay_limit.min(FACTS_PREFIX_LIMIT))
     } else {
@@ -770,6 +800,7 @@ where
 ///
 /// For hand-written response futures, which then skip a state on the common path
 /// (the `stack_instructions` bench).
+#[inline]
 pub fn prepare_now<B>(
     request: Request<B>,
     need: Need,
@@ -790,13 +821,8 @@ where
     if !in_memory {
         return prepare(Request::from_parts(parts, body), need).now();
     }
-    if need == Need::Facts && parts.extensions.get::<RequestFacts>().is_none() {
-        match RequestFacts::read(&parts, body.prefix(), true) {
-            Ok(facts) => {
-                parts.extensions.insert(facts);
-            }
-            Err(error) => return Ok(Err(Box::new(error))),
-        }
+    if let Err(error) = read_facts(&mut parts, body.prefix(), true, need) {
+        return Ok(Err(Box::new(error)));
     }
     Ok(Ok(Request::from_parts(parts, body)))
 }
@@ -859,13 +885,9 @@ impl Future for Prepare {
             };
             return Poll::Ready(Err(error));
         }
-        if this.need == Need::Facts && parts.extensions.get::<RequestFacts>().is_none() {
-            match RequestFacts::read(&parts, body.prefix(), body.is_replayable()) {
-                Ok(facts) => {
-                    parts.extensions.insert(facts);
-                }
-                Err(error) => return Poll::Ready(Err(Box::new(error))),
-            }
+        let whole = body.is_replayable();
+        if let Err(error) = read_facts(&mut parts, body.prefix(), whole, this.need) {
+            return Poll::Ready(Err(Box::new(error)));
         }
         Poll::Ready(Ok(Request::from_parts(parts, body)))
     }

@@ -8,7 +8,10 @@
 //! second `"model"` key at memchr speed, and scanned only where one appears), and it
 //! travels in the request's [`http::Extensions`]. The first layer that needs it reads
 //! it ([`prepare`](crate::body::prepare) with [`Need::Facts`](crate::body::Need));
-//! every layer inside finds it there.
+//! every layer inside finds it there. A layer that keys on the model alone asks for
+//! [`Need::Model`](crate::body::Need): the scan stops at the `model` member, and the
+//! first layer inside that needs the rest resumes it where it stopped, so the body is
+//! still walked at most once.
 //!
 //! A body that names its top-level `model` twice is refused with
 //! [`InvalidRequest`]: parsers disagree on which one wins, and an upstream that takes
@@ -35,7 +38,20 @@ pub struct RequestFacts {
     stream: bool,
     /// Whether the facts come from the whole body, not only the bytes read ahead.
     whole: bool,
+    /// Where a scan stopped at the model ([`RequestFacts::read_model`]); `None` once
+    /// every fact is known.
+    resume: Option<Resume>,
     caller: OnceLock<Option<Fingerprint>>,
+}
+
+/// Where a scan of the top-level members stopped, and what it had seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Resume {
+    pos: usize,
+    model: bool,
+    max: bool,
+    stream: bool,
+    duplicates_only: bool,
 }
 
 /// A fingerprint of the caller's credential: the first 16 bytes of a SHA-256 over
@@ -95,17 +111,42 @@ impl RequestFacts {
     /// memory (`whole` when they are the whole body, else the bytes read ahead of a
     /// body too long to buffer).
     pub fn read(parts: &Parts, body: &[u8], whole: bool) -> Result<RequestFacts, InvalidRequest> {
-        let mut facts = RequestFacts {
-            api: Api::from_path(parts.uri.path()),
-            model: None,
-            model_span: None,
-            max_tokens: None,
-            stream: false,
-            whole,
-            caller: OnceLock::new(),
-        };
-        facts.scan(body)?;
+        let mut facts = RequestFacts::of_head(parts);
+        facts.whole = whole;
+        facts.scan(body, false)?;
         Ok(facts)
+    }
+
+    /// Reads the facts only as far as the top-level `model`: the scan stops there, so
+    /// a layer that keys on the model (a breaker) does not walk a 200 KB conversation
+    /// that follows it. The token limit, `stream` and the check for a second `model`
+    /// are left to [`complete`](Self::complete), which a layer that needs them calls
+    /// ([`prepare`](crate::body::prepare) with [`Need::Facts`](crate::body::Need)
+    /// does), resuming where this scan stopped.
+    pub fn read_model(
+        parts: &Parts,
+        body: &[u8],
+        whole: bool,
+    ) -> Result<RequestFacts, InvalidRequest> {
+        let mut facts = RequestFacts::of_head(parts);
+        facts.whole = whole;
+        facts.scan(body, true)?;
+        Ok(facts)
+    }
+
+    /// Finishes the scan that [`read_model`](Self::read_model) stopped at the model,
+    /// over the same `body`; nothing to do when the facts are already complete.
+    pub fn complete(&mut self, body: &[u8]) -> Result<(), InvalidRequest> {
+        if self.resume.is_some() {
+            self.scan(body, false)?;
+        }
+        Ok(())
+    }
+
+    /// Whether every fact is known: false only after
+    /// [`read_model`](Self::read_model), until [`complete`](Self::complete).
+    pub fn is_complete(&self) -> bool {
+        self.resume.is_none()
     }
 
     /// The facts of a request without a body worth reading.
@@ -117,27 +158,40 @@ impl RequestFacts {
             max_tokens: None,
             stream: false,
             whole: true,
+            resume: None,
             caller: OnceLock::new(),
         }
     }
 
-    /// One pass over the top-level members; see the module docs.
-    fn scan(&mut self, body: &[u8]) -> Result<(), InvalidRequest> {
+    /// One pass over the top-level members, from where an earlier pass stopped; see
+    /// the module docs. With `until_model`, it stops after the `model` member and
+    /// leaves where it stopped in `resume`.
+    fn scan(&mut self, body: &[u8], until_model: bool) -> Result<(), InvalidRequest> {
+        let mut state = match self.resume.take() {
+            Some(state) => state,
+            None => {
+                let mut s = Scanner {
+                    bytes: body,
+                    pos: 0,
+                };
+                s.skip_ws();
+                if s.expect(b'{').is_none() {
+                    return Ok(());
+                }
+                s.skip_ws();
+                if s.peek() == Some(b'}') {
+                    return Ok(());
+                }
+                Resume {
+                    pos: s.pos,
+                    ..Resume::default()
+                }
+            }
+        };
         let mut s = Scanner {
             bytes: body,
-            pos: 0,
+            pos: state.pos.min(body.len()),
         };
-        s.skip_ws();
-        if s.expect(b'{').is_none() {
-            return Ok(());
-        }
-        s.skip_ws();
-        if s.peek() == Some(b'}') {
-            return Ok(());
-        }
-        let (mut seen_model, mut seen_max, mut seen_stream) = (false, false, false);
-        // Once every fact is found, only a second `model` matters.
-        let mut duplicates_only = false;
         loop {
             s.skip_ws();
             let Some(key) = s.string() else { return Ok(()) };
@@ -152,26 +206,28 @@ impl RequestFacts {
             }
             let raw_key = &body[key];
             let value = start..s.pos;
+            let mut stop = false;
             if key_matches(raw_key, "model") {
-                if seen_model {
+                if state.model {
                     return Err(InvalidRequest::new("the body names its `model` twice"));
                 }
-                seen_model = true;
+                state.model = true;
+                stop = until_model;
                 if body[value.start] == b'"' {
                     if let Some(model) = decode_string(&body[value.clone()]) {
                         self.model = Some(Arc::from(model.as_ref()));
                         self.model_span = Some(value);
                     }
                 }
-            } else if duplicates_only {
-            } else if !seen_max && MAX_TOKENS_KEYS.iter().any(|k| key_matches(raw_key, k)) {
-                seen_max = true;
+            } else if state.duplicates_only {
+            } else if !state.max && MAX_TOKENS_KEYS.iter().any(|k| key_matches(raw_key, k)) {
+                state.max = true;
                 self.max_tokens = std::str::from_utf8(&body[value.clone()])
                     .ok()
                     .and_then(|raw| raw.parse::<u64>().ok())
                     .map(|n| (n, value));
-            } else if !seen_stream && key_matches(raw_key, "stream") {
-                seen_stream = true;
+            } else if !state.stream && key_matches(raw_key, "stream") {
+                state.stream = true;
                 self.stream = &body[value] == b"true";
             }
             s.skip_ws();
@@ -179,7 +235,12 @@ impl RequestFacts {
                 Some(b',') => {}
                 _ => return Ok(()),
             }
-            if !duplicates_only && seen_model && seen_max && seen_stream {
+            if stop {
+                state.pos = s.pos;
+                self.resume = Some(state);
+                return Ok(());
+            }
+            if !state.duplicates_only && state.model && state.max && state.stream {
                 // Every fact is known: the rest is scanned only if it holds a
                 // `"model"` at all, which memchr tells at a fraction of a scan's cost.
                 if memchr::memmem::find(&body[s.pos..], b"\"model\"").is_none()
@@ -187,7 +248,7 @@ impl RequestFacts {
                 {
                     return Ok(());
                 }
-                duplicates_only = true;
+                state.duplicates_only = true;
             }
         }
     }
@@ -294,6 +355,9 @@ impl RequestFacts {
         };
         let start = moved(span.start);
         facts.model_span = Some(start..start + model_len);
+        if let Some(resume) = &mut facts.resume {
+            resume.pos = moved(resume.pos);
+        }
         facts.model = Some(Arc::from(model));
         if let Some((n, span)) = &self.max_tokens {
             let (n, len) = match clamp_to {
@@ -327,6 +391,7 @@ impl PartialEq for RequestFacts {
             && self.max_tokens == other.max_tokens
             && self.stream == other.stream
             && self.whole == other.whole
+            && self.resume == other.resume
     }
 }
 
@@ -374,6 +439,34 @@ mod tests {
         // A "model" inside a message is not a second key.
         let f = read(r#"{"model":"a","max_tokens":1,"stream":false,"messages":[{"content":"\"model\": \"b\""}]}"#).unwrap();
         assert_eq!(f.model(), Some("a"));
+    }
+
+    #[test]
+    fn a_scan_stopped_at_the_model_resumes_where_it_stopped() {
+        let body = br#"{"model":"a","messages":[{"content":"long"}],"stream":true,"max_tokens":9}"#;
+        let mut f = RequestFacts::read_model(&parts("/v1/messages"), body, true).unwrap();
+        assert_eq!(f.model(), Some("a"));
+        assert!(!f.is_complete());
+        assert!(!f.is_stream(), "not read yet");
+        f.complete(body).unwrap();
+        assert!(f.is_complete());
+        assert_eq!(f, read(std::str::from_utf8(body).unwrap()).unwrap());
+        // Completing finds a second model the first scan stopped before.
+        let two = br#"{"model":"a","messages":[],"model":"b"}"#;
+        let mut f = RequestFacts::read_model(&parts("/v1/messages"), two, true).unwrap();
+        assert!(f.complete(two).is_err());
+        // A model after the conversation is found by walking to it, and a scan that
+        // ended with the object is complete.
+        let late = br#"{"messages":[{"content":"x"}],"model":"gpt-4o"}"#;
+        let f = RequestFacts::read_model(&parts("/v1/chat/completions"), late, true).unwrap();
+        assert_eq!(f.model(), Some("gpt-4o"));
+        assert!(f.is_complete());
+        // Retargeting a stopped scan moves where it resumes.
+        let body = Bytes::from_static(br#"{"model":"a","max_tokens":100,"stream":true}"#);
+        let f = RequestFacts::read_model(&parts("/v1/messages"), &body, true).unwrap();
+        let (out, mut g) = f.retarget(&body, "a-much-longer-model", None).unwrap();
+        g.complete(&out).unwrap();
+        assert_eq!((g.max_tokens(), g.is_stream()), (Some(100), true));
     }
 
     #[test]

@@ -155,9 +155,16 @@ where
     let deadline = config.deadline.map(|d| Instant::now() + d);
     let (parts, body) = request.into_parts();
     let event = |data: FallbackEvent| Event::new("fallback", &parts.method, &parts.uri, data);
-    let facts = RequestFacts::of(&parts.extensions)
-        .cloned()
-        .unwrap_or_else(|| RequestFacts::of_head(&parts));
+    // Borrowed, not cloned: every target's head is a clone of `parts`, and carries
+    // these facts with it when its model is the requested one.
+    let head_facts;
+    let (facts, in_parts) = match RequestFacts::of(&parts.extensions) {
+        Some(facts) => (facts, true),
+        None => {
+            head_facts = RequestFacts::of_head(&parts);
+            (&head_facts, false)
+        }
+    };
     // A request for one of the targets starts the cascade there: never an upgrade.
     let requested = facts
         .model()
@@ -192,7 +199,7 @@ where
             Request::from_parts(parts, body)
         } else {
             let mut parts = target_parts(&parts, target, None);
-            let (body, change) = retarget_prefix(&facts, body, target);
+            let (body, change) = retarget_prefix(facts, body, target);
             if let Some((grown, new_facts)) = change {
                 grow_content_length(&mut parts, grown);
                 parts.extensions.insert(new_facts);
@@ -269,11 +276,24 @@ where
         }
         // The target's body and its facts, so that the layers inside (a breaker keyed
         // by model) see the model it asks for without reading the body again.
-        let (bytes, target_facts) = facts
-            .retarget(&data, &target.model, target.max_tokens)
-            .unwrap_or_else(|| (data.clone(), facts.clone()));
+        let clamps = matches!(
+            (facts.max_tokens(), target.max_tokens),
+            (Some(n), Some(limit)) if n > limit
+        );
+        let (bytes, target_facts) = if in_parts && facts.model() == Some(&*target.model) && !clamps
+        {
+            // The body as it is, and the facts the head's clone already carries.
+            (data.clone(), None)
+        } else {
+            let (bytes, target_facts) = facts
+                .retarget(&data, &target.model, target.max_tokens)
+                .unwrap_or_else(|| (data.clone(), facts.clone()));
+            (bytes, Some(target_facts))
+        };
         let mut target_parts = target_parts(&parts, target, Some(bytes.len()));
-        target_parts.extensions.insert(target_facts);
+        if let Some(target_facts) = target_facts {
+            target_parts.extensions.insert(target_facts);
+        }
         let request = Request::from_parts(target_parts, Body::full(bytes, trailers.clone()));
         let (result, outcome) = match &routes[start + offset] {
             Some(own) => attempt(&mut own.clone(), false, &config, request, deadline).await,

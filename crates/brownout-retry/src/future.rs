@@ -85,6 +85,7 @@ where
     ResBody::Data: Send,
     ResBody::Error: Into<BoxError>,
 {
+    #[inline(always)]
     pub(crate) fn new<B>(inner: S, config: Arc<RetryConfig>, request: Request<B>) -> Self
     where
         B: http_body::Body + Send + 'static,
@@ -111,6 +112,7 @@ where
 }
 
 /// The first attempt, once the request is prepared: the state to go on in.
+#[inline(always)]
 fn begin<S, ResBody>(
     slot: &mut Option<First<S>>,
     prepared: Result<Request<Body>, BoxError>,
