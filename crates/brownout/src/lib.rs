@@ -17,6 +17,13 @@
 //! | `queue` | [`queue`] | holds a model's requests through a short overload, drains them with slow start |
 //! | `reqwest` | [`reqwest_bridge`] | a `reqwest::Client` as the inner service |
 //! | `client` | [`client`] | a ready HTTPS client (hyper-util over rustls, HTTP/2 by ALPN) as the inner service |
+//! | `reqwest-middleware` | [`reqwest_middleware`] | a reqwest-middleware `Middleware` that sends each request through a stack |
+//! | `axum` | [`Error`] | `IntoResponse` for [`Error`], the view of a stack's failure |
+//!
+//! [`Error`] reads any error a stack returns (an open circuit with its retry-after,
+//! an exhausted cascade with each target's reason, a deadline, a connection failure)
+//! and turns it into the answer a handler gives: a status, `retry-after`, and an
+//! error body in the provider's shape.
 //!
 //! What the layers share is re-exported from `brownout-core` at the top level:
 //! [`Body`], the one body type of every layer (a client under a brownout stack is
@@ -113,6 +120,12 @@ pub mod reqwest_bridge;
 
 #[cfg(feature = "client")]
 pub mod client;
+
+#[cfg(feature = "reqwest-middleware")]
+pub mod reqwest_middleware;
+
+mod failure;
+pub use failure::{Error, ErrorKind, TargetFailure};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -113,15 +113,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        // A body in memory goes as bytes (reqwest sets its content-length); one that
-        // streams goes through `Streamed`, since reqwest wants a `Sync` body.
-        let request = request.map(|body| {
-            let body = crate::Body::new(body);
-            match body.bytes() {
-                Some(bytes) => reqwest::Body::from(bytes.clone()),
-                None => reqwest::Body::wrap(Streamed(Mutex::new(body))),
-            }
-        });
+        let request = request.map(|body| to_reqwest_body(crate::Body::new(body)));
         let sent = reqwest::Request::try_from(request).map(|r| self.client.execute(r));
         ReqwestFuture {
             inner: Box::pin(async move {
@@ -132,8 +124,17 @@ where
     }
 }
 
+/// A body in memory as its bytes (reqwest sets its content-length); one that streams
+/// through [`Streamed`], since reqwest wants a `Sync` body.
+pub(crate) fn to_reqwest_body(body: crate::Body) -> reqwest::Body {
+    match body.bytes() {
+        Some(bytes) => reqwest::Body::from(bytes.clone()),
+        None => reqwest::Body::wrap(Streamed(Mutex::new(body))),
+    }
+}
+
 /// Keeps the error's kind readable by brownout's classification.
-fn kind(error: reqwest::Error) -> BoxError {
+pub(crate) fn kind(error: reqwest::Error) -> BoxError {
     if error.is_timeout() {
         Box::new(std::io::Error::new(std::io::ErrorKind::TimedOut, error))
     } else {
@@ -143,7 +144,7 @@ fn kind(error: reqwest::Error) -> BoxError {
 
 /// A streamed [`crate::Body`] made `Sync` for reqwest. The body is only ever polled
 /// through `&mut`, so the mutex is never locked: `get_mut` reaches it for free.
-struct Streamed(Mutex<crate::Body>);
+pub(crate) struct Streamed(pub(crate) Mutex<crate::Body>);
 
 impl Body for Streamed {
     type Data = Bytes;
