@@ -31,13 +31,15 @@ use crate::{
     Deadline, LimitEvent, RateLimited, Resource, TooManyTokens,
 };
 
+static SDK_TIMEOUT: http::HeaderName = http::HeaderName::from_static("x-stainless-timeout");
+
 /// The request's deadline: the [`Deadline`] in its extensions, or the timeout the
 /// official SDKs send in `x-stainless-timeout` (seconds), whichever comes first.
 fn deadline(parts: &http::request::Parts, now: Instant) -> Option<Instant> {
     let ext = parts.extensions.get::<Deadline>().map(|d| d.0);
     let sdk = parts
         .headers
-        .get("x-stainless-timeout")
+        .get(&SDK_TIMEOUT)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
