@@ -37,7 +37,6 @@ use std::{
 };
 
 use brownout::Body;
-use brownout_gateway::EXAMPLE_CONFIG;
 use bytes::Bytes;
 use http::{header, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
@@ -355,10 +354,19 @@ fn median(rounds: &mut [Round]) -> &Round {
 
 /// The gateway configurations measured: the example with layers turned off one group
 /// at a time, down to the wiring alone.
+/// The example pipeline on the simulator: `gateway.sim.toml`.
+const SIM_CONFIG: &str = include_str!("../gateway.sim.toml");
+
 fn variants(upstream_url: &str) -> Vec<(&'static str, String)> {
-    let example = EXAMPLE_CONFIG
-        .replace("http://127.0.0.1:8787", upstream_url.trim_end_matches('/'))
-        .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"");
+    // The example's pipeline over the simulator's address (gateway.example.toml names
+    // the real providers). Every connection of the load comes from 127.0.0.1, so the
+    // per-client cap is lifted to the memory test's 1,000 connections.
+    let example = format!(
+        "{}\n[connections]\nper_client = 100000\ntotal = 100000\n",
+        SIM_CONFIG
+            .replace("http://127.0.0.1:8787", upstream_url.trim_end_matches('/'))
+            .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
+    );
     let off = |text: &str, layers: &[&str]| {
         let mut text = text.to_owned();
         for layer in layers {
