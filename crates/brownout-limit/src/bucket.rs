@@ -204,21 +204,19 @@ impl Buckets {
         Admit::Taken(wait)
     }
 
-    /// Gives back `amount` of `resource` (a refund when positive, a further charge
-    /// when negative), never above the limit.
-    pub(crate) fn give_back(&mut self, resource: Resource, amount: f64, now: Instant) {
+    /// Gives back `amounts` of each resource, by [`Resource::index`], at once.
+    pub(crate) fn give_back_all(&mut self, amounts: [f64; 4], now: Instant) {
         self.refill(now);
-        let b = &mut self.buckets[resource.index()];
-        if let Some(cap) = b.capacity() {
-            b.level = (b.level + amount).min(cap as f64);
+        for (b, amount) in self.buckets.iter_mut().zip(amounts) {
+            if let Some(cap) = b.capacity() {
+                b.level = (b.level + amount).min(cap as f64);
+            }
         }
     }
 
     /// Gives back all of `need`: the request was never sent.
     pub(crate) fn cancel(&mut self, need: &Need, now: Instant) {
-        for r in Resource::ALL {
-            self.give_back(r, need.0[r.index()], now);
-        }
+        self.give_back_all(need.0, now);
     }
 
     /// What the provider said of `resource`: its limit, and what remains of it. The

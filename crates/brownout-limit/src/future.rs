@@ -330,11 +330,10 @@ struct Ticket {
 
 impl Ticket {
     fn refund_tokens(&self, now: Instant) {
-        let mut b = self.entry.lock();
         let (input, output) = (self.input as f64, self.output as f64);
-        b.give_back(Resource::InputTokens, input, now);
-        b.give_back(Resource::OutputTokens, output, now);
-        b.give_back(Resource::Tokens, input + output, now);
+        self.entry
+            .lock()
+            .give_back_all([0.0, input, output, input + output], now);
     }
 
     /// Refunds the difference between what was taken and what `usage` reports; what
@@ -343,21 +342,15 @@ impl Ticket {
         if usage.input.is_none() && usage.output.is_none() {
             return;
         }
-        let now = Instant::now();
-        let mut b = self.entry.lock();
-        let mut tokens = 0.0;
+        let mut back = [0.0; 4];
         if let Some(actual) = usage.input {
-            let back = self.input as f64 - actual as f64;
-            b.give_back(Resource::InputTokens, back, now);
-            tokens += back;
+            back[Resource::InputTokens.index()] = self.input as f64 - actual as f64;
         }
         if let Some(actual) = usage.output {
-            let back = self.output as f64 - actual as f64;
-            b.give_back(Resource::OutputTokens, back, now);
-            tokens += back;
+            back[Resource::OutputTokens.index()] = self.output as f64 - actual as f64;
         }
-        b.give_back(Resource::Tokens, tokens, now);
-        drop(b);
+        back[Resource::Tokens.index()] = back[1] + back[2];
+        self.entry.lock().give_back_all(back, Instant::now());
         if let Some(prompt) = usage.prompt {
             self.entry
                 .ratio

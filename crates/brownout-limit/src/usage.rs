@@ -289,6 +289,19 @@ static HEADERS: [(Resource, HeaderName, HeaderName); 6] = [
 
 /// The limits a response's headers tell, Anthropic's or OpenAI's, by what the API is.
 pub(crate) fn learned(api: Api, headers: &HeaderMap, mut each: impl FnMut(Learned)) {
+    // One look at the names first: most answers of other APIs carry none of these,
+    // and a pass over a dozen names is cheaper than eight hashed lookups.
+    let prefix: &[u8] = if api.is_openai() {
+        b"x-ratelimit-"
+    } else {
+        b"anthropic-ratelimit-"
+    };
+    if !headers
+        .keys()
+        .any(|name| name.as_str().as_bytes().starts_with(prefix))
+    {
+        return;
+    }
     let range = if api.is_openai() { 4..6 } else { 0..4 };
     for (resource, limit, remaining) in &HEADERS[range] {
         let number =
