@@ -1,23 +1,20 @@
-//! The full brownout pipeline over a hyper-util client, against a simulated provider on
-//! loopback whose preferred model is overloaded.
+//! The full brownout pipeline over brownout's HTTPS client (hyper-util over rustls),
+//! against a simulated provider served over TLS on loopback whose preferred model is
+//! overloaded.
 //!
 //! ```sh
 //! cargo run -p examples --example hyper_client
+//! # the real API, by changing only the URL:
+//! ANTHROPIC_BASE_URL=https://api.anthropic.com ANTHROPIC_API_KEY=sk-ant-... cargo run -p examples --example hyper_client
 //! ```
 
-use brownout_sim::{Sim, SimServer};
-use examples::{hyper_client, outage_script};
+use examples::{hyper_client, target};
 
 #[tokio::main]
 async fn main() -> Result<(), brownout::BoxError> {
-    let server = SimServer::bind("127.0.0.1:0", Sim::new(outage_script()))
-        .await?
-        .spawn()?;
-    println!(
-        "simulated provider on {} (claude-sonnet-4-5 answers 529 to everything)",
-        server.url()
-    );
-    for (i, answer) in hyper_client::ask(&server.url(), 5)
+    let (url, ca, _sim) = target().await?;
+    println!("provider at {url} (the simulator's claude-sonnet-4-5 answers 529 to everything)");
+    for (i, answer) in hyper_client::ask(&url, ca.as_deref(), 5)
         .await?
         .iter()
         .enumerate()

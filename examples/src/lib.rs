@@ -1,11 +1,14 @@
 //! The code behind the runnable examples, kept in a library so that the tests in
 //! `examples/tests` exercise exactly what `cargo run -p examples --example NAME` runs.
 //!
-//! Every example talks to [`brownout_sim`], in process or on loopback: no network and
-//! no API key are needed.
+//! Every example talks to [`brownout_sim`], in process or on loopback (over TLS, with
+//! a CA made at run time: [`tls_sim`]): no network and no API key are needed. Those
+//! over TLS reach the real provider by changing only the URL: run them with
+//! `ANTHROPIC_BASE_URL=https://api.anthropic.com` and `ANTHROPIC_API_KEY` set.
 
 pub mod axum_app;
 pub mod hyper_client;
+pub mod middleware_client;
 pub mod reqwest_client;
 
 use std::time::Duration;
@@ -15,7 +18,7 @@ use brownout::{
     fallback::{FallbackConfig, Target},
     retry::{Backoff, RetryConfig},
 };
-use brownout_sim::{Fault, Latency, ModelScript, Script};
+use brownout_sim::{Fault, Latency, ModelScript, Script, Sim, SimServer, SimServerHandle, SimTls};
 
 /// The preferred model, overloaded in the examples' script.
 pub const PRIMARY: &str = "claude-sonnet-4-5";
@@ -82,4 +85,42 @@ pub struct Answer {
     pub status: u16,
     /// The model that answered, from `x-brownout-model`.
     pub model: Option<String>,
+}
+
+impl Answer {
+    /// What `response` says: its status and `x-brownout-model`.
+    pub fn of<B>(response: &http::Response<B>) -> Answer {
+        Answer {
+            status: response.status().as_u16(),
+            model: response
+                .headers()
+                .get("x-brownout-model")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        }
+    }
+}
+
+/// The simulator with `script`, served over TLS (HTTP/2 by ALPN) on a loopback port,
+/// and the PEM of the CA made now that signed its certificate.
+pub async fn tls_sim(script: Script) -> std::io::Result<(SimServerHandle, String)> {
+    let tls = SimTls::self_signed()?;
+    let ca = tls.ca_pem().unwrap_or_default().to_owned();
+    let server = SimServer::bind("127.0.0.1:0", Sim::new(script))
+        .await?
+        .tls(tls);
+    Ok((server.spawn()?, ca))
+}
+
+/// Where the examples send: `ANTHROPIC_BASE_URL` and no extra CA when it is set (a
+/// real provider), else [`tls_sim`] with the outage script and its CA. The handle
+/// keeps the simulator running.
+pub async fn target() -> std::io::Result<(String, Option<String>, Option<SimServerHandle>)> {
+    match std::env::var("ANTHROPIC_BASE_URL") {
+        Ok(url) => Ok((url.trim_end_matches('/').to_owned(), None, None)),
+        Err(_) => {
+            let (server, ca) = tls_sim(outage_script()).await?;
+            Ok((server.url(), Some(ca), Some(server)))
+        }
+    }
 }

@@ -6,9 +6,11 @@ use brownout::{
     classify::{Classify, DefaultClassifier, Observed, OutcomeKind},
     reqwest_bridge::ReqwestService,
 };
-use brownout_sim::{Sim, SimServer};
+use brownout_sim::{Sim, SimServer, SimServerHandle, SimTls};
 use bytes::Bytes;
-use examples::{axum_app, hyper_client, outage_script, reqwest_client, Answer, LIGHTER};
+use examples::{
+    axum_app, hyper_client, middleware_client, outage_script, reqwest_client, Answer, LIGHTER,
+};
 use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceExt};
 
@@ -20,14 +22,26 @@ fn all_from_the_lighter_model(answers: &[Answer]) {
     }
 }
 
-#[tokio::test]
-async fn the_hyper_example_answers_through_the_outage() {
+/// The outage script served over TLS on loopback; the simulator (for its stats) and
+/// the CA that signed its certificate.
+async fn tls_outage() -> (SimServerHandle, Sim, String) {
+    let tls = SimTls::self_signed().unwrap();
+    let ca = tls.ca_pem().unwrap().to_owned();
     let server = SimServer::bind("127.0.0.1:0", Sim::new(outage_script()))
         .await
-        .unwrap();
+        .unwrap()
+        .tls(tls);
     let sim = server.sim().clone();
-    let server = server.spawn().unwrap();
-    let answers = hyper_client::ask(&server.url(), 4).await.unwrap();
+    (server.spawn().unwrap(), sim, ca)
+}
+
+#[tokio::test]
+async fn the_hyper_example_answers_through_the_outage_over_tls() {
+    let (server, sim, ca) = tls_outage().await;
+    assert!(server.url().starts_with("https://"));
+    let answers = hyper_client::ask(&server.url(), Some(&ca), 4)
+        .await
+        .unwrap();
     all_from_the_lighter_model(&answers);
     // Two calls' worth of retried 529s open sonnet's breaker; then it is skipped.
     let stats = sim.stats();
@@ -35,6 +49,36 @@ async fn the_hyper_example_answers_through_the_outage() {
         stats.by_model.get("claude-sonnet-4-5"),
         Some(&6),
         "{stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_hyper_example_refuses_a_simulator_it_does_not_trust() {
+    let (server, sim, _ca) = tls_outage().await;
+    let error = hyper_client::ask(&server.url(), None, 1).await.unwrap_err();
+    // The cascade says how each target failed (its outcome; the TLS reason itself is
+    // in the client's error, which the fallback layer does not keep).
+    assert!(error.to_string().contains("connection_failed"), "{error}");
+    let view = brownout::Error::of(&*error);
+    assert!(
+        matches!(view.kind(), brownout::ErrorKind::AllTargetsFailed(_)),
+        "{view:?}"
+    );
+    assert_eq!(sim.stats().by_model.values().sum::<u64>(), 0);
+}
+
+#[tokio::test]
+async fn the_reqwest_middleware_example_answers_through_the_outage_over_tls() {
+    let (server, sim, ca) = tls_outage().await;
+    let answers = middleware_client::ask(&server.url(), Some(&ca), 4)
+        .await
+        .unwrap();
+    all_from_the_lighter_model(&answers);
+    let stats = sim.stats();
+    assert_eq!(
+        stats.by_model.get("claude-sonnet-4-5"),
+        Some(&6),
+        "retries go down the middleware chain once per attempt: {stats:?}"
     );
 }
 
@@ -49,9 +93,10 @@ async fn the_reqwest_example_answers_through_the_outage() {
     all_from_the_lighter_model(&answers);
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn the_axum_example_answers_503_with_retry_after_when_the_circuit_is_open() {
-    let state = axum_app::AppState::new(Sim::new(outage_script()));
+    let (server, _sim, ca) = tls_outage().await;
+    let state = axum_app::AppState::new(&server.url(), Some(&ca)).unwrap();
     let handle = state.breakers().clone();
     let mut app = axum_app::app(state);
     let ask = || {
@@ -70,7 +115,16 @@ async fn the_axum_example_answers_503_with_retry_after_when_the_circuit_is_open(
     }
     let response = app.call(ask()).await.unwrap();
     assert_eq!(response.status(), 503);
-    assert_eq!(response.headers()["retry-after"], "30");
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((29..=30).contains(&retry_after), "{retry_after}");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["type"], "error");
+    assert_eq!(json["error"]["type"], "overloaded_error");
     assert!(!handle.snapshots().is_empty());
 }
 
