@@ -53,6 +53,7 @@ async fn run(
     limits: Option<Limits>,
     minutes: u64,
 ) -> (Sim, Vec<(Duration, u64)>, u64) {
+    let mut handle = None;
     let stack = match limits {
         Some(limits) => {
             let layer = RateLimitLayer::new(
@@ -61,6 +62,7 @@ async fn run(
                     .max_wait(Duration::from_secs(120)),
             )
             .unwrap();
+            handle = Some(layer.handle());
             ServiceBuilder::new()
                 .layer(layer)
                 .service(sim.clone())
@@ -108,6 +110,19 @@ async fn run(
         let (o, l) = t.await.unwrap();
         ok.extend(o);
         limited += l;
+    }
+    if let Some(error) = handle.and_then(|h| h.estimate_error(target.model)) {
+        // How far the first estimates were from the usage the simulator reported.
+        eprintln!(
+            "{}: estimate error {:.1}% first, {:.1}% corrected, ratio {:.3} over {} answers",
+            target.model,
+            error.raw * 100.0,
+            error.corrected * 100.0,
+            error.ratio,
+            error.samples
+        );
+        assert!(error.samples > 100);
+        assert!(error.corrected < 0.05, "{error:?}");
     }
     (sim, ok, limited)
 }
