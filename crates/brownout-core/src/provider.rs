@@ -96,31 +96,18 @@ impl Family {
     /// assert_eq!(Family::from_path("/v1/models"), None);
     /// ```
     pub fn from_path(path: &str) -> Option<Family> {
-        const ANTHROPIC: [&str; 2] = ["/v1/messages", "/v1/complete"];
-        const OPENAI: [&str; 12] = [
-            "/v1/chat/completions",
-            "/v1/responses",
-            "/v1/embeddings",
-            "/v1/completions",
-            "/v1/moderations",
-            "/v1/images",
-            "/v1/audio",
-            "/v1/files",
-            "/v1/uploads",
-            "/v1/batches",
-            "/v1/fine_tuning",
-            "/v1/assistants",
-        ];
-        let under = |base: &str| {
-            path.strip_prefix(base)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        };
-        if ANTHROPIC.iter().any(|b| under(b)) {
-            Some(Family::Anthropic)
-        } else if OPENAI.iter().any(|b| under(b)) {
-            Some(Family::OpenAi)
-        } else {
-            None
+        let rest = path.strip_prefix("/v1/")?;
+        let (first, after) = rest.split_once('/').unwrap_or((rest, ""));
+        match first {
+            "messages" | "complete" => Some(Family::Anthropic),
+            // `/v1/chat/completions`; `chat` alone is no API.
+            "chat" => (after == "completions" || after.starts_with("completions/"))
+                .then_some(Family::OpenAi),
+            "responses" | "embeddings" | "completions" | "moderations" | "images" | "audio"
+            | "files" | "uploads" | "batches" | "fine_tuning" | "assistants" => {
+                Some(Family::OpenAi)
+            }
+            _ => None,
         }
     }
 

@@ -285,11 +285,12 @@ where
             log(&method, &path, &response, started);
             Box::pin(std::future::ready(Ok(response))) as RouterFuture
         };
-        let guess = shape_of(Family::from_path(&path), &path);
+        // The error shape before the request is placed (computed only for refusals).
+        let guess = || shape_of(Family::from_path(&path), &path);
 
         if matches!(&*path, "/healthz" | "/readyz") {
             if method != Method::GET && method != Method::HEAD {
-                return method_not_allowed(guess, "GET, HEAD", &method, &path);
+                return method_not_allowed(guess(), "GET, HEAD", &method, &path);
             }
             let response = health(shared, &path);
             log(&method, &path, &response, started);
@@ -299,14 +300,14 @@ where
             method,
             Method::GET | Method::HEAD | Method::POST | Method::DELETE
         ) {
-            return method_not_allowed(guess, ALLOW, &method, &path);
+            return method_not_allowed(guess(), ALLOW, &method, &path);
         }
         if let Err(why) = check_path(request.uri()) {
-            return refuse(StatusCode::BAD_REQUEST, guess, why);
+            return refuse(StatusCode::BAD_REQUEST, guess(), why);
         }
         let (family, rest) = match place(&path, request.headers()) {
             Ok(placed) => placed,
-            Err(why) => return refuse(StatusCode::BAD_REQUEST, guess, &why),
+            Err(why) => return refuse(StatusCode::BAD_REQUEST, guess(), &why),
         };
         let api = shape_of(Some(family), rest);
 
@@ -320,7 +321,8 @@ where
         parts.headers.remove(header::HOST);
         // The one replay limit of the whole stack, from the config.
         parts.extensions.insert(shared.limits);
-        let mut request = Request::from_parts(parts, Timed::new(body, shared.body_timeout));
+        let mut request =
+            Request::from_parts(parts, Timed::new(body, started, shared.body_timeout));
 
         let route = match (&method, family, request.uri().path()) {
             (&Method::POST, Family::Anthropic, MESSAGES_PATH) => shared.messages.as_ref(),
@@ -341,15 +343,19 @@ where
                 *request.uri_mut() = uri;
                 let api = route.api;
                 let pipeline = route.pipeline.clone();
-                let answering = Answering {
-                    should_retry: headers.should_retry,
-                    breakers: shared.layers.breakers(),
-                    models: route.models.clone(),
-                };
+                let models = route.models.clone();
+                let shared = self.shared.clone();
                 Box::pin(async move {
                     let response = match pipeline.oneshot(request).await {
                         Ok(response) => finish(response, headers, api, idle, stalls),
-                        Err(error) => failure(api, &*error, &method, &path, &answering),
+                        Err(error) => {
+                            let answering = Answering {
+                                should_retry: headers.should_retry,
+                                breakers: shared.layers.breakers(),
+                                models,
+                            };
+                            failure(api, &*error, &method, &path, &answering)
+                        }
                     };
                     log(&method, &path, &response, started);
                     Ok(response)
@@ -370,18 +376,20 @@ where
                 };
                 *request.uri_mut() = rebase(request.uri(), base);
                 let forward = shared.forward.clone();
-                let answering = Answering {
-                    should_retry: headers.should_retry,
-                    breakers: None,
-                    models: Arc::from([]),
-                };
                 Box::pin(async move {
                     let response = match forward.oneshot(request).await {
                         Ok(mut response) => {
                             remove_hop_by_hop(response.headers_mut());
                             bound_stream(response, api, idle, stalls)
                         }
-                        Err(error) => failure(api, &*error, &method, &path, &answering),
+                        Err(error) => {
+                            let answering = Answering {
+                                should_retry: headers.should_retry,
+                                breakers: None,
+                                models: Arc::from([]),
+                            };
+                            failure(api, &*error, &method, &path, &answering)
+                        }
                     };
                     log(&method, &path, &response, started);
                     Ok(response)

@@ -64,11 +64,11 @@ pin_project! {
 }
 
 impl<B> Timed<B> {
-    /// `inner`, due whole `limit` from now.
-    pub(crate) fn new(inner: B, limit: Duration) -> Self {
+    /// `inner`, due whole `limit` after `start` (when the request's head arrived).
+    pub(crate) fn new(inner: B, start: Instant, limit: Duration) -> Self {
         Timed {
             inner,
-            deadline: Instant::now() + limit,
+            deadline: start + limit,
             limit,
             sleep: None,
             done: false,
