@@ -1,0 +1,96 @@
+//! Redis-backed stores for brownout's layers: circuit breakers shared by every replica
+//! of a deployment.
+//!
+//! A fleet of replicas that each learn an outage on their own sends N times the
+//! probes to a failing model. With a [`RedisBreakerStore`] given to
+//! [`BreakerConfig::store`](brownout_breaker::BreakerConfig::store), a model's breaker
+//! opened by one replica is skipped by every replica within a second, and only one
+//! replica probes it when the open time has passed.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use brownout_breaker::{BreakerConfig, CircuitBreakerLayer};
+//! use brownout_redis::{RedisBreakerStore, RedisConfig};
+//!
+//! # async fn run() -> Result<(), brownout_core::error::InvalidConfig> {
+//! let breaker = BreakerConfig::new();
+//! let redis = RedisConfig::new("redis://127.0.0.1:6379", "prod")?
+//!     .timeout(Duration::from_millis(50));
+//! let store = RedisBreakerStore::new(redis, &breaker)?;
+//! let layer = CircuitBreakerLayer::new(breaker.store(store));
+//! # let _ = layer;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # When to use it
+//!
+//! When several processes call the same provider and should agree on which models are
+//! down. One process needs no Redis: the breaker's own [`LocalStore`] is the
+//! default, and this crate is behind the facade's `redis` feature, off by default.
+//!
+//! # What it does
+//!
+//! - **A local view in front.** Each key has a local breaker (a
+//!   [`LocalStore`] built from the same [`BreakerConfig`](brownout_breaker::BreakerConfig))
+//!   and the fleet's view of it (a few atomics). A call on a closed key reads one atomic
+//!   more than the local store does and never waits on Redis: the store's methods are
+//!   synchronous, and everything that talks to Redis runs in one background task.
+//! - **Outcomes in batches.** Calls and failures are counted in atomics and sent every
+//!   [`flush_interval`](RedisConfig::flush_interval), one pipeline of `EVALSHA` per
+//!   flush: a Lua script adds them to the key's window in Redis (two buckets on
+//!   Redis's clock) and opens the key for the fleet when the fleet's failure rate
+//!   reaches [`shared_failure_rate`](RedisConfig::shared_failure_rate). A replica
+//!   whose own breaker trips tells the fleet too.
+//! - **State changes published.** An open is written as keys with expirations
+//!   (`brownout:{deployment}:breaker:{key}` for the open time,
+//!   `…:{key}:tripped` until a probe closes it) and published on the channel
+//!   `brownout:{deployment}:breaker`; the others apply it as the message arrives (RESP3
+//!   pushes on the same connection, subscribed again after a reconnect), and read the
+//!   keys every [`poll_interval`](RedisConfig::poll_interval) in case a message was
+//!   lost.
+//! - **One probe per half-open key.** When the open time has passed, a replica that
+//!   gets a request takes the lease `…:{key}:probe` with `SET NX PX`; only the one
+//!   holding it sends a probe, the others refuse until the probe's verdict is
+//!   published (closed, or open again). A lease outlives a lost replica by
+//!   [`probe_lease`](RedisConfig::probe_lease) at most.
+//! - **No credential in Redis.** Model and host names are kept as they are; any other
+//!   key (one that may carry a credential) is stored as a keyed BLAKE3 fingerprint.
+//!   The URL's password is never logged nor put in an event.
+//!
+//! # What it does on failure
+//!
+//! Redis down or slow is not an outage: every Redis call has a short
+//! [`timeout`](RedisConfig::timeout) (100 ms by default). When one fails, the store
+//! emits [`RedisEvent::SharedStateLost`] and goes on with its local breakers (a
+//! fleet-open key stays refused until its open time passes, then the local breaker
+//! decides, with no lease to take). When Redis answers again it emits
+//! [`RedisEvent::SharedStateResumed`] and is back on the shared state. No request
+//! fails because Redis did.
+//!
+//! # Why redis-rs, and not fred
+//!
+//! Both are well kept async clients with pipelining, Lua scripts and pub/sub.
+//! redis-rs is the ecosystem's reference client (the `redis` crate), its
+//! `ConnectionManager` reconnects on its own and re-subscribes after a reconnect, and
+//! its RESP3 push channel lets one connection carry commands and pub/sub; with only
+//! the `tokio-comp`, `connection-manager` and `script` features it adds little to the
+//! build. fred brings its own pool, router and many features a store of a few
+//! commands does not use.
+//!
+//! # Where Redis-backed state is not yet shared
+//!
+//! The rate limiter's buckets and the response cache have no store trait yet; see the
+//! crate's README section in the workspace for what they need.
+
+mod breaker;
+mod config;
+mod event;
+mod keys;
+mod worker;
+
+pub use breaker::RedisBreakerStore;
+pub use config::RedisConfig;
+pub use event::RedisEvent;
+
+pub use brownout_breaker::LocalStore;

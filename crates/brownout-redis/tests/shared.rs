@@ -1,0 +1,348 @@
+//! Two stores in one process as two replicas, against a real Redis.
+//!
+//! These tests run on real time, not on Tokio's paused clock: the other side is a
+//! Redis server, whose replies (and pub/sub messages) arrive over a socket on its own
+//! schedule, and whose expirations run on its own clock. A paused clock would fire
+//! every timeout before Redis could answer. They are kept short (every wait is a
+//! bounded poll for a condition, about 3 s in all).
+//!
+//! They use the Redis on 127.0.0.1:6379 and skip, saying why, when none answers; under
+//! `CI` they fail instead. The outage test starts its own `redis-server` on a free
+//! port, and skips when the binary is missing (fails under `CI`).
+
+use std::{
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use brownout_breaker::{
+    Admission, BreakerConfig, BreakerEntry, BreakerStore, FailurePolicy, OpenDuration, Verdict,
+};
+use brownout_core::event::Event;
+use brownout_redis::{RedisBreakerStore, RedisConfig, RedisEvent};
+use tokio::time::{sleep, timeout, Instant};
+
+const URL: &str = "redis://127.0.0.1:6379";
+
+async fn answers(addr: &str) -> bool {
+    matches!(
+        timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr)
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}
+
+/// Whether the shared Redis answers; skips (or fails under CI) when it does not.
+async fn redis_up(test: &str) -> bool {
+    if answers("127.0.0.1:6379").await {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: no Redis on 127.0.0.1:6379 (CI must start one)"
+    );
+    println!("skipping {test}: no Redis answers on 127.0.0.1:6379");
+    false
+}
+
+fn deployment() -> String {
+    format!("test-{:016x}", fastrand::u64(..))
+}
+
+fn breaker(failures: u32, open: Duration) -> BreakerConfig {
+    BreakerConfig::new()
+        .policy(FailurePolicy::consecutive(failures).unwrap())
+        .open_duration(OpenDuration::Fixed(open))
+}
+
+/// Waits (real time, bounded) until `cond` holds; how long it took.
+async fn within<F: Future<Output = bool>>(
+    limit: Duration,
+    mut cond: impl FnMut() -> F,
+) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond().await {
+            return Some(start.elapsed());
+        }
+        sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+async fn shared(store: &RedisBreakerStore) {
+    let ok = within(Duration::from_secs(2), || async { store.is_shared() }).await;
+    assert!(ok.is_some(), "the store never reached Redis");
+}
+
+fn fail(entry: &Arc<dyn BreakerEntry>, times: usize) {
+    for _ in 0..times {
+        let now = Instant::now();
+        let (Admission::Admitted(permit), _) = entry.acquire(now) else {
+            panic!("refused while closed");
+        };
+        entry.record(
+            permit,
+            Verdict::Failure { server_delay: None },
+            Instant::now(),
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_opens_and_b_skips_within_a_second() {
+    if !redis_up("a_opens_and_b_skips_within_a_second").await {
+        return;
+    }
+    let dep = deployment();
+    let config = breaker(3, Duration::from_secs(3));
+    // Polling slower than the 1 s bound: what is tested is the pub/sub message.
+    let redis = RedisConfig::new(URL, &dep)
+        .unwrap()
+        .poll_interval(Duration::from_secs(5));
+    let a = RedisBreakerStore::new(redis.clone(), &config).unwrap();
+    let b = RedisBreakerStore::new(redis, &config).unwrap();
+    shared(&a).await;
+    shared(&b).await;
+    let key = "claude-sonnet-4-5";
+    let b_entry = b.entry(key, Instant::now());
+    assert!(b_entry.is_available(Instant::now()));
+
+    fail(&a.entry(key, Instant::now()), 3);
+    assert!(!a.entry(key, Instant::now()).is_available(Instant::now()));
+
+    let took = within(Duration::from_secs(1), || async {
+        !b.entry(key, Instant::now()).is_available(Instant::now())
+    })
+    .await
+    .expect("B did not skip the key A opened within 1 s");
+    println!("B skipped the key {took:?} after A opened it");
+    match b.entry(key, Instant::now()).acquire(Instant::now()).0 {
+        Admission::Rejected {
+            retry_after: Some(delay),
+        } => assert!(delay > Duration::from_secs(1) && delay <= Duration::from_secs(3)),
+        other => panic!("B admitted or gave no delay: {other:?}"),
+    }
+
+    // A replica that starts later (polling fast this time) learns it from Redis.
+    let redis = RedisConfig::new(URL, &dep)
+        .unwrap()
+        .poll_interval(Duration::from_millis(100));
+    let c = RedisBreakerStore::new(redis, &config).unwrap();
+    shared(&c).await;
+    let learned = within(Duration::from_secs(1), || async {
+        !c.entry(key, Instant::now()).is_available(Instant::now())
+    })
+    .await;
+    assert!(
+        learned.is_some(),
+        "a new replica did not learn the open key"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_probes_a_half_open_key() {
+    if !redis_up("one_replica_probes_a_half_open_key").await {
+        return;
+    }
+    let dep = deployment();
+    let config = breaker(2, Duration::from_millis(300));
+    let redis = RedisConfig::new(URL, &dep).unwrap();
+    let a = RedisBreakerStore::new(redis.clone(), &config).unwrap();
+    let b = RedisBreakerStore::new(redis, &config).unwrap();
+    shared(&a).await;
+    shared(&b).await;
+    let key = "gpt-4o";
+    let _ = b.entry(key, Instant::now());
+    fail(&a.entry(key, Instant::now()), 2);
+    within(Duration::from_secs(1), || async {
+        !b.entry(key, Instant::now()).is_available(Instant::now())
+    })
+    .await
+    .expect("B never saw the open");
+    sleep(Duration::from_millis(320)).await;
+
+    // Both replicas are asked for the key, over and over, for 300 ms.
+    let mut admitted = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(300) {
+        for (name, store) in [("a", &a), ("b", &b)] {
+            let entry = store.entry(key, Instant::now());
+            if let (Admission::Admitted(permit), _) = entry.acquire(Instant::now()) {
+                admitted.push((name, entry, permit, start.elapsed()));
+            }
+        }
+        sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        admitted.len(),
+        1,
+        "probes sent: {:?}",
+        admitted.iter().map(|p| (p.0, p.2, p.3)).collect::<Vec<_>>()
+    );
+    let (winner, entry, permit, _) = admitted.pop().unwrap();
+    entry.record(permit, Verdict::Success, Instant::now());
+    let other = if winner == "a" { &b } else { &a };
+    let closed = within(Duration::from_secs(1), || async {
+        other
+            .entry(key, Instant::now())
+            .is_available(Instant::now())
+    })
+    .await;
+    assert!(
+        closed.is_some(),
+        "the probe's success did not reach the other replica"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleets_counts_open_a_key() {
+    if !redis_up("the_fleets_counts_open_a_key").await {
+        return;
+    }
+    let dep = deployment();
+    // Each replica alone would never trip: the fleet's rate does.
+    let config = breaker(1_000, Duration::from_secs(30));
+    let redis = RedisConfig::new(URL, &dep)
+        .unwrap()
+        .shared_failure_rate(0.5, 20, Duration::from_secs(10))
+        .shared_open_duration(Duration::from_secs(2));
+    let a = RedisBreakerStore::new(redis.clone(), &config).unwrap();
+    let b = RedisBreakerStore::new(redis, &config).unwrap();
+    shared(&a).await;
+    shared(&b).await;
+    let key = "claude-opus-4-1";
+    fail(&a.entry(key, Instant::now()), 6);
+    fail(&b.entry(key, Instant::now()), 6);
+    // 12 calls: under the minimum of 20, nothing opens.
+    sleep(Duration::from_millis(250)).await;
+    assert!(a.entry(key, Instant::now()).is_available(Instant::now()));
+    fail(&a.entry(key, Instant::now()), 5);
+    fail(&b.entry(key, Instant::now()), 5);
+    for store in [&a, &b] {
+        let opened = within(Duration::from_secs(1), || async {
+            !store
+                .entry(key, Instant::now())
+                .is_available(Instant::now())
+        })
+        .await;
+        assert!(
+            opened.is_some(),
+            "the fleet's failure rate did not open the key"
+        );
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_redis(port: u16) -> Option<tokio::process::Child> {
+    let child = tokio::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    match child {
+        Ok(child) => Some(child),
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server could not start: {e}"
+            );
+            println!("skipping: redis-server could not start: {e}");
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_run_means_local_state_then_shared_again() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let Some(mut server) = start_redis(port) else {
+        return;
+    };
+    assert!(
+        within(Duration::from_secs(2), || answers(&addr))
+            .await
+            .is_some(),
+        "redis-server did not start"
+    );
+    let url = format!("redis://{addr}");
+    let events: Arc<Mutex<Vec<RedisEvent>>> = Arc::default();
+    let seen = events.clone();
+    let redis = RedisConfig::new(&url, &deployment())
+        .unwrap()
+        .timeout(Duration::from_millis(50))
+        .poll_interval(Duration::from_millis(100))
+        .listener(move |event: &Event| {
+            if let Some(data) = event.data::<RedisEvent>() {
+                seen.lock().unwrap().push(data.clone());
+            }
+        });
+    let config = breaker(3, Duration::from_secs(5));
+    let a = RedisBreakerStore::new(redis.clone(), &config).unwrap();
+    let b = RedisBreakerStore::new(redis.clone(), &config).unwrap();
+    shared(&a).await;
+    shared(&b).await;
+    let key = "claude-haiku-4-5";
+    let _ = b.entry(key, Instant::now());
+
+    server.kill().await.unwrap();
+    // Every request is still answered, from local state.
+    let lost = within(Duration::from_secs(1), || async {
+        let entry = a.entry(key, Instant::now());
+        let (Admission::Admitted(permit), _) = entry.acquire(Instant::now()) else {
+            panic!("refused while Redis is down and the key closed");
+        };
+        entry.record(permit, Verdict::Success, Instant::now());
+        !a.is_shared()
+            && events
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| matches!(e, RedisEvent::SharedStateLost { .. }))
+    })
+    .await;
+    assert!(lost.is_some(), "no event said Redis was lost");
+    // The local breaker still trips on its own.
+    fail(&a.entry(key, Instant::now()), 3);
+    assert!(!a.entry(key, Instant::now()).is_available(Instant::now()));
+
+    // Back: shared state resumes.
+    let Some(_server) = start_redis(port) else {
+        return;
+    };
+    let resumed = within(Duration::from_secs(3), || async {
+        a.is_shared()
+            && b.is_shared()
+            && events
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| matches!(e, RedisEvent::SharedStateResumed { .. }))
+    })
+    .await;
+    assert!(resumed.is_some(), "the stores did not come back to Redis");
+    let other = "gpt-4.1-mini";
+    let _ = a.entry(other, Instant::now());
+    fail(&b.entry(other, Instant::now()), 3);
+    let seen = within(Duration::from_secs(1), || async {
+        !a.entry(other, Instant::now()).is_available(Instant::now())
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "an open after the restart did not reach the other replica"
+    );
+}
