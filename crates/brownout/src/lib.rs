@@ -112,6 +112,10 @@ pub use brownout_limit as limit;
 #[doc(inline)]
 pub use brownout_queue as queue;
 
+#[cfg(feature = "redis")]
+#[doc(inline)]
+pub use brownout_redis as redis;
+
 mod builder;
 pub use builder::ServiceBuilderExt;
 
