@@ -305,6 +305,15 @@ impl RedisEntry {
         ))
     }
 
+    /// Whether an operator forced this replica's breaker: that wins over the fleet.
+    /// Read only when the fleet refuses the key, off the closed path.
+    fn forced(&self, now: Instant) -> bool {
+        matches!(
+            self.local.snapshot(now).state,
+            CircuitState::ForcedOpen | CircuitState::ForcedClosed
+        )
+    }
+
     fn opened_locally(&self, now: Instant) {
         let open_for = self
             .local
@@ -325,6 +334,9 @@ impl BreakerEntry for RedisEntry {
         let Some(left) = self.shared_open(now) else {
             return self.local.acquire(now);
         };
+        if self.forced(now) {
+            return self.local.acquire(now);
+        }
         if !left.is_zero() {
             return (
                 Admission::Rejected {
@@ -452,6 +464,7 @@ impl BreakerEntry for RedisEntry {
     fn is_available(&self, now: Instant) -> bool {
         match self.shared_open(now) {
             None => self.local.is_available(now),
+            Some(_) if self.forced(now) => self.local.is_available(now),
             Some(left) if !left.is_zero() => false,
             Some(_) if !self.shared.connected.load(Acquire) => self.local.is_available(now),
             Some(_) => {

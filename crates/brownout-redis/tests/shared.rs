@@ -128,6 +128,17 @@ async fn a_opens_and_b_skips_within_a_second() {
         other => panic!("B admitted or gave no delay: {other:?}"),
     }
 
+    // An operator's force on B wins over the fleet.
+    let forced = b.entry(key, Instant::now());
+    forced.force(brownout_breaker::Force::Closed);
+    assert!(forced.is_available(Instant::now()));
+    assert!(matches!(
+        forced.acquire(Instant::now()).0,
+        Admission::Admitted(_)
+    ));
+    forced.force(brownout_breaker::Force::Reset);
+    assert!(!forced.is_available(Instant::now()));
+
     // A replica that starts later (polling fast this time) learns it from Redis.
     let redis = RedisConfig::new(URL, &dep)
         .unwrap()
