@@ -657,7 +657,13 @@ impl Check<'_> {
             .roots(brownout::client::Roots::None)
             .ca_pem(&pem)
             .build()
-            .map_err(|e| self.error(key, raw.span(), format!("`{}`: {}", path.display(), e.reason())))?;
+            .map_err(|e| {
+                self.error(
+                    key,
+                    raw.span(),
+                    format!("`{}`: {}", path.display(), e.reason()),
+                )
+            })?;
         Ok(CaFile {
             path,
             pem: pem.into(),
@@ -685,7 +691,11 @@ impl Check<'_> {
         let scheme = match uri.scheme_str() {
             Some("https") => "https",
             Some("http") => "http",
-            _ => return Err(fail(format!("`{text}` needs the scheme https:// (or http:// for a local upstream)"))),
+            _ => {
+                return Err(fail(format!(
+                    "`{text}` needs the scheme https:// (or http:// for a local upstream)"
+                )))
+            }
         };
         if uri.authority().is_none() {
             return Err(fail(format!("`{text}` needs a host")));
