@@ -8,7 +8,7 @@
 //! ```sh
 //! cargo bench -p brownout-limit --bench limit --no-run
 //! bin=$(ls -t $CARGO_TARGET_DIR/release/deps/limit-* | grep -v '\.d$' | head -1)
-//! for v in bare limit estimate-claude limit-openai estimate-openai; do
+//! for v in bare limit estimate-claude limit-openai estimate-openai estimate-openai-cold; do
 //!   for n in 200 2200; do
 //!     echo "$v 2k $n $(valgrind --tool=callgrind --callgrind-out-file=/dev/null \
 //!       $bin $v 2k $n 2>&1 | grep Collected)"
@@ -21,7 +21,8 @@
 //! model: estimate, admission, call, header learning, usage settlement), and
 //! `estimate-claude` its estimate alone, so that `limit − estimate-claude` is what
 //! the layer costs beyond the estimate. `limit-openai` and `estimate-openai` are the
-//! same for `gpt-4o` (exact BPE counting).
+//! same for `gpt-4o` (exact BPE counting; the text was seen before, so its count is
+//! remembered), and `estimate-openai-cold` counts it afresh every time.
 
 use std::{convert::Infallible, future::Ready, hint::black_box, time::Duration};
 
@@ -94,6 +95,7 @@ fn counted(variant: &str, size: usize, n: usize) {
     let claude = body("claude-opus-4-1", size);
     let gpt = body("gpt-4o", size);
     let cfg = EstimateConfig::new();
+    let cold = EstimateConfig::new().cache_counts(false);
     let bare = service_fn(ok);
     let limited = ServiceBuilder::new().layer(layer()).service(service_fn(ok));
     rt.block_on(async {
@@ -135,6 +137,14 @@ fn counted(variant: &str, size: usize, n: usize) {
                         &cfg,
                     ));
                 }
+                "estimate-openai-cold" => {
+                    black_box(estimate_input_tokens(
+                        Api::OpenAiChat,
+                        Some("gpt-4o"),
+                        &gpt,
+                        &cold,
+                    ));
+                }
                 other => panic!("unknown variant {other}"),
             }
         }
@@ -173,18 +183,20 @@ fn criterion_benches(c: &mut Criterion) {
     g.finish();
 
     let cfg = EstimateConfig::new();
+    let cold = EstimateConfig::new().cache_counts(false);
     let mut g = c.benchmark_group("estimate");
     for size in ["2k", "20k", "200k"] {
         let bytes = size_of(size);
-        for (api, model, name) in [
-            (Api::AnthropicMessages, "claude-opus-4-1", "claude"),
-            (Api::OpenAiChat, "gpt-4o", "openai"),
+        for (api, model, name, cfg) in [
+            (Api::AnthropicMessages, "claude-opus-4-1", "claude", &cfg),
+            (Api::OpenAiChat, "gpt-4o", "openai-cold", &cold),
+            (Api::OpenAiChat, "gpt-4o", "openai-seen", &cfg),
         ] {
             let b = body(model, bytes);
-            let tokens = estimate_input_tokens(api, Some(model), &b, &cfg).tokens;
+            let tokens = estimate_input_tokens(api, Some(model), &b, cfg).tokens;
             g.throughput(Throughput::Elements(tokens));
             g.bench_with_input(BenchmarkId::new(name, size), &b, |bench, b| {
-                bench.iter(|| estimate_input_tokens(api, Some(model), black_box(b), &cfg))
+                bench.iter(|| estimate_input_tokens(api, Some(model), black_box(b), cfg))
             });
         }
     }

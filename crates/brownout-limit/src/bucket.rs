@@ -32,7 +32,7 @@ pub enum Resource {
 }
 
 impl Resource {
-    /// Every resource, in the order of [`Resource::index`].
+    /// Every resource: requests, input tokens, output tokens, tokens.
     pub const ALL: [Resource; 4] = [
         Resource::Requests,
         Resource::InputTokens,

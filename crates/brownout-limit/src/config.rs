@@ -104,6 +104,7 @@ pub struct EstimateConfig {
     pub(crate) margin: f64,
     pub(crate) image_tokens_anthropic: u64,
     pub(crate) image_tokens_openai: u64,
+    pub(crate) cache_counts: bool,
 }
 
 impl EstimateConfig {
@@ -117,6 +118,7 @@ impl EstimateConfig {
             margin: 0.03,
             image_tokens_anthropic: 1600,
             image_tokens_openai: 765,
+            cache_counts: true,
         }
     }
 
@@ -130,6 +132,14 @@ impl EstimateConfig {
     /// tokenizer, so that an estimate a little short does not cause a 429.
     pub const fn margin(mut self, share: f64) -> Self {
         self.margin = share;
+        self
+    }
+
+    /// Whether the exact counts of long texts (512 bytes or more) are remembered, so
+    /// that a conversation sent again on its next turn is not counted again (on by
+    /// default; a process-wide table of 4,096 counts, 32 KiB).
+    pub const fn cache_counts(mut self, on: bool) -> Self {
+        self.cache_counts = on;
         self
     }
 

@@ -65,8 +65,10 @@
 //!
 //! - **Input tokens are estimated before sending**, from the request body buffered
 //!   once for the stack. OpenAI models are counted exactly with their BPE encoding
-//!   (`o200k_base`, `cl100k_base`) through the `tiktoken-rs` crate, which compiles the
-//!   ranks in and downloads nothing at run time. Claude models have no public
+//!   (`o200k_base`, `cl100k_base`) through the `bpe-openai` crate, which ships the
+//!   ranks and compiles them in (nothing is downloaded at run time), tested equal to
+//!   `tiktoken-rs`; the counts of long texts are remembered, since a conversation is
+//!   sent again on each turn. Claude models have no public
 //!   tokenizer: the estimate is bytes of text over
 //!   [`bytes_per_token`](EstimateConfig::bytes_per_token), corrected by a running
 //!   ratio per model of the `usage` the responses report to the estimate, plus a
