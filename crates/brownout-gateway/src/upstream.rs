@@ -28,7 +28,16 @@ use tower::Service;
 
 use crate::{config::Provider, Config};
 
-/// The gateway's upstream client: see the [module docs](self). Cheap to clone.
+/// The client the gateway sends upstream with: brownout's HTTPS client (hyper-util's
+/// pool over rustls, HTTP/2 by ALPN), one per distinct TLS setting of the providers.
+/// Cheap to clone.
+///
+/// A provider with a `ca_file` or `http2 = false` gets a client of its own, chosen by
+/// the request's authority; every other request goes through the shared client, which
+/// trusts the platform's authorities. Plain `http://` base URLs go through the same
+/// clients, without TLS. A connection that cannot be made fails with brownout's
+/// [`ConnectError`](brownout::client::ConnectError), whose message reaches the
+/// gateway's log line and the caller's error body.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
     shared: Result<HttpsClient, Arc<InvalidConfig>>,
