@@ -1,0 +1,56 @@
+#!/bin/bash
+# Instruction counts per request under callgrind, in one run: the bare hyper proxy,
+# the gateway with no layer (the wiring) and with every layer (gateway.sim.toml), each
+# minus an idle start. See BENCHMARKS.md.
+#   BENCH=target/release/deps/proxy-<hash> GW=target/release/brownout-gateway \
+#     [OLD=an-older-brownout-gateway] [N=4000] crates/brownout-gateway/benches/callgrind.sh
+set -u
+BENCH=${BENCH:?the proxy bench binary: cargo bench -p brownout-gateway --bench proxy --no-run}
+GW=${GW:?the release brownout-gateway binary}
+OLD=${OLD:-}   # optional: an older gateway binary, measured in the same run
+N=${N:-4000}
+SIM=$(cd "$(dirname "$0")/.." && pwd)/gateway.sim.toml
+WORK=$(mktemp -d); cd "$WORK"
+BROWNOUT_BENCH_ROLE=upstream $BENCH > up.out & UP=$!
+sleep 1
+ADDR=$(sed -n 's/listening on //p' up.out | head -1)
+sed -e "s#http://127.0.0.1:8787#http://$ADDR#" -e 's#listen = "127.0.0.1:8080"#listen = "127.0.0.1:0"#' $SIM > every.toml
+printf '\n[connections]\nper_client = 100000\ntotal = 100000\n' >> every.toml
+# wiring only: every layer off, no cascades
+python3 - <<'PY'
+t=open('every.toml').read()
+for l in ['retry','breaker','cache','degrade']:
+    t=t.replace(f'\n[{l}]\n', f'\n[{l}]\nenabled = false\n')
+out=[];skip=False
+for line in t.splitlines():
+    if line.startswith('cascade = ['): skip=True
+    if not skip: out.append(line)
+    if skip and line.startswith(']'): skip=False
+open('wiring.toml','w').write('\n'.join(out)+'\n')
+for n in ['every','wiring']:
+    t=open(n+'.toml').read().replace('\n[connections]\nper_client = 100000\ntotal = 100000\n','')
+    open(n+'.old.toml','w').write(t)
+PY
+measure() { # name, command...
+  local name=$1; shift
+  valgrind --tool=callgrind --callgrind-out-file=cg.$name.idle "$@" > $name.idle.out 2>/dev/null & local P=$!
+  for i in $(seq 1 100); do grep -q "listening on" $name.idle.out 2>/dev/null && break; sleep 0.3; done
+  kill -INT $P 2>/dev/null; kill -TERM $P 2>/dev/null; wait $P 2>/dev/null
+  valgrind --tool=callgrind --callgrind-out-file=cg.$name "$@" > $name.out 2>/dev/null & P=$!
+  for i in $(seq 1 100); do grep -q "listening on" $name.out 2>/dev/null && break; sleep 0.3; done
+  local T=$(sed -n 's/.*listening on \(http:\/\/\)\{0,1\}//p' $name.out | head -1)
+  env -u BROWNOUT_BENCH_ROLE BROWNOUT_BENCH_ROLE=load BENCH_TARGET=$T BENCH_REQUESTS=$N BENCH_CONNECTIONS=4 $BENCH > $name.load 2>&1
+  kill -TERM $P; wait $P 2>/dev/null
+  local idle=$(callgrind_annotate cg.$name.idle 2>/dev/null | grep 'PROGRAM TOTALS' | awk '{gsub(",","",$1); print $1}')
+  local all=$(callgrind_annotate cg.$name 2>/dev/null | grep 'PROGRAM TOTALS' | awk '{gsub(",","",$1); print $1}')
+  echo "$name $(( (all - idle) / N )) instructions/request  ($(tail -1 $name.load))"
+}
+export BENCH_UPSTREAM=http://$ADDR/
+BROWNOUT_BENCH_ROLE=bare measure bare $BENCH
+measure wiring $GW serve --config wiring.toml --log-level error
+measure every $GW serve --config every.toml --log-level error
+if [ -n "$OLD" ]; then
+  measure wiring-before $OLD serve --config wiring.old.toml --log-level error
+  measure every-before $OLD serve --config every.old.toml --log-level error
+fi
+kill $UP
