@@ -240,3 +240,27 @@ fn nonsense_settings_are_refused() {
         .unwrap_err();
     assert_eq!(e.key(), "connect_timeout");
 }
+
+#[tokio::test]
+async fn a_connection_closed_mid_request_names_the_host_and_no_secret() {
+    use tokio::io::AsyncReadExt;
+    // A server that reads the request head and hangs up without answering.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+        }
+    });
+    let client = HttpsConfig::new().roots(Roots::Webpki).build().unwrap();
+    let error = refused(client, &format!("http://user:hunter2@{addr}")).await;
+    let text = error.to_string();
+    assert!(
+        text.starts_with(&format!("request to {addr} failed: ")),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+    let outcome = classify_error(&DefaultClassifier::new(), &*error);
+    assert_eq!(outcome.kind(), OutcomeKind::ConnectionFailed);
+}

@@ -127,7 +127,11 @@ fn failure(error: legacy::Error, authority: &Authority) -> BoxError {
         }
     }
     Box::new(RequestError::new(
-        authority.as_str().into(),
+        // Host and port only: an authority's user info is a secret.
+        match authority.port() {
+            Some(port) => format!("{}:{port}", authority.host()).into(),
+            None => authority.host().into(),
+        },
         Box::new(error),
     ))
 }
