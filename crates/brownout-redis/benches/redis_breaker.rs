@@ -5,6 +5,19 @@
 //! `redis-server` on a free port (`--save "" --appendonly no`), so that the commands it
 //! counts (`INFO stats`, `total_commands_processed`) are its own; without the binary it
 //! measures the store while Redis is away (still local), and says so.
+//!
+//! Instruction counts (wall time on a shared machine is noisy; counts are not):
+//!
+//! ```sh
+//! cargo bench -p brownout-redis --bench redis_breaker --no-run
+//! bin=$(ls -t target/release/deps/redis_breaker-* | grep -v '\.d$' | head -1)
+//! for v in local redis; do for n in 2000 22000; do
+//!   echo "$v $n $(valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+//!     $bin $v $n 2>&1 | grep Collected)"
+//! done; done
+//! ```
+//!
+//! One call costs the difference of the two counts divided by 20,000.
 
 use std::{
     hint::black_box,
@@ -14,7 +27,7 @@ use std::{
 
 use brownout_breaker::{Admission, BreakerConfig, BreakerStore, LocalStore, Verdict};
 use brownout_redis::{RedisBreakerStore, RedisConfig};
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use tokio::time::Instant;
 
 struct Server(Child);
@@ -123,4 +136,49 @@ fn bench(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+/// `redis_breaker local|redis N`: N calls and exit, for callgrind (see the module docs).
+fn count(variant: &str, calls: u64) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = start_redis();
+    let port = server.as_ref().map_or(1, |(_, port)| *port);
+    let config = BreakerConfig::new();
+    let store: Box<dyn BreakerStore> = if variant == "local" {
+        Box::new(LocalStore::new(&config))
+    } else {
+        // No flush nor poll during the run: the count is the calls' own.
+        let redis = RedisConfig::new(&format!("redis://127.0.0.1:{port}"), "bench")
+            .unwrap()
+            .flush_interval(Duration::from_secs(3600))
+            .poll_interval(Duration::from_secs(3600));
+        let _guard = runtime.enter();
+        let store = RedisBreakerStore::new(redis, &config).unwrap();
+        for _ in 0..200 {
+            if store.is_shared() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(store.is_shared() || server.is_none());
+        Box::new(store)
+    };
+    for _ in 0..calls {
+        call(store.as_ref());
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, variant, calls] = args.as_slice() {
+        if let (true, Ok(calls)) = (variant == "local" || variant == "redis", calls.parse()) {
+            count(variant, calls);
+            return;
+        }
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

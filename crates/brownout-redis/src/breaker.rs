@@ -29,6 +29,10 @@ pub(crate) const LEASE_HELD: u8 = 2;
 pub(crate) const LEASE_PROBING: u8 = 3;
 pub(crate) const LEASE_LOST: u8 = 4;
 
+/// How often a call goes through the local store's lookup too (nanoseconds): far
+/// below any idle timeout, far above the time between two calls of a busy key.
+const TOUCH_EVERY: u64 = 1_000_000_000;
+
 type Map<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
 
 /// Circuit breakers shared by the replicas of a deployment through Redis, with a
@@ -231,11 +235,21 @@ impl fmt::Debug for RedisBreakerStore {
 impl BreakerStore for RedisBreakerStore {
     fn entry(&self, key: &str, now: Instant) -> Arc<dyn BreakerEntry> {
         let shared = &self.shared;
+        let now_n = shared.nanos(now);
+        let found = shared.entries.get(key).map(|e| e.value().clone());
+        if let Some(entry) = &found {
+            // The local store is looked up (which keeps the key from going idle there)
+            // once a second, not on every call.
+            if now_n.saturating_sub(entry.touched.load(Relaxed)) < TOUCH_EVERY {
+                return entry.clone();
+            }
+        }
         let local = shared.local.entry(key, now);
-        if let Some(entry) = shared.entries.get(key) {
+        if let Some(entry) = found {
             // The local store may have dropped and remade the key.
             if Arc::ptr_eq(&entry.local, &local) {
-                return entry.value().clone();
+                entry.touched.store(now_n, Relaxed);
+                return entry;
             }
         }
         if shared.entries.len() > 2 * shared.local.len() + 64 {
@@ -247,6 +261,7 @@ impl BreakerStore for RedisBreakerStore {
             });
         }
         let entry = Arc::new(RedisEntry {
+            touched: AtomicU64::new(now_n),
             local,
             remote: shared.remote_for(key),
             shared: self.shared.clone(),
@@ -278,6 +293,8 @@ impl BreakerStore for RedisBreakerStore {
 
 /// One key: the local breaker, and the fleet's view of it.
 struct RedisEntry {
+    /// When the local store last looked the key up (nanoseconds since the epoch).
+    touched: AtomicU64,
     local: Arc<dyn BreakerEntry>,
     remote: Arc<Remote>,
     shared: Arc<Shared>,
