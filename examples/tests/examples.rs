@@ -231,3 +231,38 @@ async fn reqwest_timeouts_and_refused_connections_keep_their_kind() {
     let outcome = DefaultClassifier::new().classify(Observed::Error(error.as_ref()));
     assert_eq!(outcome.kind(), OutcomeKind::ConnectionFailed);
 }
+
+#[tokio::test]
+async fn the_middleware_hands_back_brownouts_errors_readably() {
+    use brownout::{reqwest_middleware::Brownout, ServiceBuilderExt};
+    let (server, _sim, ca) = tls_outage().await;
+    let reqwest = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let layers = tower::ServiceBuilder::new()
+        .circuit_breaker(examples::breakers())
+        .retry_with_jitter(examples::retry());
+    let client = reqwest_middleware::ClientBuilder::new(reqwest)
+        .with(Brownout::new(layers.into_inner()))
+        .build();
+    let send = || {
+        client
+            .post(format!("{}/v1/messages", server.url()))
+            .header("content-type", "application/json")
+            .body(examples::chat_body(examples::PRIMARY, "Hi?"))
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(send().await.unwrap().status(), 529);
+    }
+    let error = send().await.unwrap_err();
+    assert!(matches!(error, reqwest_middleware::Error::Middleware(_)));
+    let view = brownout::Error::of(&error);
+    assert!(
+        matches!(view.kind(), brownout::ErrorKind::CircuitOpen { key } if key == examples::PRIMARY),
+        "{view:?}"
+    );
+    assert!(view.retry_after().is_some());
+    assert_eq!(view.to_response().status(), 503);
+}
