@@ -78,10 +78,20 @@
 //! build. fred brings its own pool, router and many features a store of a few
 //! commands does not use.
 //!
-//! # Where Redis-backed state is not yet shared
+//! # Costs
 //!
-//! The rate limiter's buckets and the response cache have no store trait yet; see the
-//! crate's README section in the workspace for what they need.
+//! The closed success path (`entry`, `acquire`, `record`) makes no Redis round trip;
+//! Redis sees one pipeline per [`flush_interval`](RedisConfig::flush_interval) and one
+//! per [`poll_interval`](RedisConfig::poll_interval), whatever the traffic. Figures
+//! and how to reproduce them: `BENCHMARKS.md` beside this crate's `Cargo.toml`.
+//!
+//! # What is not shared yet
+//!
+//! Only the breakers: the rate limiter's buckets and the response cache have no store
+//! trait to implement yet. The limiter needs one whose admission is asynchronous (one
+//! `EVALSHA` of a token-bucket or GCRA script per admitted request, four resources at
+//! once) with a fail-open or fail-closed choice on timeout; the cache one with `get`
+//! and `put` of a response and its stale window as Redis expirations.
 
 mod breaker;
 mod config;
