@@ -3,21 +3,19 @@
 //! with `retry-after` in the provider's error shape, not a `500`.
 
 use axum::{extract::State, response::Response, routing::post, Json, Router};
-use brownout::{
-    breaker::BreakerHandle, reqwest_bridge::ReqwestService, Body, BoxError, ServiceBuilderExt,
-};
+use brownout::ServiceBuilderExt;
+use brownout::{breaker::BreakerHandle, reqwest_bridge::ReqwestService, Body, BoxError};
 use tower::{util::BoxCloneSyncService, ServiceBuilder, ServiceExt};
 
 use crate::{breakers, chat_body, retry, PRIMARY};
 
-type Client = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>;
-
-/// What the handlers share: the provider's base URL and the client to it.
-#[derive(Clone)]
+/// What the handlers share: the provider's base URL, the client to it, its breakers.
+#[derive(Clone, Debug)]
 pub struct AppState {
     base_url: String,
-    client: Client,
-    breakers: BreakerHandle,
+    client: BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>,
+    /// The breakers, to look at or steer.
+    pub breakers: BreakerHandle,
 }
 
 impl AppState {
@@ -28,30 +26,17 @@ impl AppState {
         if let Some(ca) = ca_pem {
             reqwest = reqwest.add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes())?);
         }
-        let breakers = breakers();
-        let handle = breakers.handle();
+        let (breakers, base_url) = (breakers(), base_url.to_owned());
         let client = ServiceBuilder::new()
-            .circuit_breaker(breakers)
+            .circuit_breaker(breakers.clone())
             .retry_with_jitter(retry())
             .service(ReqwestService::new(reqwest.build()?));
+        let (client, breakers) = (BoxCloneSyncService::new(client), breakers.handle());
         Ok(AppState {
-            base_url: base_url.to_owned(),
-            client: BoxCloneSyncService::new(client),
-            breakers: handle,
+            base_url,
+            client,
+            breakers,
         })
-    }
-
-    /// The breakers, to look at or steer.
-    pub fn breakers(&self) -> &BreakerHandle {
-        &self.breakers
-    }
-}
-
-impl std::fmt::Debug for AppState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState")
-            .field("base_url", &self.base_url)
-            .finish_non_exhaustive()
     }
 }
 
@@ -62,15 +47,17 @@ pub fn app(state: AppState) -> Router {
 
 async fn ask(
     State(state): State<AppState>,
-    Json(question): Json<serde_json::Value>,
+    Json(q): Json<serde_json::Value>,
 ) -> Result<Response, brownout::Error> {
-    let text = question["question"].as_str().unwrap_or("Hello");
     let key = std::env::var("ANTHROPIC_API_KEY").unwrap_or_else(|_| "sk-ant-example".into());
     let request = http::Request::post(format!("{}/v1/messages", state.base_url))
         .header("content-type", "application/json")
         .header("anthropic-version", "2023-06-01")
         .header("x-api-key", key)
-        .body(Body::from(chat_body(PRIMARY, text)))
+        .body(Body::from(chat_body(
+            PRIMARY,
+            q["question"].as_str().unwrap_or("Hello"),
+        )))
         .map_err(brownout::Error::new)?;
     let response = state.client.oneshot(request).await?;
     Ok(response.map(axum::body::Body::new))

@@ -97,7 +97,7 @@ async fn the_reqwest_example_answers_through_the_outage() {
 async fn the_axum_example_answers_503_with_retry_after_when_the_circuit_is_open() {
     let (server, _sim, ca) = tls_outage().await;
     let state = axum_app::AppState::new(&server.url(), Some(&ca)).unwrap();
-    let handle = state.breakers().clone();
+    let handle = state.breakers.clone();
     let mut app = axum_app::app(state);
     let ask = || {
         axum::http::Request::post("/ask")
