@@ -82,6 +82,12 @@ pub(crate) struct Remote {
     /// The last shared open time, for a failed shared probe.
     pub(crate) open_ms: AtomicU64,
     pub(crate) lease: AtomicU8,
+    /// When this replica won the lease (nanoseconds since the epoch): it lapses in
+    /// Redis after the probe lease, and so here.
+    pub(crate) lease_at: AtomicU64,
+    /// Whether the open in `open_until` is this replica's own, to tell the fleet again
+    /// if Redis was away when it happened.
+    pub(crate) mine: AtomicBool,
     /// When this replica last changed `open_until` (nanoseconds since the epoch): a
     /// poll sent before then is older news.
     pub(crate) changed: AtomicU64,
@@ -107,7 +113,8 @@ impl Shared {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Marks the key open for `open_for` from now, as the fleet said.
+    /// Marks the key open for `open_for` from now: as the fleet said when `announce`
+    /// (an event says so), else by this replica's own decision.
     pub(crate) fn apply_open(&self, remote: &Remote, open_for: Duration, announce: bool) {
         let now = Instant::now();
         let until = self.nanos(now + open_for).max(1);
@@ -118,6 +125,7 @@ impl Shared {
             Relaxed,
         );
         remote.lease.store(LEASE_NONE, Release);
+        remote.mine.store(!announce, Release);
         if announce && before == 0 {
             self.config.events.emit(Event::detached(
                 "redis",
@@ -133,6 +141,7 @@ impl Shared {
     pub(crate) fn apply_close(&self, remote: &Remote) {
         remote.changed.store(self.nanos(Instant::now()), Release);
         remote.open_until.store(0, Release);
+        remote.mine.store(false, Release);
         remote.lease.store(LEASE_NONE, Release);
     }
 
@@ -163,6 +172,8 @@ impl Shared {
                     open_until: AtomicU64::new(0),
                     open_ms: AtomicU64::new(0),
                     lease: AtomicU8::new(LEASE_NONE),
+                    lease_at: AtomicU64::new(0),
+                    mine: AtomicBool::new(false),
                     changed: AtomicU64::new(0),
                     unsent: AtomicU32::new(0),
                     calls: AtomicU32::new(0),
@@ -175,7 +186,7 @@ impl Shared {
     }
 
     /// Hands an open or a close of this replica to the background task.
-    fn publish(&self, op: Op) {
+    pub(crate) fn publish(&self, op: Op) {
         if let Op::Open(remote, _) | Op::Close(remote) = &op {
             remote.unsent.fetch_add(1, AcqRel);
         }
@@ -369,6 +380,19 @@ impl BreakerEntry for RedisEntry {
         let lease = &self.remote.lease;
         match lease.load(Acquire) {
             LEASE_HELD => {
+                let held = self.remote.lease_at.load(Acquire);
+                let lapse =
+                    u64::try_from(self.shared.config.probe_lease.as_nanos()).unwrap_or(u64::MAX);
+                if self.shared.nanos(now).saturating_sub(held) > lapse {
+                    // The lease lapsed in Redis unused: another replica may hold it now.
+                    if lease
+                        .compare_exchange(LEASE_HELD, LEASE_ASKED, AcqRel, Acquire)
+                        .is_ok()
+                    {
+                        let _ = self.shared.ops.send(Op::Lease(self.remote.clone()));
+                    }
+                    return (Admission::Rejected { retry_after: None }, None);
+                }
                 if lease
                     .compare_exchange(LEASE_HELD, LEASE_PROBING, AcqRel, Acquire)
                     .is_err()

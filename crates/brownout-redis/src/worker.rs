@@ -235,6 +235,16 @@ impl Worker {
                     down_for: since.elapsed(),
                 },
             ));
+            // Opens of this replica that the fleet could not hear of: tell it now.
+            let now = Instant::now();
+            let now_n = shared.nanos(now);
+            for remote in shared.remotes() {
+                let until = remote.open_until.load(Acquire);
+                if remote.mine.load(Acquire) && until > now_n + 1_000_000 {
+                    let left = Duration::from_nanos(until - now_n);
+                    shared.publish(Op::Open(remote, left));
+                }
+            }
         }
         self.link = Link::Up;
     }
@@ -314,6 +324,11 @@ impl Worker {
                     .arg("PX")
                     .arg(lease_ms);
                 let won = self.call(cmd.query_async::<Option<String>>(c)).await;
+                if matches!(won, Some(Some(_))) {
+                    if let Some(shared) = self.shared.upgrade() {
+                        remote.lease_at.store(shared.nanos(Instant::now()), Release);
+                    }
+                }
                 let next = match won {
                     Some(Some(_)) => LEASE_HELD,
                     Some(None) => LEASE_LOST,
@@ -384,13 +399,16 @@ impl Worker {
                 // Redis restarted and forgot the script: load it, count these next time.
                 let script = self.script.clone();
                 self.call(script.prepare_invoke().load_async(c)).await;
-                for (remote, calls, failures) in batch {
-                    remote.calls.fetch_add(calls, Relaxed);
-                    remote.failures.fetch_add(failures, Relaxed);
-                }
+                restore(batch);
             }
-            Ok(Err(e)) => self.down(reason(&e)),
-            Err(_) => self.down("timeout"),
+            Ok(Err(e)) => {
+                self.down(reason(&e));
+                restore(batch);
+            }
+            Err(_) => {
+                self.down("timeout");
+                restore(batch);
+            }
         }
     }
 
@@ -457,6 +475,14 @@ impl Worker {
                 shared.apply_close(remote);
             }
         }
+    }
+}
+
+/// Counts that did not reach Redis go with the next flush.
+fn restore(batch: Vec<(Arc<Remote>, u32, u32)>) {
+    for (remote, calls, failures) in batch {
+        remote.calls.fetch_add(calls, Relaxed);
+        remote.failures.fetch_add(failures, Relaxed);
     }
 }
 

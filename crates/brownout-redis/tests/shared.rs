@@ -345,6 +345,12 @@ async fn redis_killed_mid_run_means_local_state_then_shared_again() {
     })
     .await;
     assert!(resumed.is_some(), "the stores did not come back to Redis");
+    // The open A decided while Redis was away reaches B once Redis is back.
+    let told = within(Duration::from_secs(1), || async {
+        !b.entry(key, Instant::now()).is_available(Instant::now())
+    })
+    .await;
+    assert!(told.is_some(), "A's open during the outage never reached B");
     let other = "gpt-4.1-mini";
     let _ = a.entry(other, Instant::now());
     fail(&b.entry(other, Instant::now()), 3);
