@@ -36,8 +36,9 @@
 //! nine pooled plain requests' worth; connections are pooled, so it is paid once per
 //! connection. HTTP/2's framing and HPACK cost more CPU than HTTP/1.1 on one
 //! sequential stream (1.29× against 1.08×); it pays off in connections when many
-//! requests are in flight. The first TLS connection of a process costs about 440 M
-//! instructions once (the crypto library's start-up), outside these figures.
+//! requests are in flight. The first TLS connection of a process costs about 420 M
+//! instructions once, outside these figures: aws-lc seeding its random generator from
+//! its CPU-jitter entropy source (`tree_jitter_initialize`, seen in callgrind).
 //! Wall clock in the same run (`cargo bench`, 3,000 requests, shared machine): plain
 //! 143 µs, tls 180 µs (1.25×), tls-h1 149 µs (1.04×), tls-fresh 689 µs.
 //!
