@@ -33,8 +33,9 @@ use tokio::net::TcpListener;
 
 use crate::{config::Connections, Config, Router, UpstreamClient};
 
-/// The HTTP client the gateway sends with: hyper-util's pooled HTTP/1.1 client over
-/// plain TCP, sending [`brownout::Body`], the one body of every layer.
+/// hyper-util's pooled HTTP/1.1 client over plain TCP, sending [`brownout::Body`]:
+/// for plain-HTTP upstreams and benchmarks. The gateway itself sends with an
+/// [`UpstreamClient`] (HTTPS and HTTP).
 pub type HttpClient = Client<HttpConnector, brownout::Body>;
 
 /// How long a caller may take to send a request's head before its connection is closed.
@@ -245,8 +246,9 @@ impl Gateway {
 
 /// hyper-util's pooled client, with Nagle off and a connect timeout.
 ///
-/// The gateway's is an [`HttpClient`], sending [`brownout::Body`]; `B` is open so that
-/// the benchmark's bare proxy can send hyper's own body with the same client.
+/// An [`HttpClient`] sends [`brownout::Body`]; `B` is open so that the benchmark's bare
+/// proxy can send hyper's own body. The gateway itself sends with an
+/// [`UpstreamClient`].
 pub fn http_client<B>() -> Client<HttpConnector, B>
 where
     B: http_body::Body + Send + 'static,
