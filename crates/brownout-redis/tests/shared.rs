@@ -4,7 +4,7 @@
 //! Redis server, whose replies (and pub/sub messages) arrive over a socket on its own
 //! schedule, and whose expirations run on its own clock. A paused clock would fire
 //! every timeout before Redis could answer. They are kept short (every wait is a
-//! bounded poll for a condition, about 3 s in all).
+//! bounded poll for a condition; about 1 s in all, the tests running side by side).
 //!
 //! They use the Redis on 127.0.0.1:6379 and skip, saying why, when none answers; under
 //! `CI` they fail instead. The outage test starts its own `redis-server` on a free
@@ -259,6 +259,7 @@ fn free_port() -> u16 {
 fn start_redis(port: u16) -> Option<tokio::process::Child> {
     let child = tokio::process::Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--enable-debug-command", "local"])
         .args(["--save", "", "--appendonly", "no"])
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -361,5 +362,78 @@ async fn redis_killed_mid_run_means_local_state_then_shared_again() {
     assert!(
         seen.is_some(),
         "an open after the restart did not reach the other replica"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_is_a_lost_redis_until_it_answers_in_time() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let Some(_server) = start_redis(port) else {
+        return;
+    };
+    assert!(
+        within(Duration::from_secs(2), || answers(&addr))
+            .await
+            .is_some(),
+        "redis-server did not start"
+    );
+    let url = format!("redis://{addr}");
+    let events: Arc<Mutex<Vec<RedisEvent>>> = Arc::default();
+    let seen = events.clone();
+    let redis = RedisConfig::new(&url, &deployment())
+        .unwrap()
+        .timeout(Duration::from_millis(50))
+        .poll_interval(Duration::from_millis(50))
+        .listener(move |event: &Event| {
+            if let Some(data) = event.data::<RedisEvent>() {
+                seen.lock().unwrap().push(data.clone());
+            }
+        });
+    let a = RedisBreakerStore::new(redis, &breaker(3, Duration::from_secs(5))).unwrap();
+    shared(&a).await;
+    let key = "gpt-4o-mini";
+    let _ = a.entry(key, Instant::now());
+    // Redis stalls for 600 ms: every call of the store times out meanwhile.
+    let stall = tokio::task::spawn_blocking(move || {
+        let client = redis::Client::open(url).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("0.6")
+            .query::<()>(&mut conn)
+            .unwrap();
+    });
+    let lost = within(Duration::from_millis(500), || async {
+        // Answered at once, from local state, while Redis is stuck.
+        let started = Instant::now();
+        let entry = a.entry(key, Instant::now());
+        let (Admission::Admitted(permit), _) = entry.acquire(Instant::now()) else {
+            panic!("refused while Redis is slow and the key closed");
+        };
+        entry.record(permit, Verdict::Success, Instant::now());
+        // Well under the 50 ms Redis timeout: nothing waited on Redis.
+        assert!(started.elapsed() < Duration::from_millis(40));
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| *e == RedisEvent::SharedStateLost { reason: "timeout" })
+    })
+    .await;
+    assert!(lost.is_some(), "no timeout event while Redis stalled");
+    stall.await.unwrap();
+    let back = within(Duration::from_secs(2), || async {
+        a.is_shared()
+            && events
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| matches!(e, RedisEvent::SharedStateResumed { .. }))
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "the store did not come back after the stall"
     );
 }
