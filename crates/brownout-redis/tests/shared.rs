@@ -417,8 +417,7 @@ async fn a_slow_redis_is_a_lost_redis_until_it_answers_in_time() {
         events
             .lock()
             .unwrap()
-            .iter()
-            .any(|e| *e == RedisEvent::SharedStateLost { reason: "timeout" })
+            .contains(&RedisEvent::SharedStateLost { reason: "timeout" })
     })
     .await;
     assert!(lost.is_some(), "no timeout event while Redis stalled");
