@@ -43,11 +43,13 @@ type Map<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
 #[derive(Clone)]
 pub struct RedisBreakerStore {
     shared: Arc<Shared>,
+    // Apart from `Shared`, which every entry points to: the store's last clone going
+    // drops the entries, then `Shared`, which ends the background task.
+    entries: Arc<Map<Arc<str>, Arc<RedisEntry>>>,
 }
 
 pub(crate) struct Shared {
     pub(crate) local: LocalStore,
-    entries: Map<Arc<str>, Arc<RedisEntry>>,
     /// The shared view of each key, by its Redis name.
     pub(crate) remotes: Map<Arc<str>, Arc<Remote>>,
     pub(crate) config: RedisConfig,
@@ -214,7 +216,6 @@ impl RedisBreakerStore {
         let (ops, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             local: LocalStore::new(breaker),
-            entries: Map::default(),
             remotes: Map::default(),
             config: redis,
             epoch: Instant::now(),
@@ -223,7 +224,10 @@ impl RedisBreakerStore {
             ops,
         });
         runtime.spawn(worker::run(Arc::downgrade(&shared), rx));
-        Ok(RedisBreakerStore { shared })
+        Ok(RedisBreakerStore {
+            shared,
+            entries: Arc::default(),
+        })
     }
 
     /// Whether Redis answered the store's last call: `false` while the store is local
@@ -237,7 +241,7 @@ impl fmt::Debug for RedisBreakerStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBreakerStore")
             .field("redis", &self.shared.config)
-            .field("keys", &self.shared.entries.len())
+            .field("keys", &self.entries.len())
             .field("shared", &self.is_shared())
             .finish()
     }
@@ -247,7 +251,7 @@ impl BreakerStore for RedisBreakerStore {
     fn entry(&self, key: &str, now: Instant) -> Arc<dyn BreakerEntry> {
         let shared = &self.shared;
         let now_n = shared.nanos(now);
-        let found = shared.entries.get(key).map(|e| e.value().clone());
+        let found = self.entries.get(key).map(|e| e.value().clone());
         if let Some(entry) = &found {
             // The local store is looked up (which keeps the key from going idle there)
             // once a second, not on every call.
@@ -263,8 +267,8 @@ impl BreakerStore for RedisBreakerStore {
                 return entry;
             }
         }
-        if shared.entries.len() > 2 * shared.local.len() + 64 {
-            shared.entries.retain(|k, e| {
+        if self.entries.len() > 2 * shared.local.len() + 64 {
+            self.entries.retain(|k, e| {
                 shared
                     .local
                     .get(k)
@@ -277,27 +281,25 @@ impl BreakerStore for RedisBreakerStore {
             remote: shared.remote_for(key),
             shared: self.shared.clone(),
         });
-        shared.entries.insert(Arc::from(key), entry.clone());
+        self.entries.insert(Arc::from(key), entry.clone());
         entry
     }
 
     fn get(&self, key: &str) -> Option<Arc<dyn BreakerEntry>> {
-        self.shared
-            .entries
+        self.entries
             .get(key)
             .map(|e| e.value().clone() as Arc<dyn BreakerEntry>)
     }
 
     fn entries(&self) -> Vec<Arc<dyn BreakerEntry>> {
-        self.shared
-            .entries
+        self.entries
             .iter()
             .map(|e| e.value().clone() as Arc<dyn BreakerEntry>)
             .collect()
     }
 
     fn remove(&self, key: &str) -> bool {
-        self.shared.entries.remove(key);
+        self.entries.remove(key);
         self.shared.local.remove(key)
     }
 }
