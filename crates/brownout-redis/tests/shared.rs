@@ -436,3 +436,42 @@ async fn a_slow_redis_is_a_lost_redis_until_it_answers_in_time() {
         "the store did not come back after the stall"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_store_ends_its_connection() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let Some(_server) = start_redis(port) else {
+        return;
+    };
+    assert!(
+        within(Duration::from_secs(2), || answers(&addr))
+            .await
+            .is_some(),
+        "redis-server did not start"
+    );
+    let url = format!("redis://{addr}");
+    let clients = {
+        let url = url.clone();
+        move || {
+            let client = redis::Client::open(url.as_str()).unwrap();
+            let mut conn = client.get_connection().unwrap();
+            let info: String = redis::cmd("INFO").arg("clients").query(&mut conn).unwrap();
+            info.lines()
+                .find_map(|l| l.strip_prefix("connected_clients:"))
+                .and_then(|n| n.trim().parse::<u32>().ok())
+                .unwrap()
+        }
+    };
+    let redis = RedisConfig::new(&url, &deployment())
+        .unwrap()
+        .poll_interval(Duration::from_millis(50));
+    let store = RedisBreakerStore::new(redis, &breaker(3, Duration::from_secs(5))).unwrap();
+    shared(&store).await;
+    let _ = store.entry("gpt-4o", Instant::now());
+    // The store's connection and the one asking.
+    assert_eq!(clients(), 2);
+    drop(store);
+    let gone = within(Duration::from_secs(1), || async { clients() == 1 }).await;
+    assert!(gone.is_some(), "the store's task outlived it");
+}
