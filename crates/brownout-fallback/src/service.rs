@@ -242,6 +242,7 @@ where
     // `ready`, later uses wait for it.
     let mut inner_ready = true;
     let mut failures: Vec<(Arc<str>, FallbackReason)> = Vec::new();
+    let mut details: Vec<Option<Arc<str>>> = Vec::new();
     let mut last: Option<Output> = None;
 
     for (offset, target) in cascade.iter().enumerate() {
@@ -309,11 +310,19 @@ where
             target.model.clone(),
             FallbackReason::Failed(outcome.clone()),
         ));
+        details.resize(failures.len() - 1, None);
+        details.push(
+            result
+                .as_ref()
+                .err()
+                .map(|error| error_chain(error.as_ref())),
+        );
         moving_on(FallbackReason::Failed(outcome));
         last = Some(result);
     }
 
-    let report = AllTargetsFailed::new(failures);
+    details.resize(failures.len(), None);
+    let report = AllTargetsFailed::with_details(failures, details);
     match (config.on_exhausted, last) {
         (Exhausted::LastResponse, Some(Ok(mut response))) => {
             response.extensions_mut().insert(report);
@@ -404,6 +413,23 @@ where
             (Err(error), Outcome::new(OutcomeKind::Timeout))
         }
     }
+}
+
+/// An error's message followed by its causes, where they add to it. Errors that
+/// reach this layer from an HTTP client carry no credentials (brownout's client names
+/// host and port only).
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> Arc<str> {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    Arc::from(text)
 }
 
 /// Marks a response with the target that served it.

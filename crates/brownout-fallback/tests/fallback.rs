@@ -640,3 +640,24 @@ async fn a_breaker_inside_keys_each_target_by_the_model_it_is_sent() {
     assert_eq!(served(&reply), (SONNET.to_owned(), 1));
     assert_eq!(models_sent(&upstream), [OPUS, SONNET, SONNET]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_report_keeps_each_targets_error_message() {
+    let upstream = named("");
+    upstream.script(OPUS, [Step::Fail(std::io::ErrorKind::ConnectionRefused)]);
+    upstream.script(SONNET, [Step::Status(529)]);
+    upstream.script(HAIKU, [Step::Fail(std::io::ErrorKind::ConnectionReset)]);
+    let config = FallbackConfig::new(targets())
+        .unwrap()
+        .on_exhausted(Exhausted::Error);
+    let service = Fallback::new(upstream.clone(), config);
+    let error = call(&service, &chat(OPUS)).await.unwrap_err();
+    let report = error.downcast_ref::<AllTargetsFailed>().unwrap();
+    assert_eq!(report.failures().len(), 3);
+    let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused).to_string();
+    assert_eq!(report.detail(0), Some(refused.as_str()));
+    assert_eq!(report.detail(1), None, "an answer, not an error");
+    assert!(report.detail(2).is_some());
+    let text = report.to_string();
+    assert!(text.contains(&refused), "{text}");
+}

@@ -123,6 +123,38 @@ async fn a_certificate_from_another_ca_is_a_502_that_says_why() {
 }
 
 #[tokio::test]
+async fn behind_a_cascade_the_502_still_says_why_each_target_failed() {
+    let dir = scratch("cascade");
+    let trusted = SimTls::self_signed().unwrap();
+    let ca = ca_file(&dir, &trusted);
+    let sim = upstream(Some(SimTls::self_signed().unwrap())).await;
+    let text = config(&sim.url(), &format!("ca_file = {ca:?}")).replace(
+        "[routes.\"/v1/messages\"]\nprovider = \"anthropic\"\n",
+        "[routes.\"/v1/messages\"]\nprovider = \"anthropic\"\ncascade = [{ model = \"claude-sonnet-4-5\" }, { model = \"claude-haiku-4-5\" }]\n",
+    );
+    assert!(text.contains("cascade"));
+    let config = Config::from_toml_str(&text).unwrap();
+    let url = gateway(&config).await;
+    let response = client()
+        .request(anthropic(&url, "claude-sonnet-4-5", "Hello", false))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body = json(response).await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("claude-sonnet-4-5"), "{message}");
+    assert!(message.contains("claude-haiku-4-5"), "{message}");
+    assert_eq!(
+        message
+            .matches("invalid peer certificate: UnknownIssuer")
+            .count(),
+        2,
+        "{message}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
 async fn a_plain_port_behind_https_is_a_502_that_says_why() {
     let sim = upstream(None).await;
     let url = sim.url().replace("http://", "https://");

@@ -236,12 +236,18 @@ fn kind_of(error: &(dyn StdError + 'static), outcome: OutcomeKind) -> ErrorKind 
         let failures = all
             .failures()
             .iter()
-            .map(|(target, reason)| TargetFailure {
+            .enumerate()
+            .map(|(i, (target, reason))| TargetFailure {
                 target: target.to_string(),
-                reason: match reason {
-                    crate::fallback::FallbackReason::Failed(outcome) => outcome.to_string(),
-                    crate::fallback::FallbackReason::Unavailable => "its circuit is open".into(),
-                    other => other.to_string(),
+                reason: match (reason, all.detail(i)) {
+                    (crate::fallback::FallbackReason::Failed(outcome), Some(detail)) => {
+                        format!("{outcome}: {detail}")
+                    }
+                    (crate::fallback::FallbackReason::Failed(outcome), None) => outcome.to_string(),
+                    (crate::fallback::FallbackReason::Unavailable, _) => {
+                        "its circuit is open".into()
+                    }
+                    (other, _) => other.to_string(),
                 },
             })
             .collect();
