@@ -16,11 +16,6 @@ pub struct AllTargetsFailed {
 }
 
 impl AllTargetsFailed {
-    pub(crate) fn new(failures: Vec<(Arc<str>, FallbackReason)>) -> Self {
-        let details = vec![None; failures.len()];
-        AllTargetsFailed { failures, details }
-    }
-
     pub(crate) fn with_details(
         failures: Vec<(Arc<str>, FallbackReason)>,
         details: Vec<Option<Arc<str>>>,
