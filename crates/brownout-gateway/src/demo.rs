@@ -149,6 +149,7 @@ impl Demo {
             },
             shipped: self.shipped,
             cascade: cascade_text(&config, runner.api_value()),
+            queue: config.queue().is_some(),
         })
     }
 }
@@ -181,6 +182,7 @@ pub struct DemoReport {
     endpoint: &'static str,
     shipped: bool,
     cascade: String,
+    queue: bool,
 }
 
 impl DemoReport {
@@ -245,14 +247,19 @@ impl fmt::Display for DemoReport {
         )?;
         writeln!(
             f,
-            "              degrade > cache > fallback ({}) > breaker > retry",
-            self.cascade
+            "              degrade > cache > fallback ({}) > breaker > {}retry",
+            self.cascade,
+            if self.queue { "queue > " } else { "" }
         )?;
         writeln!(f)?;
         f.write_str(&runner::table(&self.reports))?;
         writeln!(f)?;
         writeln!(f, "How to read it:")?;
         writeln!(f, "  fallback       answered live by a lighter model; the response says which (x-brownout-model)")?;
+        if self.queue {
+            writeln!(f, "  queue          a request for a model in a short overload waits for it (up to prefer_wait) instead")?;
+            writeln!(f, "                 of moving on; compare --script crates/brownout-sim/scripts/bursts.toml")?;
+        }
         if brownout.answered.cached == 0 {
             writeln!(
                 f,

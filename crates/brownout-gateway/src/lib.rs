@@ -2,8 +2,9 @@
 //! built only from brownout's layers; and the outage demo.
 //!
 //! Point an Anthropic or OpenAI SDK at the gateway (by changing its base URL) and its
-//! requests go through degrade → cache → fallback → circuit breaker → retry → the
-//! provider, as a TOML file says. The gateway adds no resilience logic of its own: it
+//! requests go through degrade → cache → fallback → circuit breaker → queue (when
+//! `[queue]` is on) → retry → the provider, as a TOML file says. The gateway adds no
+//! resilience logic of its own: it
 //! reads the file into the layers' own config types, stacks them
 //! ([`pipeline`]), routes requests into them ([`router`]) and serves them over HTTP/1.1
 //! with a graceful stop ([`Gateway`]).

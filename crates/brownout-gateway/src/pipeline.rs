@@ -1,11 +1,13 @@
 //! The layers, stacked: the one piece of wiring the proxy, the demo and the benchmark
 //! share.
 //!
-//! Outermost first: degrade → cache → fallback → circuit breaker → retry → the
-//! provider's key ([`Credentials`]) → the HTTP client. Each brownout layer documents
-//! why it sits where it does; in short, a canned answer is the last resort, a stored
-//! answer is better than a canned one and worse than a live one, the cascade asks the
-//! breakers which models to skip, and the breaker counts each retried call once.
+//! Outermost first: degrade → cache → fallback → circuit breaker → queue → retry →
+//! the provider's key ([`Credentials`]) → the HTTP client. Each brownout layer
+//! documents why it sits where it does; in short, a canned answer is the last resort,
+//! a stored answer is better than a canned one and worse than a live one, the cascade
+//! asks the breakers (and the queue, when it is on) which models to skip, the breaker
+//! counts each retried or held call once, and the queue holds a model's requests
+//! through a short overload instead of sending them into it.
 //!
 //! A layer the configuration turns off is left out with `option_layer`: every layer
 //! takes any request body and hands on [`Body`], so a pipeline has one type
@@ -18,6 +20,7 @@ use brownout::{
     cache::CacheLayer,
     degrade::DegradeLayer,
     fallback::{FallbackConfig, FallbackLayer},
+    queue::{QueueHandle, QueueLayer},
     retry::RetryLayer,
     Body, BoxError,
 };
@@ -37,6 +40,7 @@ pub struct Layers {
     degrade: Option<DegradeLayer>,
     cache: Option<CacheLayer>,
     breaker: Option<CircuitBreakerLayer>,
+    queue: Option<QueueLayer>,
     retry: Option<RetryLayer>,
 }
 
@@ -49,6 +53,7 @@ impl Layers {
             degrade: config.degrade.clone().map(DegradeLayer::new),
             cache: config.cache.clone().map(CacheLayer::new),
             breaker: config.breaker.clone().map(CircuitBreakerLayer::new),
+            queue: config.queue.clone().map(QueueLayer::new),
             retry: config.retry.clone().map(RetryLayer::new),
         }
     }
@@ -59,13 +64,23 @@ impl Layers {
         self.breaker.as_ref().map(CircuitBreakerLayer::handle)
     }
 
+    /// The queue's handle, when the queue layer is on: each model's depth and
+    /// admission, and [`shutdown`](QueueHandle::shutdown), which the gateway calls on
+    /// a graceful shutdown so that every queued request is answered.
+    pub fn queue(&self) -> Option<QueueHandle> {
+        self.queue.as_ref().map(QueueLayer::handle)
+    }
+
     /// The response cache layer, when it is on (its usage can be read from it).
     pub fn cache(&self) -> Option<&CacheLayer> {
         self.cache.as_ref()
     }
 
     /// Stacks the layers over `client`, with a fallback over `cascade` when there is one.
-    /// Its fallback asks the breakers which models to skip.
+    /// Its fallback asks the breakers which models to skip, and with the queue on the
+    /// queue's wait-or-move rule too (`queue.handle().and(breakers.handle())`): a model
+    /// is skipped when its breaker is open or its expected wait is longer than
+    /// `prefer_wait`.
     pub fn pipeline<B, X, C>(&self, cascade: Option<&FallbackConfig>, client: C) -> Pipeline<B>
     where
         B: http_body::Body + Send + 'static,
@@ -103,9 +118,11 @@ impl Layers {
     {
         let fallback = cascade.map(|c| {
             let c = c.clone();
-            FallbackLayer::new(match self.breakers() {
-                Some(handle) => c.health(handle),
-                None => c,
+            FallbackLayer::new(match (self.queue(), self.breakers()) {
+                (Some(queue), Some(breakers)) => c.health(queue.and(breakers)),
+                (Some(queue), None) => c.health(queue),
+                (None, Some(breakers)) => c.health(breakers),
+                (None, None) => c,
             })
         });
         let stack = ServiceBuilder::new()
@@ -115,6 +132,7 @@ impl Layers {
             .option_layer(self.cache.clone())
             .option_layer(fallback)
             .option_layer(self.breaker.clone())
+            .option_layer(self.queue.clone())
             .option_layer(self.retry.clone())
             .map_err(Into::<BoxError>::into)
             .map_response(|response: Response<X>| response.map(Body::new))

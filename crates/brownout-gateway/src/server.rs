@@ -3,7 +3,9 @@
 //!
 //! On the shutdown signal the listener is closed at once (new connections are
 //! refused), idle keep-alive connections are closed, and requests in flight are given
-//! up to the configured grace period to finish, streams included; what is still
+//! up to the configured grace period to finish, streams included (with `[queue]` on,
+//! every request waiting in the queue is answered at once with a shed answer in the
+//! provider's shape, so that none is left waiting out the grace); what is still
 //! running then is cut off, and [`Stopped`] says how many connections were (the
 //! binary then exits with status 1).
 //!
@@ -218,6 +220,15 @@ impl Gateway {
             }
         }
         drop(listener);
+        if let Some(queue) = self.router.layers().queue() {
+            // Nothing waits out the grace period in the queue: every waiting request
+            // is answered now (a shed answer, `x-should-retry: false`).
+            tracing::info!(
+                queued = queue.total_depth(),
+                "brownout-gateway: answering the queued requests"
+            );
+            queue.shutdown();
+        }
         tracing::info!(
             connections = graceful.count(),
             grace_s = self.grace.as_secs_f64(),

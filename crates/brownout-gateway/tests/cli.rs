@@ -39,7 +39,7 @@ fn check_accepts_the_example_configuration() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains(": ok ("), "{stdout}");
     // Every layer, fallback included, on or off and set by the file or default.
-    for layer in ["degrade", "cache", "fallback", "breaker", "retry"] {
+    for layer in ["degrade", "cache", "fallback", "breaker", "queue", "retry"] {
         assert!(
             stdout
                 .lines()
@@ -125,6 +125,7 @@ fn check_lists_every_layer_on_or_off_and_default_or_set() {
         ["cache", "off", "set"],
         ["fallback", "on", "set"],
         ["breaker", "on", "default"],
+        ["queue", "off", "default"],
         ["retry", "on", "set"],
     ] {
         assert!(

@@ -75,6 +75,14 @@ impl RetryConfig {
     /// the layer will wait. A response asking for more goes back to the caller at once:
     /// a provider that says "come back in ten minutes" is better answered by a fallback
     /// than by a caller left waiting.
+    ///
+    /// **Wait or move.** Under a model cascade with a queue layer
+    /// (`fallback > breaker > queue > retry`), set this to the queue's wait-or-move
+    /// limit (`brownout_queue::PreferWait`, 500 ms by default; the gateway's
+    /// `[queue] prefer_wait`): a `retry-after` at most that long is slept here, as the
+    /// queue would wait it; a longer one is handed back at once, so that the queue
+    /// holds the model's next requests and the fallback moves this one to the next
+    /// model instead of sleeping, as `brownout_queue::prefer_wait_up_to` decides.
     pub fn max_server_delay(mut self, delay: Duration) -> Self {
         self.max_server_delay = delay;
         self

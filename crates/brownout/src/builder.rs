@@ -8,6 +8,8 @@ use crate::cache::{CacheConfig, CacheLayer};
 use crate::degrade::{DegradeConfig, DegradeLayer};
 #[cfg(feature = "fallback")]
 use crate::fallback::{FallbackConfig, FallbackLayer};
+#[cfg(feature = "queue")]
+use crate::queue::QueueLayer;
 #[cfg(feature = "retry")]
 use crate::retry::{RetryConfig, RetryLayer};
 use tower::{layer::util::Stack, ServiceBuilder};
@@ -56,6 +58,38 @@ pub trait ServiceBuilderExt<L>: Sized {
         layer: CircuitBreakerLayer,
     ) -> ServiceBuilder<Stack<CircuitBreakerLayer, L>>;
 
+    /// Holds a model's requests through a short overload and drains them with slow
+    /// start. Takes the layer, so that its [`handle`](crate::queue::QueueLayer::handle)
+    /// can be given to the fallback first (`queue.handle().and(breakers.handle())`) and
+    /// kept for shutdown. Goes between the breaker and the retry layer:
+    /// `fallback > breaker > queue > retry`.
+    ///
+    /// ```
+    /// # #[cfg(all(feature = "retry", feature = "breaker", feature = "fallback"))] {
+    /// use std::time::Duration;
+    /// use brownout::{breaker::{BreakerConfig, CircuitBreakerLayer},
+    ///     fallback::{FallbackConfig, Target}, queue::{QueueConfig, QueueLayer},
+    ///     retry::RetryConfig, ServiceBuilderExt};
+    /// use tower::ServiceBuilder;
+    ///
+    /// let breakers = CircuitBreakerLayer::new(BreakerConfig::new());
+    /// let queue = QueueLayer::new(QueueConfig::new().max_wait(Duration::from_millis(800)));
+    /// let cascade = FallbackConfig::new([Target::new("claude-sonnet-4-5"), Target::new("claude-haiku-4-5")])
+    ///     .unwrap()
+    ///     .health(queue.handle().and(breakers.handle()));
+    /// let shutdown = queue.handle(); // shutdown.shutdown() answers every queued request
+    /// let builder = ServiceBuilder::new()
+    ///     .model_fallback(cascade)
+    ///     .circuit_breaker(breakers)
+    ///     .overload_queue(queue)
+    ///     // wait or move: sleep a `retry-after` only as long as the queue would wait
+    ///     .retry_with_jitter(RetryConfig::new().max_server_delay(Duration::from_millis(500)));
+    /// # let _ = (builder, shutdown);
+    /// # }
+    /// ```
+    #[cfg(feature = "queue")]
+    fn overload_queue(self, layer: QueueLayer) -> ServiceBuilder<Stack<QueueLayer, L>>;
+
     /// Retry with full jitter, server-given delays, a budget and a deadline.
     #[cfg(feature = "retry")]
     fn retry_with_jitter(self, config: RetryConfig) -> ServiceBuilder<Stack<RetryLayer, L>>;
@@ -82,6 +116,11 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         layer: CircuitBreakerLayer,
     ) -> ServiceBuilder<Stack<CircuitBreakerLayer, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "queue")]
+    fn overload_queue(self, layer: QueueLayer) -> ServiceBuilder<Stack<QueueLayer, L>> {
         self.layer(layer)
     }
 

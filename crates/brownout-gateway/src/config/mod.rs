@@ -47,6 +47,16 @@
 //! [fallback]
 //! deadline = "90s"
 //!
+//! [queue]                     # off unless the section is there
+//! prefer_wait = "500ms"       # wait for the preferred model up to this, else move on
+//! max_wait = "800ms"          # no request waits longer (at least prefer_wait)
+//! max_queue = 64              # requests waiting per model
+//! caller_share = 0.5          # of a model's queue one credential may hold
+//! probe_after = "100ms"       # probe a held model after this, even if retry-after is longer
+//! early_ack = "120ms"         # an admitted call not failed by then counts for slow start
+//! recovery_limit = 32         # in flight before a recovering model is back to normal
+//! priority_header = "x-brownout-priority"   # high | normal | low | 0-255
+//!
 //! [cache]
 //! mode = "stale-if-error"     # or "fresh-hit"
 //! ttl = "5m"
@@ -80,6 +90,19 @@
 //! total = 4096                # open connections in all
 //! ```
 //!
+//! # The queue, and wait or move
+//!
+//! With `[queue]` on, the pipeline is fallback > breaker > queue > retry. A model that
+//! answered an overload or rate limit with a server delay holds its next requests for
+//! up to `max_wait` (probing after `probe_after`), and drains them with slow start.
+//! One rule, `prefer_wait`, decides between waiting for the preferred model and moving
+//! to the next model of the cascade: the fallback skips a model only when its expected
+//! wait is longer than `prefer_wait` (or unknown) or its breaker is open, and the retry
+//! layer sleeps a `retry-after` only up to `prefer_wait` (its `max_server_delay` is
+//! `prefer_wait`; writing `retry.max_server_delay` too is refused), handing a longer
+//! one to the cascade. On shutdown every queued request is answered at once (a shed
+//! answer in the provider's shape, `529`/`503` with `x-should-retry: false`).
+//!
 //! The top-level `body_timeout = "30s"` bounds the whole request body (a body still
 //! arriving then is answered 408). `[limits]` no longer holds the body settings: an
 //! old `limits.replay_limit` or `limits.body_idle_timeout` is refused with its new key.
@@ -102,6 +125,7 @@ use brownout::breaker::BreakerConfig;
 use brownout::cache::CacheConfig;
 use brownout::degrade::DegradeConfig;
 use brownout::fallback::FallbackConfig;
+use brownout::queue::QueueConfig;
 use brownout::retry::RetryConfig;
 use http::{HeaderName, HeaderValue, Uri};
 
@@ -140,13 +164,14 @@ pub(crate) struct Set {
     pub(crate) fallback: bool,
     pub(crate) cache: bool,
     pub(crate) degrade: bool,
+    pub(crate) queue: bool,
 }
 
 /// One layer as `check` lists it: its name, whether it is on, and whether the file
 /// set its section (else it runs with its defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayerState {
-    /// `"degrade"`, `"cache"`, `"fallback"`, `"breaker"` or `"retry"`.
+    /// `"degrade"`, `"cache"`, `"fallback"`, `"breaker"`, `"queue"` or `"retry"`.
     pub name: &'static str,
     /// Whether the layer is in the pipelines.
     pub on: bool,
@@ -344,6 +369,7 @@ pub struct Config {
     pub(crate) breaker: Option<BreakerConfig>,
     pub(crate) cache: Option<CacheConfig>,
     pub(crate) degrade: Option<DegradeConfig>,
+    pub(crate) queue: Option<QueueConfig>,
     pub(crate) headers: Headers,
     pub(crate) limits: brownout::body::BodyLimits,
     pub(crate) body_timeout: Duration,
@@ -385,6 +411,7 @@ impl Config {
         self.retry = self.retry.map(|c| c.seed(seed));
         self.breaker = self.breaker.map(|c| c.seed(seed));
         self.degrade = self.degrade.map(|c| c.seed(seed));
+        self.queue = self.queue.map(|c| c.seed(seed));
         self
     }
 
@@ -466,9 +493,15 @@ impl Config {
         ]
     }
 
+    /// The queue layer's settings (`[queue]`), when it is on.
+    pub fn queue(&self) -> Option<&QueueConfig> {
+        self.queue.as_ref()
+    }
+
     /// Every layer, outermost first, with whether it is on and whether the file set
-    /// it. The fallback layer is on when a route has a cascade.
-    pub fn layers(&self) -> [LayerState; 5] {
+    /// it. The fallback layer is on when a route has a cascade; the queue layer only
+    /// when the file has a `[queue]` section.
+    pub fn layers(&self) -> [LayerState; 6] {
         let cascade = [&self.messages, &self.chat_completions, &self.responses]
             .iter()
             .any(|r| r.as_ref().is_some_and(|r| r.cascade.is_some()));
@@ -478,6 +511,7 @@ impl Config {
             layer("cache", self.cache.is_some(), self.set.cache),
             layer("fallback", cascade, self.set.fallback || cascade),
             layer("breaker", self.breaker.is_some(), self.set.breaker),
+            layer("queue", self.queue.is_some(), self.set.queue),
             layer("retry", self.retry.is_some(), self.set.retry),
         ]
     }

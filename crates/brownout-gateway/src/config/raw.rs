@@ -19,6 +19,7 @@ use brownout::breaker::{BreakerConfig, FailurePolicy, OpenDuration, Window};
 use brownout::cache::{CacheConfig, Mode};
 use brownout::degrade::{DegradeConfig, Rule};
 use brownout::fallback::{FallbackConfig, Target};
+use brownout::queue::{PreferWait, QueueConfig};
 use brownout::retry::{Backoff, RetryBudget, RetryConfig};
 use http::{header, HeaderName, HeaderValue, StatusCode, Uri};
 use serde::{de, Deserialize, Deserializer};
@@ -94,6 +95,7 @@ struct RawConfig {
     fallback: Option<RawFallback>,
     cache: Option<RawCache>,
     degrade: Option<Spanned<RawDegrade>>,
+    queue: Option<RawQueue>,
     #[serde(default)]
     headers: RawHeaders,
     #[serde(default)]
@@ -199,7 +201,7 @@ struct RawRetry {
     max_attempts: Option<NonZero>,
     backoff: Option<Spanned<RawBackoff>>,
     budget: Option<Spanned<RawBudget>>,
-    max_server_delay: Option<Dur>,
+    max_server_delay: Option<Spanned<Dur>>,
     attempt_timeout: Option<Positive>,
     deadline: Option<Positive>,
 }
@@ -245,6 +247,31 @@ struct RawBreaker {
     half_open_successes: Option<NonZero>,
     slow_call: Option<Positive>,
 }
+
+/// `[queue]`: off unless the section is there.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    #[serde(default = "yes")]
+    enabled: bool,
+    prefer_wait: Option<Spanned<Dur>>,
+    max_wait: Option<Spanned<Positive>>,
+    max_queue: Option<NonZero>,
+    caller_share: Option<Spanned<f64>>,
+    probe_after: Option<Positive>,
+    early_ack: Option<Positive>,
+    recovery_limit: Option<NonZero>,
+    priority_header: Option<Spanned<String>>,
+}
+
+/// The `[queue]` defaults (the gateway's, tuned for short overload bursts).
+pub(super) const QUEUE_PREFER_WAIT: Duration = Duration::from_millis(500);
+pub(super) const QUEUE_MAX_WAIT: Duration = Duration::from_millis(800);
+const QUEUE_MAX_QUEUE: usize = 64;
+const QUEUE_CALLER_SHARE: f64 = 0.5;
+const QUEUE_PROBE_AFTER: Duration = Duration::from_millis(100);
+const QUEUE_EARLY_ACK: Duration = Duration::from_millis(120);
+const QUEUE_RECOVERY_LIMIT: u32 = 32;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -497,6 +524,23 @@ impl Check<'_> {
             None => Some(default_breaker(seed)),
             Some(b) => self.breaker(b, seed)?,
         };
+        let queue = self.queue(raw.queue.as_ref(), seed)?;
+        if let (Some(_), Some(d)) = (
+            &queue,
+            raw.retry.as_ref().and_then(|r| r.max_server_delay.as_ref()),
+        ) {
+            return Err(self.error(
+                "retry.max_server_delay",
+                d.span(),
+                "with [queue] on, the retry layer sleeps a retry-after only up to queue.prefer_wait (wait or move): remove retry.max_server_delay and set queue.prefer_wait instead",
+            ));
+        }
+        let mut retry = self.retry(raw.retry.as_ref(), seed)?;
+        if let Some((_, prefer_wait)) = &queue {
+            // Wait or move: the retry layer sleeps a `retry-after` only as long as the
+            // queue would wait for the model; a longer one goes back to the cascade.
+            retry = retry.map(|r| r.max_server_delay(prefer_wait.limit()));
+        }
         Ok(Config {
             listen: raw.listen,
             shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(30), |d| d.0),
@@ -505,8 +549,9 @@ impl Check<'_> {
             chat_completions,
             responses,
             forward_to,
-            retry: self.retry(raw.retry.as_ref(), seed)?,
+            retry,
             breaker,
+            queue: queue.map(|(config, _)| config),
             cache: self.cache(raw.cache.as_ref(), headers),
             degrade: self.degrade(raw.degrade.as_ref(), seed)?,
             headers,
@@ -538,6 +583,7 @@ impl Check<'_> {
                 fallback: raw.fallback.is_some(),
                 cache: raw.cache.is_some(),
                 degrade: raw.degrade.is_some(),
+                queue: raw.queue.is_some(),
             },
         })
     }
@@ -904,8 +950,8 @@ impl Check<'_> {
             .map_err(|e| self.error("retry.budget", b.span(), e.to_string()))?;
             config = config.budget(budget);
         }
-        if let Some(Dur(d)) = raw.max_server_delay {
-            config = config.max_server_delay(d);
+        if let Some(d) = &raw.max_server_delay {
+            config = config.max_server_delay(d.get_ref().0);
         }
         if let Some(Positive(d)) = raw.attempt_timeout {
             config = config.attempt_timeout(d);
@@ -914,6 +960,76 @@ impl Check<'_> {
             config = config.deadline(d);
         }
         Ok(Some(config))
+    }
+
+    /// `[queue]`, with its wait-or-move limit (also the retry layer's
+    /// `max_server_delay`).
+    fn queue(
+        &self,
+        raw: Option<&RawQueue>,
+        seed: Option<u64>,
+    ) -> Result<Option<(QueueConfig, PreferWait)>, ConfigError> {
+        let Some(q) = raw.filter(|q| q.enabled) else {
+            return Ok(None);
+        };
+        let prefer_wait = q
+            .prefer_wait
+            .as_ref()
+            .map_or(QUEUE_PREFER_WAIT, |d| d.get_ref().0);
+        let max_wait = q
+            .max_wait
+            .as_ref()
+            .map_or(QUEUE_MAX_WAIT, |d| d.get_ref().0);
+        if prefer_wait > max_wait {
+            let (key, span) = match (&q.prefer_wait, &q.max_wait) {
+                (Some(p), _) => ("queue.prefer_wait", p.span()),
+                (None, Some(m)) => ("queue.max_wait", m.span()),
+                (None, None) => unreachable!("the defaults are in order"),
+            };
+            return Err(self.error(
+                key,
+                span,
+                format!(
+                    "prefer_wait ({prefer_wait:?}) must not be longer than max_wait ({max_wait:?}): the queue would send requests in to wait longer than it holds them"
+                ),
+            ));
+        }
+        let policy = PreferWait::up_to(prefer_wait);
+        let mut config = QueueConfig::new()
+            .prefer_wait(policy)
+            .max_wait(max_wait)
+            .max_queue(q.max_queue.map_or(QUEUE_MAX_QUEUE, NonZero::usize))
+            .probe_after(q.probe_after.map_or(QUEUE_PROBE_AFTER, |d| d.0))
+            .early_ack(q.early_ack.map_or(QUEUE_EARLY_ACK, |d| d.0))
+            .recovery_limit(q.recovery_limit.map_or(QUEUE_RECOVERY_LIMIT, NonZero::u32));
+        let share = q.caller_share.as_ref();
+        config = config
+            .caller_share(share.map_or(QUEUE_CALLER_SHARE, |s| *s.get_ref()))
+            .map_err(|e| {
+                let span = share.map_or(0..0, Spanned::span);
+                self.error("queue.caller_share", span, e.reason().to_owned())
+            })?;
+        if let Some(name) = &q.priority_header {
+            let header = HeaderName::from_bytes(name.get_ref().as_bytes()).map_err(|_| {
+                self.error(
+                    "queue.priority_header",
+                    name.span(),
+                    format!("{:?} is not a header name", name.get_ref()),
+                )
+            })?;
+            if brownout::provider::is_credential(&header) {
+                return Err(self.error(
+                    "queue.priority_header",
+                    name.span(),
+                    format!("{header} carries a credential, not a priority"),
+                ));
+            }
+            config = config.priority_header(header);
+        }
+        if let Some(seed) = seed {
+            config = config.seed(seed);
+        }
+        Ok(Some((config, policy)))
     }
 
     fn breaker(

@@ -452,6 +452,7 @@ fn every_layer_is_listed_with_on_off_and_default_or_set() {
             ("cache", true, false),
             ("fallback", false, false),
             ("breaker", true, false),
+            ("queue", false, false),
             ("retry", false, true),
         ]
     );
@@ -476,4 +477,127 @@ fn the_responses_route_needs_an_openai_provider() {
     let e = refused(&text);
     assert_eq!(e.key(), Some("routes.\"/v1/responses\".provider"));
     assert!(e.message().contains("needs an openai one"), "{e}");
+}
+
+const QUEUE: &str = "\n[queue]\n";
+
+#[test]
+fn the_queue_is_off_without_its_section_and_on_with_the_gateway_defaults() {
+    let off = parse(&format!("{PROVIDER}{ROUTE}")).unwrap();
+    assert!(off.queue().is_none());
+    let retry = format!("{:?}", off.retry.as_ref().unwrap());
+    assert!(retry.contains("max_server_delay: 60s"), "{retry}");
+
+    let on = parse(&format!("{PROVIDER}{ROUTE}{QUEUE}")).unwrap();
+    let queue = format!("{:?}", on.queue().unwrap());
+    for field in [
+        "max_queue: 64",
+        "max_wait: 800ms",
+        "caller_share: 0.5",
+        "recovery_limit: 32",
+        "probe_after: Some(100ms)",
+        "early_ack: Some(120ms)",
+        "prefer_wait: PreferWait { up_to: 500ms }",
+    ] {
+        assert!(queue.contains(field), "{field} in {queue}");
+    }
+    // Wait or move: the retry layer sleeps a retry-after only up to prefer_wait.
+    let retry = format!("{:?}", on.retry.as_ref().unwrap());
+    assert!(retry.contains("max_server_delay: 500ms"), "{retry}");
+    let state = on.layers().into_iter().find(|l| l.name == "queue").unwrap();
+    assert!(state.on && state.set);
+
+    let set = parse(&format!(
+        "{PROVIDER}{ROUTE}{QUEUE}prefer_wait = \"300ms\"\nmax_wait = \"2s\"\nmax_queue = 8\ncaller_share = 0.25\nprobe_after = \"50ms\"\nearly_ack = \"80ms\"\nrecovery_limit = 4\npriority_header = \"x-tenant-priority\"\n"
+    ))
+    .unwrap();
+    let queue = format!("{:?}", set.queue().unwrap());
+    for field in [
+        "max_queue: 8",
+        "max_wait: 2s",
+        "caller_share: 0.25",
+        "recovery_limit: 4",
+        "probe_after: Some(50ms)",
+        "early_ack: Some(80ms)",
+        "up_to: 300ms",
+    ] {
+        assert!(queue.contains(field), "{field} in {queue}");
+    }
+    assert!(format!("{:?}", set.retry.as_ref().unwrap()).contains("max_server_delay: 300ms"));
+
+    let disabled = parse(&format!("{PROVIDER}{ROUTE}{QUEUE}enabled = false\n")).unwrap();
+    assert!(disabled.queue().is_none());
+    let state = disabled
+        .layers()
+        .into_iter()
+        .find(|l| l.name == "queue")
+        .unwrap();
+    assert!(!state.on && state.set);
+}
+
+#[test]
+fn bad_queue_values_are_refused_naming_the_key_and_line() {
+    let cases = [
+        ("max_wait = \"0s\"", "queue.max_wait", "longer than zero"),
+        ("max_wait = \"soon\"", "queue.max_wait", ""),
+        ("max_queue = 0", "queue.max_queue", "at least 1"),
+        ("max_queue = -3", "queue.max_queue", "at least 1"),
+        (
+            "caller_share = 0.0",
+            "queue.caller_share",
+            "above 0 and at most 1",
+        ),
+        (
+            "caller_share = 1.5",
+            "queue.caller_share",
+            "above 0 and at most 1",
+        ),
+        (
+            "probe_after = \"0ms\"",
+            "queue.probe_after",
+            "longer than zero",
+        ),
+        ("early_ack = \"0ms\"", "queue.early_ack", "longer than zero"),
+        ("recovery_limit = 0", "queue.recovery_limit", "at least 1"),
+        (
+            "priority_header = \"bad header\"",
+            "queue.priority_header",
+            "not a header name",
+        ),
+        (
+            "priority_header = \"x-api-key\"",
+            "queue.priority_header",
+            "credential",
+        ),
+        (
+            "prefer_wait = \"900ms\"",
+            "queue.prefer_wait",
+            "must not be longer than max_wait",
+        ),
+        (
+            "max_wait = \"100ms\"",
+            "queue.max_wait",
+            "must not be longer than max_wait",
+        ),
+        ("max_depth = 3", "queue.max_depth", "unknown field"),
+    ];
+    for (line, key, message) in cases {
+        let text = format!("{PROVIDER}{ROUTE}{QUEUE}{line}\n");
+        let e = refused(&text);
+        assert_eq!(e.key(), Some(key), "{line}: {e}");
+        assert!(e.message().contains(message), "{line}: {e}");
+        assert_eq!(e.line(), Some(line_of(&text, line)), "{line}: {e}");
+    }
+}
+
+#[test]
+fn retry_max_server_delay_is_refused_while_the_queue_decides_it() {
+    let text = format!("{PROVIDER}{ROUTE}\n[retry]\nmax_server_delay = \"2s\"\n{QUEUE}");
+    let e = refused(&text);
+    assert_eq!(e.key(), Some("retry.max_server_delay"));
+    assert!(e.message().contains("queue.prefer_wait"), "{e}");
+    assert_eq!(e.line(), Some(line_of(&text, "max_server_delay")));
+    // Without the queue it is the retry layer's own setting.
+    let text = format!("{PROVIDER}{ROUTE}\n[retry]\nmax_server_delay = \"2s\"\n");
+    assert!(format!("{:?}", parse(&text).unwrap().retry.unwrap()).contains("max_server_delay: 2s"));
 }
