@@ -110,6 +110,7 @@ pub mod config;
 mod credentials;
 #[cfg(feature = "demo")]
 pub mod demo;
+mod limits;
 pub mod pipeline;
 pub mod router;
 mod server;

@@ -166,6 +166,10 @@ fn check(path: &PathBuf) -> Result<(), Failure> {
                 if layer.set { "set" } else { "default" }
             );
         }
+        // The rate limits, one line an entry.
+        for entry in config.rate_limits().map_or(&[][..], |l| l.entries()) {
+            println!("    limit {entry}");
+        }
         Ok(())
     })
 }

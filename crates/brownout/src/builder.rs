@@ -8,6 +8,8 @@ use crate::cache::{CacheConfig, CacheLayer};
 use crate::degrade::{DegradeConfig, DegradeLayer};
 #[cfg(feature = "fallback")]
 use crate::fallback::{FallbackConfig, FallbackLayer};
+#[cfg(feature = "limit")]
+use crate::limit::RateLimitLayer;
 #[cfg(feature = "queue")]
 use crate::queue::QueueLayer;
 #[cfg(feature = "retry")]
@@ -93,6 +95,33 @@ pub trait ServiceBuilderExt<L>: Sized {
     /// Retry with full jitter, server-given delays, a budget and a deadline.
     #[cfg(feature = "retry")]
     fn retry_with_jitter(self, config: RetryConfig) -> ServiceBuilder<Stack<RetryLayer, L>>;
+
+    /// Client-side requests and tokens per minute, counted before sending. Takes the
+    /// layer, which [`RateLimitLayer::new`] checked, so that its
+    /// [`handle`](crate::limit::RateLimitLayer::handle) can be kept. Goes innermost,
+    /// right over the HTTP client: each attempt of a retry and each model of a
+    /// fallback then counts against the model it is sent to.
+    ///
+    /// ```
+    /// # #[cfg(feature = "retry")] {
+    /// use brownout::{limit::{Limits, RateLimitConfig, RateLimitLayer},
+    ///     retry::RetryConfig, ServiceBuilderExt};
+    /// use tower::ServiceBuilder;
+    ///
+    /// let limits = RateLimitLayer::new(RateLimitConfig::new().model(
+    ///     "claude-sonnet-4-5",
+    ///     Limits::new().requests_per_minute(50).output_tokens_per_minute(8_000),
+    /// ))
+    /// .unwrap();
+    /// let handle = limits.handle(); // each key's remaining budget, waits and sheds
+    /// let builder = ServiceBuilder::new()
+    ///     .retry_with_jitter(RetryConfig::new())
+    ///     .rate_limit(limits);
+    /// # let _ = (builder, handle);
+    /// # }
+    /// ```
+    #[cfg(feature = "limit")]
+    fn rate_limit(self, layer: RateLimitLayer) -> ServiceBuilder<Stack<RateLimitLayer, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -127,5 +156,10 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     #[cfg(feature = "retry")]
     fn retry_with_jitter(self, config: RetryConfig) -> ServiceBuilder<Stack<RetryLayer, L>> {
         self.layer(RetryLayer::new(config))
+    }
+
+    #[cfg(feature = "limit")]
+    fn rate_limit(self, layer: RateLimitLayer) -> ServiceBuilder<Stack<RateLimitLayer, L>> {
+        self.layer(layer)
     }
 }

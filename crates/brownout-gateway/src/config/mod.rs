@@ -130,6 +130,7 @@ use brownout::retry::RetryConfig;
 use http::{HeaderName, HeaderValue, Uri};
 
 pub use error::ConfigError;
+pub use raw::limits::{LimitEntry, RateLimits};
 
 /// The path of the Anthropic Messages API.
 pub const MESSAGES_PATH: &str = "/v1/messages";
@@ -165,13 +166,14 @@ pub(crate) struct Set {
     pub(crate) cache: bool,
     pub(crate) degrade: bool,
     pub(crate) queue: bool,
+    pub(crate) limits: bool,
 }
 
 /// One layer as `check` lists it: its name, whether it is on, and whether the file
 /// set its section (else it runs with its defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayerState {
-    /// `"degrade"`, `"cache"`, `"fallback"`, `"breaker"`, `"queue"` or `"retry"`.
+    /// `"degrade"`, `"cache"`, `"fallback"`, `"breaker"`, `"queue"`, `"retry"` or `"limit"`.
     pub name: &'static str,
     /// Whether the layer is in the pipelines.
     pub on: bool,
@@ -370,6 +372,7 @@ pub struct Config {
     pub(crate) cache: Option<CacheConfig>,
     pub(crate) degrade: Option<DegradeConfig>,
     pub(crate) queue: Option<QueueConfig>,
+    pub(crate) rate_limits: Option<RateLimits>,
     pub(crate) headers: Headers,
     pub(crate) limits: brownout::body::BodyLimits,
     pub(crate) body_timeout: Duration,
@@ -498,10 +501,16 @@ impl Config {
         self.queue.as_ref()
     }
 
+    /// The rate limits (`[limits]`), when they are on.
+    pub fn rate_limits(&self) -> Option<&RateLimits> {
+        self.rate_limits.as_ref()
+    }
+
     /// Every layer, outermost first, with whether it is on and whether the file set
     /// it. The fallback layer is on when a route has a cascade; the queue layer only
-    /// when the file has a `[queue]` section.
-    pub fn layers(&self) -> [LayerState; 6] {
+    /// when the file has a `[queue]` section; the rate limits (`"limit"`, innermost)
+    /// only when `[limits]` has an entry.
+    pub fn layers(&self) -> [LayerState; 7] {
         let cascade = [&self.messages, &self.chat_completions, &self.responses]
             .iter()
             .any(|r| r.as_ref().is_some_and(|r| r.cascade.is_some()));
@@ -513,6 +522,7 @@ impl Config {
             layer("breaker", self.breaker.is_some(), self.set.breaker),
             layer("queue", self.queue.is_some(), self.set.queue),
             layer("retry", self.retry.is_some(), self.set.retry),
+            layer("limit", self.rate_limits.is_some(), self.set.limits),
         ]
     }
 }

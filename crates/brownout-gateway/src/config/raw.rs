@@ -110,14 +110,10 @@ struct RawConfig {
     connections: RawConnections,
 }
 
-/// `[limits]`: kept for the request-rate limits. The body settings it held have moved;
-/// an old file that still sets them is refused with the key's new place.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    replay_limit: Option<Spanned<toml::Value>>,
-    body_idle_timeout: Option<Spanned<toml::Value>>,
-}
+// `[limits]`: the rate limits (see `limits.rs`). The body settings it held have moved;
+// an old file that still sets them is refused with the key's new place.
+pub(super) mod limits;
+use limits::RawLimits;
 
 /// `[body]`: how far the layers read a caller's request body, one setting for the
 /// whole pipeline.
@@ -535,6 +531,12 @@ impl Check<'_> {
                 "with [queue] on, the retry layer sleeps a retry-after only up to queue.prefer_wait (wait or move): remove retry.max_server_delay and set queue.prefer_wait instead",
             ));
         }
+        let rate_limits = self.rate_limits(
+            &raw.limits,
+            &providers,
+            raw.retry.as_ref(),
+            raw.fallback.as_ref(),
+        )?;
         let mut retry = self.retry(raw.retry.as_ref(), seed)?;
         if let Some((_, prefer_wait)) = &queue {
             // Wait or move: the retry layer sleeps a `retry-after` only as long as the
@@ -552,6 +554,7 @@ impl Check<'_> {
             retry,
             breaker,
             queue: queue.map(|(config, _)| config),
+            rate_limits,
             cache: self.cache(raw.cache.as_ref(), headers),
             degrade: self.degrade(raw.degrade.as_ref(), seed)?,
             headers,
@@ -584,6 +587,7 @@ impl Check<'_> {
                 cache: raw.cache.is_some(),
                 degrade: raw.degrade.is_some(),
                 queue: raw.queue.is_some(),
+                limits: raw.limits.is_set(),
             },
         })
     }

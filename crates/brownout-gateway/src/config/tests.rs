@@ -454,6 +454,7 @@ fn every_layer_is_listed_with_on_off_and_default_or_set() {
             ("breaker", true, false),
             ("queue", false, false),
             ("retry", false, true),
+            ("limit", false, false),
         ]
     );
     let cascade = ROUTE.replace(
