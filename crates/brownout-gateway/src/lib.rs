@@ -3,7 +3,8 @@
 //!
 //! Point an Anthropic or OpenAI SDK at the gateway (by changing its base URL) and its
 //! requests go through degrade → cache → fallback → circuit breaker → queue (when
-//! `[queue]` is on) → retry → the provider, as a TOML file says. The gateway adds no
+//! `[queue]` is on) → retry → rate limits (when `[limits]` has an entry) → the
+//! provider, as a TOML file says. The gateway adds no
 //! resilience logic of its own: it
 //! reads the file into the layers' own config types, stacks them
 //! ([`pipeline`]), routes requests into them ([`router`]) and serves them over HTTP/1.1

@@ -2,7 +2,8 @@
 //! share.
 //!
 //! Outermost first: degrade → cache → fallback → circuit breaker → queue → retry →
-//! the provider's key ([`Credentials`]) → the HTTP client. Each brownout layer
+//! the provider's key ([`Credentials`]) → the rate limits (`[limits]`, when on) → the
+//! HTTP client. Each brownout layer
 //! documents why it sits where it does; in short, a canned answer is the last resort,
 //! a stored answer is better than a canned one and worse than a live one, the cascade
 //! asks the breakers (and the queue, when it is on) which models to skip, the breaker

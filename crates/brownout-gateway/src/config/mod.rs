@@ -57,6 +57,17 @@
 //! recovery_limit = 32         # in flight before a recovering model is back to normal
 //! priority_header = "x-brownout-priority"   # high | normal | low | 0-255
 //!
+//! [limits]                    # client-side rate limits: off unless an entry is there
+//! max_wait = "30s"            # wait for room up to this (and the deadline), else 429
+//! default_max_tokens = 4096   # output tokens reserved when a request names no max_tokens
+//! on_limit = "respond"        # or "error": the gateway's own final 429
+//! estimate = { bytes_per_token = 3.5, margin = 0.03 }
+//! [[limits.model]]
+//! provider = "anthropic"      # optional: every provider
+//! model = "claude-sonnet-4-5" # or "claude-sonnet-4*", "*"
+//! requests_per_minute = 50    # and/or input_tokens_per_minute, output_tokens_per_minute,
+//! output_tokens_per_minute = 8000   # tokens_per_minute (input and output together)
+//!
 //! [cache]
 //! mode = "stale-if-error"     # or "fresh-hit"
 //! ttl = "5m"
@@ -106,6 +117,15 @@
 //! The top-level `body_timeout = "30s"` bounds the whole request body (a body still
 //! arriving then is answered 408). `[limits]` no longer holds the body settings: an
 //! old `limits.replay_limit` or `limits.body_idle_timeout` is refused with its new key.
+//!
+//! # The rate limits
+//!
+//! `[limits]` puts a brownout-limit layer per provider with an entry innermost, under
+//! the provider's key, so that every attempt and every model of a cascade counts
+//! against the provider and model it is sent to, with the key it is sent with (one
+//! budget for all callers of a provider whose key the gateway holds). A wait for room
+//! is bounded by `max_wait` and the gateway's deadline (the shorter of
+//! `retry.deadline` and `fallback.deadline`). See [`RateLimits`] for what callers get.
 
 mod error;
 mod raw;

@@ -145,6 +145,20 @@ impl std::fmt::Display for LimitEntry {
 /// The `[limits]` section, checked: a rate limiter's settings per provider, and the
 /// deadline a request has in the gateway (the shorter of `retry.deadline` and
 /// `fallback.deadline`), which bounds a wait for room too.
+///
+/// What a caller gets when there is no room in time: with `on_limit = "respond"` (the
+/// default) the limiter's `429` `rate_limit_error` in the provider's shape, with
+/// `retry-after` and `x-should-retry: true`, as the provider would answer: the
+/// gateway has not retried it, and an SDK coming back after `retry-after` finds room.
+/// When the gateway did retry or fall back on it, the router's rule makes it
+/// `x-should-retry: false`, as for every answer it handled. The retry layer sleeps a
+/// limiter's `retry-after` up to `retry.max_server_delay` (60 s by default) and tries
+/// again, so the longest wait is `max_wait` plus that; a cascade moves to its next
+/// model, and a stale-if-error cache may answer in its place. A request larger than a
+/// whole minute's limit is `429` at once with `x-should-retry: false` and is never
+/// sent. With `on_limit = "error"` every refusal is the gateway's own final answer: the
+/// same `429` shape, with `retry-after` when room will come, and `x-should-retry:
+/// false` (unless `[headers] should_retry = false`).
 #[derive(Debug, Clone)]
 pub struct RateLimits {
     pub(crate) providers: Vec<(usize, RateLimitConfig)>,
