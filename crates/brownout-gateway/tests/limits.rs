@@ -95,7 +95,7 @@ fn messages(prompt_bytes: usize) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-async fn text(response: Response<brownout::Body>) -> (http::response::Parts, serde_json::Value) {
+async fn text_of(response: Response<brownout::Body>) -> (http::response::Parts, serde_json::Value) {
     let (parts, body) = response.into_parts();
     let bytes = body.collect().await.unwrap().to_bytes();
     let json = serde_json::from_slice(&bytes)
@@ -200,7 +200,7 @@ requests_per_minute = 1
     let start = Instant::now();
     let second = gateway.clone().oneshot(messages(100)).await.unwrap();
     assert_eq!(start.elapsed(), Duration::ZERO, "refused at once");
-    let (parts, body) = text(second).await;
+    let (parts, body) = text_of(second).await;
     assert_eq!(parts.status, 429);
     assert_eq!(body["error"]["type"], "rate_limit_error");
     // Not retried by the gateway (the wait is longer than it sleeps): the SDK may
@@ -281,7 +281,7 @@ requests_per_minute = 1
             .status(),
         200
     );
-    let (parts, body) = text(gateway.clone().oneshot(messages(100)).await.unwrap()).await;
+    let (parts, body) = text_of(gateway.clone().oneshot(messages(100)).await.unwrap()).await;
     assert_eq!(parts.status, 429);
     assert_eq!(body["error"]["type"], "rate_limit_error");
     assert_eq!(parts.headers["x-should-retry"], "false");
@@ -552,11 +552,50 @@ tokens_per_minute = 1000
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap();
     let start = Instant::now();
-    let (parts, body) = text(gateway.oneshot(request).await.unwrap()).await;
+    let (parts, body) = text_of(gateway.oneshot(request).await.unwrap()).await;
     assert_eq!(start.elapsed(), Duration::ZERO);
     assert_eq!(parts.status, 429);
     assert_eq!(parts.headers["x-should-retry"], "false");
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
     assert_eq!(body["error"]["type"], "tokens");
     assert_eq!(sim.stats().received, 0);
+}
+
+/// Each model of a cascade counts against its own limits; a refusal the gateway fell
+/// back on is final for the SDK (`x-should-retry: false`), as every answer it handled.
+#[tokio::test(start_paused = true)]
+async fn each_model_of_a_cascade_counts_against_its_own_limits() {
+    let extra = r#"
+[limits]
+max_wait = "0s"
+[[limits.model]]
+model = "claude-*"
+requests_per_minute = 1
+"#;
+    let text = config_text("http://sim.test", extra).replace(
+        "[routes.\"/v1/messages\"]\nprovider = \"anthropic\"\n",
+        "[routes.\"/v1/messages\"]\nprovider = \"anthropic\"\ncascade = [{ model = \"claude-sonnet-4-5\" }, { model = \"claude-haiku-4-5\" }]\n",
+    );
+    assert!(text.contains("cascade"));
+    let config = Config::from_toml_str_with_env(&text, |_| Some("sk-sim".into())).unwrap();
+    let sim = Sim::new(Script::from_toml_str(SCRIPT).unwrap());
+    let gateway: Router<Full<Bytes>> = Router::new(&config, sim.clone(), sim.clone());
+
+    let first = gateway.clone().oneshot(messages(100)).await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["x-brownout-model"], MODEL);
+    // Sonnet's minute is spent: the cascade's next model answers.
+    let second = gateway.clone().oneshot(messages(100)).await.unwrap();
+    assert_eq!(second.status(), 200);
+    assert_eq!(second.headers()["x-brownout-model"], "claude-haiku-4-5");
+    // Both are spent: the limiter's 429, which the gateway fell back on.
+    let (parts, body) = text_of(gateway.clone().oneshot(messages(100)).await.unwrap()).await;
+    assert_eq!(parts.status, 429);
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    assert_eq!(parts.headers["x-should-retry"], "false");
+    assert_eq!(sim.stats().received, 2);
+    let handle = &gateway.layers().rate_limits()[0].1;
+    let mut models: Vec<String> = handle.keys().iter().map(|k| k.key.to_string()).collect();
+    models.sort();
+    assert_eq!(models.len(), 2, "{models:?}");
 }
