@@ -1,6 +1,7 @@
 //! The providers' response shapes, rendered byte for byte: an Anthropic Messages
-//! response and its server-sent events, an OpenAI chat completion and its chunks, the
-//! error bodies of both, and SSE framing.
+//! response and its server-sent events, an OpenAI chat completion and its chunks, an
+//! OpenAI Responses API `response` and its events, the error bodies of both
+//! providers, and SSE framing.
 //!
 //! What is said is a [`Reply`]; how closely the rendering copies the providers' own
 //! quirks (a `system_fingerprint`, `"usage": null` chunks, the spacing of a ping) is a
@@ -935,5 +936,463 @@ mod tests {
             events(&anthropic_sse(&r, &Style::default(), Ending::Complete)).len(),
             6
         );
+    }
+}
+
+// ---- OpenAI Responses ------------------------------------------------------------
+
+#[derive(Serialize)]
+struct ResponseObject<'a> {
+    id: &'a str,
+    object: &'static str,
+    created_at: u64,
+    status: &'static str,
+    error: Option<()>,
+    incomplete_details: Option<IncompleteDetails>,
+    instructions: Option<()>,
+    max_output_tokens: Option<()>,
+    model: &'a str,
+    output: &'a [OutputMessage<'a>],
+    parallel_tool_calls: bool,
+    previous_response_id: Option<()>,
+    temperature: Option<()>,
+    tool_choice: &'static str,
+    tools: [(); 0],
+    top_p: Option<()>,
+    usage: Option<ResponseUsage>,
+    metadata: Empty,
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+#[derive(Serialize)]
+struct IncompleteDetails {
+    reason: &'static str,
+}
+
+#[derive(Serialize)]
+struct OutputMessage<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a str,
+    status: &'static str,
+    role: &'static str,
+    content: &'a [OutputText<'a>],
+}
+
+#[derive(Serialize)]
+struct OutputText<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    text: &'a str,
+    annotations: [(); 0],
+}
+
+#[derive(Serialize)]
+struct ResponseUsage {
+    input_tokens: u64,
+    input_tokens_details: CachedTokens,
+    output_tokens: u64,
+    output_tokens_details: ReasoningTokens,
+    total_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct CachedTokens {
+    cached_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct ReasoningTokens {
+    reasoning_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct ResponseEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    sequence_number: u64,
+    response: ResponseObject<'a>,
+}
+
+#[derive(Serialize)]
+struct ItemEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    sequence_number: u64,
+    output_index: u32,
+    item: OutputMessage<'a>,
+}
+
+#[derive(Serialize)]
+struct PartEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    sequence_number: u64,
+    item_id: &'a str,
+    output_index: u32,
+    content_index: u32,
+    part: OutputText<'a>,
+}
+
+#[derive(Serialize)]
+struct TextEvent<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    sequence_number: u64,
+    item_id: &'a str,
+    output_index: u32,
+    content_index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+    logprobs: [(); 0],
+}
+
+/// The id of a Responses answer's one output message: `msg_` and the response id
+/// without its `resp_` prefix.
+fn response_item_id(id: &str) -> String {
+    format!("msg_{}", id.strip_prefix("resp_").unwrap_or(id))
+}
+
+/// The `response` object of the Responses API in its state `status`: `output` is
+/// empty and `usage` null until it is whole.
+fn response_object<'a>(
+    reply: &Reply<'a>,
+    output: &'a [OutputMessage<'a>],
+    whole: bool,
+) -> ResponseObject<'a> {
+    let incomplete = whole && reply.stop == Stop::MaxTokens;
+    ResponseObject {
+        id: reply.id,
+        object: "response",
+        created_at: reply.created,
+        status: match (whole, incomplete) {
+            (false, _) => "in_progress",
+            (true, false) => "completed",
+            (true, true) => "incomplete",
+        },
+        error: None,
+        incomplete_details: incomplete.then_some(IncompleteDetails {
+            reason: "max_output_tokens",
+        }),
+        instructions: None,
+        max_output_tokens: None,
+        model: reply.model,
+        output,
+        parallel_tool_calls: true,
+        previous_response_id: None,
+        temperature: None,
+        tool_choice: "auto",
+        tools: [],
+        top_p: None,
+        usage: whole.then(|| ResponseUsage {
+            input_tokens: reply.input_tokens,
+            input_tokens_details: CachedTokens { cached_tokens: 0 },
+            output_tokens: reply.output_tokens,
+            output_tokens_details: ReasoningTokens {
+                reasoning_tokens: 0,
+            },
+            total_tokens: reply.input_tokens + reply.output_tokens,
+        }),
+        metadata: Empty {},
+    }
+}
+
+fn output_text(text: &str) -> OutputText<'_> {
+    OutputText {
+        kind: "output_text",
+        text,
+        annotations: [],
+    }
+}
+
+/// A whole OpenAI Responses API answer (`POST /v1/responses`): a `response` object
+/// whose `output` is one assistant message with one `output_text` part, the pieces
+/// joined. Its status is `completed`, or `incomplete` (reason `max_output_tokens`)
+/// for [`Stop::MaxTokens`]; `reply.created` is its `created_at`.
+pub fn openai_response(reply: &Reply<'_>) -> Vec<u8> {
+    let text = reply.text();
+    let item_id = response_item_id(reply.id);
+    let content = [output_text(&text)];
+    let output = [OutputMessage {
+        kind: "message",
+        id: &item_id,
+        status: "completed",
+        role: "assistant",
+        content: &content,
+    }];
+    json(&response_object(reply, &output, true))
+}
+
+/// An OpenAI Responses API stream, one [`Bytes`] per event, each named by its
+/// `type` and numbered by `sequence_number`: `response.created`,
+/// `response.in_progress`, `response.output_item.added`,
+/// `response.content_part.added`, a `response.output_text.delta` per piece,
+/// `response.output_text.done`, `response.content_part.done`,
+/// `response.output_item.done` and `response.completed` (`response.incomplete` for
+/// [`Stop::MaxTokens`]). The Responses API sends no `[DONE]`. With
+/// [`Ending::Error`], an `error` event whose data is the given body comes in place of
+/// the pieces' rest and all that follows them.
+pub fn openai_response_events(reply: &Reply<'_>, ending: Ending<'_>) -> Vec<Bytes> {
+    let mut frames = Vec::with_capacity(reply.pieces.len() + 8);
+    openai_response_stream(&mut frames, reply, ending);
+    frames
+}
+
+/// [`openai_response_events`], as one buffer.
+pub fn openai_response_sse(reply: &Reply<'_>, ending: Ending<'_>) -> Vec<u8> {
+    let text_len: usize = reply.pieces.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(text_len * 3 + 200 * reply.pieces.len() + 3000);
+    openai_response_stream(&mut out, reply, ending);
+    out
+}
+
+fn openai_response_stream<O: Frames>(out: &mut O, reply: &Reply<'_>, ending: Ending<'_>) {
+    let item_id = response_item_id(reply.id);
+    let mut sequence = 0u64;
+    let mut next = || {
+        sequence += 1;
+        sequence - 1
+    };
+    for kind in ["response.created", "response.in_progress"] {
+        let event = ResponseEvent {
+            kind,
+            sequence_number: next(),
+            response: response_object(reply, &[], false),
+        };
+        out.json(Some(kind), &event);
+    }
+    let item = |status, content| OutputMessage {
+        kind: "message",
+        id: &item_id,
+        status,
+        role: "assistant",
+        content,
+    };
+    let kind = "response.output_item.added";
+    out.json(
+        Some(kind),
+        &ItemEvent {
+            kind,
+            sequence_number: next(),
+            output_index: 0,
+            item: item("in_progress", &[]),
+        },
+    );
+    let part = |kind, sequence_number, text| PartEvent {
+        kind,
+        sequence_number,
+        item_id: &item_id,
+        output_index: 0,
+        content_index: 0,
+        part: output_text(text),
+    };
+    let kind = "response.content_part.added";
+    out.json(Some(kind), &part(kind, next(), ""));
+    let text_event = |kind, sequence_number, delta, text| TextEvent {
+        kind,
+        sequence_number,
+        item_id: &item_id,
+        output_index: 0,
+        content_index: 0,
+        delta,
+        text,
+        logprobs: [],
+    };
+    for piece in reply.pieces.iter().take(ending.deltas()) {
+        let kind = "response.output_text.delta";
+        out.json(Some(kind), &text_event(kind, next(), Some(*piece), None));
+    }
+    if let Ending::Error { body, .. } = ending {
+        out.raw(Some("error"), body);
+        return;
+    }
+    let text = reply.text();
+    let kind = "response.output_text.done";
+    out.json(Some(kind), &text_event(kind, next(), None, Some(&text)));
+    let kind = "response.content_part.done";
+    out.json(Some(kind), &part(kind, next(), &text));
+    let content = [output_text(&text)];
+    let kind = "response.output_item.done";
+    out.json(
+        Some(kind),
+        &ItemEvent {
+            kind,
+            sequence_number: next(),
+            output_index: 0,
+            item: item("completed", &content),
+        },
+    );
+    let output = [item("completed", &content)];
+    let kind = match reply.stop {
+        Stop::EndTurn => "response.completed",
+        Stop::MaxTokens => "response.incomplete",
+    };
+    out.json(
+        Some(kind),
+        &ResponseEvent {
+            kind,
+            sequence_number: next(),
+            response: response_object(reply, &output, true),
+        },
+    );
+}
+
+#[cfg(test)]
+mod responses_tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    const PIECES: &[&str] = &["line", "\n\"two\"", " ü."];
+
+    fn reply(stop: Stop) -> Reply<'static> {
+        Reply {
+            id: "resp_abc",
+            model: "gpt-4.1",
+            created: 1_700_000_000,
+            pieces: PIECES,
+            input_tokens: 5,
+            output_tokens: 3,
+            stop,
+        }
+    }
+
+    /// Each event of an SSE text: its `event:` name and its `data:` JSON.
+    fn events(text: &str) -> Vec<(String, Value)> {
+        assert!(text.ends_with("\n\n"), "{text}");
+        text.split_terminator("\n\n")
+            .map(|frame| {
+                let mut lines = frame.lines();
+                let name = lines.next().unwrap().strip_prefix("event: ").unwrap();
+                let data = lines.next().unwrap().strip_prefix("data: ").unwrap();
+                assert!(lines.next().is_none(), "{frame}");
+                (name.to_owned(), serde_json::from_str(data).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_whole_response_is_a_completed_response_object_with_one_message() {
+        let json: Value = serde_json::from_slice(&openai_response(&reply(Stop::EndTurn))).unwrap();
+        assert_eq!(json["object"], "response");
+        assert_eq!(json["id"], "resp_abc");
+        assert_eq!(json["created_at"], 1_700_000_000);
+        assert_eq!(json["status"], "completed");
+        assert_eq!(json["model"], "gpt-4.1");
+        assert_eq!(json["incomplete_details"], Value::Null);
+        assert_eq!(json["output"].as_array().unwrap().len(), 1);
+        let message = &json["output"][0];
+        assert_eq!(message["type"], "message");
+        assert_eq!(message["id"], "msg_abc");
+        assert_eq!(message["role"], "assistant");
+        assert_eq!(message["status"], "completed");
+        assert_eq!(message["content"][0]["type"], "output_text");
+        assert_eq!(message["content"][0]["text"], "line\n\"two\" ü.");
+        assert_eq!(message["content"][0]["annotations"], serde_json::json!([]));
+        assert_eq!(json["usage"]["input_tokens"], 5);
+        assert_eq!(json["usage"]["output_tokens"], 3);
+        assert_eq!(json["usage"]["total_tokens"], 8);
+        assert_eq!(json["tools"], serde_json::json!([]));
+
+        let cut: Value = serde_json::from_slice(&openai_response(&reply(Stop::MaxTokens))).unwrap();
+        assert_eq!(cut["status"], "incomplete");
+        assert_eq!(cut["incomplete_details"]["reason"], "max_output_tokens");
+    }
+
+    #[test]
+    fn a_stream_has_every_event_in_order_named_by_its_type_and_numbered() {
+        let text = String::from_utf8(openai_response_sse(&reply(Stop::EndTurn), Ending::Complete))
+            .unwrap();
+        let events = events(&text);
+        let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.delta",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.completed",
+            ]
+        );
+        for (i, (name, data)) in events.iter().enumerate() {
+            assert_eq!(data["type"], name.as_str());
+            assert_eq!(data["sequence_number"], i as u64);
+        }
+        assert_eq!(events[0].1["response"]["status"], "in_progress");
+        assert_eq!(events[0].1["response"]["output"], serde_json::json!([]));
+        assert_eq!(events[0].1["response"]["usage"], Value::Null);
+        assert_eq!(events[2].1["item"]["id"], "msg_abc");
+        let deltas: String = events
+            .iter()
+            .filter(|(n, _)| n == "response.output_text.delta")
+            .map(|(_, d)| {
+                assert_eq!(d["item_id"], "msg_abc");
+                d["delta"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(deltas, "line\n\"two\" ü.");
+        assert_eq!(events[7].1["text"], deltas.as_str());
+        assert_eq!(events[8].1["part"]["text"], deltas.as_str());
+        assert_eq!(events[9].1["item"]["content"][0]["text"], deltas.as_str());
+        let done = &events[10].1["response"];
+        assert_eq!(done["status"], "completed");
+        assert_eq!(done["output"][0]["content"][0]["text"], deltas.as_str());
+        assert_eq!(done["usage"]["total_tokens"], 8);
+        assert!(!text.contains("[DONE]"));
+        // One buffer or one frame per event: the same bytes.
+        let frames = openai_response_events(&reply(Stop::EndTurn), Ending::Complete);
+        assert_eq!(frames.len(), 11);
+        assert_eq!(frames.concat(), text.as_bytes());
+
+        let cut = String::from_utf8(openai_response_sse(
+            &reply(Stop::MaxTokens),
+            Ending::Complete,
+        ))
+        .unwrap();
+        let last = events_last(&cut);
+        assert_eq!(last.0, "response.incomplete");
+        assert_eq!(
+            last.1["response"]["incomplete_details"]["reason"],
+            "max_output_tokens"
+        );
+    }
+
+    fn events_last(text: &str) -> (String, Value) {
+        events(text).pop().unwrap()
+    }
+
+    #[test]
+    fn a_failing_stream_ends_with_one_error_event_after_its_deltas() {
+        let body = br#"{"type":"error","code":"server_error","message":"boom","param":null}"#;
+        let text = String::from_utf8(openai_response_sse(
+            &reply(Stop::EndTurn),
+            Ending::Error { after: 1, body },
+        ))
+        .unwrap();
+        let events = events(&text);
+        let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "error",
+            ]
+        );
+        assert_eq!(events[5].1["message"], "boom");
     }
 }

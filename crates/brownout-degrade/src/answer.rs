@@ -1,5 +1,6 @@
 //! Canned answers in the provider's own shapes: an Anthropic Messages response, an
-//! OpenAI chat completion, and the SSE stream of each.
+//! OpenAI chat completion, an OpenAI Responses API `response`, and the SSE stream of
+//! each.
 //!
 //! The shapes carry every field the official SDKs require, and no more. Token counts
 //! are estimates (a quarter of the answer's characters, rounded up): nothing was billed,
@@ -13,19 +14,31 @@ use brownout_core::{
 };
 use bytes::Bytes;
 
-/// Whether answers to requests of `api` take the OpenAI chat completion shape; every
-/// other API (Anthropic Messages, and any path brownout does not know) gets the
-/// Anthropic Messages shape.
-fn is_openai_chat(api: Api) -> bool {
-    api == Api::OpenAiChat
+/// The shape of answers to requests of `api`: OpenAI's chat completion or Responses
+/// API `response`; every other API (Anthropic Messages, and any path brownout does
+/// not know) gets the Anthropic Messages shape.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Anthropic,
+    OpenAiChat,
+    OpenAiResponses,
 }
 
-/// The prefix of an answer's id in the shape of `api`: `chatcmpl-` or `msg_`.
+fn shape_of(api: Api) -> Shape {
+    match api {
+        Api::OpenAiChat => Shape::OpenAiChat,
+        Api::OpenAiResponses => Shape::OpenAiResponses,
+        _ => Shape::Anthropic,
+    }
+}
+
+/// The prefix of an answer's id in the shape of `api`: `chatcmpl-`, `resp_` or
+/// `msg_`.
 pub(crate) fn id_prefix(api: Api) -> &'static str {
-    if is_openai_chat(api) {
-        "chatcmpl-"
-    } else {
-        "msg_"
+    match shape_of(api) {
+        Shape::OpenAiChat => "chatcmpl-",
+        Shape::OpenAiResponses => "resp_",
+        Shape::Anthropic => "msg_",
     }
 }
 
@@ -64,11 +77,15 @@ impl Answer<'_> {
             output_tokens: self.output_tokens(),
             stop: Stop::EndTurn,
         };
-        let out = match (is_openai_chat(self.api), self.stream) {
-            (false, false) => shape::anthropic_message(&reply),
-            (false, true) => shape::anthropic_sse(&reply, &STYLE, Ending::Complete),
-            (true, false) => shape::openai_completion(&reply, &STYLE),
-            (true, true) => shape::openai_sse(&reply, &STYLE, self.include_usage, Ending::Complete),
+        let out = match (shape_of(self.api), self.stream) {
+            (Shape::Anthropic, false) => shape::anthropic_message(&reply),
+            (Shape::Anthropic, true) => shape::anthropic_sse(&reply, &STYLE, Ending::Complete),
+            (Shape::OpenAiChat, false) => shape::openai_completion(&reply, &STYLE),
+            (Shape::OpenAiChat, true) => {
+                shape::openai_sse(&reply, &STYLE, self.include_usage, Ending::Complete)
+            }
+            (Shape::OpenAiResponses, false) => shape::openai_response(&reply),
+            (Shape::OpenAiResponses, true) => shape::openai_response_sse(&reply, Ending::Complete),
         };
         Bytes::from(out)
     }
@@ -113,8 +130,49 @@ mod tests {
     }
 
     #[test]
+    fn responses_json_is_a_completed_response() {
+        let body = answer(Api::OpenAiResponses, false).render();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["object"], "response");
+        assert_eq!(json["id"], "id-1");
+        assert_eq!(json["status"], "completed");
+        assert_eq!(json["model"], "m");
+        assert_eq!(json["output"][0]["role"], "assistant");
+        assert_eq!(json["output"][0]["content"][0]["type"], "output_text");
+        assert_eq!(json["output"][0]["content"][0]["text"], "line\n\"two\"");
+        assert_eq!(json["usage"]["output_tokens"], 3);
+    }
+
+    #[test]
+    fn a_responses_stream_runs_from_created_to_completed() {
+        let body = answer(Api::OpenAiResponses, true).render();
+        let text = std::str::from_utf8(&body).unwrap();
+        let mut names = Vec::new();
+        let mut deltas = String::new();
+        for event in text.split_terminator("\n\n") {
+            let (name, data) = event.split_once('\n').unwrap();
+            let name = name.strip_prefix("event: ").unwrap();
+            let data: serde_json::Value =
+                serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+            assert_eq!(data["type"], name);
+            if name == "response.output_text.delta" {
+                deltas.push_str(data["delta"].as_str().unwrap());
+            }
+            names.push(name.to_owned());
+        }
+        assert_eq!(names.first().map(String::as_str), Some("response.created"));
+        assert_eq!(names.last().map(String::as_str), Some("response.completed"));
+        assert_eq!(deltas, "line\n\"two\"");
+        assert!(!text.contains("[DONE]"));
+    }
+
+    #[test]
     fn every_sse_data_line_is_one_line() {
-        for api in [Api::AnthropicMessages, Api::OpenAiChat] {
+        for api in [
+            Api::AnthropicMessages,
+            Api::OpenAiChat,
+            Api::OpenAiResponses,
+        ] {
             let body = answer(api, true).render();
             let text = std::str::from_utf8(&body).unwrap();
             assert!(text.ends_with("\n\n"));
@@ -132,6 +190,7 @@ mod tests {
         assert_eq!(prefix("/v1/chat/completions"), "chatcmpl-");
         assert_eq!(prefix("/openai/v1/chat/completions/"), "chatcmpl-");
         assert_eq!(prefix("/v1/messages"), "msg_");
+        assert_eq!(prefix("/v1/responses"), "resp_");
         assert_eq!(prefix("/"), "msg_");
     }
 }

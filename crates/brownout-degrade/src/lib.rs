@@ -67,7 +67,8 @@
 //!
 //! The rules are tried in order against the text of the request's **last user
 //! message** (its `content` string, or its `text` blocks joined with newlines, in the
-//! Anthropic Messages and OpenAI chat shapes alike); the first whose regular expression
+//! Anthropic Messages and OpenAI chat shapes alike; for the Responses API, `input`
+//! when it is a string, else its last user item's text or `input_text` parts); the first whose regular expression
 //! matches gives the answer, and the generic answer is given when none does or the
 //! text cannot be read (the body is not JSON, or longer than the stack's replay limit,
 //! [`BodyLimits`](brownout_core::body::BodyLimits)).
@@ -76,12 +77,15 @@
 //! ([`RequestFacts::api`](brownout_core::RequestFacts::api)), so that the official SDKs
 //! parse it like any other: an OpenAI chat completion for
 //! [`Api::OpenAiChat`](brownout_core::provider::Api::OpenAiChat) (paths ending in
-//! `/chat/completions`), else an Anthropic Messages response; with `"stream": true` in
-//! the request, the SSE stream of each (Anthropic's `message_start` … `message_stop`
-//! events; OpenAI's `chat.completion.chunk`s ending in `data: [DONE]`, with a usage
-//! chunk when `stream_options.include_usage` asked for one). It names the requested
-//! model (or [`UNKNOWN_MODEL`]), has a fresh id (`msg_…`, `chatcmpl-…`; fix the
-//! sequence with [`seed`](DegradeConfig::seed)), 0 input tokens and an estimate of the
+//! `/chat/completions`), a Responses API `response` for
+//! [`Api::OpenAiResponses`](brownout_core::provider::Api::OpenAiResponses) (paths
+//! ending in `/responses`), else an Anthropic Messages response; with `"stream": true`
+//! in the request, the SSE stream of each (Anthropic's `message_start` …
+//! `message_stop` events; OpenAI's `chat.completion.chunk`s ending in `data: [DONE]`,
+//! with a usage chunk when `stream_options.include_usage` asked for one; the
+//! Responses API's `response.created` … `response.completed` events). It names the
+//! requested model (or [`UNKNOWN_MODEL`]), has a fresh id (`msg_…`, `chatcmpl-…`,
+//! `resp_…`; fix the sequence with [`seed`](DegradeConfig::seed)), 0 input tokens and an estimate of the
 //! output tokens. The request's model, `stream` and API are the
 //! [`RequestFacts`](brownout_core::RequestFacts) read once for the whole stack; only the
 //! message text is read by this layer, and only once a request has failed.

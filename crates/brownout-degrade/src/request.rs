@@ -1,5 +1,6 @@
-//! What a failed request said: the text of its last user message, and whether an
-//! OpenAI stream asked for a usage chunk.
+//! What a failed request said: the text of its last user message (`messages`, or an
+//! OpenAI Responses request's `input`: a string, or items whose content is a string
+//! or `input_text` parts), and whether an OpenAI stream asked for a usage chunk.
 //!
 //! This runs only on the degrade path, over a body that is all in memory. Its model,
 //! whether it streams and its API are the [`RequestFacts`](brownout_core::RequestFacts)
@@ -30,8 +31,18 @@ pub(crate) fn read(body: &[u8]) -> Said<'_> {
     let Ok(wire) = serde_json::from_slice::<Wire<'_>>(body) else {
         return Said::default();
     };
-    let text = wire
-        .messages
+    let messages = match wire.input {
+        // The Responses API: `input` is the user's text, or the conversation's items.
+        Some(Input::Text(text)) if wire.messages.is_empty() => {
+            return Said {
+                include_usage: false,
+                text: Some(text.0),
+            }
+        }
+        Some(Input::Items(items)) if wire.messages.is_empty() => items,
+        _ => wire.messages,
+    };
+    let text = messages
         .into_iter()
         .rev()
         .find(|m| m.role.as_ref().is_some_and(|r| r.0 == "user"))
@@ -55,6 +66,16 @@ struct Wire<'a> {
     stream_options: Option<StreamOptions>,
     #[serde(borrow, default)]
     messages: Vec<Message<'a>>,
+    #[serde(borrow, default)]
+    input: Option<Input<'a>>,
+}
+
+/// A Responses API `input`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Input<'a> {
+    Text(#[serde(borrow)] Str<'a>),
+    Items(#[serde(borrow)] Vec<Message<'a>>),
 }
 
 #[derive(Deserialize)]
@@ -136,7 +157,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
                     let (Some(kind), Some(text)) = (part.kind, part.text) else {
                         continue;
                     };
-                    if kind.0 != "text" {
+                    if kind.0 != "text" && kind.0 != "input_text" {
                         continue;
                     }
                     joined = Some(match joined {
@@ -180,6 +201,25 @@ impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_responses_input_is_read_as_a_string_or_its_last_user_item() {
+        assert_eq!(
+            text(r#"{"model":"gpt-4.1","input":"refund please"}"#).as_deref(),
+            Some("refund please")
+        );
+        let items = r#"{"model":"gpt-4.1","input":[
+            {"role":"user","content":"first"},
+            {"type":"message","role":"assistant","content":[{"type":"output_text","text":"ok"}]},
+            {"role":"user","content":[{"type":"input_image","image_url":"x"},{"type":"input_text","text":"line one"},{"type":"input_text","text":"line two"}]},
+            {"type":"function_call_output","call_id":"c","output":"42"}]}"#;
+        assert_eq!(text(items).as_deref(), Some("line one\nline two"));
+        assert_eq!(
+            text(r#"{"input":[{"type":"function_call_output","call_id":"c","output":"42"}]}"#),
+            None
+        );
+        assert_eq!(text(r#"{"input":7}"#), None);
+    }
+
     use super::*;
 
     fn text(body: &str) -> Option<String> {

@@ -2,8 +2,7 @@
 //! share.
 //!
 //! Outermost first: degrade → cache → fallback → circuit breaker → queue → retry →
-//! the provider's key ([`Credentials`]) → the rate limits (`[limits]`, when on) → the
-//! HTTP client. Each brownout layer
+//! the provider's key ([`Credentials`]) → the HTTP client. Each brownout layer
 //! documents why it sits where it does; in short, a canned answer is the last resort,
 //! a stored answer is better than a canned one and worse than a live one, the cascade
 //! asks the breakers (and the queue, when it is on) which models to skip, the breaker
@@ -28,12 +27,7 @@ use brownout::{
 use http::{Request, Response};
 use tower::{util::BoxCloneSyncService, Service, ServiceBuilder};
 
-use crate::{
-    config::Provider,
-    credentials::Credentials,
-    limits::{set_deadline, Limited, ProviderLimits},
-    Config,
-};
+use crate::{config::Provider, credentials::Credentials, Config};
 
 /// A whole pipeline, boxed: takes the caller's `Request<B>`, answers `Response<Body>`.
 pub type Pipeline<B> = BoxCloneSyncService<Request<B>, Response<Body>, BoxError>;
@@ -48,7 +42,6 @@ pub struct Layers {
     breaker: Option<CircuitBreakerLayer>,
     queue: Option<QueueLayer>,
     retry: Option<RetryLayer>,
-    rate_limits: Option<ProviderLimits>,
 }
 
 impl Layers {
@@ -62,10 +55,6 @@ impl Layers {
             breaker: config.breaker.clone().map(CircuitBreakerLayer::new),
             queue: config.queue.clone().map(QueueLayer::new),
             retry: config.retry.clone().map(RetryLayer::new),
-            rate_limits: config
-                .rate_limits
-                .as_ref()
-                .map(|limits| ProviderLimits::new(&config.providers, limits)),
         }
     }
 
@@ -80,14 +69,6 @@ impl Layers {
     /// a graceful shutdown so that every queued request is answered.
     pub fn queue(&self) -> Option<QueueHandle> {
         self.queue.as_ref().map(QueueLayer::handle)
-    }
-
-    /// The rate limiters of `[limits]`, one per limited provider: its name, and the
-    /// handle to its keys (remaining budget, waits, sheds, estimate error).
-    pub fn rate_limits(&self) -> Vec<(String, brownout::limit::LimitHandle)> {
-        self.rate_limits
-            .as_ref()
-            .map_or_else(Vec::new, ProviderLimits::handles)
     }
 
     /// The response cache layer, when it is on (its usage can be read from it).
@@ -116,8 +97,9 @@ impl Layers {
     }
 
     /// [`pipeline`](Self::pipeline), with the degrade layer left out when `degrade`
-    /// is false: for the OpenAI Responses route, whose shape the degrade layer does
-    /// not render yet.
+    /// is false: for a route whose callers must get the provider's own error. (Every
+    /// route has it now: the degrade layer renders the Anthropic Messages, Chat
+    /// Completions and Responses shapes.)
     pub(crate) fn stack<B, X, C>(
         &self,
         cascade: Option<&FallbackConfig>,
@@ -147,24 +129,15 @@ impl Layers {
         let stack = ServiceBuilder::new()
             // With every layer off, the caller's body still becomes a `Body`.
             .map_request(|request: Request<B>| request.map(Body::new))
-            // The gateway's deadline, for the rate limiter's waits.
-            .option_layer(
-                self.rate_limits
-                    .as_ref()
-                    .and_then(ProviderLimits::deadline)
-                    .map(|d| tower::util::MapRequestLayer::new(set_deadline(d))),
-            )
             .option_layer(self.degrade.clone().filter(|_| degrade))
             .option_layer(self.cache.clone())
             .option_layer(fallback)
             .option_layer(self.breaker.clone())
             .option_layer(self.queue.clone())
             .option_layer(self.retry.clone())
-            // Innermost, under the provider's key: `[limits]` (see `limits.rs`).
-            .service(Credentials::new(
-                Limited::new(client, self.rate_limits.clone()),
-                &self.providers,
-            ));
+            .map_err(Into::<BoxError>::into)
+            .map_response(|response: Response<X>| response.map(Body::new))
+            .service(Credentials::new(client, &self.providers));
         BoxCloneSyncService::new(stack)
     }
 

@@ -168,13 +168,9 @@ where
                         Some(_) => None,
                         None => Some(config.providers()[r.provider()].base_url().clone()),
                     },
-                    // The degrade layer renders Anthropic and Chat Completions answers
-                    // only: a Responses caller gets the provider's error instead.
-                    pipeline: layers.stack(
-                        r.cascade(),
-                        upstream.clone(),
-                        api != provider::Api::OpenAiResponses,
-                    ),
+                    // The degrade layer renders each route's own shape: Anthropic
+                    // Messages, Chat Completions and Responses answers.
+                    pipeline: layers.pipeline(r.cascade(), upstream.clone()),
                     models: r
                         .cascade()
                         .map(|c| c.targets().iter().map(|t| Arc::from(t.model())).collect())
@@ -656,10 +652,6 @@ fn failure(
     path: &str,
     answering: &Answering,
 ) -> Response<Body> {
-    // `[limits] on_limit = "error"`: the rate limiter's refusal, as a final 429.
-    if let Some(response) = crate::limits::refusal(api, error, answering.should_retry) {
-        return response;
-    }
     let outcome = DefaultClassifier::new().classify(Observed::Error(error));
     let overloaded = if api.is_openai() {
         StatusCode::SERVICE_UNAVAILABLE

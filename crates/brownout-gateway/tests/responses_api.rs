@@ -1,6 +1,6 @@
 //! `POST /v1/responses` is a pipeline route: model rewrite and fallback, JSON and SSE,
-//! and a total outage answered in OpenAI's shape (never an Anthropic-shaped canned
-//! message).
+//! and a total outage answered by the degrade layer in the Responses shape (never an
+//! Anthropic-shaped canned message), or with degrade off in OpenAI's error shape.
 
 use std::{
     future::Future,
@@ -126,10 +126,10 @@ async fn a_responses_call_falls_back_to_the_next_model_in_json_and_sse() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_responses_outage_is_answered_in_openais_shape() {
+async fn a_responses_outage_without_degrade_is_answered_in_openais_shape() {
     let seen = Arc::default();
     let client = upstream(&["gpt-4.1", "gpt-4.1-mini"], seen);
-    let config = Config::from_toml_str(CONFIG).unwrap();
+    let config = Config::from_toml_str(&format!("{CONFIG}\n[degrade]\nenabled = false\n")).unwrap();
     let gateway: Router<Full<Bytes>> = Router::new(&config, client.clone(), client);
     let response = gateway.clone().oneshot(request(false)).await.unwrap();
     assert_eq!(response.status(), 503);
@@ -138,4 +138,89 @@ async fn a_responses_outage_is_answered_in_openais_shape() {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(json["error"]["code"], "service_unavailable", "{json}");
+}
+
+const DEGRADE: &str = r#"
+[degrade]
+generic = "Busy right now."
+[[degrade.rule]]
+name = "refunds"
+pattern = "(?i)refund"
+answer = "Refunds are in Settings."
+"#;
+
+#[tokio::test(start_paused = true)]
+async fn a_responses_outage_is_degraded_in_the_responses_shape_json_and_sse() {
+    let seen = Arc::default();
+    let client = upstream(&["gpt-4.1", "gpt-4.1-mini"], seen);
+    let config = Config::from_toml_str(&format!("{CONFIG}{DEGRADE}")).unwrap();
+    let gateway: Router<Full<Bytes>> = Router::new(&config, client.clone(), client);
+
+    // JSON: a completed `response` object, the rule matched on the `input` string.
+    let body = serde_json::json!({ "model": "gpt-4.1", "input": "Where is my refund?" });
+    let json_request = Request::post("/v1/responses")
+        .header("authorization", "Bearer sk-openai-caller")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = gateway.clone().oneshot(json_request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-brownout-degraded"], "true");
+    assert_eq!(response.headers()["x-brownout-degraded-rule"], "refunds");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["object"], "response", "{json}");
+    assert_eq!(json["status"], "completed");
+    assert!(json["id"].as_str().unwrap().starts_with("resp_"), "{json}");
+    assert_eq!(json["model"], "gpt-4.1");
+    assert_eq!(json["output"][0]["type"], "message");
+    assert_eq!(json["output"][0]["role"], "assistant");
+    assert_eq!(json["output"][0]["content"][0]["type"], "output_text");
+    assert_eq!(
+        json["output"][0]["content"][0]["text"],
+        "Refunds are in Settings."
+    );
+
+    // SSE: the Responses events, each named by its type, from created to completed.
+    let response = gateway.clone().oneshot(request(true)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-brownout-degraded"], "true");
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let mut names = Vec::new();
+    let mut deltas = String::new();
+    for event in text.split_terminator("\n\n") {
+        let (name, data) = event.split_once('\n').expect("an event and a data line");
+        let name = name.strip_prefix("event: ").expect("a named event");
+        let data: serde_json::Value =
+            serde_json::from_str(data.strip_prefix("data: ").expect("a data line")).unwrap();
+        assert_eq!(data["type"], name, "{text}");
+        if name == "response.output_text.delta" {
+            deltas.push_str(data["delta"].as_str().unwrap());
+        }
+        if name == "response.completed" {
+            assert_eq!(data["response"]["status"], "completed");
+            assert_eq!(
+                data["response"]["output"][0]["content"][0]["text"],
+                "Busy right now."
+            );
+        }
+        names.push(name.to_owned());
+    }
+    assert_eq!(
+        names.first().map(String::as_str),
+        Some("response.created"),
+        "{text}"
+    );
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("response.completed"),
+        "{text}"
+    );
+    assert_eq!(deltas, "Busy right now.");
+    assert!(!text.contains("[DONE]"));
 }
