@@ -2,7 +2,8 @@
 //! share.
 //!
 //! Outermost first: degrade → cache → fallback → circuit breaker → queue → retry →
-//! the provider's key ([`Credentials`]) → the HTTP client. Each brownout layer
+//! the provider's key ([`Credentials`]) → the rate limits (`[limits]`, when on) → the
+//! HTTP client. Each brownout layer
 //! documents why it sits where it does; in short, a canned answer is the last resort,
 //! a stored answer is better than a canned one and worse than a live one, the cascade
 //! asks the breakers (and the queue, when it is on) which models to skip, the breaker
@@ -27,7 +28,12 @@ use brownout::{
 use http::{Request, Response};
 use tower::{util::BoxCloneSyncService, Service, ServiceBuilder};
 
-use crate::{config::Provider, credentials::Credentials, Config};
+use crate::{
+    config::Provider,
+    credentials::Credentials,
+    limits::{set_deadline, Limited, ProviderLimits},
+    Config,
+};
 
 /// A whole pipeline, boxed: takes the caller's `Request<B>`, answers `Response<Body>`.
 pub type Pipeline<B> = BoxCloneSyncService<Request<B>, Response<Body>, BoxError>;
@@ -42,6 +48,7 @@ pub struct Layers {
     breaker: Option<CircuitBreakerLayer>,
     queue: Option<QueueLayer>,
     retry: Option<RetryLayer>,
+    rate_limits: Option<ProviderLimits>,
 }
 
 impl Layers {
@@ -55,6 +62,10 @@ impl Layers {
             breaker: config.breaker.clone().map(CircuitBreakerLayer::new),
             queue: config.queue.clone().map(QueueLayer::new),
             retry: config.retry.clone().map(RetryLayer::new),
+            rate_limits: config
+                .rate_limits
+                .as_ref()
+                .map(|limits| ProviderLimits::new(&config.providers, limits)),
         }
     }
 
@@ -69,6 +80,14 @@ impl Layers {
     /// a graceful shutdown so that every queued request is answered.
     pub fn queue(&self) -> Option<QueueHandle> {
         self.queue.as_ref().map(QueueLayer::handle)
+    }
+
+    /// The rate limiters of `[limits]`, one per limited provider: its name, and the
+    /// handle to its keys (remaining budget, waits, sheds, estimate error).
+    pub fn rate_limits(&self) -> Vec<(String, brownout::limit::LimitHandle)> {
+        self.rate_limits
+            .as_ref()
+            .map_or_else(Vec::new, ProviderLimits::handles)
     }
 
     /// The response cache layer, when it is on (its usage can be read from it).
@@ -129,15 +148,24 @@ impl Layers {
         let stack = ServiceBuilder::new()
             // With every layer off, the caller's body still becomes a `Body`.
             .map_request(|request: Request<B>| request.map(Body::new))
+            // The gateway's deadline, for the rate limiter's waits.
+            .option_layer(
+                self.rate_limits
+                    .as_ref()
+                    .and_then(ProviderLimits::deadline)
+                    .map(|d| tower::util::MapRequestLayer::new(set_deadline(d))),
+            )
             .option_layer(self.degrade.clone().filter(|_| degrade))
             .option_layer(self.cache.clone())
             .option_layer(fallback)
             .option_layer(self.breaker.clone())
             .option_layer(self.queue.clone())
             .option_layer(self.retry.clone())
-            .map_err(Into::<BoxError>::into)
-            .map_response(|response: Response<X>| response.map(Body::new))
-            .service(Credentials::new(client, &self.providers));
+            // Innermost, under the provider's key: `[limits]` (see `limits.rs`).
+            .service(Credentials::new(
+                Limited::new(client, self.rate_limits.clone()),
+                &self.providers,
+            ));
         BoxCloneSyncService::new(stack)
     }
 

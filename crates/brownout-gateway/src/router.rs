@@ -652,6 +652,10 @@ fn failure(
     path: &str,
     answering: &Answering,
 ) -> Response<Body> {
+    // `[limits] on_limit = "error"`: the rate limiter's refusal, as a final 429.
+    if let Some(response) = crate::limits::refusal(api, error, answering.should_retry) {
+        return response;
+    }
     let outcome = DefaultClassifier::new().classify(Observed::Error(error));
     let overloaded = if api.is_openai() {
         StatusCode::SERVICE_UNAVAILABLE
