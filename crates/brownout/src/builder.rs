@@ -96,7 +96,9 @@ pub trait ServiceBuilderExt<L>: Sized {
     #[cfg(feature = "retry")]
     fn retry_with_jitter(self, config: RetryConfig) -> ServiceBuilder<Stack<RetryLayer, L>>;
 
-    /// Client-side requests and tokens per minute, counted before sending. Takes the
+    /// Client-side requests and tokens per minute, counted before sending: stays under
+    /// the provider's limits. (Not `rate_limit`, which `tower::ServiceBuilder` has as
+    /// its own method, for tower's request-rate limiter.) Takes the
     /// layer, which [`RateLimitLayer::new`] checked, so that its
     /// [`handle`](crate::limit::RateLimitLayer::handle) can be kept. Goes innermost,
     /// right over the HTTP client: each attempt of a retry and each model of a
@@ -116,12 +118,12 @@ pub trait ServiceBuilderExt<L>: Sized {
     /// let handle = limits.handle(); // each key's remaining budget, waits and sheds
     /// let builder = ServiceBuilder::new()
     ///     .retry_with_jitter(RetryConfig::new())
-    ///     .rate_limit(limits);
+    ///     .provider_limits(limits);
     /// # let _ = (builder, handle);
     /// # }
     /// ```
     #[cfg(feature = "limit")]
-    fn rate_limit(self, layer: RateLimitLayer) -> ServiceBuilder<Stack<RateLimitLayer, L>>;
+    fn provider_limits(self, layer: RateLimitLayer) -> ServiceBuilder<Stack<RateLimitLayer, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -159,7 +161,7 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     }
 
     #[cfg(feature = "limit")]
-    fn rate_limit(self, layer: RateLimitLayer) -> ServiceBuilder<Stack<RateLimitLayer, L>> {
+    fn provider_limits(self, layer: RateLimitLayer) -> ServiceBuilder<Stack<RateLimitLayer, L>> {
         self.layer(layer)
     }
 }
