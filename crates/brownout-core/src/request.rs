@@ -44,6 +44,13 @@ pub struct RequestFacts {
     caller: OnceLock<Option<Fingerprint>>,
 }
 
+/// The caller's deadline for one request, in its extensions: every layer that holds a
+/// request (a queue waiting for a model, a limiter waiting for room) holds it no later
+/// than this instant. One type for the whole stack, so that a caller (or the gateway)
+/// sets it once. What a layer does without one is its own: see its docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline(pub tokio::time::Instant);
+
 /// Where a scan of the top-level members stopped, and what it had seen.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Resume {

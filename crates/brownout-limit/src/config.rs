@@ -330,8 +330,8 @@ impl fmt::Debug for RateLimitConfig {
     }
 }
 
-/// The caller's deadline for a request, in its extensions: the limiter never waits
-/// past it. Without one, the official SDKs' `x-stainless-timeout` header (seconds) is
-/// taken as the deadline, and else only [`RateLimitConfig::max_wait`] bounds the wait.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deadline(pub tokio::time::Instant);
+/// The caller's deadline for a request, in its extensions (brownout-core's, shared by
+/// every layer that holds requests): the limiter never waits past it. Without one, the
+/// official SDKs' `x-stainless-timeout` header (seconds) is taken as the deadline, and
+/// else only [`RateLimitConfig::max_wait`] bounds the wait.
+pub use brownout_core::request::Deadline;

@@ -184,8 +184,8 @@ pub use service::Queue;
 /// A setting that was refused, naming it and why.
 pub use brownout_core::error::InvalidConfig;
 
-/// The caller's deadline for one request, in its extensions: the queue never holds it
-/// past this instant, and sheds it at once when the expected wait ends later. Takes
-/// precedence over [`QueueConfig::deadline`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deadline(pub tokio::time::Instant);
+/// The caller's deadline for one request, in its extensions (brownout-core's, shared by
+/// every layer that holds requests): the queue never holds it past this instant, and
+/// sheds it at once when the expected wait ends later. Takes precedence over
+/// [`QueueConfig::deadline`].
+pub use brownout_core::request::Deadline;
