@@ -1,0 +1,11 @@
+//! Observability for brownout: what every request and every attempt came to, as data.
+//!
+//! Two records are the vocabulary of this crate: an [`Exchange`] is one request's final
+//! answer as the caller saw it (route, requested and served model, how it was answered,
+//! status, latency, attempts, tokens), an [`Attempt`] is one call the stack sent upstream.
+//! Anything that turns them into something an operator reads — metrics, the SQLite
+//! availability log, alert rules, the status page — is a [`Sink`].
+
+mod record;
+
+pub use record::{AlertFeed, AlertNotice, Answer, Attempt, Exchange, Sink, Sinks};
