@@ -15,7 +15,7 @@ use brownout_core::{
         DEFAULT_ERROR_BODY_LIMIT,
     },
     event::Event,
-    future::Output,
+    future::{take_ready, Output},
     Body, BoxError, RequestFacts,
 };
 use http::{Request, Response};
@@ -118,8 +118,11 @@ where
     S: Service<Request<Body>>,
 {
     #[inline(always)]
-    pub(crate) fn new<B>(inner: S, shared: Arc<Shared>, request: Request<B>) -> Self
+    /// `inner` is the readied service: called in place when the request can be sent
+    /// at once, and taken (a clone left behind) only when its body must be read first.
+    pub(crate) fn new<B>(inner: &mut S, shared: Arc<Shared>, request: Request<B>) -> Self
     where
+        S: Clone,
         B: http_body::Body + Send + 'static,
         B::Data: Send,
         B::Error: Into<BoxError>,
@@ -145,6 +148,7 @@ where
                     }
                 }
                 Err(prepare) => {
+                    let inner = take_ready(inner);
                     let pending = Box::new(Pending { inner, prepare });
                     return ResponseFuture {
                         state: State::Buffering { pending },
@@ -214,7 +218,7 @@ type Keyed = (Arc<dyn BreakerEntry>, Option<Unchecked>);
 /// Admission, then the call or the refusal.
 #[inline(always)]
 fn start<S>(
-    mut inner: S,
+    inner: &mut S,
     shared: &Shared,
     request: Request<Body>,
     (entry, unchecked): Keyed,
@@ -297,10 +301,10 @@ where
                             continue;
                         }
                     };
-                    let Pending { inner, .. } = *pending;
+                    let Pending { mut inner, .. } = *pending;
                     let now = Instant::now();
                     let (request, entry) = entry_of(this.shared, request, now);
-                    let (state, call) = start(inner, this.shared, request, entry, now);
+                    let (state, call) = start(&mut inner, this.shared, request, entry, now);
                     *this.call = call;
                     this.state.set(state);
                 }

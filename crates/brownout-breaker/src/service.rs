@@ -3,7 +3,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use brownout_core::{future::take_ready, Body, BoxError};
+use brownout_core::{Body, BoxError};
 use http::{Request, Response};
 use tower_service::Service;
 
@@ -83,7 +83,6 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let inner = take_ready(&mut self.inner);
-        ResponseFuture::new(inner, self.shared.clone(), request)
+        ResponseFuture::new(&mut self.inner, self.shared.clone(), request)
     }
 }

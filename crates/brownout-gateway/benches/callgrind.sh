@@ -16,10 +16,10 @@ sleep 1
 ADDR=$(sed -n 's/listening on //p' up.out | head -1)
 sed -e "s#http://127.0.0.1:8787#http://$ADDR#" -e 's#listen = "127.0.0.1:8080"#listen = "127.0.0.1:0"#' $SIM > every.toml
 printf '\n[connections]\nper_client = 100000\ntotal = 100000\n' >> every.toml
-# wiring only: every layer off, no cascades
+# wiring only: every layer off (the queue and limits too), no cascades
 python3 - <<'PY'
 t=open('every.toml').read()
-for l in ['retry','breaker','cache','degrade']:
+for l in ['retry','breaker','cache','degrade','queue','limits']:
     t=t.replace(f'\n[{l}]\n', f'\n[{l}]\nenabled = false\n')
 out=[];skip=False
 for line in t.splitlines():

@@ -205,9 +205,11 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             .await
             .map_err(|e| Failure::runtime(format!("cannot listen on {}: {e}", config.listen())))?;
         let addr = listener.local_addr().map_err(Failure::runtime)?;
+        // Built before saying so: the clients load their trust roots here, once, not
+        // on the first request.
+        let gateway = Gateway::new(&config);
         // On stdout, for whoever started the gateway (and the tests) to read.
         println!("brownout-gateway: listening on http://{addr}");
-        let gateway = Gateway::new(&config);
         let stopped = gateway
             .serve(listener, shutdown_signal())
             .await

@@ -753,7 +753,8 @@ fn log<X>(method: &Method, path: &str, response: &Response<X>, started: Instant)
 
 /// The headers that describe one connection, not the message (RFC 9110 §7.6.1), and
 /// the proxy-only ones.
-const HOP_BY_HOP: [HeaderName; 9] = [
+// A `static`: a `const` array would be built, and dropped, at every use.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     header::TE,
     header::TRAILER,
@@ -769,7 +770,20 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names first: most messages carry none of these, and a scan
     // costs less than a lookup per name.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    if !headers.keys().any(|name| {
+        matches!(
+            name.as_str(),
+            "connection"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+                | "proxy-authorization"
+                | "proxy-authenticate"
+                | "keep-alive"
+                | "proxy-connection"
+        )
+    }) {
         return;
     }
     if headers.contains_key(header::CONNECTION) {
@@ -790,7 +804,7 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
+    for name in HOP_BY_HOP.iter() {
         headers.remove(name);
     }
 }

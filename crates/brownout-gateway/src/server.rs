@@ -145,12 +145,11 @@ impl Gateway {
     /// The gateway `config` describes, with its own connection pools. Call it inside
     /// the runtime that will serve.
     pub fn new(config: &Config) -> Gateway {
+        // One set of clients (and of trust roots, read once) for the pipelines and the
+        // forwarded paths: the same upstreams, so one pool of connections.
+        let client = UpstreamClient::new(config);
         Gateway {
-            router: Router::new(
-                config,
-                UpstreamClient::new(config),
-                UpstreamClient::new(config),
-            ),
+            router: Router::new(config, client.clone(), client),
             grace: config.shutdown_grace(),
             caps: config.connections(),
         }

@@ -38,11 +38,17 @@ use crate::{config::Provider, Config};
 /// clients, without TLS. A connection that cannot be made fails with brownout's
 /// [`ConnectError`](brownout::client::ConnectError), whose message reaches the
 /// gateway's log line and the caller's error body.
+///
+/// Cloning it is one reference count: every layer that holds the service for a later
+/// attempt clones the stack under it, the client included, once per request.
 #[derive(Clone, Debug)]
-pub struct UpstreamClient {
+pub struct UpstreamClient(Arc<Clients>);
+
+#[derive(Debug)]
+struct Clients {
     shared: Result<HttpsClient, Arc<InvalidConfig>>,
     /// By lowercase authority, the providers whose TLS settings are not the defaults.
-    own: Arc<HashMap<String, HttpsClient>>,
+    own: HashMap<String, HttpsClient>,
 }
 
 impl UpstreamClient {
@@ -72,25 +78,23 @@ impl UpstreamClient {
                 ),
             }
         }
-        UpstreamClient {
-            shared,
-            own: Arc::new(own),
-        }
+        UpstreamClient(Arc::new(Clients { shared, own }))
     }
 
     fn client_for<B>(&self, request: &Request<B>) -> Result<&HttpsClient, &Arc<InvalidConfig>> {
-        if !self.own.is_empty() {
+        let Clients { shared, own } = &*self.0;
+        if !own.is_empty() {
             if let Some(authority) = request.uri().authority() {
-                let found = match self.own.get(authority.as_str()) {
+                let found = match own.get(authority.as_str()) {
                     Some(found) => Some(found),
-                    None => self.own.get(&authority.as_str().to_ascii_lowercase()),
+                    None => own.get(&authority.as_str().to_ascii_lowercase()),
                 };
                 if let Some(client) = found {
                     return Ok(client);
                 }
             }
         }
-        self.shared.as_ref()
+        shared.as_ref()
     }
 }
 

@@ -89,7 +89,8 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let mut inner = take_ready(&mut self.inner);
+        // The ready service is called in place on the straight-through paths; only a
+        // request that may wait takes it (and leaves a clone behind).
         let shared = self.shared.clone();
         let (parts, body) = request.into_parts();
         let body = Body::new(body);
@@ -98,7 +99,7 @@ where
                 // Nothing is wrong anywhere and no health view to ask: straight
                 // through, the key found only if the answer needs it.
                 let authority = parts.uri.authority().cloned();
-                let future = inner.call(Request::from_parts(parts, body));
+                let future = self.inner.call(Request::from_parts(parts, body));
                 let key = KeySource::Lazy {
                     body: bytes,
                     authority,
@@ -111,20 +112,24 @@ where
                 let key = future::key_of(&request);
                 if shared.is_clear(&key) {
                     // Nothing is wrong anywhere: straight through, watching the answer.
-                    let future = inner.call(request);
+                    let future = self.inner.call(request);
                     ResponseFuture::direct(future, shared, KeySource::Known(key))
                 } else {
+                    let inner = take_ready(&mut self.inner);
                     ResponseFuture::boxed(future::queued(shared, inner, request, key))
                 }
             }
             // The caller's body broke, or the request is invalid: the caller's
             // failure, answered at once and never queued.
             Ok(Err(error)) => ResponseFuture::failed(error),
-            Err(prepare) => ResponseFuture::boxed(async move {
-                let request = prepare.await?;
-                let key = future::key_of(&request);
-                future::queued(shared, inner, request, key).await
-            }),
+            Err(prepare) => {
+                let inner = take_ready(&mut self.inner);
+                ResponseFuture::boxed(async move {
+                    let request = prepare.await?;
+                    let key = future::key_of(&request);
+                    future::queued(shared, inner, request, key).await
+                })
+            }
         }
     }
 }
