@@ -10,7 +10,6 @@ use serde::{
 };
 use std::hash::Hasher as _;
 
-use blake3::Hasher;
 use siphasher::sip128::{Hasher128, SipHasher13};
 
 /// A cache key: a BLAKE3 digest of everything that identifies the request. A
@@ -77,8 +76,13 @@ impl fmt::Debug for Partition {
 impl Keying {
     /// The key of a request whose whole body is `body`: its JSON in canonical form
     /// (member order and whitespace do not matter).
+    ///
+    /// The canonical form is written into one buffer and hashed in one call: BLAKE3
+    /// costs about as much per call as per 64 bytes, and a request is dozens of short
+    /// fields (the gateway bench: a third fewer instructions than hashing field by
+    /// field). The bytes hashed, and so the keys, are the same either way.
     pub(crate) fn key(&self, parts: &Parts, body: &[u8]) -> CacheKey {
-        let mut hasher = Hasher::new();
+        let mut hasher = Canon(Vec::with_capacity(body.len() + 256));
         match &self.custom {
             Some(custom) => field(&mut hasher, b'k', &custom(parts, body)),
             None => {
@@ -87,7 +91,7 @@ impl Keying {
             }
         }
         self.partition(&mut hasher, parts);
-        hasher.finalize().into()
+        blake3::hash(&hasher.0).into()
     }
 
     /// A digest of the request exactly as it is, body bytes included, for remembering
@@ -143,7 +147,7 @@ impl Keying {
     }
 
     /// Method, path, query and the selected headers.
-    fn head(&self, hasher: &mut Hasher, parts: &Parts) {
+    fn head(&self, hasher: &mut Canon, parts: &Parts) {
         field(hasher, b'm', parts.method.as_str().as_bytes());
         field(hasher, b'p', parts.uri.path().as_bytes());
         field(
@@ -161,7 +165,7 @@ impl Keying {
 
     /// The caller's credential partitions the cache: only a digest of it goes into the
     /// key, and it is never stored or logged as it is.
-    fn partition(&self, hasher: &mut Hasher, parts: &Parts) {
+    fn partition(&self, hasher: &mut Canon, parts: &Parts) {
         for name in self.partition_headers() {
             for value in parts.headers.get_all(name) {
                 field(hasher, b'c', name.as_str().as_bytes());
@@ -171,18 +175,38 @@ impl Keying {
     }
 }
 
+/// The bytes a key is the digest of, gathered before hashing them in one call.
+struct Canon(Vec<u8>);
+
+impl Canon {
+    fn update(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+    }
+}
+
 /// Feeds one length-prefixed field, so that fields cannot run into each other.
-fn field(hasher: &mut Hasher, tag: u8, bytes: &[u8]) {
-    let mut head = [0u8; 9];
-    head[0] = tag;
-    head[1..].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
-    hasher.update(&head);
+fn field(hasher: &mut Canon, tag: u8, bytes: &[u8]) {
+    hasher.0.push(tag);
+    hasher.update(&(bytes.len() as u64).to_le_bytes());
     hasher.update(bytes);
+}
+
+/// A number as serde_json writes it, formatted on the stack: `1` and `1.0` stay
+/// distinct, and no string is allocated for it.
+fn number(hasher: &mut Canon, n: &serde_json::Number) {
+    use std::io::Write as _;
+    let mut buf = [0u8; 40];
+    let mut out = &mut buf[..];
+    // The longest number serde_json writes (a negative f64 in exponent form) is 24
+    // bytes; a failure to fit cannot happen, and would only hash a shorter field.
+    let _ = write!(out, "{n}");
+    let len = 40 - out.len();
+    field(hasher, b'd', &buf[..len]);
 }
 
 /// A JSON body is hashed in a canonical form: object members in key order, no
 /// whitespace. Anything else is hashed as its bytes.
-fn canonical_body(hasher: &mut Hasher, body: &[u8]) {
+fn canonical_body(hasher: &mut Canon, body: &[u8]) {
     match serde_json::from_slice::<Node<'_>>(body) {
         Ok(node) => {
             hasher.update(b"J");
@@ -198,14 +222,14 @@ fn canonical_body(hasher: &mut Hasher, body: &[u8]) {
 enum Node<'a> {
     Null,
     Bool(bool),
-    Number(String),
+    Number(serde_json::Number),
     Str(Cow<'a, str>),
     Array(Vec<Node<'a>>),
     Object(Vec<(Cow<'a, str>, Node<'a>)>),
 }
 
 impl Node<'_> {
-    fn hash(&self, hasher: &mut Hasher) {
+    fn hash(&self, hasher: &mut Canon) {
         match self {
             Node::Null => {
                 hasher.update(b"n");
@@ -216,7 +240,7 @@ impl Node<'_> {
             Node::Bool(false) => {
                 hasher.update(b"f");
             }
-            Node::Number(n) => field(hasher, b'd', n.as_bytes()),
+            Node::Number(n) => number(hasher, n),
             Node::Str(s) => field(hasher, b's', s.as_bytes()),
             Node::Array(items) => {
                 hasher.update(b"a");
@@ -264,16 +288,16 @@ impl<'de> Visitor<'de> for NodeVisitor {
 
     // Numbers are written as serde_json writes them, so `1` and `1.0` stay distinct.
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Node<'de>, E> {
-        Ok(Node::Number(serde_json::Number::from(v).to_string()))
+        Ok(Node::Number(serde_json::Number::from(v)))
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Node<'de>, E> {
-        Ok(Node::Number(serde_json::Number::from(v).to_string()))
+        Ok(Node::Number(serde_json::Number::from(v)))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node<'de>, E> {
         serde_json::Number::from_f64(v)
-            .map(|n| Node::Number(n.to_string()))
+            .map(Node::Number)
             .ok_or_else(|| E::custom("a non-finite number"))
     }
 

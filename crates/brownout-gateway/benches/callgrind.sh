@@ -3,7 +3,8 @@
 # the gateway with no layer (the wiring) and with every layer (gateway.sim.toml), each
 # minus an idle start. See BENCHMARKS.md.
 #   BENCH=target/release/deps/proxy-<hash> GW=target/release/brownout-gateway \
-#     [OLD=an-older-brownout-gateway] [N=4000] crates/brownout-gateway/benches/callgrind.sh
+#     [OLD=an-older-brownout-gateway] [N=4000] [PER_LAYER=1] crates/brownout-gateway/benches/callgrind.sh
+# PER_LAYER=1 also measures every layer but one, for each layer: its marginal cost.
 set -u
 BENCH=${BENCH:?the proxy bench binary: cargo bench -p brownout-gateway --bench proxy --no-run}
 GW=${GW:?the release brownout-gateway binary}
@@ -27,6 +28,15 @@ for line in t.splitlines():
     if not skip: out.append(line)
     if skip and line.startswith(']'): skip=False
 open('wiring.toml','w').write('\n'.join(out)+'\n')
+every=open('every.toml').read()
+for l in ['retry','breaker','cache','degrade','queue']:
+    open(f'no-{l}.toml','w').write(every.replace(f'\n[{l}]\n', f'\n[{l}]\nenabled = false\n'))
+out=[];skip=False
+for line in every.splitlines():
+    if line.startswith('cascade = ['): skip=True
+    if not skip: out.append(line)
+    if skip and line.startswith(']'): skip=False
+open('no-fallback.toml','w').write('\n'.join(out)+'\n')
 for n in ['every','wiring']:
     t=open(n+'.toml').read().replace('\n[connections]\nper_client = 100000\ntotal = 100000\n','')
     open(n+'.old.toml','w').write(t)
@@ -49,6 +59,11 @@ export BENCH_UPSTREAM=http://$ADDR/
 BROWNOUT_BENCH_ROLE=bare measure bare $BENCH
 measure wiring $GW serve --config wiring.toml --log-level error
 measure every $GW serve --config every.toml --log-level error
+if [ -n "${PER_LAYER:-}" ]; then
+  for l in degrade cache fallback breaker queue retry; do
+    measure no-$l $GW serve --config no-$l.toml --log-level error
+  done
+fi
 if [ -n "$OLD" ]; then
   measure wiring-before $OLD serve --config wiring.old.toml --log-level error
   measure every-before $OLD serve --config every.old.toml --log-level error
