@@ -1,6 +1,6 @@
 //! The circuit breaker on the success path against the bare service and against
 //! tower-resilience's circuit breaker, on one thread and contended from several tasks
-//! on a multi-thread runtime, in one run.
+//! on a two-worker multi-thread runtime (the machine has two cores), in one run.
 //!
 //! ```sh
 //! cargo bench -p brownout-breaker --bench breaker
@@ -74,7 +74,7 @@ fn success_path(c: &mut Criterion) {
         .build()
         .unwrap();
     let multi = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
+        .worker_threads(2)
         .enable_time()
         .build()
         .unwrap();
@@ -129,7 +129,7 @@ fn success_path(c: &mut Criterion) {
     });
     group.finish();
 
-    let mut group = c.benchmark_group("contended_8_tasks_4_threads");
+    let mut group = c.benchmark_group("contended_8_tasks_2_threads");
     group.bench_function("bare service", |b| {
         b.iter_custom(|n| contended(&multi, &bare, n))
     });
