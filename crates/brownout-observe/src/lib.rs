@@ -7,5 +7,17 @@
 //! availability log, alert rules, the status page — is a [`Sink`].
 
 mod record;
+#[cfg(feature = "alert")]
+pub mod alert;
+#[cfg(feature = "sqlite")]
+pub mod report;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 pub use record::{AlertFeed, AlertNotice, Answer, Attempt, Exchange, Sink, Sinks};
+#[cfg(feature = "alert")]
+pub use alert::{AlertConfig, AlertRule, Alerts, Condition};
+#[cfg(feature = "sqlite")]
+pub use report::Report;
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteConfig, SqliteError, SqliteLog};
