@@ -394,7 +394,12 @@ impl Writer {
         let mut last_retain = Instant::now();
         let mut last_warn = Instant::now();
         let mut warned_dropped = 0;
-        let tick = self.config.warn_every.min(self.config.retain_every).min(Duration::from_secs(1));
+        // Wake at least this often for retention and the drop warning, however quiet.
+        let tick = self
+            .config
+            .warn_every
+            .min(self.config.retain_every)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
         loop {
             let mut waiters = Vec::new();
             let mut close = false;

@@ -702,6 +702,3 @@ impl AlertFeed for Alerts {
         out.extend(feed.iter().skip(skip).cloned());
     }
 }
-
-#[cfg(test)]
-mod tests;
