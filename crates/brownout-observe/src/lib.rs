@@ -6,17 +6,17 @@
 //! Anything that turns them into something an operator reads — metrics, the SQLite
 //! availability log, alert rules, the status page — is a [`Sink`].
 
-mod record;
 #[cfg(feature = "alert")]
 pub mod alert;
+mod record;
 #[cfg(feature = "sqlite")]
 pub mod report;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
-pub use record::{AlertFeed, AlertNotice, Answer, Attempt, Exchange, Sink, Sinks};
 #[cfg(feature = "alert")]
 pub use alert::{AlertConfig, AlertRule, Alerts, Condition};
+pub use record::{AlertFeed, AlertNotice, Answer, Attempt, Exchange, Sink, Sinks};
 #[cfg(feature = "sqlite")]
 pub use report::Report;
 #[cfg(feature = "sqlite")]

@@ -194,7 +194,10 @@ impl Report {
         let fail = |e: rusqlite::Error| ReportError {
             message: match &e {
                 rusqlite::Error::SqliteFailure(_, Some(m)) if m.contains("no such table") => {
-                    format!("{}: not a brownout availability log (no `records` table)", path.display())
+                    format!(
+                        "{}: not a brownout availability log (no `records` table)",
+                        path.display()
+                    )
                 }
                 _ => format!("{}: {e}", path.display()),
             },
@@ -204,8 +207,8 @@ impl Report {
                 message: format!("{}: no such file", path.display()),
             });
         }
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(fail)?;
+        let conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
         let to_ms = unix_ms(now);
         let from_ms = window.map(|w| unix_ms(now.checked_sub(w).unwrap_or(SystemTime::UNIX_EPOCH)));
         let from = from_ms.unwrap_or(i64::MIN);
@@ -269,7 +272,9 @@ impl Report {
             let model: Option<String> = row.get(0).map_err(fail)?;
             let status: String = row.get(1).map_err(fail)?;
             let count: i64 = row.get(2).map_err(fail)?;
-            let t = models.entry(model.unwrap_or_else(|| "-".into())).or_default();
+            let t = models
+                .entry(model.unwrap_or_else(|| "-".into()))
+                .or_default();
             t.attempts += count as u64;
             if status == "error" {
                 t.failed_attempts += count as u64;
@@ -290,7 +295,11 @@ impl Report {
                 }
             })
             .collect();
-        fallbacks.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| (&a.from, &a.to).cmp(&(&b.from, &b.to))));
+        fallbacks.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then_with(|| (&a.from, &a.to).cmp(&(&b.from, &b.to)))
+        });
         let models = models
             .into_iter()
             .map(|(model, mut t)| {
@@ -341,8 +350,23 @@ fn nearest_rank(values: &[f64], p: f64) -> f64 {
 
 /// The table columns after the model, in order.
 const COLUMNS: [&str; 18] = [
-    "requests", "avail%", "live", "fallback", "cached", "stale", "degraded", "shed", "failed",
-    "caller", "p50ms", "p95ms", "p99ms", "fallback%", "cached%", "degraded%", "tokens_in",
+    "requests",
+    "avail%",
+    "live",
+    "fallback",
+    "cached",
+    "stale",
+    "degraded",
+    "shed",
+    "failed",
+    "caller",
+    "p50ms",
+    "p95ms",
+    "p99ms",
+    "fallback%",
+    "cached%",
+    "degraded%",
+    "tokens_in",
     "tokens_out",
 ];
 
@@ -398,7 +422,13 @@ impl fmt::Display for Report {
         let widths: Vec<usize> = COLUMNS
             .iter()
             .enumerate()
-            .map(|(i, h)| rows.iter().map(|(_, c)| c[i].len()).max().unwrap_or(0).max(h.len()))
+            .map(|(i, h)| {
+                rows.iter()
+                    .map(|(_, c)| c[i].len())
+                    .max()
+                    .unwrap_or(0)
+                    .max(h.len())
+            })
             .collect();
         write!(f, "{:<model_width$}", "model")?;
         for (h, w) in COLUMNS.iter().zip(&widths) {
@@ -415,13 +445,21 @@ impl fmt::Display for Report {
         if !self.fallbacks.is_empty() {
             writeln!(f, "\nfallbacks (requested -> served)")?;
             for p in &self.fallbacks {
-                writeln!(f, "  {} -> {}: {} ({:.1}%)", p.from, p.to, p.count, p.share_pct)?;
+                writeln!(
+                    f,
+                    "  {} -> {}: {} ({:.1}%)",
+                    p.from, p.to, p.count, p.share_pct
+                )?;
             }
         }
         if self.models.iter().any(|m| m.attempts > 0) {
             writeln!(f, "\nupstream attempts")?;
             for m in self.models.iter().filter(|m| m.attempts > 0) {
-                writeln!(f, "  {}: {} sent, {} failed", m.model, m.attempts, m.failed_attempts)?;
+                writeln!(
+                    f,
+                    "  {}: {} sent, {} failed",
+                    m.model, m.attempts, m.failed_attempts
+                )?;
             }
         }
         Ok(())

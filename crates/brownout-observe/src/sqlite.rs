@@ -341,7 +341,6 @@ fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(SCHEMA)
 }
 
-
 fn retain(conn: &Connection, config: &SqliteConfig) -> rusqlite::Result<usize> {
     let mut deleted = 0;
     if let Some(age) = config.max_age {
@@ -433,7 +432,8 @@ impl Writer {
                 last_retain = Instant::now();
             }
             let dropped = self.shared.dropped.load(Ordering::Relaxed);
-            if dropped > warned_dropped && (close || last_warn.elapsed() >= self.config.warn_every) {
+            if dropped > warned_dropped && (close || last_warn.elapsed() >= self.config.warn_every)
+            {
                 tracing::warn!(
                     path = %self.config.path.display(),
                     dropped = dropped - warned_dropped,
@@ -505,7 +505,8 @@ fn insert(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result<()> {
                     ms(e.latency),
                     e.attempts,
                     e.input_tokens.map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
-                    e.output_tokens.map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+                    e.output_tokens
+                        .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
                 ])?,
                 Message::Attempt(a) => statement.execute(params![
                     unix_ms(a.at),

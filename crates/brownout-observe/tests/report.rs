@@ -44,7 +44,12 @@ fn exchange(model: &str, answer: Answer, latency_ms: u64, ago: Duration) -> Exch
 }
 
 fn attempt(model: &str, outcome: OutcomeKind) -> Attempt {
-    let mut a = Attempt::new(Arc::from("anthropic.messages"), 1, outcome, Duration::from_millis(20));
+    let mut a = Attempt::new(
+        Arc::from("anthropic.messages"),
+        1,
+        outcome,
+        Duration::from_millis(20),
+    );
     a.at = now() - Duration::from_secs(60);
     a.model = Some(Arc::from(model));
     a
@@ -82,7 +87,11 @@ fn fixed_log(name: &str) -> (Dir, PathBuf) {
     }
     log.exchange(&exchange(haiku, Answer::Degraded, 10, minute));
     log.exchange(&exchange(haiku, Answer::Shed, 5, minute));
-    for outcome in [OutcomeKind::Overloaded, OutcomeKind::Overloaded, OutcomeKind::Timeout] {
+    for outcome in [
+        OutcomeKind::Overloaded,
+        OutcomeKind::Overloaded,
+        OutcomeKind::Timeout,
+    ] {
         log.attempt(&attempt(sonnet, outcome));
     }
     log.attempt(&attempt(sonnet, OutcomeKind::Success));
@@ -103,16 +112,32 @@ fn the_figures_per_model_over_the_window_are_exact() {
     let sonnet = &report.models[1];
 
     assert_eq!(sonnet.model, "claude-sonnet-4-5");
-    assert_eq!((sonnet.requests, sonnet.caller_errors, sonnet.answered), (11, 1, 9));
+    assert_eq!(
+        (sonnet.requests, sonnet.caller_errors, sonnet.answered),
+        (11, 1, 9)
+    );
     assert_eq!(sonnet.availability_pct, Some(90.0));
-    let outcomes: Vec<(&str, u64)> = sonnet.outcomes.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let outcomes: Vec<(&str, u64)> = sonnet
+        .outcomes
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
     assert_eq!(
         outcomes,
-        [("cached", 1), ("caller_error", 1), ("failed", 1), ("fallback", 2), ("live", 6)]
+        [
+            ("cached", 1),
+            ("caller_error", 1),
+            ("failed", 1),
+            ("fallback", 2),
+            ("live", 6)
+        ]
     );
     let latency = sonnet.latency_ms.unwrap();
     // Over 50,100,…,600,700,800,1000 (the caller's error left out): nearest rank.
-    assert_eq!((latency.p50, latency.p95, latency.p99), (400.0, 1000.0, 1000.0));
+    assert_eq!(
+        (latency.p50, latency.p95, latency.p99),
+        (400.0, 1000.0, 1000.0)
+    );
     assert_eq!(sonnet.fallback_pct, Some(20.0));
     assert_eq!(sonnet.cached_pct, Some(10.0));
     assert_eq!(sonnet.degraded_pct, Some(0.0));
@@ -120,17 +145,28 @@ fn the_figures_per_model_over_the_window_are_exact() {
     assert_eq!((sonnet.attempts, sonnet.failed_attempts), (5, 3));
 
     assert_eq!(haiku.model, "claude-haiku-4-5");
-    assert_eq!((haiku.requests, haiku.caller_errors, haiku.answered), (4, 0, 3));
+    assert_eq!(
+        (haiku.requests, haiku.caller_errors, haiku.answered),
+        (4, 0, 3)
+    );
     assert_eq!(haiku.availability_pct, Some(75.0));
     let latency = haiku.latency_ms.unwrap();
-    assert_eq!((latency.p50, latency.p95, latency.p99), (10.0, 200.0, 200.0));
+    assert_eq!(
+        (latency.p50, latency.p95, latency.p99),
+        (10.0, 200.0, 200.0)
+    );
     assert_eq!(haiku.degraded_pct, Some(25.0));
     assert_eq!((haiku.attempts, haiku.failed_attempts), (2, 0));
 
     assert_eq!(report.fallbacks.len(), 1);
     let pair = &report.fallbacks[0];
     assert_eq!(
-        (pair.from.as_str(), pair.to.as_str(), pair.count, pair.share_pct),
+        (
+            pair.from.as_str(),
+            pair.to.as_str(),
+            pair.count,
+            pair.share_pct
+        ),
         ("claude-sonnet-4-5", "claude-haiku-4-5", 2, 20.0)
     );
 
@@ -193,11 +229,13 @@ fn an_empty_window_and_bad_files_say_so() {
         empty.to_string(),
         "availability over the last 1m\n(no requests in the window)\n"
     );
-    assert_eq!(empty.models.iter().map(|m| m.availability_pct).count(), 0);
 
     let missing = dir.0.join("missing.db");
     let error = Report::read(&missing, None).unwrap_err();
-    assert!(error.to_string().ends_with("missing.db: no such file"), "{error}");
+    assert!(
+        error.to_string().ends_with("missing.db: no such file"),
+        "{error}"
+    );
 
     let other = dir.0.join("other.db");
     rusqlite::Connection::open(&other)
@@ -205,7 +243,12 @@ fn an_empty_window_and_bad_files_say_so() {
         .execute_batch("CREATE TABLE t (x INTEGER)")
         .unwrap();
     let error = Report::read(&other, None).unwrap_err();
-    assert!(error.to_string().contains("not a brownout availability log"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("not a brownout availability log"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -213,7 +256,10 @@ fn windows_parse_with_units_and_refuse_the_rest() {
     assert_eq!(parse_window("5m"), Ok(Duration::from_secs(300)));
     assert_eq!(parse_window("1h30m"), Ok(Duration::from_secs(5400)));
     assert_eq!(parse_window("7d"), Ok(Duration::from_secs(7 * 86_400)));
-    assert_eq!(parse_window("0s"), Err("the window must be longer than zero".into()));
+    assert_eq!(
+        parse_window("0s"),
+        Err("the window must be longer than zero".into())
+    );
     assert_eq!(
         parse_window("5 minutes"),
         Err("`5 minutes` is not a duration such as \"5m\", \"1h\", \"90s\" or \"7d\"".into())

@@ -16,7 +16,8 @@ struct Dir(PathBuf);
 
 impl Dir {
     fn new(name: &str) -> Dir {
-        let dir = std::env::temp_dir().join(format!("brownout-observe-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("brownout-observe-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Dir(dir)
@@ -35,8 +36,10 @@ impl Drop for Dir {
 
 fn rows(path: &Path, filter: &str) -> u64 {
     let conn = Connection::open(path).unwrap();
-    conn.query_row(&format!("SELECT COUNT(*) FROM records {filter}"), [], |r| r.get::<_, i64>(0))
-        .unwrap() as u64
+    conn.query_row(&format!("SELECT COUNT(*) FROM records {filter}"), [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .unwrap() as u64
 }
 
 fn exchange(i: u64) -> Exchange {
@@ -61,14 +64,23 @@ fn twenty_thousand_records_as_fast_as_possible_lose_nothing() {
     let model: Arc<str> = Arc::from("claude-sonnet-4-5");
     for i in 0..10_000u64 {
         log.exchange(&exchange(i));
-        let mut a = Attempt::new(Arc::clone(&route), 1, OutcomeKind::Overloaded, Duration::from_millis(3));
+        let mut a = Attempt::new(
+            Arc::clone(&route),
+            1,
+            OutcomeKind::Overloaded,
+            Duration::from_millis(3),
+        );
         a.model = Some(Arc::clone(&model));
         a.status = Some(529);
         log.attempt(&a);
     }
     log.close();
     assert_eq!(log.sent(), 20_000);
-    assert_eq!(log.dropped(), 0, "the default buffer holds a burst of 20,000");
+    assert_eq!(
+        log.dropped(),
+        0,
+        "the default buffer holds a burst of 20,000"
+    );
     assert_eq!(log.written(), 20_000);
     assert_eq!(rows(&dir.db(), ""), 20_000);
     assert_eq!(rows(&dir.db(), "WHERE kind = 'attempt' AND outcome = 'overloaded' AND http_code = 529 AND status = 'error'"), 10_000);
@@ -76,10 +88,16 @@ fn twenty_thousand_records_as_fast_as_possible_lose_nothing() {
     // Every exchange is there once: the input tokens 0..10,000 sum up.
     let conn = Connection::open(dir.db()).unwrap();
     let sum: i64 = conn
-        .query_row("SELECT SUM(input_tokens) FROM records WHERE kind = 'exchange'", [], |r| r.get(0))
+        .query_row(
+            "SELECT SUM(input_tokens) FROM records WHERE kind = 'exchange'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(sum, (0..10_000i64).sum::<i64>());
-    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(mode, "wal");
 }
 
@@ -93,7 +111,11 @@ fn a_small_buffer_drops_and_counts_every_record_it_cannot_hold() {
     log.close();
     let written = rows(&dir.db(), "");
     assert_eq!(log.written(), written);
-    assert_eq!(written + log.dropped(), 20_000, "every record is written or counted as dropped");
+    assert_eq!(
+        written + log.dropped(),
+        20_000,
+        "every record is written or counted as dropped"
+    );
     assert!(log.dropped() > 0, "8 slots cannot hold a burst of 20,000");
 }
 
@@ -146,9 +168,11 @@ fn retention_keeps_the_newest_rows_and_drops_old_ones() {
     assert_eq!(rows(&dir.db(), ""), 30);
     let conn = Connection::open(dir.db()).unwrap();
     let (min, max): (i64, i64) = conn
-        .query_row("SELECT MIN(input_tokens), MAX(input_tokens) FROM records", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .query_row(
+            "SELECT MIN(input_tokens), MAX(input_tokens) FROM records",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .unwrap();
     assert_eq!((min, max), (90, 119));
     drop(conn);
@@ -185,7 +209,11 @@ fn a_file_that_cannot_be_opened_is_an_error_naming_it() {
     assert!(error.to_string().contains("no-such-dir/log.db"), "{error}");
 
     let not_sqlite = dir.0.join("text.db");
-    std::fs::write(&not_sqlite, "this is not a database, it is a text file of some length").unwrap();
+    std::fs::write(
+        &not_sqlite,
+        "this is not a database, it is a text file of some length",
+    )
+    .unwrap();
     let error = SqliteLog::open(SqliteConfig::new(&not_sqlite)).unwrap_err();
     assert!(error.to_string().contains("text.db"), "{error}");
 }

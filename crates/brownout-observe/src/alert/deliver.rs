@@ -166,8 +166,7 @@ async fn webhook(
                 return;
             }
         };
-        let why = match tokio::time::timeout(settings.webhook_timeout, client.post(request)).await
-        {
+        let why = match tokio::time::timeout(settings.webhook_timeout, client.post(request)).await {
             Ok(Ok(status)) if status.is_success() => {
                 tracing::debug!(rule = %delivery.rule, key = %delivery.key, attempt = attempt + 1, "brownout-observe: alert webhook delivered");
                 return;
@@ -207,10 +206,17 @@ async fn command(settings: Arc<Settings>, delivery: Arc<Delivery>, argv: Arc<[St
         .env("BROWNOUT_ALERT_KEY", &*delivery.key)
         .env(
             "BROWNOUT_ALERT_STATE",
-            if delivery.resolved { "resolved" } else { "firing" },
+            if delivery.resolved {
+                "resolved"
+            } else {
+                "firing"
+            },
         )
         .env("BROWNOUT_ALERT_MESSAGE", &delivery.message)
-        .env("BROWNOUT_ALERT_JSON", String::from_utf8_lossy(&delivery.json).as_ref())
+        .env(
+            "BROWNOUT_ALERT_JSON",
+            String::from_utf8_lossy(&delivery.json).as_ref(),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .kill_on_drop(true)

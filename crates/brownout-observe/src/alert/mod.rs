@@ -155,21 +155,26 @@ impl Condition {
         let fail = |field, message: &str| Err(InvalidRule::new(field, message));
         match *self {
             Condition::ConsecutiveFailures { count: 0 } => fail("count", "must be at least 1"),
-            Condition::AvailabilityBelow { percent, .. } if !(percent > 0.0 && percent <= 100.0) => {
+            Condition::AvailabilityBelow { percent, .. }
+                if !(percent > 0.0 && percent <= 100.0) =>
+            {
                 fail("percent", "must be above 0 and at most 100")
             }
             Condition::DegradedAbove { percent, .. } if !(0.0..100.0).contains(&percent) => {
                 fail("percent", "must be at least 0 and below 100")
             }
-            Condition::AvailabilityBelow { window, .. } | Condition::DegradedAbove { window, .. }
+            Condition::AvailabilityBelow { window, .. }
+            | Condition::DegradedAbove { window, .. }
                 if window.is_zero() =>
             {
                 fail("window", "must be longer than zero")
             }
-            Condition::AvailabilityBelow { min_requests: 0, .. }
-            | Condition::DegradedAbove { min_requests: 0, .. } => {
-                fail("min_requests", "must be at least 1")
+            Condition::AvailabilityBelow {
+                min_requests: 0, ..
             }
+            | Condition::DegradedAbove {
+                min_requests: 0, ..
+            } => fail("min_requests", "must be at least 1"),
             _ => Ok(()),
         }
     }
@@ -387,7 +392,12 @@ impl fmt::Debug for Alerts {
         f.debug_struct("Alerts")
             .field(
                 "rules",
-                &self.inner.rules.iter().map(|r| r.rule.name()).collect::<Vec<_>>(),
+                &self
+                    .inner
+                    .rules
+                    .iter()
+                    .map(|r| r.rule.name())
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }
@@ -447,7 +457,11 @@ impl Alerts {
     }
 
     /// Feeds every rule whose condition `reads` (returning `None` for the others).
-    fn feed(&self, key: &Arc<str>, reads: impl Fn(&Condition, &mut KeyState, Instant) -> Option<Reading>) {
+    fn feed(
+        &self,
+        key: &Arc<str>,
+        reads: impl Fn(&Condition, &mut KeyState, Instant) -> Option<Reading>,
+    ) {
         let now = Instant::now();
         for state in &self.inner.rules {
             let notice = {
@@ -475,7 +489,12 @@ impl Alerts {
         }
     }
 
-    fn notify(&self, rule: &AlertRule, key: &Arc<str>, (resolved, message, value): (bool, String, f64)) {
+    fn notify(
+        &self,
+        rule: &AlertRule,
+        key: &Arc<str>,
+        (resolved, message, value): (bool, String, f64),
+    ) {
         let notice = AlertNotice::new(Arc::clone(&rule.name), Arc::clone(key), resolved, message);
         let json = notice_json(rule, &notice, value);
         {
@@ -557,9 +576,9 @@ fn human(d: Duration) -> String {
     let secs = d.as_secs();
     if d.subsec_nanos() != 0 || secs == 0 {
         format!("{}ms", d.as_millis())
-    } else if secs % 3600 == 0 {
+    } else if secs.is_multiple_of(3600) {
         format!("{}h", secs / 3600)
-    } else if secs % 60 == 0 {
+    } else if secs.is_multiple_of(60) {
         format!("{}m", secs / 60)
     } else {
         format!("{secs}s")
@@ -569,16 +588,23 @@ fn human(d: Duration) -> String {
 fn message(rule: &AlertRule, key: &str, reading: &Reading, resolved: bool) -> String {
     let figures = match &rule.condition {
         Condition::ConsecutiveFailures { count } if !resolved => {
-            format!("{} upstream calls failed in a row (threshold {count})", reading.count)
+            format!(
+                "{} upstream calls failed in a row (threshold {count})",
+                reading.count
+            )
         }
         Condition::ConsecutiveFailures { .. } => "an upstream call succeeded again".into(),
-        Condition::AvailabilityBelow { percent, window, .. } => format!(
+        Condition::AvailabilityBelow {
+            percent, window, ..
+        } => format!(
             "availability {:.1}% over {} ({} requests; threshold {percent}%)",
             reading.value,
             human(*window),
             reading.count
         ),
-        Condition::DegradedAbove { percent, window, .. } => format!(
+        Condition::DegradedAbove {
+            percent, window, ..
+        } => format!(
             "degraded share {:.1}% over {} ({} requests; threshold {percent}%)",
             reading.value,
             human(*window),
@@ -624,23 +650,47 @@ impl Sink for Alerts {
         let origin = self.inner.origin;
         self.feed(&key, |condition, entry, now| {
             let (window, min, percent, good, below) = match *condition {
-                Condition::AvailabilityBelow { percent, window, min_requests } => {
-                    (window, min_requests, percent, exchange.answer.is_answered(), true)
-                }
-                Condition::DegradedAbove { percent, window, min_requests } => {
-                    (window, min_requests, percent, exchange.answer == Answer::Degraded, false)
-                }
+                Condition::AvailabilityBelow {
+                    percent,
+                    window,
+                    min_requests,
+                } => (
+                    window,
+                    min_requests,
+                    percent,
+                    exchange.answer.is_answered(),
+                    true,
+                ),
+                Condition::DegradedAbove {
+                    percent,
+                    window,
+                    min_requests,
+                } => (
+                    window,
+                    min_requests,
+                    percent,
+                    exchange.answer == Answer::Degraded,
+                    false,
+                ),
                 _ => return None,
             };
             let w = self.window(entry, window);
             w.add(now.saturating_duration_since(origin), good);
             let (total, hits) = w.sums();
             if total < min {
-                return Some(Reading { on: None, value: 0.0, count: total });
+                return Some(Reading {
+                    on: None,
+                    value: 0.0,
+                    count: total,
+                });
             }
             let share = hits as f64 * 100.0 / total as f64;
             Some(Reading {
-                on: Some(if below { share < percent } else { share > percent }),
+                on: Some(if below {
+                    share < percent
+                } else {
+                    share > percent
+                }),
                 value: share,
                 count: total,
             })
@@ -657,7 +707,11 @@ impl Sink for Alerts {
             if outcome == OutcomeKind::Success {
                 let before = entry.consecutive;
                 entry.consecutive = 0;
-                return Some(Reading { on: Some(false), value: 0.0, count: u64::from(before) });
+                return Some(Reading {
+                    on: Some(false),
+                    value: 0.0,
+                    count: u64::from(before),
+                });
             }
             if !outcome.is_upstream_failure() {
                 return None;
@@ -684,7 +738,9 @@ impl Sink for Alerts {
             ("to", Value::Str("closed" | "forced_closed")) => open = Some(false),
             _ => {}
         });
-        let (Some(key), Some(open)) = (key, open) else { return };
+        let (Some(key), Some(open)) = (key, open) else {
+            return;
+        };
         self.feed(&key, |condition, _, _| {
             matches!(condition, Condition::BreakerOpen).then_some(Reading {
                 on: Some(open),
