@@ -151,6 +151,7 @@ use http::{HeaderName, HeaderValue, Uri};
 
 pub use error::ConfigError;
 pub use raw::limits::{LimitEntry, RateLimits};
+pub use raw::observe_log::ObserveLog;
 
 /// The path of the Anthropic Messages API.
 pub const MESSAGES_PATH: &str = "/v1/messages";
@@ -398,6 +399,7 @@ pub struct Config {
     pub(crate) body_timeout: Duration,
     pub(crate) stream_idle_timeout: Duration,
     pub(crate) connections: Connections,
+    pub(crate) observe_log: ObserveLog,
     pub(crate) set: Set,
 }
 
@@ -524,6 +526,11 @@ impl Config {
     /// The rate limits (`[limits]`), when they are on.
     pub fn rate_limits(&self) -> Option<&RateLimits> {
         self.rate_limits.as_ref()
+    }
+
+    /// The availability log and the alert rules (`[observe]`).
+    pub fn observe_log(&self) -> &ObserveLog {
+        &self.observe_log
     }
 
     /// Every layer, outermost first, with whether it is on and whether the file set
