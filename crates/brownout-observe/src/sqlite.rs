@@ -54,7 +54,7 @@
 //! | `route` | the route | the route |
 //! | `model` | the requested model | the model it was sent to |
 //! | `served_by` | the model that answered | — |
-//! | `outcome` | [`Answer`](crate::Answer): `live`, `fallback`, `cached`, … | [`OutcomeKind`]: `success`, `overloaded`, … |
+//! | `outcome` | [`Answer`]: `live`, `fallback`, `cached`, … | [`OutcomeKind`]: `success`, `overloaded`, … |
 //! | `status` | `ok`, `error` or `caller_error` | the same |
 //! | `http_code` | the status the caller got | the upstream's status, when it answered |
 //! | `latency_ms` | to the response head | to the response head or the error |

@@ -99,6 +99,13 @@
 //! [connections]               # beyond either cap a new connection is answered 503
 //! per_client = 256            # open connections per client IP address
 //! total = 4096                # open connections in all
+//!
+//! [observe]                   # the SQLite availability log: off unless `sqlite` is set
+//! sqlite = "brownout.db"      # relative to this file; retain_for = "168h", retain_rows, log_buffer
+//! [[observe.alert]]           # alert rules; see ObserveLog for every key
+//! name = "breaker"
+//! when = "breaker_open"       # or consecutive_failures (count), availability_below, degraded_above
+//! webhook = "https://hooks.example.com/brownout"   # and/or command = ["prog", "arg"]
 //! ```
 //!
 //! # The queue, and wait or move

@@ -1,39 +1,4 @@
-//! `[observe]`: the SQLite availability log and the alert rules (brownout-observe).
-//!
-//! ```toml
-//! [observe]
-//! sqlite = "brownout.db"      # every attempt and every answer; relative to this file
-//! retain_for = "168h"         # rows older than this are deleted (default 7 days)
-//! retain_rows = 10000000      # and the oldest beyond this many (default 10 million)
-//! log_buffer = 65536          # records waiting for the writer; beyond, dropped and counted
-//! webhook_timeout = "5s"      # per try of an alert webhook
-//! webhook_retries = 3         # more tries after a 5xx, 408, 429, timeout or connection error
-//! command_timeout = "10s"     # an alert command still running then is killed
-//!
-//! [[observe.alert]]
-//! name = "sonnet-failing"
-//! when = "consecutive_failures"   # upstream calls to one model that failed in a row
-//! count = 5
-//! cooldown = "10m"            # at most one notice per rule and model within this (default 10m)
-//! webhook = "https://hooks.example.com/brownout"   # POST of the notice as JSON
-//! command = ["/usr/local/bin/page-oncall", "--team", "llm"]   # the JSON on stdin, BROWNOUT_ALERT_* env
-//!
-//! [[observe.alert]]
-//! name = "availability"
-//! when = "availability_below" # or "degraded_above": percent, window and min_requests
-//! percent = 95
-//! window = "5m"
-//! min_requests = 20
-//!
-//! [[observe.alert]]
-//! name = "breaker"
-//! when = "breaker_open"       # a circuit breaker opened; resolved when it closes
-//! ```
-//!
-//! The log is off unless `sqlite` is set; the alerts are off unless a rule is there.
-//! A rule sends to its `webhook` and/or runs its `command`; with neither it is only
-//! listed (the status page's recent alerts). A webhook may be `https://` (brownout's
-//! HTTPS client) or `http://`; it is never logged, as such URLs often hold a token.
+//! `[observe]`: the SQLite availability log and the alert rules; see [`ObserveLog`].
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -86,8 +51,43 @@ struct RawAlert {
     command: Option<Spanned<Vec<String>>>,
 }
 
-/// `[observe]`, checked: the availability log's settings and the alert rules, each
-/// off when the file has none.
+/// `[observe]`, checked: the SQLite availability log and the alert rules
+/// (brownout-observe), each off when the file has none.
+///
+/// ```toml
+/// [observe]
+/// sqlite = "brownout.db"      # every attempt and every answer; relative to this file
+/// retain_for = "168h"         # rows older than this are deleted (default 7 days)
+/// retain_rows = 10000000      # and the oldest beyond this many (default 10 million)
+/// log_buffer = 65536          # records waiting for the writer; beyond, dropped and counted
+/// webhook_timeout = "5s"      # per try of an alert webhook
+/// webhook_retries = 3         # more tries after a 5xx, 408, 429, timeout or connection error
+/// command_timeout = "10s"     # an alert command still running then is killed
+///
+/// [[observe.alert]]
+/// name = "sonnet-failing"
+/// when = "consecutive_failures"   # upstream calls to one model that failed in a row
+/// count = 5
+/// cooldown = "10m"            # at most one notice per rule and model within this (default 10m)
+/// webhook = "https://hooks.example.com/brownout"   # POST of the notice as JSON
+/// command = ["/usr/local/bin/page-oncall", "--team", "llm"]   # the JSON on stdin, BROWNOUT_ALERT_* env
+///
+/// [[observe.alert]]
+/// name = "availability"
+/// when = "availability_below" # or "degraded_above": percent, window and min_requests
+/// percent = 95
+/// window = "5m"
+/// min_requests = 20
+///
+/// [[observe.alert]]
+/// name = "breaker"
+/// when = "breaker_open"       # a circuit breaker opened; resolved when it closes
+/// ```
+///
+/// The log is off unless `sqlite` is set; the alerts are off unless a rule is there.
+/// A rule sends to its `webhook` and/or runs its `command`; with neither it is only
+/// listed (the status page's recent alerts). A webhook may be `https://` (brownout's
+/// HTTPS client) or `http://`; it is never logged, as such URLs often hold a token.
 #[derive(Debug, Clone, Default)]
 pub struct ObserveLog {
     pub(crate) sqlite: Option<SqliteConfig>,
