@@ -134,7 +134,7 @@ impl SqliteConfig {
         self
     }
 
-    /// The oldest rows beyond this many are deleted; `None` keeps any number.
+    /// At most this many rows are kept, the newest; `None` keeps any number.
     pub fn max_rows(mut self, rows: Option<u64>) -> Self {
         self.max_rows = rows;
         self
@@ -348,9 +348,11 @@ fn retain(conn: &Connection, config: &SqliteConfig) -> rusqlite::Result<usize> {
         deleted += conn.execute("DELETE FROM records WHERE ts < ?1", [unix_ms(cutoff)])?;
     }
     if let Some(rows) = config.max_rows {
-        // The newest `rows` rows by id (ids grow with each insert) stay.
+        // Ids grow by one with each insert: the rows above `MAX(id) - rows` are the
+        // newest `rows` ones (fewer where deletes by age left gaps). One index lookup,
+        // where `ORDER BY id DESC LIMIT 1 OFFSET rows` would walk `rows` entries.
         deleted += conn.execute(
-            "DELETE FROM records WHERE id <= (SELECT id FROM records ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+            "DELETE FROM records WHERE id <= (SELECT MAX(id) FROM records) - ?1",
             [i64::try_from(rows).unwrap_or(i64::MAX)],
         )?;
     }

@@ -545,3 +545,17 @@ async fn the_command_gets_the_notice_on_stdin_and_in_its_environment() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(start_paused = true)]
+async fn records_a_rule_does_not_read_take_none_of_its_keys() {
+    // A breaker rule bounded to one key: exchanges and attempts for other models must
+    // not use up its key budget.
+    let rule = AlertRule::new("breaker", Condition::BreakerOpen).unwrap();
+    let alerts = Alerts::new(AlertConfig::new([rule]).max_keys(1)).unwrap();
+    for model in ["x", "y", "z"] {
+        alerts.exchange(&exchange(model, Answer::Failed));
+        alerts.attempt(&attempt(model, OutcomeKind::ServerError));
+    }
+    alerts.event(&breaker(SONNET, CircuitState::Closed, CircuitState::Open));
+    assert_eq!(states(&alerts), [(SONNET.into(), false)]);
+}

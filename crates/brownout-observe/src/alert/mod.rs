@@ -372,6 +372,8 @@ struct Inner {
     max_keys: usize,
     origin: Instant,
     tx: mpsc::Sender<deliver::Delivery>,
+    /// The key of requests that named no model (`-`), made once.
+    no_model: Arc<str>,
 }
 
 struct RuleState {
@@ -452,6 +454,7 @@ impl Alerts {
                 max_keys: config.max_keys,
                 origin: Instant::now(),
                 tx,
+                no_model: Arc::from("-"),
             }),
         })
     }
@@ -460,10 +463,17 @@ impl Alerts {
     fn feed(
         &self,
         key: &Arc<str>,
+        applies: fn(&Condition) -> bool,
         reads: impl Fn(&Condition, &mut KeyState, Instant) -> Option<Reading>,
     ) {
         let now = Instant::now();
-        for state in &self.inner.rules {
+        // No lock, no key state for a rule this kind of record says nothing to.
+        for state in self
+            .inner
+            .rules
+            .iter()
+            .filter(|r| applies(&r.rule.condition))
+        {
             let notice = {
                 let mut keys = state.keys.lock().unwrap_or_else(|e| e.into_inner());
                 let len = keys.len();
@@ -645,10 +655,16 @@ impl Sink for Alerts {
         }
         let key = match &exchange.requested_model {
             Some(model) => Arc::clone(model),
-            None => Arc::from("-"),
+            None => Arc::clone(&self.inner.no_model),
         };
         let origin = self.inner.origin;
-        self.feed(&key, |condition, entry, now| {
+        let applies = |c: &Condition| {
+            matches!(
+                c,
+                Condition::AvailabilityBelow { .. } | Condition::DegradedAbove { .. }
+            )
+        };
+        self.feed(&key, applies, |condition, entry, now| {
             let (window, min, percent, good, below) = match *condition {
                 Condition::AvailabilityBelow {
                     percent,
@@ -700,7 +716,8 @@ impl Sink for Alerts {
     fn attempt(&self, attempt: &Attempt) {
         let Some(model) = &attempt.model else { return };
         let outcome = attempt.outcome;
-        self.feed(model, |condition, entry, _| {
+        let applies = |c: &Condition| matches!(c, Condition::ConsecutiveFailures { .. });
+        self.feed(model, applies, |condition, entry, _| {
             let Condition::ConsecutiveFailures { count } = *condition else {
                 return None;
             };
@@ -741,7 +758,8 @@ impl Sink for Alerts {
         let (Some(key), Some(open)) = (key, open) else {
             return;
         };
-        self.feed(&key, |condition, _, _| {
+        let applies = |c: &Condition| matches!(c, Condition::BreakerOpen);
+        self.feed(&key, applies, |condition, _, _| {
             matches!(condition, Condition::BreakerOpen).then_some(Reading {
                 on: Some(open),
                 value: if open { 1.0 } else { 0.0 },
