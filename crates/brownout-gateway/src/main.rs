@@ -197,6 +197,13 @@ fn check(path: &PathBuf) -> Result<(), Failure> {
         for entry in config.rate_limits().map_or(&[][..], |l| l.entries()) {
             println!("    limit {entry}");
         }
+        // `[observe]`: the availability log and the alert rules.
+        if let Some(log) = config.observe_log().sqlite() {
+            println!("  sqlite log {}", log.path().display());
+        }
+        for rule in config.observe_log().alerts().map_or(&[][..], |a| a.rules()) {
+            println!("    alert {} ({})", rule.name(), rule.condition().as_str());
+        }
         Ok(())
     })
 }

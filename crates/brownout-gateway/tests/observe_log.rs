@@ -359,3 +359,37 @@ async fn an_alert_rule_from_the_configuration_posts_its_webhook() {
     observers.alert_feed().unwrap().recent(10, &mut recent);
     assert_eq!(recent.len(), 1);
 }
+
+#[test]
+fn check_lists_the_log_and_the_rules() {
+    let dir = Dir::new("check");
+    let file = dir.0.join("gateway.toml");
+    std::fs::write(
+        &file,
+        format!("{BASE}\n[observe]\nsqlite = \"logs.db\"\n\n[[observe.alert]]\nname = \"breaker\"\nwhen = \"breaker_open\"\n"),
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["check", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "  sqlite log {}\n",
+            dir.0.join("logs.db").display()
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("    alert breaker (breaker_open)\n"),
+        "{stdout}"
+    );
+    // `check` opens nothing.
+    assert!(!dir.0.join("logs.db").exists());
+}
