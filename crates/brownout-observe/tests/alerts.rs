@@ -559,3 +559,17 @@ async fn records_a_rule_does_not_read_take_none_of_its_keys() {
     alerts.event(&breaker(SONNET, CircuitState::Closed, CircuitState::Open));
     assert_eq!(states(&alerts), [(SONNET.into(), false)]);
 }
+
+#[test]
+fn a_rule_never_prints_its_webhook_token() {
+    let rule = AlertRule::new("breaker", Condition::BreakerOpen)
+        .unwrap()
+        .webhook(
+            "https://hooks.example.com/services/T00/B00/sekret?token=sekret2"
+                .parse()
+                .unwrap(),
+        );
+    let debug = format!("{:?}", AlertConfig::new([rule]));
+    assert!(debug.contains("https://hooks.example.com/…"), "{debug}");
+    assert!(!debug.contains("sekret"), "{debug}");
+}

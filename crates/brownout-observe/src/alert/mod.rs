@@ -215,13 +215,35 @@ impl fmt::Display for InvalidRule {
 impl std::error::Error for InvalidRule {}
 
 /// One alert rule: a name, a condition, a cool-down, and where its notices go.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` shows the webhook's scheme and host only: webhook URLs often carry a
+/// token in their path or query.
+#[derive(Clone)]
 pub struct AlertRule {
     name: Arc<str>,
     condition: Condition,
     cooldown: Duration,
     webhook: Option<Uri>,
     command: Option<Arc<[String]>>,
+}
+
+impl fmt::Debug for AlertRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let webhook = self.webhook.as_ref().map(|url| {
+            format!(
+                "{}://{}/…",
+                url.scheme_str().unwrap_or("?"),
+                url.host().unwrap_or("?")
+            )
+        });
+        f.debug_struct("AlertRule")
+            .field("name", &self.name)
+            .field("condition", &self.condition)
+            .field("cooldown", &self.cooldown)
+            .field("webhook", &webhook)
+            .field("command", &self.command)
+            .finish()
+    }
 }
 
 impl AlertRule {
