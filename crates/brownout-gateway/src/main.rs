@@ -247,8 +247,10 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             );
         }
         // `[observe]`: the availability log and the alerts, started before listening;
-        // closed (the log's last rows written) once the gateway has stopped.
-        let observers = Observers::new(&config).map_err(Failure::runtime)?;
+        // closed (the log's last rows written) when this block ends, however it ends.
+        let _observers = Observers::new(&config)
+            .map_err(Failure::runtime)?
+            .close_on_drop();
         let listener = tokio::net::TcpListener::bind(config.listen())
             .await
             .map_err(|e| Failure::runtime(format!("cannot listen on {}: {e}", config.listen())))?;
@@ -256,9 +258,10 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         // On stdout, for whoever started the gateway (and the tests) to read.
         println!("brownout-gateway: listening on http://{addr}");
         let gateway = Gateway::new(&config);
-        let stopped = gateway.serve(listener, shutdown_signal()).await;
-        observers.close().await;
-        let stopped = stopped.map_err(Failure::runtime)?;
+        let stopped = gateway
+            .serve(listener, shutdown_signal())
+            .await
+            .map_err(Failure::runtime)?;
         if !stopped.drained {
             return Err(Failure::runtime(format!(
                 "the shutdown grace of {:?} cut off {} connection(s) with requests in flight",

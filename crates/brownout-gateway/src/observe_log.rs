@@ -136,11 +136,42 @@ impl Observers {
         };
         let closing = log.clone();
         let _ = tokio::task::spawn_blocking(move || closing.close()).await;
-        tracing::info!(
-            path = %log.path().display(),
-            written = log.written(),
-            dropped = log.dropped(),
-            "brownout-gateway: availability log closed"
-        );
+        closed(&log);
     }
+
+    /// A guard that closes the log when it is dropped, however the serving code
+    /// returns: for the binary's `serve`, whose last step it is. The close blocks the
+    /// dropping thread until the last rows are written.
+    pub fn close_on_drop(self) -> CloseOnDrop {
+        CloseOnDrop(self)
+    }
+}
+
+/// Closes the availability log when dropped; see [`Observers::close_on_drop`].
+#[derive(Debug)]
+pub struct CloseOnDrop(Observers);
+
+impl CloseOnDrop {
+    /// The observers it will close.
+    pub fn observers(&self) -> &Observers {
+        &self.0
+    }
+}
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(log) = &self.0.sqlite {
+            log.close();
+            closed(log);
+        }
+    }
+}
+
+fn closed(log: &SqliteLog) {
+    tracing::info!(
+        path = %log.path().display(),
+        written = log.written(),
+        dropped = log.dropped(),
+        "brownout-gateway: availability log closed"
+    );
 }

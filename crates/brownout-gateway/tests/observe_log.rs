@@ -393,3 +393,89 @@ fn check_lists_the_log_and_the_rules() {
     // `check` opens nothing.
     assert!(!dir.0.join("logs.db").exists());
 }
+
+#[tokio::test]
+async fn the_guard_closes_the_log_when_dropped() {
+    let dir = Dir::new("guard");
+    let db = dir.0.join("brownout.db");
+    let config = config(&format!(
+        "[observe]\nsqlite = {:?}\n",
+        db.display().to_string()
+    ))
+    .unwrap();
+    let guard = Observers::new(&config).unwrap().close_on_drop();
+    let observers = guard.observers().clone();
+    for _ in 0..100 {
+        observers.sinks().exchange(&exchange(
+            "claude-sonnet-4-5",
+            Answer::Live,
+            "claude-sonnet-4-5",
+        ));
+    }
+    drop(guard);
+    let log = observers.sqlite().unwrap();
+    assert_eq!((log.written(), log.dropped()), (100, 0));
+    // Closed: a record now is dropped, not written.
+    observers.sinks().exchange(&exchange(
+        "claude-sonnet-4-5",
+        Answer::Live,
+        "claude-sonnet-4-5",
+    ));
+    assert_eq!((log.written(), log.dropped()), (100, 1));
+}
+
+#[test]
+fn serve_opens_the_log_and_closes_it_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let dir = Dir::new("serve");
+    let file = dir.0.join("gateway.toml");
+    std::fs::write(
+        &file,
+        format!("{BASE}\n[observe]\nsqlite = \"served.db\"\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("brownout-gateway: listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_owned();
+    // Serving (and so listening for the signal) once it answers.
+    {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("availability log closed"), "{stderr}");
+    // The file is a log, in WAL mode, that the report reads.
+    let report = brownout::observe::Report::read(dir.0.join("served.db"), None).unwrap();
+    assert!(report.models.is_empty());
+}
