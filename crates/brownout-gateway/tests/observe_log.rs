@@ -473,7 +473,7 @@ fn serve_opens_the_log_and_closes_it_on_sigterm() {
     assert!(killed.success());
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
+    assert!(output.status.success(), "{:?}\n{stderr}", output.status);
     assert!(stderr.contains("availability log closed"), "{stderr}");
     // The file is a log, in WAL mode, that the report reads.
     let report = brownout::observe::Report::read(dir.0.join("served.db"), None).unwrap();
