@@ -55,6 +55,8 @@
 //!                                   run the proxy until SIGTERM or ctrl-c
 //! brownout-gateway check --config FILE
 //!                                   check a configuration (environment variables included)
+//! brownout-gateway report --db FILE [--window 5m|all] [--json]
+//!                                   availability per model from an [observe] sqlite log
 //! ```
 //!
 //! `--config FILE` without a subcommand also serves. Configuration errors name the
@@ -112,6 +114,7 @@ mod credentials;
 #[cfg(feature = "demo")]
 pub mod demo;
 mod limits;
+pub mod observe_log;
 pub mod pipeline;
 pub mod router;
 mod server;
@@ -120,6 +123,7 @@ mod upstream;
 
 pub use config::{Api, Config, ConfigError, EXAMPLE_CONFIG};
 pub use credentials::Credentials;
+pub use observe_log::Observers;
 pub use pipeline::{Layers, Pipeline};
 pub use router::Router;
 pub use server::{http_client, shutdown_signal, Gateway, HttpClient, Stopped};

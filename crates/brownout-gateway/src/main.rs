@@ -1,11 +1,11 @@
 //! `brownout-gateway`: the resilient proxy, its configuration check, and the outage
 //! demo. See the library's docs.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 #[cfg(feature = "demo")]
 use brownout_gateway::demo::Demo;
-use brownout_gateway::{shutdown_signal, Config, Gateway};
+use brownout_gateway::{shutdown_signal, Config, Gateway, Observers};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// A proxy for LLM provider APIs that keeps answering through an outage, and its demo.
@@ -39,6 +39,32 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Prints availability per model from an `[observe] sqlite` log.
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// The log file (the `[observe] sqlite` of the configuration).
+    #[arg(long)]
+    db: PathBuf,
+    /// How far back: a duration such as 5m, 1h, 7d, or `all` for the whole log.
+    #[arg(long, default_value = "1h", value_parser = parse_window)]
+    window: Window,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `--window`: a duration, or the whole log.
+#[derive(Clone, Copy)]
+struct Window(Option<Duration>);
+
+fn parse_window(text: &str) -> Result<Window, String> {
+    if text.trim() == "all" {
+        return Ok(Window(None));
+    }
+    brownout::observe::report::parse_window(text).map(|d| Window(Some(d)))
 }
 
 #[derive(Args)]
@@ -114,6 +140,7 @@ fn main() -> ExitCode {
         (Some(Command::Demo(args)), _) => demo(args),
         (Some(Command::Serve(args)), _) => serve(args),
         (Some(Command::Check { config }), _) => check(&config),
+        (Some(Command::Report(args)), _) => report(&args),
         (None, Some(config)) => serve(ServeArgs {
             config,
             listen: None,
@@ -170,8 +197,26 @@ fn check(path: &PathBuf) -> Result<(), Failure> {
         for entry in config.rate_limits().map_or(&[][..], |l| l.entries()) {
             println!("    limit {entry}");
         }
+        // `[observe]`: the availability log and the alert rules.
+        if let Some(log) = config.observe_log().sqlite() {
+            println!("  sqlite log {}", log.path().display());
+        }
+        for rule in config.observe_log().alerts().map_or(&[][..], |a| a.rules()) {
+            println!("    alert {} ({})", rule.name(), rule.condition().as_str());
+        }
         Ok(())
     })
+}
+
+fn report(args: &ReportArgs) -> Result<(), Failure> {
+    let report =
+        brownout::observe::Report::read(&args.db, args.window.0).map_err(Failure::runtime)?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{report}");
+    }
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> Result<(), Failure> {
@@ -201,6 +246,11 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
                 "brownout-gateway: upstream"
             );
         }
+        // `[observe]`: the availability log and the alerts, started before listening;
+        // closed (the log's last rows written) when this block ends, however it ends.
+        let _observers = Observers::new(&config)
+            .map_err(Failure::runtime)?
+            .close_on_drop();
         let listener = tokio::net::TcpListener::bind(config.listen())
             .await
             .map_err(|e| Failure::runtime(format!("cannot listen on {}: {e}", config.listen())))?;

@@ -274,26 +274,42 @@ where
         .build(connector)
 }
 
-/// Completes on ctrl-c, or on SIGTERM on Unix.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// Completes on ctrl-c, or on SIGTERM on Unix. Call it inside the runtime: the
+/// handlers are installed by the call, not at the first poll, so that a signal that
+/// comes as soon as the gateway answers is never missed (it would end the process
+/// without a graceful stop). Where a handler cannot be installed, that signal is not
+/// waited for.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (interrupt, terminate) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("brownout-gateway: ctrl-c received"),
-        () = terminate => tracing::info!("brownout-gateway: SIGTERM received"),
+    async move {
+        #[cfg(unix)]
+        {
+            let wait = |signal: Option<tokio::signal::unix::Signal>| async move {
+                match signal {
+                    Some(mut signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(interrupt) => tracing::info!("brownout-gateway: ctrl-c received"),
+                () = wait(terminate) => tracing::info!("brownout-gateway: SIGTERM received"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tracing::info!("brownout-gateway: ctrl-c received");
+        }
     }
 }

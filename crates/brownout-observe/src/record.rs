@@ -9,6 +9,13 @@ use std::{
 
 use brownout_core::{classify::OutcomeKind, event::Event};
 
+/// Milliseconds since the Unix epoch (0 for a time before it).
+#[allow(dead_code)] // used by the `sqlite` and `alert` features
+pub(crate) fn unix_ms(at: SystemTime) -> i64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// How a request was answered, as the caller saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -99,6 +99,13 @@
 //! [connections]               # beyond either cap a new connection is answered 503
 //! per_client = 256            # open connections per client IP address
 //! total = 4096                # open connections in all
+//!
+//! [observe]                   # the SQLite availability log: off unless `sqlite` is set
+//! sqlite = "brownout.db"      # relative to this file; retain_for = "168h", retain_rows, log_buffer
+//! [[observe.alert]]           # alert rules; see ObserveLog for every key
+//! name = "breaker"
+//! when = "breaker_open"       # or consecutive_failures (count), availability_below, degraded_above
+//! webhook = "https://hooks.example.com/brownout"   # and/or command = ["prog", "arg"]
 //! ```
 //!
 //! # The queue, and wait or move
@@ -151,6 +158,7 @@ use http::{HeaderName, HeaderValue, Uri};
 
 pub use error::ConfigError;
 pub use raw::limits::{LimitEntry, RateLimits};
+pub use raw::observe_log::ObserveLog;
 
 /// The path of the Anthropic Messages API.
 pub const MESSAGES_PATH: &str = "/v1/messages";
@@ -398,6 +406,7 @@ pub struct Config {
     pub(crate) body_timeout: Duration,
     pub(crate) stream_idle_timeout: Duration,
     pub(crate) connections: Connections,
+    pub(crate) observe_log: ObserveLog,
     pub(crate) set: Set,
 }
 
@@ -524,6 +533,11 @@ impl Config {
     /// The rate limits (`[limits]`), when they are on.
     pub fn rate_limits(&self) -> Option<&RateLimits> {
         self.rate_limits.as_ref()
+    }
+
+    /// The availability log and the alert rules (`[observe]`).
+    pub fn observe_log(&self) -> &ObserveLog {
+        &self.observe_log
     }
 
     /// Every layer, outermost first, with whether it is on and whether the file set

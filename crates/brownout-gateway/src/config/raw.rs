@@ -108,12 +108,18 @@ struct RawConfig {
     streams: RawStreams,
     #[serde(default)]
     connections: RawConnections,
+    /// `[observe]`: the availability log and the alerts (see `observe_log.rs`).
+    #[serde(default)]
+    observe: RawObserveLog,
 }
 
 // `[limits]`: the rate limits (see `limits.rs`). The body settings it held have moved;
 // an old file that still sets them is refused with the key's new place.
 pub(super) mod limits;
 use limits::RawLimits;
+
+pub(super) mod observe_log;
+use observe_log::RawObserveLog;
 
 /// `[body]`: how far the layers read a caller's request body, one setting for the
 /// whole pipeline.
@@ -580,6 +586,7 @@ impl Check<'_> {
                     .map_or(DEFAULT_PER_CLIENT, NonZero::usize),
                 total: raw.connections.total.map_or(DEFAULT_TOTAL, NonZero::usize),
             },
+            observe_log: self.observe_log(&raw.observe)?,
             set: Set {
                 retry: raw.retry.is_some(),
                 breaker: raw.breaker.is_some(),

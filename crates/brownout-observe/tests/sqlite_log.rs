@@ -1,0 +1,219 @@
+//! The availability log's writer: nothing lost at speed, drops counted, retention.
+#![cfg(feature = "sqlite")]
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use brownout_core::classify::OutcomeKind;
+use brownout_observe::{Answer, Attempt, Exchange, Sink, SqliteConfig, SqliteLog};
+use rusqlite::Connection;
+
+/// A fresh directory for one test, removed when it ends.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let dir =
+            std::env::temp_dir().join(format!("brownout-observe-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Dir(dir)
+    }
+
+    fn db(&self) -> PathBuf {
+        self.0.join("log.db")
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rows(path: &Path, filter: &str) -> u64 {
+    let conn = Connection::open(path).unwrap();
+    conn.query_row(&format!("SELECT COUNT(*) FROM records {filter}"), [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .unwrap() as u64
+}
+
+fn exchange(i: u64) -> Exchange {
+    let mut e = Exchange::new(
+        Arc::from("anthropic.messages"),
+        Answer::Live,
+        200,
+        Duration::from_micros(i),
+    );
+    e.requested_model = Some(Arc::from("claude-sonnet-4-5"));
+    e.served_by = Some(Arc::from("claude-sonnet-4-5"));
+    e.attempts = 1;
+    e.input_tokens = Some(i);
+    e
+}
+
+#[test]
+fn twenty_thousand_records_as_fast_as_possible_lose_nothing() {
+    let dir = Dir::new("fast");
+    let log = SqliteLog::open(SqliteConfig::new(dir.db())).unwrap();
+    let route: Arc<str> = Arc::from("anthropic.messages");
+    let model: Arc<str> = Arc::from("claude-sonnet-4-5");
+    for i in 0..10_000u64 {
+        log.exchange(&exchange(i));
+        let mut a = Attempt::new(
+            Arc::clone(&route),
+            1,
+            OutcomeKind::Overloaded,
+            Duration::from_millis(3),
+        );
+        a.model = Some(Arc::clone(&model));
+        a.status = Some(529);
+        log.attempt(&a);
+    }
+    log.close();
+    assert_eq!(log.sent(), 20_000);
+    assert_eq!(
+        log.dropped(),
+        0,
+        "the default buffer holds a burst of 20,000"
+    );
+    assert_eq!(log.written(), 20_000);
+    assert_eq!(rows(&dir.db(), ""), 20_000);
+    assert_eq!(rows(&dir.db(), "WHERE kind = 'attempt' AND outcome = 'overloaded' AND http_code = 529 AND status = 'error'"), 10_000);
+    assert_eq!(rows(&dir.db(), "WHERE kind = 'exchange' AND outcome = 'live' AND status = 'ok' AND model = 'claude-sonnet-4-5'"), 10_000);
+    // Every exchange is there once: the input tokens 0..10,000 sum up.
+    let conn = Connection::open(dir.db()).unwrap();
+    let sum: i64 = conn
+        .query_row(
+            "SELECT SUM(input_tokens) FROM records WHERE kind = 'exchange'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(sum, (0..10_000i64).sum::<i64>());
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn a_small_buffer_drops_and_counts_every_record_it_cannot_hold() {
+    let dir = Dir::new("small");
+    let log = SqliteLog::open(SqliteConfig::new(dir.db()).buffer(8).batch(4)).unwrap();
+    for i in 0..20_000 {
+        log.exchange(&exchange(i));
+    }
+    log.close();
+    let written = rows(&dir.db(), "");
+    assert_eq!(log.written(), written);
+    assert_eq!(
+        written + log.dropped(),
+        20_000,
+        "every record is written or counted as dropped"
+    );
+    assert!(log.dropped() > 0, "8 slots cannot hold a burst of 20,000");
+}
+
+#[test]
+fn records_after_close_are_counted_as_dropped_and_close_twice_is_harmless() {
+    let dir = Dir::new("closed");
+    let log = SqliteLog::open(SqliteConfig::new(dir.db())).unwrap();
+    log.exchange(&exchange(1));
+    log.close();
+    log.close();
+    log.exchange(&exchange(2));
+    log.flush(); // returns at once
+    assert_eq!((log.sent(), log.written(), log.dropped()), (2, 1, 1));
+    assert_eq!(rows(&dir.db(), ""), 1);
+}
+
+#[test]
+fn flush_waits_until_the_rows_are_readable() {
+    let dir = Dir::new("flush");
+    let log = SqliteLog::open(SqliteConfig::new(dir.db())).unwrap();
+    for i in 0..500 {
+        log.exchange(&exchange(i));
+    }
+    log.flush();
+    // Readable by another connection while the writer still runs (WAL).
+    assert_eq!(rows(&dir.db(), ""), 500);
+    assert_eq!(log.written(), 500);
+    log.close();
+}
+
+#[test]
+fn retention_keeps_the_newest_rows_and_drops_old_ones() {
+    let dir = Dir::new("retention");
+    let day = Duration::from_secs(86_400);
+    let log = SqliteLog::open(
+        SqliteConfig::new(dir.db())
+            .max_rows(Some(30))
+            .max_age(Some(day)),
+    )
+    .unwrap();
+    let now = SystemTime::now();
+    // 20 rows two days old, then 100 recent ones: age removes the 20, the row cap
+    // keeps the newest 30 of the 100.
+    for i in 0..120 {
+        let mut e = exchange(i);
+        e.at = if i < 20 { now - 2 * day } else { now };
+        log.exchange(&e);
+    }
+    log.close();
+    assert_eq!(rows(&dir.db(), ""), 30);
+    let conn = Connection::open(dir.db()).unwrap();
+    let (min, max): (i64, i64) = conn
+        .query_row(
+            "SELECT MIN(input_tokens), MAX(input_tokens) FROM records",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((min, max), (90, 119));
+    drop(conn);
+
+    // Opening with a smaller cap applies it before anything is written.
+    let log = SqliteLog::open(SqliteConfig::new(dir.db()).max_rows(Some(10))).unwrap();
+    assert_eq!(rows(&dir.db(), ""), 10);
+    log.close();
+}
+
+#[test]
+fn the_writer_applies_retention_periodically() {
+    let dir = Dir::new("periodic");
+    let log = SqliteLog::open(
+        SqliteConfig::new(dir.db())
+            .max_rows(Some(5))
+            .retain_every(Duration::ZERO),
+    )
+    .unwrap();
+    for i in 0..50 {
+        log.exchange(&exchange(i));
+    }
+    // After a flush the writer has passed its retention step at least once.
+    log.flush();
+    assert_eq!(rows(&dir.db(), ""), 5);
+    log.close();
+}
+
+#[test]
+fn a_file_that_cannot_be_opened_is_an_error_naming_it() {
+    let dir = Dir::new("bad");
+    let missing = dir.0.join("no-such-dir").join("log.db");
+    let error = SqliteLog::open(SqliteConfig::new(&missing)).unwrap_err();
+    assert!(error.to_string().contains("no-such-dir/log.db"), "{error}");
+
+    let not_sqlite = dir.0.join("text.db");
+    std::fs::write(
+        &not_sqlite,
+        "this is not a database, it is a text file of some length",
+    )
+    .unwrap();
+    let error = SqliteLog::open(SqliteConfig::new(&not_sqlite)).unwrap_err();
+    assert!(error.to_string().contains("text.db"), "{error}");
+}
