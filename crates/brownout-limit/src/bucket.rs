@@ -71,14 +71,39 @@ impl fmt::Display for Resource {
     }
 }
 
-/// What one request takes from each bucket, by [`Resource::index`].
+/// Amounts of each [`Resource`]: what one request takes from a key's buckets, or
+/// what a settlement gives back.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(crate) struct Need(pub(crate) [f64; 4]);
+pub struct Amounts(pub(crate) [f64; 4]);
 
-impl Need {
-    pub(crate) fn new(input: u64, output: u64) -> Need {
+impl Amounts {
+    /// What one request takes: one request, `input` tokens in, `output` reserved, and
+    /// both as tokens.
+    pub fn request(input: u64, output: u64) -> Amounts {
         let (input, output) = (input as f64, output as f64);
-        Need([1.0, input, output, input + output])
+        Amounts([1.0, input, output, input + output])
+    }
+
+    /// Input and output tokens given back (negative: taken), no request: a settlement.
+    pub fn tokens(input: f64, output: f64) -> Amounts {
+        Amounts([0.0, input, output, input + output])
+    }
+
+    /// The amount of `resource`.
+    pub fn get(&self, resource: Resource) -> f64 {
+        self.0[resource.index()]
+    }
+
+    /// Whether every amount is zero.
+    pub fn is_zero(&self) -> bool {
+        self.0.iter().all(|a| *a == 0.0)
+    }
+
+    /// Adds `other` to these amounts.
+    pub fn add(&mut self, other: &Amounts) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a += b;
+        }
     }
 }
 
@@ -106,20 +131,26 @@ pub(crate) struct Buckets {
     paused_until: Option<Instant>,
 }
 
-/// What [`Buckets::admit`] decided.
+/// What a [`LimitStore`](crate::LimitStore) decided of a request.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum Admit {
+#[non_exhaustive]
+pub enum Admit {
     /// Taken; send after this wait (zero: at once).
     Taken(Duration),
     /// Not taken: there is room only after this wait, longer than the request may wait.
     Refused {
+        /// When there is room.
         wait: Duration,
+        /// The limit that binds (`None`: the key is paused, or the store refuses).
         resource: Option<Resource>,
     },
     /// Not taken: the request needs more than a whole minute's limit.
     Oversized {
+        /// The limit.
         resource: Resource,
+        /// What the request needs of it.
         need: u64,
+        /// The limit per minute.
         limit: u64,
     },
 }
@@ -165,7 +196,7 @@ impl Buckets {
     }
 
     /// Takes `need` if the request may wait `max_wait` for it.
-    pub(crate) fn admit(&mut self, need: &Need, now: Instant, max_wait: Duration) -> Admit {
+    pub(crate) fn admit(&mut self, need: &Amounts, now: Instant, max_wait: Duration) -> Admit {
         self.refill(now);
         let mut wait = self
             .paused_until
@@ -214,9 +245,20 @@ impl Buckets {
         }
     }
 
-    /// Gives back all of `need`: the request was never sent.
-    pub(crate) fn cancel(&mut self, need: &Need, now: Instant) {
-        self.give_back_all(need.0, now);
+    /// Takes `need` whatever the level: a request another store admitted, mirrored
+    /// here so that the local buckets know of it if they must take over.
+    pub(crate) fn charge(&mut self, need: &Amounts, now: Instant) {
+        self.refill(now);
+        for (b, n) in self.buckets.iter_mut().zip(need.0) {
+            if let Some(cap) = b.capacity() {
+                b.level = (b.level - n).max(-(cap as f64));
+            }
+        }
+    }
+
+    /// The limit per minute in force for `resource`.
+    pub(crate) fn capacity(&self, resource: Resource) -> Option<u64> {
+        self.buckets[resource.index()].capacity()
     }
 
     /// What the provider said of `resource`: its limit, and what remains of it. The
@@ -302,7 +344,7 @@ mod tests {
     fn refills_continuously_and_orders_waiters_by_debt() {
         let t0 = Instant::now();
         let mut b = Buckets::new(rpm(60), t0);
-        let one = Need::new(0, 0);
+        let one = Amounts::request(0, 0);
         for _ in 0..60 {
             assert_eq!(
                 b.admit(&one, t0, Duration::ZERO),
@@ -336,7 +378,7 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Buckets::new([None, Some(1000), None, None], t0);
         assert_eq!(
-            b.admit(&Need::new(1001, 0), t0, Duration::from_secs(60)),
+            b.admit(&Amounts::request(1001, 0), t0, Duration::from_secs(60)),
             Admit::Oversized {
                 resource: Resource::InputTokens,
                 need: 1001,
@@ -367,11 +409,11 @@ mod tests {
         let mut b = Buckets::new(rpm(600), t0);
         b.pause(t0 + Duration::from_secs(5), t0);
         assert_eq!(
-            b.admit(&Need::new(0, 0), t0, Duration::from_secs(10)),
+            b.admit(&Amounts::request(0, 0), t0, Duration::from_secs(10)),
             Admit::Taken(Duration::from_secs(5))
         );
         assert!(matches!(
-            b.admit(&Need::new(0, 0), t0, Duration::from_secs(1)),
+            b.admit(&Amounts::request(0, 0), t0, Duration::from_secs(1)),
             Admit::Refused { .. }
         ));
     }

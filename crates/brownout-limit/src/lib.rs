@@ -144,19 +144,22 @@ mod layer;
 mod refusal;
 mod service;
 mod shared;
+mod store;
 mod tokens;
 mod usage;
 
-pub use bucket::{Remaining, Resource};
+pub use bucket::{Admit, Amounts, Remaining, Resource};
 pub use config::{
     Deadline, EstimateConfig, Limits, OnLimit, RateLimitConfig, DEFAULT_MAX_TOKENS,
     DEFAULT_MAX_WAIT,
 };
 pub use error::{RateLimited, TooManyTokens};
 pub use event::LimitEvent;
+pub use future::ResponseFuture;
 pub use handle::{KeySnapshot, LimitHandle};
 pub use layer::RateLimitLayer;
 pub use service::RateLimit;
+pub use store::{Admission, LimitKey, LimitStore, LocalBuckets, LocalLimitStore};
 pub use tokens::{estimate_input_tokens, EstimateError, TokenEstimate};
 
 /// A setting that was refused, naming it and why.

@@ -3,10 +3,7 @@
 use std::{
     fmt,
     hash::{Hash, Hasher},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard, PoisonError,
-    },
+    sync::Arc,
 };
 
 use std::hash::BuildHasher;
@@ -16,7 +13,7 @@ use dashmap::DashMap;
 use http::request::Parts;
 use tokio::time::Instant;
 
-use crate::{bucket::Buckets, tokens::Ratio, RateLimitConfig};
+use crate::{store::LimitKey, tokens::Ratio, LimitStore, RateLimitConfig};
 
 /// A key, as the map holds it: by model and caller without building a string.
 ///
@@ -42,38 +39,12 @@ impl Hash for KeyId {
     }
 }
 
-/// One key's buckets and counters.
-pub(crate) struct Entry {
-    pub(crate) name: Arc<str>,
-    buckets: Mutex<Buckets>,
-    pub(crate) ratio: Arc<Ratio>,
-    pub(crate) waits: AtomicU64,
-    pub(crate) sheds: AtomicU64,
-}
-
-impl Entry {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Buckets> {
-        self.buckets.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(crate) fn count(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl fmt::Debug for Entry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Entry")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
-    }
-}
-
 type Map<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
 
 pub(crate) struct Shared {
     pub(crate) config: RateLimitConfig,
-    keys: Map<KeyId, Arc<Entry>>,
+    pub(crate) store: Arc<dyn LimitStore>,
+    keys: Map<KeyId, Arc<LimitKey>>,
     ratios: Map<Arc<str>, Arc<Ratio>>,
     callers: foldhash::quality::RandomState,
 }
@@ -81,6 +52,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(config: RateLimitConfig) -> Self {
         Shared {
+            store: config.store.clone(),
             config,
             keys: Map::default(),
             ratios: Map::default(),
@@ -89,7 +61,7 @@ impl Shared {
     }
 
     /// The entry of a request's key, made on first sight.
-    pub(crate) fn entry(&self, parts: &Parts, facts: &RequestFacts, now: Instant) -> Arc<Entry> {
+    pub(crate) fn entry(&self, parts: &Parts, facts: &RequestFacts, now: Instant) -> Arc<LimitKey> {
         let id = match &self.config.key_by {
             Some(key) => KeyId::Custom(key(parts, facts).into_boxed_str()),
             None => KeyId::Model(facts.model_arc().cloned(), self.caller(&parts.headers)),
@@ -98,7 +70,7 @@ impl Shared {
             return entry.clone();
         }
         if self.keys.len() >= self.config.max_keys {
-            self.keys.retain(|_, e| !e.lock().is_idle(now));
+            self.keys.retain(|_, e| !e.local.lock().is_idle(now));
         }
         let model = facts.model_arc();
         let name: Arc<str> = match &id {
@@ -122,15 +94,7 @@ impl Shared {
         let limits = self.config.limits_of(model.map(|m| &**m));
         self.keys
             .entry(id)
-            .or_insert_with(|| {
-                Arc::new(Entry {
-                    name,
-                    buckets: Mutex::new(Buckets::new(limits.per_minute, now)),
-                    ratio,
-                    waits: AtomicU64::new(0),
-                    sheds: AtomicU64::new(0),
-                })
-            })
+            .or_insert_with(|| Arc::new(LimitKey::new(name, limits, ratio, now)))
             .clone()
     }
 
@@ -149,7 +113,7 @@ impl Shared {
         hasher.map(|h| h.finish())
     }
 
-    pub(crate) fn entries(&self) -> Vec<Arc<Entry>> {
+    pub(crate) fn entries(&self) -> Vec<Arc<LimitKey>> {
         self.keys.iter().map(|e| e.value().clone()).collect()
     }
 
