@@ -8,7 +8,7 @@ use std::{
 
 use std::hash::BuildHasher;
 
-use brownout_core::{provider::CREDENTIAL_HEADERS, RequestFacts};
+use brownout_core::{provider::CREDENTIAL_HEADERS, request::Fingerprint, RequestFacts};
 use dashmap::DashMap;
 use http::request::Parts;
 use tokio::time::Instant;
@@ -83,7 +83,17 @@ impl Shared {
                 }
             }
         };
-        let ratio = match model {
+        // A fingerprint every process computes alike, for stores shared by replicas:
+        // made once per key, not per call.
+        let caller = match &id {
+            KeyId::Model(_, Some(_)) => Fingerprint::of(&parts.headers),
+            _ => None,
+        };
+        let model = match &id {
+            KeyId::Model(..) => model.cloned(),
+            KeyId::Custom(_) => None,
+        };
+        let ratio = match facts.model_arc() {
             Some(m) => self
                 .ratios
                 .entry(m.clone())
@@ -91,10 +101,10 @@ impl Shared {
                 .clone(),
             None => Arc::new(Ratio::new()),
         };
-        let limits = self.config.limits_of(model.map(|m| &**m));
+        let limits = self.config.limits_of(facts.model());
         self.keys
             .entry(id)
-            .or_insert_with(|| Arc::new(LimitKey::new(name, limits, ratio, now)))
+            .or_insert_with(|| Arc::new(LimitKey::new(name, model, caller, limits, ratio, now)))
             .clone()
     }
 

@@ -33,6 +33,7 @@ use std::{
     time::Duration,
 };
 
+use brownout_core::request::Fingerprint;
 use tokio::time::Instant;
 
 use crate::{
@@ -212,6 +213,8 @@ impl fmt::Debug for LocalBuckets {
 /// limits, its local buckets, its counters, and a slot for a store's own data.
 pub struct LimitKey {
     pub(crate) name: Arc<str>,
+    model: Option<Arc<str>>,
+    caller: Option<Fingerprint>,
     pub(crate) limits: Limits,
     pub(crate) local: LocalBuckets,
     pub(crate) ratio: Arc<Ratio>,
@@ -221,9 +224,18 @@ pub struct LimitKey {
 }
 
 impl LimitKey {
-    pub(crate) fn new(name: Arc<str>, limits: Limits, ratio: Arc<Ratio>, now: Instant) -> Self {
+    pub(crate) fn new(
+        name: Arc<str>,
+        model: Option<Arc<str>>,
+        caller: Option<Fingerprint>,
+        limits: Limits,
+        ratio: Arc<Ratio>,
+        now: Instant,
+    ) -> Self {
         LimitKey {
             name,
+            model,
+            caller,
             limits,
             local: LocalBuckets::new(limits, now),
             ratio,
@@ -238,6 +250,19 @@ impl LimitKey {
     /// [`key_by`](crate::RateLimitConfig::key_by) gave it.
     pub fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    /// The model of a key kept by model and caller (the default); `None` for a key of
+    /// your [`key_by`](crate::RateLimitConfig::key_by).
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    /// The caller's credential fingerprint of a key kept by model and caller, when the
+    /// request had a credential: the same in every process (a store shared by
+    /// replicas names its keys by it), never the credential.
+    pub fn caller(&self) -> Option<&Fingerprint> {
+        self.caller.as_ref()
     }
 
     /// The limits configured for the key's model.
