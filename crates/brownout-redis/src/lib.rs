@@ -97,10 +97,12 @@ mod breaker;
 mod config;
 mod event;
 mod keys;
+mod limit;
 mod worker;
 
 pub use breaker::RedisBreakerStore;
 pub use config::RedisConfig;
 pub use event::RedisEvent;
+pub use limit::{FailMode, RedisLimitStore, RoundTrips};
 
 pub use brownout_breaker::LocalStore;
