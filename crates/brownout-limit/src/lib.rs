@@ -128,6 +128,18 @@
 //! (9–12 million tokens a second) the first time a text is seen, and 1.3 µs, 5.4 µs,
 //! 64 µs once its count is remembered.
 //!
+//! # Shared by replicas
+//!
+//! The buckets live in a [`LimitStore`]: by default [`LocalLimitStore`], this
+//! process's memory, exactly as above. A fleet of replicas that must stay under one
+//! provider limit together gives each its own `RedisLimitStore` (crate
+//! `brownout-redis`) on the same Redis, with
+//! [`RateLimitConfig::store`]: every admission is then one atomic script call in
+//! Redis (at most one round trip per request; settlements, learned limits and pauses
+//! are sent in batches), and while Redis is away the store either decides from the
+//! local buckets (fail-open, its default) or refuses with the 429 above (fail-closed).
+//! [`LimitStore`] says what a store must do and the round trips it may make.
+//!
 //! # Events and the handle
 //!
 //! Every wait, refusal, learned limit and pause is a [`LimitEvent`]; the

@@ -1,25 +1,5 @@
-//! Where the buckets live: in this process ([`LocalLimitStore`], the default), or
-//! behind a [`LimitStore`] of your own, such as brownout-redis's `RedisLimitStore`
-//! that a fleet of replicas shares.
-//!
-//! # The round-trip budget
-//!
-//! The trait is shaped so that a remote store costs at most one round trip per
-//! admitted request, and none otherwise:
-//!
-//! - [`admit`](LimitStore::admit) is the only call a request waits on. It takes what
-//!   the request needs from every limited bucket of the key at once, atomically, and
-//!   may answer at once ([`Admission::Ready`]: the local store, or a remote store that
-//!   is away and decides locally) or later ([`Admission::Pending`]: one round trip).
-//! - [`give_back`](LimitStore::give_back) (a settlement from `usage`, a refund, a
-//!   cancelled wait), [`learn`](LimitStore::learn) (a provider's rate-limit headers)
-//!   and [`pause`](LimitStore::pause) (a 429's `retry-after`) never make a request
-//!   wait: a remote store applies them to the key's local buckets at once and may
-//!   send them later, batched.
-//!
-//! Every key carries its [`LocalBuckets`], whatever the store: the local store's
-//! state, and a remote store's mirror and fallback, which it keeps in step so that it
-//! can take over when the remote is away.
+//! Where the buckets live: the store trait, the local store, a key and its local
+//! buckets.
 
 use std::{
     any::Any,
@@ -59,12 +39,32 @@ impl fmt::Debug for Admission {
     }
 }
 
-/// Where a [`RateLimitLayer`](crate::RateLimitLayer)'s buckets live; see the
-/// [module docs](self) for the round-trip budget the methods are shaped for.
+/// Where a [`RateLimitLayer`](crate::RateLimitLayer)'s buckets live: in this process
+/// ([`LocalLimitStore`], the default), or behind a store of your own, such as
+/// brownout-redis's `RedisLimitStore` that a fleet of replicas shares.
 ///
-/// Set with [`RateLimitConfig::store`](crate::RateLimitConfig::store); the default is
-/// [`LocalLimitStore`]. The layer keeps the keys (their names, counters and local
-/// buckets); a store decides what a key's requests may take.
+/// Set with [`RateLimitConfig::store`](crate::RateLimitConfig::store). The layer
+/// keeps the keys (their names, counters and local buckets); a store decides what a
+/// key's requests may take.
+///
+/// # The round-trip budget
+///
+/// The trait is shaped so that a remote store costs at most one round trip per
+/// admitted request, and none otherwise:
+///
+/// - [`admit`](LimitStore::admit) is the only call a request waits on. It takes what
+///   the request needs from every limited bucket of the key at once, atomically, and
+///   answers at once ([`Admission::Ready`]: the local store, or a remote store that is
+///   away and decides locally) or later ([`Admission::Pending`]: one round trip).
+/// - [`give_back`](LimitStore::give_back) (a settlement from `usage`, a refund, a
+///   cancelled wait), [`learn`](LimitStore::learn) (a provider's rate-limit headers)
+///   and [`pause`](LimitStore::pause) (a 429's `retry-after`) never make a request
+///   wait: a remote store applies them to the key's [`LocalBuckets`] at once and
+///   sends them later, batched.
+///
+/// Every key carries its [`LocalBuckets`], whatever the store: the local store's
+/// state, and a remote store's mirror and fallback, which it keeps in step so that it
+/// can take over when the remote is away.
 pub trait LimitStore: Send + Sync + 'static {
     /// Takes `need` from `key`'s buckets if the request may wait `max_wait` for it
     /// (the wait, if any, is in the answer: the layer sleeps it); refuses it
