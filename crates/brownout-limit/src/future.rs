@@ -152,7 +152,17 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let state = match prepare_now(request, PrepareNeed::Facts) {
+    // With no facts read further out and no key closure, the layer reads the facts in
+    // the same pass as its estimate (see `start`); else brownout-core reads them, or
+    // completes what a layer further out began.
+    let need = if shared.config.key_by.is_none()
+        && request.extensions().get::<RequestFacts>().is_none()
+    {
+        PrepareNeed::Replay
+    } else {
+        PrepareNeed::Facts
+    };
+    let state = match prepare_now(request, need) {
         Ok(Ok(request)) => start(shared.clone(), inner, request),
         // The caller's broken or invalid request: answered at once, counted nowhere.
         Ok(Err(error)) => State::Done {
@@ -176,26 +186,48 @@ where
     let cfg = &shared.config;
     let now = Instant::now();
     let (parts, body) = request.into_parts();
-    let head_facts;
-    let facts = match RequestFacts::of(&parts.extensions) {
-        Some(facts) => facts,
-        None => {
-            head_facts = RequestFacts::of_head(&parts);
-            &head_facts
-        }
-    };
-    let api = facts.api();
-    let stream = facts.is_stream();
-    let key = shared.entry(&parts, facts, now);
+    let mut facts = RequestFacts::of(&parts.extensions);
+    let api = facts.map_or_else(|| Api::from_path(parts.uri.path()), |f| f.api());
     let llm = api != Api::Other;
-    let estimate = match (llm, body.bytes()) {
-        (false, _) => Estimate {
+    // One pass over the body for its facts and its input tokens, when no layer further
+    // out read the facts: the estimate parses the whole body anyway.
+    let one_pass = match (facts, llm, cfg.key_by.is_none(), body.bytes()) {
+        (None, true, true, Some(bytes)) => tokens::read(bytes),
+        _ => None,
+    };
+    let read_facts;
+    if facts.is_none() && one_pass.is_none() {
+        // As brownout-core reads them: the body in memory, or what was read ahead of
+        // one over the limit. A body naming its model twice is the caller's error.
+        let (bytes, whole) = match body.bytes() {
+            Some(bytes) => (&bytes[..], true),
+            None => (body.prefix(), false),
+        };
+        read_facts = match RequestFacts::read(&parts, bytes, whole) {
+            Ok(read) => read,
+            Err(error) => {
+                return State::Done {
+                    output: Some(Err(Box::new(error))),
+                }
+            }
+        };
+        facts = Some(&read_facts);
+    }
+    let (model, max_tokens, stream) = match (&one_pass, facts) {
+        (Some(r), _) => (r.model(), r.max_tokens(), r.is_stream()),
+        (None, Some(f)) => (f.model(), f.max_tokens(), f.is_stream()),
+        (None, None) => (None, None, false),
+    };
+    let key = shared.entry(&parts, model, facts, now);
+    let estimate = match (llm, &one_pass, body.bytes()) {
+        (false, ..) => Estimate {
             raw: 0,
             exact: true,
         },
-        (true, Some(bytes)) => tokens::estimate(api, facts.model(), bytes, &cfg.estimate),
+        (true, Some(read), _) => tokens::count_read(api, model, read, &cfg.estimate),
+        (true, None, Some(bytes)) => tokens::estimate(api, model, bytes, &cfg.estimate),
         // Too long to buffer: its length, as text.
-        (true, None) => {
+        (true, None, None) => {
             use http_body::Body as _;
             let len = body.size_hint().lower().max(body.prefix().len() as u64);
             Estimate {
@@ -206,7 +238,7 @@ where
     };
     let input = key.ratio.charge(estimate, cfg.estimate.margin);
     let output = if llm {
-        facts.max_tokens().unwrap_or(cfg.default_max_tokens)
+        max_tokens.unwrap_or(cfg.default_max_tokens)
     } else {
         0
     };

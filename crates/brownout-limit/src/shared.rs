@@ -1,6 +1,7 @@
 //! What every service of one layer shares: the settings and the keys' buckets.
 
 use std::{
+    borrow::Borrow,
     fmt,
     hash::{Hash, Hasher},
     sync::Arc,
@@ -20,24 +21,75 @@ use crate::{store::LimitKey, tokens::Ratio, LimitStore, RateLimitConfig};
 /// The caller is a keyed 64-bit hash of its credential headers (the key is drawn per
 /// process), not brownout-core's SHA-256 fingerprint: a budget partition needs no
 /// cryptographic digest, and the SHA-256 was 40 % of the layer's own cost per call
-/// (`benches/limit.rs`). It reveals nothing of the credential.
-#[derive(Clone, PartialEq, Eq)]
+/// (`benches/limit.rs`). It reveals nothing of the credential. (Keys also carry the
+/// SHA-256 fingerprint, made once per key, for stores shared by processes.)
+#[derive(Clone)]
 enum KeyId {
     Model(Option<Arc<str>>, Option<u64>),
     Custom(Box<str>),
 }
 
-impl Hash for KeyId {
-    fn hash<H: Hasher>(&self, h: &mut H) {
+/// A key as borrowed from a request: looked up without building a [`KeyId`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum View<'a> {
+    Model(Option<&'a str>, Option<u64>),
+    Custom(&'a str),
+}
+
+trait AsKey {
+    fn view(&self) -> View<'_>;
+}
+
+impl AsKey for KeyId {
+    fn view(&self) -> View<'_> {
         match self {
-            KeyId::Model(m, f) => {
-                m.as_deref().hash(h);
-                f.hash(h);
-            }
-            KeyId::Custom(s) => s.hash(h),
+            KeyId::Model(m, f) => View::Model(m.as_deref(), *f),
+            KeyId::Custom(s) => View::Custom(s),
         }
     }
 }
+
+struct Probe<'a>(View<'a>);
+
+impl AsKey for Probe<'_> {
+    fn view(&self) -> View<'_> {
+        self.0
+    }
+}
+
+impl<'a> Borrow<dyn AsKey + 'a> for KeyId {
+    fn borrow(&self) -> &(dyn AsKey + 'a) {
+        self
+    }
+}
+
+impl Hash for dyn AsKey + '_ {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.view().hash(h)
+    }
+}
+
+impl PartialEq for dyn AsKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.view() == other.view()
+    }
+}
+
+impl Eq for dyn AsKey + '_ {}
+
+impl Hash for KeyId {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.view().hash(h)
+    }
+}
+
+impl PartialEq for KeyId {
+    fn eq(&self, other: &Self) -> bool {
+        self.view() == other.view()
+    }
+}
+
+impl Eq for KeyId {}
 
 type Map<K, V> = DashMap<K, V, foldhash::fast::RandomState>;
 
@@ -60,48 +112,58 @@ impl Shared {
         }
     }
 
-    /// The entry of a request's key, made on first sight.
-    pub(crate) fn entry(&self, parts: &Parts, facts: &RequestFacts, now: Instant) -> Arc<LimitKey> {
-        let id = match &self.config.key_by {
-            Some(key) => KeyId::Custom(key(parts, facts).into_boxed_str()),
-            None => KeyId::Model(facts.model_arc().cloned(), self.caller(&parts.headers)),
+    /// The entry of a request's key, made on first sight: by `model` and the caller,
+    /// or by the configured closure (which needs the request's `facts`).
+    pub(crate) fn entry(
+        &self,
+        parts: &Parts,
+        model: Option<&str>,
+        facts: Option<&RequestFacts>,
+        now: Instant,
+    ) -> Arc<LimitKey> {
+        let custom;
+        let view = match (&self.config.key_by, facts) {
+            (Some(key), Some(facts)) => {
+                custom = key(parts, facts);
+                View::Custom(&custom)
+            }
+            (Some(key), None) => {
+                custom = key(parts, &RequestFacts::of_head(parts));
+                View::Custom(&custom)
+            }
+            (None, _) => View::Model(model, self.caller(&parts.headers)),
         };
-        if let Some(entry) = self.keys.get(&id) {
+        if let Some(entry) = self.keys.get(&Probe(view) as &dyn AsKey) {
             return entry.clone();
         }
         if self.keys.len() >= self.config.max_keys {
             self.keys.retain(|_, e| !e.local.lock().is_idle(now));
         }
-        let model = facts.model_arc();
-        let name: Arc<str> = match &id {
-            KeyId::Custom(s) => Arc::from(&**s),
-            KeyId::Model(m, f) => {
-                let m = m.as_deref().unwrap_or("-");
-                match f {
-                    Some(f) => format!("{m}/{:08x}", f >> 32).into(),
-                    None => m.into(),
-                }
+        let (id, name, model, caller) = match view {
+            View::Custom(s) => (KeyId::Custom(s.into()), Arc::from(s), None, None),
+            View::Model(m, f) => {
+                let model: Option<Arc<str>> = m.map(Arc::from);
+                let label = m.unwrap_or("-");
+                let name: Arc<str> = match f {
+                    Some(f) => format!("{label}/{:08x}", f >> 32).into(),
+                    None => label.into(),
+                };
+                // A fingerprint every process computes alike, for stores shared by
+                // replicas: made once per key, not per call.
+                let caller = f.and_then(|_| Fingerprint::of(&parts.headers));
+                (KeyId::Model(model.clone(), f), name, model, caller)
             }
         };
-        // A fingerprint every process computes alike, for stores shared by replicas:
-        // made once per key, not per call.
-        let caller = match &id {
-            KeyId::Model(_, Some(_)) => Fingerprint::of(&parts.headers),
-            _ => None,
-        };
-        let model = match &id {
-            KeyId::Model(..) => model.cloned(),
-            KeyId::Custom(_) => None,
-        };
-        let ratio = match facts.model_arc() {
+        let model_name = model.as_deref().or(facts.and_then(|f| f.model()));
+        let ratio = match model_name {
             Some(m) => self
                 .ratios
-                .entry(m.clone())
+                .entry(Arc::from(m))
                 .or_insert_with(|| Arc::new(Ratio::new()))
                 .clone(),
             None => Arc::new(Ratio::new()),
         };
-        let limits = self.config.limits_of(facts.model());
+        let limits = self.config.limits_of(model_name);
         self.keys
             .entry(id)
             .or_insert_with(|| Arc::new(LimitKey::new(name, model, caller, limits, ratio, now)))
