@@ -42,6 +42,11 @@ static SDK_TIMEOUT: http::HeaderName = http::HeaderName::from_static("x-stainles
 /// official SDKs send in `x-stainless-timeout` (seconds), whichever comes first.
 fn deadline(parts: &http::request::Parts, now: Instant) -> Option<Instant> {
     let ext = parts.extensions.get::<Deadline>().map(|d| d.0);
+    // Most requests carry a few headers and none of the SDK's: a look at the names
+    // is cheaper than a hashed lookup.
+    if !parts.headers.keys().any(|name| name == SDK_TIMEOUT) {
+        return ext;
+    }
     let sdk = parts
         .headers
         .get(&SDK_TIMEOUT)
@@ -155,13 +160,12 @@ where
     // With no facts read further out and no key closure, the layer reads the facts in
     // the same pass as its estimate (see `start`); else brownout-core reads them, or
     // completes what a layer further out began.
-    let need = if shared.config.key_by.is_none()
-        && request.extensions().get::<RequestFacts>().is_none()
-    {
-        PrepareNeed::Replay
-    } else {
-        PrepareNeed::Facts
-    };
+    let need =
+        if shared.config.key_by.is_none() && request.extensions().get::<RequestFacts>().is_none() {
+            PrepareNeed::Replay
+        } else {
+            PrepareNeed::Facts
+        };
     let state = match prepare_now(request, need) {
         Ok(Ok(request)) => start(shared.clone(), inner, request),
         // The caller's broken or invalid request: answered at once, counted nowhere.
@@ -248,6 +252,21 @@ where
         cfg.max_wait.min(d.saturating_duration_since(now))
     });
     let admission = shared.store.admit(&key, &need, now, may_wait);
+    if let Admission::Ready(Admit::Taken(wait)) = admission {
+        if wait.is_zero() {
+            // The common path: sent at once, nothing held.
+            let sent = Sent {
+                shared,
+                key,
+                estimate,
+                input,
+                output,
+                api,
+                stream,
+            };
+            return send_parts(inner, parts, body, sent);
+        }
+    }
     let held = Held {
         shared,
         inner: Some(inner),
@@ -354,16 +373,9 @@ where
     S::Error: Into<BoxError>,
 {
     held.taken = false;
-    let (Some(mut inner), Some((mut parts, body))) = (held.inner.take(), held.request.take())
-    else {
+    let (Some(inner), Some((parts, body))) = (held.inner.take(), held.request.take()) else {
         unreachable!("a held request is sent once");
     };
-    let body = if held.api == Api::OpenAiChat && held.stream {
-        ask_for_usage(&mut parts, body)
-    } else {
-        body
-    };
-    let future = inner.call(Request::from_parts(parts, body));
     let sent = Sent {
         shared: held.shared.clone(),
         key: held.key.clone(),
@@ -373,6 +385,25 @@ where
         api: held.api,
         stream: held.stream,
     };
+    send_parts(inner, parts, body, sent)
+}
+
+fn send_parts<S, ResBody>(
+    mut inner: S,
+    mut parts: Parts,
+    body: Body,
+    sent: Sent,
+) -> State<S, S::Future>
+where
+    S: Service<Request<Body>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+{
+    let body = if sent.api == Api::OpenAiChat && sent.stream {
+        ask_for_usage(&mut parts, body)
+    } else {
+        body
+    };
+    let future = inner.call(Request::from_parts(parts, body));
     State::Call {
         future,
         sent: Some(sent),

@@ -11,7 +11,7 @@ use std::hash::BuildHasher;
 
 use brownout_core::{provider::CREDENTIAL_HEADERS, request::Fingerprint, RequestFacts};
 use dashmap::DashMap;
-use http::request::Parts;
+use http::{request::Parts, HeaderName};
 use tokio::time::Instant;
 
 use crate::{store::LimitKey, tokens::Ratio, LimitStore, RateLimitConfig};
@@ -170,8 +170,33 @@ impl Shared {
             .clone()
     }
 
-    /// The caller's credential headers, hashed; `None` without any.
+    /// The caller's credential headers, hashed; `None` without any. One pass over
+    /// the request's few headers rather than a hashed lookup of each credential
+    /// header's name; a request with more than one credential header is hashed in
+    /// [`CREDENTIAL_HEADERS`]' order, whatever the order of its headers.
     fn caller(&self, headers: &http::HeaderMap) -> Option<u64> {
+        let mut found: Option<&HeaderName> = None;
+        for name in headers.keys() {
+            if CREDENTIAL_HEADERS.contains(name) {
+                match found {
+                    None => found = Some(name),
+                    Some(first) if first == name => {}
+                    Some(_) => return self.callers_in_order(headers),
+                }
+            }
+        }
+        let name = found?;
+        let mut h = self.callers.build_hasher();
+        for value in headers.get_all(name) {
+            h.write(name.as_str().as_bytes());
+            h.write_u8(0);
+            h.write(value.as_bytes());
+            h.write_u8(0);
+        }
+        Some(h.finish())
+    }
+
+    fn callers_in_order(&self, headers: &http::HeaderMap) -> Option<u64> {
         let mut hasher = None;
         for name in &CREDENTIAL_HEADERS {
             for value in headers.get_all(name) {

@@ -203,11 +203,21 @@ pub(crate) fn read(body: &[u8]) -> Option<Read<'_>> {
 }
 
 /// Counts the input tokens of a request `read`, of `api` for `model`.
-pub(crate) fn count_read(api: Api, model: Option<&str>, read: &Read<'_>, cfg: &EstimateConfig) -> Estimate {
+pub(crate) fn count_read(
+    api: Api,
+    model: Option<&str>,
+    read: &Read<'_>,
+    cfg: &EstimateConfig,
+) -> Estimate {
     count(api, model, &read.request, cfg)
 }
 
-fn count(api: Api, model: Option<&str>, request: &ChatRequest<'_>, cfg: &EstimateConfig) -> Estimate {
+fn count(
+    api: Api,
+    model: Option<&str>,
+    request: &ChatRequest<'_>,
+    cfg: &EstimateConfig,
+) -> Estimate {
     let bpe = match api {
         Api::OpenAiChat | Api::OpenAiResponses => model.and_then(openai_bpe),
         _ => None,

@@ -182,10 +182,16 @@ impl UsageObject {
                     while j < bytes.len() && matches!(bytes[j], b' ' | b'\t' | b'\r' | b'\n') {
                         j += 1;
                     }
-                    let digits = bytes[j..].iter().take_while(|b| b.is_ascii_digit()).count();
-                    let number = std::str::from_utf8(&bytes[j..j + digits])
-                        .ok()
-                        .and_then(|d| d.parse::<u64>().ok());
+                    // A whole number, by hand: no string to check and parse.
+                    let mut digits = 0;
+                    let mut value: Option<u64> = Some(0);
+                    while let Some(d) = bytes.get(j + digits).filter(|b| b.is_ascii_digit()) {
+                        value = value
+                            .and_then(|v| v.checked_mul(10))
+                            .and_then(|v| v.checked_add(u64::from(d - b'0')));
+                        digits += 1;
+                    }
+                    let number = value.filter(|_| digits > 0);
                     let slot = match key {
                         b"input_tokens" => &mut u.input_tokens,
                         b"output_tokens" => &mut u.output_tokens,

@@ -493,7 +493,9 @@ async fn facts_read_in_the_estimate_s_pass_still_refuse_a_model_named_twice() {
         .unwrap();
     let error = s.service.clone().oneshot(twice).await.unwrap_err();
     assert!(
-        error.downcast_ref::<brownout_core::error::InvalidRequest>().is_some(),
+        error
+            .downcast_ref::<brownout_core::error::InvalidRequest>()
+            .is_some(),
         "{error}"
     );
     assert_eq!(upstream.calls(), 0);
@@ -503,6 +505,10 @@ async fn facts_read_in_the_estimate_s_pass_still_refuse_a_model_named_twice() {
     assert_eq!(status, 200);
     let keys = s.handle.keys();
     assert_eq!(keys.len(), 1);
-    assert!(keys[0].key.starts_with("claude-sonnet-4-5/"), "{}", keys[0].key);
+    assert!(
+        keys[0].key.starts_with("claude-sonnet-4-5/"),
+        "{}",
+        keys[0].key
+    );
     assert_eq!(remaining(&s.handle, Resource::Requests), 9.0);
 }
