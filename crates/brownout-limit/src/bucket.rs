@@ -187,10 +187,13 @@ impl Buckets {
             return;
         }
         self.at = now;
-        let minutes = elapsed.as_secs_f64() / MINUTE.as_secs_f64();
+        let minutes = elapsed.as_secs_f64() * (1.0 / 60.0);
         for b in &mut self.buckets {
             if let Some(cap) = b.capacity() {
-                b.level = (b.level + cap as f64 * minutes).min(cap as f64);
+                let cap = cap as f64;
+                if b.level < cap {
+                    b.level = (b.level + cap * minutes).min(cap);
+                }
             }
         }
     }
@@ -236,8 +239,15 @@ impl Buckets {
     }
 
     /// Gives back `amounts` of each resource, by [`Resource::index`], at once.
+    ///
+    /// Amounts that only give back need no refill first: capped at the limit, adding
+    /// before or after the refill that comes with the next call gives the same
+    /// level. Taking more (a negative amount) refills first, so that what the
+    /// refill would have added beyond the limit is not counted.
     pub(crate) fn give_back_all(&mut self, amounts: [f64; 4], now: Instant) {
-        self.refill(now);
+        if amounts.iter().any(|a| *a < 0.0) {
+            self.refill(now);
+        }
         for (b, amount) in self.buckets.iter_mut().zip(amounts) {
             if let Some(cap) = b.capacity() {
                 b.level = (b.level + amount).min(cap as f64);
@@ -371,6 +381,24 @@ mod tests {
         let t1 = t0 + Duration::from_secs(30);
         let left = b.remaining(t1)[0].remaining;
         assert!((left - 28.0).abs() < 1e-6, "{left}");
+    }
+
+    #[test]
+    fn giving_back_before_or_after_the_refill_is_the_same() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(6);
+        for (level, back) in [(10.0, 5.0), (95.0, 20.0), (-30.0, 10.0), (50.0, 0.0)] {
+            // Taken down to `level` at t0, given `back` at t1, read at t1.
+            let mut a = Buckets::new(rpm(100), t0);
+            a.buckets[0].level = level;
+            a.give_back_all([back, 0.0, 0.0, 0.0], t1);
+            let mut b = Buckets::new(rpm(100), t0);
+            b.buckets[0].level = level;
+            b.refill(t1);
+            b.buckets[0].level = (b.buckets[0].level + back).min(100.0);
+            let (ra, rb) = (a.remaining(t1)[0].remaining, b.remaining(t1)[0].remaining);
+            assert!((ra - rb).abs() < 1e-9, "{level} + {back}: {ra} vs {rb}");
+        }
     }
 
     #[test]

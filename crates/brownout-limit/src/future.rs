@@ -498,8 +498,10 @@ where
 {
     // No answer: the provider may have counted it all; the reservation stands.
     let response = result?;
-    let now = Instant::now();
-    learn(&sent.shared, &sent.key, sent.api, &response, now);
+    // The clock is read only when something is learned or given back now.
+    let success = response.status().is_success();
+    let mut now = None;
+    learn(&sent.shared, &sent.key, sent.api, &response, &mut now);
     let ticket = Ticket {
         store: sent.shared.store.clone(),
         key: sent.key,
@@ -507,10 +509,10 @@ where
         input: sent.input,
         output: sent.output,
     };
-    if !response.status().is_success() {
+    if !success {
         // An error answer generated nothing: the tokens come back, the request
         // stays counted.
-        ticket.refund_tokens(now);
+        ticket.refund_tokens(*now.get_or_insert_with(Instant::now));
         return Ok(response.map(Body::new));
     }
     let scanner = Scanner::new(sent.api, sent.stream);
@@ -525,9 +527,16 @@ where
 
 /// Tightens the key's buckets from the response's rate-limit headers, and pauses it
 /// on a 429 that says how long.
-fn learn<B>(shared: &Shared, key: &Arc<LimitKey>, api: Api, response: &Response<B>, now: Instant) {
+fn learn<B>(
+    shared: &Shared,
+    key: &Arc<LimitKey>,
+    api: Api,
+    response: &Response<B>,
+    now: &mut Option<Instant>,
+) {
     let store = &shared.store;
     usage::learned(api, response.headers(), |l| {
+        let now = *now.get_or_insert_with(Instant::now);
         if store.learn(key, l.resource, l.limit, l.remaining, now) && l.limit.is_some() {
             shared.config.events.emit(Event::detached(
                 "limit",
@@ -542,6 +551,7 @@ fn learn<B>(shared: &Shared, key: &Arc<LimitKey>, api: Api, response: &Response<
     });
     if response.status() == http::StatusCode::TOO_MANY_REQUESTS {
         if let Some(delay) = retry_after(response.headers()) {
+            let now = *now.get_or_insert_with(Instant::now);
             store.pause(key, now + delay, now);
             shared.config.events.emit(Event::detached(
                 "limit",

@@ -534,6 +534,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
 #[derive(Debug)]
 pub(crate) struct Ratio {
     inner: Mutex<RatioState>,
+    /// The ratio in force, as `f64` bits: read by every request without the lock.
+    current: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -561,12 +563,13 @@ impl Ratio {
     pub(crate) fn new() -> Self {
         Ratio {
             inner: Mutex::new(RatioState::default()),
+            current: std::sync::atomic::AtomicU64::new(1.0f64.to_bits()),
         }
     }
 
     /// The tokens to charge for a first estimate of `raw`.
     pub(crate) fn charge(&self, estimate: Estimate, margin: f64) -> u64 {
-        let ratio = self.lock().ratio.unwrap_or(1.0);
+        let ratio = f64::from_bits(self.current.load(std::sync::atomic::Ordering::Relaxed));
         let margin = if estimate.exact { 0.0 } else { margin };
         (estimate.raw as f64 * ratio * (1.0 + margin)).ceil() as u64
     }
@@ -579,10 +582,13 @@ impl Ratio {
         }
         let mut s = self.lock();
         let sample = actual as f64 / raw as f64;
-        s.ratio = Some(match s.ratio {
+        let ratio = match s.ratio {
             None => sample,
             Some(r) => r + (sample - r) * 0.1,
-        });
+        };
+        s.ratio = Some(ratio);
+        self.current
+            .store(ratio.to_bits(), std::sync::atomic::Ordering::Relaxed);
         s.samples += 1;
         let rel = |n: u64| (n as f64 - actual as f64).abs() / actual as f64;
         s.raw_error += rel(raw);

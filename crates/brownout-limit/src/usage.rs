@@ -89,7 +89,12 @@ impl Scanner {
 
     /// Reads every usage object of `hay` from `from`; the position of one cut short.
     fn scan(&mut self, hay: &[u8], mut from: usize) -> Option<usize> {
-        while let Some(found) = FINDER.find(&hay[from..]) {
+        // Fewer bytes left than the key has: no search (the usual end of a JSON
+        // answer, just after its usage object).
+        while hay.len() - from >= 7 {
+            let Some(found) = FINDER.find(&hay[from..]) else {
+                break;
+            };
             let at = from + found;
             let mut i = at + 7;
             while i < hay.len() && matches!(hay[i], b' ' | b'\t' | b'\r' | b'\n' | b':') {
