@@ -266,6 +266,7 @@ impl OwnRedis {
         let child = tokio::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(["--enable-debug-command", "local"])
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn();
@@ -446,4 +447,63 @@ async fn fail_closed_answers_429_in_the_provider_s_shape_while_redis_is_away() {
     assert!(back.is_some(), "never back on the shared state");
     let response = stack.clone().oneshot(request()).await.unwrap();
     assert_eq!(response.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_costs_a_request_the_timeout_at_most() {
+    let port = free_port();
+    let Some(redis) = OwnRedis::start(port).await else {
+        return;
+    };
+    let seen: Seen = Arc::default();
+    let sim = Sim::new(script(RPM * 1000));
+    let store = RedisLimitStore::new(config(&redis.addr(), &seen), FailMode::Open).unwrap();
+    shared(&store).await;
+    let stack = stack_at(&sim, store.clone(), RPM * 1000);
+    assert_eq!(
+        stack.clone().oneshot(request()).await.unwrap().status(),
+        200
+    );
+
+    // Redis stalls for 600 ms; the store's timeout is 50 ms.
+    let client = redis::Client::open(format!("redis://{}", redis.addr())).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let stall = tokio::spawn(async move {
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("0.6")
+            .query_async::<()>(&mut conn)
+            .await
+    });
+    sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    let response = stack.clone().oneshot(request()).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(response.status(), 200, "answered from the local buckets");
+    assert!(
+        took < Duration::from_millis(300),
+        "waited {took:?} on a stalled Redis"
+    );
+    assert!(!store.is_shared());
+    assert!(
+        seen.lock()
+            .unwrap()
+            .contains(&RedisEvent::SharedStateLost { reason: "timeout" }),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    // Meanwhile, no call waits on Redis at all.
+    let started = Instant::now();
+    for _ in 0..10 {
+        assert_eq!(
+            stack.clone().oneshot(request()).await.unwrap().status(),
+            200
+        );
+    }
+    assert!(started.elapsed() < Duration::from_millis(200));
+    // (Its own client may give up on the reply first.)
+    let _ = stall.await;
+    let back = within(Duration::from_secs(3), || async { store.is_shared() }).await;
+    assert!(back.is_some(), "never back on the shared state");
+    assert_eq!(count(&seen, resumed), 1);
 }
