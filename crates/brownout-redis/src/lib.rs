@@ -124,7 +124,7 @@
 //!   learned `remaining` counts and a 429's pause are applied to the key's local
 //!   buckets at once and sent every [`flush_interval`](RedisConfig::flush_interval),
 //!   one pipeline, the settlements of a key added into one script call (measured:
-//!   1.0006 round trips per call; `BENCHMARKS.md`).
+//!   1.0005 round trips per call; `BENCHMARKS.md`).
 //! - **No credential in Redis.** The key names the model as it is (when it is a plain
 //!   name) and the caller by a BLAKE3 fingerprint, keyed by the deployment, of the
 //!   limiter's credential fingerprint; a key of your own is fingerprinted unless it is
