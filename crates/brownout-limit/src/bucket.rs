@@ -71,14 +71,39 @@ impl fmt::Display for Resource {
     }
 }
 
-/// What one request takes from each bucket, by [`Resource::index`].
+/// Amounts of each [`Resource`]: what one request takes from a key's buckets, or
+/// what a settlement gives back.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(crate) struct Need(pub(crate) [f64; 4]);
+pub struct Amounts(pub(crate) [f64; 4]);
 
-impl Need {
-    pub(crate) fn new(input: u64, output: u64) -> Need {
+impl Amounts {
+    /// What one request takes: one request, `input` tokens in, `output` reserved, and
+    /// both as tokens.
+    pub fn request(input: u64, output: u64) -> Amounts {
         let (input, output) = (input as f64, output as f64);
-        Need([1.0, input, output, input + output])
+        Amounts([1.0, input, output, input + output])
+    }
+
+    /// Input and output tokens given back (negative: taken), no request: a settlement.
+    pub fn tokens(input: f64, output: f64) -> Amounts {
+        Amounts([0.0, input, output, input + output])
+    }
+
+    /// The amount of `resource`.
+    pub fn get(&self, resource: Resource) -> f64 {
+        self.0[resource.index()]
+    }
+
+    /// Whether every amount is zero.
+    pub fn is_zero(&self) -> bool {
+        self.0.iter().all(|a| *a == 0.0)
+    }
+
+    /// Adds `other` to these amounts.
+    pub fn add(&mut self, other: &Amounts) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a += b;
+        }
     }
 }
 
@@ -106,20 +131,26 @@ pub(crate) struct Buckets {
     paused_until: Option<Instant>,
 }
 
-/// What [`Buckets::admit`] decided.
+/// What a [`LimitStore`](crate::LimitStore) decided of a request.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum Admit {
+#[non_exhaustive]
+pub enum Admit {
     /// Taken; send after this wait (zero: at once).
     Taken(Duration),
     /// Not taken: there is room only after this wait, longer than the request may wait.
     Refused {
+        /// When there is room.
         wait: Duration,
+        /// The limit that binds (`None`: the key is paused, or the store refuses).
         resource: Option<Resource>,
     },
     /// Not taken: the request needs more than a whole minute's limit.
     Oversized {
+        /// The limit.
         resource: Resource,
+        /// What the request needs of it.
         need: u64,
+        /// The limit per minute.
         limit: u64,
     },
 }
@@ -156,16 +187,19 @@ impl Buckets {
             return;
         }
         self.at = now;
-        let minutes = elapsed.as_secs_f64() / MINUTE.as_secs_f64();
+        let minutes = elapsed.as_secs_f64() * (1.0 / 60.0);
         for b in &mut self.buckets {
             if let Some(cap) = b.capacity() {
-                b.level = (b.level + cap as f64 * minutes).min(cap as f64);
+                let cap = cap as f64;
+                if b.level < cap {
+                    b.level = (b.level + cap * minutes).min(cap);
+                }
             }
         }
     }
 
     /// Takes `need` if the request may wait `max_wait` for it.
-    pub(crate) fn admit(&mut self, need: &Need, now: Instant, max_wait: Duration) -> Admit {
+    pub(crate) fn admit(&mut self, need: &Amounts, now: Instant, max_wait: Duration) -> Admit {
         self.refill(now);
         let mut wait = self
             .paused_until
@@ -205,8 +239,15 @@ impl Buckets {
     }
 
     /// Gives back `amounts` of each resource, by [`Resource::index`], at once.
+    ///
+    /// Amounts that only give back need no refill first: capped at the limit, adding
+    /// before or after the refill that comes with the next call gives the same
+    /// level. Taking more (a negative amount) refills first, so that what the
+    /// refill would have added beyond the limit is not counted.
     pub(crate) fn give_back_all(&mut self, amounts: [f64; 4], now: Instant) {
-        self.refill(now);
+        if amounts.iter().any(|a| *a < 0.0) {
+            self.refill(now);
+        }
         for (b, amount) in self.buckets.iter_mut().zip(amounts) {
             if let Some(cap) = b.capacity() {
                 b.level = (b.level + amount).min(cap as f64);
@@ -214,9 +255,20 @@ impl Buckets {
         }
     }
 
-    /// Gives back all of `need`: the request was never sent.
-    pub(crate) fn cancel(&mut self, need: &Need, now: Instant) {
-        self.give_back_all(need.0, now);
+    /// Takes `need` whatever the level: a request another store admitted, mirrored
+    /// here so that the local buckets know of it if they must take over.
+    pub(crate) fn charge(&mut self, need: &Amounts, now: Instant) {
+        self.refill(now);
+        for (b, n) in self.buckets.iter_mut().zip(need.0) {
+            if let Some(cap) = b.capacity() {
+                b.level = (b.level - n).max(-(cap as f64));
+            }
+        }
+    }
+
+    /// The limit per minute in force for `resource`.
+    pub(crate) fn capacity(&self, resource: Resource) -> Option<u64> {
+        self.buckets[resource.index()].capacity()
     }
 
     /// What the provider said of `resource`: its limit, and what remains of it. The
@@ -302,7 +354,7 @@ mod tests {
     fn refills_continuously_and_orders_waiters_by_debt() {
         let t0 = Instant::now();
         let mut b = Buckets::new(rpm(60), t0);
-        let one = Need::new(0, 0);
+        let one = Amounts::request(0, 0);
         for _ in 0..60 {
             assert_eq!(
                 b.admit(&one, t0, Duration::ZERO),
@@ -332,11 +384,29 @@ mod tests {
     }
 
     #[test]
+    fn giving_back_before_or_after_the_refill_is_the_same() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(6);
+        for (level, back) in [(10.0, 5.0), (95.0, 20.0), (-30.0, 10.0), (50.0, 0.0)] {
+            // Taken down to `level` at t0, given `back` at t1, read at t1.
+            let mut a = Buckets::new(rpm(100), t0);
+            a.buckets[0].level = level;
+            a.give_back_all([back, 0.0, 0.0, 0.0], t1);
+            let mut b = Buckets::new(rpm(100), t0);
+            b.buckets[0].level = level;
+            b.refill(t1);
+            b.buckets[0].level = (b.buckets[0].level + back).min(100.0);
+            let (ra, rb) = (a.remaining(t1)[0].remaining, b.remaining(t1)[0].remaining);
+            assert!((ra - rb).abs() < 1e-9, "{level} + {back}: {ra} vs {rb}");
+        }
+    }
+
+    #[test]
     fn oversized_requests_are_told_at_once() {
         let t0 = Instant::now();
         let mut b = Buckets::new([None, Some(1000), None, None], t0);
         assert_eq!(
-            b.admit(&Need::new(1001, 0), t0, Duration::from_secs(60)),
+            b.admit(&Amounts::request(1001, 0), t0, Duration::from_secs(60)),
             Admit::Oversized {
                 resource: Resource::InputTokens,
                 need: 1001,
@@ -367,11 +437,11 @@ mod tests {
         let mut b = Buckets::new(rpm(600), t0);
         b.pause(t0 + Duration::from_secs(5), t0);
         assert_eq!(
-            b.admit(&Need::new(0, 0), t0, Duration::from_secs(10)),
+            b.admit(&Amounts::request(0, 0), t0, Duration::from_secs(10)),
             Admit::Taken(Duration::from_secs(5))
         );
         assert!(matches!(
-            b.admit(&Need::new(0, 0), t0, Duration::from_secs(1)),
+            b.admit(&Amounts::request(0, 0), t0, Duration::from_secs(1)),
             Admit::Refused { .. }
         ));
     }

@@ -9,6 +9,8 @@ use brownout_core::{
 };
 use http::request::Parts;
 
+use crate::{LimitStore, LocalLimitStore};
+
 /// Per-minute limits for one key: any subset of requests, input tokens, output tokens,
 /// and input and output tokens together.
 ///
@@ -95,6 +97,7 @@ pub struct RateLimitConfig {
     pub(crate) estimate: EstimateConfig,
     pub(crate) max_keys: usize,
     pub(crate) events: Events,
+    pub(crate) store: Arc<dyn LimitStore>,
 }
 
 /// How input tokens are estimated; see [`RateLimitConfig::estimate`].
@@ -182,7 +185,16 @@ impl RateLimitConfig {
             estimate: EstimateConfig::new(),
             max_keys: 10_000,
             events: Events::new(),
+            store: Arc::new(LocalLimitStore),
         }
+    }
+
+    /// Where the keys' buckets live: this process's memory by default
+    /// ([`LocalLimitStore`]), or a store shared by a fleet (brownout-redis's
+    /// `RedisLimitStore`). See [`LimitStore`] for the round trips a store may make.
+    pub fn store(mut self, store: impl LimitStore) -> Self {
+        self.store = Arc::new(store);
+        self
     }
 
     /// The limits of every key whose model has none of its own.
@@ -326,7 +338,7 @@ impl fmt::Debug for RateLimitConfig {
             .field("estimate", &self.estimate)
             .field("max_keys", &self.max_keys)
             .field("events", &self.events)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 

@@ -44,7 +44,7 @@ impl LimitHandle {
             .entries()
             .iter()
             .map(|e| {
-                let mut b = e.lock();
+                let mut b = e.local.lock();
                 KeySnapshot {
                     key: e.name.clone(),
                     remaining: b.remaining(now),

@@ -3,14 +3,16 @@ use std::{
     task::{Context, Poll},
 };
 
-use brownout_core::{
-    future::{take_ready, ResponseFuture},
-    Body, BoxError,
-};
+use brownout_core::{future::take_ready, Body, BoxError};
 use http::{Request, Response};
 use tower_service::Service;
 
-use crate::{future, handle::LimitHandle, shared::Shared, RateLimitLayer};
+use crate::{
+    future::{self, ResponseFuture},
+    handle::LimitHandle,
+    shared::Shared,
+    RateLimitLayer,
+};
 
 /// Keeps requests under per-minute limits. See the [crate docs](crate).
 ///
@@ -70,7 +72,7 @@ where
 {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = ResponseFuture;
+    type Future = ResponseFuture<S, S::Future>;
 
     /// Ready when the inner service is: which key a request takes from is known only
     /// in `call`.
@@ -78,8 +80,8 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> ResponseFuture {
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let inner = take_ready(&mut self.inner);
-        ResponseFuture::new(future::call(self.shared.clone(), inner, request))
+        future::call(&self.shared, inner, request)
     }
 }

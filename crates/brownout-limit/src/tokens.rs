@@ -116,16 +116,111 @@ pub(crate) fn estimate(
     body: &[u8],
     cfg: &EstimateConfig,
 ) -> Estimate {
+    match parse(body) {
+        Some(request) => count(api, model, &request, cfg),
+        // Not a chat request we can read: the whole body, as text.
+        None => Estimate {
+            raw: bytes_estimate(body.len(), cfg),
+            exact: false,
+        },
+    }
+}
+
+/// A JSON object read as a chat request (serde would read an array as one too).
+fn parse(body: &[u8]) -> Option<ChatRequest<'_>> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace())?;
+    if *first != b'{' {
+        return None;
+    }
+    serde_json::from_slice::<ChatRequest<'_>>(body).ok()
+}
+
+/// A chat request read once for its facts and its input: what the layer reads when
+/// no layer outside it read the request's facts.
+pub(crate) struct Read<'a> {
+    request: ChatRequest<'a>,
+    model: Option<Cow<'a, str>>,
+    max_tokens: Option<u64>,
+    stream: bool,
+}
+
+impl Read<'_> {
+    /// The top-level `model`.
+    pub(crate) fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    /// The token limit (`max_tokens`, `max_completion_tokens` or `max_output_tokens`).
+    pub(crate) fn max_tokens(&self) -> Option<u64> {
+        self.max_tokens
+    }
+
+    /// Whether the caller asked for a stream.
+    pub(crate) fn is_stream(&self) -> bool {
+        self.stream
+    }
+}
+
+/// Reads `body` in one pass for its facts (model, token limit, stream) and its input.
+/// `None` when that one pass cannot say what brownout-core's facts would: not a chat
+/// request serde reads (a member named twice, `model` among them), a `model` that is
+/// not a string, a token limit that is not a whole number, a `stream` that is not a
+/// boolean, or more than one token limit member (brownout-core takes the first in
+/// the body's order).
+pub(crate) fn read(body: &[u8]) -> Option<Read<'_>> {
+    let request = parse(body)?;
+    let model = match request.model {
+        // Borrowed from the body unless it has escapes.
+        Some(raw) => Some(match serde_json::from_str::<&str>(raw.get()) {
+            Ok(model) => Cow::Borrowed(model),
+            Err(_) => Cow::Owned(serde_json::from_str::<String>(raw.get()).ok()?),
+        }),
+        None => None,
+    };
+    let mut limits = [
+        request.max_tokens,
+        request.max_completion_tokens,
+        request.max_output_tokens,
+    ]
+    .into_iter()
+    .flatten();
+    let max_tokens = match (limits.next(), limits.next()) {
+        (None, _) => None,
+        (Some(raw), None) => Some(raw.get().parse::<u64>().ok()?),
+        (Some(_), Some(_)) => return None,
+    };
+    let stream = match request.stream.map(RawValue::get) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return None,
+    };
+    Some(Read {
+        request,
+        model,
+        max_tokens,
+        stream,
+    })
+}
+
+/// Counts the input tokens of a request `read`, of `api` for `model`.
+pub(crate) fn count_read(
+    api: Api,
+    model: Option<&str>,
+    read: &Read<'_>,
+    cfg: &EstimateConfig,
+) -> Estimate {
+    count(api, model, &read.request, cfg)
+}
+
+fn count(
+    api: Api,
+    model: Option<&str>,
+    request: &ChatRequest<'_>,
+    cfg: &EstimateConfig,
+) -> Estimate {
     let bpe = match api {
         Api::OpenAiChat | Api::OpenAiResponses => model.and_then(openai_bpe),
         _ => None,
-    };
-    let Ok(request) = serde_json::from_slice::<ChatRequest<'_>>(body) else {
-        // Not a chat request we can read: the whole body, as text.
-        return Estimate {
-            raw: bytes_estimate(body.len(), cfg),
-            exact: false,
-        };
     };
     let mut counter = Counter {
         bpe,
@@ -137,7 +232,7 @@ pub(crate) fn estimate(
         },
         total: 0,
     };
-    counter.request(api, &request);
+    counter.request(api, request);
     Estimate {
         raw: counter.total,
         exact: bpe.is_some(),
@@ -319,10 +414,21 @@ impl CountCache {
     }
 }
 
-/// The parts of a chat request that hold input: Anthropic Messages, OpenAI Chat
-/// Completions and Responses alike. Every other member is skipped.
+/// The parts of a chat request that hold input, Anthropic Messages, OpenAI Chat
+/// Completions and Responses alike, and its facts. Every other member is skipped.
 #[derive(Deserialize)]
 struct ChatRequest<'a> {
+    // The facts, as they are: read only by `read`.
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_output_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    stream: Option<&'a RawValue>,
     #[serde(borrow, default)]
     system: Option<Content<'a>>,
     #[serde(borrow, default)]
@@ -428,6 +534,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
 #[derive(Debug)]
 pub(crate) struct Ratio {
     inner: Mutex<RatioState>,
+    /// The ratio in force, as `f64` bits: read by every request without the lock.
+    current: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -455,12 +563,13 @@ impl Ratio {
     pub(crate) fn new() -> Self {
         Ratio {
             inner: Mutex::new(RatioState::default()),
+            current: std::sync::atomic::AtomicU64::new(1.0f64.to_bits()),
         }
     }
 
     /// The tokens to charge for a first estimate of `raw`.
     pub(crate) fn charge(&self, estimate: Estimate, margin: f64) -> u64 {
-        let ratio = self.lock().ratio.unwrap_or(1.0);
+        let ratio = f64::from_bits(self.current.load(std::sync::atomic::Ordering::Relaxed));
         let margin = if estimate.exact { 0.0 } else { margin };
         (estimate.raw as f64 * ratio * (1.0 + margin)).ceil() as u64
     }
@@ -473,10 +582,13 @@ impl Ratio {
         }
         let mut s = self.lock();
         let sample = actual as f64 / raw as f64;
-        s.ratio = Some(match s.ratio {
+        let ratio = match s.ratio {
             None => sample,
             Some(r) => r + (sample - r) * 0.1,
-        });
+        };
+        s.ratio = Some(ratio);
+        self.current
+            .store(ratio.to_bits(), std::sync::atomic::Ordering::Relaxed);
         s.samples += 1;
         let rel = |n: u64| (n as f64 - actual as f64).abs() / actual as f64;
         s.raw_error += rel(raw);
@@ -616,6 +728,41 @@ mod tests {
         )
         .raw;
         assert!(b >= a + 1600 + ANTHROPIC_TOOLS_PROMPT + 9, "{a} {b}");
+    }
+
+    #[test]
+    fn one_pass_reads_the_facts_brownout_core_reads() {
+        let parts = http::Request::post("https://api.anthropic.com/v1/messages")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let bodies = [
+            r#"{"model":"claude-opus-4-1","max_tokens":1024,"messages":[]}"#,
+            r#"{"messages":[{"role":"user","content":"hi"}],"stream":true,"model":"gpt-4o","max_completion_tokens":7}"#,
+            r#"{"model":"m\u0065","max_output_tokens":3,"stream":false}"#,
+            r#"{"max_tokens":null,"model":null}"#,
+            r#"{"messages":[]}"#,
+        ];
+        for body in bodies {
+            let core = brownout_core::RequestFacts::read(&parts, body.as_bytes(), true).unwrap();
+            let one = read(body.as_bytes()).expect(body);
+            assert_eq!(one.model(), core.model(), "{body}");
+            assert_eq!(one.max_tokens(), core.max_tokens(), "{body}");
+            assert_eq!(one.is_stream(), core.is_stream(), "{body}");
+        }
+        // What one pass cannot decide as brownout-core does is left to brownout-core.
+        for body in [
+            r#"{"model":"a","messages":[],"model":"b"}"#,
+            r#"{"model":"a","mod\u0065l":"b"}"#,
+            r#"{"model":7}"#,
+            r#"{"model":"a","max_tokens":1.5}"#,
+            r#"{"model":"a","max_tokens":1,"max_completion_tokens":2}"#,
+            r#"{"model":"a","stream":"yes"}"#,
+            r#"["model"]"#,
+        ] {
+            assert!(read(body.as_bytes()).is_none(), "{body}");
+        }
     }
 
     #[test]

@@ -89,7 +89,12 @@ impl Scanner {
 
     /// Reads every usage object of `hay` from `from`; the position of one cut short.
     fn scan(&mut self, hay: &[u8], mut from: usize) -> Option<usize> {
-        while let Some(found) = FINDER.find(&hay[from..]) {
+        // Fewer bytes left than the key has: no search (the usual end of a JSON
+        // answer, just after its usage object).
+        while hay.len() - from >= 7 {
+            let Some(found) = FINDER.find(&hay[from..]) else {
+                break;
+            };
             let at = from + found;
             let mut i = at + 7;
             while i < hay.len() && matches!(hay[i], b' ' | b'\t' | b'\r' | b'\n' | b':') {
@@ -182,10 +187,16 @@ impl UsageObject {
                     while j < bytes.len() && matches!(bytes[j], b' ' | b'\t' | b'\r' | b'\n') {
                         j += 1;
                     }
-                    let digits = bytes[j..].iter().take_while(|b| b.is_ascii_digit()).count();
-                    let number = std::str::from_utf8(&bytes[j..j + digits])
-                        .ok()
-                        .and_then(|d| d.parse::<u64>().ok());
+                    // A whole number, by hand: no string to check and parse.
+                    let mut digits = 0;
+                    let mut value: Option<u64> = Some(0);
+                    while let Some(d) = bytes.get(j + digits).filter(|b| b.is_ascii_digit()) {
+                        value = value
+                            .and_then(|v| v.checked_mul(10))
+                            .and_then(|v| v.checked_add(u64::from(d - b'0')));
+                        digits += 1;
+                    }
+                    let number = value.filter(|_| digits > 0);
                     let slot = match key {
                         b"input_tokens" => &mut u.input_tokens,
                         b"output_tokens" => &mut u.output_tokens,

@@ -477,3 +477,38 @@ async fn zero_limits_are_refused() {
     .unwrap_err();
     assert!(error.to_string().contains("`m`"), "{error}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn facts_read_in_the_estimate_s_pass_still_refuse_a_model_named_twice() {
+    let upstream = Upstream::new();
+    let s = stack(
+        RateLimitConfig::new().model(MODEL, Limits::new().requests_per_minute(10)),
+        upstream.clone(),
+    );
+    let twice = Request::post("https://api.anthropic.com/v1/messages")
+        .header("x-api-key", "sk-ant-test")
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"claude-sonnet-4-5","max_tokens":5,"messages":[],"model":"claude-haiku-4-5"}"#,
+        )))
+        .unwrap();
+    let error = s.service.clone().oneshot(twice).await.unwrap_err();
+    assert!(
+        error
+            .downcast_ref::<brownout_core::error::InvalidRequest>()
+            .is_some(),
+        "{error}"
+    );
+    assert_eq!(upstream.calls(), 0);
+    assert!(s.handle.keys().is_empty(), "{:?}", s.handle.keys());
+    // A body read in one pass is keyed and limited by its model as before.
+    let (status, _, _) = send(&s.service, anthropic(5, "hi")).await;
+    assert_eq!(status, 200);
+    let keys = s.handle.keys();
+    assert_eq!(keys.len(), 1);
+    assert!(
+        keys[0].key.starts_with("claude-sonnet-4-5/"),
+        "{}",
+        keys[0].key
+    );
+    assert_eq!(remaining(&s.handle, Resource::Requests), 9.0);
+}

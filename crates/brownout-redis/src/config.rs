@@ -11,7 +11,8 @@ use redis::{ConnectionInfo, IntoConnectionInfo, ProtocolVersion};
 const LAYER: &str = "redis";
 
 /// How a Redis-backed store reaches Redis and shares state: give it to
-/// [`RedisBreakerStore::new`](crate::RedisBreakerStore::new).
+/// [`RedisBreakerStore::new`](crate::RedisBreakerStore::new) or
+/// [`RedisLimitStore::new`](crate::RedisLimitStore::new).
 ///
 /// | setting | default | |
 /// |---|---|---|

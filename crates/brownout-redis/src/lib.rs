@@ -1,5 +1,5 @@
-//! Redis-backed stores for brownout's layers: circuit breakers shared by every replica
-//! of a deployment.
+//! Redis-backed stores for brownout's layers: circuit breakers and rate limits shared
+//! by every replica of a deployment.
 //!
 //! A fleet of replicas that each learn an outage on their own sends N times the
 //! probes to a failing model. With a [`RedisBreakerStore`] given to
@@ -85,22 +85,93 @@
 //! per [`poll_interval`](RedisConfig::poll_interval), whatever the traffic. Figures
 //! and how to reproduce them: `BENCHMARKS.md` beside this crate's `Cargo.toml`.
 //!
+//! # Shared rate limits
+//!
+//! N replicas that each keep their own buckets together send N times the provider's
+//! limit. With a [`RedisLimitStore`] given to `RateLimitConfig::store` (crate
+//! `brownout-limit`), every replica takes from the same buckets:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use brownout_limit::{Limits, RateLimitConfig, RateLimitLayer};
+//! use brownout_redis::{FailMode, RedisConfig, RedisLimitStore};
+//!
+//! # async fn run() -> Result<(), brownout_core::error::InvalidConfig> {
+//! let redis = RedisConfig::new("redis://127.0.0.1:6379", "prod")?
+//!     .timeout(Duration::from_millis(50));
+//! let store = RedisLimitStore::new(redis, FailMode::Open)?;
+//! let limits = RateLimitLayer::new(
+//!     RateLimitConfig::new()
+//!         .model("claude-sonnet-4-5", Limits::new().requests_per_minute(50))
+//!         .store(store),
+//! )?;
+//! # let _ = limits;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! - **Buckets in Redis, taken from atomically.** Each key is a hash
+//!   `brownout:{deployment}:limit:{key}` holding a token bucket per limited resource
+//!   (requests, input tokens, output tokens, tokens), refilling continuously on
+//!   Redis's clock (`TIME`), as redis-cell and the `limits` library do. One Lua script,
+//!   loaded once and called with `EVALSHA`, refills the buckets, checks all of them and
+//!   takes from all of them in one step, so two replicas never both take the last
+//!   room. A request that may wait takes its room in debt and waits locally, as with
+//!   the local store; the capacities are sent with each call (the configured limits,
+//!   tightened by what this replica learned from the provider's headers).
+//! - **The round-trip budget: one per admitted request, at most.** The admission is
+//!   the only Redis call a request waits on. Settlements from `usage`, refunds,
+//!   learned `remaining` counts and a 429's pause are applied to the key's local
+//!   buckets at once and sent every [`flush_interval`](RedisConfig::flush_interval),
+//!   one pipeline, the settlements of a key added into one script call (measured:
+//!   1.0005 round trips per call; `BENCHMARKS.md`).
+//! - **No credential in Redis.** The key names the model as it is (when it is a plain
+//!   name) and the caller by a BLAKE3 fingerprint, keyed by the deployment, of the
+//!   limiter's credential fingerprint; a key of your own is fingerprinted unless it is
+//!   a plain name.
+//! - **Each admission mirrored locally.** What Redis admitted is also taken from the
+//!   key's local buckets, so that they know this replica's recent use when they must
+//!   take over.
+//!
+//! ## Redis down or slow: fail-open or fail-closed
+//!
+//! Every Redis call has the [`timeout`](RedisConfig::timeout) (100 ms by default).
+//! When an admission fails or is late, the store emits
+//! [`RedisEvent::SharedStateLost`] and, until Redis answers again, decides without
+//! it, as its [`FailMode`] says:
+//!
+//! - [`FailMode::Open`] (the default): from the key's local buckets. No request fails
+//!   because Redis did, but each replica then holds to the whole limit by itself, so
+//!   a fleet may exceed it together while Redis is away. For limits that are a
+//!   provider's, whose own 429s (learned as pauses) are the backstop.
+//! - [`FailMode::Closed`]: every request is refused with the limiter's 429
+//!   `rate_limit_error` in the provider's shape (`retry-after` as configured), or its
+//!   `RateLimited` error. For limits that must hold, such as a budget shared by
+//!   tenants.
+//!
+//! While away the store makes no Redis call on a request's path; its background task
+//! checks Redis every [`poll_interval`](RedisConfig::poll_interval) (loading the
+//! script again, which a restarted Redis has forgotten), and when Redis answers it
+//! emits [`RedisEvent::SharedStateResumed`] and admissions go to Redis again. The
+//! buckets in Redis are then as Redis kept them (a restarted one starts full);
+//! settlements made while away stay local.
+//!
 //! # What is not shared yet
 //!
-//! Only the breakers: the rate limiter's buckets and the response cache have no store
-//! trait to implement yet. The limiter needs one whose admission is asynchronous (one
-//! `EVALSHA` of a token-bucket or GCRA script per admitted request, four resources at
-//! once) with a fail-open or fail-closed choice on timeout; the cache one with `get`
-//! and `put` of a response and its stale window as Redis expirations.
+//! The response cache (brownout-cache has no store trait yet, which needs `get` and
+//! `put` of a response and its stale window as Redis expirations) and the retry
+//! budget.
 
 mod breaker;
 mod config;
 mod event;
 mod keys;
+mod limit;
 mod worker;
 
 pub use breaker::RedisBreakerStore;
 pub use config::RedisConfig;
 pub use event::RedisEvent;
+pub use limit::{FailMode, RedisLimitStore, RoundTrips};
 
 pub use brownout_breaker::LocalStore;
