@@ -119,6 +119,7 @@ mod event;
 mod layer;
 mod meta;
 mod service;
+pub mod stream;
 
 pub use config::{Exhausted, FallbackConfig, Target, UnknownModels};
 pub use error::AllTargetsFailed;
