@@ -103,6 +103,7 @@
 //! and a stream whose every remaining target failed.
 
 mod guard;
+mod resume;
 
 use std::{fmt, time::Duration};
 
@@ -113,6 +114,8 @@ use brownout_core::{
 };
 
 pub use self::guard::{GuardedBody, ResponseFuture, StreamGuard};
+pub use self::resume::StreamResumes;
+pub(crate) use self::resume::{resume_mode, Next, ResumeContext};
 
 /// What happens to a stream that fails after bytes reached the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -223,7 +223,7 @@ pub fn chat(stream: &[u8]) -> Chat {
 /// The bytes each upstream answer's body carried, in order, as the upstream sent
 /// them.
 #[derive(Clone, Default)]
-pub struct Tape(pub Arc<Mutex<Vec<Answer>>>);
+pub struct Tape(pub Arc<Mutex<Vec<Answer>>>, pub Arc<Mutex<Vec<Bytes>>>);
 
 /// One answer on the tape: the model asked for, and the bytes sent.
 pub type Answer = (String, Vec<u8>);
@@ -250,7 +250,12 @@ impl Tape {
     {
         use tower::ServiceExt;
         let tape = self.0.clone();
+        let requests = self.1.clone();
         tower::service_fn(move |request: Request<brownout_core::Body>| {
+            requests
+                .lock()
+                .unwrap()
+                .push(request.body().bytes().cloned().unwrap_or_default());
             let model = brownout_core::RequestFacts::of(request.extensions())
                 .and_then(|f| f.model())
                 .unwrap_or("")
@@ -279,6 +284,11 @@ impl Tape {
     /// What the upstream sent for the `n`-th answer: (model, bytes).
     pub fn answer(&self, n: usize) -> (String, Vec<u8>) {
         self.0.lock().unwrap()[n].clone()
+    }
+
+    /// The body of the `n`-th request sent upstream.
+    pub fn request(&self, n: usize) -> Bytes {
+        self.1.lock().unwrap()[n].clone()
     }
 
     /// How many answers were recorded.
