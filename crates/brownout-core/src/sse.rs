@@ -550,3 +550,329 @@ mod tests {
         assert_eq!(json["error"]["type"], "api_error");
     }
 }
+
+// ---- Whole answers and streams, one from the other ---------------------------------
+
+#[derive(Deserialize)]
+struct AnthropicMessage {
+    id: String,
+    model: String,
+    content: Vec<AnthropicBlock>,
+    stop_reason: Option<String>,
+    usage: Option<AnthropicUsage>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicBlock {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct AnthropicUsage {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct ChatCompletion {
+    id: String,
+    #[serde(default)]
+    created: u64,
+    model: String,
+    choices: Vec<ChatCompletionChoice>,
+    usage: Option<ChatUsage>,
+}
+
+#[derive(Deserialize)]
+struct ChatCompletionChoice {
+    message: ChatMessage,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChatMessage {
+    content: Option<String>,
+    tool_calls: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+struct ChatUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
+fn stop_of(reason: Option<&str>) -> Option<crate::shape::Stop> {
+    match reason? {
+        "end_turn" | "stop" => Some(crate::shape::Stop::EndTurn),
+        "max_tokens" | "length" => Some(crate::shape::Stop::MaxTokens),
+        _ => None,
+    }
+}
+
+/// A whole answer (`application/json`) of `api` as the stream the provider would
+/// have sent for it: for an answer stored from a request that did not stream,
+/// served to one that does. One content delta carries the whole text. `None` for an
+/// answer this cannot render faithfully: not a text answer (tool use, several
+/// choices), a stop reason other than the end of the turn or the token limit, or an
+/// API other than Anthropic Messages and OpenAI chat.
+///
+/// ```
+/// use brownout_core::{provider::Api, sse};
+///
+/// let message = br#"{"id":"msg_1","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":"Hi."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":3,"output_tokens":2}}"#;
+/// let stream = sse::stream_of(Api::AnthropicMessages, message, false).unwrap();
+/// let back = sse::message_of(Api::AnthropicMessages, &stream).unwrap();
+/// assert_eq!(back, &message[..]);
+/// ```
+pub fn stream_of(api: Api, message: &[u8], include_usage: bool) -> Option<Vec<u8>> {
+    use crate::shape::{self, Ending, Reply, Style};
+    match api {
+        Api::AnthropicMessages => {
+            let m: AnthropicMessage = serde_json::from_slice(message).ok()?;
+            let text = match m.content.as_slice() {
+                [] => String::new(),
+                blocks => {
+                    let mut text = String::new();
+                    for block in blocks {
+                        if block.kind != "text" {
+                            return None;
+                        }
+                        text.push_str(block.text.as_deref()?);
+                    }
+                    text
+                }
+            };
+            let usage = m.usage.unwrap_or_default();
+            let pieces = [text.as_str()];
+            let reply = Reply {
+                id: &m.id,
+                model: &m.model,
+                created: 0,
+                pieces: if text.is_empty() { &[] } else { &pieces },
+                input_tokens: usage.input_tokens,
+                output_tokens: usage.output_tokens,
+                stop: stop_of(m.stop_reason.as_deref())?,
+            };
+            Some(shape::anthropic_sse(
+                &reply,
+                &Style::default(),
+                Ending::Complete,
+            ))
+        }
+        Api::OpenAiChat => {
+            let c: ChatCompletion = serde_json::from_slice(message).ok()?;
+            let [choice] = c.choices.as_slice() else {
+                return None;
+            };
+            if choice.message.tool_calls.is_some() {
+                return None;
+            }
+            let text = choice.message.content.clone().unwrap_or_default();
+            let usage = c.usage.unwrap_or_default();
+            let pieces = [text.as_str()];
+            let reply = Reply {
+                id: &c.id,
+                model: &c.model,
+                created: c.created,
+                pieces: if text.is_empty() { &[] } else { &pieces },
+                input_tokens: usage.prompt_tokens,
+                output_tokens: usage.completion_tokens,
+                stop: stop_of(choice.finish_reason.as_deref())?,
+            };
+            Some(shape::openai_sse(
+                &reply,
+                &Style::default(),
+                include_usage,
+                Ending::Complete,
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// A whole stream of `api` (every event, its proper end included) as the answer the
+/// provider would have given without streaming: for an answer stored from a streamed
+/// request, served to one that does not stream (or kept as one form). `None` for a
+/// stream that is not whole (an error event, no end), that is not a text answer, or
+/// of an API other than Anthropic Messages and OpenAI chat.
+pub fn message_of(api: Api, stream: &[u8]) -> Option<Vec<u8>> {
+    use crate::shape::{self, Reply, Style};
+    let mut id = None;
+    let mut model = None;
+    let mut created = 0;
+    let mut text = String::new();
+    let mut input_tokens = 0;
+    let mut output_tokens = 0;
+    let mut stop = None;
+    let mut ended = false;
+    for event in events(stream) {
+        if ended {
+            break;
+        }
+        match meaning(api, &event) {
+            Meaning::Error => return None,
+            Meaning::End => ended = true,
+            _ => {}
+        }
+        if ended && api == Api::OpenAiChat {
+            break;
+        }
+        let data: serde_json::Value = match serde_json::from_slice(&event.data) {
+            Ok(data) => data,
+            Err(_) => continue,
+        };
+        match api {
+            Api::AnthropicMessages => match event.name.unwrap_or("") {
+                "message_start" => {
+                    let m = &data["message"];
+                    id = m["id"].as_str().map(str::to_owned);
+                    model = m["model"].as_str().map(str::to_owned);
+                    input_tokens = m["usage"]["input_tokens"].as_u64().unwrap_or(0);
+                    output_tokens = m["usage"]["output_tokens"].as_u64().unwrap_or(0);
+                }
+                "content_block_start" if data["content_block"]["type"] != "text" => return None,
+                "content_block_delta" => {
+                    if data["delta"]["type"] != "text_delta" {
+                        return None;
+                    }
+                    text.push_str(data["delta"]["text"].as_str()?);
+                }
+                "message_delta" => {
+                    stop = stop_of(data["delta"]["stop_reason"].as_str());
+                    if let Some(n) = data["usage"]["output_tokens"].as_u64() {
+                        output_tokens = n;
+                    }
+                    if let Some(n) = data["usage"]["input_tokens"].as_u64() {
+                        input_tokens = n;
+                    }
+                }
+                _ => {}
+            },
+            Api::OpenAiChat => {
+                if id.is_none() {
+                    id = data["id"].as_str().map(str::to_owned);
+                    model = data["model"].as_str().map(str::to_owned);
+                    created = data["created"].as_u64().unwrap_or(0);
+                }
+                let choices = data["choices"].as_array()?;
+                if choices.len() > 1 {
+                    return None;
+                }
+                if let Some(choice) = choices.first() {
+                    let delta = &choice["delta"];
+                    if delta.get("tool_calls").is_some_and(|t| !t.is_null()) {
+                        return None;
+                    }
+                    if let Some(t) = delta["content"].as_str() {
+                        text.push_str(t);
+                    }
+                    if let Some(reason) = choice["finish_reason"].as_str() {
+                        stop = stop_of(Some(reason));
+                        stop?;
+                    }
+                }
+                if let Some(usage) = data.get("usage").filter(|u| u.is_object()) {
+                    input_tokens = usage["prompt_tokens"].as_u64().unwrap_or(0);
+                    output_tokens = usage["completion_tokens"].as_u64().unwrap_or(0);
+                }
+            }
+            _ => return None,
+        }
+    }
+    if !ended {
+        return None;
+    }
+    let (id, model, stop) = (id?, model?, stop?);
+    let pieces = [text.as_str()];
+    let reply = Reply {
+        id: &id,
+        model: &model,
+        created,
+        pieces: &pieces,
+        input_tokens,
+        output_tokens,
+        stop,
+    };
+    Some(match api {
+        Api::AnthropicMessages => shape::anthropic_message(&reply),
+        _ => shape::openai_completion(&reply, &Style::default()),
+    })
+}
+
+#[cfg(test)]
+mod conversion_tests {
+    use super::*;
+    use crate::shape::{self, Ending, Reply, Stop, Style};
+
+    fn reply(pieces: &'static [&'static str]) -> Reply<'static> {
+        Reply {
+            id: "id-1",
+            model: "m",
+            created: 1_700_000_000,
+            pieces,
+            input_tokens: 5,
+            output_tokens: 3,
+            stop: Stop::MaxTokens,
+        }
+    }
+
+    #[test]
+    fn streams_and_whole_answers_turn_into_each_other() {
+        let r = reply(&["Hello", ", \"world\"", " ü."]);
+        let joined = reply(&["Hello, \"world\" ü."]);
+        let quirks = Style {
+            system_fingerprint: None,
+            start_output_tokens: 1,
+            spaced_ping: true,
+            null_usage: false,
+            role_refusal: false,
+        };
+        let stream = shape::anthropic_sse(&r, &quirks, Ending::Complete);
+        let message = message_of(Api::AnthropicMessages, &stream).unwrap();
+        assert_eq!(message, shape::anthropic_message(&r));
+        let back = stream_of(Api::AnthropicMessages, &message, false).unwrap();
+        assert_eq!(
+            back,
+            shape::anthropic_sse(&joined, &Style::default(), Ending::Complete)
+        );
+
+        let stream = shape::openai_sse(&r, &Style::default(), true, Ending::Complete);
+        let message = message_of(Api::OpenAiChat, &stream).unwrap();
+        assert_eq!(message, shape::openai_completion(&r, &Style::default()));
+        let back = stream_of(Api::OpenAiChat, &message, true).unwrap();
+        assert_eq!(
+            back,
+            shape::openai_sse(&joined, &Style::default(), true, Ending::Complete)
+        );
+    }
+
+    #[test]
+    fn what_is_not_whole_or_not_text_is_not_converted() {
+        let r = reply(&["a", "b"]);
+        let error = shape::anthropic_error("overloaded_error", "x");
+        let failed = shape::anthropic_sse(
+            &r,
+            &Style::default(),
+            Ending::Error {
+                after: 1,
+                body: &error,
+            },
+        );
+        assert_eq!(message_of(Api::AnthropicMessages, &failed), None);
+        let whole = shape::anthropic_sse(&r, &Style::default(), Ending::Complete);
+        assert_eq!(
+            message_of(Api::AnthropicMessages, &whole[..whole.len() - 40]),
+            None
+        );
+        assert_eq!(message_of(Api::OpenAiResponses, &whole), None);
+        let tool = br#"{"id":"m1","model":"m","content":[{"type":"tool_use","id":"t","name":"f","input":{}}],"stop_reason":"tool_use","usage":{"input_tokens":1,"output_tokens":1}}"#;
+        assert_eq!(stream_of(Api::AnthropicMessages, tool, false), None);
+        assert_eq!(stream_of(Api::AnthropicMessages, b"not json", false), None);
+    }
+}
