@@ -338,6 +338,9 @@ struct Stitch {
     id: Option<String>,
     /// An OpenAI tool call was seen.
     tool_call: bool,
+    /// The answer said it was done (Anthropic's `message_delta`, an OpenAI finish
+    /// reason): nothing is left to continue.
+    finished: bool,
     /// The stream has ended the provider's way.
     ended: bool,
     /// Models that wrote the answer, once it was resumed.
@@ -359,15 +362,18 @@ impl Stitch {
             merge: false,
             id: None,
             tool_call: false,
+            finished: false,
             ended: false,
             written_by: None,
         }
     }
 
-    /// Whether the answer can be continued by another model: text so far, and no
-    /// tool use cut mid-way.
+    /// Whether the answer can be continued by another model: text so far, no tool
+    /// use cut mid-way, and not already finished (a stream that fails between its
+    /// finish and its last event is ended, not continued).
     fn resumable(&self) -> bool {
-        !self.text.trim().is_empty()
+        !self.finished
+            && !self.text.trim().is_empty()
             && !self.tool_call
             && !matches!(self.open, Some((_, Block::Other)))
     }
@@ -500,6 +506,7 @@ impl Stitch {
                 }
             }
             "message_delta" => {
+                self.finished = true;
                 let reported = data["usage"]["output_tokens"].as_u64().unwrap_or(0);
                 if first {
                     out.push_back(raw);
@@ -584,6 +591,7 @@ impl Stitch {
                 }
                 if choice["finish_reason"].is_string() {
                     finishing = true;
+                    self.finished = true;
                     role_only = false;
                 }
             }
