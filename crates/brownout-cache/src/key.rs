@@ -210,7 +210,19 @@ fn canonical_body(hasher: &mut Canon, body: &[u8]) {
     match serde_json::from_slice::<Node<'_>>(body) {
         Ok(node) => {
             hasher.update(b"J");
-            node.hash(hasher);
+            // Whether the answer streams is how it is delivered, not what it says: a
+            // request that streams and one that does not share an entry (see the
+            // `stream` module).
+            match node {
+                Node::Object(members) => Node::Object(
+                    members
+                        .into_iter()
+                        .filter(|(k, _)| k != "stream" && k != "stream_options")
+                        .collect(),
+                )
+                .hash(hasher),
+                other => other.hash(hasher),
+            }
         }
         Err(_) => field(hasher, b'B', body),
     }

@@ -109,11 +109,16 @@
 //! tests can pause it.
 //!
 //! **Streaming** requests (`"stream": true` at the top level of the body, as the
-//! request's facts say) and event-stream answers pass through untouched (the answer
-//! is not buffered; the request body is, as every request body is, to read `stream`)
-//! and are never stored or served from the store: replaying a stored event stream
-//! faithfully (its timing, its mid-stream errors) is not something this cache claims
-//! to do.
+//! request's facts say) share their entry with the same request that does not
+//! stream: the key leaves `stream` and `stream_options` out. A streamed answer goes
+//! to the caller as it comes (it is not held back), copied on the way; once it has
+//! ended whole (its `message_stop` or `[DONE]`, no error event) the message it
+//! amounts to is stored as JSON. A stored answer served to a request that streams is
+//! rendered as the stream the provider would have sent for it, one content delta for
+//! the whole text, marked like any other stored answer; served to one that does not
+//! stream, it is the JSON. Answers that neither form renders faithfully (tool use, a
+//! stop sequence, the Responses API) are neither stored from a stream nor served as
+//! one. The stored stream is not a replay of the original's timing or events.
 //!
 //! # On failure
 //!
@@ -137,6 +142,7 @@ mod key;
 mod layer;
 mod service;
 mod store;
+mod stream;
 
 pub use config::{CacheConfig, Mode};
 pub use event::{CacheEvent, CacheStatus};

@@ -9,6 +9,7 @@ use brownout_core::{
     classify::{classify_result, DefaultClassifier, Outcome, DEFAULT_ERROR_BODY_LIMIT},
     event::Event,
     future::{take_ready, Output, ResponseFuture},
+    provider::Api,
     Body, BoxError, RequestFacts,
 };
 use bytes::Bytes;
@@ -133,10 +134,16 @@ where
         // way.
         return call(&mut inner, parts, body).await;
     };
-    let stream = RequestFacts::of(&parts.extensions).is_some_and(RequestFacts::is_stream);
-    if stream || no_store(&parts) {
+    let facts = RequestFacts::of(&parts.extensions);
+    let stream = facts.is_some_and(RequestFacts::is_stream);
+    let api = facts.map_or_else(|| Api::from_path(parts.uri.path()), RequestFacts::api);
+    if no_store(&parts) || (stream && !matches!(api, Api::AnthropicMessages | Api::OpenAiChat)) {
         return call(&mut inner, parts, body).await;
     }
+    // How a stored answer is served to this request: as it is, or as a stream.
+    let serve = Serve {
+        stream: stream.then(|| (api, crate::stream::include_usage(&data))),
+    };
     let store = &shared.store;
     let keying = &config.keying;
     let key = store
@@ -148,7 +155,10 @@ where
     let mut guard = None;
     if config.mode == Mode::FreshHit {
         if let Some(hit) = fresh(store.get(&key).await, config) {
-            return Ok(from_store(&shared, &parts, &hit, CacheStatus::Hit, None));
+            if let Some(response) = from_store(&shared, &parts, &hit, CacheStatus::Hit, None, serve)
+            {
+                return Ok(response);
+            }
         }
         match store.flight(key) {
             Flight::Lead(lead) => guard = Some(lead),
@@ -157,7 +167,11 @@ where
                 // closes when it is done.
                 let _ = done.changed().await;
                 if let Some(hit) = fresh(store.get(&key).await, config) {
-                    return Ok(from_store(&shared, &parts, &hit, CacheStatus::Hit, None));
+                    if let Some(response) =
+                        from_store(&shared, &parts, &hit, CacheStatus::Hit, None, serve)
+                    {
+                        return Ok(response);
+                    }
                 }
             }
         }
@@ -172,6 +186,13 @@ where
     let (result, outcome) =
         classify_result(&DefaultClassifier::new(), live, DEFAULT_ERROR_BODY_LIMIT).await;
     let result = match result {
+        Ok(response)
+            if outcome.is_success()
+                && response.status().is_success()
+                && is_event_stream(&response) =>
+        {
+            Ok(record_stream(store, key, api, response))
+        }
         Ok(response) if outcome.is_success() && response.status().is_success() => {
             Ok(store_response(store, key, response).await)
         }
@@ -184,13 +205,17 @@ where
     match servable(store.get(&key).await, config) {
         Some(entry) => {
             let stale_for = Some(outcome);
-            Ok(from_store(
+            match from_store(
                 &shared,
                 &parts,
                 &entry,
                 CacheStatus::Stale,
                 stale_for,
-            ))
+                serve,
+            ) {
+                Some(response) => Ok(response),
+                None => result,
+            }
         }
         None => result,
     }
@@ -267,14 +292,52 @@ fn servable(entry: Option<Arc<Entry>>, config: &CacheConfig) -> Option<Arc<Entry
     entry.filter(|e| e.stored_at.elapsed() < limit)
 }
 
-/// An answer from the store, marked as such.
+/// How a stored answer is served: as it is, or, for a request that streams, as the
+/// stream of this API (and whether with OpenAI's usage chunk).
+#[derive(Clone, Copy)]
+struct Serve {
+    stream: Option<(Api, bool)>,
+}
+
+fn is_event_stream<B>(response: &Response<B>) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// A streamed answer, handed on as it comes and stored once it has ended whole (see
+/// the `stream` module); a `no-store` one is handed on untouched.
+fn record_stream(
+    store: &Arc<Store>,
+    key: CacheKey,
+    api: Api,
+    response: Response<Body>,
+) -> Response<Body> {
+    if no_store_response(&response) || !matches!(api, Api::AnthropicMessages | Api::OpenAiChat) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let head = (parts.status, parts.version, parts.headers.clone());
+    let body = crate::stream::Recording::new(body, api, store.clone(), key, head);
+    Response::from_parts(parts, Body::new(body))
+}
+
+/// An answer from the store, marked as such; `None` when it cannot be served as the
+/// request asks (a stream of an answer no stream renders).
 fn from_store(
     shared: &Shared,
     parts: &Parts,
     entry: &Entry,
     status: CacheStatus,
     live: Option<Outcome>,
-) -> Response<Body> {
+    serve: Serve,
+) -> Option<Response<Body>> {
+    let streamed = match serve.stream {
+        Some((api, include_usage)) => Some(crate::stream::as_stream(api, entry, include_usage)?),
+        None => None,
+    };
     let age = entry.stored_at.elapsed();
     shared.config.events.emit(Event::new(
         "cache",
@@ -286,17 +349,18 @@ fn from_store(
             outcome: live,
         },
     ));
-    let mut response = Response::new(Body::from_bytes(entry.body.clone()));
+    let (headers, body) = streamed.unwrap_or_else(|| (entry.headers.clone(), entry.body.clone()));
+    let mut response = Response::new(Body::from_bytes(body));
     *response.status_mut() = entry.status;
     *response.version_mut() = entry.version;
-    *response.headers_mut() = entry.headers.clone();
+    *response.headers_mut() = headers;
     let headers = response.headers_mut();
     headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
     if let Some(name) = &shared.config.status_header {
         headers.insert(name.clone(), HeaderValue::from_static(status.as_str()));
     }
     response.extensions_mut().insert(status);
-    response
+    Some(response)
 }
 
 fn no_store(parts: &Parts) -> bool {

@@ -16,6 +16,8 @@
 //! - [`json`]: top-level members of a JSON body, found without a full parse.
 //! - [`shape`]: the providers' response and error bodies and their SSE streams, byte
 //!   for byte.
+//! - [`sse`]: server-sent events cut into whole events without copying, and what
+//!   each means in a provider's stream (content, the end, an error).
 //! - [`rng`]: injectable randomness; time comes only from `tokio::time`, so tests can
 //!   pause it.
 //! - [`error`]: the errors layers create themselves.
@@ -56,6 +58,7 @@ pub mod provider;
 pub mod request;
 pub mod rng;
 pub mod shape;
+pub mod sse;
 #[cfg(feature = "test-util")]
 pub mod testing;
 

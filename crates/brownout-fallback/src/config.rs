@@ -151,6 +151,7 @@ pub enum UnknownModels {
 /// | [`served_header`](Self::served_header) | off (`x-brownout-model` when on) |
 /// | [`on_exhausted`](Self::on_exhausted) | [`Exhausted::LastResponse`] |
 /// | [`unknown_models`](Self::unknown_models) | [`UnknownModels::FromFirstTarget`] |
+/// | [`after_first_byte`](Self::after_first_byte) | [`AfterFirstByte::End`](crate::stream::AfterFirstByte::End): a stream that fails after content is not resumed |
 ///
 /// Two settings are the stack's, not this layer's: how much of a request body is
 /// buffered to be sent to several targets is the
@@ -169,6 +170,7 @@ pub struct FallbackConfig {
     pub(crate) served_header: Option<HeaderName>,
     pub(crate) on_exhausted: Exhausted,
     pub(crate) unknown_models: UnknownModels,
+    pub(crate) after_first_byte: crate::stream::AfterFirstByte,
     pub(crate) events: Events,
 }
 
@@ -209,6 +211,7 @@ impl FallbackConfig {
             served_header: None,
             on_exhausted: Exhausted::LastResponse,
             unknown_models: UnknownModels::FromFirstTarget,
+            after_first_byte: crate::stream::AfterFirstByte::End,
             events: Events::new(),
         })
     }
@@ -264,6 +267,17 @@ impl FallbackConfig {
         self
     }
 
+    /// What happens to a streamed answer that fails after content reached the
+    /// caller: [`End`](crate::stream::AfterFirstByte::End) (the default) leaves it to
+    /// end as it does (well-formed, under a
+    /// [`StreamGuardLayer`](crate::stream::StreamGuardLayer)), and
+    /// [`Resume`](crate::stream::AfterFirstByte::Resume) continues the same answer on
+    /// the next model of the cascade. See [`stream`](crate::stream#resume).
+    pub fn after_first_byte(mut self, mode: crate::stream::AfterFirstByte) -> Self {
+        self.after_first_byte = mode;
+        self
+    }
+
     /// What the caller gets when every target failed.
     pub fn on_exhausted(mut self, exhausted: Exhausted) -> Self {
         self.on_exhausted = exhausted;
@@ -300,6 +314,7 @@ impl fmt::Debug for FallbackConfig {
             .field("served_header", &self.served_header)
             .field("on_exhausted", &self.on_exhausted)
             .field("unknown_models", &self.unknown_models)
+            .field("after_first_byte", &self.after_first_byte)
             .finish_non_exhaustive()
     }
 }

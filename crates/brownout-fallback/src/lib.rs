@@ -104,14 +104,21 @@
 //!
 //! # Streaming
 //!
-//! A target's answer is judged on its head (and the start of an error body). A stream
-//! that fails after its `200` head reached the caller belongs to the model that
-//! started it: the caller has begun reading it, and no fallback can take it back.
+//! A target's answer is judged on its head (and the start of an error body). To judge
+//! a stream on what it does after its `200` — an `overloaded_error` event, a stall, a
+//! cut before the first content — put a [`StreamGuardLayer`](stream::StreamGuardLayer)
+//! right over the HTTP client: such a stream is then an attempt failure like a 529,
+//! retried, counted by the breaker, and the cascade moves on, and the caller gets one
+//! clean stream from the model that answered. A stream that fails after content
+//! reached the caller is ended well-formed by the guard, or, with
+//! [`after_first_byte(AfterFirstByte::Resume)`](FallbackConfig::after_first_byte),
+//! continued on the next model and stitched into one message. See [`stream`].
 //!
 //! # Where it goes in a stack
 //!
 //! Outside the circuit breaker and the retry layer: each target is then retried as
-//! configured, and the breaker's handle tells the cascade which models to skip.
+//! configured, and the breaker's handle tells the cascade which models to skip. The
+//! stream guard, when there is one, goes inside them all, right over the client.
 
 mod config;
 mod error;
@@ -119,6 +126,7 @@ mod event;
 mod layer;
 mod meta;
 mod service;
+pub mod stream;
 
 pub use config::{Exhausted, FallbackConfig, Target, UnknownModels};
 pub use error::AllTargetsFailed;

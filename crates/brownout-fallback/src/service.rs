@@ -23,6 +23,7 @@ use tower_service::Service;
 
 use crate::{
     config::{Exhausted, Target, UnknownModels},
+    stream::{resume_mode, AfterFirstByte, Next, ResumeContext},
     AllTargetsFailed, FallbackConfig, FallbackEvent, FallbackLayer, FallbackReason, InvalidConfig,
     NoCascadeReason, ServedBy,
 };
@@ -146,7 +147,8 @@ async fn run<S, ResBody>(
     request: Request<Body>,
 ) -> Output
 where
-    S: Service<Request<Body>, Response = Response<ResBody>> + Clone,
+    S: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+    S::Future: Send,
     S::Error: Into<BoxError>,
     ResBody: http_body::Body + Send + 'static,
     ResBody::Data: Send,
@@ -304,7 +306,26 @@ where
             }
         };
         if outcome.is_success() || !(config.fallback_when)(&outcome) {
-            return served(result, &config, target, offset);
+            let result = served(result, &config, target, offset);
+            if outcome.is_success() && config.after_first_byte == AfterFirstByte::Resume {
+                let ctx = ResumeContext {
+                    api: facts.api(),
+                    data: data.clone(),
+                    models: config.targets.iter().map(|t| t.model.clone()).collect(),
+                    position: start + offset,
+                    start: resume_start(
+                        inner.clone(),
+                        routes.clone(),
+                        config.clone(),
+                        parts.clone(),
+                        deadline,
+                    ),
+                    request: (parts.method.clone(), parts.uri.clone()),
+                    events: config.events.clone(),
+                };
+                return result.map(|response| resume_mode(ctx, response));
+            }
+            return result;
         }
         failures.push((
             target.model.clone(),
@@ -330,6 +351,68 @@ where
         }
         _ => Err(Box::new(report)),
     }
+}
+
+/// How a resumed stream starts its next part: from cascade position `from` on, the
+/// first target that is available and answers with a stream, sent `body` (the
+/// continuation request) with its model written in.
+fn resume_start<S, ResBody>(
+    inner: S,
+    routes: Arc<[Option<S>]>,
+    config: Arc<FallbackConfig>,
+    parts: Parts,
+    deadline: Option<Instant>,
+) -> Arc<dyn Fn(usize, Bytes) -> Next + Send + Sync>
+where
+    S: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    ResBody: http_body::Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
+{
+    let shared = Arc::new((inner, routes, config, parts));
+    Arc::new(move |from: usize, body: Bytes| -> Next {
+        let shared = shared.clone();
+        Box::pin(async move {
+            let (inner, routes, config, parts) = &*shared;
+            let facts = RequestFacts::read(parts, &body, true).ok()?;
+            for at in from..config.targets.len() {
+                let target = &config.targets[at];
+                if let Some(health) = &config.health {
+                    if !health.is_available(&target.model) {
+                        continue;
+                    }
+                }
+                if deadline.is_some_and(|at| at <= Instant::now()) {
+                    return None;
+                }
+                let (bytes, target_facts) = facts
+                    .retarget(&body, &target.model, target.max_tokens)
+                    .unwrap_or_else(|| (body.clone(), facts.clone()));
+                let mut head = target_parts(parts, target, Some(bytes.len()));
+                head.extensions.insert(target_facts);
+                let request = Request::from_parts(head, Body::from_bytes(bytes));
+                let mut service = routes[at].clone().unwrap_or_else(|| inner.clone());
+                let (result, outcome) =
+                    attempt(&mut service, false, config, request, deadline).await;
+                match result {
+                    Ok(response) if outcome.is_success() => {
+                        let stream = response
+                            .headers()
+                            .get(header::CONTENT_TYPE)
+                            .and_then(|v| v.as_bytes().get(..17))
+                            .is_some_and(|v| v.eq_ignore_ascii_case(b"text/event-stream"));
+                        if stream {
+                            return Some((response.into_body(), at));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            None
+        })
+    })
 }
 
 /// The body of a request too long to buffer, for `target`: its model (and

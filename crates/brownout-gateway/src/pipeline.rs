@@ -2,7 +2,7 @@
 //! share.
 //!
 //! Outermost first: degrade → cache → fallback → circuit breaker → queue → retry →
-//! the provider's key ([`Credentials`]) → the rate limits (`[limits]`, when on) → the
+//! the stream guard (`[streams]`) → the provider's key ([`Credentials`]) → the rate limits (`[limits]`, when on) → the
 //! HTTP client. Each brownout layer
 //! documents why it sits where it does; in short, a canned answer is the last resort,
 //! a stored answer is better than a canned one and worse than a live one, the cascade
@@ -20,7 +20,10 @@ use brownout::{
     breaker::{BreakerHandle, CircuitBreakerLayer},
     cache::CacheLayer,
     degrade::DegradeLayer,
-    fallback::{FallbackConfig, FallbackLayer},
+    fallback::{
+        stream::{AfterFirstByte, StreamConfig, StreamGuardLayer},
+        FallbackConfig, FallbackLayer,
+    },
     queue::{QueueHandle, QueueLayer},
     retry::RetryLayer,
     Body, BoxError,
@@ -49,6 +52,8 @@ pub struct Layers {
     queue: Option<QueueLayer>,
     retry: Option<RetryLayer>,
     rate_limits: Option<ProviderLimits>,
+    streams: StreamGuardLayer,
+    after_first_byte: AfterFirstByte,
 }
 
 impl Layers {
@@ -66,6 +71,8 @@ impl Layers {
                 .rate_limits
                 .as_ref()
                 .map(|limits| ProviderLimits::new(&config.providers, limits)),
+            streams: stream_guard(config),
+            after_first_byte: config.stream_after_first_byte(),
         }
     }
 
@@ -138,6 +145,7 @@ impl Layers {
     {
         let fallback = cascade.map(|c| {
             let c = c.clone();
+            let c = c.after_first_byte(self.after_first_byte);
             FallbackLayer::new(match (self.queue(), self.breakers()) {
                 (Some(queue), Some(breakers)) => c.health(queue.and(breakers)),
                 (Some(queue), None) => c.health(queue),
@@ -161,6 +169,8 @@ impl Layers {
             .option_layer(self.breaker.clone())
             .option_layer(self.queue.clone())
             .option_layer(self.retry.clone())
+            // Each attempt's stream judged before it reaches the caller (`[streams]`).
+            .layer(self.streams.clone())
             // Innermost, under the provider's key: `[limits]` (see `limits.rs`).
             .service(Credentials::new(
                 Limited::new(client, self.rate_limits.clone()),
@@ -190,4 +200,19 @@ impl Layers {
                 .service(Credentials::new(client, &self.providers)),
         )
     }
+}
+
+/// The stream guard of `[streams]`: a stream is held until its first content within
+/// `first_event_timeout`. With `after_first_byte = "resume"` it also ends a stream
+/// silent for `idle_timeout` itself, inside the cascade, so that the cascade resumes
+/// it; its timer starts before the router's own idle timer, which reads through it,
+/// so it acts first. Otherwise the router's idle timer ends silent streams, as it
+/// always has (and counts them).
+fn stream_guard(config: &Config) -> StreamGuardLayer {
+    let guard = StreamConfig::new()
+        .first_event_timeout(config.stream_first_event_timeout())
+        .unwrap_or_default();
+    let idle = (config.stream_after_first_byte() == AfterFirstByte::Resume)
+        .then(|| config.stream_idle_timeout());
+    StreamGuardLayer::new(guard.idle_timeout(idle))
 }

@@ -305,6 +305,9 @@ async fn keys_never_reach_the_logs() {
     // The test's runtime has one thread: the gateway, the simulator and the client
     // all log through this subscriber.
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Callsites first hit by a test running in parallel, on a thread without this
+    // subscriber, cache "never" as their interest: ask again now that it is set.
+    tracing::callsite::rebuild_interest_cache();
 
     // Sonnet is overloaded: retries and a fallback, each logged.
     let script = healthy().model(

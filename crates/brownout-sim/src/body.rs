@@ -3,9 +3,9 @@
 
 use std::{
     collections::VecDeque,
-    convert::Infallible,
     fmt,
     future::Future,
+    io,
     pin::Pin,
     task::{ready, Context, Poll},
     time::Duration,
@@ -19,9 +19,13 @@ use tokio::time::Sleep;
 /// document, or one frame per server-sent event, the events after the first each
 /// waiting the model's stream interval on tokio's clock.
 ///
-/// Its data is [`Bytes`] and it never fails (`Error = Infallible`): a stream that
-/// breaks does so the providers' way, with an error event. It is `Unpin`, `Send` and
-/// `'static`, so it goes straight into hyper and through brownout's layers.
+/// Its data is [`Bytes`]. A stream that breaks the providers' way does so with an
+/// error event; a scripted stall ([`FaultKind::StreamStall`](crate::FaultKind)) goes
+/// silent after its events, and a scripted cut
+/// ([`FaultKind::StreamCut`](crate::FaultKind)) fails with an [`io::Error`] of kind
+/// `ConnectionReset` after them (the [server](crate::SimServer) drops the connection
+/// then). It is `Unpin`, `Send` and `'static`, so it goes straight into hyper and
+/// through brownout's layers.
 pub struct SimBody {
     kind: Kind,
 }
@@ -36,6 +40,20 @@ struct Events {
     interval: Duration,
     started: bool,
     sleep: Option<Pin<Box<Sleep>>>,
+    after: After,
+}
+
+/// What a stream of events does once its events are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum After {
+    /// It ends.
+    End,
+    /// It sends nothing more, and never ends.
+    Stall,
+    /// It fails: the connection is cut.
+    Cut,
+    /// Cut already: it has ended.
+    Done,
 }
 
 impl SimBody {
@@ -57,12 +75,21 @@ impl SimBody {
     /// A stream of these events (each already framed as `event: …\ndata: …\n\n`), the
     /// second and later ones each after `interval`.
     pub fn events(events: impl IntoIterator<Item = Bytes>, interval: Duration) -> Self {
+        SimBody::events_then(events, interval, After::End)
+    }
+
+    pub(crate) fn events_then(
+        events: impl IntoIterator<Item = Bytes>,
+        interval: Duration,
+        after: After,
+    ) -> Self {
         SimBody {
             kind: Kind::Events(Box::new(Events {
                 events: events.into_iter().collect(),
                 interval,
                 started: false,
                 sleep: None,
+                after,
             })),
         }
     }
@@ -92,17 +119,27 @@ impl fmt::Debug for SimBody {
 
 impl Body for SimBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         match &mut self.kind {
             Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Kind::Events(events) => {
                 if events.events.is_empty() {
-                    return Poll::Ready(None);
+                    return match events.after {
+                        After::End | After::Done => Poll::Ready(None),
+                        After::Stall => Poll::Pending,
+                        After::Cut => {
+                            events.after = After::Done;
+                            Poll::Ready(Some(Err(io::Error::new(
+                                io::ErrorKind::ConnectionReset,
+                                "stream cut by the simulated upstream",
+                            ))))
+                        }
+                    };
                 }
                 if events.started && !events.interval.is_zero() {
                     let interval = events.interval;
@@ -121,7 +158,9 @@ impl Body for SimBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(data) => data.is_none(),
-            Kind::Events(events) => events.events.is_empty(),
+            Kind::Events(events) => {
+                events.events.is_empty() && matches!(events.after, After::End | After::Done)
+            }
         }
     }
 
@@ -161,6 +200,25 @@ mod tests {
             ]
         );
         assert!(body.is_end_stream());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streams_can_stall_or_be_cut_after_their_events() {
+        let one = || [Bytes::from_static(b"a")];
+        let mut cut = SimBody::events_then(one(), Duration::ZERO, After::Cut);
+        assert_eq!(
+            cut.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "a"
+        );
+        assert!(!cut.is_end_stream());
+        let error = cut.frame().await.unwrap().unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
+        assert!(cut.frame().await.is_none());
+
+        let mut stall = SimBody::events_then(one(), Duration::ZERO, After::Stall);
+        assert!(stall.frame().await.is_some());
+        let waited = tokio::time::timeout(Duration::from_secs(3600), stall.frame()).await;
+        assert!(waited.is_err(), "a stalled stream sends nothing more");
     }
 
     #[tokio::test]

@@ -52,10 +52,13 @@
 //! A [`Script`] says, per model, how long answers take ([`Latency`]: fixed, uniform,
 //! log-normal, Pareto) and which [`Fault`]s hit which share of requests when: 529
 //! overloads, 503, 500, 502, 429 with `retry-after`, exhausted quotas, 400, 401,
-//! hangs, connection resets, and overloads in the middle of a stream. Scripts are
+//! hangs, connection resets, and error events, stalls and cuts in the middle of a
+//! stream. Scripts are
 //! built in code or read from TOML ([`Script::from_toml_str`], [`Script::from_file`]);
 //! a bad file is refused with the key and the line. [`Script::outage`] is a bad hour
-//! at a provider in ten minutes ([`OUTAGE_TOML`]). The [`script`] module docs say how
+//! at a provider in ten minutes ([`OUTAGE_TOML`]); [`Script::streaming_outage`] is
+//! ten minutes of streams that fail after their `200` ([`STREAMS_TOML`]): error
+//! events, stalls and cuts, before and after the first content. The [`script`] module docs say how
 //! faults combine.
 //!
 //! # The runner
@@ -103,7 +106,8 @@ pub use body::SimBody;
 pub use brownout_core::provider::Api;
 pub use runner::{Report, Runner, Stack};
 pub use script::{
-    Enforced, Fault, FaultKind, Latency, ModelScript, Script, ScriptError, BURSTS_TOML, OUTAGE_TOML,
+    Enforced, Fault, FaultKind, Latency, ModelScript, Script, ScriptError, BURSTS_TOML,
+    OUTAGE_TOML, STREAMS_TOML,
 };
 pub use server::{SimServer, SimServerHandle, SimTls};
 pub use sim::{ResponseFuture, Sim, SimStats, MAX_REQUEST_BODY, OTHER_MODELS};

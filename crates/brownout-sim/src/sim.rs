@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use crate::{
-    body::SimBody,
+    body::{After, SimBody},
     provider::{self, Answer, Failure},
     script::{served_api, Enforced, Fault, FaultKind, ModelScript, Script},
 };
@@ -167,7 +167,7 @@ pub struct SimStats {
     pub by_answer: BTreeMap<String, u64>,
 }
 
-const ANSWER_LABELS: [&str; 14] = [
+const ANSWER_LABELS: [&str; 16] = [
     "ok",
     "rejected",
     "overloaded",
@@ -181,6 +181,8 @@ const ANSWER_LABELS: [&str; 14] = [
     "hang",
     "reset",
     "stream_error",
+    "stream_stall",
+    "stream_cut",
     "over_limit",
 ];
 
@@ -478,7 +480,7 @@ where
         "simulated request"
     );
 
-    if let Some(fault) = fault.filter(|f| f.kind != FaultKind::StreamError) {
+    if let Some(fault) = fault.filter(|f| !f.kind.is_stream()) {
         shared.count(fault.kind.as_str());
         match fault.kind {
             FaultKind::Hang => std::future::pending::<()>().await,
@@ -523,20 +525,28 @@ where
     let mut headers = provider_headers(&mut rng, api, &limits, latency);
     token_headers(&mut headers, api, enforced_headers);
     let body = if stream {
-        let error_after = fault.map(|f| f.after_deltas);
-        shared.count(if error_after.is_some() {
-            "stream_error"
-        } else {
-            "ok"
-        });
+        shared.count(fault.map_or("ok", |f| f.kind.as_str()));
         let include_usage = parsed.stream_options.is_some_and(|o| o.include_usage);
-        let events = provider::success_events(api, &answer, include_usage, error_after);
+        let (break_after, after) = match fault.map(|f| (f.kind, f.after_deltas)) {
+            Some((FaultKind::StreamStall, n)) => (Some(n), After::Stall),
+            Some((FaultKind::StreamCut, n)) => (Some(n), After::Cut),
+            _ => (None, After::End),
+        };
+        let error_after = fault
+            .filter(|f| f.kind == FaultKind::StreamError)
+            .map(|f| f.after_deltas);
+        let mut events = provider::success_events(api, &answer, include_usage, error_after);
+        if let Some(n) = break_after {
+            // The opening events and `n` content deltas, then the stall or the cut.
+            let opening = if api.is_openai() { 1 } else { 3 };
+            events.truncate(opening + (n as usize).min(words.len()));
+        }
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream; charset=utf-8"),
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        SimBody::events(events, script.stream_interval)
+        SimBody::events_then(events, script.stream_interval, after)
     } else {
         shared.count("ok");
         headers.insert(
@@ -555,7 +565,7 @@ where
 fn pick_fault(script: &ModelScript, elapsed: Duration, stream: bool, u: f64) -> Option<&Fault> {
     let mut upto = 0.0;
     for fault in &script.faults {
-        if !fault.is_active_at(elapsed) || (fault.kind == FaultKind::StreamError && !stream) {
+        if !fault.is_active_at(elapsed) || (fault.kind.is_stream() && !stream) {
             continue;
         }
         upto += fault.rate;

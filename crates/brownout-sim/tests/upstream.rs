@@ -654,3 +654,51 @@ async fn a_callers_broken_upload_stays_the_callers_error() {
     assert_eq!(outcome.kind(), OutcomeKind::ClientError);
     assert_eq!(sim.stats().received, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_can_stall_or_be_cut_before_or_after_its_first_content() {
+    use http_body_util::BodyExt;
+    for (fault, deltas) in [
+        (Fault::stream_cut(0), 0),
+        (Fault::stream_cut(2), 2),
+        (Fault::stream_stall(0), 0),
+        (Fault::stream_stall(3), 3),
+    ] {
+        let kind = fault.kind();
+        let sim = sim_with(ModelScript::new().output_tokens(10).fault(fault));
+        // Requests that do not stream are not hit.
+        assert_eq!(send(&sim, anthropic("m", "")).await.status(), 200);
+        for api in ["anthropic", "openai"] {
+            let request = if api == "anthropic" {
+                anthropic("m", r#","stream":true"#)
+            } else {
+                openai("m", r#","stream":true"#)
+            };
+            let response = send(&sim, request).await;
+            assert_eq!(response.status(), 200);
+            let mut body = response.into_body();
+            let mut seen = Vec::new();
+            let ended = loop {
+                match tokio::time::timeout(Duration::from_secs(600), body.frame()).await {
+                    Err(_) => break "stalled",
+                    Ok(None) => break "ended",
+                    Ok(Some(Err(error))) => {
+                        assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
+                        break "cut";
+                    }
+                    Ok(Some(Ok(frame))) => seen.extend_from_slice(&frame.into_data().unwrap()),
+                }
+            };
+            let expected = if kind == FaultKind::StreamCut {
+                "cut"
+            } else {
+                "stalled"
+            };
+            assert_eq!(ended, expected, "{kind} {api}");
+            let events = parse_sse(&seen);
+            let opening = if api == "anthropic" { 3 } else { 1 };
+            assert_eq!(events.len(), opening + deltas, "{kind} {api}");
+        }
+        assert_eq!(sim.stats().by_answer[kind.as_str()], 2);
+    }
+}

@@ -95,6 +95,8 @@
 //!
 //! [streams]
 //! idle_timeout = "60s"        # a streamed answer silent this long is ended with an error event
+//! first_event_timeout = "5s"  # a stream with no content this long after its head is a failed attempt
+//! after_first_byte = "end"    # a stream failing after content: "end" it well-formed, or "resume" it on the next model
 //!
 //! [connections]               # beyond either cap a new connection is answered 503
 //! per_client = 256            # open connections per client IP address
@@ -405,6 +407,8 @@ pub struct Config {
     pub(crate) limits: brownout::body::BodyLimits,
     pub(crate) body_timeout: Duration,
     pub(crate) stream_idle_timeout: Duration,
+    pub(crate) stream_first_event_timeout: Duration,
+    pub(crate) stream_after_first_byte: brownout::fallback::stream::AfterFirstByte,
     pub(crate) connections: Connections,
     pub(crate) observe_log: ObserveLog,
     pub(crate) set: Set,
@@ -508,6 +512,18 @@ impl Config {
     /// How long a streamed answer may go without an event (`[streams] idle_timeout`).
     pub fn stream_idle_timeout(&self) -> Duration {
         self.stream_idle_timeout
+    }
+
+    /// How long a streamed answer may take, from its head, to show its first content
+    /// before the attempt counts as failed (`[streams] first_event_timeout`).
+    pub fn stream_first_event_timeout(&self) -> Duration {
+        self.stream_first_event_timeout
+    }
+
+    /// What happens to a streamed answer that fails after content reached the caller
+    /// (`[streams] after_first_byte`).
+    pub fn stream_after_first_byte(&self) -> brownout::fallback::stream::AfterFirstByte {
+        self.stream_after_first_byte
     }
 
     /// The caps on client connections (`[connections]`).

@@ -18,7 +18,10 @@ use std::{
 use brownout::breaker::{BreakerConfig, FailurePolicy, OpenDuration, Window};
 use brownout::cache::{CacheConfig, Mode};
 use brownout::degrade::{DegradeConfig, Rule};
-use brownout::fallback::{FallbackConfig, Target};
+use brownout::fallback::{
+    stream::{AfterFirstByte, DEFAULT_FIRST_EVENT_TIMEOUT},
+    FallbackConfig, Target,
+};
 use brownout::queue::{PreferWait, QueueConfig};
 use brownout::retry::{Backoff, RetryBudget, RetryConfig};
 use http::{header, HeaderName, HeaderValue, StatusCode, Uri};
@@ -132,11 +135,22 @@ struct RawBody {
     idle_timeout: Option<Dur>,
 }
 
-/// `[streams]`: how long a streamed answer may go without an event.
+/// `[streams]`: how long a streamed answer may go without an event, how long it may
+/// take to show its first content, and what happens when it fails after that.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawStreams {
     idle_timeout: Option<Positive>,
+    first_event_timeout: Option<Positive>,
+    after_first_byte: Option<RawAfterFirstByte>,
+}
+
+/// `[streams] after_first_byte`: `"end"` or `"resume"`.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawAfterFirstByte {
+    End,
+    Resume,
 }
 
 /// `[connections]`: caps on open client connections.
@@ -579,6 +593,14 @@ impl Check<'_> {
                 .streams
                 .idle_timeout
                 .map_or(DEFAULT_STREAM_IDLE_TIMEOUT, |d| d.0),
+            stream_first_event_timeout: raw
+                .streams
+                .first_event_timeout
+                .map_or(DEFAULT_FIRST_EVENT_TIMEOUT, |d| d.0),
+            stream_after_first_byte: match raw.streams.after_first_byte {
+                Some(RawAfterFirstByte::Resume) => AfterFirstByte::Resume,
+                _ => AfterFirstByte::End,
+            },
             connections: Connections {
                 per_client: raw
                     .connections

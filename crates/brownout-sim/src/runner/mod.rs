@@ -38,6 +38,12 @@
 //!   requests per client request.
 //! - **Latency** of the client's view (p50, p95, p99, max), from sending the request
 //!   to the end of its body, errors included.
+//! - **Complete answers**: a 2xx JSON answer, or a 2xx stream that ends the
+//!   provider's way (`message_stop`, `data: [DONE]`, `response.completed`) with no
+//!   error event anywhere in it — what a caller of a streamed request can use. A
+//!   stream cut, stalled (the caller's timeout) or ended by an error event is not;
+//!   nor is one that ends without its last event. With the time to the first byte
+//!   of each 2xx answer's body.
 
 mod report;
 mod stack;
@@ -63,7 +69,7 @@ use serde::Deserialize;
 use tokio::{task::JoinSet, time::Instant};
 use tower::{Service, ServiceExt};
 
-pub use self::report::{table, Answered, LatencySummary, Report, Upstream};
+pub use self::report::{table, Answered, Complete, LatencySummary, Report, Upstream};
 pub use self::stack::{Client, Stack};
 
 use crate::{script::api_path, Script, Sim};
@@ -337,6 +343,8 @@ pub(crate) struct Record {
     pub(crate) index: u64,
     pub(crate) latency: Duration,
     pub(crate) source: Source,
+    pub(crate) complete: bool,
+    pub(crate) first_byte: Option<Duration>,
 }
 
 /// Where an answer came from, or what went wrong.
@@ -369,25 +377,47 @@ where
         }
         let request = runner.request(index);
         let sent = Instant::now();
+        let mut seen = Seen {
+            sent,
+            first_byte: None,
+            complete: false,
+        };
         let source = match tokio::time::timeout(
             runner.timeout,
-            exchange(client.clone(), request, &runner.model),
+            exchange(client.clone(), request, &runner.model, &mut seen),
         )
         .await
         {
             Ok(source) => source,
-            Err(_) => Source::Error(format!("timeout: no answer within {:?}", runner.timeout)),
+            Err(_) => {
+                seen.complete = false;
+                Source::Error(format!("timeout: no answer within {:?}", runner.timeout))
+            }
         };
         records.push(Record {
             index,
             latency: sent.elapsed(),
             source,
+            complete: seen.complete,
+            first_byte: seen.first_byte,
         });
     }
 }
 
+/// What the runner saw of one answer besides its source.
+struct Seen {
+    sent: Instant,
+    first_byte: Option<Duration>,
+    complete: bool,
+}
+
 /// Sends one request, reads its answer to the end, and says what it was.
-async fn exchange<S, B>(client: S, request: Request<Full<Bytes>>, requested: &str) -> Source
+async fn exchange<S, B>(
+    client: S,
+    request: Request<Full<Bytes>>,
+    requested: &str,
+    seen: &mut Seen,
+) -> Source
 where
     S: Service<Request<Full<Bytes>>, Response = Response<B>>,
     S::Error: Into<BoxError>,
@@ -399,16 +429,40 @@ where
         Err(error) => return Source::Error(error_label(&*error.into())),
     };
     let (parts, body) = response.into_parts();
-    let body = match Limited::new(body, MAX_RESPONSE_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) => {
-            return Source::Error(format!(
-                "{} body failed: {}",
-                parts.status.as_u16(),
-                root(&*error)
-            ))
+    let mut body = std::pin::pin!(Limited::new(body, MAX_RESPONSE_BODY));
+    let mut bytes = bytes::BytesMut::new();
+    let failed = loop {
+        match body.frame().await {
+            None => break None,
+            Some(Err(error)) => break Some(error),
+            Some(Ok(frame)) => {
+                if let Ok(mut data) = frame.into_data() {
+                    use bytes::Buf as _;
+                    if seen.first_byte.is_none()
+                        && data.has_remaining()
+                        && parts.status.is_success()
+                    {
+                        seen.first_byte = Some(seen.sent.elapsed());
+                    }
+                    while data.has_remaining() {
+                        let chunk = data.chunk();
+                        let n = chunk.len();
+                        bytes.extend_from_slice(chunk);
+                        data.advance(n);
+                    }
+                }
+            }
         }
     };
+    if let Some(error) = failed {
+        return Source::Error(format!(
+            "{} body failed: {}",
+            parts.status.as_u16(),
+            root(&*error)
+        ));
+    }
+    let body = bytes.freeze();
+    seen.complete = parts.status.is_success() && is_complete(&body);
     if !parts.status.is_success() {
         let outcome = DefaultClassifier::new().classify(Observed::Response {
             status: parts.status,
@@ -503,6 +557,27 @@ fn read_answer(body: &[u8]) -> Read {
     Read::Model(model)
 }
 
+/// Whether a 2xx body is a whole answer: JSON, or a stream that ends the provider's
+/// way with no error event in it.
+fn is_complete(body: &[u8]) -> bool {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+        return true;
+    }
+    let text = String::from_utf8_lossy(body);
+    let mut ended = false;
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        if line == "event: error" || line == "event:error" || line.starts_with("data: {\"error\"") {
+            return false;
+        }
+        ended |= line == "event: message_stop"
+            || line == "data: [DONE]"
+            || line == "event: response.completed"
+            || line == "event: response.incomplete";
+    }
+    ended
+}
+
 fn error_label(error: &(dyn std::error::Error + 'static)) -> String {
     let outcome = DefaultClassifier::new().classify(Observed::Error(error));
     format!("{}: {}", outcome.kind(), root(error))
@@ -531,5 +606,24 @@ mod tests {
         let openai = "data: {\"model\":\"c\",\"choices\":[]}\n\ndata: [DONE]\n\n";
         assert!(matches!(read_answer(openai.as_bytes()), Read::Model(Some(m)) if m == "c"));
         assert!(matches!(read_answer(b"not json"), Read::Model(None)));
+    }
+
+    #[test]
+    fn complete_answers_end_the_providers_way() {
+        assert!(is_complete(br#"{"model":"a"}"#));
+        let start = "event: message_start\ndata: {}\n\n";
+        assert!(is_complete(
+            format!("{start}event: message_stop\ndata: {{}}\n\n").as_bytes()
+        ));
+        assert!(!is_complete(start.as_bytes()), "no message_stop");
+        assert!(!is_complete(
+            format!("{start}event: error\ndata: {{}}\n\nevent: message_stop\ndata: {{}}\n\n")
+                .as_bytes()
+        ));
+        assert!(is_complete(b"data: {\"choices\":[]}\n\ndata: [DONE]\n\n"));
+        assert!(!is_complete(b"data: {\"choices\":[]}\n\n"));
+        assert!(!is_complete(
+            b"data: {\"error\":{\"type\":\"server_error\"}}\n\ndata: [DONE]\n\n"
+        ));
     }
 }

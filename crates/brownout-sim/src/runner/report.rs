@@ -36,6 +36,10 @@ pub struct Report {
     pub upstream: Upstream,
     /// The client's view of latency, errors included.
     pub latency: LatencySummary,
+    /// Answers that are whole: a 2xx JSON answer, or a 2xx stream that ends the
+    /// provider's way (`message_stop`; `data: [DONE]`; `response.completed`) with no
+    /// error event in it. For a streamed run, the share of streams that ended complete.
+    pub complete: Complete,
     /// How long the run took on tokio's clock, in milliseconds.
     pub elapsed_ms: f64,
 }
@@ -70,6 +74,18 @@ pub struct Upstream {
     pub by_model: BTreeMap<String, u64>,
     /// The simulator's answers by kind (`"ok"`, `"overloaded"`, …).
     pub by_answer: BTreeMap<String, u64>,
+}
+
+/// How many answers were whole, and how soon their first bytes came.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Complete {
+    /// Client requests whose answer was whole.
+    pub answers: u64,
+    /// `answers` over the requests sent.
+    pub share: f64,
+    /// From sending the request to the first byte of its 2xx answer's body.
+    pub first_byte: LatencySummary,
 }
 
 /// Latency percentiles (nearest rank), in milliseconds.
@@ -139,8 +155,12 @@ pub(super) fn build(
     let mut fallback_models = BTreeMap::new();
     let mut errors = BTreeMap::new();
     let mut latencies = Vec::with_capacity(records.len());
+    let mut first_bytes = Vec::with_capacity(records.len());
+    let mut complete = 0;
     for record in records {
         latencies.push(record.latency);
+        first_bytes.extend(record.first_byte);
+        complete += u64::from(record.complete);
         match record.source {
             Source::FirstChoice => answered.first_choice += 1,
             Source::Fallback(model) => {
@@ -181,6 +201,15 @@ pub(super) fn build(
             by_answer: difference(&after.by_answer, &before.by_answer),
         },
         latency: LatencySummary::of(latencies),
+        complete: Complete {
+            answers: complete,
+            share: if runner.requests == 0 {
+                0.0
+            } else {
+                complete as f64 / runner.requests as f64
+            },
+            first_byte: LatencySummary::of(first_bytes),
+        },
         elapsed_ms: ms(elapsed),
     }
 }
@@ -251,6 +280,13 @@ pub fn table(reports: &[Report]) -> String {
             r.errors.get(kind).copied().unwrap_or(0).to_string()
         });
     }
+    row("complete answers", &|r| {
+        format!(
+            "{} ({})",
+            r.complete.answers,
+            percent(r.complete.answers, r.requests)
+        )
+    });
     row("upstream requests", &|r| r.upstream.requests.to_string());
     row("amplification", &|r| {
         format!("{:.2}x", r.upstream.amplification)
@@ -259,6 +295,10 @@ pub fn table(reports: &[Report]) -> String {
     row("latency p95", &|r| human(r.latency.p95_ms));
     row("latency p99", &|r| human(r.latency.p99_ms));
     row("latency max", &|r| human(r.latency.max_ms));
+    if reports.iter().any(|r| r.stream) {
+        row("first byte p50", &|r| human(r.complete.first_byte.p50_ms));
+        row("first byte p99", &|r| human(r.complete.first_byte.p99_ms));
+    }
     row("run time (tokio clock)", &|r| human(r.elapsed_ms));
 
     let label_width = rows

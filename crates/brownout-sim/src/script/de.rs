@@ -275,8 +275,8 @@ impl TryFrom<RawFault> for FaultDe {
             if kind == FaultKind::Hang {
                 return Err("latency does not apply to a hang, which never answers".into());
             }
-            if kind == FaultKind::StreamError {
-                return Err("latency does not apply to a stream_error, which uses the model's latency and stream_interval".into());
+            if kind.is_stream() {
+                return Err(format!("latency does not apply to a {kind}, which uses the model's latency and stream_interval"));
             }
             fault = fault.latency(latency.0);
         }
@@ -289,9 +289,9 @@ impl TryFrom<RawFault> for FaultDe {
             fault = fault.retry_after(retry_after.0);
         }
         if let Some(after) = raw.after_deltas {
-            if kind != FaultKind::StreamError {
+            if !kind.is_stream() {
                 return Err(format!(
-                    "after_deltas applies only to stream_error, not to {kind}"
+                    "after_deltas applies only to stream_error, stream_stall and stream_cut, not to {kind}"
                 ));
             }
             fault.after_deltas = after;
@@ -316,6 +316,8 @@ impl<'de> Deserialize<'de> for KindDe {
             "hang",
             "reset",
             "stream_error",
+            "stream_stall",
+            "stream_cut",
         ];
         let name = String::deserialize(deserializer)?;
         let kind = match name.as_str() {
@@ -330,6 +332,8 @@ impl<'de> Deserialize<'de> for KindDe {
             "hang" => FaultKind::Hang,
             "reset" => FaultKind::Reset,
             "stream_error" => FaultKind::StreamError,
+            "stream_stall" => FaultKind::StreamStall,
+            "stream_cut" => FaultKind::StreamCut,
             other => return Err(de::Error::unknown_variant(other, KINDS)),
         };
         Ok(KindDe(kind))

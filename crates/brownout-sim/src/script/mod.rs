@@ -98,6 +98,11 @@ pub const OUTAGE_TOML: &str = include_str!("../../scripts/outage.toml");
 /// (a few hundred milliseconds each). See [`Script::bursts`].
 pub const BURSTS_TOML: &str = include_str!("../../scripts/bursts.toml");
 
+/// The shipped streaming outage script, as TOML: streams that fail after their `200`
+/// (error events, stalls and cuts, before and after the first content). See
+/// [`Script::streaming_outage`].
+pub const STREAMS_TOML: &str = include_str!("../../scripts/streams.toml");
+
 /// The longest a long-tailed [`Latency`] draws unless told otherwise with
 /// [`Latency::max`]: five minutes.
 pub const DEFAULT_LATENCY_CAP: Duration = Duration::from_secs(300);
@@ -206,6 +211,25 @@ impl Script {
     /// ```
     pub fn bursts() -> Script {
         Script::from_toml_str(BURSTS_TOML).expect("the shipped burst script is valid")
+    }
+
+    /// The shipped streaming outage script ([`STREAMS_TOML`]).
+    ///
+    /// Ten minutes in which every request streams: `claude-sonnet-4-5` answers some
+    /// requests 529 up front (60 % from 2:00 to 4:00, 3 % all run long) and breaks
+    /// about a third of its streams after their `200` — an `overloaded_error` event,
+    /// a stall or a cut, 16 % before the first content delta and 15 % after content
+    /// reached the caller; `claude-haiku-4-5` stays healthy. `gpt-4.1` and
+    /// `gpt-4.1-mini` play the same parts on the OpenAI API.
+    ///
+    /// ```
+    /// use brownout_sim::FaultKind;
+    /// let script = brownout_sim::Script::streaming_outage();
+    /// let sonnet = script.model_script("claude-sonnet-4-5");
+    /// assert_eq!(sonnet.faults().iter().filter(|f| f.kind().is_stream()).count(), 6);
+    /// ```
+    pub fn streaming_outage() -> Script {
+        Script::from_toml_str(STREAMS_TOML).expect("the shipped streaming script is valid")
     }
 
     /// Parses a script from TOML (the format is in the [module docs](self)). The
@@ -406,6 +430,13 @@ impl ModelScript {
 /// | `hang` | no answer, ever | same |
 /// | `reset` | the connection is dropped | same |
 /// | `stream_error` | 200, then `event: error` `overloaded_error` mid-stream | 200, then a `data: {"error":…}` event |
+/// | `stream_stall` | 200, then silence mid-stream: no event, no end | same |
+/// | `stream_cut` | 200, then the connection is cut mid-stream | same |
+///
+/// The three stream faults fail after `after_deltas` content deltas (default 3); with
+/// `after_deltas = 0` they fail before the first content delta, after the stream's
+/// opening events (`message_start`, `content_block_start`, `ping`; OpenAI's role
+/// chunk). Requests that do not stream skip them.
 ///
 /// Error answers carry `x-should-retry: true` when the provider's would (429 and 5xx),
 /// and the rate-limit headers; 429s also `retry-after` and a reset header that
@@ -437,6 +468,12 @@ pub enum FaultKind {
     /// A streamed answer starts with 200 and fails with an overload after some deltas.
     /// Requests that do not stream skip this fault.
     StreamError,
+    /// A streamed answer starts with 200 and goes silent after some deltas, never
+    /// ending. Requests that do not stream skip this fault.
+    StreamStall,
+    /// A streamed answer starts with 200 and its connection is cut after some deltas.
+    /// Requests that do not stream skip this fault.
+    StreamCut,
 }
 
 impl FaultKind {
@@ -454,14 +491,22 @@ impl FaultKind {
             FaultKind::Hang => "hang",
             FaultKind::Reset => "reset",
             FaultKind::StreamError => "stream_error",
+            FaultKind::StreamStall => "stream_stall",
+            FaultKind::StreamCut => "stream_cut",
         }
     }
 
     /// Whether the fault answers with an HTTP error status.
     pub fn is_http_error(self) -> bool {
-        !matches!(
+        !matches!(self, FaultKind::Hang | FaultKind::Reset) && !self.is_stream()
+    }
+
+    /// Whether the fault breaks a streamed answer after its `200` (`stream_error`,
+    /// `stream_stall`, `stream_cut`): requests that do not stream skip it.
+    pub fn is_stream(self) -> bool {
+        matches!(
             self,
-            FaultKind::Hang | FaultKind::Reset | FaultKind::StreamError
+            FaultKind::StreamError | FaultKind::StreamStall | FaultKind::StreamCut
         )
     }
 }
@@ -572,6 +617,20 @@ impl Fault {
         fault
     }
 
+    /// A 200 stream that goes silent, for ever, after `after_deltas` content deltas.
+    pub fn stream_stall(after_deltas: u32) -> Self {
+        let mut fault = Fault::new(FaultKind::StreamStall);
+        fault.after_deltas = after_deltas;
+        fault
+    }
+
+    /// A 200 stream whose connection is cut after `after_deltas` content deltas.
+    pub fn stream_cut(after_deltas: u32) -> Self {
+        let mut fault = Fault::new(FaultKind::StreamCut);
+        fault.after_deltas = after_deltas;
+        fault
+    }
+
     /// The share of requests it hits while active, clamped to `[0, 1]` (NaN is 0).
     pub fn rate(mut self, rate: f64) -> Self {
         self.rate = if rate.is_nan() {
@@ -601,8 +660,8 @@ impl Fault {
     }
 
     /// How long the fault takes to show: the error answer's latency, or how long a
-    /// reset waits before dropping the connection. Not used by hangs; a stream error
-    /// uses the model's latency and stream interval.
+    /// reset waits before dropping the connection. Not used by hangs; the stream
+    /// faults use the model's latency and stream interval.
     pub fn latency(mut self, latency: Latency) -> Self {
         self.latency = latency;
         self
@@ -844,5 +903,7 @@ mod tests {
         let script = Script::outage();
         assert!(script.model_names().any(|m| m == "claude-sonnet-4-5"));
         assert_eq!(script.plan.model.as_deref(), Some("claude-sonnet-4-5"));
+        let streams = Script::streaming_outage();
+        assert_eq!(streams.plan.stream, Some(true));
     }
 }
