@@ -112,6 +112,7 @@ mod credentials;
 #[cfg(feature = "demo")]
 pub mod demo;
 mod limits;
+pub mod observe;
 pub mod pipeline;
 pub mod router;
 mod server;

@@ -52,6 +52,15 @@ struct ServeArgs {
     /// The least severe log level shown.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     log_level: LogLevel,
+    /// Log lines as text, or as one JSON object each (with the request's span).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Args, Default)]
@@ -118,6 +127,7 @@ fn main() -> ExitCode {
             config,
             listen: None,
             log_level: LogLevel::Info,
+            log_format: LogFormat::Text,
         }),
         (None, None) => demo(DemoArgs::default()),
     };
@@ -183,10 +193,13 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         LogLevel::Trace => tracing::Level::TRACE,
     };
     // Logs go to stderr; no layer or the gateway ever logs a header value or a body.
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     runtime()?.block_on(async {
         let mut config = Config::from_file(&args.config).map_err(Failure::config)?;
         if let Some(listen) = args.listen {

@@ -7,7 +7,7 @@ use brownout_breaker::{BreakerEvent, BreakerHandle, CircuitState};
 use brownout_core::{classify::OutcomeKind, event::Event};
 use brownout_limit::LimitHandle;
 use brownout_queue::QueueHandle;
-use metrics::{Counter, Gauge, Histogram, Unit};
+use metrics::{Counter, Gauge, Histogram, Recorder, Unit};
 
 use crate::record::{Answer, Attempt, Exchange, Sink};
 
@@ -245,6 +245,9 @@ pub struct MetricsSink {
     /// `[model]`.
     queue_depth: Vec<Gauge>,
     watched: Mutex<Watched>,
+    /// The recorder of [`with_recorder`](Self::with_recorder), for the series
+    /// registered after the sink is made.
+    recorder: Option<Arc<dyn Recorder + Send + Sync>>,
 }
 
 impl fmt::Debug for MetricsSink {
@@ -261,6 +264,25 @@ impl MetricsSink {
     /// A sink keeping apart the label values of `config`, its series registered with
     /// the current recorder.
     pub fn new(config: MetricsConfig) -> Self {
+        Self::build(config, None)
+    }
+
+    /// A sink recording to `recorder` rather than to the global one: for a process
+    /// that serves several gateways, or a test, each with its own exporter.
+    pub fn with_recorder(config: MetricsConfig, recorder: Arc<dyn Recorder + Send + Sync>) -> Self {
+        let scope = recorder.clone();
+        metrics::with_local_recorder(&*scope, || Self::build(config, Some(recorder)))
+    }
+
+    /// Runs `f` with the sink's own recorder, if it has one, as the current one.
+    fn scoped<T>(&self, f: impl FnOnce() -> T) -> T {
+        match &self.recorder {
+            Some(recorder) => metrics::with_local_recorder(&**recorder, f),
+            None => f(),
+        }
+    }
+
+    fn build(config: MetricsConfig, recorder: Option<Arc<dyn Recorder + Send + Sync>>) -> Self {
         describe();
         let models = Bounded::new(&config.models);
         let rules = Bounded::new(&config.rules);
@@ -344,31 +366,33 @@ impl MetricsSink {
             breaker_state,
             queue_depth,
             watched: Mutex::new(Watched::default()),
+            recorder,
         }
     }
 
-    /// Reads the breakers' states from `handle` on [`refresh`](Self::refresh).
-    pub fn watch_breakers(self, handle: BreakerHandle) -> Self {
-        self.with_watched(|w| w.breakers = Some(handle))
+    /// Reads the breakers' states from `handle` on [`refresh`](Self::refresh). (Takes
+    /// `&self`: a sink is made before the layers whose handles it reads, since they
+    /// send it events.)
+    pub fn watch_breakers(&self, handle: BreakerHandle) {
+        self.watch(|w| w.breakers = Some(handle));
     }
 
     /// Reads each model's queue depth from `handle` on [`refresh`](Self::refresh).
-    pub fn watch_queue(self, handle: QueueHandle) -> Self {
-        self.with_watched(|w| w.queue = Some(handle))
+    pub fn watch_queue(&self, handle: QueueHandle) {
+        self.watch(|w| w.queue = Some(handle));
     }
 
     /// Reads the remaining budget of each key of the limiter `name` from `handle` on
     /// [`refresh`](Self::refresh).
-    pub fn watch_limits(self, name: impl Into<Arc<str>>, handle: LimitHandle) -> Self {
+    pub fn watch_limits(&self, name: impl Into<Arc<str>>, handle: LimitHandle) {
         let name = name.into();
-        self.with_watched(|w| w.limits.push((name, handle)))
+        self.watch(|w| w.limits.push((name, handle)));
     }
 
-    fn with_watched(self, f: impl FnOnce(&mut Watched)) -> Self {
+    fn watch(&self, f: impl FnOnce(&mut Watched)) {
         if let Ok(mut watched) = self.watched.lock() {
             f(&mut watched);
         }
-        self
     }
 
     /// Sets the gauges from the watched handles: breaker states, queue depths, the
@@ -376,6 +400,10 @@ impl MetricsSink {
     /// Keys outside the configured set are summed (queue depth) or take the smallest
     /// value (remaining budget) under `other`.
     pub fn refresh(&self) {
+        self.scoped(|| self.refresh_gauges());
+    }
+
+    fn refresh_gauges(&self) {
         let Ok(mut watched) = self.watched.lock() else {
             return;
         };
@@ -514,12 +542,14 @@ impl Sink for MetricsSink {
     }
 
     fn event(&self, event: &Event) {
-        metrics::counter!(
-            "brownout_events_total",
-            "layer" => event.layer,
-            "event" => event.name(),
-        )
-        .increment(1);
+        self.scoped(|| {
+            metrics::counter!(
+                "brownout_events_total",
+                "layer" => event.layer,
+                "event" => event.name(),
+            )
+            .increment(1);
+        });
         if let Some(BreakerEvent::CircuitStateChanged { key, to, .. }) = event.data::<BreakerEvent>()
         {
             let i = self.keys.of(Some(key));

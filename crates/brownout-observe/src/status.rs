@@ -83,6 +83,12 @@ pub struct StatusBoard {
     index: HashMap<Arc<str>, usize, foldhash::fast::RandomState>,
     boards: Vec<Mutex<ModelBoard>>,
     started: Instant,
+    watched: Mutex<Watched>,
+}
+
+/// The handles and the feed a board reads when it is shown.
+#[derive(Default)]
+struct Watched {
     breakers: Option<BreakerHandle>,
     queue: Option<QueueHandle>,
     limits: Vec<(Arc<str>, LimitHandle)>,
@@ -126,35 +132,36 @@ impl StatusBoard {
             index,
             boards,
             started: Instant::now(),
-            breakers: None,
-            queue: None,
-            limits: Vec::new(),
-            alerts: None,
+            watched: Mutex::new(Watched::default()),
         }
     }
 
-    /// Shows each model's breaker state from `handle`.
-    pub fn breakers(mut self, handle: BreakerHandle) -> Self {
-        self.breakers = Some(handle);
-        self
+    /// Shows each model's breaker state from `handle`. (Takes `&self`: a board is
+    /// made before the layers whose handles it reads, since they send it events.)
+    pub fn watch_breakers(&self, handle: BreakerHandle) {
+        self.watch(|w| w.breakers = Some(handle));
     }
 
     /// Shows each model's queue depth from `handle`.
-    pub fn queue(mut self, handle: QueueHandle) -> Self {
-        self.queue = Some(handle);
-        self
+    pub fn watch_queue(&self, handle: QueueHandle) {
+        self.watch(|w| w.queue = Some(handle));
     }
 
     /// Shows the headroom of the rate limiter `name` from `handle`.
-    pub fn limits(mut self, name: impl Into<Arc<str>>, handle: LimitHandle) -> Self {
-        self.limits.push((name.into(), handle));
-        self
+    pub fn watch_limits(&self, name: impl Into<Arc<str>>, handle: LimitHandle) {
+        let name = name.into();
+        self.watch(|w| w.limits.push((name, handle)));
     }
 
     /// Lists the recent alerts of `feed`.
-    pub fn alerts(mut self, feed: Arc<dyn AlertFeed>) -> Self {
-        self.alerts = Some(feed);
-        self
+    pub fn watch_alerts(&self, feed: Arc<dyn AlertFeed>) {
+        self.watch(|w| w.alerts = Some(feed));
+    }
+
+    fn watch(&self, f: impl FnOnce(&mut Watched)) {
+        if let Ok(mut watched) = self.watched.lock() {
+            f(&mut watched);
+        }
     }
 
     fn of(&self, model: Option<&str>) -> usize {
@@ -170,6 +177,15 @@ impl StatusBoard {
     /// What the board shows now.
     pub fn snapshot(&self) -> StatusSnapshot {
         let now = self.minute();
+        let (breakers, queue, limits, alerts) = match self.watched.lock() {
+            Ok(w) => (
+                w.breakers.clone(),
+                w.queue.clone(),
+                w.limits.clone(),
+                w.alerts.clone(),
+            ),
+            Err(_) => (None, None, Vec::new(), None),
+        };
         let models = self
             .names
             .iter()
@@ -196,7 +212,7 @@ impl StatusBoard {
                     return None;
                 }
                 let breaker = (!other)
-                    .then(|| self.breakers.as_ref()?.state(name))
+                    .then(|| breakers.as_ref()?.state(name))
                     .flatten()
                     .map(|s| BreakerStatus {
                         state: s.state.as_str(),
@@ -209,8 +225,7 @@ impl StatusBoard {
                         failures: s.failures,
                         calls: s.calls,
                     });
-                let queue_depth = self
-                    .queue
+                let queue_depth = queue
                     .as_ref()
                     .filter(|_| !other)
                     .map(|q| q.depth(name));
@@ -226,11 +241,11 @@ impl StatusBoard {
                 })
             })
             .collect();
-        let mut limits = Vec::new();
-        for (name, handle) in &self.limits {
+        let mut limit_rows = Vec::new();
+        for (name, handle) in &limits {
             for key in handle.keys() {
                 for remaining in &key.remaining {
-                    limits.push(LimitStatus {
+                    limit_rows.push(LimitStatus {
                         limiter: name.to_string(),
                         key: key.key.to_string(),
                         resource: remaining.resource.as_str(),
@@ -241,14 +256,14 @@ impl StatusBoard {
             }
         }
         let mut notices = Vec::new();
-        if let Some(feed) = &self.alerts {
+        if let Some(feed) = &alerts {
             feed.recent(RECENT_ALERTS, &mut notices);
         }
         StatusSnapshot {
             generated_at: unix_secs(SystemTime::now()),
             window_minutes: WINDOW_MINUTES,
             models,
-            limits,
+            limits: limit_rows,
             alerts: notices.iter().map(AlertStatus::from).collect(),
         }
     }

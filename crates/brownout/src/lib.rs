@@ -15,6 +15,7 @@
 //! | `degrade` (default) | [`degrade`] | canned answers in the provider's shape when nothing else answers |
 //! | `limit` | [`limit`] | client-side RPM/TPM limits, tokens counted before sending, settled from usage |
 //! | `queue` | [`queue`] | holds a model's requests through a short overload, drains them with slow start |
+//! | `observe` | [`observe`] | one record per request and per upstream call: metrics (the `metrics` facade), a span, a status board |
 //! | `reqwest` | [`reqwest_bridge`] | a `reqwest::Client` as the inner service |
 //! | `client` | [`client`] | a ready HTTPS client (hyper-util over rustls, HTTP/2 by ALPN) as the inner service |
 //! | `reqwest-middleware` | [`reqwest_middleware`] | a reqwest-middleware `Middleware` that sends each request through a stack |
@@ -107,6 +108,10 @@ pub use brownout_degrade as degrade;
 #[cfg(feature = "limit")]
 #[doc(inline)]
 pub use brownout_limit as limit;
+
+#[cfg(feature = "observe")]
+#[doc(inline)]
+pub use brownout_observe as observe;
 
 #[cfg(feature = "queue")]
 #[doc(inline)]

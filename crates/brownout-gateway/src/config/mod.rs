@@ -398,10 +398,39 @@ pub struct Config {
     pub(crate) body_timeout: Duration,
     pub(crate) stream_idle_timeout: Duration,
     pub(crate) connections: Connections,
+    pub(crate) observe: Observe,
     pub(crate) set: Set,
 }
 
+/// `[observe]`: which of the gateway's own pages are served (see `raw/observe.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Observe {
+    /// `GET /metrics`, Prometheus text.
+    pub metrics: bool,
+    /// `GET /brownout/status` and `GET /brownout/status.json`.
+    pub status: bool,
+}
+
+impl Observe {
+    /// Whether anything is observed (then the pipeline records every request).
+    pub fn is_on(&self) -> bool {
+        self.metrics || self.status
+    }
+}
+
 impl Config {
+    /// `[observe]`: metrics and the status page.
+    pub fn observe(&self) -> Observe {
+        self.observe
+    }
+
+    /// With `[observe]` set to `observe` (for tests and benchmarks).
+    pub fn with_observe(mut self, observe: Observe) -> Self {
+        self.observe = observe;
+        self
+    }
+
     /// Reads and checks a configuration; API keys come from the process environment.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml_str_with_env(text, |name| std::env::var(name).ok())

@@ -108,12 +108,16 @@ struct RawConfig {
     streams: RawStreams,
     #[serde(default)]
     connections: RawConnections,
+    observe: Option<observe::RawObserve>,
 }
 
 // `[limits]`: the rate limits (see `limits.rs`). The body settings it held have moved;
 // an old file that still sets them is refused with the key's new place.
 pub(super) mod limits;
 use limits::RawLimits;
+
+// `[observe]`: metrics and the status page (see `observe.rs`).
+pub(super) mod observe;
 
 /// `[body]`: how far the layers read a caller's request body, one setting for the
 /// whole pipeline.
@@ -568,6 +572,10 @@ impl Check<'_> {
                 }
                 limits
             },
+            observe: raw
+                .observe
+                .as_ref()
+                .map_or_else(Default::default, observe::RawObserve::config),
             body_timeout: raw.body_timeout.map_or(DEFAULT_BODY_TIMEOUT, |d| d.0),
             stream_idle_timeout: raw
                 .streams
