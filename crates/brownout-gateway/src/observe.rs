@@ -56,9 +56,13 @@ impl Observability {
             return None;
         }
         let mut models: Vec<Arc<str>> = Vec::new();
-        for route in [config.messages(), config.chat_completions(), config.responses()]
-            .into_iter()
-            .flatten()
+        for route in [
+            config.messages(),
+            config.chat_completions(),
+            config.responses(),
+        ]
+        .into_iter()
+        .flatten()
         {
             for target in route.cascade().map_or(&[][..], |c| c.targets()) {
                 let model: Arc<str> = Arc::from(target.model());

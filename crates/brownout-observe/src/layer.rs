@@ -319,17 +319,13 @@ impl Pending {
             _ => Attempts::of(extensions),
         };
         let served = match answer {
-            Answer::Live | Answer::Fallback | Answer::Stale | Answer::Failed => {
-                served.map(ServedBy::model_arc).or_else(|| self.model.clone())
-            }
+            Answer::Live | Answer::Fallback | Answer::Stale | Answer::Failed => served
+                .map(ServedBy::model_arc)
+                .or_else(|| self.model.clone()),
             _ => None,
         };
-        let mut exchange = Exchange::new(
-            self.route.clone(),
-            answer,
-            status,
-            self.started.elapsed(),
-        );
+        let mut exchange =
+            Exchange::new(self.route.clone(), answer, status, self.started.elapsed());
         if answer == Answer::Degraded {
             exchange.degraded_rule = extensions
                 .get::<Degraded>()
@@ -341,12 +337,7 @@ impl Pending {
 
     fn error(&self, error: &(dyn StdError + Send + Sync + 'static)) {
         let (answer, status) = answer_of_error(error);
-        let exchange = Exchange::new(
-            self.route.clone(),
-            answer,
-            status,
-            self.started.elapsed(),
-        );
+        let exchange = Exchange::new(self.route.clone(), answer, status, self.started.elapsed());
         self.finish(exchange, None, 0);
     }
 }
@@ -356,7 +347,10 @@ impl Pending {
 /// for the caller's own broken request).
 pub fn answer_of_error(error: &(dyn StdError + Send + Sync + 'static)) -> (Answer, u16) {
     if let Some(broken) = find::<BrokenBody>(error) {
-        return (Answer::CallerError, if broken.is_stalled() { 408 } else { 400 });
+        return (
+            Answer::CallerError,
+            if broken.is_stalled() { 408 } else { 400 },
+        );
     }
     if find::<InvalidRequest>(error).is_some() {
         return (Answer::CallerError, 400);
@@ -467,19 +461,21 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Preparing { prepare, inner } => match ready!(prepare.as_mut().poll(cx))
-                {
-                    Ok(mut request) => {
-                        this.pending.start(&mut request);
-                        let mut inner = inner.take().expect("ObserveFuture polled after completion");
-                        let future = {
-                            let _entered = this.pending.span.enter();
-                            inner.call(request)
-                        };
-                        this.state.set(State::Calling { future });
+                StateProj::Preparing { prepare, inner } => {
+                    match ready!(prepare.as_mut().poll(cx)) {
+                        Ok(mut request) => {
+                            this.pending.start(&mut request);
+                            let mut inner =
+                                inner.take().expect("ObserveFuture polled after completion");
+                            let future = {
+                                let _entered = this.pending.span.enter();
+                                inner.call(request)
+                            };
+                            this.state.set(State::Calling { future });
+                        }
+                        Err(error) => this.state.set(State::Refused { error: Some(error) }),
                     }
-                    Err(error) => this.state.set(State::Refused { error: Some(error) }),
-                },
+                }
                 StateProj::Calling { future } => {
                     let result = {
                         let _entered = this.pending.span.enter();
@@ -690,7 +686,9 @@ where
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let extensions = request.extensions();
-        let attempt = extensions.get::<AttemptTally>().map_or(1, AttemptTally::next);
+        let attempt = extensions
+            .get::<AttemptTally>()
+            .map_or(1, AttemptTally::next);
         let sent = Sent {
             shared: self.shared.clone(),
             route: self.shared.routes.of(request.uri().path()),

@@ -342,7 +342,8 @@ impl MetricsSink {
                 ));
             }
         }
-        let cache = ["hit", "stale"].map(|r| metrics::counter!("brownout_cache_total", "result" => r));
+        let cache =
+            ["hit", "stale"].map(|r| metrics::counter!("brownout_cache_total", "result" => r));
         let mut degraded: Vec<Counter> = (0..rules.len())
             .map(|i| {
                 metrics::counter!("brownout_degraded_total", "rule" => rules.label(i).to_owned())
@@ -478,10 +479,7 @@ fn describe() {
         "brownout_fallbacks_total",
         "Requests answered by a later model of the cascade, by requested and serving model."
     );
-    metrics::describe_counter!(
-        "brownout_cache_total",
-        "Requests answered from the cache."
-    );
+    metrics::describe_counter!("brownout_cache_total", "Requests answered from the cache.");
     metrics::describe_counter!(
         "brownout_degraded_total",
         "Requests answered with a canned answer, by rule."
@@ -524,9 +522,10 @@ impl Sink for MetricsSink {
             _ => {}
         }
         if exchange.input_tokens.is_some() || exchange.output_tokens.is_some() {
-            let served = self
-                .models
-                .of(exchange.served_by.as_deref().or(exchange.requested_model.as_deref()));
+            let served = self.models.of(exchange
+                .served_by
+                .as_deref()
+                .or(exchange.requested_model.as_deref()));
             if let Some(n) = exchange.input_tokens {
                 self.tokens[served * 2].increment(n);
             }
@@ -550,7 +549,8 @@ impl Sink for MetricsSink {
             )
             .increment(1);
         });
-        if let Some(BreakerEvent::CircuitStateChanged { key, to, .. }) = event.data::<BreakerEvent>()
+        if let Some(BreakerEvent::CircuitStateChanged { key, to, .. }) =
+            event.data::<BreakerEvent>()
         {
             let i = self.keys.of(Some(key));
             if i != self.keys.other() {

@@ -225,10 +225,7 @@ impl StatusBoard {
                         failures: s.failures,
                         calls: s.calls,
                     });
-                let queue_depth = queue
-                    .as_ref()
-                    .filter(|_| !other)
-                    .map(|q| q.depth(name));
+                let queue_depth = queue.as_ref().filter(|_| !other).map(|q| q.depth(name));
                 Some(ModelStatus {
                     model: name.to_string(),
                     availability: (calls > 0).then(|| answered as f64 / calls as f64),
@@ -506,8 +503,8 @@ th{background:#f0f0f0;font-weight:600}.open{color:#fff;background:#c62828;paddin
 .closed{color:#1b5e20}.half_open{color:#e65100}.num{font-variant-numeric:tabular-nums}\
 .muted{color:#888}svg{display:block}";
 
-/// One model's availability per minute as bars: green when every call passed, amber
-/// above 90%, red below, grey without a call.
+/// One model's availability per minute as bars: green for the calls that passed, red
+/// for those that failed, a grey line without a call.
 fn chart(model: &ModelStatus) -> String {
     let (w, h) = (4u32, 32u32);
     let mut svg = format!(
@@ -526,22 +523,16 @@ fn chart(model: &ModelStatus) -> String {
             );
             continue;
         }
-        let share = f64::from(*ok) / f64::from(calls);
-        let colour = if *failed == 0 {
-            "#2e7d32"
-        } else if share >= 0.9 {
-            "#f9a825"
-        } else {
-            "#c62828"
-        };
-        let bar = ((share * f64::from(h)).round() as u32).max(2);
+        // Full height: the answered share green at the bottom, the failed share red
+        // above it.
+        let good = ((f64::from(*ok) / f64::from(calls)) * f64::from(h)).round() as u32;
         let _ = write!(
             svg,
-            "<rect x=\"{x}\" y=\"{}\" width=\"{}\" height=\"{bar}\" fill=\"{colour}\"><title>{} ok, {} failed</title></rect>",
-            h - bar,
+            "<g><title>{ok} ok, {failed} failed</title><rect x=\"{x}\" y=\"0\" width=\"{}\" height=\"{}\" fill=\"#c62828\"/><rect x=\"{x}\" y=\"{}\" width=\"{}\" height=\"{good}\" fill=\"#2e7d32\"/></g>",
             w - 1,
-            ok,
-            failed
+            h - good,
+            h - good,
+            w - 1,
         );
     }
     svg.push_str("</svg>");
@@ -565,7 +556,11 @@ pub fn render_html(status: &StatusSnapshot) -> String {
     for model in &status.models {
         let name = escape_html(&model.model);
         let availability = match model.availability {
-            Some(a) => format!("{:.1}% <span class=\"muted\">of {}</span>", a * 100.0, model.calls),
+            Some(a) => format!(
+                "{:.1}% <span class=\"muted\">of {}</span>",
+                a * 100.0,
+                model.calls
+            ),
             None => "<span class=\"muted\">no calls</span>".to_owned(),
         };
         let breaker = match &model.breaker {
@@ -577,9 +572,10 @@ pub fn render_html(status: &StatusSnapshot) -> String {
             ),
             None => "<span class=\"muted\">–</span>".to_owned(),
         };
-        let queue = model
-            .queue_depth
-            .map_or_else(|| "<span class=\"muted\">–</span>".to_owned(), |d| d.to_string());
+        let queue = model.queue_depth.map_or_else(
+            || "<span class=\"muted\">–</span>".to_owned(),
+            |d| d.to_string(),
+        );
         let a = &model.answers;
         let _ = write!(
             page,
