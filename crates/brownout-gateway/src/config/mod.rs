@@ -81,6 +81,10 @@
 //! pattern = "(?i)refund"
 //! answer = "You can request a refund from Settings › Billing."
 //!
+//! [observe]                   # off unless the section is there
+//! metrics = true              # GET /metrics (Prometheus text)
+//! status = true               # GET /brownout/status (HTML), /brownout/status.json
+//!
 //! [headers]                   # metadata headers on responses (all on by default)
 //! model = true                # x-brownout-model
 //! cache = true                # x-brownout-cache
