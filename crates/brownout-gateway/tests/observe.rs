@@ -313,11 +313,15 @@ async fn a_model_name_is_escaped_on_the_page() {
 #[test]
 fn an_unknown_observe_key_is_refused_by_name() {
     let text = common::config_text("http://127.0.0.1:9", "[observe]\nmetric = true\n");
-    let error = brownout_gateway::Config::from_toml_str(&text).unwrap_err().to_string();
+    let error = brownout_gateway::Config::from_toml_str(&text)
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("metric"), "{error}");
     assert!(error.contains("observe"), "{error}");
     let text = common::config_text("http://127.0.0.1:9", "[observe]\nstatus = false\n");
-    let observe = brownout_gateway::Config::from_toml_str(&text).unwrap().observe();
+    let observe = brownout_gateway::Config::from_toml_str(&text)
+        .unwrap()
+        .observe();
     assert!(observe.metrics && !observe.status);
 }
 
