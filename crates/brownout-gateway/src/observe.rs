@@ -9,7 +9,10 @@
 //! [`StatusBoard`]. Label values are bounded by the models of the configured
 //! cascades: any other model a caller names is `other`.
 
-use std::sync::Arc;
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
 
 use brownout::{
     breaker::BreakerHandle,
@@ -30,6 +33,26 @@ use crate::Config;
 const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
+
+/// How many requests pass between two drains of the recorder's histogram samples.
+const UPKEEP_EVERY: u64 = 4096;
+
+/// Drains the Prometheus recorder's histogram samples into their buckets every
+/// [`UPKEEP_EVERY`] requests (a scrape drains them too): without it a gateway nobody
+/// scrapes would keep every sample. One atomic add per request; the drain itself is
+/// proportional to the samples since the last one.
+struct Upkeep {
+    handle: PrometheusHandle,
+    exchanges: AtomicU64,
+}
+
+impl Sink for Upkeep {
+    fn exchange(&self, _: &brownout::observe::Exchange) {
+        if self.exchanges.fetch_add(1, Ordering::Relaxed) % UPKEEP_EVERY == UPKEEP_EVERY - 1 {
+            self.handle.run_upkeep();
+        }
+    }
+}
 
 /// The sinks of one gateway, and what serves its pages.
 #[derive(Clone)]
@@ -97,8 +120,11 @@ impl Observability {
             ));
             (sink, handle)
         });
-        if let Some((sink, _)) = &metrics {
-            sinks = sinks.with(sink.clone());
+        if let Some((sink, handle)) = &metrics {
+            sinks = sinks.with(sink.clone()).with(Arc::new(Upkeep {
+                handle: handle.clone(),
+                exchanges: AtomicU64::new(0),
+            }));
         }
         let board = observe.status.then(|| Arc::new(StatusBoard::new(models)));
         if let Some(board) = &board {

@@ -70,19 +70,40 @@ impl Routes {
 
 /// How many upstream calls a request made so far, shared by the [`ObserveLayer`] that
 /// puts it in the request's extensions and the [`AttemptLayer`] that counts each call
-/// (the retry and fallback layers clone it with the request).
-#[derive(Debug, Clone, Default)]
-pub struct AttemptTally(Arc<AtomicU32>);
+/// (the retry and fallback layers clone it with the request). It also holds when the
+/// request arrived, so an attempt's wall-clock time costs no second clock read.
+#[derive(Debug, Clone)]
+pub struct AttemptTally(Arc<Tally>);
+
+#[derive(Debug)]
+struct Tally {
+    count: AtomicU32,
+    at: SystemTime,
+    started: Instant,
+}
 
 impl AttemptTally {
+    fn new(at: SystemTime, started: Instant) -> Self {
+        AttemptTally(Arc::new(Tally {
+            count: AtomicU32::new(0),
+            at,
+            started,
+        }))
+    }
+
     /// Calls counted so far.
     pub fn get(&self) -> u32 {
-        self.0.load(Ordering::Relaxed)
+        self.0.count.load(Ordering::Relaxed)
     }
 
     /// Counts one more call and says which it is (1 for the first).
     fn next(&self) -> u32 {
-        self.0.fetch_add(1, Ordering::Relaxed) + 1
+        self.0.count.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The wall-clock time of `now`, from the request's arrival.
+    fn wall_clock(&self, now: Instant) -> SystemTime {
+        self.0.at + now.saturating_duration_since(self.0.started)
     }
 }
 
@@ -247,7 +268,7 @@ impl Pending {
     /// Reads the request's facts, gives it a tally, and opens the span.
     fn start(&mut self, request: &mut Request<Body>) {
         self.model = RequestFacts::of(request.extensions()).and_then(|f| f.model_arc().cloned());
-        let tally = AttemptTally::default();
+        let tally = AttemptTally::new(self.at, self.started);
         request.extensions_mut().insert(tally.clone());
         self.tally = Some(tally);
         self.span = tracing::info_span!(
@@ -686,16 +707,15 @@ where
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let extensions = request.extensions();
-        let attempt = extensions
-            .get::<AttemptTally>()
-            .map_or(1, AttemptTally::next);
+        let started = Instant::now();
+        let tally = extensions.get::<AttemptTally>();
         let sent = Sent {
             shared: self.shared.clone(),
             route: self.shared.routes.of(request.uri().path()),
             model: RequestFacts::of(extensions).and_then(|f| f.model_arc().cloned()),
-            attempt,
-            at: SystemTime::now(),
-            started: Instant::now(),
+            attempt: tally.map_or(1, AttemptTally::next),
+            at: tally.map_or_else(SystemTime::now, |t| t.wall_clock(started)),
+            started,
         };
         AttemptFuture {
             state: AttemptState::Calling {
