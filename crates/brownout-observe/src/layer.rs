@@ -357,15 +357,21 @@ impl Pending {
     }
 
     fn error(&self, error: &(dyn StdError + Send + Sync + 'static)) {
-        let (answer, status) = answer_of_error(error);
+        let (answer, mut status) = answer_of_error(error);
+        if status == 503 && &*self.route == crate::ROUTE_MESSAGES {
+            // Anthropic's overload status, as brownout-gateway answers a refusal there.
+            status = 529;
+        }
         let exchange = Exchange::new(self.route.clone(), answer, status, self.started.elapsed());
         self.finish(exchange, None, 0);
     }
 }
 
 /// How a stack's error reaches a caller: the answer, and the status a gateway gives it
-/// (`503` for a refusal, `504` when every path timed out, `502` otherwise, `400`/`408`
-/// for the caller's own broken request).
+/// (`503` for a refusal, `429` for the rate limiter's, `504` when every path timed out,
+/// `502` otherwise, `400`/`408` for the caller's own broken request). The
+/// [`ObserveLayer`] records a refusal on Anthropic's Messages route as `529`, the
+/// status brownout-gateway answers there.
 pub fn answer_of_error(error: &(dyn StdError + Send + Sync + 'static)) -> (Answer, u16) {
     if let Some(broken) = find::<BrokenBody>(error) {
         return (

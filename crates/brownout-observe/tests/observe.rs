@@ -243,3 +243,28 @@ fn the_page_escapes_what_callers_name() {
     assert!(page.contains("&lt;b&gt;m&lt;/b&gt;"));
     assert!(!page.contains("<b>m</b>"));
 }
+
+#[tokio::test]
+async fn a_breaker_refusal_is_shed_with_the_status_the_gateway_answers() {
+    let sink = Arc::new(Recorded::default());
+    let service = ServiceBuilder::new()
+        .layer(ObserveLayer::new(sink.clone()))
+        .service(tower::service_fn(|_: Request<Body>| async {
+            Err::<Response<Body>, BoxError>(Box::new(brownout_breaker::CircuitOpen::new(
+                Arc::from("m"),
+                Some(Duration::from_secs(3)),
+            )))
+        }));
+    let error = service.oneshot(request("m")).await.unwrap_err();
+    assert!(
+        error.is::<brownout_breaker::CircuitOpen>(),
+        "handed back as it was"
+    );
+    let exchange = &sink.exchanges.lock().unwrap()[0];
+    assert_eq!(exchange.answer, Answer::Shed);
+    assert_eq!(
+        exchange.status, 529,
+        "Anthropic's overload status on its route"
+    );
+    assert_eq!(exchange.attempts, 0);
+}
