@@ -4,7 +4,10 @@ use std::{
     collections::HashMap,
     fmt,
     fmt::Write as _,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -26,26 +29,70 @@ pub const WINDOW_MINUTES: usize = 60;
 /// How many recent alerts a snapshot lists.
 const RECENT_ALERTS: usize = 20;
 
-#[derive(Clone, Copy, Default)]
-struct Minute {
-    /// Which minute (since the board started) the counts are of.
-    at: u64,
-    ok: u32,
-    failed: u32,
+/// One minute's counts, packed in one word so that recording is one compare-and-swap
+/// (no lock shared by every request for a model): which minute since the board
+/// started (24 bits), the calls that passed and those that failed (20 bits each,
+/// saturating at a million a minute).
+#[derive(Default)]
+struct Minute(AtomicU64);
+
+const COUNT_BITS: u32 = 20;
+const COUNT_MAX: u64 = (1 << COUNT_BITS) - 1;
+const MINUTE_MASK: u64 = (1 << 24) - 1;
+
+impl Minute {
+    fn unpack(word: u64) -> (u64, u32, u32) {
+        (
+            word >> (2 * COUNT_BITS),
+            ((word >> COUNT_BITS) & COUNT_MAX) as u32,
+            (word & COUNT_MAX) as u32,
+        )
+    }
+
+    fn pack(at: u64, ok: u64, failed: u64) -> u64 {
+        ((at & MINUTE_MASK) << (2 * COUNT_BITS))
+            | (ok.min(COUNT_MAX) << COUNT_BITS)
+            | failed.min(COUNT_MAX)
+    }
+
+    /// Counts one call in minute `now`, starting the bucket afresh when it held an
+    /// older minute.
+    fn count(&self, now: u64, ok: bool) {
+        let now = now & MINUTE_MASK;
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
+                let (at, passed, failed) = Minute::unpack(word);
+                let (passed, failed) = if at == now {
+                    (u64::from(passed), u64::from(failed))
+                } else {
+                    (0, 0)
+                };
+                Some(if ok {
+                    Minute::pack(now, passed + 1, failed)
+                } else {
+                    Minute::pack(now, passed, failed + 1)
+                })
+            });
+    }
+
+    /// The minute and its counts.
+    fn read(&self) -> (u64, u32, u32) {
+        Minute::unpack(self.0.load(Ordering::Relaxed))
+    }
 }
 
-#[derive(Clone)]
 struct ModelBoard {
     minutes: [Minute; WINDOW_MINUTES],
     /// Answers to requests for this model since the board started, by [`Answer`].
-    answers: [u64; 8],
+    answers: [AtomicU64; 8],
 }
 
 impl Default for ModelBoard {
     fn default() -> Self {
         ModelBoard {
-            minutes: [Minute::default(); WINDOW_MINUTES],
-            answers: [0; 8],
+            minutes: std::array::from_fn(|_| Minute::default()),
+            answers: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -55,8 +102,8 @@ impl Default for ModelBoard {
 /// what `GET /brownout/status` shows.
 ///
 /// Models outside the configured set are counted together as `other`, so callers
-/// cannot grow it. Recording takes a short lock of one model's buckets and allocates
-/// nothing; [`snapshot`](Self::snapshot), [`html`](Self::html) and
+/// cannot grow it. Recording is an atomic add or one compare-and-swap: no lock, no
+/// allocation. [`snapshot`](Self::snapshot), [`html`](Self::html) and
 /// [`json`](Self::json) read it.
 ///
 /// The availability of a model is the share of its upstream calls (each try, retry and
@@ -81,7 +128,7 @@ impl Default for ModelBoard {
 pub struct StatusBoard {
     names: Vec<Arc<str>>,
     index: HashMap<Arc<str>, usize, foldhash::fast::RandomState>,
-    boards: Vec<Mutex<ModelBoard>>,
+    boards: Vec<ModelBoard>,
     started: Instant,
     watched: Mutex<Watched>,
 }
@@ -123,10 +170,7 @@ impl StatusBoard {
             .enumerate()
             .map(|(i, n)| (n.clone(), i))
             .collect();
-        let boards = names
-            .iter()
-            .map(|_| Mutex::new(ModelBoard::default()))
-            .collect();
+        let boards = names.iter().map(|_| ModelBoard::default()).collect();
         StatusBoard {
             names,
             index,
@@ -191,22 +235,26 @@ impl StatusBoard {
             .iter()
             .enumerate()
             .filter_map(|(i, name)| {
-                let board = self.boards[i].lock().ok()?.clone();
+                let board = &self.boards[i];
                 let mut ok = vec![0u32; WINDOW_MINUTES];
                 let mut failed = vec![0u32; WINDOW_MINUTES];
+                let current = now & MINUTE_MASK;
                 for minute in board.minutes.iter() {
-                    if minute.ok + minute.failed == 0 || minute.at + (WINDOW_MINUTES as u64) <= now
-                    {
+                    let (at, passed, fails) = minute.read();
+                    // How many minutes ago, on the 24-bit minute clock.
+                    let ago = current.wrapping_sub(at) & MINUTE_MASK;
+                    if passed + fails == 0 || ago >= WINDOW_MINUTES as u64 {
                         continue;
                     }
                     // Oldest first: the current minute is the last.
-                    let slot = WINDOW_MINUTES - 1 - (now - minute.at) as usize;
-                    ok[slot] = minute.ok;
-                    failed[slot] = minute.failed;
+                    let slot = WINDOW_MINUTES - 1 - ago as usize;
+                    ok[slot] = passed;
+                    failed[slot] = fails;
                 }
                 let calls: u64 = ok.iter().chain(&failed).map(|n| u64::from(*n)).sum();
                 let answered: u64 = ok.iter().map(|n| u64::from(*n)).sum();
-                let answers = Answers::from(&board.answers);
+                let answers =
+                    Answers::from(&board.answers.each_ref().map(|a| a.load(Ordering::Relaxed)));
                 let other = &**name == OTHER;
                 if other && calls == 0 && answers.total() == 0 {
                     return None;
@@ -280,9 +328,7 @@ impl StatusBoard {
 impl Sink for StatusBoard {
     fn exchange(&self, exchange: &Exchange) {
         let i = self.of(exchange.requested_model.as_deref());
-        if let Ok(mut board) = self.boards[i].lock() {
-            board.answers[answer_slot(exchange.answer)] += 1;
-        }
+        self.boards[i].answers[answer_slot(exchange.answer)].fetch_add(1, Ordering::Relaxed);
     }
 
     fn attempt(&self, attempt: &Attempt) {
@@ -294,21 +340,7 @@ impl Sink for StatusBoard {
         };
         let now = self.minute();
         let i = self.of(attempt.model.as_deref());
-        if let Ok(mut board) = self.boards[i].lock() {
-            let minute = &mut board.minutes[(now % WINDOW_MINUTES as u64) as usize];
-            if minute.at != now {
-                *minute = Minute {
-                    at: now,
-                    ok: 0,
-                    failed: 0,
-                };
-            }
-            if ok {
-                minute.ok += 1;
-            } else {
-                minute.failed += 1;
-            }
-        }
+        self.boards[i].minutes[(now % WINDOW_MINUTES as u64) as usize].count(now, ok);
     }
 }
 
