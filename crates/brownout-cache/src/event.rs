@@ -57,10 +57,10 @@ impl EventData for CacheEvent {
         }
     }
 
-    /// `WARN` for a stale answer, `DEBUG` for a fresh hit.
+    /// `INFO` for a stale answer, `DEBUG` for a fresh hit.
     fn level(&self) -> tracing::Level {
         match self {
-            CacheEvent::ServedFromCache { stale: true, .. } => tracing::Level::WARN,
+            CacheEvent::ServedFromCache { stale: true, .. } => tracing::Level::INFO,
             CacheEvent::ServedFromCache { stale: false, .. } => tracing::Level::DEBUG,
         }
     }
@@ -118,7 +118,7 @@ mod tests {
             },
         );
         assert_eq!(stale.name(), "served_from_cache");
-        assert_eq!(stale.kind().level(), tracing::Level::WARN);
+        assert_eq!(stale.kind().level(), tracing::Level::INFO);
         assert_eq!(stale.fields_text(), "stale=true age_ms=42000");
         assert_eq!(
             stale.kind().to_string(),

@@ -49,9 +49,10 @@ impl EventData for DegradeEvent {
         }
     }
 
-    /// `WARN`: a caller got a canned answer.
+    /// `INFO`: a caller got a canned answer (the answer counts say how many).
     fn level(&self) -> tracing::Level {
-        tracing::Level::WARN
+        // The caller got an answer; the status page and metrics count them.
+        tracing::Level::INFO
     }
 
     fn outcome(&self) -> Option<&Outcome> {
@@ -105,7 +106,7 @@ mod tests {
             },
         );
         assert_eq!(event.name(), "degraded");
-        assert_eq!(event.kind().level(), tracing::Level::WARN);
+        assert_eq!(event.kind().level(), tracing::Level::INFO);
         assert_eq!(event.fields_text(), "rule=refunds");
         assert_eq!(event.kind().to_string(), "served a degraded answer");
         let generic = Event::detached(

@@ -62,7 +62,8 @@ impl EventData for FallbackEvent {
 
     fn level(&self) -> tracing::Level {
         match self {
-            FallbackEvent::FallingBack { .. } => tracing::Level::WARN,
+            // Routine during an outage: the answer still came; WARN is for no answer.
+            FallbackEvent::FallingBack { .. } => tracing::Level::INFO,
             FallbackEvent::NoCascade { .. } => tracing::Level::INFO,
         }
     }

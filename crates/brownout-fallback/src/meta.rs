@@ -29,6 +29,11 @@ impl ServedBy {
         &self.model
     }
 
+    /// The model that answered, as a shared string (no copy).
+    pub fn model_arc(&self) -> Arc<str> {
+        self.model.clone()
+    }
+
     /// Its position in the cascade: 0 for the preferred target.
     pub fn position(&self) -> usize {
         self.position

@@ -8,7 +8,8 @@
 //! Processes besides this one: a minimal upstream (a fixed Anthropic-shaped answer,
 //! no work), the bare proxy (hyper's server and hyper-util's pooled client, nothing
 //! else) and the gateway binary four times: with the example configuration (every
-//! layer, a two-model cascade), without the cache, with the fallback only, and with
+//! layer, a two-model cascade), the same with `[observe]` (metrics and the status board),
+//! without the cache, with the fallback only, and with
 //! no layer at all (the wiring alone). Each runs on a multi-threaded tokio runtime.
 //! This process is the load generator: `BENCH_CONNECTIONS` keep-alive connections
 //! (32) sending `BENCH_REQUESTS` requests (20,000) per round, each with a different
@@ -398,6 +399,12 @@ fn variants(upstream_url: &str) -> Vec<(&'static str, String)> {
     assert!(!wiring.contains("cascade = ["), "the cascades are gone");
     let mut all = vec![
         ("gateway: every layer (the example)", example.clone()),
+        // `[observe]` on: the metrics and the status board record every request and
+        // attempt (issue 17's target: at most 10% more CPU per request).
+        (
+            "gateway: every layer + metrics",
+            format!("{example}\n[observe]\nmetrics = true\nstatus = true\n"),
+        ),
         ("gateway: without the cache", off(&example, &["cache"])),
         (
             "gateway: fallback only",

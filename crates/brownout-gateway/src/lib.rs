@@ -114,6 +114,7 @@ mod credentials;
 #[cfg(feature = "demo")]
 pub mod demo;
 mod limits;
+pub mod observe;
 pub mod observe_log;
 pub mod pipeline;
 pub mod router;

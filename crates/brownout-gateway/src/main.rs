@@ -78,6 +78,15 @@ struct ServeArgs {
     /// The least severe log level shown.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     log_level: LogLevel,
+    /// Log lines as text, or as one JSON object each (with the request's span).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Args, Default)]
@@ -145,6 +154,7 @@ fn main() -> ExitCode {
             config,
             listen: None,
             log_level: LogLevel::Info,
+            log_format: LogFormat::Text,
         }),
         (None, None) => demo(DemoArgs::default()),
     };
@@ -228,10 +238,13 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         LogLevel::Trace => tracing::Level::TRACE,
     };
     // Logs go to stderr; no layer or the gateway ever logs a header value or a body.
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     runtime()?.block_on(async {
         let mut config = Config::from_file(&args.config).map_err(Failure::config)?;
         if let Some(listen) = args.listen {
@@ -248,9 +261,10 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
         // `[observe]`: the availability log and the alerts, started before listening;
         // closed (the log's last rows written) when this block ends, however it ends.
-        let _observers = Observers::new(&config)
-            .map_err(Failure::runtime)?
-            .close_on_drop();
+        let observers = Observers::new(&config).map_err(Failure::runtime)?;
+        // The pipeline feeds them every request's record and every attempt's.
+        let config = config.with_observers(&observers);
+        let _observers = observers.close_on_drop();
         let listener = tokio::net::TcpListener::bind(config.listen())
             .await
             .map_err(|e| Failure::runtime(format!("cannot listen on {}: {e}", config.listen())))?;

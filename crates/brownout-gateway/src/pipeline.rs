@@ -35,6 +35,7 @@ use crate::{
     config::Provider,
     credentials::Credentials,
     limits::{set_deadline, Limited, ProviderLimits},
+    observe::Observability,
     Config,
 };
 
@@ -54,26 +55,65 @@ pub struct Layers {
     rate_limits: Option<ProviderLimits>,
     streams: StreamGuardLayer,
     after_first_byte: AfterFirstByte,
+    observe: Option<Observability>,
 }
 
 impl Layers {
     /// The layers `config` turns on. Build them inside the runtime that will use them:
     /// the retry budget and the breakers take their start time from tokio's clock.
     pub fn new(config: &Config) -> Layers {
-        Layers {
+        // `[observe]`: the layers' events go to its sinks too.
+        let observe = Observability::new(config);
+        let listener = observe.as_ref().map(Observability::listener);
+        let layers = Layers {
             providers: config.providers.clone(),
-            degrade: config.degrade.clone().map(DegradeLayer::new),
-            cache: config.cache.clone().map(CacheLayer::new),
-            breaker: config.breaker.clone().map(CircuitBreakerLayer::new),
-            queue: config.queue.clone().map(QueueLayer::new),
-            retry: config.retry.clone().map(RetryLayer::new),
+            degrade: config.degrade.clone().map(|c| {
+                DegradeLayer::new(match listener.clone() {
+                    Some(l) => c.listener(l),
+                    None => c,
+                })
+            }),
+            cache: config.cache.clone().map(|c| {
+                CacheLayer::new(match listener.clone() {
+                    Some(l) => c.listener(l),
+                    None => c,
+                })
+            }),
+            breaker: config.breaker.clone().map(|c| {
+                CircuitBreakerLayer::new(match listener.clone() {
+                    Some(l) => c.listener(l),
+                    None => c,
+                })
+            }),
+            queue: config.queue.clone().map(|c| {
+                QueueLayer::new(match listener.clone() {
+                    Some(l) => c.listener(l),
+                    None => c,
+                })
+            }),
+            retry: config.retry.clone().map(|c| {
+                RetryLayer::new(match listener.clone() {
+                    Some(l) => c.listener(l),
+                    None => c,
+                })
+            }),
             rate_limits: config
                 .rate_limits
                 .as_ref()
                 .map(|limits| ProviderLimits::new(&config.providers, limits)),
             streams: stream_guard(config),
             after_first_byte: config.stream_after_first_byte(),
+            observe,
+        };
+        if let Some(observe) = &layers.observe {
+            observe.watch(layers.breakers(), layers.queue(), &layers.rate_limits());
         }
+        layers
+    }
+
+    /// `[observe]`'s sinks and pages, when the section is on.
+    pub fn observability(&self) -> Option<&Observability> {
+        self.observe.as_ref()
     }
 
     /// The circuit breakers' handle, when the breaker layer is on: their states, and
@@ -144,8 +184,11 @@ impl Layers {
         C::Future: Send + 'static,
     {
         let fallback = cascade.map(|c| {
-            let c = c.clone();
-            let c = c.after_first_byte(self.after_first_byte);
+            let c = c.clone().after_first_byte(self.after_first_byte);
+            let c = match &self.observe {
+                Some(observe) => c.listener(observe.listener()),
+                None => c,
+            };
             FallbackLayer::new(match (self.queue(), self.breakers()) {
                 (Some(queue), Some(breakers)) => c.health(queue.and(breakers)),
                 (Some(queue), None) => c.health(queue),
@@ -156,6 +199,8 @@ impl Layers {
         let stack = ServiceBuilder::new()
             // With every layer off, the caller's body still becomes a `Body`.
             .map_request(|request: Request<B>| request.map(Body::new))
+            // `[observe]`: one record and one span per request, outermost.
+            .option_layer(self.observe.as_ref().map(Observability::outer))
             // The gateway's deadline, for the rate limiter's waits.
             .option_layer(
                 self.rate_limits
@@ -173,7 +218,15 @@ impl Layers {
             .layer(self.streams.clone())
             // Innermost, under the provider's key: `[limits]` (see `limits.rs`).
             .service(Credentials::new(
-                Limited::new(client, self.rate_limits.clone()),
+                Limited::new(
+                    // `[observe]`: one record per upstream call, right over the client.
+                    ServiceBuilder::new()
+                        .option_layer(self.observe.as_ref().map(Observability::inner))
+                        .map_err(Into::<BoxError>::into)
+                        .map_response(|response: Response<X>| response.map(Body::new))
+                        .service(client),
+                    self.rate_limits.clone(),
+                ),
                 &self.providers,
             ));
         BoxCloneSyncService::new(stack)

@@ -284,6 +284,14 @@ where
         // The error shape before the request is placed (computed only for refusals).
         let guess = || shape_of(Family::from_path(&path), &path);
 
+        // `[observe]`: GET /metrics, /brownout/status and /brownout/status.json.
+        if let Some(response) = shared
+            .layers
+            .observability()
+            .and_then(|o| o.page(&method, &path))
+        {
+            return Box::pin(std::future::ready(Ok(response)));
+        }
         if matches!(&*path, "/healthz" | "/readyz") {
             if method != Method::GET && method != Method::HEAD {
                 return method_not_allowed(guess(), "GET, HEAD", &method, &path);

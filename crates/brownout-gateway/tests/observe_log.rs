@@ -465,6 +465,19 @@ fn serve_opens_the_log_and_closes_it_on_sigterm() {
         let mut answer = String::new();
         stream.read_to_string(&mut answer).unwrap();
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // A request through the pipeline, which the log records (the upstream is not
+        // there: the answer is the gateway's own error, recorded all the same).
+        let body = r#"{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[{"role":"user","content":"Hi"}]}"#;
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            stream,
+            "POST /v1/messages HTTP/1.1\r\nhost: gw\r\nconnection: close\r\nx-api-key: sk-ant-test\r\nanthropic-version: 2023-06-01\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
     }
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -476,6 +489,15 @@ fn serve_opens_the_log_and_closes_it_on_sigterm() {
     assert!(output.status.success(), "{:?}\n{stderr}", output.status);
     assert!(stderr.contains("availability log closed"), "{stderr}");
     // The file is a log, in WAL mode, that the report reads.
+    // The pipeline fed it: the request and its failed attempts (both targets).
     let report = brownout::observe::Report::read(dir.0.join("served.db"), None).unwrap();
-    assert!(report.models.is_empty());
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    let sonnet = json["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model"] == "claude-sonnet-4-5")
+        .unwrap_or_else(|| panic!("{json}"));
+    assert_eq!(sonnet["requests"], 1, "{json}");
+    assert!(sonnet["failed_attempts"].as_u64().unwrap() >= 1, "{json}");
 }

@@ -120,11 +120,11 @@ impl EventData for LimitEvent {
         }
     }
 
-    /// `WARN` for a shed or paused key and an oversized request, `DEBUG` otherwise.
+    /// `INFO` for a shed or paused key and an oversized request, `DEBUG` otherwise.
     fn level(&self) -> tracing::Level {
         match self {
             LimitEvent::Shed { .. } | LimitEvent::Paused { .. } | LimitEvent::Oversized { .. } => {
-                tracing::Level::WARN
+                tracing::Level::INFO
             }
             _ => tracing::Level::DEBUG,
         }

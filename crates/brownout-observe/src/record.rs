@@ -89,6 +89,9 @@ pub struct Exchange {
     pub latency: Duration,
     /// Upstream calls made for it (0 for a cache hit or a shed).
     pub attempts: u32,
+    /// The degrade rule that answered, for a [`Answer::Degraded`] answer from a named
+    /// rule (`None` for the generic answer and every other answer).
+    pub degraded_rule: Option<Arc<str>>,
     /// Input tokens, from the response's `usage` when it had one.
     pub input_tokens: Option<u64>,
     /// Output tokens, from the response's `usage` when it had one.
@@ -107,6 +110,7 @@ impl Exchange {
             status,
             latency,
             attempts: 0,
+            degraded_rule: None,
             input_tokens: None,
             output_tokens: None,
         }

@@ -78,11 +78,17 @@ impl EventData for RetryEvent {
     fn level(&self) -> tracing::Level {
         match self {
             RetryEvent::AttemptFailed { .. } => tracing::Level::DEBUG,
-            RetryEvent::Retrying { .. } => tracing::Level::WARN,
+            // A retry is routine: the request's span and the metrics count them.
+            RetryEvent::Retrying { .. } => tracing::Level::DEBUG,
             RetryEvent::GaveUp {
                 reason: GiveUpReason::NotRetryable,
                 ..
             } => tracing::Level::DEBUG,
+            // The budget protects the upstream from a retry storm: worth an operator's eye.
+            RetryEvent::GaveUp {
+                reason: GiveUpReason::BudgetExhausted,
+                ..
+            } => tracing::Level::WARN,
             RetryEvent::GaveUp { .. } | RetryEvent::NotReplayable { .. } => tracing::Level::INFO,
         }
     }

@@ -63,7 +63,7 @@
 //! `[0, min(8 s, 500 ms × 2ⁿ⁻¹))`) and the delay the server asked for (`retry-after-ms`,
 //! `retry-after` in seconds or as a date, the provider's rate-limit reset headers). A
 //! server delay above [`RetryConfig::max_server_delay`] (60 s by default) is not
-//! waited for: the response goes back at once. Each wait is announced by a `WARN`
+//! waited for: the response goes back at once. Each wait is announced by a `DEBUG`
 //! event ([`RetryEvent::Retrying`]) before it starts.
 //!
 //! # When it stops

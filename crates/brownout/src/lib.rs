@@ -15,7 +15,7 @@
 //! | `degrade` (default) | [`degrade`] | canned answers in the provider's shape when nothing else answers |
 //! | `limit` | [`limit`] | client-side RPM/TPM limits, tokens counted before sending, settled from usage |
 //! | `queue` | [`queue`] | holds a model's requests through a short overload, drains them with slow start |
-//! | `observe`, `observe-sqlite`, `observe-alert` | [`observe`] | records of every request and attempt; the SQLite availability log and report; alert rules |
+//! | `observe`, `observe-sqlite`, `observe-alert` | [`observe`] | one record per request and per upstream call: metrics (the `metrics` facade), a span, a status board; the SQLite availability log and report; alert rules |
 //! | `reqwest` | [`reqwest_bridge`] | a `reqwest::Client` as the inner service |
 //! | `client` | [`client`] | a ready HTTPS client (hyper-util over rustls, HTTP/2 by ALPN) as the inner service |
 //! | `reqwest-middleware` | [`reqwest_middleware`] | a reqwest-middleware `Middleware` that sends each request through a stack |
@@ -109,6 +109,10 @@ pub use brownout_degrade as degrade;
 #[doc(inline)]
 pub use brownout_limit as limit;
 
+#[cfg(feature = "observe")]
+#[doc(inline)]
+pub use brownout_observe as observe;
+
 #[cfg(feature = "queue")]
 #[doc(inline)]
 pub use brownout_queue as queue;
@@ -116,10 +120,6 @@ pub use brownout_queue as queue;
 #[cfg(feature = "redis")]
 #[doc(inline)]
 pub use brownout_redis as redis;
-
-#[cfg(feature = "observe")]
-#[doc(inline)]
-pub use brownout_observe as observe;
 
 mod builder;
 pub use builder::ServiceBuilderExt;

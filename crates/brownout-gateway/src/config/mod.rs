@@ -81,6 +81,10 @@
 //! pattern = "(?i)refund"
 //! answer = "You can request a refund from Settings › Billing."
 //!
+//! [observe]                   # each page off unless set
+//! metrics = true              # GET /metrics (Prometheus text)
+//! status = true               # GET /brownout/status (HTML), /brownout/status.json
+//!
 //! [headers]                   # metadata headers on responses (all on by default)
 //! model = true                # x-brownout-model
 //! cache = true                # x-brownout-cache
@@ -411,10 +415,71 @@ pub struct Config {
     pub(crate) stream_after_first_byte: brownout::fallback::stream::AfterFirstByte,
     pub(crate) connections: Connections,
     pub(crate) observe_log: ObserveLog,
+    pub(crate) observe: Observe,
+    /// The availability log's and the alerts' sinks, attached by `serve` once they run.
+    pub(crate) observers: Option<Attached>,
     pub(crate) set: Set,
 }
 
+/// The sinks of [`Observers`](crate::Observers), attached to a configuration with
+/// [`Config::with_observers`].
+#[derive(Clone)]
+pub(crate) struct Attached {
+    pub(crate) sinks: brownout::observe::Sinks,
+    pub(crate) alerts: Option<std::sync::Arc<dyn brownout::observe::AlertFeed>>,
+}
+
+impl fmt::Debug for Attached {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Attached")
+            .field("sinks", &self.sinks)
+            .field("alerts", &self.alerts.is_some())
+            .finish()
+    }
+}
+
+/// `[observe]`: which of the gateway's own pages are served (`metrics`, `status`,
+/// both off unless set), and whether the availability log or alert rules record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Observe {
+    /// `GET /metrics`, Prometheus text.
+    pub metrics: bool,
+    /// `GET /brownout/status` and `GET /brownout/status.json`.
+    pub status: bool,
+    /// `sqlite` or an alert rule is set: the pipeline records for them.
+    pub log: bool,
+}
+
+impl Observe {
+    /// Whether anything is observed (then the pipeline records every request).
+    pub fn is_on(&self) -> bool {
+        self.metrics || self.status || self.log
+    }
+}
+
 impl Config {
+    /// `[observe]`: metrics and the status page.
+    pub fn observe(&self) -> Observe {
+        self.observe
+    }
+
+    /// With the sinks of `observers` (the availability log, the alert rules) fed by the
+    /// pipeline, and their notices on the status page. `serve` attaches them.
+    pub fn with_observers(mut self, observers: &crate::Observers) -> Self {
+        self.observers = Some(Attached {
+            sinks: observers.sinks(),
+            alerts: observers.alert_feed(),
+        });
+        self
+    }
+
+    /// With `[observe]` set to `observe` (for tests and benchmarks).
+    pub fn with_observe(mut self, observe: Observe) -> Self {
+        self.observe = observe;
+        self
+    }
+
     /// Reads and checks a configuration; API keys come from the process environment.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml_str_with_env(text, |name| std::env::var(name).ok())

@@ -111,7 +111,8 @@ struct RawConfig {
     streams: RawStreams,
     #[serde(default)]
     connections: RawConnections,
-    /// `[observe]`: the availability log and the alerts (see `observe_log.rs`).
+    /// `[observe]`: the pages, the availability log and the alerts (see
+    /// `observe_log.rs`).
     #[serde(default)]
     observe: RawObserveLog,
 }
@@ -588,6 +589,8 @@ impl Check<'_> {
                 }
                 limits
             },
+            observe: raw.observe.pages(),
+            observers: None,
             body_timeout: raw.body_timeout.map_or(DEFAULT_BODY_TIMEOUT, |d| d.0),
             stream_idle_timeout: raw
                 .streams

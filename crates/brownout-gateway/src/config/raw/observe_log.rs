@@ -17,6 +17,12 @@ use crate::config::ConfigError;
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(in crate::config) struct RawObserveLog {
+    /// `GET /metrics`, Prometheus text.
+    #[serde(default)]
+    metrics: bool,
+    /// `GET /brownout/status` and `/brownout/status.json`.
+    #[serde(default)]
+    status: bool,
     sqlite: Option<Spanned<String>>,
     retain_for: Option<Positive>,
     retain_rows: Option<NonZero>,
@@ -92,6 +98,18 @@ struct RawAlert {
 pub struct ObserveLog {
     pub(crate) sqlite: Option<SqliteConfig>,
     pub(crate) alerts: Option<AlertConfig>,
+}
+
+impl RawObserveLog {
+    /// The pages `[observe]` serves, and whether it logs or alerts (then the pipeline
+    /// records every request for them).
+    pub(in crate::config) fn pages(&self) -> crate::config::Observe {
+        crate::config::Observe {
+            metrics: self.metrics,
+            status: self.status,
+            log: self.sqlite.is_some() || !self.alerts.is_empty(),
+        }
+    }
 }
 
 impl ObserveLog {

@@ -1,0 +1,815 @@
+//! [`ObserveLayer`]: one [`Exchange`] per request; [`AttemptLayer`]: one [`Attempt`] per
+//! upstream call.
+
+use std::{
+    error::Error as StdError,
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc,
+    },
+    task::{ready, Context, Poll},
+    time::SystemTime,
+};
+
+use brownout_breaker::CircuitOpen;
+use brownout_cache::CacheStatus;
+use brownout_core::{
+    body::{prepare_now, Need, Prepare},
+    classify::{
+        classify_error, classify_head, classify_response, record, recorded, Classifier,
+        DefaultClassifier, Outcome, OutcomeKind, DEFAULT_ERROR_BODY_LIMIT,
+    },
+    error::{find, BrokenBody, InvalidRequest},
+    provider::Api,
+    request::RequestFacts,
+    Body, BoxError,
+};
+use brownout_degrade::Degraded;
+use brownout_fallback::{AllTargetsFailed, FallbackReason, ServedBy};
+use brownout_limit::{RateLimited, TooManyTokens};
+use brownout_queue::Shed;
+use brownout_retry::Attempts;
+use http::{Request, Response};
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::record::{Answer, Attempt, Exchange, Sink};
+
+/// The route names of the three LLM APIs, shared by every record.
+#[derive(Debug)]
+struct Routes {
+    messages: Arc<str>,
+    chat: Arc<str>,
+    responses: Arc<str>,
+}
+
+impl Routes {
+    fn new() -> Self {
+        Routes {
+            messages: Arc::from(crate::ROUTE_MESSAGES),
+            chat: Arc::from(crate::ROUTE_CHAT),
+            responses: Arc::from(crate::ROUTE_RESPONSES),
+        }
+    }
+
+    /// The route of a request on `path`: one of the three shared names, else the path
+    /// (which the metrics sink counts as `other`).
+    fn of(&self, path: &str) -> Arc<str> {
+        match Api::from_path(path) {
+            Api::AnthropicMessages => self.messages.clone(),
+            Api::OpenAiChat => self.chat.clone(),
+            Api::OpenAiResponses => self.responses.clone(),
+            _ => Arc::from(path),
+        }
+    }
+}
+
+/// How many upstream calls a request made so far, shared by the [`ObserveLayer`] that
+/// puts it in the request's extensions and the [`AttemptLayer`] that counts each call
+/// (the retry and fallback layers clone it with the request). It also holds when the
+/// request arrived, so an attempt's wall-clock time costs no second clock read.
+#[derive(Debug, Clone)]
+pub struct AttemptTally(Arc<Tally>);
+
+#[derive(Debug)]
+struct Tally {
+    count: AtomicU32,
+    at: SystemTime,
+    started: Instant,
+}
+
+impl AttemptTally {
+    fn new(at: SystemTime, started: Instant) -> Self {
+        AttemptTally(Arc::new(Tally {
+            count: AtomicU32::new(0),
+            at,
+            started,
+        }))
+    }
+
+    /// Calls counted so far.
+    pub fn get(&self) -> u32 {
+        self.0.count.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more call and says which it is (1 for the first).
+    fn next(&self) -> u32 {
+        self.0.count.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The wall-clock time of `now`, from the request's arrival.
+    fn wall_clock(&self, now: Instant) -> SystemTime {
+        self.0.at + now.saturating_duration_since(self.0.started)
+    }
+}
+
+/// One [`Exchange`] per request for a [`Sink`], and a `tracing` span around it.
+///
+/// # When to use it
+///
+/// To count every request by how it was answered (live, fallback, cached, degraded,
+/// shed, failed), with its latency to the response head, for metrics, a status page or
+/// an availability log. Successes are counted too, not only failures.
+///
+/// # Where it goes
+///
+/// Outermost, over the degrade layer: it reads what every layer inside recorded in
+/// the response's extensions (the fallback's [`ServedBy`], the retry's [`Attempts`],
+/// the cache's [`CacheStatus`], the degrade layer's [`Degraded`], the queue's,
+/// breaker's and limiter's refusals, the classified [`Outcome`]). It buffers the
+/// request's body under the stack's `BodyLimits` and reads its `model` (the layers
+/// inside find both done and do not read them again). Pair it with an
+/// [`AttemptLayer`] right over the HTTP client to count each upstream call.
+///
+/// # On failure
+///
+/// It changes no answer: a response or an error of the stack passes unchanged, after
+/// it is recorded (an error as `failed`, `shed` or `caller_error`, with the status a
+/// gateway answers for it). A caller's broken upload is recorded as `caller_error` and
+/// handed back as the [`BrokenBody`] error it is.
+///
+/// Each request runs inside an `INFO` span `brownout.request` with the fields `route`,
+/// `model` (requested), `served`, `attempts` and `answer`, filled in when the head
+/// returns; events of the layers inside carry it.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use brownout_observe::{Answer, Exchange, ObserveLayer, Sink};
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// #[derive(Default)]
+/// struct Last(Mutex<Option<Answer>>);
+/// impl Sink for Last {
+///     fn exchange(&self, exchange: &Exchange) {
+///         *self.0.lock().unwrap() = Some(exchange.answer);
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let last = Arc::new(Last::default());
+/// let client = ServiceBuilder::new()
+///     .layer(ObserveLayer::new(last.clone()))
+///     .service(tower::service_fn(|_: http::Request<brownout_core::Body>| async {
+///         Ok::<_, brownout_core::BoxError>(http::Response::new(brownout_core::Body::empty()))
+///     }));
+/// let request = http::Request::post("/v1/messages")
+///     .body(brownout_core::Body::from(r#"{"model":"claude-haiku-4-5"}"#))
+///     .unwrap();
+/// client.oneshot(request).await.unwrap();
+/// assert_eq!(*last.0.lock().unwrap(), Some(Answer::Live));
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ObserveLayer {
+    shared: Arc<ObserveShared>,
+}
+
+struct ObserveShared {
+    sink: Arc<dyn Sink>,
+    routes: Routes,
+}
+
+impl ObserveLayer {
+    /// A layer recording into `sink` (a [`MetricsSink`](crate::MetricsSink), a
+    /// [`StatusBoard`](crate::StatusBoard), several as [`Sinks`](crate::Sinks), …).
+    pub fn new(sink: Arc<dyn Sink>) -> Self {
+        ObserveLayer {
+            shared: Arc::new(ObserveShared {
+                sink,
+                routes: Routes::new(),
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for ObserveLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObserveLayer").finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service of [`ObserveLayer`].
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    shared: Arc<ObserveShared>,
+}
+
+impl<S> Observe<S> {
+    /// `inner`, observed by `layer`.
+    pub fn new(inner: S, layer: &ObserveLayer) -> Self {
+        layer.layer(inner)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Observe<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Observe")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the future keeps of the request until its answer.
+struct Pending {
+    shared: Arc<ObserveShared>,
+    route: Arc<str>,
+    model: Option<Arc<str>>,
+    at: SystemTime,
+    started: Instant,
+    tally: Option<AttemptTally>,
+    span: tracing::Span,
+}
+
+impl Pending {
+    fn new(shared: Arc<ObserveShared>, path: &str) -> Self {
+        let route = shared.routes.of(path);
+        Pending {
+            shared,
+            route,
+            model: None,
+            at: SystemTime::now(),
+            started: Instant::now(),
+            tally: None,
+            span: tracing::Span::none(),
+        }
+    }
+
+    /// Reads the request's facts, gives it a tally, and opens the span.
+    fn start(&mut self, request: &mut Request<Body>) {
+        self.model = RequestFacts::of(request.extensions()).and_then(|f| f.model_arc().cloned());
+        let tally = AttemptTally::new(self.at, self.started);
+        request.extensions_mut().insert(tally.clone());
+        self.tally = Some(tally);
+        self.span = tracing::info_span!(
+            "brownout.request",
+            route = &*self.route,
+            model = self.model.as_deref(),
+            served = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+            answer = tracing::field::Empty,
+            status = tracing::field::Empty,
+        );
+    }
+
+    fn finish(&self, mut exchange: Exchange, served: Option<Arc<str>>, attempts: u32) {
+        exchange.at = self.at;
+        exchange.requested_model = self.model.clone();
+        exchange.served_by = served;
+        exchange.attempts = match &self.tally {
+            // Without an attempt layer inside, the retry layer's count of the model
+            // that answered (0 when nothing was sent).
+            Some(tally) if tally.get() > 0 => tally.get(),
+            _ => attempts,
+        };
+        if !self.span.is_disabled() {
+            self.span.record("served", exchange.served_by.as_deref());
+            self.span.record("attempts", exchange.attempts);
+            self.span.record("answer", exchange.answer.as_str());
+            self.span.record("status", exchange.status);
+        }
+        self.shared.sink.exchange(&exchange);
+    }
+
+    fn response(&self, response: &Response<Body>) {
+        let extensions = response.extensions();
+        let status = response.status().as_u16();
+        let served = extensions.get::<ServedBy>();
+        let cache = extensions.get::<CacheStatus>();
+        let answer = if extensions.get::<Degraded>().is_some() {
+            Answer::Degraded
+        } else if let Some(cache) = cache {
+            match cache {
+                CacheStatus::Hit => Answer::Cached,
+                CacheStatus::Stale => Answer::Stale,
+            }
+        } else if extensions.get::<Shed>().is_some()
+            || extensions.get::<CircuitOpen>().is_some()
+            || extensions.get::<RateLimited>().is_some()
+            || extensions.get::<TooManyTokens>().is_some()
+        {
+            Answer::Shed
+        } else {
+            match recorded(response).map(Outcome::kind) {
+                Some(OutcomeKind::ClientError) => Answer::CallerError,
+                Some(OutcomeKind::Rejected) => Answer::Shed,
+                Some(OutcomeKind::Success) | None if status < 400 => {
+                    if served.is_some_and(ServedBy::is_fallback) {
+                        Answer::Fallback
+                    } else {
+                        Answer::Live
+                    }
+                }
+                // A 4xx the classifier did not see (no brownout layer inside).
+                None if status < 500 && status != 408 && status != 429 => Answer::CallerError,
+                _ => Answer::Failed,
+            }
+        };
+        let attempts = match answer {
+            Answer::Cached | Answer::Shed => 0,
+            _ => Attempts::of(extensions),
+        };
+        let served = match answer {
+            Answer::Live | Answer::Fallback | Answer::Stale | Answer::Failed => served
+                .map(ServedBy::model_arc)
+                .or_else(|| self.model.clone()),
+            _ => None,
+        };
+        let mut exchange =
+            Exchange::new(self.route.clone(), answer, status, self.started.elapsed());
+        if answer == Answer::Degraded {
+            exchange.degraded_rule = extensions
+                .get::<Degraded>()
+                .and_then(Degraded::rule)
+                .map(Arc::from);
+        }
+        self.finish(exchange, served, attempts);
+    }
+
+    fn error(&self, error: &(dyn StdError + Send + Sync + 'static)) {
+        let (answer, mut status) = answer_of_error(error);
+        if status == 503 && &*self.route == crate::ROUTE_MESSAGES {
+            // Anthropic's overload status, as brownout-gateway answers a refusal there.
+            status = 529;
+        }
+        let exchange = Exchange::new(self.route.clone(), answer, status, self.started.elapsed());
+        self.finish(exchange, None, 0);
+    }
+}
+
+/// How a stack's error reaches a caller: the answer, and the status a gateway gives it
+/// (`503` for a refusal, `429` for the rate limiter's, `504` when every path timed out,
+/// `502` otherwise, `400`/`408` for the caller's own broken request). The
+/// [`ObserveLayer`] records a refusal on Anthropic's Messages route as `529`, the
+/// status brownout-gateway answers there.
+pub fn answer_of_error(error: &(dyn StdError + Send + Sync + 'static)) -> (Answer, u16) {
+    if let Some(broken) = find::<BrokenBody>(error) {
+        return (
+            Answer::CallerError,
+            if broken.is_stalled() { 408 } else { 400 },
+        );
+    }
+    if find::<InvalidRequest>(error).is_some() {
+        return (Answer::CallerError, 400);
+    }
+    if find::<RateLimited>(error).is_some() || find::<TooManyTokens>(error).is_some() {
+        return (Answer::Shed, 429);
+    }
+    if find::<CircuitOpen>(error).is_some() || find::<Shed>(error).is_some() {
+        return (Answer::Shed, 503);
+    }
+    if let Some(all) = find::<AllTargetsFailed>(error) {
+        let failures = all.failures();
+        let refused = |r: &FallbackReason| matches!(r, FallbackReason::Unavailable);
+        if failures.iter().all(|(_, r)| refused(r)) {
+            return (Answer::Shed, 503);
+        }
+        let timed_out = |r: &FallbackReason| match r {
+            FallbackReason::Failed(outcome) => outcome.kind() == OutcomeKind::Timeout,
+            _ => true,
+        };
+        let status = if failures.iter().all(|(_, r)| timed_out(r)) {
+            504
+        } else {
+            502
+        };
+        return (Answer::Failed, status);
+    }
+    match classify_error(&DefaultClassifier::new(), error).kind() {
+        OutcomeKind::ClientError => (Answer::CallerError, 400),
+        OutcomeKind::Rejected => (Answer::Shed, 503),
+        OutcomeKind::Timeout => (Answer::Failed, 504),
+        _ => (Answer::Failed, 502),
+    }
+}
+
+impl<S, B> Service<Request<B>> for Observe<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = ObserveFuture<S>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> ObserveFuture<S> {
+        let mut pending = Pending::new(self.shared.clone(), request.uri().path());
+        // The service that was made ready is the one to call; its clone waits.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let state = match prepare_now(request, Need::Model) {
+            Ok(Ok(mut request)) => {
+                pending.start(&mut request);
+                let future = {
+                    let _entered = pending.span.enter();
+                    inner.call(request)
+                };
+                State::Calling { future }
+            }
+            Ok(Err(error)) => State::Refused { error: Some(error) },
+            Err(prepare) => State::Preparing {
+                prepare,
+                inner: Some(inner),
+            },
+        };
+        ObserveFuture { state, pending }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Observe`].
+    pub struct ObserveFuture<S: Service<Request<Body>>> {
+        #[pin]
+        state: State<S>,
+        pending: Pending,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<S: Service<Request<Body>>> {
+        Preparing { prepare: Pin<Box<Prepare>>, inner: Option<S> },
+        Calling { #[pin] future: S::Future },
+        Refused { error: Option<BoxError> },
+    }
+}
+
+impl<S: Service<Request<Body>>> fmt::Debug for ObserveFuture<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObserveFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S> Future for ObserveFuture<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<Response<Body>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Preparing { prepare, inner } => {
+                    match ready!(prepare.as_mut().poll(cx)) {
+                        Ok(mut request) => {
+                            this.pending.start(&mut request);
+                            let mut inner =
+                                inner.take().expect("ObserveFuture polled after completion");
+                            let future = {
+                                let _entered = this.pending.span.enter();
+                                inner.call(request)
+                            };
+                            this.state.set(State::Calling { future });
+                        }
+                        Err(error) => this.state.set(State::Refused { error: Some(error) }),
+                    }
+                }
+                StateProj::Calling { future } => {
+                    let result = {
+                        let _entered = this.pending.span.enter();
+                        ready!(future.poll(cx))
+                    };
+                    return Poll::Ready(match result {
+                        Ok(response) => {
+                            this.pending.response(&response);
+                            Ok(response)
+                        }
+                        Err(error) => {
+                            let error: BoxError = error.into();
+                            this.pending.error(error.as_ref());
+                            Err(error)
+                        }
+                    });
+                }
+                StateProj::Refused { error } => {
+                    let error = error.take().expect("ObserveFuture polled after completion");
+                    this.pending.error(error.as_ref());
+                    return Poll::Ready(Err(error));
+                }
+            }
+        }
+    }
+}
+
+/// One [`Attempt`] per upstream call for a [`Sink`], classified once for the stack.
+///
+/// # When to use it
+///
+/// To count what the upstream itself did (each try, retry and fallback target), not
+/// only what the caller got: the availability of a model behind a cascade that hides
+/// its outage from the callers.
+///
+/// # Where it goes
+///
+/// Innermost, right over the HTTP client (under the retry layer and the rate limiter),
+/// in place of a [`ClassifyLayer`](brownout_core::classify::ClassifyLayer): it
+/// classifies each answer with its classifier (the default one, or yours with
+/// [`classifier`](Self::classifier)) and records the outcome in the response, so the
+/// layers above read it and do not classify again. Under an [`ObserveLayer`] it numbers
+/// the attempts of a request across retries and fallbacks.
+///
+/// # On failure
+///
+/// It changes nothing: an error of the client is handed on as it is, after it is
+/// recorded with its classified outcome.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use brownout_observe::{Attempt, AttemptLayer, Exchange, Sink};
+/// use brownout_core::classify::OutcomeKind;
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// #[derive(Default)]
+/// struct Outcomes(Mutex<Vec<OutcomeKind>>);
+/// impl Sink for Outcomes {
+///     fn exchange(&self, _: &Exchange) {}
+///     fn attempt(&self, attempt: &Attempt) {
+///         self.0.lock().unwrap().push(attempt.outcome);
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let outcomes = Arc::new(Outcomes::default());
+/// let client = ServiceBuilder::new()
+///     .layer(AttemptLayer::new(outcomes.clone()))
+///     .service(tower::service_fn(|_: http::Request<brownout_core::Body>| async {
+///         let mut response = http::Response::new(brownout_core::Body::empty());
+///         *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+///         Ok::<_, brownout_core::BoxError>(response)
+///     }));
+/// client.oneshot(http::Request::new(brownout_core::Body::empty())).await.unwrap();
+/// assert_eq!(*outcomes.0.lock().unwrap(), [OutcomeKind::Overloaded]);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct AttemptLayer {
+    shared: Arc<AttemptShared>,
+}
+
+struct AttemptShared {
+    sink: Arc<dyn Sink>,
+    classifier: Classifier,
+    routes: Routes,
+}
+
+impl AttemptLayer {
+    /// A layer recording into `sink`, classifying with the default classifier.
+    pub fn new(sink: Arc<dyn Sink>) -> Self {
+        AttemptLayer {
+            shared: Arc::new(AttemptShared {
+                sink,
+                classifier: Classifier::new(DefaultClassifier::new()),
+                routes: Routes::new(),
+            }),
+        }
+    }
+
+    /// Classifies with `classifier` instead of the default.
+    pub fn classifier(self, classifier: Classifier) -> Self {
+        AttemptLayer {
+            shared: Arc::new(AttemptShared {
+                sink: self.shared.sink.clone(),
+                classifier,
+                routes: Routes::new(),
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for AttemptLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AttemptLayer").finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for AttemptLayer {
+    type Service = AttemptObserve<S>;
+
+    fn layer(&self, inner: S) -> AttemptObserve<S> {
+        AttemptObserve {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service of [`AttemptLayer`].
+#[derive(Clone)]
+pub struct AttemptObserve<S> {
+    inner: S,
+    shared: Arc<AttemptShared>,
+}
+
+impl<S> AttemptObserve<S> {
+    /// `inner`, observed by `layer`.
+    pub fn new(inner: S, layer: &AttemptLayer) -> Self {
+        layer.layer(inner)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for AttemptObserve<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AttemptObserve")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Sent {
+    shared: Arc<AttemptShared>,
+    route: Arc<str>,
+    model: Option<Arc<str>>,
+    attempt: u32,
+    at: SystemTime,
+    started: Instant,
+}
+
+impl Sent {
+    fn record(&self, outcome: OutcomeKind, status: Option<u16>) {
+        let mut attempt = Attempt::new(
+            self.route.clone(),
+            self.attempt,
+            outcome,
+            self.started.elapsed(),
+        );
+        attempt.at = self.at;
+        attempt.model = self.model.clone();
+        attempt.status = status;
+        self.shared.sink.attempt(&attempt);
+    }
+}
+
+type Reading = Pin<Box<dyn Future<Output = (Response<Body>, Outcome)> + Send>>;
+
+impl<S, X> Service<Request<Body>> for AttemptObserve<S>
+where
+    S: Service<Request<Body>, Response = Response<X>>,
+    S::Error: Into<BoxError>,
+    X: http_body::Body + Send + 'static,
+    X::Data: Send,
+    X::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = AttemptFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let extensions = request.extensions();
+        let started = Instant::now();
+        let tally = extensions.get::<AttemptTally>();
+        let sent = Sent {
+            shared: self.shared.clone(),
+            route: self.shared.routes.of(request.uri().path()),
+            model: RequestFacts::of(extensions).and_then(|f| f.model_arc().cloned()),
+            attempt: tally.map_or(1, AttemptTally::next),
+            at: tally.map_or_else(SystemTime::now, |t| t.wall_clock(started)),
+            started,
+        };
+        AttemptFuture {
+            state: AttemptState::Calling {
+                future: self.inner.call(request),
+            },
+            sent,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`AttemptObserve`].
+    pub struct AttemptFuture<F> {
+        #[pin]
+        state: AttemptState<F>,
+        sent: Sent,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = AttemptProj]
+    enum AttemptState<F> {
+        Calling { #[pin] future: F },
+        // Boxed: only error responses whose body the classifier reads get here.
+        Reading { future: Reading },
+    }
+}
+
+impl<F> fmt::Debug for AttemptFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AttemptFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, X, E> Future for AttemptFuture<F>
+where
+    F: Future<Output = Result<Response<X>, E>>,
+    E: Into<BoxError>,
+    X: http_body::Body + Send + 'static,
+    X::Data: Send,
+    X::Error: Into<BoxError>,
+{
+    type Output = Result<Response<Body>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                AttemptProj::Calling { future } => match ready!(future.poll(cx)) {
+                    Ok(response) => {
+                        let mut response = response.map(Body::new);
+                        match classify_head(&this.sent.shared.classifier, &response) {
+                            Some(outcome) => {
+                                if recorded(&response).is_none() {
+                                    record(&mut response, &outcome);
+                                }
+                                this.sent
+                                    .record(outcome.kind(), Some(response.status().as_u16()));
+                                return Poll::Ready(Ok(response));
+                            }
+                            None => {
+                                let classifier = this.sent.shared.classifier.clone();
+                                let future = Box::pin(async move {
+                                    classify_response(
+                                        &classifier,
+                                        response,
+                                        DEFAULT_ERROR_BODY_LIMIT,
+                                    )
+                                    .await
+                                });
+                                this.state.set(AttemptState::Reading { future });
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        let error: BoxError = error.into();
+                        let outcome = classify_error(&this.sent.shared.classifier, error.as_ref());
+                        this.sent.record(outcome.kind(), None);
+                        return Poll::Ready(Err(error));
+                    }
+                },
+                AttemptProj::Reading { future } => {
+                    let (response, outcome) = ready!(future.as_mut().poll(cx));
+                    this.sent
+                        .record(outcome.kind(), Some(response.status().as_u16()));
+                    return Poll::Ready(Ok(response));
+                }
+            }
+        }
+    }
+}

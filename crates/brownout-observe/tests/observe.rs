@@ -1,0 +1,270 @@
+//! The layers' records and the sinks, against in-process services.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use brownout_core::{classify::OutcomeKind, Body, BoxError};
+use brownout_observe::{
+    Answer, Attempt, AttemptLayer, Exchange, MetricsConfig, MetricsSink, ObserveLayer, Sink,
+    StatusBoard,
+};
+use http::{Request, Response, StatusCode};
+use metrics_exporter_prometheus::PrometheusBuilder;
+use tower::{ServiceBuilder, ServiceExt};
+
+#[derive(Default)]
+struct Recorded {
+    exchanges: Mutex<Vec<Exchange>>,
+    attempts: Mutex<Vec<Attempt>>,
+}
+
+impl Sink for Recorded {
+    fn exchange(&self, exchange: &Exchange) {
+        self.exchanges.lock().unwrap().push(exchange.clone());
+    }
+    fn attempt(&self, attempt: &Attempt) {
+        self.attempts.lock().unwrap().push(attempt.clone());
+    }
+}
+
+fn request(model: &str) -> Request<Body> {
+    Request::post("/v1/messages")
+        .header("x-api-key", "sk-secret")
+        .body(Body::from(format!(
+            r#"{{"model":"{model}","max_tokens":5}}"#
+        )))
+        .unwrap()
+}
+
+fn answer(status: u16) -> Result<Response<Body>, BoxError> {
+    let mut response = Response::new(Body::from(
+        r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+    ));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap();
+    Ok(response)
+}
+
+#[tokio::test]
+async fn an_exchange_and_its_attempt_are_recorded_with_model_status_and_outcome() {
+    let sink = Arc::new(Recorded::default());
+    let service = ServiceBuilder::new()
+        .layer(ObserveLayer::new(sink.clone()))
+        .layer(AttemptLayer::new(sink.clone()))
+        .service(tower::service_fn(|_: Request<Body>| async { answer(529) }));
+    let response = service.oneshot(request("claude-opus-4-1")).await.unwrap();
+    assert_eq!(response.status(), 529);
+    let exchanges = sink.exchanges.lock().unwrap();
+    assert_eq!(exchanges.len(), 1);
+    let exchange = &exchanges[0];
+    assert_eq!(&*exchange.route, "anthropic.messages");
+    assert_eq!(exchange.requested_model.as_deref(), Some("claude-opus-4-1"));
+    assert_eq!(exchange.answer, Answer::Failed);
+    assert_eq!(exchange.status, 529);
+    assert_eq!(exchange.attempts, 1);
+    let attempts = sink.attempts.lock().unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, OutcomeKind::Overloaded);
+    assert_eq!(attempts[0].model.as_deref(), Some("claude-opus-4-1"));
+    assert_eq!(attempts[0].status, Some(529));
+    assert_eq!(attempts[0].attempt, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retried_request_numbers_its_attempts() {
+    let sink = Arc::new(Recorded::default());
+    let calls = Arc::new(Mutex::new(0));
+    let upstream = {
+        let calls = calls.clone();
+        tower::service_fn(move |_: Request<Body>| {
+            let calls = calls.clone();
+            async move {
+                let mut n = calls.lock().unwrap();
+                *n += 1;
+                answer(if *n < 3 { 503 } else { 200 })
+            }
+        })
+    };
+    let retry = brownout_retry::RetryLayer::new(
+        brownout_retry::RetryConfig::new().max_attempts(3).backoff(
+            brownout_retry::Backoff::full_jitter(
+                Duration::from_millis(1),
+                Duration::from_millis(1),
+            )
+            .unwrap(),
+        ),
+    );
+    let service = ServiceBuilder::new()
+        .layer(ObserveLayer::new(sink.clone()))
+        .layer(retry)
+        .layer(AttemptLayer::new(sink.clone()))
+        .service(upstream);
+    let response = service.oneshot(request("m")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let attempts = sink.attempts.lock().unwrap();
+    let numbers: Vec<u32> = attempts.iter().map(|a| a.attempt).collect();
+    assert_eq!(numbers, [1, 2, 3]);
+    let outcomes: Vec<OutcomeKind> = attempts.iter().map(|a| a.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [
+            OutcomeKind::Overloaded,
+            OutcomeKind::Overloaded,
+            OutcomeKind::Success
+        ]
+    );
+    let exchange = &sink.exchanges.lock().unwrap()[0];
+    assert_eq!(exchange.answer, Answer::Live);
+    assert_eq!(exchange.attempts, 3);
+}
+
+#[tokio::test]
+async fn an_error_of_the_stack_is_recorded_and_handed_back() {
+    let sink = Arc::new(Recorded::default());
+    let service = ServiceBuilder::new()
+        .layer(ObserveLayer::new(sink.clone()))
+        .service(tower::service_fn(|_: Request<Body>| async {
+            Err::<Response<Body>, BoxError>(Box::new(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "refused",
+            )))
+        }));
+    let error = service.oneshot(request("m")).await.unwrap_err();
+    assert!(error.to_string().contains("refused"));
+    let exchange = &sink.exchanges.lock().unwrap()[0];
+    assert_eq!(exchange.answer, Answer::Failed);
+    assert_eq!(exchange.status, 502);
+}
+
+#[tokio::test]
+async fn a_caller_error_is_not_counted_as_a_failure() {
+    let sink = Arc::new(Recorded::default());
+    let service = ServiceBuilder::new()
+        .layer(ObserveLayer::new(sink.clone()))
+        .layer(AttemptLayer::new(sink.clone()))
+        .service(tower::service_fn(|_: Request<Body>| async {
+            let mut response = Response::new(Body::from(
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}"#,
+            ));
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+            Ok::<_, BoxError>(response)
+        }));
+    service.oneshot(request("m")).await.unwrap();
+    assert_eq!(
+        sink.exchanges.lock().unwrap()[0].answer,
+        Answer::CallerError
+    );
+    assert_eq!(
+        sink.attempts.lock().unwrap()[0].outcome,
+        OutcomeKind::ClientError
+    );
+}
+
+#[test]
+fn ten_thousand_model_names_keep_the_series_bounded() {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let sink = MetricsSink::with_recorder(
+        MetricsConfig::new().models(["claude-haiku-4-5", "claude-sonnet-4-5"]),
+        Arc::new(recorder),
+    );
+    let series = |text: &str| text.lines().filter(|l| !l.starts_with('#')).count();
+    let before = series(&handle.render());
+    for i in 0..10_000 {
+        let model: Arc<str> = Arc::from(format!("caller-model-{i}"));
+        let mut exchange = Exchange::new(
+            Arc::from("anthropic.messages"),
+            if i % 2 == 0 {
+                Answer::Live
+            } else {
+                Answer::Fallback
+            },
+            200,
+            Duration::from_millis(3),
+        );
+        exchange.requested_model = Some(model.clone());
+        exchange.served_by = Some(Arc::from(format!("served-{i}")));
+        sink.exchange(&exchange);
+        let mut attempt = Attempt::new(
+            Arc::from(format!("/path/{i}")),
+            1,
+            OutcomeKind::Success,
+            Duration::from_millis(2),
+        );
+        attempt.model = Some(model);
+        sink.attempt(&attempt);
+    }
+    let text = handle.render();
+    assert_eq!(series(&text), before, "no series added by callers' names");
+    assert!(!text.contains("caller-model"));
+    assert!(text.contains(
+        r#"brownout_requests_total{route="anthropic.messages",model="other",outcome="live"} 5000"#
+    ));
+    assert!(text.contains(
+        r#"brownout_requests_total{route="anthropic.messages",model="other",outcome="fallback"} 5000"#
+    ));
+    assert!(text.contains(r#"brownout_fallbacks_total{from="other",to="other"} 5000"#));
+    assert!(text.contains(r#"brownout_attempts_total{model="other",outcome="success"} 10000"#));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_board_keeps_an_hour_of_minutes() {
+    let board = StatusBoard::new(["m"]);
+    let attempt = |outcome| {
+        let mut a = Attempt::new(Arc::from("anthropic.messages"), 1, outcome, Duration::ZERO);
+        a.model = Some(Arc::from("m"));
+        a
+    };
+    board.attempt(&attempt(OutcomeKind::Success));
+    board.attempt(&attempt(OutcomeKind::Overloaded));
+    tokio::time::advance(Duration::from_secs(120)).await;
+    board.attempt(&attempt(OutcomeKind::Success));
+    // A caller's own error says nothing of the upstream.
+    board.attempt(&attempt(OutcomeKind::ClientError));
+    let status = board.snapshot();
+    let m = &status.models[0];
+    assert_eq!(m.calls, 3);
+    assert_eq!(m.ok[59], 1);
+    assert_eq!(m.ok[57], 1);
+    assert_eq!(m.failed[57], 1);
+    assert!((m.availability.unwrap() - 2.0 / 3.0).abs() < 1e-9);
+    // An hour later the old minutes have left the window.
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    let status = board.snapshot();
+    assert_eq!(status.models[0].calls, 0);
+    assert_eq!(status.models[0].availability, None);
+}
+
+#[test]
+fn the_page_escapes_what_callers_name() {
+    let board = StatusBoard::new(["<b>m</b>"]);
+    let page = board.html();
+    assert!(page.contains("&lt;b&gt;m&lt;/b&gt;"));
+    assert!(!page.contains("<b>m</b>"));
+}
+
+#[tokio::test]
+async fn a_breaker_refusal_is_shed_with_the_status_the_gateway_answers() {
+    let sink = Arc::new(Recorded::default());
+    let service = ServiceBuilder::new()
+        .layer(ObserveLayer::new(sink.clone()))
+        .service(tower::service_fn(|_: Request<Body>| async {
+            Err::<Response<Body>, BoxError>(Box::new(brownout_breaker::CircuitOpen::new(
+                Arc::from("m"),
+                Some(Duration::from_secs(3)),
+            )))
+        }));
+    let error = service.oneshot(request("m")).await.unwrap_err();
+    assert!(
+        error.is::<brownout_breaker::CircuitOpen>(),
+        "handed back as it was"
+    );
+    let exchange = &sink.exchanges.lock().unwrap()[0];
+    assert_eq!(exchange.answer, Answer::Shed);
+    assert_eq!(
+        exchange.status, 529,
+        "Anthropic's overload status on its route"
+    );
+    assert_eq!(exchange.attempts, 0);
+}
