@@ -19,7 +19,7 @@ use tower_service::Service;
 use crate::{
     config::Mode,
     key::CacheKey,
-    store::{Entry, Flight, Store},
+    store::{CachedResponse, Flight, Store},
     CacheConfig, CacheEvent, CacheLayer, CacheStatus,
 };
 
@@ -246,36 +246,42 @@ async fn store_response(store: &Store, key: CacheKey, response: Response<Body>) 
                 Some((name.clone(), copy))
             })
             .collect();
-        let entry = Entry {
-            status: parts.status,
-            version: parts.version,
+        let entry = CachedResponse::new(
+            parts.status,
+            parts.version,
             headers,
-            body: Bytes::copy_from_slice(data),
-            stored_at: Instant::now(),
-        };
+            Bytes::copy_from_slice(data),
+            Instant::now(),
+        );
         store.insert(key, entry).await;
     }
     Response::from_parts(parts, body)
 }
 
-fn fresh(entry: Option<Arc<Entry>>, config: &CacheConfig) -> Option<Arc<Entry>> {
-    entry.filter(|e| e.stored_at.elapsed() < config.ttl)
+fn fresh(
+    entry: Option<Arc<CachedResponse>>,
+    config: &CacheConfig,
+) -> Option<Arc<CachedResponse>> {
+    entry.filter(|e| e.stored_at().elapsed() < config.ttl)
 }
 
-fn servable(entry: Option<Arc<Entry>>, config: &CacheConfig) -> Option<Arc<Entry>> {
+fn servable(
+    entry: Option<Arc<CachedResponse>>,
+    config: &CacheConfig,
+) -> Option<Arc<CachedResponse>> {
     let limit = config.ttl.saturating_add(config.stale_window);
-    entry.filter(|e| e.stored_at.elapsed() < limit)
+    entry.filter(|e| e.stored_at().elapsed() < limit)
 }
 
 /// An answer from the store, marked as such.
 fn from_store(
     shared: &Shared,
     parts: &Parts,
-    entry: &Entry,
+    entry: &CachedResponse,
     status: CacheStatus,
     live: Option<Outcome>,
 ) -> Response<Body> {
-    let age = entry.stored_at.elapsed();
+    let age = entry.stored_at().elapsed();
     shared.config.events.emit(Event::new(
         "cache",
         &parts.method,
@@ -286,10 +292,10 @@ fn from_store(
             outcome: live,
         },
     ));
-    let mut response = Response::new(Body::from_bytes(entry.body.clone()));
-    *response.status_mut() = entry.status;
-    *response.version_mut() = entry.version;
-    *response.headers_mut() = entry.headers.clone();
+    let mut response = Response::new(Body::from_bytes(entry.body().clone()));
+    *response.status_mut() = entry.status();
+    *response.version_mut() = entry.version();
+    *response.headers_mut() = entry.headers().clone();
     let headers = response.headers_mut();
     headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
     if let Some(name) = &shared.config.status_header {
