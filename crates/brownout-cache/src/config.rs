@@ -206,6 +206,22 @@ impl CacheConfig {
     }
 }
 
+impl CacheConfig {
+    /// How long an entry is fresh, and how long after that it may stand in for a
+    /// failed live answer: [`ttl`](Self::ttl) and [`stale_window`](Self::stale_window),
+    /// for a [`CacheStore`] that keeps expirations of its own.
+    pub fn lifetimes(&self) -> (Duration, Duration) {
+        (self.ttl, self.stale_window)
+    }
+
+    /// [`max_entries`](Self::max_entries), [`max_bytes`](Self::max_bytes) and
+    /// [`max_entry_bytes`](Self::max_entry_bytes), for a [`CacheStore`] that keeps
+    /// bounds of its own.
+    pub fn bounds(&self) -> (u64, u64, usize) {
+        (self.max_entries, self.max_bytes, self.max_entry_bytes)
+    }
+}
+
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig::new()

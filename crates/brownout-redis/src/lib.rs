@@ -94,12 +94,15 @@
 //! and `put` of a response and its stale window as Redis expirations.
 
 mod breaker;
+mod cache;
 mod config;
 mod event;
 mod keys;
+mod link;
 mod worker;
 
 pub use breaker::RedisBreakerStore;
+pub use cache::RedisCacheStore;
 pub use config::RedisConfig;
 pub use event::RedisEvent;
 

@@ -79,7 +79,7 @@ struct Worker {
     link: Link,
 }
 
-fn reason(error: &redis::RedisError) -> &'static str {
+pub(crate) fn reason(error: &redis::RedisError) -> &'static str {
     if error.is_timeout() {
         "timeout"
     } else if error.is_connection_refusal() {
