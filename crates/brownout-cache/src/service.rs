@@ -258,10 +258,7 @@ async fn store_response(store: &Store, key: CacheKey, response: Response<Body>) 
     Response::from_parts(parts, body)
 }
 
-fn fresh(
-    entry: Option<Arc<CachedResponse>>,
-    config: &CacheConfig,
-) -> Option<Arc<CachedResponse>> {
+fn fresh(entry: Option<Arc<CachedResponse>>, config: &CacheConfig) -> Option<Arc<CachedResponse>> {
     entry.filter(|e| e.stored_at().elapsed() < config.ttl)
 }
 

@@ -193,7 +193,10 @@ impl fmt::Debug for LocalCacheStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalCacheStore")
             .field("entries", &self.entries.entry_count())
-            .field("bytes", &self.entries.weighted_size().saturating_mul(self.unit))
+            .field(
+                "bytes",
+                &self.entries.weighted_size().saturating_mul(self.unit),
+            )
             .finish()
     }
 }

@@ -9,7 +9,9 @@ use std::{
     time::Duration,
 };
 
-use brownout_cache::{CacheConfig, CacheKey, CacheStore, CachedResponse, LocalCacheStore, StoreFuture};
+use brownout_cache::{
+    CacheConfig, CacheKey, CacheStore, CachedResponse, LocalCacheStore, StoreFuture,
+};
 use brownout_core::{error::InvalidConfig, provider::CREDENTIAL_HEADERS};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
@@ -122,8 +124,10 @@ const FORMAT: u8 = 1;
 /// Every Redis call has the config's [`timeout`](RedisConfig::timeout). When one
 /// fails, the store emits [`RedisEvent::SharedStateLost`](crate::RedisEvent) (layer
 /// `"redis-cache"`) and answers from the local tier only, without asking Redis, until
-/// the background task's `PING` (every [`poll_interval`](RedisConfig::poll_interval))
-/// answers again: then [`SharedStateResumed`](crate::RedisEvent::SharedStateResumed).
+/// the background task's `PING` answers again: then
+/// [`SharedStateResumed`](crate::RedisEvent::SharedStateResumed). The task pings every
+/// [`poll_interval`](RedisConfig::poll_interval) (500 ms by default), also while Redis
+/// answers, so that a replica serving from its local tier learns of an outage too.
 /// No request fails because Redis did.
 #[derive(Clone)]
 pub struct RedisCacheStore {
@@ -223,7 +227,10 @@ impl Shared {
 
     async fn get(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
         let local = self.local.get(key).await;
-        if local.as_ref().is_some_and(|e| e.stored_at().elapsed() < self.ttl) {
+        if local
+            .as_ref()
+            .is_some_and(|e| e.stored_at().elapsed() < self.ttl)
+        {
             return local;
         }
         let Some(mut conn) = self.connection() else {
@@ -367,19 +374,20 @@ async fn run(
                 }
             }
             _ = ping.tick() => {
+                // Also while up: a replica answering from its local tier may not ask
+                // Redis for a long time, and should still know it is away.
                 let Some(strong) = shared.upgrade() else { return };
-                if !strong.link.is_up() {
-                    let pinged = strong
+                let was_up = strong.link.is_up();
+                let pinged = strong
+                    .link
+                    .call(config.timeout, redis::cmd("PING").query_async::<()>(c))
+                    .await;
+                if pinged.is_some() && !was_up {
+                    // A restarted Redis has forgotten the script.
+                    let _ = strong
                         .link
-                        .call(config.timeout, redis::cmd("PING").query_async::<()>(c))
+                        .call(config.timeout, script.prepare_invoke().load_async(c))
                         .await;
-                    if pinged.is_some() {
-                        // A restarted Redis has forgotten the script.
-                        let _ = strong
-                            .link
-                            .call(config.timeout, script.prepare_invoke().load_async(c))
-                            .await;
-                    }
                 }
             }
         }
@@ -413,18 +421,26 @@ async fn write_batch(
             .arg(shared.max_entries)
             .ignore();
     }
-    let result = tokio::time::timeout(shared.config.timeout, pipe.query_async::<()>(c)).await;
-    match result {
-        Ok(Ok(())) => shared.link.up(),
-        Ok(Err(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            // A restarted Redis forgot the script: load it for the next batch.
-            let _ = shared
-                .link
-                .call(shared.config.timeout, script.prepare_invoke().load_async(c))
-                .await;
+    for attempt in 0..2 {
+        let result = tokio::time::timeout(shared.config.timeout, pipe.query_async::<()>(c)).await;
+        match result {
+            Ok(Ok(())) => return shared.link.up(),
+            Ok(Err(e))
+                if attempt == 0
+                    && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                // A restarted Redis forgot the script: load it and send the batch again.
+                let loaded = shared
+                    .link
+                    .call(shared.config.timeout, script.prepare_invoke().load_async(c))
+                    .await;
+                if loaded.is_none() {
+                    return;
+                }
+            }
+            Ok(Err(e)) => return shared.link.down(crate::worker::reason(&e)),
+            Err(_) => return shared.link.down("timeout"),
         }
-        Ok(Err(e)) => shared.link.down(crate::worker::reason(&e)),
-        Err(_) => shared.link.down("timeout"),
     }
 }
 
@@ -493,7 +509,9 @@ fn decode(value: &[u8], pttl: i64, asked: Instant) -> Option<CachedResponse> {
     let left = u64::try_from(pttl).ok().filter(|&ms| ms > 0)?;
     let age = Duration::from_millis(lifetime.saturating_sub(left));
     let stored_at = asked.checked_sub(age)?;
-    Some(CachedResponse::new(status, version, headers, body, stored_at))
+    Some(CachedResponse::new(
+        status, version, headers, body, stored_at,
+    ))
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -536,10 +554,16 @@ mod tests {
 
     fn entry() -> CachedResponse {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         headers.append("x-extra", HeaderValue::from_static("one"));
         headers.append("x-extra", HeaderValue::from_static("two"));
-        headers.insert(header::SET_COOKIE, HeaderValue::from_static("session=secret"));
+        headers.insert(
+            header::SET_COOKIE,
+            HeaderValue::from_static("session=secret"),
+        );
         headers.insert("x-api-key", HeaderValue::from_static("sk-ant-secret"));
         let mut marked = HeaderValue::from_static("Bearer sk-secret");
         marked.set_sensitive(true);
@@ -580,7 +604,10 @@ mod tests {
         let value = encode(&entry(), 60_000);
         let now = Instant::now();
         assert!(decode(&value, -2, now).is_none(), "no expiration: not ours");
-        assert!(decode(&value[..20], 1000, now).is_none(), "cut in its headers");
+        assert!(
+            decode(&value[..20], 1000, now).is_none(),
+            "cut in its headers"
+        );
         assert!(decode(&value[..10], 1000, now).is_none());
         let mut other = value.clone();
         other[0] = 9;
