@@ -115,6 +115,7 @@ mod limits;
 pub mod pipeline;
 pub mod router;
 mod server;
+mod state;
 mod timeout;
 mod upstream;
 
@@ -123,5 +124,6 @@ pub use credentials::Credentials;
 pub use pipeline::{Layers, Pipeline};
 pub use router::Router;
 pub use server::{http_client, shutdown_signal, Gateway, HttpClient, Stopped};
+pub use state::SharedStores;
 pub use timeout::BodyTimedOut;
 pub use upstream::{Sending, UpstreamClient};

@@ -32,6 +32,7 @@ use crate::{
     config::Provider,
     credentials::Credentials,
     limits::{set_deadline, Limited, ProviderLimits},
+    state::{self, SharedStores},
     Config,
 };
 
@@ -49,24 +50,40 @@ pub struct Layers {
     queue: Option<QueueLayer>,
     retry: Option<RetryLayer>,
     rate_limits: Option<ProviderLimits>,
+    shared: Option<SharedStores>,
 }
 
 impl Layers {
     /// The layers `config` turns on. Build them inside the runtime that will use them:
     /// the retry budget and the breakers take their start time from tokio's clock.
     pub fn new(config: &Config) -> Layers {
+        // `[state]`: the breakers and the cache in Redis (see `state.rs`).
+        let (breaker, cache, shared) = match &config.state {
+            Some(state) => {
+                let (b, c, stores) =
+                    state::shared(state, config.breaker.clone(), config.cache.clone());
+                (b, c, Some(stores))
+            }
+            None => (config.breaker.clone(), config.cache.clone(), None),
+        };
         Layers {
             providers: config.providers.clone(),
             degrade: config.degrade.clone().map(DegradeLayer::new),
-            cache: config.cache.clone().map(CacheLayer::new),
-            breaker: config.breaker.clone().map(CircuitBreakerLayer::new),
+            cache: cache.map(CacheLayer::new),
+            breaker: breaker.map(CircuitBreakerLayer::new),
             queue: config.queue.clone().map(QueueLayer::new),
             retry: config.retry.clone().map(RetryLayer::new),
             rate_limits: config
                 .rate_limits
                 .as_ref()
                 .map(|limits| ProviderLimits::new(&config.providers, limits)),
+            shared,
         }
+    }
+
+    /// The stores shared through Redis, when `[state]` is on.
+    pub fn shared_state(&self) -> Option<&SharedStores> {
+        self.shared.as_ref()
     }
 
     /// The circuit breakers' handle, when the breaker layer is on: their states, and

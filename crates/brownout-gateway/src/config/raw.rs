@@ -108,12 +108,17 @@ struct RawConfig {
     streams: RawStreams,
     #[serde(default)]
     connections: RawConnections,
+    state: Option<Spanned<RawState>>,
 }
 
 // `[limits]`: the rate limits (see `limits.rs`). The body settings it held have moved;
 // an old file that still sets them is refused with the key's new place.
 pub(super) mod limits;
 use limits::RawLimits;
+
+// `[state]`: shared state in Redis (see `state.rs`).
+pub(super) mod state;
+use state::RawState;
 
 /// `[body]`: how far the layers read a caller's request body, one setting for the
 /// whole pipeline.
@@ -573,6 +578,7 @@ impl Check<'_> {
                 .streams
                 .idle_timeout
                 .map_or(DEFAULT_STREAM_IDLE_TIMEOUT, |d| d.0),
+            state: self.state(raw.state.as_ref())?,
             connections: Connections {
                 per_client: raw
                     .connections

@@ -1,0 +1,86 @@
+//! `[state]`: the layers' shared stores in Redis, when the configuration names one.
+//!
+//! The circuit breakers get a [`RedisBreakerStore`] and the response cache a
+//! [`RedisCacheStore`], each built from the layer's own config (its local view has
+//! the same policy and bounds as the local store it replaces). Without `[state]` the
+//! layers keep their own in-process stores, exactly as before.
+//!
+//! The rate limiter's shared store goes here too when brownout-limit has one: it
+//! takes [`SharedState::limits`](crate::config::SharedState::limits) (fail-open or
+//! fail-closed while Redis is away), parsed already.
+
+use brownout::{
+    breaker::BreakerConfig,
+    cache::CacheConfig,
+    redis::{RedisBreakerStore, RedisCacheStore},
+};
+
+use crate::config::SharedState;
+
+/// The stores a pipeline shares with the other replicas: whether each reaches Redis.
+#[derive(Debug, Clone)]
+pub struct SharedStores {
+    breaker: Option<RedisBreakerStore>,
+    cache: Option<RedisCacheStore>,
+}
+
+impl SharedStores {
+    /// Whether every shared store's Redis answered its last call: `false` while any
+    /// of them is on local state only.
+    pub fn is_shared(&self) -> bool {
+        self.breaker
+            .as_ref()
+            .is_none_or(RedisBreakerStore::is_shared)
+            && self.cache.as_ref().is_none_or(RedisCacheStore::is_shared)
+    }
+
+    /// The breakers' store, when the breaker layer is on.
+    pub fn breaker(&self) -> Option<&RedisBreakerStore> {
+        self.breaker.as_ref()
+    }
+
+    /// The cache's store, when the cache layer is on.
+    pub fn cache(&self) -> Option<&RedisCacheStore> {
+        self.cache.as_ref()
+    }
+}
+
+/// The breaker and cache configs with their Redis stores, and the stores. A store
+/// that cannot start (only outside a Tokio runtime) leaves its layer local, and
+/// says so in the log.
+pub(crate) fn shared(
+    state: &SharedState,
+    breaker: Option<BreakerConfig>,
+    cache: Option<CacheConfig>,
+) -> (Option<BreakerConfig>, Option<CacheConfig>, SharedStores) {
+    let mut stores = SharedStores {
+        breaker: None,
+        cache: None,
+    };
+    let breaker =
+        breaker.map(
+            |config| match RedisBreakerStore::new(state.redis().clone(), &config) {
+                Ok(store) => {
+                    stores.breaker = Some(store.clone());
+                    config.store(store)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "[state]: the breakers stay local");
+                    config
+                }
+            },
+        );
+    let cache = cache.map(
+        |config| match RedisCacheStore::new(state.redis().clone(), &config) {
+            Ok(store) => {
+                stores.cache = Some(store.clone());
+                config.store(store)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "[state]: the cache stays local");
+                config
+            }
+        },
+    );
+    (breaker, cache, stores)
+}
