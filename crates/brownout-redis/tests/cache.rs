@@ -242,7 +242,7 @@ async fn redis_killed_mid_run_means_the_local_tier_then_shared_again() {
     let seen = events.clone();
     let tune = move |r: RedisConfig| {
         let seen = seen.clone();
-        r.timeout(Duration::from_millis(50))
+        r.timeout(Duration::from_millis(250))
             .poll_interval(Duration::from_millis(100))
             .listener(move |event: &Event| {
                 if let Some(data) = event.data::<RedisEvent>() {
@@ -303,9 +303,11 @@ async fn redis_killed_mid_run_means_the_local_tier_then_shared_again() {
         .iter()
         .any(|(layer, e)| *layer == "redis-cache"
             && matches!(e, RedisEvent::SharedStateResumed { .. })));
-    // Shared again: an answer stored now reaches B.
-    reply(&a, "sk-one", "after").await;
-    let shared_again = within(Duration::from_secs(1), || async {
+    // Shared again: an answer stored now reaches B. (A is asked again while it has
+    // not: on a loaded machine a first call after the restart may time out, and its
+    // write is dropped.)
+    let shared_again = within(Duration::from_secs(3), || async {
+        reply(&a, "sk-one", "after").await;
         reply(&b, "sk-one", "after").await.1 == Some(CacheStatus::Stale)
     })
     .await;
