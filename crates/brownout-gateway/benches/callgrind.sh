@@ -8,6 +8,7 @@ set -u
 BENCH=${BENCH:?the proxy bench binary: cargo bench -p brownout-gateway --bench proxy --no-run}
 GW=${GW:?the release brownout-gateway binary}
 OLD=${OLD:-}   # optional: an older gateway binary, measured in the same run
+STATE=${STATE:-} # optional: a Redis URL; every layer again with [state] on it
 N=${N:-4000}
 SIM=$(cd "$(dirname "$0")/.." && pwd)/gateway.sim.toml
 WORK=$(mktemp -d); cd "$WORK"
@@ -49,6 +50,10 @@ export BENCH_UPSTREAM=http://$ADDR/
 BROWNOUT_BENCH_ROLE=bare measure bare $BENCH
 measure wiring $GW serve --config wiring.toml --log-level error
 measure every $GW serve --config every.toml --log-level error
+if [ -n "$STATE" ]; then
+  printf '\n[state]\nredis_url = "%s"\ndeployment = "bench"\n' "$STATE" | cat every.toml - > state.toml
+  measure every-state $GW serve --config state.toml --log-level error
+fi
 if [ -n "$OLD" ]; then
   measure wiring-before $OLD serve --config wiring.old.toml --log-level error
   measure every-before $OLD serve --config every.old.toml --log-level error
