@@ -57,14 +57,24 @@ impl Layers {
     /// The layers `config` turns on. Build them inside the runtime that will use them:
     /// the retry budget and the breakers take their start time from tokio's clock.
     pub fn new(config: &Config) -> Layers {
-        // `[state]`: the breakers and the cache in Redis (see `state.rs`).
-        let (breaker, cache, shared) = match &config.state {
+        // `[state]`: the breakers, the cache and the retry budget in Redis (see
+        // `state.rs`).
+        let (breaker, cache, retry, shared) = match &config.state {
             Some(state) => {
-                let (b, c, stores) =
-                    state::shared(state, config.breaker.clone(), config.cache.clone());
-                (b, c, Some(stores))
+                let s = state::shared(
+                    state,
+                    config.breaker.clone(),
+                    config.cache.clone(),
+                    config.retry.clone(),
+                );
+                (s.breaker, s.cache, s.retry, Some(s.stores))
             }
-            None => (config.breaker.clone(), config.cache.clone(), None),
+            None => (
+                config.breaker.clone(),
+                config.cache.clone(),
+                config.retry.clone(),
+                None,
+            ),
         };
         Layers {
             providers: config.providers.clone(),
@@ -72,7 +82,7 @@ impl Layers {
             cache: cache.map(CacheLayer::new),
             breaker: breaker.map(CircuitBreakerLayer::new),
             queue: config.queue.clone().map(QueueLayer::new),
-            retry: config.retry.clone().map(RetryLayer::new),
+            retry: retry.map(RetryLayer::new),
             rate_limits: config
                 .rate_limits
                 .as_ref()

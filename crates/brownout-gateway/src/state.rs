@@ -1,8 +1,9 @@
 //! `[state]`: the layers' shared stores in Redis, when the configuration names one.
 //!
-//! The circuit breakers get a [`RedisBreakerStore`] and the response cache a
-//! [`RedisCacheStore`], each built from the layer's own config (its local view has
-//! the same policy and bounds as the local store it replaces). Without `[state]` the
+//! The circuit breakers get a [`RedisBreakerStore`], the response cache a
+//! [`RedisCacheStore`] and the retry budget a [`RedisRetryBudget`], each built from
+//! the layer's own config (its local view has the same policy and bounds as the
+//! local store it replaces). Without `[state]` the
 //! layers keep their own in-process stores, exactly as before.
 //!
 //! The rate limiter's shared store goes here too when brownout-limit has one: it
@@ -12,7 +13,8 @@
 use brownout::{
     breaker::BreakerConfig,
     cache::CacheConfig,
-    redis::{RedisBreakerStore, RedisCacheStore},
+    redis::{RedisBreakerStore, RedisCacheStore, RedisRetryBudget},
+    retry::RetryConfig,
 };
 
 use crate::config::SharedState;
@@ -22,6 +24,7 @@ use crate::config::SharedState;
 pub struct SharedStores {
     breaker: Option<RedisBreakerStore>,
     cache: Option<RedisCacheStore>,
+    budget: Option<RedisRetryBudget>,
 }
 
 impl SharedStores {
@@ -32,6 +35,12 @@ impl SharedStores {
             .as_ref()
             .is_none_or(RedisBreakerStore::is_shared)
             && self.cache.as_ref().is_none_or(RedisCacheStore::is_shared)
+            && self.budget.as_ref().is_none_or(RedisRetryBudget::is_shared)
+    }
+
+    /// The retry budget's store, when the retry layer has a budget.
+    pub fn budget(&self) -> Option<&RedisRetryBudget> {
+        self.budget.as_ref()
     }
 
     /// The breakers' store, when the breaker layer is on.
@@ -45,17 +54,27 @@ impl SharedStores {
     }
 }
 
-/// The breaker and cache configs with their Redis stores, and the stores. A store
-/// that cannot start (only outside a Tokio runtime) leaves its layer local, and
-/// says so in the log.
+/// The layers' configs, with their Redis stores.
+pub(crate) struct Shared {
+    pub(crate) breaker: Option<BreakerConfig>,
+    pub(crate) cache: Option<CacheConfig>,
+    pub(crate) retry: Option<RetryConfig>,
+    pub(crate) stores: SharedStores,
+}
+
+/// The breaker, cache and retry configs with their Redis stores, and the stores. A
+/// store that cannot start (only outside a Tokio runtime) leaves its layer local,
+/// and says so in the log.
 pub(crate) fn shared(
     state: &SharedState,
     breaker: Option<BreakerConfig>,
     cache: Option<CacheConfig>,
-) -> (Option<BreakerConfig>, Option<CacheConfig>, SharedStores) {
+    retry: Option<RetryConfig>,
+) -> Shared {
     let mut stores = SharedStores {
         breaker: None,
         cache: None,
+        budget: None,
     };
     let breaker =
         breaker.map(
@@ -82,5 +101,25 @@ pub(crate) fn shared(
             }
         },
     );
-    (breaker, cache, stores)
+    let retry = retry.map(|config| {
+        let Some(budget) = config.retry_budget().cloned() else {
+            return config;
+        };
+        match RedisRetryBudget::new(state.redis().clone(), &budget) {
+            Ok(store) => {
+                stores.budget = Some(store.clone());
+                config.budget(budget.store(store))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "[state]: the retry budget stays local");
+                config
+            }
+        }
+    });
+    Shared {
+        breaker,
+        cache,
+        retry,
+        stores,
+    }
 }

@@ -1,5 +1,5 @@
-//! Redis-backed stores for brownout's layers: circuit breakers shared by every replica
-//! of a deployment.
+//! Redis-backed stores for brownout's layers: circuit breakers, the response cache and
+//! the retry budget, shared by every replica of a deployment.
 //!
 //! A fleet of replicas that each learn an outage on their own sends N times the
 //! probes to a failing model. With a [`RedisBreakerStore`] given to
@@ -85,15 +85,26 @@
 //! per [`poll_interval`](RedisConfig::poll_interval), whatever the traffic. Figures
 //! and how to reproduce them: `BENCHMARKS.md` beside this crate's `Cargo.toml`.
 //!
+//! # The response cache and the retry budget
+//!
+//! [`RedisCacheStore`] (give it to
+//! [`CacheConfig::store`](brownout_cache::CacheConfig::store)) keeps the cache's
+//! stale-if-error entries in Redis, with their lifetimes as Redis expirations, the
+//! per-caller partition in the key, a bound on entries for the fleet, and a local moka
+//! tier in front; writes go out in the background. [`RedisRetryBudget`] (give it to
+//! [`RetryBudget::store`](brownout_retry::RetryBudget::store)) keeps a fleet's retries
+//! within one budget, counted locally and settled every flush interval. Both fall back
+//! to local state when Redis does not answer, as the breakers do; their events carry
+//! the layers `"redis-cache"` and `"redis-budget"`.
+//!
 //! # What is not shared yet
 //!
-//! Only the breakers: the rate limiter's buckets and the response cache have no store
-//! trait to implement yet. The limiter needs one whose admission is asynchronous (one
-//! `EVALSHA` of a token-bucket or GCRA script per admitted request, four resources at
-//! once) with a fail-open or fail-closed choice on timeout; the cache one with `get`
-//! and `put` of a response and its stale window as Redis expirations.
+//! The rate limiter's buckets: that needs a store trait in brownout-limit whose
+//! admission is asynchronous (one `EVALSHA` of a token-bucket or GCRA script per
+//! admitted request) with a fail-open or fail-closed choice on timeout.
 
 mod breaker;
+mod budget;
 mod cache;
 mod config;
 mod event;
@@ -102,6 +113,7 @@ mod link;
 mod worker;
 
 pub use breaker::RedisBreakerStore;
+pub use budget::RedisRetryBudget;
 pub use cache::RedisCacheStore;
 pub use config::RedisConfig;
 pub use event::RedisEvent;

@@ -10,10 +10,11 @@
 //! limits = "fail-open"                  # the rate limits when Redis is away: "fail-closed" refuses
 //! ```
 //!
-//! With it, the circuit breakers (`brownout::redis::RedisBreakerStore`) and the
-//! response cache (`RedisCacheStore`) keep their state in Redis, each with a local
-//! view in front; without it every layer's state stays in the process, exactly as
-//! before. Redis away or slow is never an outage: each store goes on with its local
+//! With it, the circuit breakers (`brownout::redis::RedisBreakerStore`), the
+//! response cache (`RedisCacheStore`) and the retry budget (`RedisRetryBudget`) keep
+//! their state in Redis, each with a local view in front; without it every layer's
+//! state stays in the process, exactly as before. `limits` is read and checked now,
+//! for the rate limiter's shared store (not wired yet: the limits stay per process). Redis away or slow is never an outage: each store goes on with its local
 //! state and logs `shared_state_lost`, then `shared_state_resumed`.
 
 use std::time::Duration;
