@@ -170,6 +170,10 @@ fn check(path: &PathBuf) -> Result<(), Failure> {
         for entry in config.rate_limits().map_or(&[][..], |l| l.entries()) {
             println!("    limit {entry}");
         }
+        // `[state]`: where the shared state is (the address only, never a password).
+        if let Some(state) = config.state() {
+            println!("  state     redis {:?}", state.redis());
+        }
         Ok(())
     })
 }

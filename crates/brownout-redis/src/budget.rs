@@ -89,8 +89,7 @@ return {d, w, n}
 ///
 /// # On failure
 ///
-/// A local [`TpsBudget`] with the same settings is fed every deposit and withdrawal
-/// too. While Redis does not answer (each call has the
+/// A local [`TpsBudget`] with the same settings is fed every deposit and retry too. While Redis does not answer (each call has the
 /// [`timeout`](RedisConfig::timeout)), that budget decides, as without Redis, and
 /// [`RedisEvent::SharedStateLost`](crate::RedisEvent) is emitted (layer
 /// `"redis-budget"`); counts not settled are sent once Redis answers, with
@@ -177,11 +176,15 @@ impl BudgetStore for RedisRetryBudget {
 
     fn withdraw(&self) -> bool {
         let shared = &self.shared;
-        let local = shared.local.withdraw();
         let allowed = if shared.link.is_up() {
-            shared.allowance.fetch_sub(1, AcqRel) > 0
+            let allowed = shared.allowance.fetch_sub(1, AcqRel) > 0;
+            if allowed {
+                // Kept in step, for when Redis goes away.
+                let _ = shared.local.withdraw();
+            }
+            allowed
         } else {
-            local
+            shared.local.withdraw()
         };
         if allowed {
             shared.withdrawals.fetch_add(1, Relaxed);
