@@ -22,11 +22,11 @@ use crate::{
 /// A complete successful answer, as a [`CacheStore`] keeps it.
 #[derive(Debug, Clone)]
 pub struct CachedResponse {
-    status: StatusCode,
-    version: Version,
-    headers: HeaderMap,
-    body: Bytes,
-    stored_at: Instant,
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    pub(crate) stored_at: Instant,
 }
 
 impl CachedResponse {
