@@ -4,13 +4,26 @@
 //! ```sh
 //! cargo bench -p brownout-cache --bench cache
 //! ```
+//!
+//! For callgrind, `CACHE_COUNT=hit|miss CACHE_N=n` runs `n` calls of one path on a
+//! 2 KB body (after one call that stores the entry) and exits; the cost of a call is
+//! the difference of two counts over the difference of their `n`:
+//!
+//! ```sh
+//! cargo bench -p brownout-cache --bench cache --no-run
+//! bin=$(ls -t target/release/deps/cache-* | grep -v '\.d$' | head -1)
+//! for path in hit miss; do for n in 200 2200; do
+//!   echo "$path $n $(CACHE_COUNT=$path CACHE_N=$n valgrind --tool=callgrind \
+//!     --callgrind-out-file=/dev/null $bin 2>&1 | grep Collected)"
+//! done; done
+//! ```
 
 use std::{convert::Infallible, future::Ready, hint::black_box, time::Duration};
 
 use brownout_cache::{Cache, CacheConfig, Mode};
 use brownout_core::Body;
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use http::{Request, Response};
 use http_body_util::Full;
 use tower::{service_fn, ServiceExt};
@@ -96,5 +109,52 @@ fn benches(c: &mut Criterion) {
     group.finish();
 }
 
+/// `n` calls of the hit or miss path, for callgrind (see the module docs).
+fn count(path: &str, n: usize) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let body = chat(2 * 1024);
+    match path {
+        "hit" => {
+            let hits = Cache::new(
+                service_fn(ok::<Body>),
+                CacheConfig::new()
+                    .mode(Mode::FreshHit)
+                    .ttl(Duration::from_secs(3600)),
+            );
+            rt.block_on(hits.clone().oneshot(request(&body))).unwrap();
+            for _ in 0..n {
+                black_box(rt.block_on(hits.clone().oneshot(request(&body))).unwrap());
+            }
+        }
+        _ => {
+            let misses = Cache::new(
+                service_fn(|_: Request<Body>| async {
+                    Response::builder()
+                        .status(500)
+                        .body(Full::new(Bytes::new()))
+                }),
+                CacheConfig::new().mode(Mode::FreshHit),
+            );
+            for _ in 0..n {
+                black_box(rt.block_on(misses.clone().oneshot(request(&body))).unwrap());
+            }
+        }
+    }
+}
+
 criterion_group!(cache_benches, benches);
-criterion_main!(cache_benches);
+
+fn main() {
+    if let Ok(path) = std::env::var("CACHE_COUNT") {
+        let n = std::env::var("CACHE_N")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1000);
+        return count(&path, n);
+    }
+    cache_benches();
+    Criterion::default().configure_from_args().final_summary();
+}

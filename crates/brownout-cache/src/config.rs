@@ -9,7 +9,10 @@ use brownout_core::{
 };
 use http::{header::HeaderName, request::Parts};
 
-use crate::key::{Keying, Partition};
+use crate::{
+    key::{Keying, Partition},
+    CacheStore,
+};
 
 /// When the cache answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +41,7 @@ pub enum Mode {
 /// | partition | the caller's credential (`x-api-key`, `authorization`, `api-key`: [`CREDENTIAL_HEADERS`](brownout_core::provider::CREDENTIAL_HEADERS)), hashed into the key |
 /// | [`serve_stale_when`](Self::serve_stale_when) | [`OutcomeKind::is_unavailable`](brownout_core::OutcomeKind::is_unavailable): rate limited, overloaded, server error, timeout, connection failure, refused by a breaker |
 /// | [`status_header`](Self::status_header) | `x-brownout-cache: hit` or `stale` on answers from the store |
+/// | [`store`](Self::store) | a [`LocalCacheStore`](crate::LocalCacheStore) of the layer's own |
 ///
 /// Two settings are the stack's, not this layer's: how much of a request body is read
 /// to key it is the [`BodyLimits`](brownout_core::body::BodyLimits) in the request's
@@ -57,6 +61,7 @@ pub struct CacheConfig {
     pub(crate) serve_stale_when: Arc<dyn Fn(&Outcome) -> bool + Send + Sync>,
     pub(crate) status_header: Option<HeaderName>,
     pub(crate) events: Events,
+    pub(crate) store: Option<Arc<dyn CacheStore>>,
 }
 
 impl CacheConfig {
@@ -77,6 +82,7 @@ impl CacheConfig {
             serve_stale_when: Arc::new(|outcome: &Outcome| outcome.kind().is_unavailable()),
             status_header: Some(HeaderName::from_static("x-brownout-cache")),
             events: Events::new(),
+            store: None,
         }
     }
 
@@ -181,10 +187,38 @@ impl CacheConfig {
         self
     }
 
+    /// Keeps the entries in `store` instead of the layer's own
+    /// [`LocalCacheStore`](crate::LocalCacheStore) (a moka cache in this process): for
+    /// example a Redis-backed store shared by a fleet of replicas
+    /// (`brownout_redis::RedisCacheStore`). The key, its memo of exact request forms,
+    /// the coalescing of fresh-hit misses and freshness stay the layer's. The bounds
+    /// [`max_entries`](Self::max_entries) and [`max_bytes`](Self::max_bytes) are then
+    /// `store`'s to keep.
+    pub fn store(mut self, store: impl CacheStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
     /// Where decisions go besides `tracing`.
     pub fn listener(mut self, listener: impl Listener) -> Self {
         self.events = Events::with_listener(listener);
         self
+    }
+}
+
+impl CacheConfig {
+    /// How long an entry is fresh, and how long after that it may stand in for a
+    /// failed live answer: [`ttl`](Self::ttl) and [`stale_window`](Self::stale_window),
+    /// for a [`CacheStore`] that keeps expirations of its own.
+    pub fn lifetimes(&self) -> (Duration, Duration) {
+        (self.ttl, self.stale_window)
+    }
+
+    /// [`max_entries`](Self::max_entries), [`max_bytes`](Self::max_bytes) and
+    /// [`max_entry_bytes`](Self::max_entry_bytes), for a [`CacheStore`] that keeps
+    /// bounds of its own.
+    pub fn bounds(&self) -> (u64, u64, usize) {
+        (self.max_entries, self.max_bytes, self.max_entry_bytes)
     }
 }
 
@@ -207,6 +241,7 @@ impl fmt::Debug for CacheConfig {
             .field("partition", &self.keying.partition)
             .field("custom_key", &self.keying.custom.is_some())
             .field("status_header", &self.status_header)
+            .field("store", &self.store)
             .finish_non_exhaustive()
     }
 }

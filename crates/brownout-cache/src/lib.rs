@@ -104,9 +104,16 @@
 //!   a 429 or 5xx body, and only once in a stack), and never stored.
 //!
 //! Only those complete successful answers are stored. The store is a `moka` cache
-//! bounded by [`max_entries`](CacheConfig::max_entries) (exactly) and
-//! [`max_bytes`](CacheConfig::max_bytes). Freshness is judged with `tokio::time`, so
-//! tests can pause it.
+//! ([`LocalCacheStore`]) bounded by [`max_entries`](CacheConfig::max_entries)
+//! (exactly) and [`max_bytes`](CacheConfig::max_bytes). Freshness is judged with
+//! `tokio::time`, so tests can pause it.
+//!
+//! Another [`CacheStore`] can be given to [`CacheConfig::store`]: the Redis-backed
+//! store of `brownout-redis` (`RedisCacheStore`) shares the entries between the
+//! replicas of a deployment, with a local tier in front. The key, and the memo of
+//! exact request forms that saves most requests the canonical parse, stay the
+//! layer's, whichever store holds the entries; the layer's own store is called
+//! directly, without a boxed future.
 //!
 //! **Streaming** requests (`"stream": true` at the top level of the body, as the
 //! request's facts say) share their entry with the same request that does not
@@ -149,6 +156,7 @@ pub use event::{CacheEvent, CacheStatus};
 pub use key::CacheKey;
 pub use layer::CacheLayer;
 pub use service::Cache;
+pub use store::{CacheStore, CachedResponse, LocalCacheStore, StoreFuture};
 
 /// Response future of the layer: a boxed future, shared with the other layers that
 /// read bodies.

@@ -20,7 +20,7 @@ use tower_service::Service;
 use crate::{
     config::Mode,
     key::CacheKey,
-    store::{Entry, Flight, Store},
+    store::{CachedResponse, Flight, Store},
     CacheConfig, CacheEvent, CacheLayer, CacheStatus,
 };
 
@@ -271,25 +271,28 @@ async fn store_response(store: &Store, key: CacheKey, response: Response<Body>) 
                 Some((name.clone(), copy))
             })
             .collect();
-        let entry = Entry {
-            status: parts.status,
-            version: parts.version,
+        let entry = CachedResponse::new(
+            parts.status,
+            parts.version,
             headers,
-            body: Bytes::copy_from_slice(data),
-            stored_at: Instant::now(),
-        };
+            Bytes::copy_from_slice(data),
+            Instant::now(),
+        );
         store.insert(key, entry).await;
     }
     Response::from_parts(parts, body)
 }
 
-fn fresh(entry: Option<Arc<Entry>>, config: &CacheConfig) -> Option<Arc<Entry>> {
-    entry.filter(|e| e.stored_at.elapsed() < config.ttl)
+fn fresh(entry: Option<Arc<CachedResponse>>, config: &CacheConfig) -> Option<Arc<CachedResponse>> {
+    entry.filter(|e| e.stored_at().elapsed() < config.ttl)
 }
 
-fn servable(entry: Option<Arc<Entry>>, config: &CacheConfig) -> Option<Arc<Entry>> {
+fn servable(
+    entry: Option<Arc<CachedResponse>>,
+    config: &CacheConfig,
+) -> Option<Arc<CachedResponse>> {
     let limit = config.ttl.saturating_add(config.stale_window);
-    entry.filter(|e| e.stored_at.elapsed() < limit)
+    entry.filter(|e| e.stored_at().elapsed() < limit)
 }
 
 /// How a stored answer is served: as it is, or, for a request that streams, as the
@@ -329,7 +332,7 @@ fn record_stream(
 fn from_store(
     shared: &Shared,
     parts: &Parts,
-    entry: &Entry,
+    entry: &CachedResponse,
     status: CacheStatus,
     live: Option<Outcome>,
     serve: Serve,

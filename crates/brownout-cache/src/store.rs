@@ -1,8 +1,11 @@
-//! The entries, in a moka cache bounded by count and bytes.
+//! The entries: behind the [`CacheStore`] trait, in a moka cache bounded by count and
+//! bytes ([`LocalCacheStore`]) unless the config names another store.
 
 use std::{
     collections::HashMap,
     fmt,
+    future::Future,
+    pin::Pin,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -16,9 +19,9 @@ use crate::{
     CacheConfig,
 };
 
-/// A complete successful answer.
-#[derive(Debug)]
-pub(crate) struct Entry {
+/// A complete successful answer, as a [`CacheStore`] keeps it.
+#[derive(Debug, Clone)]
+pub struct CachedResponse {
     pub(crate) status: StatusCode,
     pub(crate) version: Version,
     pub(crate) headers: HeaderMap,
@@ -26,8 +29,53 @@ pub(crate) struct Entry {
     pub(crate) stored_at: Instant,
 }
 
-impl Entry {
-    fn weight(&self) -> u64 {
+impl CachedResponse {
+    /// An answer stored at `stored_at` (on tokio's clock: freshness is judged with
+    /// `tokio::time`, so that tests can pause it).
+    pub fn new(
+        status: StatusCode,
+        version: Version,
+        headers: HeaderMap,
+        body: Bytes,
+        stored_at: Instant,
+    ) -> Self {
+        CachedResponse {
+            status,
+            version,
+            headers,
+            body,
+            stored_at,
+        }
+    }
+
+    /// Its status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// Its HTTP version.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Its headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// Its whole body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// When it was stored.
+    pub fn stored_at(&self) -> Instant {
+        self.stored_at
+    }
+
+    /// Its weight in bytes against a store's byte bound: body, headers and a little
+    /// overhead.
+    pub fn weight(&self) -> u64 {
         let headers: usize = self
             .headers
             .iter()
@@ -37,9 +85,145 @@ impl Entry {
     }
 }
 
+/// The future a [`CacheStore`] method returns.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where a cache layer keeps its entries: give one to
+/// [`CacheConfig::store`](crate::CacheConfig::store). Without one the layer keeps them
+/// in its own [`LocalCacheStore`] (and calls it directly, without the boxed futures of
+/// this trait).
+///
+/// A store holds [`CachedResponse`]s by [`CacheKey`] (a digest: the caller's
+/// credential is in it only hashed). The layer judges freshness from
+/// [`stored_at`](CachedResponse::stored_at) and the config's `ttl` and
+/// `stale_window`; a store may forget an entry at any time (an entry older than both
+/// is never served). It must never fail a request: a store whose backend is away
+/// answers `None` and drops writes.
+pub trait CacheStore: fmt::Debug + Send + Sync + 'static {
+    /// The entry stored under `key`, if any.
+    fn get<'a>(&'a self, key: &'a CacheKey) -> StoreFuture<'a, Option<Arc<CachedResponse>>>;
+
+    /// Stores `entry` under `key`. Called on the request path, after the answer was
+    /// read: a store whose writes take a round trip should queue them and return.
+    fn insert(&self, key: CacheKey, entry: CachedResponse) -> StoreFuture<'_, ()>;
+
+    /// How many entries this process holds, and their weight in bytes (after any
+    /// pending maintenance). `(0, 0)` by default.
+    fn usage(&self) -> StoreFuture<'_, (u64, u64)> {
+        Box::pin(async { (0, 0) })
+    }
+}
+
+/// The default store: entries in this process, in a `moka` cache bounded by the
+/// config's [`max_entries`](CacheConfig::max_entries) (exactly) and
+/// [`max_bytes`](CacheConfig::max_bytes). Also the local tier of shared stores.
+#[derive(Clone)]
+pub struct LocalCacheStore {
+    entries: moka::future::Cache<CacheKey, Arc<CachedResponse>>,
+    /// How many bytes one unit of moka's weight stands for: 1, unless `max_bytes` is
+    /// beyond what a `u32` weight can count.
+    unit: u64,
+    /// moka's capacity, in units.
+    capacity: u64,
+}
+
+impl LocalCacheStore {
+    /// A store with the bounds and lifetime of `config`.
+    pub fn new(config: &CacheConfig) -> Self {
+        // One weighted bound enforces both limits. Every entry weighs at least `floor`
+        // units, and the capacity is at most `max_entries * floor` units, so that
+        // `max_entries` entries of the least weight fit and one more never does
+        // (rounding `floor` down but keeping the whole byte capacity would let
+        // `max_entries + 1` of them in); the capacity is never more than `max_bytes`.
+        let max_entries = config.max_entries.max(1);
+        let unit = config.max_bytes.div_ceil(u64::from(u32::MAX)).max(1);
+        let bytes = (config.max_bytes / unit).max(1);
+        let floor = (bytes / max_entries).max(1);
+        let capacity = bytes.min(floor.saturating_mul(max_entries));
+        let entries = moka::future::Cache::builder()
+            .max_capacity(capacity)
+            .weigher(move |_key, entry: &Arc<CachedResponse>| {
+                u32::try_from(entry.weight().div_ceil(unit).max(floor)).unwrap_or(u32::MAX)
+            })
+            // moka keeps wall-clock time; it only reclaims memory here. Freshness is
+            // judged with tokio's clock, on every read.
+            .time_to_live(
+                config
+                    .ttl
+                    .saturating_add(config.stale_window)
+                    .max(Duration::from_secs(1)),
+            )
+            .build();
+        LocalCacheStore {
+            entries,
+            unit,
+            capacity,
+        }
+    }
+
+    /// The entry stored under `key`, if any.
+    pub async fn get(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
+        self.entries.get(key).await
+    }
+
+    /// Stores `entry`, unless it alone weighs more than the whole store.
+    pub async fn insert(&self, key: CacheKey, entry: CachedResponse) {
+        self.insert_arc(key, Arc::new(entry)).await;
+    }
+
+    /// [`insert`](Self::insert), for an entry already shared.
+    pub async fn insert_arc(&self, key: CacheKey, entry: Arc<CachedResponse>) {
+        if entry.weight().div_ceil(self.unit) > self.capacity {
+            return;
+        }
+        self.entries.insert(key, entry).await;
+    }
+
+    /// Entries and their weight in bytes, after pending maintenance.
+    pub async fn usage(&self) -> (u64, u64) {
+        self.entries.run_pending_tasks().await;
+        (
+            self.entries.entry_count(),
+            self.entries.weighted_size().saturating_mul(self.unit),
+        )
+    }
+}
+
+impl fmt::Debug for LocalCacheStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalCacheStore")
+            .field("entries", &self.entries.entry_count())
+            .field(
+                "bytes",
+                &self.entries.weighted_size().saturating_mul(self.unit),
+            )
+            .finish()
+    }
+}
+
+impl CacheStore for LocalCacheStore {
+    fn get<'a>(&'a self, key: &'a CacheKey) -> StoreFuture<'a, Option<Arc<CachedResponse>>> {
+        Box::pin(LocalCacheStore::get(self, key))
+    }
+
+    fn insert(&self, key: CacheKey, entry: CachedResponse) -> StoreFuture<'_, ()> {
+        Box::pin(LocalCacheStore::insert(self, key, entry))
+    }
+
+    fn usage(&self) -> StoreFuture<'_, (u64, u64)> {
+        Box::pin(LocalCacheStore::usage(self))
+    }
+}
+
+/// The layer's entries: its own local store, called directly, or the config's.
+enum Entries {
+    Local(LocalCacheStore),
+    Custom(Arc<dyn CacheStore>),
+}
+
 /// The store and the misses in flight.
 pub(crate) struct Store {
-    entries: moka::future::Cache<CacheKey, Arc<Entry>>,
+    entries: Entries,
     /// The key of each exact byte form of a request seen lately
     /// ([`Keying::exact`](crate::key::Keying::exact) → [`Keying::key`](crate::key::Keying::key)),
     /// so that a request sent again as the same bytes is keyed without parsing its JSON
@@ -48,11 +232,6 @@ pub(crate) struct Store {
     keys: moka::future::Cache<Exact, CacheKey>,
     /// The secret of those exact digests.
     pub(crate) secret: ExactSecret,
-    /// How many bytes one unit of moka's weight stands for: 1, unless `max_bytes` is
-    /// beyond what a `u32` weight can count.
-    unit: u64,
-    /// moka's capacity, in units.
-    capacity: u64,
     /// Fresh-hit misses being fetched: followers wait on the leader's channel. Only
     /// touched on a miss in fresh-hit mode.
     in_flight: Mutex<HashMap<CacheKey, watch::Receiver<()>>>,
@@ -87,39 +266,17 @@ impl Drop for FlightGuard {
 
 impl Store {
     pub(crate) fn new(config: &CacheConfig) -> Self {
-        // One weighted bound enforces both limits. Every entry weighs at least `floor`
-        // units, and the capacity is at most `max_entries * floor` units, so that
-        // `max_entries` entries of the least weight fit and one more never does
-        // (rounding `floor` down but keeping the whole byte capacity would let
-        // `max_entries + 1` of them in); the capacity is never more than `max_bytes`.
-        let max_entries = config.max_entries.max(1);
-        let unit = config.max_bytes.div_ceil(u64::from(u32::MAX)).max(1);
-        let bytes = (config.max_bytes / unit).max(1);
-        let floor = (bytes / max_entries).max(1);
-        let capacity = bytes.min(floor.saturating_mul(max_entries));
-        let entries = moka::future::Cache::builder()
-            .max_capacity(capacity)
-            .weigher(move |_key, entry: &Arc<Entry>| {
-                u32::try_from(entry.weight().div_ceil(unit).max(floor)).unwrap_or(u32::MAX)
-            })
-            // moka keeps wall-clock time; it only reclaims memory here. Freshness is
-            // judged with tokio's clock, on every read.
-            .time_to_live(
-                config
-                    .ttl
-                    .saturating_add(config.stale_window)
-                    .max(Duration::from_secs(1)),
-            )
-            .build();
+        let entries = match &config.store {
+            Some(store) => Entries::Custom(store.clone()),
+            None => Entries::Local(LocalCacheStore::new(config)),
+        };
         let keys = moka::future::Cache::builder()
-            .max_capacity(max_entries)
+            .max_capacity(config.max_entries.max(1))
             .build();
         Store {
             entries,
             keys,
             secret: ExactSecret::random(),
-            unit,
-            capacity,
             in_flight: Mutex::new(HashMap::new()),
             max_entry_bytes: config.max_entry_bytes,
         }
@@ -140,16 +297,19 @@ impl Store {
         made
     }
 
-    pub(crate) async fn get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
-        self.entries.get(key).await
+    pub(crate) async fn get(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
+        match &self.entries {
+            Entries::Local(local) => local.get(key).await,
+            Entries::Custom(store) => store.get(key).await,
+        }
     }
 
     /// Stores `entry`, unless it alone weighs more than the whole store.
-    pub(crate) async fn insert(&self, key: CacheKey, entry: Entry) {
-        if entry.weight().div_ceil(self.unit) > self.capacity {
-            return;
+    pub(crate) async fn insert(&self, key: CacheKey, entry: CachedResponse) {
+        match &self.entries {
+            Entries::Local(local) => local.insert(key, entry).await,
+            Entries::Custom(store) => store.insert(key, entry).await,
         }
-        self.entries.insert(key, Arc::new(entry)).await;
     }
 
     pub(crate) fn flight(self: &Arc<Self>, key: CacheKey) -> Flight {
@@ -171,20 +331,19 @@ impl Store {
 
     /// Entries and their weight in bytes, after pending maintenance.
     pub(crate) async fn usage(&self) -> (u64, u64) {
-        self.entries.run_pending_tasks().await;
-        (
-            self.entries.entry_count(),
-            self.entries.weighted_size().saturating_mul(self.unit),
-        )
+        match &self.entries {
+            Entries::Local(local) => local.usage().await,
+            Entries::Custom(store) => store.usage().await,
+        }
     }
 }
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store")
-            .field("entries", &self.entries.entry_count())
-            .field("bytes", &self.entries.weighted_size())
-            .finish()
+        match &self.entries {
+            Entries::Local(local) => fmt::Debug::fmt(local, f),
+            Entries::Custom(store) => fmt::Debug::fmt(store, f),
+        }
     }
 }
 
@@ -192,14 +351,14 @@ impl fmt::Debug for Store {
 mod tests {
     use super::*;
 
-    fn entry() -> Entry {
-        Entry {
-            status: StatusCode::OK,
-            version: Version::HTTP_11,
-            headers: HeaderMap::new(),
-            body: Bytes::from_static(b"Paris."),
-            stored_at: Instant::now(),
-        }
+    fn entry() -> CachedResponse {
+        CachedResponse::new(
+            StatusCode::OK,
+            Version::HTTP_11,
+            HeaderMap::new(),
+            Bytes::from_static(b"Paris."),
+            Instant::now(),
+        )
     }
 
     #[tokio::test]
@@ -246,7 +405,7 @@ mod tests {
     #[tokio::test]
     async fn a_byte_bound_beyond_u32_counts_in_larger_units() {
         let config = CacheConfig::new().max_bytes(1 << 40).max_entries(3);
-        let store = Store::new(&config);
+        let store = LocalCacheStore::new(&config);
         assert!(store.unit > 1);
         for i in 0..100 {
             store.insert(key(i), entry()).await;

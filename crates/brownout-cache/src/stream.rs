@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use crate::{
     key::CacheKey,
-    store::{Entry, Store},
+    store::{CachedResponse, Store},
 };
 
 /// Whether a request that streams asked for OpenAI's usage chunk.
@@ -52,7 +52,7 @@ pub(crate) fn include_usage(body: &[u8]) -> bool {
 /// event-stream content type, and the events. `None` when it cannot be rendered.
 pub(crate) fn as_stream(
     api: Api,
-    entry: &Entry,
+    entry: &CachedResponse,
     include_usage: bool,
 ) -> Option<(HeaderMap, Bytes)> {
     let events = sse::stream_of(api, &entry.body, include_usage)?;
@@ -120,7 +120,7 @@ impl Recording {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        let entry = Entry {
+        let entry = CachedResponse {
             status,
             version,
             headers,

@@ -375,3 +375,66 @@ async fn max_entries_is_an_exact_bound() {
         }
     }
 }
+
+/// A store of the user's: the layer's own store, counting what the layer asks of it.
+#[derive(Debug)]
+struct Counting {
+    inner: brownout_cache::LocalCacheStore,
+    gets: Arc<std::sync::atomic::AtomicUsize>,
+    inserts: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl brownout_cache::CacheStore for Counting {
+    fn get<'a>(
+        &'a self,
+        key: &'a brownout_cache::CacheKey,
+    ) -> brownout_cache::StoreFuture<'a, Option<Arc<brownout_cache::CachedResponse>>> {
+        self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(self.inner.get(key))
+    }
+
+    fn insert(
+        &self,
+        key: brownout_cache::CacheKey,
+        entry: brownout_cache::CachedResponse,
+    ) -> brownout_cache::StoreFuture<'_, ()> {
+        self.inserts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(self.inner.insert(key, entry))
+    }
+
+    fn usage(&self) -> brownout_cache::StoreFuture<'_, (u64, u64)> {
+        Box::pin(self.inner.usage())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_of_ones_own_holds_the_entries() {
+    let config = CacheConfig::new().ttl(Duration::from_secs(60));
+    let gets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let inserts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let store = Counting {
+        inner: brownout_cache::LocalCacheStore::new(&config),
+        gets: gets.clone(),
+        inserts: inserts.clone(),
+    };
+    let upstream = answering();
+    let cache = Cache::new(upstream.clone(), config.store(store));
+    assert_eq!(
+        text(send(&cache, "sk-a", Q).await).await,
+        (200, None, "answer-0".into())
+    );
+    assert_eq!(inserts.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // A success asks nothing of the store in stale-if-error mode.
+    assert_eq!(gets.load(std::sync::atomic::Ordering::SeqCst), 0);
+    set(&upstream, 529);
+    let (status, cached, body) = text(send(&cache, "sk-a", Q).await).await;
+    assert_eq!(
+        (status, cached, body.as_str()),
+        (200, Some(CacheStatus::Stale), "answer-0")
+    );
+    assert_eq!(gets.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The partition is in the key the store is given: another caller finds nothing.
+    assert_eq!(text(send(&cache, "sk-b", Q).await).await.0, 529);
+    assert_eq!(cache.usage().await.0, 1, "usage is the store's");
+}

@@ -9,6 +9,7 @@ set -u
 BENCH=${BENCH:?the proxy bench binary: cargo bench -p brownout-gateway --bench proxy --no-run}
 GW=${GW:?the release brownout-gateway binary}
 OLD=${OLD:-}   # optional: an older gateway binary, measured in the same run
+STATE=${STATE:-} # optional: a Redis URL; every layer again with [state] on it
 N=${N:-4000}
 SIM=$(cd "$(dirname "$0")/.." && pwd)/gateway.sim.toml
 WORK=$(mktemp -d); cd "$WORK"
@@ -66,6 +67,10 @@ if [ -n "${PER_LAYER:-}" ]; then
   for l in degrade cache fallback breaker queue retry; do
     measure no-$l $GW serve --config no-$l.toml --log-level error
   done
+fi
+if [ -n "$STATE" ]; then
+  printf '\n[state]\nredis_url = "%s"\ndeployment = "bench"\n' "$STATE" | cat every.toml - > state.toml
+  measure every-state $GW serve --config state.toml --log-level error
 fi
 if [ -n "$OLD" ]; then
   measure wiring-before $OLD serve --config wiring.old.toml --log-level error

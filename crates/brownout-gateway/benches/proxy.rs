@@ -416,6 +416,12 @@ fn variants(upstream_url: &str) -> Vec<(&'static str, String)> {
     if std::env::var_os("BENCH_ONLY_EXAMPLE").is_some() {
         all.truncate(1);
     }
+    // BENCH_STATE=redis://…: the example again with `[state]` on that Redis (the
+    // breakers and the cache shared), measured in the same rounds.
+    if let Ok(url) = std::env::var("BENCH_STATE") {
+        let state = format!("{example}\n[state]\nredis_url = \"{url}\"\ndeployment = \"bench\"\n");
+        all.insert(1, ("gateway: every layer, [state] in Redis", state));
+    }
     all
 }
 

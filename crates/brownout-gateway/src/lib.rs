@@ -119,6 +119,7 @@ pub mod observe_log;
 pub mod pipeline;
 pub mod router;
 mod server;
+mod state;
 mod timeout;
 mod upstream;
 
@@ -128,5 +129,6 @@ pub use observe_log::Observers;
 pub use pipeline::{Layers, Pipeline};
 pub use router::Router;
 pub use server::{http_client, shutdown_signal, Gateway, HttpClient, Stopped};
+pub use state::SharedStores;
 pub use timeout::BodyTimedOut;
 pub use upstream::{Sending, UpstreamClient};

@@ -78,14 +78,39 @@ impl ProviderLimits {
     /// The limiters `limits` configures for `providers`. A provider's settings were
     /// checked when the file was read; should a layer still refuse them, that
     /// provider is left unlimited and the reason logged.
-    pub(crate) fn new(providers: &[Provider], limits: &RateLimits) -> ProviderLimits {
+    ///
+    /// With `[state]`, each provider's buckets are in Redis (a `RedisLimitStore`, one
+    /// admission round trip per request), so that the replicas together stay under the
+    /// provider's limits; while Redis is away they fail open (local buckets) or closed
+    /// (429 `rate_limit_error`, `retry-after: 1`) as `[state] limits` says. Keys are the
+    /// model and the caller's credential fingerprint, as in the local store.
+    pub(crate) fn new(
+        providers: &[Provider],
+        limits: &RateLimits,
+        state: Option<&crate::config::SharedState>,
+    ) -> ProviderLimits {
         let mut layers = Vec::new();
         let mut endpoints = Vec::new();
         for (index, config) in &limits.providers {
             let Some(provider) = providers.get(*index) else {
                 continue;
             };
-            let layer = match RateLimitLayer::new(config.clone()) {
+            let mut config = config.clone();
+            if let Some(state) = state {
+                let mode = match state.limits() {
+                    crate::config::OnRedisError::FailOpen => brownout::redis::FailMode::Open,
+                    crate::config::OnRedisError::FailClosed => brownout::redis::FailMode::Closed {
+                        retry_after: Duration::from_secs(1),
+                    },
+                };
+                match brownout::redis::RedisLimitStore::new(state.redis().clone(), mode) {
+                    Ok(store) => config = config.store(store),
+                    Err(e) => {
+                        tracing::error!(provider = provider.name(), error = %e, "[state]: the rate limits stay local");
+                    }
+                }
+            }
+            let layer = match RateLimitLayer::new(config) {
                 Ok(layer) => layer,
                 Err(e) => {
                     tracing::error!(provider = provider.name(), error = %e, "brownout-gateway: rate limits left out");

@@ -214,6 +214,10 @@ fn check(path: &PathBuf) -> Result<(), Failure> {
         for rule in config.observe_log().alerts().map_or(&[][..], |a| a.rules()) {
             println!("    alert {} ({})", rule.name(), rule.condition().as_str());
         }
+        // `[state]`: where the shared state is (the address only, never a password).
+        if let Some(state) = config.state() {
+            println!("  state     redis {:?}", state.redis());
+        }
         Ok(())
     })
 }

@@ -36,6 +36,7 @@ use crate::{
     credentials::Credentials,
     limits::{set_deadline, Limited, ProviderLimits},
     observe::Observability,
+    state::{self, SharedStores},
     Config,
 };
 
@@ -56,6 +57,7 @@ pub struct Layers {
     streams: StreamGuardLayer,
     after_first_byte: AfterFirstByte,
     observe: Option<Observability>,
+    shared: Option<SharedStores>,
 }
 
 impl Layers {
@@ -65,6 +67,25 @@ impl Layers {
         // `[observe]`: the layers' events go to its sinks too.
         let observe = Observability::new(config);
         let listener = observe.as_ref().map(Observability::listener);
+        // `[state]`: the breakers, the cache and the retry budget in Redis (see
+        // `state.rs`).
+        let (breaker, cache, retry, shared) = match &config.state {
+            Some(state) => {
+                let s = state::shared(
+                    state,
+                    config.breaker.clone(),
+                    config.cache.clone(),
+                    config.retry.clone(),
+                );
+                (s.breaker, s.cache, s.retry, Some(s.stores))
+            }
+            None => (
+                config.breaker.clone(),
+                config.cache.clone(),
+                config.retry.clone(),
+                None,
+            ),
+        };
         let layers = Layers {
             providers: config.providers.clone(),
             degrade: config.degrade.clone().map(|c| {
@@ -73,13 +94,13 @@ impl Layers {
                     None => c,
                 })
             }),
-            cache: config.cache.clone().map(|c| {
+            cache: cache.map(|c| {
                 CacheLayer::new(match listener.clone() {
                     Some(l) => c.listener(l),
                     None => c,
                 })
             }),
-            breaker: config.breaker.clone().map(|c| {
+            breaker: breaker.map(|c| {
                 CircuitBreakerLayer::new(match listener.clone() {
                     Some(l) => c.listener(l),
                     None => c,
@@ -91,19 +112,19 @@ impl Layers {
                     None => c,
                 })
             }),
-            retry: config.retry.clone().map(|c| {
+            retry: retry.map(|c| {
                 RetryLayer::new(match listener.clone() {
                     Some(l) => c.listener(l),
                     None => c,
                 })
             }),
-            rate_limits: config
-                .rate_limits
-                .as_ref()
-                .map(|limits| ProviderLimits::new(&config.providers, limits)),
+            rate_limits: config.rate_limits.as_ref().map(|limits| {
+                ProviderLimits::new(&config.providers, limits, config.state.as_ref())
+            }),
             streams: stream_guard(config),
             after_first_byte: config.stream_after_first_byte(),
             observe,
+            shared,
         };
         if let Some(observe) = &layers.observe {
             observe.watch(layers.breakers(), layers.queue(), &layers.rate_limits());
@@ -114,6 +135,11 @@ impl Layers {
     /// `[observe]`'s sinks and pages, when the section is on.
     pub fn observability(&self) -> Option<&Observability> {
         self.observe.as_ref()
+    }
+
+    /// The stores shared through Redis, when `[state]` is on.
+    pub fn shared_state(&self) -> Option<&SharedStores> {
+        self.shared.as_ref()
     }
 
     /// The circuit breakers' handle, when the breaker layer is on: their states, and

@@ -1,5 +1,5 @@
-//! Redis-backed stores for brownout's layers: circuit breakers and rate limits shared
-//! by every replica of a deployment.
+//! Redis-backed stores for brownout's layers: circuit breakers, rate limits, the
+//! response cache and the retry budget, shared by every replica of a deployment.
 //!
 //! A fleet of replicas that each learn an outage on their own sends N times the
 //! probes to a failing model. With a [`RedisBreakerStore`] given to
@@ -156,20 +156,31 @@
 //! buckets in Redis are then as Redis kept them (a restarted one starts full);
 //! settlements made while away stay local.
 //!
-//! # What is not shared yet
+//! # The response cache and the retry budget
 //!
-//! The response cache (brownout-cache has no store trait yet, which needs `get` and
-//! `put` of a response and its stale window as Redis expirations) and the retry
-//! budget.
+//! [`RedisCacheStore`] (give it to
+//! [`CacheConfig::store`](brownout_cache::CacheConfig::store)) keeps the cache's
+//! stale-if-error entries in Redis, with their lifetimes as Redis expirations, the
+//! per-caller partition in the key, a bound on entries for the fleet, and a local moka
+//! tier in front; writes go out in the background. [`RedisRetryBudget`] (give it to
+//! [`RetryBudget::store`](brownout_retry::RetryBudget::store)) keeps a fleet's retries
+//! within one budget, counted locally and settled every flush interval. Both fall back
+//! to local state when Redis does not answer, as the breakers do; their events carry
+//! the layers `"redis-cache"` and `"redis-budget"`.
 
 mod breaker;
+mod budget;
+mod cache;
 mod config;
 mod event;
 mod keys;
 mod limit;
+mod link;
 mod worker;
 
 pub use breaker::RedisBreakerStore;
+pub use budget::RedisRetryBudget;
+pub use cache::RedisCacheStore;
 pub use config::RedisConfig;
 pub use event::RedisEvent;
 pub use limit::{FailMode, RedisLimitStore, RoundTrips};

@@ -1,8 +1,32 @@
-//! A retry budget shared by every clone of a service.
+//! A retry budget shared by every clone of a service, and the store it keeps its
+//! accounts in.
 
 use std::{fmt, sync::Arc, time::Duration};
 
 use tower::retry::budget::{Budget, TpsBudget};
+
+/// Where a [`RetryBudget`] keeps its accounts: give one to
+/// [`RetryBudget::store`]. Without one the budget is tower's [`TpsBudget`] in this
+/// process, called directly.
+///
+/// Both methods are on the request path (a deposit on every first attempt, a
+/// withdrawal before every retry) and synchronous: a store shared between processes
+/// counts locally and settles with the others in the background (as
+/// `brownout_redis::RedisRetryBudget` does), never waiting on the network here.
+pub trait BudgetStore: fmt::Debug + Send + Sync + 'static {
+    /// Records a first attempt.
+    fn deposit(&self);
+
+    /// Takes one retry from the budget; `false` when it is spent.
+    fn withdraw(&self) -> bool;
+}
+
+/// The accounts: tower's budget, called directly, or a store of the user's.
+#[derive(Clone)]
+enum Accounts {
+    Local(Arc<TpsBudget>),
+    Store(Arc<dyn BudgetStore>),
+}
 
 /// Caps retries at a share of recent traffic, plus a small floor per second.
 ///
@@ -13,10 +37,12 @@ use tower::retry::budget::{Budget, TpsBudget};
 ///
 /// All clones of a [`Retry`](crate::Retry) service, and all services built from one
 /// [`RetryConfig`](crate::RetryConfig), share one budget. The accounting is tower's
-/// [`TpsBudget`] (Finagle's algorithm), which keeps time with `tokio::time`.
+/// [`TpsBudget`] (Finagle's algorithm), which keeps time with `tokio::time`, unless a
+/// [`BudgetStore`] is given to [`store`](Self::store) (one shared by a fleet of
+/// replicas, say).
 #[derive(Clone)]
 pub struct RetryBudget {
-    inner: Arc<TpsBudget>,
+    accounts: Accounts,
     ttl: Duration,
     min_per_sec: u32,
     retry_ratio: f32,
@@ -47,21 +73,51 @@ impl RetryBudget {
             )));
         }
         Ok(RetryBudget {
-            inner: Arc::new(TpsBudget::new(ttl, min_per_sec, retry_ratio)),
+            accounts: Accounts::Local(Arc::new(TpsBudget::new(ttl, min_per_sec, retry_ratio))),
             ttl,
             min_per_sec,
             retry_ratio,
         })
     }
 
+    /// Keeps the accounts in `store` instead of this process's own. The settings
+    /// ([`ttl`](Self::ttl), [`min_per_sec`](Self::min_per_sec),
+    /// [`retry_ratio`](Self::retry_ratio)) are then the store's to apply; build it
+    /// from this budget.
+    pub fn store(mut self, store: impl BudgetStore) -> Self {
+        self.accounts = Accounts::Store(Arc::new(store));
+        self
+    }
+
+    /// The window the ratio is counted over.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Retries allowed each second whatever the traffic.
+    pub fn min_per_sec(&self) -> u32 {
+        self.min_per_sec
+    }
+
+    /// Retries allowed per first attempt in the window (0.2 for 20 %).
+    pub fn retry_ratio(&self) -> f32 {
+        self.retry_ratio
+    }
+
     /// Records a first attempt.
     pub(crate) fn deposit(&self) {
-        self.inner.deposit();
+        match &self.accounts {
+            Accounts::Local(budget) => budget.deposit(),
+            Accounts::Store(store) => store.deposit(),
+        }
     }
 
     /// Takes one retry from the budget; `false` when it is spent.
     pub(crate) fn withdraw(&self) -> bool {
-        self.inner.withdraw()
+        match &self.accounts {
+            Accounts::Local(budget) => budget.withdraw(),
+            Accounts::Store(store) => store.withdraw(),
+        }
     }
 }
 
@@ -78,6 +134,13 @@ impl fmt::Debug for RetryBudget {
             .field("ttl", &self.ttl)
             .field("min_per_sec", &self.min_per_sec)
             .field("retry_ratio", &self.retry_ratio)
+            .field(
+                "store",
+                &match &self.accounts {
+                    Accounts::Local(_) => None,
+                    Accounts::Store(store) => Some(store),
+                },
+            )
             .finish()
     }
 }
@@ -121,5 +184,43 @@ mod tests {
         }
         let allowed = (0..10).take_while(|_| budget.withdraw()).count();
         assert_eq!(allowed, 5);
+    }
+
+    #[derive(Debug, Default)]
+    struct Counting {
+        deposits: std::sync::atomic::AtomicU32,
+        withdrawals: std::sync::atomic::AtomicU32,
+    }
+
+    impl BudgetStore for Arc<Counting> {
+        fn deposit(&self) {
+            self.deposits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn withdraw(&self) -> bool {
+            // One retry in all.
+            self.withdrawals
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                == 0
+        }
+    }
+
+    #[test]
+    fn a_store_keeps_the_accounts() {
+        let counting = Arc::new(Counting::default());
+        let budget = RetryBudget::default().store(counting.clone());
+        assert_eq!(
+            (budget.ttl(), budget.min_per_sec()),
+            (Duration::from_secs(10), 10)
+        );
+        budget.deposit();
+        budget.deposit();
+        assert!(budget.withdraw());
+        assert!(!budget.withdraw(), "the store said no");
+        assert_eq!(
+            counting.deposits.load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        assert!(format!("{budget:?}").contains("Counting"));
     }
 }

@@ -112,6 +112,12 @@ impl RetryConfig {
         self
     }
 
+    /// The retry budget, when there is one (for a store built from its settings, as
+    /// `brownout_redis::RedisRetryBudget::new` is).
+    pub fn retry_budget(&self) -> Option<&RetryBudget> {
+        self.budget.as_ref()
+    }
+
     /// No retry budget: every retryable failure is retried up to
     /// [`max_attempts`](Self::max_attempts), however many requests are failing.
     pub fn no_budget(mut self) -> Self {

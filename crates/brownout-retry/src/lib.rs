@@ -120,7 +120,7 @@ mod meta;
 mod service;
 
 pub use backoff::{Backoff, InvalidBackoff, Jitter};
-pub use budget::{InvalidBudget, RetryBudget};
+pub use budget::{BudgetStore, InvalidBudget, RetryBudget};
 pub use config::RetryConfig;
 pub use event::{GiveUpReason, RetryEvent};
 pub use future::ResponseFuture;

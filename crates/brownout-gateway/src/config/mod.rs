@@ -139,6 +139,12 @@
 //! budget for all callers of a provider whose key the gateway holds). A wait for room
 //! is bounded by `max_wait` and the gateway's deadline (the shorter of
 //! `retry.deadline` and `fallback.deadline`). See [`RateLimits`] for what callers get.
+//!
+//! # Shared state
+//!
+//! `[state]` (off by default; `redis_url`, `deployment`, `timeout`, `poll_interval`,
+//! `limits`) keeps the breakers' and the cache's state in Redis, shared by every
+//! replica of the deployment; see [`SharedState`] and `gateway.example.toml`.
 
 mod error;
 mod raw;
@@ -165,6 +171,7 @@ use http::{HeaderName, HeaderValue, Uri};
 pub use error::ConfigError;
 pub use raw::limits::{LimitEntry, RateLimits};
 pub use raw::observe_log::ObserveLog;
+pub use raw::state::{OnRedisError, SharedState};
 
 /// The path of the Anthropic Messages API.
 pub const MESSAGES_PATH: &str = "/v1/messages";
@@ -418,6 +425,7 @@ pub struct Config {
     pub(crate) observe: Observe,
     /// The availability log's and the alerts' sinks, attached by `serve` once they run.
     pub(crate) observers: Option<Attached>,
+    pub(crate) state: Option<SharedState>,
     pub(crate) set: Set,
 }
 
@@ -609,6 +617,12 @@ impl Config {
     /// The queue layer's settings (`[queue]`), when it is on.
     pub fn queue(&self) -> Option<&QueueConfig> {
         self.queue.as_ref()
+    }
+
+    /// The state shared with the other replicas through Redis (`[state]`), when it
+    /// is on.
+    pub fn state(&self) -> Option<&SharedState> {
+        self.state.as_ref()
     }
 
     /// The rate limits (`[limits]`), when they are on.

@@ -115,6 +115,7 @@ struct RawConfig {
     /// `observe_log.rs`).
     #[serde(default)]
     observe: RawObserveLog,
+    state: Option<Spanned<RawState>>,
 }
 
 // `[limits]`: the rate limits (see `limits.rs`). The body settings it held have moved;
@@ -124,6 +125,9 @@ use limits::RawLimits;
 
 pub(super) mod observe_log;
 use observe_log::RawObserveLog;
+// `[state]`: shared state in Redis (see `state.rs`).
+pub(super) mod state;
+use state::RawState;
 
 /// `[body]`: how far the layers read a caller's request body, one setting for the
 /// whole pipeline.
@@ -604,6 +608,7 @@ impl Check<'_> {
                 Some(RawAfterFirstByte::Resume) => AfterFirstByte::Resume,
                 _ => AfterFirstByte::End,
             },
+            state: self.state(raw.state.as_ref())?,
             connections: Connections {
                 per_client: raw
                     .connections
