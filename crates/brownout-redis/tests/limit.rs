@@ -10,8 +10,9 @@
 //! each run) and skips, saying why, when none answers; under `CI` it fails instead.
 //! The outage tests start their own `redis-server` on a free port.
 
+mod common;
+
 use std::{
-    future::Future,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -24,9 +25,10 @@ use brownout_limit::{LimitStore, Limits, LocalLimitStore, RateLimitConfig, RateL
 use brownout_redis::{FailMode, RedisConfig, RedisEvent, RedisLimitStore};
 use brownout_sim::{Script, Sim, SimBody};
 use bytes::Bytes;
+use common::{answers, deployment, free_port, redis_up, within};
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{sleep, Instant};
 use tower::{util::BoxCloneSyncService, ServiceBuilder, ServiceExt};
 
 const MODEL: &str = "claude-sonnet-4-5";
@@ -139,47 +141,6 @@ async fn drive(stacks: &[Stack], callers: usize, end: Instant) -> Arc<Tally> {
         task.await.unwrap();
     }
     tally
-}
-
-async fn answers(addr: &str) -> bool {
-    matches!(
-        timeout(
-            Duration::from_millis(200),
-            tokio::net::TcpStream::connect(addr)
-        )
-        .await,
-        Ok(Ok(_))
-    )
-}
-
-async fn redis_up(test: &str) -> bool {
-    if answers("127.0.0.1:6379").await {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: no Redis on 127.0.0.1:6379 (CI must start one)"
-    );
-    println!("skipping {test}: no Redis answers on 127.0.0.1:6379");
-    false
-}
-
-fn deployment() -> String {
-    format!("test-{:016x}", fastrand::u64(..))
-}
-
-async fn within<F: Future<Output = bool>>(
-    limit: Duration,
-    mut cond: impl FnMut() -> F,
-) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond().await {
-            return Some(start.elapsed());
-        }
-        sleep(Duration::from_millis(5)).await;
-    }
-    None
 }
 
 async fn shared(store: &RedisLimitStore) {
@@ -310,14 +271,6 @@ async fn redis_keys(port: u16) -> Vec<String> {
         .query_async(&mut conn)
         .await
         .unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 type Seen = Arc<Mutex<Vec<RedisEvent>>>;

@@ -10,8 +10,9 @@
 //! `CI` they fail instead. The outage test starts its own `redis-server` on a free
 //! port, and skips when the binary is missing (fails under `CI`).
 
+mod common;
+
 use std::{
-    future::Future,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -21,57 +22,13 @@ use brownout_breaker::{
 };
 use brownout_core::event::Event;
 use brownout_redis::{RedisBreakerStore, RedisConfig, RedisEvent};
-use tokio::time::{sleep, timeout, Instant};
-
-const URL: &str = "redis://127.0.0.1:6379";
-
-async fn answers(addr: &str) -> bool {
-    matches!(
-        timeout(
-            Duration::from_millis(200),
-            tokio::net::TcpStream::connect(addr)
-        )
-        .await,
-        Ok(Ok(_))
-    )
-}
-
-/// Whether the shared Redis answers; skips (or fails under CI) when it does not.
-async fn redis_up(test: &str) -> bool {
-    if answers("127.0.0.1:6379").await {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: no Redis on 127.0.0.1:6379 (CI must start one)"
-    );
-    println!("skipping {test}: no Redis answers on 127.0.0.1:6379");
-    false
-}
-
-fn deployment() -> String {
-    format!("test-{:016x}", fastrand::u64(..))
-}
+use common::{answers, deployment, redis_up, within, URL};
+use tokio::time::{sleep, Instant};
 
 fn breaker(failures: u32, open: Duration) -> BreakerConfig {
     BreakerConfig::new()
         .policy(FailurePolicy::consecutive(failures).unwrap())
         .open_duration(OpenDuration::Fixed(open))
-}
-
-/// Waits (real time, bounded) until `cond` holds; how long it took.
-async fn within<F: Future<Output = bool>>(
-    limit: Duration,
-    mut cond: impl FnMut() -> F,
-) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond().await {
-            return Some(start.elapsed());
-        }
-        sleep(Duration::from_millis(5)).await;
-    }
-    None
 }
 
 async fn shared(store: &RedisBreakerStore) {

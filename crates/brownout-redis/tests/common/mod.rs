@@ -1,4 +1,4 @@
-//! What the Redis tests of the cache and the budget share: a Redis to talk to, and
+//! What the Redis tests share: a Redis to talk to, and
 //! bounded waits in real time.
 
 #![allow(dead_code, unreachable_pub)]
