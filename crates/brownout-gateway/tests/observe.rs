@@ -165,6 +165,14 @@ async fn metrics_after_a_scripted_outage_count_what_the_simulator_served() {
         8.0
     );
     assert_eq!(haiku_calls, 8.0, "one haiku call per request");
+    // The tokens the answers reported in their `usage`, read as the bodies passed.
+    let tokens = samples(&text, "brownout_tokens_total");
+    let output: f64 = tokens
+        .iter()
+        .filter(|(labels, _)| labels.contains(r#"direction="output""#))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(output >= 8.0, "output tokens counted: {tokens:?}");
     assert_eq!(
         sample(
             &text,

@@ -178,6 +178,7 @@ pub use layer::RateLimitLayer;
 pub use service::RateLimit;
 pub use store::{Admission, LimitKey, LimitStore, LocalBuckets, LocalLimitStore};
 pub use tokens::{estimate_input_tokens, EstimateError, TokenEstimate};
+pub use usage::{Scanner as UsageScanner, Usage};
 
 /// A setting that was refused, naming it and why.
 pub use brownout_core::error::InvalidConfig;

@@ -8,14 +8,15 @@ use crate::Resource;
 
 /// What the `usage` objects of a response said so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Usage {
+#[non_exhaustive]
+pub struct Usage {
     /// Input tokens the provider counts against its input limit.
-    pub(crate) input: Option<u64>,
+    pub input: Option<u64>,
     /// Every input token of the prompt, cache reads included: what the estimate is
     /// compared with.
-    pub(crate) prompt: Option<u64>,
+    pub prompt: Option<u64>,
     /// Output tokens, once the final count is known.
-    pub(crate) output: Option<u64>,
+    pub output: Option<u64>,
 }
 
 /// How far back of a `"usage"` key a stream's `message_delta` is looked for, and how
@@ -25,9 +26,20 @@ const MAX_OBJECT: usize = 4096;
 
 /// Finds `"usage"` objects in a body that arrives in frames: a JSON answer's one, an
 /// Anthropic stream's `message_start` and `message_delta` ones, OpenAI's usage chunk
-/// and Responses' `response.completed`.
+/// and Responses' `response.completed`. The limiter settles its reservations with it;
+/// brownout-observe counts tokens with it.
+///
+/// ```
+/// use brownout_core::provider::Api;
+/// use brownout_limit::UsageScanner;
+///
+/// let mut scanner = UsageScanner::new(Api::AnthropicMessages, false);
+/// scanner.feed(br#"{"type":"message","usage":{"input_tokens":12,"#, false);
+/// scanner.feed(br#""output_tokens":30}}"#, true);
+/// assert_eq!(scanner.usage().output, Some(30));
+/// ```
 #[derive(Debug)]
-pub(crate) struct Scanner {
+pub struct Scanner {
     stream: bool,
     anthropic: bool,
     /// The end of the bytes seen so far, kept for keys and objects cut between frames.
@@ -41,7 +53,8 @@ static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
 
 impl Scanner {
-    pub(crate) fn new(api: Api, stream: bool) -> Self {
+    /// A scanner for an answer of `api`, streamed or not.
+    pub fn new(api: Api, stream: bool) -> Self {
         Scanner {
             stream,
             anthropic: !api.is_openai(),
@@ -51,8 +64,13 @@ impl Scanner {
         }
     }
 
+    /// What the `usage` objects said so far.
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+
     /// Looks at the next frame's bytes; `last` when no frame follows.
-    pub(crate) fn feed(&mut self, chunk: &[u8], last: bool) {
+    pub fn feed(&mut self, chunk: &[u8], last: bool) {
         if self.carry.is_empty() {
             let from = self.scan(chunk, 0);
             if !last {

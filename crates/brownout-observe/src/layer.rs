@@ -29,9 +29,10 @@ use brownout_core::{
 };
 use brownout_degrade::Degraded;
 use brownout_fallback::{AllTargetsFailed, FallbackReason, ServedBy};
-use brownout_limit::{RateLimited, TooManyTokens};
+use brownout_limit::{RateLimited, TooManyTokens, UsageScanner};
 use brownout_queue::Shed;
 use brownout_retry::Attempts;
+use bytes::Bytes;
 use http::{Request, Response};
 use tokio::time::Instant;
 use tower_layer::Layer;
@@ -249,6 +250,8 @@ struct Pending {
     started: Instant,
     tally: Option<AttemptTally>,
     span: tracing::Span,
+    /// The request's API and whether it streams, for reading `usage` in the answer.
+    api: Option<(Api, bool)>,
 }
 
 impl Pending {
@@ -262,12 +265,15 @@ impl Pending {
             started: Instant::now(),
             tally: None,
             span: tracing::Span::none(),
+            api: None,
         }
     }
 
     /// Reads the request's facts, gives it a tally, and opens the span.
     fn start(&mut self, request: &mut Request<Body>) {
-        self.model = RequestFacts::of(request.extensions()).and_then(|f| f.model_arc().cloned());
+        let facts = RequestFacts::of(request.extensions());
+        self.model = facts.and_then(|f| f.model_arc().cloned());
+        self.api = facts.map(|f| (f.api(), f.is_stream()));
         let tally = AttemptTally::new(self.at, self.started);
         request.extensions_mut().insert(tally.clone());
         self.tally = Some(tally);
@@ -282,7 +288,18 @@ impl Pending {
         );
     }
 
-    fn finish(&self, mut exchange: Exchange, served: Option<Arc<str>>, attempts: u32) {
+    fn finish(&self, exchange: Exchange, served: Option<Arc<str>>, attempts: u32) {
+        let exchange = self.complete(exchange, served, attempts);
+        self.shared.sink.exchange(&exchange);
+    }
+
+    /// The exchange with the request's part filled in, and the span's fields.
+    fn complete(
+        &self,
+        mut exchange: Exchange,
+        served: Option<Arc<str>>,
+        attempts: u32,
+    ) -> Exchange {
         exchange.at = self.at;
         exchange.requested_model = self.model.clone();
         exchange.served_by = served;
@@ -298,10 +315,13 @@ impl Pending {
             self.span.record("answer", exchange.answer.as_str());
             self.span.record("status", exchange.status);
         }
-        self.shared.sink.exchange(&exchange);
+        exchange
     }
 
-    fn response(&self, response: &Response<Body>) {
+    /// Records `response`: at once, or for an answer of a model that may report its
+    /// `usage` (a live, fallback, cached or stale 2xx of a known API), when its body
+    /// ends or is dropped, with the tokens it reported.
+    fn response(&self, response: Response<Body>) -> Response<Body> {
         let extensions = response.extensions();
         let status = response.status().as_u16();
         let served = extensions.get::<ServedBy>();
@@ -320,7 +340,7 @@ impl Pending {
         {
             Answer::Shed
         } else {
-            match recorded(response).map(Outcome::kind) {
+            match recorded(&response).map(Outcome::kind) {
                 Some(OutcomeKind::ClientError) => Answer::CallerError,
                 Some(OutcomeKind::Rejected) => Answer::Shed,
                 Some(OutcomeKind::Success) | None if status < 400 => {
@@ -353,7 +373,27 @@ impl Pending {
                 .and_then(Degraded::rule)
                 .map(Arc::from);
         }
-        self.finish(exchange, served, attempts);
+        let metered = matches!(
+            answer,
+            Answer::Live | Answer::Fallback | Answer::Cached | Answer::Stale
+        ) && (200..300).contains(&status);
+        match self.api.filter(|_| metered) {
+            Some((api, stream)) => {
+                let exchange = self.complete(exchange, served, attempts);
+                response.map(|body| {
+                    Body::new(Metered {
+                        inner: body,
+                        scanner: UsageScanner::new(api, stream),
+                        exchange: Some(exchange),
+                        sink: self.shared.sink.clone(),
+                    })
+                })
+            }
+            None => {
+                self.finish(exchange, served, attempts);
+                response
+            }
+        }
     }
 
     fn error(&self, error: &(dyn StdError + Send + Sync + 'static)) {
@@ -454,6 +494,71 @@ where
 }
 
 pin_project_lite::pin_project! {
+    /// An answer's body, read through for the `usage` it reports: its exchange is
+    /// recorded, with the tokens, when the body ends or is dropped (a caller who hangs
+    /// up mid-answer is recorded all the same, with what was seen). The bytes pass
+    /// unchanged; a scan for `"usage"` (memchr) is all it adds per frame.
+    struct Metered {
+        #[pin]
+        inner: Body,
+        scanner: UsageScanner,
+        exchange: Option<Exchange>,
+        sink: Arc<dyn Sink>,
+    }
+
+    impl PinnedDrop for Metered {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            record_tokens(this.exchange, this.scanner, this.sink);
+        }
+    }
+}
+
+fn record_tokens(exchange: &mut Option<Exchange>, scanner: &UsageScanner, sink: &Arc<dyn Sink>) {
+    if let Some(mut exchange) = exchange.take() {
+        let usage = scanner.usage();
+        exchange.input_tokens = usage.prompt.or(usage.input);
+        exchange.output_tokens = usage.output;
+        sink.exchange(&exchange);
+    }
+}
+
+impl http_body::Body for Metered {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    this.scanner.feed(data, false);
+                }
+            }
+            None => {
+                this.scanner.feed(&[], true);
+                record_tokens(this.exchange, this.scanner, this.sink);
+            }
+            // A failed answer keeps the tokens seen; recorded when dropped.
+            Some(Err(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
     /// The response future of [`Observe`].
     pub struct ObserveFuture<S: Service<Request<Body>>> {
         #[pin]
@@ -509,10 +614,7 @@ where
                         ready!(future.poll(cx))
                     };
                     return Poll::Ready(match result {
-                        Ok(response) => {
-                            this.pending.response(&response);
-                            Ok(response)
-                        }
+                        Ok(response) => Ok(this.pending.response(response)),
                         Err(error) => {
                             let error: BoxError = error.into();
                             this.pending.error(error.as_ref());

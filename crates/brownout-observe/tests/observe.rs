@@ -102,6 +102,8 @@ async fn a_retried_request_numbers_its_attempts() {
         .service(upstream);
     let response = service.oneshot(request("m")).await.unwrap();
     assert_eq!(response.status(), 200);
+    // A 2xx is recorded once its body is done with (for the tokens it reports).
+    drop(response);
     let attempts = sink.attempts.lock().unwrap();
     let numbers: Vec<u32> = attempts.iter().map(|a| a.attempt).collect();
     assert_eq!(numbers, [1, 2, 3]);
@@ -267,4 +269,65 @@ async fn a_breaker_refusal_is_shed_with_the_status_the_gateway_answers() {
         "Anthropic's overload status on its route"
     );
     assert_eq!(exchange.attempts, 0);
+}
+
+#[tokio::test]
+async fn the_tokens_an_answer_reports_are_recorded_when_its_body_ends() {
+    use http_body_util::BodyExt;
+    let sink = Arc::new(Recorded::default());
+    let json = r#"{"type":"message","model":"claude-opus-4-1","content":[{"type":"text","text":"Hi"}],"usage":{"input_tokens":21,"output_tokens":7}}"#;
+    let service = ServiceBuilder::new()
+        .layer(ObserveLayer::new(sink.clone()))
+        .service(tower::service_fn(move |_: Request<Body>| async move {
+            Ok::<_, BoxError>(Response::new(Body::from(json)))
+        }));
+    let response = service.oneshot(request("claude-opus-4-1")).await.unwrap();
+    assert!(
+        sink.exchanges.lock().unwrap().is_empty(),
+        "recorded once the body is read"
+    );
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, json.as_bytes(), "the bytes pass unchanged");
+    let exchanges = sink.exchanges.lock().unwrap();
+    assert_eq!(exchanges.len(), 1);
+    assert_eq!(exchanges[0].answer, Answer::Live);
+    assert_eq!(
+        (exchanges[0].input_tokens, exchanges[0].output_tokens),
+        (Some(21), Some(7))
+    );
+}
+
+#[tokio::test]
+async fn a_streamed_answer_s_final_usage_is_recorded_and_a_dropped_one_still_counts() {
+    use http_body_util::BodyExt;
+    let sink = Arc::new(Recorded::default());
+    let events = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":40,\"output_tokens\":1}}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":12}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+    let service = ServiceBuilder::new()
+        .layer(ObserveLayer::new(sink.clone()))
+        .service(tower::service_fn(move |_: Request<Body>| async move {
+            Ok::<_, BoxError>(Response::new(Body::from(events)))
+        }));
+    let streamed = || {
+        Request::post("/v1/messages")
+            .body(Body::from(
+                r#"{"model":"claude-opus-4-1","max_tokens":5,"stream":true}"#,
+            ))
+            .unwrap()
+    };
+    let response = service.clone().oneshot(streamed()).await.unwrap();
+    response.into_body().collect().await.unwrap();
+    // A caller who hangs up before reading: recorded when the body is dropped.
+    drop(service.oneshot(streamed()).await.unwrap());
+    let exchanges = sink.exchanges.lock().unwrap();
+    assert_eq!(exchanges.len(), 2);
+    assert_eq!(
+        (exchanges[0].input_tokens, exchanges[0].output_tokens),
+        (Some(40), Some(12))
+    );
+    assert_eq!(exchanges[1].output_tokens, None);
 }
