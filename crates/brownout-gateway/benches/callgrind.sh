@@ -1,7 +1,7 @@
 #!/bin/bash
 # Instruction counts per request under callgrind, in one run: the bare hyper proxy,
 # the gateway with no layer (the wiring), with every layer (gateway.sim.toml), and with
-# every layer and [observe] (metrics and the status board), each minus an idle start. See BENCHMARKS.md.
+# every layer and [observe] (metrics and the status board; and the SQLite log), each minus an idle start. See BENCHMARKS.md.
 #   BENCH=target/release/deps/proxy-<hash> GW=target/release/brownout-gateway \
 #     [OLD=an-older-brownout-gateway] [N=4000] [PER_LAYER=1] crates/brownout-gateway/benches/callgrind.sh
 # PER_LAYER=1 also measures every layer but one, for each layer: its marginal cost.
@@ -38,8 +38,9 @@ for line in every.splitlines():
     if not skip: out.append(line)
     if skip and line.startswith(']'): skip=False
 open('no-fallback.toml','w').write('\n'.join(out)+'\n')
-# every layer and [observe] (metrics, status board)
+# every layer and [observe]: metrics and the status board, and with the SQLite log too
 open('observe.toml','w').write(open('every.toml').read()+'\n[observe]\nmetrics = true\nstatus = true\n')
+open('observe-log.toml','w').write(open('every.toml').read()+'\n[observe]\nmetrics = true\nstatus = true\nsqlite = "observe.db"\n')
 for n in ['every','wiring']:
     t=open(n+'.toml').read().replace('\n[connections]\nper_client = 100000\ntotal = 100000\n','')
     open(n+'.old.toml','w').write(t)
@@ -63,6 +64,7 @@ BROWNOUT_BENCH_ROLE=bare measure bare $BENCH
 measure wiring $GW serve --config wiring.toml --log-level error
 measure every $GW serve --config every.toml --log-level error
 measure observe $GW serve --config observe.toml --log-level error
+measure observe-log $GW serve --config observe-log.toml --log-level error
 if [ -n "${PER_LAYER:-}" ]; then
   for l in degrade cache fallback breaker queue retry; do
     measure no-$l $GW serve --config no-$l.toml --log-level error
