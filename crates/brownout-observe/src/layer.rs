@@ -405,6 +405,19 @@ impl Pending {
         let exchange = Exchange::new(self.route.clone(), answer, status, self.started.elapsed());
         self.finish(exchange, None, 0);
     }
+
+    /// The caller hung up before the answer's head: its own doing, never counted
+    /// against availability, recorded as `499` (the status proxies log for it) with
+    /// the attempts made so far.
+    fn cancelled(&self) {
+        let exchange = Exchange::new(
+            self.route.clone(),
+            Answer::CallerError,
+            499,
+            self.started.elapsed(),
+        );
+        self.finish(exchange, None, 0);
+    }
 }
 
 /// How a stack's error reaches a caller: the answer, and the status a gateway gives it
@@ -489,7 +502,11 @@ where
                 inner: Some(inner),
             },
         };
-        ObserveFuture { state, pending }
+        ObserveFuture {
+            state,
+            pending,
+            done: false,
+        }
     }
 }
 
@@ -543,8 +560,13 @@ impl http_body::Body for Metered {
                 this.scanner.feed(&[], true);
                 record_tokens(this.exchange, this.scanner, this.sink);
             }
-            // A failed answer keeps the tokens seen; recorded when dropped.
-            Some(Err(_)) => {}
+            // An answer that fails half-way is a failure, whatever its head said;
+            // recorded (with the tokens seen) when the body is dropped.
+            Some(Err(error)) => {
+                if let Some(exchange) = this.exchange.as_mut() {
+                    exchange.answer = answer_of_error(error.as_ref()).0;
+                }
+            }
         }
         Poll::Ready(frame)
     }
@@ -564,6 +586,18 @@ pin_project_lite::pin_project! {
         #[pin]
         state: State<S>,
         pending: Pending,
+        // Whether the exchange was recorded: a future dropped before (the caller hung
+        // up) records it as cancelled.
+        done: bool,
+    }
+
+    impl<S: Service<Request<Body>>> PinnedDrop for ObserveFuture<S> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if !*this.done {
+                this.pending.cancelled();
+            }
+        }
     }
 }
 
@@ -613,6 +647,7 @@ where
                         let _entered = this.pending.span.enter();
                         ready!(future.poll(cx))
                     };
+                    *this.done = true;
                     return Poll::Ready(match result {
                         Ok(response) => Ok(this.pending.response(response)),
                         Err(error) => {
@@ -624,6 +659,7 @@ where
                 }
                 StateProj::Refused { error } => {
                     let error = error.take().expect("ObserveFuture polled after completion");
+                    *this.done = true;
                     this.pending.error(error.as_ref());
                     return Poll::Ready(Err(error));
                 }

@@ -331,3 +331,61 @@ async fn a_streamed_answer_s_final_usage_is_recorded_and_a_dropped_one_still_cou
     );
     assert_eq!(exchanges[1].output_tokens, None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_who_hangs_up_is_recorded_as_its_own_doing() {
+    let sink = Arc::new(Recorded::default());
+    let service = ServiceBuilder::new()
+        .layer(ObserveLayer::new(sink.clone()))
+        .service(tower::service_fn(|_: Request<Body>| {
+            std::future::pending::<Result<Response<Body>, BoxError>>()
+        }));
+    let call = service.oneshot(request("claude-opus-4-1"));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .is_err(),
+        "the upstream never answers"
+    );
+    let exchanges = sink.exchanges.lock().unwrap();
+    assert_eq!(exchanges.len(), 1, "recorded once, when the caller left");
+    assert_eq!(exchanges[0].answer, Answer::CallerError);
+    assert_eq!(exchanges[0].status, 499);
+}
+
+/// A body that sends the start of an answer, then fails (a cut connection).
+struct CutShort(bool);
+
+impl http_body::Body for CutShort {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        let first = !std::mem::replace(&mut self.0, true);
+        std::task::Poll::Ready(Some(if first {
+            Ok(http_body::Frame::data(bytes::Bytes::from_static(
+                b"{\"type\":",
+            )))
+        } else {
+            Err("connection reset".into())
+        }))
+    }
+}
+
+#[tokio::test]
+async fn an_answer_that_fails_half_way_is_a_failure() {
+    use http_body_util::BodyExt;
+    let sink = Arc::new(Recorded::default());
+    let service = ServiceBuilder::new()
+        .layer(ObserveLayer::new(sink.clone()))
+        .service(tower::service_fn(|_: Request<Body>| async {
+            Ok::<_, BoxError>(Response::new(Body::new(CutShort(false))))
+        }));
+    let response = service.oneshot(request("claude-opus-4-1")).await.unwrap();
+    assert!(response.into_body().collect().await.is_err());
+    let exchanges = sink.exchanges.lock().unwrap();
+    assert_eq!(exchanges.len(), 1);
+    assert_eq!(exchanges[0].answer, Answer::Failed);
+}

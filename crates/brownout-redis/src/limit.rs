@@ -251,12 +251,13 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl Inner {
-    fn name<'k>(&self, key: &'k LimitKey) -> &'k str {
+    fn name<'k>(&self, key: &'k LimitKey) -> std::borrow::Cow<'k, str> {
         let made = key.data(|| RedisName(self.make_name(key)));
         match made {
-            Some(name) => &name.0,
-            // A key another store's data claimed: never with one layer, one store.
-            None => key.name(),
+            Some(name) => std::borrow::Cow::Borrowed(&name.0),
+            // A key another store's data claimed (never with one layer, one store):
+            // made again, namespaced and fingerprinted all the same.
+            None => std::borrow::Cow::Owned(self.make_name(key)),
         }
     }
 
@@ -400,7 +401,7 @@ impl LimitStore for RedisLimitStore {
         let need = *need;
         Admission::Pending(Box::pin(async move {
             let mut conn = conn;
-            let mut inv = inner.script.key(inner.name(&key));
+            let mut inv = inner.script.key(&*inner.name(&key));
             inv.arg("a").arg(max_wait.as_secs_f64() * 1000.0);
             Inner::pairs(&mut inv, &key, Resource::ALL.map(|r| need.get(r)));
             inner.admissions.fetch_add(1, Relaxed);
@@ -564,7 +565,7 @@ async fn flush(inner: &Inner) {
         if amounts.is_zero() {
             continue;
         }
-        let mut inv = inner.script.key(inner.name(key));
+        let mut inv = inner.script.key(&*inner.name(key));
         inv.arg("g");
         Inner::pairs(&mut inv, key, Resource::ALL.map(|r| amounts.get(r)));
         pipe.invoke_script(&inv).ignore();
@@ -572,7 +573,7 @@ async fn flush(inner: &Inner) {
     for op in &others {
         match op {
             Pending::Learn(key, resource, remaining) => {
-                let mut inv = inner.script.key(inner.name(key));
+                let mut inv = inner.script.key(&*inner.name(key));
                 inv.arg("l");
                 let said = Resource::ALL.map(|r| {
                     if r == *resource {
@@ -585,7 +586,7 @@ async fn flush(inner: &Inner) {
                 pipe.invoke_script(&inv).ignore();
             }
             Pending::Pause(key, delay) => {
-                let mut inv = inner.script.key(inner.name(key));
+                let mut inv = inner.script.key(&*inner.name(key));
                 inv.arg("p").arg(millis(*delay));
                 Inner::pairs(&mut inv, key, [0.0; 4]);
                 pipe.invoke_script(&inv).ignore();
