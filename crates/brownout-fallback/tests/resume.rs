@@ -246,3 +246,98 @@ async fn a_tool_use_cut_mid_way_is_ended_not_resumed() {
         "no second model"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_event_that_never_ends_is_not_held_whole() {
+    let start = [
+        (
+            "message_start",
+            r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":5,"output_tokens":1}}}"#,
+        ),
+        (
+            "content_block_start",
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+        ),
+        (
+            "content_block_delta",
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#,
+        ),
+    ];
+    let end = [
+        (
+            "content_block_stop",
+            r#"{"type":"content_block_stop","index":0}"#,
+        ),
+        (
+            "message_delta",
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":2}}"#,
+        ),
+        ("message_stop", r#"{"type":"message_stop"}"#),
+    ];
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let polled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let polls = polled.clone();
+    let upstream = tower::service_fn(move |_: Request<Body>| {
+        let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let polls = polls.clone();
+        async move {
+            let event = |(name, data): &(&str, &str)| -> Result<Bytes, io::Error> {
+                Ok(Bytes::from(format!("event: {name}\ndata: {data}\n\n")))
+            };
+            let mut frames: VecDeque<Result<Bytes, io::Error>> = start.iter().map(event).collect();
+            if n == 0 {
+                // Then 4 MiB of one event that never ends, in 64 KiB frames.
+                for _ in 0..64 {
+                    frames.push_back(Ok(Bytes::from(vec![b'x'; 64 * 1024])));
+                }
+            } else {
+                frames.extend(end.iter().map(event));
+            }
+            Ok::<_, io::Error>(
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(Polled(
+                        Frames(frames),
+                        if n == 0 { Some(polls) } else { None },
+                    ))
+                    .unwrap(),
+            )
+        }
+    });
+    let client = resuming(SONNET, HAIKU).layer(guard().layer(upstream));
+    let response = client.oneshot(anthropic_request(SONNET)).await.unwrap();
+    let body = bytes(response.into_body()).await;
+    assert!(
+        body.len() < 64 * 1024,
+        "the endless event was not passed on"
+    );
+    let stream = anthropic(&body);
+    assert_eq!(stream.ended, Ended::Stop, "finished by the next model");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let read = polled.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        read < 3 + 32,
+        "given up after about 1 MiB of the endless event, not read whole: {read} frames"
+    );
+}
+
+/// Frames, counting how many were read.
+struct Polled(
+    Frames,
+    Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+);
+
+impl http_body::Body for Polled {
+    type Data = Bytes;
+    type Error = io::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, io::Error>>> {
+        if let Some(count) = &self.1 {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Pin::new(&mut self.0).poll_frame(cx)
+    }
+}

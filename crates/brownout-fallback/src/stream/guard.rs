@@ -302,6 +302,11 @@ impl Hold {
             };
             let whole = self.splitter.push(data);
             if whole.is_empty() {
+                if self.splitter.held() > super::MAX_EVENT_BYTES {
+                    return Poll::Ready(Committed::Failed(StreamFailed::cut(
+                        "an event longer than 1 MiB".into(),
+                    )));
+                }
                 continue;
             }
             let mut committed = None;
@@ -537,6 +542,10 @@ impl http_body::Body for GuardedBody {
                     }
                     let whole = this.splitter.push(data);
                     if whole.is_empty() {
+                        if this.splitter.held() > super::MAX_EVENT_BYTES {
+                            this.splitter.clear();
+                            this.fail(StreamFailure::Cut);
+                        }
                         continue;
                     }
                     let mut offset = 0;

@@ -102,6 +102,11 @@
 //! a Responses API stream, a request whose last message is already the assistant's,
 //! and a stream whose every remaining target failed.
 
+/// The longest unfinished event the guard or the stitching holds: past it the stream
+/// is treated as cut, as an upstream that never sends an event boundary would
+/// otherwise be held whole in memory.
+const MAX_EVENT_BYTES: usize = 1 << 20;
+
 mod guard;
 mod resume;
 

@@ -290,6 +290,14 @@ impl http_body::Body for ResumeBody {
                             kind: StreamFailure::ErrorEvent,
                             event: Some(event),
                         });
+                    } else if splitter.held() > super::MAX_EVENT_BYTES {
+                        // An event that never ends: a broken upstream, not one to hold
+                        // in memory. Ended like a cut.
+                        splitter.clear();
+                        this.failed(Failure {
+                            kind: StreamFailure::Cut,
+                            event: None,
+                        });
                     }
                 }
             }
