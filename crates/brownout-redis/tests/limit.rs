@@ -25,7 +25,7 @@ use brownout_limit::{LimitStore, Limits, LocalLimitStore, RateLimitConfig, RateL
 use brownout_redis::{FailMode, RedisConfig, RedisEvent, RedisLimitStore};
 use brownout_sim::{Script, Sim, SimBody};
 use bytes::Bytes;
-use common::{answers, deployment, free_port, redis_up, within};
+use common::{deployment, free_port, own_redis, redis_up, within};
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use tokio::time::{sleep, Instant};
@@ -222,38 +222,13 @@ impl OwnRedis {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Starts it; `None` (skip) without the binary outside CI.
+    /// Starts it, answering; `None` (skip) without the binary outside CI.
     async fn start(port: u16) -> Option<OwnRedis> {
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--enable-debug-command", "local"])
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn();
-        let child = match child {
-            Ok(child) => child,
-            Err(e) => {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "redis-server could not start: {e}"
-                );
-                println!("skipping: redis-server could not start: {e}");
-                return None;
-            }
-        };
-        let redis = OwnRedis {
+        let child = own_redis(port).await?;
+        Some(OwnRedis {
             port,
             child: Some(child),
-        };
-        let addr = redis.addr();
-        assert!(
-            within(Duration::from_secs(3), || answers(&addr))
-                .await
-                .is_some(),
-            "redis-server did not start"
-        );
-        Some(redis)
+        })
     }
 
     async fn kill(&mut self) {

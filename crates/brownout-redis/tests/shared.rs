@@ -22,7 +22,7 @@ use brownout_breaker::{
 };
 use brownout_core::event::Event;
 use brownout_redis::{RedisBreakerStore, RedisConfig, RedisEvent};
-use common::{answers, deployment, redis_up, within, URL};
+use common::{deployment, free_port, own_redis, redis_up, within, URL};
 use tokio::time::{sleep, Instant};
 
 fn breaker(failures: u32, open: Duration) -> BreakerConfig {
@@ -205,48 +205,13 @@ async fn the_fleets_counts_open_a_key() {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_redis(port: u16) -> Option<tokio::process::Child> {
-    let child = tokio::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--enable-debug-command", "local"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn();
-    match child {
-        Ok(child) => Some(child),
-        Err(e) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "redis-server could not start: {e}"
-            );
-            println!("skipping: redis-server could not start: {e}");
-            None
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_run_means_local_state_then_shared_again() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let Some(mut server) = start_redis(port) else {
+    let Some(mut server) = own_redis(port).await else {
         return;
     };
-    assert!(
-        within(Duration::from_secs(2), || answers(&addr))
-            .await
-            .is_some(),
-        "redis-server did not start"
-    );
     let url = format!("redis://{addr}");
     let events: Arc<Mutex<Vec<RedisEvent>>> = Arc::default();
     let seen = events.clone();
@@ -289,7 +254,7 @@ async fn redis_killed_mid_run_means_local_state_then_shared_again() {
     assert!(!a.entry(key, Instant::now()).is_available(Instant::now()));
 
     // Back: shared state resumes.
-    let Some(_server) = start_redis(port) else {
+    let Some(_server) = own_redis(port).await else {
         return;
     };
     let resumed = within(Duration::from_secs(3), || async {
@@ -326,15 +291,9 @@ async fn redis_killed_mid_run_means_local_state_then_shared_again() {
 async fn a_slow_redis_is_a_lost_redis_until_it_answers_in_time() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let Some(_server) = start_redis(port) else {
+    let Some(_server) = own_redis(port).await else {
         return;
     };
-    assert!(
-        within(Duration::from_secs(2), || answers(&addr))
-            .await
-            .is_some(),
-        "redis-server did not start"
-    );
     let url = format!("redis://{addr}");
     let events: Arc<Mutex<Vec<RedisEvent>>> = Arc::default();
     let seen = events.clone();
@@ -398,15 +357,9 @@ async fn a_slow_redis_is_a_lost_redis_until_it_answers_in_time() {
 async fn dropping_the_store_ends_its_connection() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let Some(_server) = start_redis(port) else {
+    let Some(_server) = own_redis(port).await else {
         return;
     };
-    assert!(
-        within(Duration::from_secs(2), || answers(&addr))
-            .await
-            .is_some(),
-        "redis-server did not start"
-    );
     let url = format!("redis://{addr}");
     let clients = {
         let url = url.clone();

@@ -67,6 +67,8 @@ pub async fn own_redis(port: u16) -> Option<tokio::process::Child> {
     let child = tokio::process::Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
+        // `DEBUG SLEEP`, for the tests of a Redis that answers late.
+        .args(["--enable-debug-command", "local"])
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn();
