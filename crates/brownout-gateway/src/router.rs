@@ -778,20 +778,7 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names first: most messages carry none of these, and a scan
     // costs less than a lookup per name.
-    if !headers.keys().any(|name| {
-        matches!(
-            name.as_str(),
-            "connection"
-                | "te"
-                | "trailer"
-                | "transfer-encoding"
-                | "upgrade"
-                | "proxy-authorization"
-                | "proxy-authenticate"
-                | "keep-alive"
-                | "proxy-connection"
-        )
-    }) {
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
     }
     if headers.contains_key(header::CONNECTION) {
@@ -812,7 +799,7 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP.iter() {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
