@@ -146,11 +146,9 @@ where
     };
     let store = &shared.store;
     let keying = &config.keying;
-    let key = store
-        .key_of(keying.exact(&store.secret, &parts, &data), || {
-            keying.key(&parts, &data)
-        })
-        .await;
+    let key = store.key_of(keying.exact(&store.secret, &parts, &data), || {
+        keying.key(&parts, &data)
+    });
 
     let mut guard = None;
     if config.mode == Mode::FreshHit {

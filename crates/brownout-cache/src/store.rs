@@ -227,15 +227,66 @@ pub(crate) struct Store {
     /// The key of each exact byte form of a request seen lately
     /// ([`Keying::exact`](crate::key::Keying::exact) → [`Keying::key`](crate::key::Keying::key)),
     /// so that a request sent again as the same bytes is keyed without parsing its JSON
-    /// into canonical form (a tenth of the cost on a 2 KB body). As many as the store
-    /// holds entries; a forgotten one is only computed again.
-    keys: moka::future::Cache<Exact, CacheKey>,
+    /// into canonical form (a tenth of the cost on a 2 KB body).
+    keys: KeyMemo,
     /// The secret of those exact digests.
     pub(crate) secret: ExactSecret,
     /// Fresh-hit misses being fetched: followers wait on the leader's channel. Only
     /// touched on a miss in fresh-hit mode.
     in_flight: Mutex<HashMap<CacheKey, watch::Receiver<()>>>,
     pub(crate) max_entry_bytes: usize,
+}
+
+/// The memo of [`Store::key_of`]: a direct-mapped table, one slot per exact digest's
+/// low bits, each holding the last digest that landed there and its key.
+///
+/// A memo of a pure function may forget at will: a digest whose slot another one took
+/// is only keyed again. Direct-mapped rather than a second moka cache because the memo
+/// is asked on every request and written on every new one (most requests of an LLM
+/// gateway are new: a conversation grows), where moka's get and insert with their
+/// bookkeeping cost about as much as the rest of a stale-if-error miss together (the
+/// gateway's `callgrind.sh`, `every` with the cache on and off). A slot's lock is held
+/// for a copy of 48 bytes; two requests meet on one only when their digests share the
+/// slot bits.
+struct KeyMemo {
+    slots: Box<[Mutex<Option<(Exact, CacheKey)>>]>,
+    mask: usize,
+}
+
+impl KeyMemo {
+    /// As many slots as the store holds entries, rounded up to a power of two, and at
+    /// least 64 and at most 65,536 (3 MiB).
+    fn new(max_entries: u64) -> Self {
+        let slots = usize::try_from(max_entries)
+            .unwrap_or(usize::MAX)
+            .clamp(64, 1 << 16)
+            .next_power_of_two();
+        KeyMemo {
+            slots: (0..slots).map(|_| Mutex::new(None)).collect(),
+            mask: slots - 1,
+        }
+    }
+
+    fn slot(&self, exact: Exact) -> &Mutex<Option<(Exact, CacheKey)>> {
+        // The digest is a keyed pseudo-random function's output: its low bits are as
+        // good an index as any.
+        &self.slots[(exact as usize) & self.mask]
+    }
+
+    fn get(&self, exact: Exact) -> Option<CacheKey> {
+        let slot = *self
+            .slot(exact)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        slot.and_then(|(seen, key)| (seen == exact).then_some(key))
+    }
+
+    fn insert(&self, exact: Exact, key: CacheKey) {
+        *self
+            .slot(exact)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((exact, key));
+    }
 }
 
 /// What a miss in fresh-hit mode should do.
@@ -270,9 +321,7 @@ impl Store {
             Some(store) => Entries::Custom(store.clone()),
             None => Entries::Local(LocalCacheStore::new(config)),
         };
-        let keys = moka::future::Cache::builder()
-            .max_capacity(config.max_entries.max(1))
-            .build();
+        let keys = KeyMemo::new(config.max_entries);
         Store {
             entries,
             keys,
@@ -283,17 +332,13 @@ impl Store {
     }
 
     /// The key of a request whose exact form is `exact`, made by `key` the first time.
-    pub(crate) async fn key_of(
-        &self,
-        exact: Option<Exact>,
-        key: impl FnOnce() -> CacheKey,
-    ) -> CacheKey {
+    pub(crate) fn key_of(&self, exact: Option<Exact>, key: impl FnOnce() -> CacheKey) -> CacheKey {
         let Some(exact) = exact else { return key() };
-        if let Some(known) = self.keys.get(&exact).await {
+        if let Some(known) = self.keys.get(exact) {
             return known;
         }
         let made = key();
-        self.keys.insert(exact, made).await;
+        self.keys.insert(exact, made);
         made
     }
 
@@ -369,17 +414,26 @@ mod tests {
             made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             key(k)
         };
-        assert_eq!(store.key_of(Some(100), || make(1)).await, key(1));
-        assert_eq!(
-            store.key_of(Some(100), || make(2)).await,
-            key(1),
-            "remembered"
-        );
-        assert_eq!(store.key_of(Some(101), || make(1)).await, key(1));
+        assert_eq!(store.key_of(Some(100), || make(1)), key(1));
+        assert_eq!(store.key_of(Some(100), || make(2)), key(1), "remembered");
+        assert_eq!(store.key_of(Some(101), || make(1)), key(1));
         assert_eq!(made.load(std::sync::atomic::Ordering::Relaxed), 2);
         // Without an exact form (a key function of the user's), nothing is remembered.
-        assert_eq!(store.key_of(None, || make(3)).await, key(3));
-        assert_eq!(store.key_of(None, || make(4)).await, key(4));
+        assert_eq!(store.key_of(None, || make(3)), key(3));
+        assert_eq!(store.key_of(None, || make(4)), key(4));
+    }
+
+    #[test]
+    fn two_byte_forms_on_one_slot_are_each_keyed_right() {
+        let memo = KeyMemo::new(100);
+        assert_eq!(memo.mask, 127);
+        memo.insert(5, key(1));
+        memo.insert(5 + 128, key(2));
+        assert_eq!(memo.get(5), None, "forgotten: its slot was taken");
+        assert_eq!(memo.get(5 + 128), Some(key(2)));
+        assert_eq!(memo.get(6), None);
+        assert_eq!(KeyMemo::new(0).slots.len(), 64);
+        assert_eq!(KeyMemo::new(u64::MAX).slots.len(), 1 << 16);
     }
 
     fn key(i: u32) -> CacheKey {

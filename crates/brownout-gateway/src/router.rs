@@ -274,7 +274,11 @@ where
         let started = Instant::now();
         let shared = &*self.shared;
         let method = request.method().clone();
-        let path: Box<str> = request.uri().path().into();
+        // The caller's path, for the log and the gateway's own errors: the request's
+        // URI shares hyper's read buffer, so a clone costs a reference count where a
+        // copy of the path would cost an allocation.
+        let original = request.uri().clone();
+        let path = original.path();
         let headers = shared.headers;
         let refuse = |status: StatusCode, api: provider::Api, message: &str| {
             let response = own_error(api, status, ErrorKind::InvalidRequest, message, true);
@@ -323,8 +327,11 @@ where
         remove_hop_by_hop(&mut parts.headers);
         // The caller addressed the gateway; the client names the upstream's host.
         parts.headers.remove(header::HOST);
-        // The one replay limit of the whole stack, from the config.
-        parts.extensions.insert(shared.limits);
+        // The one replay limit of the whole stack, from the config (read as the
+        // defaults when absent: no extension map is made for them).
+        if shared.limits != BodyLimits::default() {
+            parts.extensions.insert(shared.limits);
+        }
         let mut request =
             Request::from_parts(parts, Timed::new(body, started, shared.body_timeout));
 
@@ -358,10 +365,10 @@ where
                                 breakers: shared.layers.breakers(),
                                 models,
                             };
-                            failure(api, &*error, &method, &path, &answering)
+                            failure(api, &*error, &method, original.path(), &answering)
                         }
                     };
-                    log(&method, &path, &response, started);
+                    log(&method, original.path(), &response, started);
                     Ok(response)
                 })
             }
@@ -392,10 +399,10 @@ where
                                 breakers: None,
                                 models: Arc::from([]),
                             };
-                            failure(api, &*error, &method, &path, &answering)
+                            failure(api, &*error, &method, original.path(), &answering)
                         }
                     };
-                    log(&method, &path, &response, started);
+                    log(&method, original.path(), &response, started);
                     Ok(response)
                 })
             }
