@@ -259,21 +259,31 @@ async fn store_response(store: &Store, key: CacheKey, response: Response<Body>) 
     if let Some(data) = storable {
         // Copied: a body or header value fresh from hyper shares its read buffer, which
         // the entry would otherwise keep alive (kilobytes for a short answer) outside
-        // the byte bound.
-        let headers = parts
-            .headers
-            .iter()
-            .filter_map(|(name, value)| {
-                let mut copy = HeaderValue::from_bytes(value.as_bytes()).ok()?;
-                copy.set_sensitive(value.is_sensitive());
-                Some((name.clone(), copy))
-            })
-            .collect();
+        // the byte bound. Into one buffer, body then header values, which the entry's
+        // body and values are slices of: one allocation per entry, not one per value.
+        let values: usize = parts.headers.values().map(HeaderValue::len).sum();
+        let mut copy = Vec::with_capacity(data.len() + values);
+        copy.extend_from_slice(data);
+        for value in parts.headers.values() {
+            copy.extend_from_slice(value.as_bytes());
+        }
+        let copy = Bytes::from(copy);
+        let mut at = data.len();
+        let mut headers = http::HeaderMap::with_capacity(parts.headers.len());
+        for (name, value) in &parts.headers {
+            let bytes = copy.slice(at..at + value.len());
+            at += value.len();
+            // The bytes of a valid value: checked again, never refused.
+            if let Ok(mut stored) = HeaderValue::from_maybe_shared(bytes) {
+                stored.set_sensitive(value.is_sensitive());
+                headers.append(name.clone(), stored);
+            }
+        }
         let entry = CachedResponse::new(
             parts.status,
             parts.version,
             headers,
-            Bytes::copy_from_slice(data),
+            copy.slice(..data.len()),
             Instant::now(),
         );
         store.insert(key, entry).await;

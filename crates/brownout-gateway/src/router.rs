@@ -781,11 +781,28 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     HeaderName::from_static("proxy-connection"),
 ];
 
+/// Whether `name` is one of [`HOP_BY_HOP`].
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+            | "keep-alive"
+            | "proxy-connection"
+    )
+}
+
 /// Removes the hop-by-hop headers, including those the `connection` header names.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names first: most messages carry none of these, and a scan
-    // costs less than a lookup per name.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    // One pass over the names first: most messages carry none of these. Each name is
+    // matched as text (by length, then bytes), not compared with every name of the
+    // list: a tenth of the instructions (the gateway's `callgrind.sh`, wiring).
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
     if headers.contains_key(header::CONNECTION) {
@@ -842,6 +859,21 @@ fn origin_form(uri: &Uri) -> Uri {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hop_by_hop_match_is_the_list() {
+        for name in &HOP_BY_HOP {
+            assert!(is_hop_by_hop(name), "{name}");
+        }
+        for name in ["content-type", "x-api-key", "tE", "connections", "keep"] {
+            if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+                assert!(
+                    !is_hop_by_hop(&name) || HOP_BY_HOP.contains(&name),
+                    "{name}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn hop_by_hop_headers_are_removed_and_the_rest_kept() {
