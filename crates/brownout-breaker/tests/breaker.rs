@@ -385,6 +385,47 @@ async fn growing_open_times_double_with_jitter() {
     assert_eq!(handle.state(M).unwrap().trips, 4);
 }
 
+/// The example gateway config's breaker (`open_for = "10s"`, `open_for_max = "20s"`,
+/// `half_open_successes = 2`): however long the outage, a model that is back is
+/// probed again within 20 s, and one lucky answer in the middle of an overload does not
+/// close the breaker.
+#[tokio::test(start_paused = true)]
+async fn open_times_stop_growing_at_the_max_and_one_lucky_probe_does_not_close() {
+    let config = consecutive(1)
+        .open_duration(OpenDuration::growing(10 * SECOND, 20 * SECOND).unwrap())
+        .half_open_successes(2);
+    let (client, upstream, handle) = breaker(config);
+    upstream.script(M, [Step::Status(529)]);
+    send(&client, M).await.unwrap();
+    for trip in 1..8 {
+        let open_for = handle.state(M).unwrap().open_for.unwrap();
+        let ceiling = if trip == 1 { 10 * SECOND } else { 20 * SECOND };
+        assert!(
+            open_for >= ceiling / 2 && open_for <= ceiling,
+            "trip {trip}: {open_for:?}"
+        );
+        tokio::time::advance(open_for).await;
+        // The probe meets the overload again.
+        upstream.script(M, [Step::Status(529)]);
+        send(&client, M).await.unwrap();
+    }
+    assert_eq!(handle.state(M).unwrap().trips, 8);
+
+    // A lucky probe, then the overload again: still not closed, open again.
+    tokio::time::advance(handle.state(M).unwrap().open_for.unwrap()).await;
+    assert_eq!(send(&client, M).await.unwrap(), 200);
+    assert_eq!(state(&handle, M), CircuitState::HalfOpen);
+    upstream.script(M, [Step::Status(529)]);
+    send(&client, M).await.unwrap();
+    assert_eq!(state(&handle, M), CircuitState::Open);
+
+    // Two good probes in a row close it.
+    tokio::time::advance(handle.state(M).unwrap().open_for.unwrap()).await;
+    assert_eq!(send(&client, M).await.unwrap(), 200);
+    assert_eq!(send(&client, M).await.unwrap(), 200);
+    assert_eq!(state(&handle, M), CircuitState::Closed);
+}
+
 #[tokio::test(start_paused = true)]
 async fn one_models_outage_never_blocks_another() {
     let (client, upstream, handle) = breaker(consecutive(2));

@@ -14,13 +14,23 @@
 //! most 800 ms, probes after at most 100 ms and counts a call 120 ms in flight as a
 //! success for slow start: first `fallback > breaker > queue > retry` (the fallback
 //! asking both handles), then `fallback > queue > breaker > retry` (the queue asking the
-//! breaker's handle). Other settings: `FIGURES_VARIANTS="wait,max_wait,probe_after,
-//! early_ack[,1 for the breaker outside];…"` in milliseconds (0: off);
-//! `FIGURES_DEBUG=1` prints every event.
+//! breaker's handle). The breakers are the example config's: open 10 s the first time,
+//! doubling on repeated trips up to 20 s (jittered: half to all of it), closed again
+//! by two successful probes in a row.
+//!
+//! Other settings: `FIGURES_VARIANTS="wait,max_wait,probe_after,early_ack[,1 for the
+//! breaker outside];…"` in milliseconds (0: off); `FIGURES_BREAKER="open_for,
+//! open_for_max[,half_open_successes]"` in milliseconds (`10000,20000,2`);
+//! `FIGURES_SEED=n` for the breakers' jitter (1); `FIGURES_DEBUG=1` prints every event
+//! and every answer of the simulator; `FIGURES_BREAKDOWN=1` sorts the preferred
+//! model's failed attempts by when they reached it.
 //!
 //! Besides the runner's report it prints the preferred model's share of answers next to
 //! the share of time it was available, and, for each end of an unavailable stretch,
-//! how many requests reached the preferred model in the next 100 ms.
+//! how many requests reached the preferred model in the next 100 ms, next to what slow
+//! start admits in that window: the probe, then one round per `early_ack` that has
+//! passed since (2, 4 …), that is `2^(floor(100 ms / early_ack) + 1) - 1` counted from
+//! a probe sent at the recovery or later — with `early_ack` 120 ms, the probe alone.
 
 use std::{
     sync::{Arc, Mutex},
@@ -39,7 +49,16 @@ use tower::{service_fn, ServiceBuilder, ServiceExt};
 
 const PREFERRED: &str = "claude-sonnet-4-5";
 
-type Log = Arc<Mutex<Vec<(Duration, String)>>>;
+/// The window after a recovery in which requests reaching the preferred model are
+/// counted, in milliseconds.
+const RECOVERY_WINDOW_MS: u64 = 100;
+
+/// When each request reached the simulator, for which model, and the status it got
+/// (0: no answer).
+/// When the current run started, for the debug output.
+static START: Mutex<Option<Instant>> = Mutex::new(None);
+
+type Log = Arc<Mutex<Vec<(Duration, String, u16)>>>;
 
 /// The simulator, logging when each request reaches it and for which model.
 fn recorded(
@@ -52,24 +71,47 @@ fn recorded(
     Future = impl Send,
 > + Clone {
     let start = Instant::now();
+    *START.lock().unwrap() = Some(start);
     log.lock().unwrap().clear();
     service_fn(move |request: Request<Body>| {
         let model = RequestFacts::of(request.extensions())
             .and_then(RequestFacts::model)
             .unwrap_or("")
             .to_owned();
-        log.lock().unwrap().push((start.elapsed(), model));
+        let i = {
+            let mut log = log.lock().unwrap();
+            log.push((start.elapsed(), model, 0));
+            log.len() - 1
+        };
         let sim = sim.clone();
-        async move { sim.oneshot(request).await.map_err(Into::into) }
+        let log = log.clone();
+        async move {
+            let result = sim.oneshot(request).await;
+            if let Ok(response) = &result {
+                let mut log = log.lock().unwrap();
+                log[i].2 = response.status().as_u16();
+                if std::env::var_os("FIGURES_DEBUG").is_some() {
+                    println!(
+                        "{:>9.3} sim {} sent at {:.3}: {}",
+                        start.elapsed().as_secs_f64(),
+                        log[i].1,
+                        log[i].0.as_secs_f64(),
+                        log[i].2
+                    );
+                }
+            }
+            result.map_err(Into::into)
+        }
     })
 }
 
 /// With `FIGURES_DEBUG` set, prints the layers' events.
 fn debug(event: &brownout_core::event::Event) {
     if std::env::var_os("FIGURES_DEBUG").is_some() {
+        let start = START.lock().unwrap().unwrap_or_else(Instant::now);
         println!(
-            "{:?} {} {} {}",
-            Instant::now(),
+            "{:>9.3} {} {} {}",
+            start.elapsed().as_secs_f64(),
             event.layer,
             event.name(),
             event.fields_text()
@@ -78,14 +120,24 @@ fn debug(event: &brownout_core::event::Event) {
 }
 
 fn breakers() -> CircuitBreakerLayer {
+    let open: Vec<u64> = std::env::var("FIGURES_BREAKER")
+        .unwrap_or_else(|_| "10000,20000,2".into())
+        .split(',')
+        .map(|v| v.parse().unwrap())
+        .collect();
     CircuitBreakerLayer::new(
         BreakerConfig::new()
             .policy(FailurePolicy::failure_rate(0.5, Window::Count(20), 10).unwrap())
             .open_duration(
-                OpenDuration::growing(Duration::from_secs(10), Duration::from_secs(120)).unwrap(),
+                OpenDuration::growing(
+                    Duration::from_millis(open[0]),
+                    Duration::from_millis(open[1]),
+                )
+                .unwrap(),
             )
             .half_open_probes(1)
-            .seed(1)
+            .half_open_successes(open.get(2).copied().unwrap_or(1) as u32)
+            .seed(std::env::var("FIGURES_SEED").map_or(1, |s| s.parse().unwrap()))
             .listener(debug),
     )
 }
@@ -199,11 +251,10 @@ async fn figures(name: &str, script: Script, span_ms: u64) {
     let mut stacks = vec![pipeline(logs[0].clone())];
     let variants = std::env::var("FIGURES_VARIANTS")
         .unwrap_or_else(|_| "500,800,100,120,1;500,800,100,120".into());
-    for (i, variant) in variants.split(';').enumerate() {
+    for variant in variants.split(';') {
         let ms: Vec<u64> = variant.split(',').map(|v| v.parse().unwrap()).collect();
         let log = Log::default();
         logs.push(log.clone());
-        let _ = i;
         stacks.push(queued(
             format!(
                 "queue wait={} max_wait={} probe_after={} ack={}{}",
@@ -234,25 +285,74 @@ async fn figures(name: &str, script: Script, span_ms: u64) {
             .iter()
             .map(|(_, end)| {
                 log.iter()
-                    .filter(|(at, model)| {
+                    .filter(|(at, model, _)| {
                         let at = at.as_millis() as u64;
-                        model == PREFERRED && at >= *end && at < end + 100
+                        model == PREFERRED && at >= *end && at < end + RECOVERY_WINDOW_MS
                     })
                     .count()
             })
             .collect();
+        if std::env::var_os("FIGURES_BREAKDOWN").is_some() {
+            let inside = |at: u64| windows.iter().find(|(a, b)| at >= *a && at < *b);
+            let (mut ok, mut fail_out, mut fail_early, mut fail_in, mut other) = (0, 0, 0, 0, 0);
+            for (at, model, status) in log.iter() {
+                let at = at.as_millis() as u64;
+                if model != PREFERRED {
+                    other += 1;
+                } else if *status == 200 {
+                    ok += 1;
+                } else {
+                    match inside(at) {
+                        None => fail_out += 1,
+                        Some((a, _)) if at < a + 150 => fail_early += 1,
+                        Some(_) => fail_in += 1,
+                    }
+                }
+            }
+            println!(
+                "  {}: preferred ok {ok}, failed outside {fail_out}, in first 150 ms {fail_early}, later in {fail_in}; other models {other}",
+                report.stack
+            );
+        }
+        // What slow start admits in the window (the pipeline has none).
+        let ack = report
+            .stack
+            .split(" ack=")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .filter(|ms| *ms > 0);
+        let bound = ack.map(|ack| (1usize << (RECOVERY_WINDOW_MS / ack + 1)) - 1);
+        let over: Vec<String> = match bound {
+            Some(bound) => windows
+                .iter()
+                .zip(&after_recovery)
+                .filter(|(_, n)| **n > bound)
+                .map(|((_, end), n)| format!("{n} at {:.2} s", *end as f64 / 1000.0))
+                .collect(),
+            None => Vec::new(),
+        };
         let answered = report.answered.total.max(1) as f64;
         println!(
             "{}: answered {:.1} %, preferred {:.1} % of answers, {:.2} upstream/request, p50 {:.0} ms, p99 {:.0} ms; \
-             requests reaching {PREFERRED} in the 100 ms after each recovery: max {}, mean {:.2}",
+             requests reaching {PREFERRED} in the 100 ms after each of {} recoveries: max {}, mean {:.2}; \
+             slow start admits {}: over it {} times{}",
             report.stack,
             100.0 * report.answered.total as f64 / report.requests as f64,
             100.0 * report.answered.first_choice as f64 / answered,
             report.upstream.amplification,
             report.latency.p50_ms,
             report.latency.p99_ms,
+            after_recovery.len(),
             after_recovery.iter().max().unwrap_or(&0),
             after_recovery.iter().sum::<usize>() as f64 / after_recovery.len().max(1) as f64,
+            bound.map_or("- (no queue)".to_owned(), |b| b.to_string()),
+            over.len(),
+            if over.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", over.join(", "))
+            },
         );
     }
     println!();

@@ -76,6 +76,11 @@ struct KeyState {
     /// Counts the halvings: an overload of a call admitted before the last one does
     /// not halve the limit again.
     epoch: u64,
+    /// The epoch the current hold began in: calls sent before it (while nothing
+    /// limited the key) no longer count in `in_flight`, and their answers do not grow
+    /// slow start.
+    held_from: u64,
+    /// Calls in flight sent since the hold began (all of them while no hold is on).
     in_flight: u32,
     queue: BTreeMap<Slot, Waiter>,
     callers: HashMap<Fingerprint, usize>,
@@ -123,7 +128,8 @@ pub(crate) struct Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if self.armed {
-            self.shared.finish(&self.key, !self.acked);
+            self.shared
+                .finish(&self.key, (!self.acked).then_some(self.epoch));
         }
     }
 }
@@ -227,8 +233,7 @@ impl Shared {
                 state.health_blocked = true;
                 if state.limit.is_none() {
                     // A half-open probe first once it is back.
-                    state.limit = Some(1);
-                    state.ssthresh = u32::MAX;
+                    begin_hold(state);
                 }
             }
             return false;
@@ -414,10 +419,12 @@ impl Shared {
         true
     }
 
-    fn finish(self: &Arc<Self>, key: &Arc<Key>, in_flight: bool) {
+    /// A call ends; `in_flight`: the epoch it was admitted in, while it still counts
+    /// in flight (not yet past `early_ack`).
+    fn finish(self: &Arc<Self>, key: &Arc<Key>, in_flight: Option<u64>) {
         let now = Instant::now();
         let mut state = lock(&key.state);
-        if in_flight {
+        if in_flight.is_some_and(|epoch| epoch >= state.held_from) {
             state.in_flight = state.in_flight.saturating_sub(1);
         }
         self.dispatch(key, &mut state, now);
@@ -465,10 +472,7 @@ impl Shared {
             }
             match state.limit {
                 None if delay.is_some() => {
-                    state.limit = Some(1);
-                    state.ssthresh = u32::MAX;
-                    state.acked = 0;
-                    state.epoch += 1;
+                    begin_hold(&mut state);
                     change = Some((Some(1), "unavailable"));
                 }
                 None => {}
@@ -493,7 +497,12 @@ impl Shared {
                 }
                 Some(_) => {}
             }
-        } else if kind == OutcomeKind::Success && !permit.is_some_and(|p| p.acked) {
+        } else if kind == OutcomeKind::Success
+            && permit.is_some_and(|p| !p.acked && p.epoch == state.epoch)
+        {
+            // Only a call admitted in this round is slow start's evidence: one sent
+            // before the hold began was accepted before the overload, and its answer
+            // says nothing of the capacity now.
             change = self.grow(&mut state);
         }
         self.dispatch(&key, &mut state, now);
@@ -631,6 +640,19 @@ impl Shared {
     pub(crate) fn emit(&self, event: Event) {
         self.events.emit(event);
     }
+}
+
+/// The key becomes unavailable while nothing limited it: one probe first. The calls
+/// already in flight were sent before the hold and no longer count against admission:
+/// slow start did not admit them, and waiting for them (LLM answers take seconds)
+/// would keep the probe back long after the key recovered.
+fn begin_hold(state: &mut KeyState) {
+    state.limit = Some(1);
+    state.ssthresh = u32::MAX;
+    state.acked = 0;
+    state.epoch += 1;
+    state.held_from = state.epoch;
+    state.in_flight = 0;
 }
 
 fn leave_caller(state: &mut KeyState, caller: Option<Fingerprint>) {

@@ -683,6 +683,85 @@ async fn a_call_in_flight_past_early_ack_lets_slow_start_admit_the_next() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_call_sent_before_the_hold_that_succeeds_does_not_grow_slow_start() {
+    let upstream = Upstream::new();
+    let (client, handle) = client(
+        QueueConfig::new()
+            .early_ack(Duration::from_secs(1))
+            .max_wait(Duration::from_secs(2)),
+        &upstream,
+    );
+    // Sent while nothing is wrong: accepted before the overload, answered during it.
+    upstream.script(MODEL, [Step::Slow(Duration::from_millis(150), 200)]);
+    let before = spawn(&client, request(MODEL, 0));
+    settle().await;
+    overload_for(&client, &upstream, 200).await;
+    upstream.otherwise(Step::Gate(200));
+    let answers: Vec<Answer> = (1..=3).map(|i| spawn(&client, request(MODEL, i))).collect();
+    settle().await;
+    advance(150).await;
+    assert_eq!(status_of(before).await, 200);
+    assert_eq!(
+        handle.admission(MODEL),
+        Some(1),
+        "its success says nothing of the capacity now"
+    );
+    assert_eq!(upstream.calls(), 2, "nothing goes before the hold ends");
+    advance(50).await;
+    assert_eq!(upstream.calls(), 3, "then the probe alone");
+    assert_eq!(handle.depth(MODEL), 2);
+    upstream.release(3);
+    for answer in answers {
+        assert_eq!(status_of(answer).await, 200);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_in_flight_when_a_hold_begins_do_not_keep_the_probe_back() {
+    let upstream = Upstream::new();
+    let (client, handle) = client(
+        QueueConfig::new()
+            .early_ack(Duration::from_millis(100))
+            .max_wait(Duration::from_secs(2)),
+        &upstream,
+    );
+    overload_for(&client, &upstream, 50).await;
+    upstream.otherwise(Step::Gate(200));
+    let probe = spawn(&client, request(MODEL, 1));
+    settle().await;
+    advance(150).await;
+    assert_eq!(handle.admission(MODEL), None, "recovered: nobody waits");
+    // Sent while the key is still tracked (the probe is in flight) but not limited.
+    let late: Vec<Answer> = (2..=3).map(|i| spawn(&client, request(MODEL, i))).collect();
+    settle().await;
+    assert_eq!(upstream.calls(), 4);
+    // A new burst: the next call is overloaded, a hold begins, and the request is
+    // held again in the queue.
+    upstream.script(MODEL, [overloaded(100)]);
+    let held = spawn(&client, request(MODEL, 4));
+    settle().await;
+    assert_eq!(upstream.calls(), 5);
+    assert_eq!(handle.admission(MODEL), Some(1));
+    assert_eq!(handle.depth(MODEL), 1);
+    advance(100).await;
+    assert_eq!(
+        upstream.calls(),
+        6,
+        "the probe goes when the hold ends, though three older calls are in flight"
+    );
+    // The older calls' answers are no evidence for slow start.
+    upstream.release(3);
+    settle().await;
+    assert_eq!(handle.admission(MODEL), Some(1));
+    upstream.release(1);
+    assert_eq!(status_of(probe).await, 200);
+    for answer in late {
+        assert_eq!(status_of(answer).await, 200);
+    }
+    assert_eq!(status_of(held).await, 200);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_held_request_that_meets_a_new_overload_is_held_again_in_its_place() {
     let upstream = Upstream::new();
     let (client, handle) = client(
@@ -737,4 +816,37 @@ fn both_health_views_must_say_yes() {
     let both = layer.handle().and(|key: &str| key != "down");
     assert!(both.is_available(MODEL));
     assert!(!both.is_available("down"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_outside_does_not_count_the_queues_sheds_as_upstream_failures() {
+    use brownout_breaker::{BreakerConfig, CircuitBreakerLayer, FailurePolicy, OpenDuration};
+    let upstream = Upstream::new();
+    let breakers = CircuitBreakerLayer::new(
+        BreakerConfig::new()
+            .policy(FailurePolicy::consecutive(2).unwrap())
+            .open_duration(OpenDuration::Fixed(Duration::from_secs(10))),
+    );
+    let breaker = breakers.handle();
+    let client = ServiceBuilder::new()
+        .layer(breakers)
+        .layer(QueueLayer::new(
+            QueueConfig::new().max_wait(Duration::from_millis(100)),
+        ))
+        .service(upstream.clone());
+    // One upstream 529 (one failure of two): the key is held for a second.
+    upstream.script(MODEL, [overloaded(1000)]);
+    let first = client.clone().oneshot(request(MODEL, 0)).await.unwrap();
+    assert_eq!(first.status(), 529);
+    // The queue answers these itself (the wait is longer than max_wait): its own 529s.
+    for i in 1..=5 {
+        let shed = client.clone().oneshot(request(MODEL, i)).await.unwrap();
+        assert_eq!(shed.status(), 529);
+        assert!(shed.extensions().get::<Shed>().is_some());
+    }
+    assert_eq!(upstream.calls(), 1, "none of them reached the upstream");
+    assert!(
+        brownout_core::health::Health::is_available(&breaker, MODEL),
+        "the sheds are the layer's own answers: the breaker stays closed"
+    );
 }
