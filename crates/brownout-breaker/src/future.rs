@@ -28,7 +28,7 @@ use crate::{
     handle::emit_transition,
     keys::host_key,
     refusal::refusal,
-    shared::Shared,
+    shared::{Judge, Shared},
     state::{Admission, Permit, Verdict},
     store::BreakerEntry,
     BreakerEvent, CircuitOpen,
@@ -49,7 +49,6 @@ pin_project! {
     {
         #[pin]
         state: State<S>,
-        shared: Arc<Shared>,
         call: Option<Admitted>,
     }
 }
@@ -75,6 +74,7 @@ pin_project! {
 struct Pending<S> {
     inner: S,
     prepare: Pin<Box<Prepare>>,
+    shared: Arc<Shared>,
 }
 
 /// An admitted call: its breaker and permit. Dropping it before the verdict gives the
@@ -83,6 +83,10 @@ struct Admitted {
     entry: Arc<dyn BreakerEntry>,
     permit: Option<Permit>,
     start: Instant,
+    /// What the verdict needs of the layer's settings, copied so that a call does not
+    /// take a reference to the layer's shared state (a write to a line every thread
+    /// shares).
+    judge: Judge,
     /// Keyed by model, the facts were read only as far as the `model`: the body and
     /// those facts, to finish the scan if the call fails (see [`Unchecked`]).
     unchecked: Option<Unchecked>,
@@ -120,7 +124,7 @@ where
     #[inline(always)]
     /// `inner` is the readied service: called in place when the request can be sent
     /// at once, and taken (a clone left behind) only when its body must be read first.
-    pub(crate) fn new<B>(inner: &mut S, shared: Arc<Shared>, request: Request<B>) -> Self
+    pub(crate) fn new<B>(inner: &mut S, shared: &Arc<Shared>, request: Request<B>) -> Self
     where
         S: Clone,
         B: http_body::Body + Send + 'static,
@@ -143,16 +147,18 @@ where
                         state: State::Ready {
                             output: Some(Box::new(Err(error))),
                         },
-                        shared,
                         call: None,
                     }
                 }
                 Err(prepare) => {
                     let inner = take_ready(inner);
-                    let pending = Box::new(Pending { inner, prepare });
+                    let pending = Box::new(Pending {
+                        inner,
+                        prepare,
+                        shared: shared.clone(),
+                    });
                     return ResponseFuture {
                         state: State::Buffering { pending },
-                        shared,
                         call: None,
                     };
                 }
@@ -162,13 +168,9 @@ where
             None => brownout_core::body::from_caller(request),
         };
         let now = Instant::now();
-        let (request, entry) = entry_of(&shared, request, now);
-        let (state, call) = start(inner, &shared, request, entry, now);
-        ResponseFuture {
-            state,
-            shared,
-            call,
-        }
+        let (request, entry) = entry_of(shared, request, now);
+        let (state, call) = start(inner, shared, request, entry, now);
+        ResponseFuture { state, call }
     }
 }
 
@@ -238,6 +240,7 @@ where
                 entry,
                 permit: Some(permit),
                 start: now,
+                judge: shared.judge.clone(),
                 unchecked,
             };
             (State::Calling { future }, Some(call))
@@ -301,10 +304,12 @@ where
                             continue;
                         }
                     };
-                    let Pending { mut inner, .. } = *pending;
+                    let Pending {
+                        mut inner, shared, ..
+                    } = *pending;
                     let now = Instant::now();
-                    let (request, entry) = entry_of(this.shared, request, now);
-                    let (state, call) = start(&mut inner, this.shared, request, entry, now);
+                    let (request, entry) = entry_of(&shared, request, now);
+                    let (state, call) = start(&mut inner, &shared, request, entry, now);
                     *this.call = call;
                     this.state.set(state);
                 }
@@ -314,7 +319,7 @@ where
                     match result {
                         Ok(response) => match classify_head(&classifier, &response) {
                             Some(outcome) => {
-                                verdict(this.shared, this.call, &outcome);
+                                verdict(this.call, &outcome);
                                 let output = Ok(response.map(Body::new));
                                 this.state.set(State::Ready { output: None });
                                 return Poll::Ready(output);
@@ -334,7 +339,7 @@ where
                         },
                         Err(error) => {
                             let outcome = classify_error(&classifier, error.as_ref());
-                            verdict(this.shared, this.call, &outcome);
+                            verdict(this.call, &outcome);
                             this.state.set(State::Ready { output: None });
                             return Poll::Ready(Err(error));
                         }
@@ -342,7 +347,7 @@ where
                 }
                 StateProj::Classifying { future } => {
                     let (response, outcome) = ready!(future.as_mut().poll(cx));
-                    verdict(this.shared, this.call, &outcome);
+                    verdict(this.call, &outcome);
                     this.state.set(State::Ready { output: None });
                     return Poll::Ready(Ok(response));
                 }
@@ -358,7 +363,7 @@ where
 }
 
 /// Counts the call's outcome against its breaker.
-fn verdict(shared: &Shared, call: &mut Option<Admitted>, outcome: &Outcome) {
+fn verdict(call: &mut Option<Admitted>, outcome: &Outcome) {
     let Some(mut call) = call.take() else {
         return;
     };
@@ -367,13 +372,14 @@ fn verdict(shared: &Shared, call: &mut Option<Admitted>, outcome: &Outcome) {
     };
     // The clock is read only when the verdict needs it: a success in a count-based
     // policy does not.
-    let failed = (shared.is_failure)(outcome);
-    let done = if failed || shared.slow_call.is_some() || shared.timed_window {
+    let judge = &call.judge;
+    let failed = judge.is_failure(outcome);
+    let done = if failed || judge.slow_call.is_some() || judge.timed_window {
         Instant::now()
     } else {
         call.start
     };
-    let slow = shared
+    let slow = judge
         .slow_call
         .is_some_and(|threshold| done.saturating_duration_since(call.start) > threshold);
     let client_error = matches!(
@@ -397,7 +403,7 @@ fn verdict(shared: &Shared, call: &mut Option<Admitted>, outcome: &Outcome) {
         Verdict::Success
     };
     if let Some(transition) = call.entry.record(permit, verdict, done) {
-        emit_transition(&shared.events, call.entry.key(), transition);
+        emit_transition(&call.judge.events, call.entry.key(), transition);
     }
 }
 

@@ -83,6 +83,6 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        ResponseFuture::new(&mut self.inner, self.shared.clone(), request)
+        ResponseFuture::new(&mut self.inner, &self.shared, request)
     }
 }

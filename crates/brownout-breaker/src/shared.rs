@@ -5,7 +5,7 @@ use std::{fmt, sync::Arc, time::Duration};
 use brownout_core::{classify::Outcome, event::Events};
 
 use crate::{
-    config::{Keying, OnOpen},
+    config::{IsFailure, Keying, OnOpen},
     handle::BreakerHandle,
     store::{BreakerStore, LocalStore},
     BreakerConfig,
@@ -16,12 +16,30 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn BreakerStore>,
     pub(crate) keying: Keying,
     pub(crate) on_open: OnOpen,
-    pub(crate) is_failure: Arc<dyn Fn(&Outcome) -> bool + Send + Sync>,
+    pub(crate) judge: Judge,
+    pub(crate) events: Events,
+}
+
+/// What a call's verdict needs, copied into each call: with the default classification
+/// and no listener, copying it writes to no shared reference count.
+#[derive(Clone)]
+pub(crate) struct Judge {
+    /// `None` for the default, [`OutcomeKind::is_upstream_failure`](brownout_core::OutcomeKind::is_upstream_failure).
+    pub(crate) is_failure: Option<IsFailure>,
     pub(crate) slow_call: Option<Duration>,
     /// Whether every verdict needs the clock: the policy counts calls in a time
     /// window, or the store is not ours and is given exact times.
     pub(crate) timed_window: bool,
     pub(crate) events: Events,
+}
+
+impl Judge {
+    pub(crate) fn is_failure(&self, outcome: &Outcome) -> bool {
+        match &self.is_failure {
+            Some(is_failure) => is_failure(outcome),
+            None => outcome.kind().is_upstream_failure(),
+        }
+    }
 }
 
 impl Shared {
@@ -34,9 +52,12 @@ impl Shared {
             store,
             keying: config.keying,
             on_open: config.on_open,
-            is_failure: config.is_failure,
-            slow_call: config.slow_call,
-            timed_window,
+            judge: Judge {
+                is_failure: config.is_failure,
+                slow_call: config.slow_call,
+                timed_window,
+                events: config.events.clone(),
+            },
             events: config.events,
         }
     }

@@ -761,3 +761,36 @@ async fn an_injected_store_keeps_the_breakers() {
     assert_eq!(gets.load(Ordering::SeqCst), 2);
     assert_eq!(handle.snapshots().len(), 1);
 }
+
+/// A thread remembers the entries it was given lately: a key its store dropped still
+/// starts again closed there, and another store's key of the same name is its own.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_key_starts_closed_on_the_thread_that_used_it() {
+    use brownout_breaker::{Admission, Verdict};
+    use tokio::time::Instant;
+
+    let config = consecutive(1);
+    let (store, other) = (LocalStore::new(&config), LocalStore::new(&config));
+    let now = Instant::now();
+    let entry = store.entry("k", now);
+    let Admission::Admitted(permit) = entry.acquire(now).0 else {
+        panic!("refused while closed")
+    };
+    let failed = Verdict::Failure { server_delay: None };
+    assert!(entry.record(permit, failed, now).is_some());
+    assert_eq!(
+        store.entry("k", now).snapshot(now).state,
+        CircuitState::Open
+    );
+    assert_eq!(
+        other.entry("k", now).snapshot(now).state,
+        CircuitState::Closed
+    );
+
+    assert!(store.remove("k"));
+    assert_eq!(
+        store.entry("k", now).snapshot(now).state,
+        CircuitState::Closed
+    );
+    assert_eq!(store.len(), 1);
+}
