@@ -28,7 +28,7 @@ use crate::{
     handle::emit_transition,
     keys::host_key,
     refusal::refusal,
-    shared::{Judge, Shared},
+    shared::{Judge, Shared, SharedRef},
     state::{Admission, Permit, Verdict},
     store::BreakerEntry,
     BreakerEvent, CircuitOpen,
@@ -74,7 +74,7 @@ pin_project! {
 struct Pending<S> {
     inner: S,
     prepare: Pin<Box<Prepare>>,
-    shared: Arc<Shared>,
+    shared: SharedRef,
 }
 
 /// An admitted call: its breaker and permit. Dropping it before the verdict gives the
@@ -124,7 +124,7 @@ where
     #[inline(always)]
     /// `inner` is the readied service: called in place when the request can be sent
     /// at once, and taken (a clone left behind) only when its body must be read first.
-    pub(crate) fn new<B>(inner: &mut S, shared: &Arc<Shared>, request: Request<B>) -> Self
+    pub(crate) fn new<B>(inner: &mut S, shared: &SharedRef, request: Request<B>) -> Self
     where
         S: Clone,
         B: http_body::Body + Send + 'static,

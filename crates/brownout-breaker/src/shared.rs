@@ -3,6 +3,7 @@
 use std::{fmt, sync::Arc, time::Duration};
 
 use brownout_core::{classify::Outcome, event::Events};
+use crossbeam_utils::CachePadded;
 
 use crate::{
     config::{IsFailure, Keying, OnOpen},
@@ -10,6 +11,11 @@ use crate::{
     store::{BreakerStore, LocalStore},
     BreakerConfig,
 };
+
+/// How services hold their [`Shared`]: padded, so that the reference count, written by
+/// every clone of a service (tower clones one per request), is on a line of its own
+/// and the settings every call reads stay shared between cores.
+pub(crate) type SharedRef = Arc<CachePadded<Shared>>;
 
 /// The settings and the store of one layer, shared by its services and their clones.
 pub(crate) struct Shared {
@@ -43,7 +49,11 @@ impl Judge {
 }
 
 impl Shared {
-    pub(crate) fn new(config: BreakerConfig) -> Self {
+    pub(crate) fn new_ref(config: BreakerConfig) -> SharedRef {
+        Arc::new(CachePadded::new(Shared::new(config)))
+    }
+
+    fn new(config: BreakerConfig) -> Self {
         let (store, timed_window): (Arc<dyn BreakerStore>, bool) = match &config.store {
             Some(store) => (store.clone(), true),
             None => (Arc::new(LocalStore::new(&config)), config.policy.is_timed()),
