@@ -1,6 +1,11 @@
 //! What every service of one layer shares.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    ops::Deref,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use brownout_core::{classify::Outcome, event::Events};
 use crossbeam_utils::CachePadded;
@@ -9,13 +14,65 @@ use crate::{
     config::{IsFailure, Keying, OnOpen},
     handle::BreakerHandle,
     store::{BreakerStore, LocalStore},
+    stripe::{stripe_count, this_stripe},
     BreakerConfig,
 };
 
-/// How services hold their [`Shared`]: padded, so that the reference count, written by
-/// every clone of a service (tower clones one per request), is on a line of its own
-/// and the settings every call reads stay shared between cores.
-pub(crate) type SharedRef = Arc<CachePadded<Shared>>;
+/// How services (and their layer) hold their [`Shared`]: through a replica per stripe
+/// of threads, so that cloning a service (tower clones one per request) writes a
+/// reference count on a line of the cloning thread's stripe, not one every thread
+/// writes.
+///
+/// A clone made on another stripe than its source's takes the source's replica for
+/// that stripe, made on first need and kept by the source. Replicas only ever hold
+/// replicas made after them: they form a tree, never a cycle, and the whole goes
+/// with the last service.
+pub(crate) struct SharedRef(Arc<CachePadded<Replica>>);
+
+struct Replica {
+    shared: Arc<Shared>,
+    stripe: usize,
+    /// This replica's replicas for the other stripes.
+    others: Box<[OnceLock<SharedRef>]>,
+}
+
+impl SharedRef {
+    fn of(shared: Arc<Shared>, stripe: usize) -> Self {
+        SharedRef(Arc::new(CachePadded::new(Replica {
+            shared,
+            stripe,
+            others: (0..stripe_count()).map(|_| OnceLock::new()).collect(),
+        })))
+    }
+}
+
+impl Clone for SharedRef {
+    #[inline]
+    fn clone(&self) -> Self {
+        let stripe = this_stripe();
+        let replica = &self.0;
+        if stripe == replica.stripe {
+            return SharedRef(replica.clone());
+        }
+        let other = replica.others[stripe % replica.others.len()]
+            .get_or_init(|| SharedRef::of(replica.shared.clone(), stripe));
+        SharedRef(other.0.clone())
+    }
+}
+
+impl Deref for SharedRef {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0.shared
+    }
+}
+
+impl fmt::Debug for SharedRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.shared.fmt(f)
+    }
+}
 
 /// The settings and the store of one layer, shared by its services and their clones.
 pub(crate) struct Shared {
@@ -50,7 +107,7 @@ impl Judge {
 
 impl Shared {
     pub(crate) fn new_ref(config: BreakerConfig) -> SharedRef {
-        Arc::new(CachePadded::new(Shared::new(config)))
+        SharedRef::of(Arc::new(Shared::new(config)), this_stripe())
     }
 
     fn new(config: BreakerConfig) -> Self {

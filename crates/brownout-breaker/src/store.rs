@@ -5,7 +5,7 @@ use std::{
     fmt,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc, OnceLock,
+        Arc,
     },
     time::Duration,
 };
@@ -14,7 +14,10 @@ use crossbeam_utils::CachePadded;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use crate::event::CircuitState;
+use crate::{
+    event::CircuitState,
+    stripe::{stripe_count, this_stripe},
+};
 
 use crate::{
     state::{Admission, Force, KeyState, Permit, Settings, Snapshot, Transition, Verdict},
@@ -172,27 +175,12 @@ fn entries_of(state: KeyState) -> Entries {
         .collect()
 }
 
-/// How many stripes a key's counts are split in: enough that the threads of a
-/// runtime with one worker per core seldom share one.
-fn stripe_count() -> usize {
-    static STRIPES: OnceLock<usize> = OnceLock::new();
-    *STRIPES.get_or_init(|| {
-        std::thread::available_parallelism()
-            .map_or(4, |n| n.get())
-            .saturating_mul(2)
-            .next_power_of_two()
-            .clamp(2, 16)
-    })
-}
-
 /// How many entries a thread remembers, across all stores.
 const CACHED: usize = 4;
 
 /// A thread's last entries, so that a call for a key it used lately takes no lock of
 /// the map (a read lock is a write to the shard's lock word, shared by every thread).
 struct ThreadCache {
-    /// The thread's number, from which its stripe is chosen; given on first use.
-    number: Option<usize>,
     /// (store id, entry), most recently inserted at `next - 1`.
     entries: [Option<(u64, Arc<CachePadded<KeyEntry>>)>; CACHED],
     next: usize,
@@ -200,18 +188,11 @@ struct ThreadCache {
 
 thread_local! {
     static CACHE: RefCell<ThreadCache> = const {
-        RefCell::new(ThreadCache { number: None, entries: [const { None }; CACHED], next: 0 })
+        RefCell::new(ThreadCache { entries: [const { None }; CACHED], next: 0 })
     };
 }
 
 impl ThreadCache {
-    fn number(&mut self) -> usize {
-        static THREADS: AtomicUsize = AtomicUsize::new(0);
-        *self
-            .number
-            .get_or_insert_with(|| THREADS.fetch_add(1, Ordering::Relaxed))
-    }
-
     /// The cached entry of `key` in store `id`; a dropped key's entry is forgotten
     /// (and handed back, to be dropped outside the borrow).
     fn get(
@@ -377,14 +358,10 @@ impl BreakerStore for LocalStore {
             Ok(Some(Err(evicted))) => drop(evicted),
             _ => {}
         }
-        let number = CACHE
-            .try_with(|cache| cache.try_borrow_mut().ok().map(|mut c| c.number()))
-            .ok()
-            .flatten()
-            .unwrap_or(0);
+        let stripe = this_stripe();
         let entry = match self.map.get(key) {
             Some(entries) => {
-                let entry = entries[number % entries.len()].clone();
+                let entry = entries[stripe % entries.len()].clone();
                 entry.state.touch(now);
                 entry
             }
@@ -398,7 +375,7 @@ impl BreakerStore for LocalStore {
                         now,
                     ))
                 });
-                entries[number % entries.len()].clone()
+                entries[stripe % entries.len()].clone()
             }
         };
         let replaced = CACHE.try_with(|cache| {

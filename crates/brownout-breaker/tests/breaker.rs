@@ -794,3 +794,39 @@ async fn a_dropped_key_starts_closed_on_the_thread_that_used_it() {
     );
     assert_eq!(store.len(), 1);
 }
+
+/// Services cloned on other threads share one set of breakers, and the layer's state
+/// goes with the last of them: the per-thread replicas a clone takes hold no cycle.
+#[test]
+fn clones_on_other_threads_share_the_breakers_and_free_them() {
+    let alive = Arc::new(());
+    let witness = alive.clone();
+    let config = consecutive(3).failure_when(move |outcome| {
+        let _ = &witness;
+        outcome.kind().is_upstream_failure()
+    });
+    let (client, upstream, handle) = breaker(config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    for _ in 0..25 {
+                        assert_eq!(send(&client.clone(), M).await.unwrap(), 200);
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    assert_eq!(handle.state(M).unwrap().total_calls, 100);
+    drop(runtime);
+    drop((client, upstream, handle));
+    assert_eq!(Arc::strong_count(&alive), 1, "the layer's state was freed");
+}
