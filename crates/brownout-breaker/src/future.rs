@@ -136,7 +136,7 @@ where
             Keying::Body(_) => Some(Need::Replay),
             Keying::Host | Keying::Head(_) => None,
         };
-        let request = match need {
+        let mut request = match need {
             // A body in memory is ready at once: no buffering state, no allocation.
             Some(need) => match prepare_now(request, need) {
                 Ok(Ok(request)) => request,
@@ -168,26 +168,30 @@ where
             None => brownout_core::body::from_caller(request),
         };
         let now = Instant::now();
-        let (request, entry) = entry_of(shared, request, now);
+        let entry = entry_of(shared, &mut request, now);
         let (state, call) = start(inner, shared, request, entry, now);
         ResponseFuture { state, call }
     }
 }
 
-/// The breaker of a request (prepared, when its keying reads the body).
-fn entry_of(shared: &Shared, request: Request<Body>, now: Instant) -> (Request<Body>, Keyed) {
+/// The breaker of a request (prepared, when its keying reads the body). By reference:
+/// keyed by host or model, the request is not moved (a move is a copy of its head).
+fn entry_of(shared: &Shared, request: &mut Request<Body>, now: Instant) -> Keyed {
     let store = &shared.store;
     match &shared.keying {
         Keying::Head(key) => {
-            let (parts, body) = request.into_parts();
+            // A key of the `Parts`: taken apart and put back.
+            let (parts, body) = std::mem::take(request).into_parts();
             let entry = store.entry(&key(&parts), now);
-            (Request::from_parts(parts, body), (entry, None))
+            *request = Request::from_parts(parts, body);
+            (entry, None)
         }
         Keying::Body(key) => {
             // The whole body when it is within the limit, else the bytes read ahead.
-            let (parts, body) = request.into_parts();
+            let (parts, body) = std::mem::take(request).into_parts();
             let entry = store.entry(&key(&parts, body.prefix()), now);
-            (Request::from_parts(parts, body), (entry, None))
+            *request = Request::from_parts(parts, body);
+            (entry, None)
         }
         Keying::ModelOrHost => {
             let facts = RequestFacts::of(request.extensions());
@@ -205,12 +209,12 @@ fn entry_of(shared: &Shared, request: Request<Body>, now: Instant) -> (Request<B
                 }),
                 _ => None,
             };
-            (request, (entry, unchecked))
+            (entry, unchecked)
         }
-        Keying::Host => {
-            let entry = store.entry(host_key(request.uri(), request.headers()), now);
-            (request, (entry, None))
-        }
+        Keying::Host => (
+            store.entry(host_key(request.uri(), request.headers()), now),
+            None,
+        ),
     }
 }
 
@@ -293,7 +297,7 @@ where
                     else {
                         unreachable!("in the buffering state")
                     };
-                    let request = match prepared {
+                    let mut request = match prepared {
                         Ok(request) => request,
                         // The caller's body broke, or the request is invalid: the
                         // caller's failure, answered at once and counted nowhere.
@@ -308,7 +312,7 @@ where
                         mut inner, shared, ..
                     } = *pending;
                     let now = Instant::now();
-                    let (request, entry) = entry_of(&shared, request, now);
+                    let entry = entry_of(&shared, &mut request, now);
                     let (state, call) = start(&mut inner, &shared, request, entry, now);
                     *this.call = call;
                     this.state.set(state);
