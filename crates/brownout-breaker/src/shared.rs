@@ -23,25 +23,26 @@ use crate::{
 /// reference count on a line of the cloning thread's stripe, not one every thread
 /// writes.
 ///
-/// A clone made on another stripe than its source's takes the source's replica for
-/// that stripe, made on first need and kept by the source. Replicas only ever hold
-/// replicas made after them: they form a tree, never a cycle, and the whole goes
-/// with the last service.
+/// The replica a layer or a service is made with (the root) keeps one replica per
+/// other stripe, made on the first clone there; a clone on another stripe takes that
+/// one. Those replicas keep none of their own (a clone of one on a third stripe shares
+/// its count, as an `Arc` would), so a root has at most one replica per stripe, and as
+/// they hold no reference back, the whole goes with the last service.
 pub(crate) struct SharedRef(Arc<CachePadded<Replica>>);
 
 struct Replica {
     shared: Arc<Shared>,
     stripe: usize,
-    /// This replica's replicas for the other stripes.
-    others: Box<[OnceLock<SharedRef>]>,
+    /// The root's replicas for the other stripes; `None` in those replicas.
+    others: Option<Box<[OnceLock<SharedRef>]>>,
 }
 
 impl SharedRef {
-    fn of(shared: Arc<Shared>, stripe: usize) -> Self {
+    fn root(shared: Arc<Shared>) -> Self {
         SharedRef(Arc::new(CachePadded::new(Replica {
             shared,
-            stripe,
-            others: (0..stripe_count()).map(|_| OnceLock::new()).collect(),
+            stripe: this_stripe(),
+            others: Some((0..stripe_count()).map(|_| OnceLock::new()).collect()),
         })))
     }
 }
@@ -49,13 +50,19 @@ impl SharedRef {
 impl Clone for SharedRef {
     #[inline]
     fn clone(&self) -> Self {
-        let stripe = this_stripe();
         let replica = &self.0;
-        if stripe == replica.stripe {
-            return SharedRef(replica.clone());
-        }
-        let other = replica.others[stripe % replica.others.len()]
-            .get_or_init(|| SharedRef::of(replica.shared.clone(), stripe));
+        let stripe = this_stripe();
+        let others = match &replica.others {
+            Some(others) if stripe != replica.stripe => others,
+            _ => return SharedRef(replica.clone()),
+        };
+        let other = others[stripe % others.len()].get_or_init(|| {
+            SharedRef(Arc::new(CachePadded::new(Replica {
+                shared: replica.shared.clone(),
+                stripe,
+                others: None,
+            })))
+        });
         SharedRef(other.0.clone())
     }
 }
@@ -107,7 +114,7 @@ impl Judge {
 
 impl Shared {
     pub(crate) fn new_ref(config: BreakerConfig) -> SharedRef {
-        SharedRef::of(Arc::new(Shared::new(config)), this_stripe())
+        SharedRef::root(Arc::new(Shared::new(config)))
     }
 
     fn new(config: BreakerConfig) -> Self {
@@ -141,5 +148,33 @@ impl fmt::Debug for Shared {
             .field("keying", &self.keying)
             .field("on_open", &self.on_open)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn same(a: &SharedRef, b: &SharedRef) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
+    }
+
+    /// Clones on one thread share one replica, and a replica that is not a root never
+    /// makes replicas of its own: a root has at most one per stripe.
+    #[test]
+    fn a_root_keeps_one_replica_per_stripe_and_its_replicas_none() {
+        let root = Shared::new_ref(BreakerConfig::new());
+        let theirs = root.clone();
+        let (a, b) = std::thread::spawn(move || (theirs.clone(), theirs.clone()))
+            .join()
+            .unwrap();
+        assert!(same(&a, &b), "one replica per stripe");
+        if !same(&a, &root) {
+            assert!(a.0.others.is_none());
+            let moved = a.clone();
+            let c = std::thread::spawn(move || moved.clone()).join().unwrap();
+            assert!(same(&c, &a), "a replica's clone shares its count");
+        }
+        drop((root, a, b));
     }
 }
