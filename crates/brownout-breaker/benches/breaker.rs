@@ -5,6 +5,19 @@
 //! ```sh
 //! cargo bench -p brownout-breaker --bench breaker
 //! ```
+//!
+//! For callgrind, `BREAKER_COUNT=bare|host|model|resilience BREAKER_N=n` runs `n` calls
+//! of one variant on the one-thread runtime (after one untimed call) and exits; the
+//! cost of a call is the difference of two counts over the difference of their `n`:
+//!
+//! ```sh
+//! cargo bench -p brownout-breaker --bench breaker --no-run
+//! bin=$(ls -t $CARGO_TARGET_DIR/release/deps/breaker-* | grep -v '\.d$' | head -1)
+//! for v in bare host model resilience; do for n in 1000 11000; do
+//!   echo "$v $n $(BREAKER_COUNT=$v BREAKER_N=$n valgrind --tool=callgrind \
+//!     --callgrind-out-file=/dev/null $bin 2>&1 | grep Collected)"
+//! done; done
+//! ```
 
 use std::{
     convert::Infallible,
@@ -16,7 +29,7 @@ use std::{
 use brownout_breaker::{BreakerConfig, CircuitBreaker, FailurePolicy, Window};
 use brownout_core::Body;
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use http::{Request, Response};
 use http_body_util::Full;
 use tower::{service_fn, Service, ServiceExt};
@@ -145,5 +158,66 @@ fn success_path(c: &mut Criterion) {
     group.finish();
 }
 
+/// `n` calls of one variant on one thread, for callgrind (see the module docs).
+fn count(variant: &str, n: usize) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    fn run<S, B>(rt: &tokio::runtime::Runtime, service: S, n: usize)
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
+        S::Error: std::fmt::Debug,
+    {
+        for _ in 0..=n {
+            black_box(rt.block_on(service.clone().oneshot(request())).unwrap());
+        }
+    }
+    match variant {
+        "bare" => run(&rt, service_fn(ok::<Full<Bytes>>), n),
+        "host" => {
+            let service = rt.block_on(async {
+                CircuitBreaker::new(
+                    service_fn(ok::<Body>),
+                    BreakerConfig::new().policy(policy()).key_by_host(),
+                )
+            });
+            run(&rt, service, n)
+        }
+        "model" => {
+            let service = rt.block_on(async {
+                CircuitBreaker::new(
+                    service_fn(ok::<Body>),
+                    BreakerConfig::new().policy(policy()),
+                )
+            });
+            run(&rt, service, n)
+        }
+        _ => {
+            let service = tower::Layer::layer(
+                &tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
+                    .failure_rate_threshold(0.5)
+                    .sliding_window_size(100)
+                    .minimum_number_of_calls(100)
+                    .build()
+                    .unwrap(),
+                service_fn(ok::<Full<Bytes>>),
+            );
+            run(&rt, service, n)
+        }
+    }
+}
+
 criterion_group!(benches, success_path);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(variant) = std::env::var("BREAKER_COUNT") {
+        let n = std::env::var("BREAKER_N")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1000);
+        return count(&variant, n);
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -12,6 +12,9 @@ use http::request::Parts;
 
 use crate::store::BreakerStore;
 
+/// A user's [`failure_when`](BreakerConfig::failure_when).
+pub(crate) type IsFailure = Arc<dyn Fn(&Outcome) -> bool + Send + Sync>;
+
 /// When a closed breaker opens: after so many failures in a row
 /// ([`consecutive`](Self::consecutive)), or at a failure rate over a window of calls
 /// ([`failure_rate`](Self::failure_rate)).
@@ -142,6 +145,14 @@ impl FailurePolicy {
 }
 
 /// The calls a failure-rate policy looks at.
+///
+/// Successes are counted per thread (in a few cache-padded stripes of each key, so that
+/// threads calling one key do not contend on one counter), failures on the key; a
+/// failure reads the sum of the stripes when it decides. One call at a time, the
+/// window is exact. Calls that finish at the same moment on other threads may not be
+/// in that sum yet: the window a failure decides on may then miss, at most, the
+/// successes still being counted on other threads (a "last 100 calls" of 98, say),
+/// which moves a trip by a call or two, never onto a rate that was not reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Window {
     /// The last `n` calls.
@@ -290,7 +301,8 @@ pub struct BreakerConfig {
     pub(crate) idle_timeout: Duration,
     pub(crate) on_open: OnOpen,
     pub(crate) store: Option<Arc<dyn BreakerStore>>,
-    pub(crate) is_failure: Arc<dyn Fn(&Outcome) -> bool + Send + Sync>,
+    /// `None` for the default, [`OutcomeKind::is_upstream_failure`](brownout_core::OutcomeKind::is_upstream_failure).
+    pub(crate) is_failure: Option<IsFailure>,
     pub(crate) events: Events,
     pub(crate) rng: SharedRng,
 }
@@ -314,7 +326,7 @@ impl BreakerConfig {
             idle_timeout: Duration::from_secs(600),
             on_open: OnOpen::Error,
             store: None,
-            is_failure: Arc::new(|outcome: &Outcome| outcome.kind().is_upstream_failure()),
+            is_failure: None,
             events: Events::new(),
             rng: SharedRng::new(),
         }
@@ -430,7 +442,7 @@ impl BreakerConfig {
         mut self,
         is_failure: impl Fn(&Outcome) -> bool + Send + Sync + 'static,
     ) -> Self {
-        self.is_failure = Arc::new(is_failure);
+        self.is_failure = Some(Arc::new(is_failure));
         self
     }
 

@@ -28,7 +28,7 @@ use crate::{
     handle::emit_transition,
     keys::host_key,
     refusal::refusal,
-    shared::Shared,
+    shared::{Judge, Shared, SharedRef},
     state::{Admission, Permit, Verdict},
     store::BreakerEntry,
     BreakerEvent, CircuitOpen,
@@ -49,7 +49,6 @@ pin_project! {
     {
         #[pin]
         state: State<S>,
-        shared: Arc<Shared>,
         call: Option<Admitted>,
     }
 }
@@ -75,6 +74,7 @@ pin_project! {
 struct Pending<S> {
     inner: S,
     prepare: Pin<Box<Prepare>>,
+    shared: SharedRef,
 }
 
 /// An admitted call: its breaker and permit. Dropping it before the verdict gives the
@@ -83,6 +83,10 @@ struct Admitted {
     entry: Arc<dyn BreakerEntry>,
     permit: Option<Permit>,
     start: Instant,
+    /// What the verdict needs of the layer's settings, copied so that a call does not
+    /// take a reference to the layer's shared state (a write to a line every thread
+    /// shares).
+    judge: Judge,
     /// Keyed by model, the facts were read only as far as the `model`: the body and
     /// those facts, to finish the scan if the call fails (see [`Unchecked`]).
     unchecked: Option<Unchecked>,
@@ -120,7 +124,7 @@ where
     #[inline(always)]
     /// `inner` is the readied service: called in place when the request can be sent
     /// at once, and taken (a clone left behind) only when its body must be read first.
-    pub(crate) fn new<B>(inner: &mut S, shared: Arc<Shared>, request: Request<B>) -> Self
+    pub(crate) fn new<B>(inner: &mut S, shared: &SharedRef, request: Request<B>) -> Self
     where
         S: Clone,
         B: http_body::Body + Send + 'static,
@@ -132,7 +136,7 @@ where
             Keying::Body(_) => Some(Need::Replay),
             Keying::Host | Keying::Head(_) => None,
         };
-        let request = match need {
+        let mut request = match need {
             // A body in memory is ready at once: no buffering state, no allocation.
             Some(need) => match prepare_now(request, need) {
                 Ok(Ok(request)) => request,
@@ -143,16 +147,18 @@ where
                         state: State::Ready {
                             output: Some(Box::new(Err(error))),
                         },
-                        shared,
                         call: None,
                     }
                 }
                 Err(prepare) => {
                     let inner = take_ready(inner);
-                    let pending = Box::new(Pending { inner, prepare });
+                    let pending = Box::new(Pending {
+                        inner,
+                        prepare,
+                        shared: shared.clone(),
+                    });
                     return ResponseFuture {
                         state: State::Buffering { pending },
-                        shared,
                         call: None,
                     };
                 }
@@ -162,30 +168,30 @@ where
             None => brownout_core::body::from_caller(request),
         };
         let now = Instant::now();
-        let (request, entry) = entry_of(&shared, request, now);
-        let (state, call) = start(inner, &shared, request, entry, now);
-        ResponseFuture {
-            state,
-            shared,
-            call,
-        }
+        let entry = entry_of(shared, &mut request, now);
+        let (state, call) = start(inner, shared, request, entry, now);
+        ResponseFuture { state, call }
     }
 }
 
-/// The breaker of a request (prepared, when its keying reads the body).
-fn entry_of(shared: &Shared, request: Request<Body>, now: Instant) -> (Request<Body>, Keyed) {
+/// The breaker of a request (prepared, when its keying reads the body). By reference:
+/// keyed by host or model, the request is not moved (a move is a copy of its head).
+fn entry_of(shared: &Shared, request: &mut Request<Body>, now: Instant) -> Keyed {
     let store = &shared.store;
     match &shared.keying {
         Keying::Head(key) => {
-            let (parts, body) = request.into_parts();
+            // A key of the `Parts`: taken apart and put back.
+            let (parts, body) = std::mem::take(request).into_parts();
             let entry = store.entry(&key(&parts), now);
-            (Request::from_parts(parts, body), (entry, None))
+            *request = Request::from_parts(parts, body);
+            (entry, None)
         }
         Keying::Body(key) => {
             // The whole body when it is within the limit, else the bytes read ahead.
-            let (parts, body) = request.into_parts();
+            let (parts, body) = std::mem::take(request).into_parts();
             let entry = store.entry(&key(&parts, body.prefix()), now);
-            (Request::from_parts(parts, body), (entry, None))
+            *request = Request::from_parts(parts, body);
+            (entry, None)
         }
         Keying::ModelOrHost => {
             let facts = RequestFacts::of(request.extensions());
@@ -203,12 +209,12 @@ fn entry_of(shared: &Shared, request: Request<Body>, now: Instant) -> (Request<B
                 }),
                 _ => None,
             };
-            (request, (entry, unchecked))
+            (entry, unchecked)
         }
-        Keying::Host => {
-            let entry = store.entry(host_key(request.uri(), request.headers()), now);
-            (request, (entry, None))
-        }
+        Keying::Host => (
+            store.entry(host_key(request.uri(), request.headers()), now),
+            None,
+        ),
     }
 }
 
@@ -238,6 +244,7 @@ where
                 entry,
                 permit: Some(permit),
                 start: now,
+                judge: shared.judge.clone(),
                 unchecked,
             };
             (State::Calling { future }, Some(call))
@@ -290,7 +297,7 @@ where
                     else {
                         unreachable!("in the buffering state")
                     };
-                    let request = match prepared {
+                    let mut request = match prepared {
                         Ok(request) => request,
                         // The caller's body broke, or the request is invalid: the
                         // caller's failure, answered at once and counted nowhere.
@@ -301,10 +308,12 @@ where
                             continue;
                         }
                     };
-                    let Pending { mut inner, .. } = *pending;
+                    let Pending {
+                        mut inner, shared, ..
+                    } = *pending;
                     let now = Instant::now();
-                    let (request, entry) = entry_of(this.shared, request, now);
-                    let (state, call) = start(&mut inner, this.shared, request, entry, now);
+                    let entry = entry_of(&shared, &mut request, now);
+                    let (state, call) = start(&mut inner, &shared, request, entry, now);
                     *this.call = call;
                     this.state.set(state);
                 }
@@ -314,7 +323,7 @@ where
                     match result {
                         Ok(response) => match classify_head(&classifier, &response) {
                             Some(outcome) => {
-                                verdict(this.shared, this.call, &outcome);
+                                verdict(this.call, &outcome);
                                 let output = Ok(response.map(Body::new));
                                 this.state.set(State::Ready { output: None });
                                 return Poll::Ready(output);
@@ -334,7 +343,7 @@ where
                         },
                         Err(error) => {
                             let outcome = classify_error(&classifier, error.as_ref());
-                            verdict(this.shared, this.call, &outcome);
+                            verdict(this.call, &outcome);
                             this.state.set(State::Ready { output: None });
                             return Poll::Ready(Err(error));
                         }
@@ -342,7 +351,7 @@ where
                 }
                 StateProj::Classifying { future } => {
                     let (response, outcome) = ready!(future.as_mut().poll(cx));
-                    verdict(this.shared, this.call, &outcome);
+                    verdict(this.call, &outcome);
                     this.state.set(State::Ready { output: None });
                     return Poll::Ready(Ok(response));
                 }
@@ -358,7 +367,7 @@ where
 }
 
 /// Counts the call's outcome against its breaker.
-fn verdict(shared: &Shared, call: &mut Option<Admitted>, outcome: &Outcome) {
+fn verdict(call: &mut Option<Admitted>, outcome: &Outcome) {
     let Some(mut call) = call.take() else {
         return;
     };
@@ -367,13 +376,14 @@ fn verdict(shared: &Shared, call: &mut Option<Admitted>, outcome: &Outcome) {
     };
     // The clock is read only when the verdict needs it: a success in a count-based
     // policy does not.
-    let failed = (shared.is_failure)(outcome);
-    let done = if failed || shared.slow_call.is_some() || shared.timed_window {
+    let judge = &call.judge;
+    let failed = judge.is_failure(outcome);
+    let done = if failed || judge.slow_call.is_some() || judge.timed_window {
         Instant::now()
     } else {
         call.start
     };
-    let slow = shared
+    let slow = judge
         .slow_call
         .is_some_and(|threshold| done.saturating_duration_since(call.start) > threshold);
     let client_error = matches!(
@@ -397,7 +407,7 @@ fn verdict(shared: &Shared, call: &mut Option<Admitted>, outcome: &Outcome) {
         Verdict::Success
     };
     if let Some(transition) = call.entry.record(permit, verdict, done) {
-        emit_transition(&shared.events, call.entry.key(), transition);
+        emit_transition(&call.judge.events, call.entry.key(), transition);
     }
 }
 

@@ -1,8 +1,9 @@
-use std::sync::Arc;
-
 use tower_layer::Layer;
 
-use crate::{shared::Shared, BreakerConfig, BreakerHandle, CircuitBreaker};
+use crate::{
+    shared::{Shared, SharedRef},
+    BreakerConfig, BreakerHandle, CircuitBreaker,
+};
 
 /// Applies [`CircuitBreaker`] to a service. See the [crate docs](crate).
 ///
@@ -10,14 +11,14 @@ use crate::{shared::Shared, BreakerConfig, BreakerHandle, CircuitBreaker};
 /// read and steer it through [`handle`](Self::handle).
 #[derive(Debug, Clone)]
 pub struct CircuitBreakerLayer {
-    shared: Arc<Shared>,
+    shared: SharedRef,
 }
 
 impl CircuitBreakerLayer {
     /// A layer with the given settings, and breakers kept in this process.
     pub fn new(config: BreakerConfig) -> Self {
         CircuitBreakerLayer {
-            shared: Arc::new(Shared::new(config)),
+            shared: Shared::new_ref(config),
         }
     }
 

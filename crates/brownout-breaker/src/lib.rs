@@ -134,6 +134,7 @@ mod service;
 mod shared;
 mod state;
 mod store;
+mod stripe;
 
 pub use config::{BreakerConfig, FailurePolicy, GrowingOpen, OnOpen, OpenDuration, Window};
 pub use error::CircuitOpen;

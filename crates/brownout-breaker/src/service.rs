@@ -1,15 +1,14 @@
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::task::{Context, Poll};
 
 use brownout_core::{Body, BoxError};
 use http::{Request, Response};
 use tower_service::Service;
 
 use crate::{
-    future::ResponseFuture, handle::BreakerHandle, shared::Shared, BreakerConfig,
-    CircuitBreakerLayer,
+    future::ResponseFuture,
+    handle::BreakerHandle,
+    shared::{Shared, SharedRef},
+    BreakerConfig, CircuitBreakerLayer,
 };
 
 /// Fails fast while the upstream behind a key is failing. See the [crate docs](crate).
@@ -21,16 +20,16 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct CircuitBreaker<S> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: SharedRef,
 }
 
 impl<S> CircuitBreaker<S> {
     /// Wraps `inner` with breakers of its own.
     pub fn new(inner: S, config: BreakerConfig) -> Self {
-        CircuitBreaker::from_shared(inner, Arc::new(Shared::new(config)))
+        CircuitBreaker::from_shared(inner, Shared::new_ref(config))
     }
 
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+    pub(crate) fn from_shared(inner: S, shared: SharedRef) -> Self {
         CircuitBreaker { inner, shared }
     }
 
@@ -83,6 +82,6 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        ResponseFuture::new(&mut self.inner, self.shared.clone(), request)
+        ResponseFuture::new(&mut self.inner, &self.shared, request)
     }
 }

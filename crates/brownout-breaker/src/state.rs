@@ -1,18 +1,34 @@
 //! One breaker's state: atomics on the hot path, a per-key lock for transitions.
 //!
-//! A call in the closed state touches a few atomics of its own key and takes no lock.
-//! State changes (rare) take the key's own mutex, so that two calls cannot both trip
-//! or both close the breaker. Outcomes are counted without a lock: under heavy
-//! concurrency a decision may see a count that misses the few calls still being
-//! recorded, which changes when a breaker trips by a call or two, never whether.
+//! A successful call in the closed state reads the key's state (a cache line that only
+//! transitions write) and adds one to a counter of its own thread's *stripe*: each key
+//! keeps its success counts in a few cache-padded stripes, one per thread modulo their
+//! number, so that threads calling the same key do not bounce a line between their
+//! cores on every call (the `breaker` benchmark's contended group measures it).
+//! Failures, probes, rejections and state changes write the key's shared lines; state
+//! changes take the key's own mutex, so that two calls cannot both trip or both close
+//! the breaker, and a count window's failures take a second, small one.
+//!
+//! # How exact the counts are
+//!
+//! A failure decides from the sum of the stripes as it reads them. With one thread the
+//! counts are exact. Under concurrency that sum may miss the successes still being
+//! added on other threads (at most the calls in flight there), so a failure may be
+//! placed that many calls early in a window of the last N calls, and a rate may be
+//! read over a window a few calls short: a breaker trips a call or two earlier or
+//! later, never on a rate it did not see. Successes never decide anything (they cannot
+//! trip a breaker), so they do not read the other stripes.
 
 use std::{
+    collections::VecDeque,
     sync::{
-        atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::*},
-        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::*},
+        Arc, Mutex, MutexGuard, PoisonError,
     },
     time::Duration,
 };
+
+use crossbeam_utils::CachePadded;
 
 use brownout_core::rng::SharedRng;
 use tokio::time::Instant;
@@ -179,12 +195,33 @@ impl Snapshot {
     }
 }
 
+/// One key's breaker, shared by the key's [`KeyEntry`]s (one per stripe).
 pub(crate) struct KeyState {
+    // Read on every call; written only by state changes.
     key: Arc<str>,
     settings: Arc<Settings>,
     state: AtomicU8,
     generation: AtomicU64,
     open_until: AtomicU64,
+    /// Set when the store dropped the key, so that a cached entry is not used again.
+    evicted: AtomicBool,
+    stripes: Box<[CachePadded<Stripe>]>,
+    // Written by failures, probes, rejections and state changes: off the line above.
+    cold: CachePadded<Cold>,
+    /// Stored at most once a millisecond: a line of its own.
+    last_used: CachePadded<AtomicU64>,
+}
+
+/// The counts one stripe of threads adds to.
+#[derive(Default)]
+struct Stripe {
+    /// Successes counted in the closed state since the key was created.
+    successes: AtomicU64,
+    /// A time window's successes (their `failures` stay at zero).
+    buckets: [Bucket; TIME_BUCKETS as usize],
+}
+
+struct Cold {
     /// The latest end of a server-given delay seen on a failure: a trip opens at least
     /// until then.
     server_until: AtomicU64,
@@ -192,12 +229,83 @@ pub(crate) struct KeyState {
     probe_successes: AtomicU32,
     trips: AtomicU32,
     consecutive: AtomicU32,
-    window: Counter,
-    last_used: AtomicU64,
-    total_calls: AtomicU64,
+    /// Failures counted in the closed state since the key was created.
+    closed_failures: AtomicU64,
+    /// Probes counted since the key was created.
+    probe_calls: AtomicU64,
     total_failures: AtomicU64,
     total_rejected: AtomicU64,
+    window: WindowState,
     transition: Mutex<()>,
+}
+
+/// The failure-rate window's own state; its successes are in the stripes.
+enum WindowState {
+    None,
+    /// The last `size` calls. Calls are numbered by the count of closed-state calls
+    /// (the stripes' successes plus `closed_failures`); `base` is that count when the
+    /// window was last emptied, and `failures` holds the numbers of the failures among
+    /// the last `size` calls, oldest first.
+    Count {
+        size: u64,
+        base: AtomicU64,
+        failures: Mutex<VecDeque<u64>>,
+    },
+    /// Ten buckets of `width` nanoseconds each (failures; the stripes have the
+    /// successes).
+    Time {
+        width: u64,
+        buckets: [Bucket; TIME_BUCKETS as usize],
+    },
+}
+
+#[derive(Default)]
+struct Bucket {
+    /// The bucket's number (time / width) plus one; zero when unused.
+    epoch: AtomicU64,
+    calls: AtomicU32,
+    failures: AtomicU32,
+}
+
+const TIME_BUCKETS: u64 = 10;
+
+impl Bucket {
+    fn add(&self, number: u64, failure: bool) {
+        let seen = self.epoch.load(Acquire);
+        if seen != number
+            && self
+                .epoch
+                .compare_exchange(seen, number, AcqRel, Acquire)
+                .is_ok()
+        {
+            self.calls.store(0, Release);
+            self.failures.store(0, Release);
+        }
+        self.calls.fetch_add(1, AcqRel);
+        if failure {
+            self.failures.fetch_add(1, AcqRel);
+        }
+    }
+
+    /// (failures, calls) when the bucket is within the window ending in bucket `number`.
+    fn counts(&self, number: u64) -> (u32, u32) {
+        let epoch = self.epoch.load(Acquire);
+        if epoch != 0 && epoch <= number && number - epoch < TIME_BUCKETS {
+            (self.failures.load(Acquire), self.calls.load(Acquire))
+        } else {
+            (0, 0)
+        }
+    }
+
+    fn reset(&self) {
+        self.epoch.store(0, Release);
+        self.calls.store(0, Release);
+        self.failures.store(0, Release);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl std::fmt::Debug for KeyState {
@@ -210,10 +318,29 @@ impl std::fmt::Debug for KeyState {
 }
 
 impl KeyState {
-    pub(crate) fn new(key: Arc<str>, settings: Arc<Settings>, now: Instant) -> Self {
+    pub(crate) fn new(
+        key: Arc<str>,
+        settings: Arc<Settings>,
+        stripes: usize,
+        now: Instant,
+    ) -> Self {
         let window = match settings.policy.0 {
-            Policy::ConsecutiveFailures(_) => Counter::None,
-            Policy::FailureRate { window, .. } => Counter::new(window),
+            Policy::ConsecutiveFailures(_) => WindowState::None,
+            Policy::FailureRate {
+                window: Window::Count(n),
+                ..
+            } => WindowState::Count {
+                size: u64::from(n.max(1)),
+                base: AtomicU64::new(0),
+                failures: Mutex::new(VecDeque::new()),
+            },
+            Policy::FailureRate {
+                window: Window::Time(d),
+                ..
+            } => WindowState::Time {
+                width: (u64::try_from(d.as_nanos()).unwrap_or(u64::MAX) / TIME_BUCKETS).max(1),
+                buckets: Default::default(),
+            },
         };
         let last_used = settings.nanos(now);
         KeyState {
@@ -222,17 +349,22 @@ impl KeyState {
             state: AtomicU8::new(CLOSED),
             generation: AtomicU64::new(0),
             open_until: AtomicU64::new(0),
-            server_until: AtomicU64::new(0),
-            probes_in_flight: AtomicU32::new(0),
-            probe_successes: AtomicU32::new(0),
-            trips: AtomicU32::new(0),
-            consecutive: AtomicU32::new(0),
-            window,
-            last_used: AtomicU64::new(last_used),
-            total_calls: AtomicU64::new(0),
-            total_failures: AtomicU64::new(0),
-            total_rejected: AtomicU64::new(0),
-            transition: Mutex::new(()),
+            evicted: AtomicBool::new(false),
+            stripes: (0..stripes.max(1)).map(|_| Default::default()).collect(),
+            cold: CachePadded::new(Cold {
+                server_until: AtomicU64::new(0),
+                probes_in_flight: AtomicU32::new(0),
+                probe_successes: AtomicU32::new(0),
+                trips: AtomicU32::new(0),
+                consecutive: AtomicU32::new(0),
+                closed_failures: AtomicU64::new(0),
+                probe_calls: AtomicU64::new(0),
+                total_failures: AtomicU64::new(0),
+                total_rejected: AtomicU64::new(0),
+                window,
+                transition: Mutex::new(()),
+            }),
+            last_used: CachePadded::new(AtomicU64::new(last_used)),
         }
     }
 
@@ -242,6 +374,19 @@ impl KeyState {
 
     pub(crate) fn state(&self) -> CircuitState {
         state_of(self.state.load(Acquire))
+    }
+
+    pub(crate) fn stripes(&self) -> usize {
+        self.stripes.len()
+    }
+
+    pub(crate) fn is_evicted(&self) -> bool {
+        self.evicted.load(Relaxed)
+    }
+
+    /// Marks the key as dropped by its store.
+    pub(crate) fn evict(&self) {
+        self.evicted.store(true, Relaxed);
     }
 
     pub(crate) fn last_used(&self) -> u64 {
@@ -256,10 +401,8 @@ impl KeyState {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.transition
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        lock(&self.cold.transition)
     }
 
     /// Whether a request may go now; the transition when the open time just passed.
@@ -283,8 +426,8 @@ impl KeyState {
                 let transition = {
                     let _guard = self.lock();
                     if self.state.load(Acquire) == OPEN && now_n >= self.open_until.load(Acquire) {
-                        self.probes_in_flight.store(0, Release);
-                        self.probe_successes.store(0, Release);
+                        self.cold.probes_in_flight.store(0, Release);
+                        self.cold.probe_successes.store(0, Release);
                         self.generation.fetch_add(1, AcqRel);
                         self.state.store(HALF_OPEN, Release);
                         Some(Transition {
@@ -320,6 +463,7 @@ impl KeyState {
             _ => return self.reject(None),
         }
         let admitted = self
+            .cold
             .probes_in_flight
             .fetch_update(AcqRel, Acquire, |n| {
                 (n < self.settings.probes).then_some(n + 1)
@@ -336,16 +480,18 @@ impl KeyState {
     }
 
     fn reject(&self, retry_after: Option<Duration>) -> Admission {
-        self.total_rejected.fetch_add(1, Relaxed);
+        self.cold.total_rejected.fetch_add(1, Relaxed);
         Admission::Rejected { retry_after }
     }
 
-    /// Counts a call's verdict; the transition when it changed the state.
+    /// Counts a call's verdict, a success on stripe `stripe`; the transition when it
+    /// changed the state.
     pub(crate) fn record(
         &self,
         permit: Permit,
         verdict: Verdict,
         now: Instant,
+        stripe: usize,
     ) -> Option<Transition> {
         let current = self.generation.load(Acquire);
         if permit.generation != current {
@@ -357,7 +503,7 @@ impl KeyState {
             {
                 self.note_server_delay(delay, now);
                 if self.state.load(Acquire) == OPEN {
-                    let until = self.server_until.load(Acquire);
+                    let until = self.cold.server_until.load(Acquire);
                     self.open_until.fetch_max(until, AcqRel);
                 }
             }
@@ -371,7 +517,14 @@ impl KeyState {
         }
         match self.state.load(Acquire) {
             HALF_OPEN if permit.probe => self.record_probe(permit, verdict, now),
-            CLOSED => self.record_closed(permit, verdict, now),
+            CLOSED => match verdict {
+                Verdict::Ignored => None,
+                Verdict::Success => {
+                    self.record_success(stripe, now);
+                    None
+                }
+                Verdict::Failure { .. } => self.record_failure(permit, now),
+            },
             _ => None,
         }
     }
@@ -379,18 +532,19 @@ impl KeyState {
     fn note_server_delay(&self, delay: Duration, now: Instant) {
         let delay = delay.min(self.settings.max_server_delay);
         let until = self.settings.nanos(now + delay);
-        self.server_until.fetch_max(until, AcqRel);
+        self.cold.server_until.fetch_max(until, AcqRel);
     }
 
     fn record_probe(&self, permit: Permit, verdict: Verdict, now: Instant) -> Option<Transition> {
-        let _ = self
+        let cold = &*self.cold;
+        let _ = cold
             .probes_in_flight
             .fetch_update(AcqRel, Acquire, |n| n.checked_sub(1));
         match verdict {
             Verdict::Ignored => None,
             Verdict::Success => {
-                self.total_calls.fetch_add(1, Relaxed);
-                let successes = self.probe_successes.fetch_add(1, AcqRel) + 1;
+                cold.probe_calls.fetch_add(1, Relaxed);
+                let successes = cold.probe_successes.fetch_add(1, AcqRel) + 1;
                 if successes < self.settings.successes {
                     return None;
                 }
@@ -403,8 +557,8 @@ impl KeyState {
                 self.close(CircuitState::HalfOpen, TransitionReason::ProbesSucceeded)
             }
             Verdict::Failure { .. } => {
-                self.total_calls.fetch_add(1, Relaxed);
-                self.total_failures.fetch_add(1, Relaxed);
+                cold.probe_calls.fetch_add(1, Relaxed);
+                cold.total_failures.fetch_add(1, Relaxed);
                 let _guard = self.lock();
                 if self.generation.load(Acquire) != permit.generation
                     || self.state.load(Acquire) != HALF_OPEN
@@ -416,45 +570,73 @@ impl KeyState {
         }
     }
 
-    fn record_closed(&self, permit: Permit, verdict: Verdict, now: Instant) -> Option<Transition> {
-        let failure = match verdict {
-            Verdict::Ignored => return None,
-            Verdict::Success => false,
-            Verdict::Failure { .. } => true,
-        };
-        self.total_calls.fetch_add(1, Relaxed);
-        let trip = match self.settings.policy.0 {
-            Policy::ConsecutiveFailures(limit) => {
-                if failure {
-                    self.total_failures.fetch_add(1, Relaxed);
-                    let streak = self.consecutive.fetch_add(1, AcqRel) + 1;
-                    (streak >= limit).then_some(TransitionReason::ConsecutiveFailures(streak))
-                } else {
-                    if self.consecutive.load(Relaxed) != 0 {
-                        self.consecutive.store(0, Release);
-                    }
-                    None
+    /// A closed-state success: its own stripe's lines only (the consecutive count's is
+    /// read, and written only when a streak ends).
+    #[inline]
+    fn record_success(&self, stripe: usize, now: Instant) {
+        let counts = &self.stripes[stripe % self.stripes.len()];
+        counts.successes.fetch_add(1, Relaxed);
+        match &self.cold.window {
+            WindowState::None => {
+                let consecutive = &self.cold.consecutive;
+                if consecutive.load(Relaxed) != 0 {
+                    consecutive.store(0, Release);
                 }
+            }
+            WindowState::Count { .. } => {}
+            WindowState::Time { width, .. } => {
+                let number = self.settings.nanos(now) / width + 1;
+                counts.buckets[(number % TIME_BUCKETS) as usize].add(number, false);
+            }
+        }
+    }
+
+    fn record_failure(&self, permit: Permit, now: Instant) -> Option<Transition> {
+        let cold = &*self.cold;
+        cold.total_failures.fetch_add(1, Relaxed);
+        let reason = match self.settings.policy.0 {
+            Policy::ConsecutiveFailures(limit) => {
+                cold.closed_failures.fetch_add(1, Relaxed);
+                let streak = cold.consecutive.fetch_add(1, AcqRel) + 1;
+                (streak >= limit).then_some(TransitionReason::ConsecutiveFailures(streak))
             }
             Policy::FailureRate {
                 threshold,
                 minimum_calls,
                 ..
             } => {
-                let now_n = self.settings.nanos(now);
-                self.window.record(failure, now_n);
-                if failure {
-                    self.total_failures.fetch_add(1, Relaxed);
-                    let (failures, calls) = self.window.counts(now_n);
-                    let tripped = calls >= minimum_calls
-                        && f64::from(failures) >= threshold * f64::from(calls);
-                    tripped.then_some(TransitionReason::FailureRate { failures, calls })
-                } else {
-                    None
-                }
+                let (failures, calls) = match &cold.window {
+                    WindowState::Count {
+                        size,
+                        base,
+                        failures,
+                    } => {
+                        let mut failures = lock(failures);
+                        // Numbered under the lock, so that the list stays in order.
+                        let number =
+                            cold.closed_failures.fetch_add(1, AcqRel) + 1 + self.successes();
+                        failures.push_back(number);
+                        let oldest = number.saturating_sub(*size);
+                        while failures.front().is_some_and(|&n| n <= oldest) {
+                            failures.pop_front();
+                        }
+                        let calls = count(number.saturating_sub(base.load(Acquire)).min(*size));
+                        (count(failures.len()).min(calls), calls)
+                    }
+                    WindowState::Time { width, buckets } => {
+                        cold.closed_failures.fetch_add(1, Relaxed);
+                        let number = self.settings.nanos(now) / width + 1;
+                        buckets[(number % TIME_BUCKETS) as usize].add(number, true);
+                        self.time_counts(number)
+                    }
+                    WindowState::None => (0, 0),
+                };
+                let tripped =
+                    calls >= minimum_calls && f64::from(failures) >= threshold * f64::from(calls);
+                tripped.then_some(TransitionReason::FailureRate { failures, calls })
             }
         };
-        let reason = trip?;
+        let reason = reason?;
         let _guard = self.lock();
         if self.generation.load(Acquire) != permit.generation || self.state.load(Acquire) != CLOSED
         {
@@ -463,9 +645,50 @@ impl KeyState {
         Some(self.open(CircuitState::Closed, reason, now))
     }
 
+    /// The closed-state successes of every stripe.
+    fn successes(&self) -> u64 {
+        self.stripes.iter().map(|s| s.successes.load(Acquire)).sum()
+    }
+
+    /// (failures, calls) of a time window ending in bucket `number`.
+    fn time_counts(&self, number: u64) -> (u32, u32) {
+        let WindowState::Time { buckets, .. } = &self.cold.window else {
+            return (0, 0);
+        };
+        buckets
+            .iter()
+            .chain(self.stripes.iter().flat_map(|s| s.buckets.iter()))
+            .map(|b| b.counts(number))
+            .fold((0, 0), |(f, c), (bf, bc)| {
+                (f.saturating_add(bf), c.saturating_add(bc))
+            })
+    }
+
+    /// (failures, calls) in the window now.
+    fn window_counts(&self, now: Instant) -> (u32, u32) {
+        match &self.cold.window {
+            WindowState::None => (0, 0),
+            WindowState::Count {
+                size,
+                base,
+                failures,
+            } => {
+                let failures = lock(failures);
+                let number = self.cold.closed_failures.load(Acquire) + self.successes();
+                let oldest = number.saturating_sub(*size);
+                let calls = count(number.saturating_sub(base.load(Acquire)).min(*size));
+                let within = failures.iter().rev().take_while(|&&n| n > oldest).count();
+                (count(within).min(calls), calls)
+            }
+            WindowState::Time { width, .. } => {
+                self.time_counts(self.settings.nanos(now) / width + 1)
+            }
+        }
+    }
+
     /// Opens the breaker. Called with the transition lock held.
     fn open(&self, from: CircuitState, reason: TransitionReason, now: Instant) -> Transition {
-        let trips = self.trips.fetch_add(1, AcqRel) + 1;
+        let trips = self.cold.trips.fetch_add(1, AcqRel) + 1;
         let open_for = self
             .settings
             .open_duration
@@ -473,7 +696,7 @@ impl KeyState {
         let until = self
             .settings
             .nanos(now + open_for)
-            .max(self.server_until.load(Acquire));
+            .max(self.cold.server_until.load(Acquire));
         self.open_until.store(until, Release);
         self.reset_counts();
         self.generation.fetch_add(1, AcqRel);
@@ -487,7 +710,7 @@ impl KeyState {
 
     /// Closes the breaker. Called with the transition lock held.
     fn close(&self, from: CircuitState, reason: TransitionReason) -> Option<Transition> {
-        self.trips.store(0, Release);
+        self.cold.trips.store(0, Release);
         self.reset_counts();
         self.generation.fetch_add(1, AcqRel);
         self.state.store(CLOSED, Release);
@@ -498,11 +721,29 @@ impl KeyState {
         })
     }
 
+    /// Empties the window. Called with the transition lock held.
     fn reset_counts(&self) {
-        self.consecutive.store(0, Release);
-        self.window.reset();
-        self.probes_in_flight.store(0, Release);
-        self.probe_successes.store(0, Release);
+        let cold = &*self.cold;
+        cold.consecutive.store(0, Release);
+        match &cold.window {
+            WindowState::None => {}
+            WindowState::Count { base, failures, .. } => {
+                let mut failures = lock(failures);
+                failures.clear();
+                base.store(
+                    cold.closed_failures.load(Acquire) + self.successes(),
+                    Release,
+                );
+            }
+            WindowState::Time { buckets, .. } => {
+                buckets
+                    .iter()
+                    .chain(self.stripes.iter().flat_map(|s| s.buckets.iter()))
+                    .for_each(Bucket::reset);
+            }
+        }
+        cold.probes_in_flight.store(0, Release);
+        cold.probe_successes.store(0, Release);
     }
 
     /// Forces a state, or resets to closed with clean counts.
@@ -514,8 +755,8 @@ impl KeyState {
             Force::Closed => (FORCED_CLOSED, TransitionReason::Forced),
             Force::Reset => (CLOSED, TransitionReason::Reset),
         };
-        self.trips.store(0, Release);
-        self.server_until.store(0, Release);
+        self.cold.trips.store(0, Release);
+        self.cold.server_until.store(0, Release);
         self.reset_counts();
         self.generation.fetch_add(1, AcqRel);
         self.state.store(code, Release);
@@ -526,12 +767,13 @@ impl KeyState {
     pub(crate) fn snapshot(&self, now: Instant) -> Snapshot {
         let state = self.state();
         let now_n = self.settings.nanos(now);
+        let cold = &*self.cold;
         let (failures, calls) = match self.settings.policy.0 {
             Policy::ConsecutiveFailures(_) => {
-                let streak = self.consecutive.load(Acquire);
+                let streak = cold.consecutive.load(Acquire);
                 (streak, streak)
             }
-            Policy::FailureRate { .. } => self.window.counts(now_n),
+            Policy::FailureRate { .. } => self.window_counts(now),
         };
         let open_for = (state == CircuitState::Open)
             .then(|| Duration::from_nanos(self.open_until.load(Acquire).saturating_sub(now_n)));
@@ -541,10 +783,12 @@ impl KeyState {
             failures,
             calls,
             open_for,
-            trips: self.trips.load(Acquire),
-            total_calls: self.total_calls.load(Relaxed),
-            total_failures: self.total_failures.load(Relaxed),
-            total_rejected: self.total_rejected.load(Relaxed),
+            trips: cold.trips.load(Acquire),
+            total_calls: self.successes()
+                + cold.closed_failures.load(Relaxed)
+                + cold.probe_calls.load(Relaxed),
+            total_failures: cold.total_failures.load(Relaxed),
+            total_rejected: cold.total_rejected.load(Relaxed),
         }
     }
 
@@ -554,9 +798,13 @@ impl KeyState {
             CLOSED | FORCED_CLOSED => true,
             FORCED_OPEN => false,
             OPEN => self.settings.nanos(now) >= self.open_until.load(Acquire),
-            _ => self.probes_in_flight.load(Acquire) < self.settings.probes,
+            _ => self.cold.probes_in_flight.load(Acquire) < self.settings.probes,
         }
     }
+}
+
+fn count(n: impl TryInto<u32>) -> u32 {
+    n.try_into().unwrap_or(u32::MAX)
 }
 
 /// What an operator can force through the handle.
@@ -570,143 +818,133 @@ pub enum Force {
     Reset,
 }
 
-/// The failure-rate window's counts.
-enum Counter {
-    None,
-    /// The last `slots.len()` calls: 1 success, 2 failure, 0 empty.
-    Count {
-        slots: Box<[AtomicU8]>,
-        next: AtomicU64,
-        failures: AtomicU32,
-    },
-    /// Ten buckets of `width` nanoseconds each.
-    Time {
-        width: u64,
-        buckets: Box<[Bucket]>,
-    },
-}
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
 
-struct Bucket {
-    /// The bucket's number (time / width) plus one; zero when unused.
-    epoch: AtomicU64,
-    calls: AtomicU32,
-    failures: AtomicU32,
-}
+    use brownout_core::rng::SharedRng;
 
-const TIME_BUCKETS: u64 = 10;
+    use super::*;
+    use crate::{BreakerConfig, FailurePolicy, Window};
 
-impl Counter {
-    fn new(window: Window) -> Self {
-        match window {
-            Window::Count(n) => Counter::Count {
-                slots: (0..n.max(1)).map(|_| AtomicU8::new(0)).collect(),
-                next: AtomicU64::new(0),
-                failures: AtomicU32::new(0),
-            },
-            Window::Time(d) => Counter::Time {
-                width: (u64::try_from(d.as_nanos()).unwrap_or(u64::MAX) / TIME_BUCKETS).max(1),
-                buckets: (0..TIME_BUCKETS)
-                    .map(|_| Bucket {
-                        epoch: AtomicU64::new(0),
-                        calls: AtomicU32::new(0),
-                        failures: AtomicU32::new(0),
-                    })
-                    .collect(),
-            },
+    fn key_state(policy: FailurePolicy, stripes: usize) -> KeyState {
+        let settings = Settings::of(&BreakerConfig::new().policy(policy));
+        KeyState::new("k".into(), Arc::new(settings), stripes, Instant::now())
+    }
+
+    fn permit(state: &KeyState, now: Instant) -> Permit {
+        match state.acquire(now).0 {
+            Admission::Admitted(permit) => permit,
+            Admission::Rejected { .. } => panic!("refused while closed"),
         }
     }
 
-    fn record(&self, failure: bool, now: u64) {
-        match self {
-            Counter::None => {}
-            Counter::Count {
-                slots,
-                next,
-                failures,
-            } => {
-                let i = next.fetch_add(1, AcqRel);
-                let slot = &slots[(i % slots.len() as u64) as usize];
-                let new = if failure { 2 } else { 1 };
-                let old = slot.swap(new, AcqRel);
-                match (old == 2, failure) {
-                    (true, false) => {
-                        let _ = failures.fetch_update(AcqRel, Acquire, |n| n.checked_sub(1));
+    const FAILED: Verdict = Verdict::Failure { server_delay: None };
+
+    /// With one caller at a time, a count window split over stripes counts exactly the
+    /// last N calls, whichever stripes they were counted on: checked against a plain
+    /// list of the last N outcomes, over a seeded random run.
+    #[test]
+    fn a_count_window_over_stripes_is_exact_one_call_at_a_time() {
+        let (size, minimum) = (20, 10);
+        let policy = FailurePolicy::failure_rate(0.6, Window::Count(size), minimum).unwrap();
+        let state = key_state(policy, 4);
+        let rng = SharedRng::with_seed(7);
+        let mut last: VecDeque<bool> = VecDeque::new();
+        let now = Instant::now();
+        for call in 0..2_000 {
+            let failure = rng.f64() < 0.45;
+            let stripe = (rng.f64() * 4.0) as usize;
+            let permit = permit(&state, now);
+            let verdict = if failure { FAILED } else { Verdict::Success };
+            let transition = state.record(permit, verdict, now, stripe);
+            last.push_back(failure);
+            if last.len() > size as usize {
+                last.pop_front();
+            }
+            let failures = last.iter().filter(|&&f| f).count() as u32;
+            let calls = last.len() as u32;
+            let trips =
+                failure && calls >= minimum && f64::from(failures) >= 0.6 * f64::from(calls);
+            if trips {
+                let transition = transition.expect("the rate was reached");
+                assert_eq!(
+                    transition.reason,
+                    TransitionReason::FailureRate { failures, calls },
+                    "call {call}"
+                );
+                state.force(Force::Reset);
+                last.clear();
+            } else {
+                assert_eq!(transition, None, "call {call}");
+                let snapshot = state.snapshot(now);
+                assert_eq!(
+                    (snapshot.failures, snapshot.calls),
+                    (failures, calls),
+                    "call {call}"
+                );
+            }
+        }
+        assert_eq!(state.snapshot(now).total_calls, 2_000);
+    }
+
+    /// A time window's successes are counted per stripe and its failures on the key:
+    /// a rate reads both, and both are forgotten as the window moves on.
+    #[tokio::test(start_paused = true)]
+    async fn a_time_window_over_stripes_counts_every_stripe_and_forgets() {
+        let second = Duration::from_secs(1);
+        let policy = FailurePolicy::failure_rate(0.5, Window::Time(10 * second), 4).unwrap();
+        let state = key_state(policy, 3);
+        let now = Instant::now();
+        for stripe in 0..3 {
+            state.record(permit(&state, now), Verdict::Success, now, stripe);
+        }
+        let later = now + 2 * second;
+        state.record(permit(&state, later), FAILED, later, 0);
+        let snapshot = state.snapshot(later);
+        assert_eq!((snapshot.failures, snapshot.calls), (1, 4));
+
+        // The successes (at 0 s) are forgotten by 10 s, the failure (at 2 s) not yet.
+        let then = now + 10 * second;
+        let snapshot = state.snapshot(then);
+        assert_eq!((snapshot.failures, snapshot.calls), (1, 1));
+        for stripe in [1, 2] {
+            state.record(permit(&state, then), Verdict::Success, then, stripe);
+        }
+        // 2 of 4 failed: the fourth call trips it, from the stripes and the key's own.
+        let transition = state.record(permit(&state, then), FAILED, then, 1);
+        assert_eq!(
+            transition.map(|t| t.reason),
+            Some(TransitionReason::FailureRate {
+                failures: 2,
+                calls: 4
+            })
+        );
+        assert_eq!(state.snapshot(then).total_calls, 7);
+    }
+
+    /// Threads counting on their own stripes at once lose no call.
+    #[test]
+    fn concurrent_successes_on_stripes_all_count() {
+        let policy = FailurePolicy::failure_rate(0.5, Window::Count(100), 100).unwrap();
+        let state = key_state(policy, 2);
+        let now = Instant::now();
+        std::thread::scope(|scope| {
+            for thread in 0..4 {
+                let state = &state;
+                scope.spawn(move || {
+                    for _ in 0..1_000 {
+                        state.record(permit(state, now), Verdict::Success, now, thread);
                     }
-                    (false, true) => {
-                        failures.fetch_add(1, AcqRel);
-                    }
-                    _ => {}
-                }
+                });
             }
-            Counter::Time { width, buckets } => {
-                let number = now / width + 1;
-                let bucket = &buckets[(number % TIME_BUCKETS) as usize];
-                let seen = bucket.epoch.load(Acquire);
-                if seen != number
-                    && bucket
-                        .epoch
-                        .compare_exchange(seen, number, AcqRel, Acquire)
-                        .is_ok()
-                {
-                    bucket.calls.store(0, Release);
-                    bucket.failures.store(0, Release);
-                }
-                bucket.calls.fetch_add(1, AcqRel);
-                if failure {
-                    bucket.failures.fetch_add(1, AcqRel);
-                }
-            }
-        }
-    }
-
-    /// (failures, calls) in the window.
-    fn counts(&self, now: u64) -> (u32, u32) {
-        match self {
-            Counter::None => (0, 0),
-            Counter::Count {
-                slots,
-                next,
-                failures,
-            } => {
-                let calls = next.load(Acquire).min(slots.len() as u64) as u32;
-                (failures.load(Acquire).min(calls), calls)
-            }
-            Counter::Time { width, buckets } => {
-                let number = now / width + 1;
-                buckets
-                    .iter()
-                    .filter(|b| {
-                        let epoch = b.epoch.load(Acquire);
-                        epoch != 0 && epoch <= number && number - epoch < TIME_BUCKETS
-                    })
-                    .fold((0, 0), |(f, c), b| {
-                        (f + b.failures.load(Acquire), c + b.calls.load(Acquire))
-                    })
-            }
-        }
-    }
-
-    fn reset(&self) {
-        match self {
-            Counter::None => {}
-            Counter::Count {
-                slots,
-                next,
-                failures,
-            } => {
-                for slot in slots.iter() {
-                    slot.store(0, Release);
-                }
-                next.store(0, Release);
-                failures.store(0, Release);
-            }
-            Counter::Time { buckets, .. } => {
-                for bucket in buckets.iter() {
-                    bucket.epoch.store(0, Release);
-                    bucket.calls.store(0, Release);
-                    bucket.failures.store(0, Release);
-                }
-            }
+        });
+        let snapshot = state.snapshot(now);
+        assert_eq!((snapshot.calls, snapshot.total_calls), (100, 4_000));
+        // Once quiet, the window is exact again: 50 failures in the last 100 calls trip it.
+        for i in 1..=50 {
+            let transition = state.record(permit(&state, now), FAILED, now, 0);
+            assert_eq!(transition.is_some(), i == 50);
         }
     }
 }

@@ -802,3 +802,72 @@ async fn an_injected_store_keeps_the_breakers() {
     assert_eq!(gets.load(Ordering::SeqCst), 2);
     assert_eq!(handle.snapshots().len(), 1);
 }
+
+/// A thread remembers the entries it was given lately: a key its store dropped still
+/// starts again closed there, and another store's key of the same name is its own.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_key_starts_closed_on_the_thread_that_used_it() {
+    use brownout_breaker::{Admission, Verdict};
+    use tokio::time::Instant;
+
+    let config = consecutive(1);
+    let (store, other) = (LocalStore::new(&config), LocalStore::new(&config));
+    let now = Instant::now();
+    let entry = store.entry("k", now);
+    let Admission::Admitted(permit) = entry.acquire(now).0 else {
+        panic!("refused while closed")
+    };
+    let failed = Verdict::Failure { server_delay: None };
+    assert!(entry.record(permit, failed, now).is_some());
+    assert_eq!(
+        store.entry("k", now).snapshot(now).state,
+        CircuitState::Open
+    );
+    assert_eq!(
+        other.entry("k", now).snapshot(now).state,
+        CircuitState::Closed
+    );
+
+    assert!(store.remove("k"));
+    assert_eq!(
+        store.entry("k", now).snapshot(now).state,
+        CircuitState::Closed
+    );
+    assert_eq!(store.len(), 1);
+}
+
+/// Services cloned on other threads share one set of breakers, and the layer's state
+/// goes with the last of them: the per-thread replicas a clone takes hold no cycle.
+#[test]
+fn clones_on_other_threads_share_the_breakers_and_free_them() {
+    let alive = Arc::new(());
+    let witness = alive.clone();
+    let config = consecutive(3).failure_when(move |outcome| {
+        let _ = &witness;
+        outcome.kind().is_upstream_failure()
+    });
+    let (client, upstream, handle) = breaker(config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    for _ in 0..25 {
+                        assert_eq!(send(&client.clone(), M).await.unwrap(), 200);
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    assert_eq!(handle.state(M).unwrap().total_calls, 100);
+    drop(runtime);
+    drop((client, upstream, handle));
+    assert_eq!(Arc::strong_count(&alive), 1, "the layer's state was freed");
+}
