@@ -250,7 +250,7 @@ async fn figures(name: &str, script: Script, span_ms: u64) {
     let mut logs: Vec<Log> = vec![Log::default()];
     let mut stacks = vec![pipeline(logs[0].clone())];
     let variants = std::env::var("FIGURES_VARIANTS")
-        .unwrap_or_else(|_| "500,800,100,120,1;500,800,100,120".into());
+        .unwrap_or_else(|_| "500,800,250,120,1;500,800,250,120".into());
     for variant in variants.split(';') {
         let ms: Vec<u64> = variant.split(',').map(|v| v.parse().unwrap()).collect();
         let log = Log::default();

@@ -290,7 +290,7 @@ pub(super) const QUEUE_PREFER_WAIT: Duration = Duration::from_millis(500);
 pub(super) const QUEUE_MAX_WAIT: Duration = Duration::from_millis(800);
 const QUEUE_MAX_QUEUE: usize = 64;
 const QUEUE_CALLER_SHARE: f64 = 0.5;
-const QUEUE_PROBE_AFTER: Duration = Duration::from_millis(100);
+const QUEUE_PROBE_AFTER: Duration = Duration::from_millis(250);
 const QUEUE_EARLY_ACK: Duration = Duration::from_millis(120);
 const QUEUE_RECOVERY_LIMIT: u32 = 32;
 

@@ -517,7 +517,7 @@ fn the_queue_is_off_without_its_section_and_on_with_the_gateway_defaults() {
         "max_wait: 800ms",
         "caller_share: 0.5",
         "recovery_limit: 32",
-        "probe_after: Some(100ms)",
+        "probe_after: Some(250ms)",
         "early_ack: Some(120ms)",
         "prefer_wait: PreferWait { up_to: 500ms }",
     ] {
