@@ -810,17 +810,21 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let (mut parts, body) = request.into_parts();
-    let body = Body::new(body);
-    let in_memory = match &body.kind {
+    let request = request.map(Body::new);
+    let in_memory = match &request.body().kind {
         Kind::Full {
             data, once: None, ..
-        } => data.len() <= BodyLimits::of(&parts.extensions).replay_limit,
+        } => data.len() <= BodyLimits::of(request.extensions()).replay_limit,
         _ => false,
     };
     if !in_memory {
-        return prepare(Request::from_parts(parts, body), need).now();
+        return prepare(request, need).now();
     }
+    if need == Need::Replay {
+        // Nothing to read: the request as it is (no move of its head in and out).
+        return Ok(Ok(request));
+    }
+    let (mut parts, body) = request.into_parts();
     if let Err(error) = read_facts(&mut parts, body.prefix(), true, need) {
         return Ok(Err(Box::new(error)));
     }

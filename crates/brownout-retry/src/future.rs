@@ -211,8 +211,9 @@ where
                             Some(outcome) if outcome.is_success() => {
                                 this.state.set(State::Done);
                                 this.first.take();
-                                let response = response.map(Body::new);
-                                return Poll::Ready(with_attempts(Ok(response), 1));
+                                // One attempt: nothing to record (`Attempts::of` reads
+                                // its absence as one).
+                                return Poll::Ready(Ok(response.map(Body::new)));
                             }
                             Some(outcome) => {
                                 FirstAttempt::Classified(Ok(response.map(Body::new)), outcome)
