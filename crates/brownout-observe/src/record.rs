@@ -96,6 +96,10 @@ pub struct Exchange {
     pub input_tokens: Option<u64>,
     /// Output tokens, from the response's `usage` when it had one.
     pub output_tokens: Option<u64>,
+    /// The request's first upstream call, carried here when the same sink also got it
+    /// as an [`Attempt`] marked [`in_exchange`](Attempt::in_exchange): a sink that
+    /// writes both (the SQLite log) writes the two as one row.
+    pub first_attempt: Option<Attempt>,
 }
 
 impl Exchange {
@@ -113,6 +117,7 @@ impl Exchange {
             degraded_rule: None,
             input_tokens: None,
             output_tokens: None,
+            first_attempt: None,
         }
     }
 }
@@ -135,6 +140,10 @@ pub struct Attempt {
     pub status: Option<u16>,
     /// From sending to the response head or the error.
     pub latency: Duration,
+    /// Whether the request's [`Exchange`], recorded later into the same sink, carries
+    /// this attempt as its [`first_attempt`](Exchange::first_attempt). Counting sinks
+    /// ignore it; a sink that stores both records stores this one with the exchange.
+    pub in_exchange: bool,
 }
 
 impl Attempt {
@@ -148,6 +157,7 @@ impl Attempt {
             outcome,
             status: None,
             latency,
+            in_exchange: false,
         }
     }
 }

@@ -67,6 +67,7 @@
 //! [`SqliteConfig::retain_every`], and when it closes.
 
 use std::{
+    collections::HashMap,
     fmt,
     path::{Path, PathBuf},
     sync::{
@@ -168,18 +169,41 @@ impl SqliteConfig {
 #[derive(Debug)]
 pub struct SqliteError {
     path: PathBuf,
-    source: rusqlite::Error,
+    cause: Cause,
+}
+
+#[derive(Debug)]
+enum Cause {
+    Sqlite(rusqlite::Error),
+    /// The file holds something else than this schema.
+    Schema(String),
+    /// The writer thread could not start.
+    Thread(std::io::Error),
+}
+
+impl From<rusqlite::Error> for Cause {
+    fn from(error: rusqlite::Error) -> Self {
+        Cause::Sqlite(error)
+    }
 }
 
 impl fmt::Display for SqliteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path.display(), self.source)
+        match &self.cause {
+            Cause::Sqlite(e) => write!(f, "{}: {e}", self.path.display()),
+            Cause::Schema(e) => write!(f, "{}: {e}", self.path.display()),
+            Cause::Thread(e) => write!(f, "{}: cannot start the writer: {e}", self.path.display()),
+        }
     }
 }
 
 impl std::error::Error for SqliteError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
+        match &self.cause {
+            Cause::Sqlite(e) => Some(e),
+            Cause::Schema(_) => None,
+            Cause::Thread(e) => Some(e),
+        }
     }
 }
 
@@ -213,8 +237,7 @@ impl fmt::Debug for SqliteLog {
 
 /// What goes through the channel: a row, or a request of the handle.
 enum Message {
-    Exchange(Exchange),
-    Attempt(Attempt),
+    Row(Row),
     Flush(mpsc::Sender<()>),
     Close,
 }
@@ -223,13 +246,13 @@ impl SqliteLog {
     /// Opens (or creates) the log file, sets WAL mode and the schema, applies
     /// retention once, and starts the writer thread.
     pub fn open(config: SqliteConfig) -> Result<SqliteLog, SqliteError> {
-        let fail = |source| SqliteError {
+        let fail = |cause| SqliteError {
             path: config.path.clone(),
-            source,
+            cause,
         };
-        let conn = Connection::open(&config.path).map_err(fail)?;
+        let conn = Connection::open(&config.path).map_err(|e| fail(e.into()))?;
         prepare(&conn).map_err(fail)?;
-        retain(&conn, &config).map_err(fail)?;
+        retain(&conn, &config).map_err(|e| fail(e.into()))?;
         let (tx, rx) = mpsc::sync_channel(config.buffer);
         let shared = Arc::new(Shared {
             sent: AtomicU64::new(0),
@@ -243,13 +266,14 @@ impl SqliteLog {
             rx,
             config,
             shared: Arc::clone(&shared),
+            names: Names::default(),
         };
         let handle = std::thread::Builder::new()
             .name("brownout-sqlite".into())
             .spawn(move || writer.run())
             .map_err(|e| SqliteError {
                 path: shared.path.clone(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+                cause: Cause::Thread(e),
             })?;
         *shared.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         Ok(SqliteLog { tx, shared })
@@ -302,11 +326,15 @@ impl SqliteLog {
     }
 
     fn push(&self, message: Message) {
-        self.shared.sent.fetch_add(1, Ordering::Relaxed);
+        let records = match &message {
+            Message::Row(row) => row.records(),
+            _ => 0,
+        };
+        self.shared.sent.fetch_add(records, Ordering::Relaxed);
         match self.tx.try_send(message) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                self.shared.dropped.fetch_add(records, Ordering::Relaxed);
             }
         }
     }
@@ -314,81 +342,328 @@ impl SqliteLog {
 
 impl Sink for SqliteLog {
     fn exchange(&self, exchange: &Exchange) {
-        self.push(Message::Exchange(exchange.clone()));
+        self.push(Message::Row(Row::exchange(exchange)));
     }
 
     fn attempt(&self, attempt: &Attempt) {
-        self.push(Message::Attempt(attempt.clone()));
+        // Written with its exchange, which carries it.
+        if !attempt.in_exchange {
+            self.push(Message::Row(Row::attempt(attempt)));
+        }
+    }
+}
+
+/// The schema's version, in `PRAGMA user_version`: 2 since the integer-coded table
+/// `log` (version 1, never written to the pragma, was one `records` table of text).
+pub(crate) const SCHEMA_VERSION: i64 = 2;
+
+/// `log.kind`.
+pub(crate) const KIND_EXCHANGE: i64 = 0;
+/// `log.kind`.
+pub(crate) const KIND_ATTEMPT: i64 = 1;
+
+/// The codes of `log.outcome` for an exchange, in order: the [`Answer`]s, and the
+/// `status` each has (the table `answer_codes`).
+pub(crate) const ANSWER_CODES: [(Answer, &str); 8] = [
+    (Answer::Live, "ok"),
+    (Answer::Fallback, "ok"),
+    (Answer::Cached, "ok"),
+    (Answer::Stale, "ok"),
+    (Answer::Degraded, "ok"),
+    (Answer::Shed, "error"),
+    (Answer::Failed, "error"),
+    (Answer::CallerError, "caller_error"),
+];
+
+/// The codes of `log.outcome` for an attempt, in order: the [`OutcomeKind`]s and the
+/// `status` each has (the table `outcome_codes`); 255 is a kind this version does not
+/// know.
+pub(crate) const OUTCOME_CODES: [(&str, &str); 8] = [
+    ("success", "ok"),
+    ("client_error", "caller_error"),
+    ("rate_limited", "error"),
+    ("overloaded", "error"),
+    ("server_error", "error"),
+    ("timeout", "error"),
+    ("connection_failed", "error"),
+    ("rejected", "error"),
+];
+
+/// The code of an unknown outcome kind.
+const OUTCOME_OTHER: i64 = 255;
+
+fn answer_code(answer: Answer) -> i64 {
+    ANSWER_CODES
+        .iter()
+        .position(|(a, _)| *a == answer)
+        .map_or(ANSWER_CODES.len() as i64 - 1, |i| i as i64)
+}
+
+fn outcome_code(kind: OutcomeKind) -> i64 {
+    match kind {
+        OutcomeKind::Success => 0,
+        OutcomeKind::ClientError => 1,
+        OutcomeKind::RateLimited => 2,
+        OutcomeKind::Overloaded => 3,
+        OutcomeKind::ServerError => 4,
+        OutcomeKind::Timeout => 5,
+        OutcomeKind::ConnectionFailed => 6,
+        OutcomeKind::Rejected => 7,
+        _ => OUTCOME_OTHER,
     }
 }
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS records (
+CREATE TABLE IF NOT EXISTS names (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS answer_codes (
+    code INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outcome_codes (
+    code INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS log (
     id INTEGER PRIMARY KEY,
     ts INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    route TEXT NOT NULL,
-    model TEXT,
-    served_by TEXT,
-    outcome TEXT NOT NULL,
-    status TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    route INTEGER NOT NULL,
+    model INTEGER,
+    served_by INTEGER,
+    outcome INTEGER NOT NULL,
     http_code INTEGER,
     latency_ms REAL NOT NULL,
     attempt INTEGER NOT NULL,
     input_tokens INTEGER,
-    output_tokens INTEGER
+    output_tokens INTEGER,
+    first_ts INTEGER,
+    first_model INTEGER,
+    first_outcome INTEGER,
+    first_http_code INTEGER,
+    first_latency_ms REAL
 );
-CREATE INDEX IF NOT EXISTS records_kind_ts ON records (kind, ts);
+CREATE VIEW IF NOT EXISTS records AS
+SELECT l.id AS id, l.ts AS ts, 'exchange' AS kind, r.name AS route, m.name AS model,
+       s.name AS served_by, c.name AS outcome, c.status AS status, l.http_code AS http_code,
+       l.latency_ms AS latency_ms, l.attempt AS attempt, l.input_tokens AS input_tokens,
+       l.output_tokens AS output_tokens
+  FROM log l JOIN names r ON r.id = l.route LEFT JOIN names m ON m.id = l.model
+  LEFT JOIN names s ON s.id = l.served_by LEFT JOIN answer_codes c ON c.code = l.outcome
+ WHERE l.kind = 0
+UNION ALL
+SELECT l.id, l.ts, 'attempt', r.name, m.name, NULL, c.name, c.status, l.http_code,
+       l.latency_ms, l.attempt, NULL, NULL
+  FROM log l JOIN names r ON r.id = l.route LEFT JOIN names m ON m.id = l.model
+  LEFT JOIN outcome_codes c ON c.code = l.outcome
+ WHERE l.kind = 1
+UNION ALL
+SELECT l.id, l.first_ts, 'attempt', r.name, m.name, NULL, c.name, c.status,
+       l.first_http_code, l.first_latency_ms, 1, NULL, NULL
+  FROM log l JOIN names r ON r.id = l.route LEFT JOIN names m ON m.id = l.first_model
+  LEFT JOIN outcome_codes c ON c.code = l.first_outcome
+ WHERE l.first_outcome IS NOT NULL;
 ";
 
-fn prepare(conn: &Connection) -> rusqlite::Result<()> {
+/// What an existing file holds: nothing yet, this schema, or something else (the
+/// message says what).
+pub(crate) fn check_schema(conn: &Connection) -> rusqlite::Result<Result<bool, String>> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let table = |name: &str| -> rusqlite::Result<Option<String>> {
+        conn.query_row(
+            "SELECT type FROM sqlite_master WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })
+    };
+    Ok(match version {
+        SCHEMA_VERSION if table("log")?.is_some() => Ok(true),
+        0 => match table("records")?.as_deref() {
+            None => Ok(false),
+            Some("table") => Err(
+                "an availability log of an older brownout (schema 1: one `records` table of \
+                 text columns), which this version neither reads nor writes: move it aside \
+                 (or `sqlite3 FILE .dump` it) and start a new file"
+                    .into(),
+            ),
+            Some(_) => Err("not a brownout availability log (`records` is not its table)".into()),
+        },
+        v => Err(format!(
+            "not an availability log this brownout knows (schema version {v}, expected {SCHEMA_VERSION})"
+        )),
+    })
+}
+
+fn prepare(conn: &Connection) -> Result<(), Cause> {
     // WAL: readers (the report, an operator's sqlite3) never block the writer.
     // synchronous=NORMAL is the setting WAL is made for: a power cut may lose the last
     // transactions, never corrupt the file.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.busy_timeout(Duration::from_secs(5))?;
-    conn.execute_batch(SCHEMA)
+    if check_schema(conn)?.map_err(Cause::Schema)? {
+        return Ok(());
+    }
+    conn.execute_batch(SCHEMA)?;
+    for (code, (answer, status)) in ANSWER_CODES.iter().enumerate() {
+        conn.execute(
+            "INSERT OR IGNORE INTO answer_codes VALUES (?1, ?2, ?3)",
+            params![code as i64, answer.as_str(), status],
+        )?;
+    }
+    for (code, (name, status)) in OUTCOME_CODES.iter().enumerate() {
+        conn.execute(
+            "INSERT OR IGNORE INTO outcome_codes VALUES (?1, ?2, ?3)",
+            params![code as i64, name, status],
+        )?;
+    }
+    conn.execute(
+        "INSERT OR IGNORE INTO outcome_codes VALUES (?1, 'other', 'error')",
+        [OUTCOME_OTHER],
+    )?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    Ok(())
+}
+
+/// How long after its `ts` a row may be written at most, for reading the log by id
+/// rather than through an index on `ts`: a row is written when its record ends (an
+/// exchange when its answer's body does), so ids follow `ts` only up to this.
+pub(crate) const TS_DISORDER_MS: i64 = 15 * 60 * 1000;
+
+/// The first id whose row, and every later row's, may have `ts >= at`, found by a
+/// binary search over the ids (`ts` grows with the id, up to [`TS_DISORDER_MS`]):
+/// every row before it was written before a row with `ts < at`. A row whose `ts` is
+/// more than [`TS_DISORDER_MS`] older than its writing may sit before it.
+pub(crate) fn first_id_from(conn: &Connection, at: i64) -> rusqlite::Result<i64> {
+    let (lo, hi): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT MIN(id), MAX(id) FROM log", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let (Some(mut lo), Some(hi)) = (lo, hi) else {
+        return Ok(0);
+    };
+    let mut hi = hi + 1;
+    let mut probe =
+        conn.prepare_cached("SELECT id, ts FROM log WHERE id >= ?1 ORDER BY id LIMIT 1")?;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let row: Option<(i64, i64)> = probe
+            .query_row([mid], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?;
+        match row {
+            Some((id, ts)) if ts < at => lo = id + 1,
+            _ => hi = mid,
+        }
+    }
+    Ok(lo)
 }
 
 fn retain(conn: &Connection, config: &SqliteConfig) -> rusqlite::Result<usize> {
     let mut deleted = 0;
     if let Some(age) = config.max_age {
-        let cutoff = SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH);
-        // Through the (kind, ts) index: one index per row inserted, not two.
-        deleted += conn.execute(
-            "DELETE FROM records WHERE kind IN ('attempt', 'exchange') AND ts < ?1",
-            [unix_ms(cutoff)],
-        )?;
+        let cutoff = unix_ms(SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH));
+        // No index on `ts` (one fewer B-tree per row written): the rows before the
+        // first id at the cutoff, less any written late; a late row after it goes at a
+        // later pass.
+        let below = first_id_from(conn, cutoff)?;
+        deleted += conn.execute("DELETE FROM log WHERE id < ?1 AND ts < ?2", [below, cutoff])?;
     }
     if let Some(rows) = config.max_rows {
         // Ids grow by one with each insert: the rows above `MAX(id) - rows` are the
         // newest `rows` ones (fewer where deletes by age left gaps). One index lookup,
         // where `ORDER BY id DESC LIMIT 1 OFFSET rows` would walk `rows` entries.
+        // (A row carrying its exchange's first attempt counts once.)
         deleted += conn.execute(
-            "DELETE FROM records WHERE id <= (SELECT MAX(id) FROM records) - ?1",
+            "DELETE FROM log WHERE id <= (SELECT MAX(id) FROM log) - ?1",
             [i64::try_from(rows).unwrap_or(i64::MAX)],
         )?;
     }
     Ok(deleted)
 }
 
-/// The `status` column: whether the record is a usable answer.
-fn exchange_status(answer: Answer) -> &'static str {
-    if answer == Answer::CallerError {
-        "caller_error"
-    } else if answer.is_answered() {
-        "ok"
-    } else {
-        "error"
-    }
+/// A record as the writer needs it: copied on the request's path (reference-counted
+/// names, numbers), turned into codes and ids on the writer's thread.
+struct Row {
+    ts: i64,
+    kind: i64,
+    route: Arc<str>,
+    model: Option<Arc<str>>,
+    served_by: Option<Arc<str>>,
+    outcome: i64,
+    http_code: Option<u16>,
+    latency: Duration,
+    attempt: u32,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    first: Option<FirstRow>,
 }
 
-fn attempt_status(outcome: OutcomeKind) -> &'static str {
-    match outcome {
-        OutcomeKind::Success => "ok",
-        OutcomeKind::ClientError => "caller_error",
-        _ => "error",
+/// An exchange's first attempt, written in the exchange's row.
+struct FirstRow {
+    ts: i64,
+    model: Option<Arc<str>>,
+    outcome: i64,
+    http_code: Option<u16>,
+    latency: Duration,
+}
+
+impl Row {
+    fn exchange(e: &Exchange) -> Row {
+        Row {
+            ts: unix_ms(e.at),
+            kind: KIND_EXCHANGE,
+            route: e.route.clone(),
+            model: e.requested_model.clone(),
+            served_by: e.served_by.clone(),
+            outcome: answer_code(e.answer),
+            http_code: Some(e.status),
+            latency: e.latency,
+            attempt: e.attempts,
+            input_tokens: e.input_tokens,
+            output_tokens: e.output_tokens,
+            first: e.first_attempt.as_ref().map(|a| FirstRow {
+                ts: unix_ms(a.at),
+                model: a.model.clone(),
+                outcome: outcome_code(a.outcome),
+                http_code: a.status,
+                latency: a.latency,
+            }),
+        }
+    }
+
+    fn attempt(a: &Attempt) -> Row {
+        Row {
+            ts: unix_ms(a.at),
+            kind: KIND_ATTEMPT,
+            route: a.route.clone(),
+            model: a.model.clone(),
+            served_by: None,
+            outcome: outcome_code(a.outcome),
+            http_code: a.status,
+            latency: a.latency,
+            attempt: a.attempt,
+            input_tokens: None,
+            output_tokens: None,
+            first: None,
+        }
+    }
+
+    /// The records it holds: an exchange and its first attempt count two.
+    fn records(&self) -> u64 {
+        1 + u64::from(self.first.is_some())
     }
 }
 
@@ -396,11 +671,53 @@ fn ms(latency: Duration) -> f64 {
     latency.as_secs_f64() * 1000.0
 }
 
+fn tokens(n: Option<u64>) -> Option<i64> {
+    n.map(|n| i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// The ids of the names written so far (routes and models), so that a row costs no
+/// text: looked up, or added, once per name.
+#[derive(Default)]
+struct Names {
+    ids: HashMap<Arc<str>, i64, foldhash::fast::RandomState>,
+}
+
+/// Names remembered at most; past it the memory starts afresh (callers may name any
+/// number of models; the table keeps them all).
+const NAMES_KEPT: usize = 4096;
+
+impl Names {
+    fn id(&mut self, tx: &rusqlite::Transaction<'_>, name: &Arc<str>) -> rusqlite::Result<i64> {
+        if let Some(id) = self.ids.get(&**name) {
+            return Ok(*id);
+        }
+        tx.prepare_cached("INSERT OR IGNORE INTO names (name) VALUES (?1)")?
+            .execute([&**name])?;
+        let id = tx
+            .prepare_cached("SELECT id FROM names WHERE name = ?1")?
+            .query_row([&**name], |r| r.get(0))?;
+        if self.ids.len() >= NAMES_KEPT {
+            self.ids.clear();
+        }
+        self.ids.insert(name.clone(), id);
+        Ok(id)
+    }
+
+    fn opt(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+        name: &Option<Arc<str>>,
+    ) -> rusqlite::Result<Option<i64>> {
+        name.as_ref().map(|n| self.id(tx, n)).transpose()
+    }
+}
+
 struct Writer {
     conn: Connection,
     rx: Receiver<Message>,
     config: SqliteConfig,
     shared: Arc<Shared>,
+    names: Names,
 }
 
 impl Writer {
@@ -500,12 +817,20 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
-        let rows = batch.len() as u64;
-        match insert(&mut self.conn, batch) {
+        let rows: u64 = batch
+            .iter()
+            .map(|m| match m {
+                Message::Row(row) => row.records(),
+                _ => 0,
+            })
+            .sum();
+        match insert(&mut self.conn, &mut self.names, batch) {
             Ok(()) => {
                 self.shared.written.fetch_add(rows, Ordering::Relaxed);
             }
             Err(error) => {
+                // The names added in the rolled-back transaction are gone.
+                self.names.ids.clear();
                 self.shared.dropped.fetch_add(rows, Ordering::Relaxed);
                 tracing::warn!(path = %self.config.path.display(), %error, rows, "brownout-observe: sqlite log write failed");
             }
@@ -514,47 +839,44 @@ impl Writer {
     }
 }
 
-fn insert(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result<()> {
+fn insert(conn: &mut Connection, names: &mut Names, batch: &[Message]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
-    {
-        let mut statement = tx.prepare_cached(
-            "INSERT INTO records (ts, kind, route, model, served_by, outcome, status, http_code, latency_ms, attempt, input_tokens, output_tokens)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        )?;
-        for message in batch {
-            match message {
-                Message::Exchange(e) => statement.execute(params![
-                    unix_ms(e.at),
-                    "exchange",
-                    &*e.route,
-                    e.requested_model.as_deref(),
-                    e.served_by.as_deref(),
-                    e.answer.as_str(),
-                    exchange_status(e.answer),
-                    e.status,
-                    ms(e.latency),
-                    e.attempts,
-                    e.input_tokens.map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
-                    e.output_tokens
-                        .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
-                ])?,
-                Message::Attempt(a) => statement.execute(params![
-                    unix_ms(a.at),
-                    "attempt",
-                    &*a.route,
-                    a.model.as_deref(),
-                    Option::<&str>::None,
-                    a.outcome.as_str(),
-                    attempt_status(a.outcome),
-                    a.status,
-                    ms(a.latency),
-                    a.attempt,
-                    Option::<i64>::None,
-                    Option::<i64>::None,
-                ])?,
-                Message::Flush(_) | Message::Close => continue,
-            };
-        }
+    for message in batch {
+        let Message::Row(row) = message else {
+            continue;
+        };
+        let route = names.id(&tx, &row.route)?;
+        let model = names.opt(&tx, &row.model)?;
+        let served_by = names.opt(&tx, &row.served_by)?;
+        let first_model = match &row.first {
+            Some(first) => names.opt(&tx, &first.model)?,
+            None => None,
+        };
+        let first = row.first.as_ref();
+        tx.prepare_cached(
+            "INSERT INTO log (ts, kind, route, model, served_by, outcome, http_code, latency_ms, attempt,
+                              input_tokens, output_tokens, first_ts, first_model, first_outcome,
+                              first_http_code, first_latency_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        )?
+        .execute(params![
+            row.ts,
+            row.kind,
+            route,
+            model,
+            served_by,
+            row.outcome,
+            row.http_code,
+            ms(row.latency),
+            row.attempt,
+            tokens(row.input_tokens),
+            tokens(row.output_tokens),
+            first.map(|f| f.ts),
+            first_model,
+            first.map(|f| f.outcome),
+            first.and_then(|f| f.http_code),
+            first.map(|f| ms(f.latency)),
+        ])?;
     }
     tx.commit()
 }
