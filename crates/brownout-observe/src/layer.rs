@@ -534,23 +534,27 @@ where
 
     fn call(&mut self, request: Request<B>) -> ObserveFuture<S> {
         let mut pending = Pending::new(self.shared.clone(), request.uri().path());
-        // The service that was made ready is the one to call; its clone waits.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let state = match prepare_now(request, Need::Model) {
+            // The body is there: the ready service is called in place (no clone of
+            // the stack under it).
             Ok(Ok(mut request)) => {
                 pending.start(&mut request);
                 let future = {
                     let _entered = pending.span.enter();
-                    inner.call(request)
+                    self.inner.call(request)
                 };
                 State::Calling { future }
             }
             Ok(Err(error)) => State::Refused { error: Some(error) },
-            Err(prepare) => State::Preparing {
-                prepare,
-                inner: Some(inner),
-            },
+            // The service that was made ready is the one to call once the body is
+            // read; its clone waits for the next `poll_ready`.
+            Err(prepare) => {
+                let clone = self.inner.clone();
+                State::Preparing {
+                    prepare,
+                    inner: Some(std::mem::replace(&mut self.inner, clone)),
+                }
+            }
         };
         ObserveFuture {
             state,

@@ -45,10 +45,14 @@
 //!
 //! # Schema
 //!
-//! One table, `records`, one row per record; `kind` is `attempt` or `exchange`:
+//! Schema 2 (`PRAGMA user_version = 2`). The rows are in the table `log`, in integer
+//! codes, and the view `records` reads them with names, one row per record, with the
+//! columns schema 1 had (so `SELECT ts, model, status, latency_ms, http_code FROM
+//! records` reads as it did):
 //!
-//! | column | exchange | attempt |
+//! | `records` column | exchange | attempt |
 //! |---|---|---|
+//! | `id` | the `log` row | the `log` row (a first attempt carried by its exchange: the exchange's) |
 //! | `ts` | arrival, ms since the Unix epoch | sending, ms since the Unix epoch |
 //! | `kind` | `exchange` | `attempt` |
 //! | `route` | the route | the route |
@@ -61,10 +65,53 @@
 //! | `attempt` | upstream calls made | 1 for the first call, 2 for the next, … |
 //! | `input_tokens`, `output_tokens` | from the answer's `usage` | — |
 //!
-//! Indexes on `(kind, ts)` (the report's window) and `ts` (retention by age).
+//! `log` holds one row per exchange, with the columns above (`kind` 0 for an
+//! exchange, 1 for an attempt; `route`, `model` and `served_by` as ids of the table
+//! `names`; `outcome` as a code of the table `answer_codes` for an exchange,
+//! `outcome_codes` for an attempt, each with its name and `status`), and **its first
+//! attempt folded in** (`first_ts`, `first_model`, `first_outcome`, `first_http_code`,
+//! `first_latency_ms`; NULL when it carries none). An attempt has a row of its own
+//! (`kind` 1) when it is not the first of its request (retries, fallback targets), or
+//! when its request's exchange was not recorded into the same log (an
+//! [`AttemptLayer`](crate::AttemptLayer) without an [`ObserveLayer`](crate::ObserveLayer)
+//! over it into the same sink). So a request answered at the first call is one row,
+//! and every attempt is still a row of `records`. The codes:
+//!
+//! | code | `answer_codes` (exchange) | `outcome_codes` (attempt) |
+//! |---|---|---|
+//! | 0 | `live` (ok) | `success` (ok) |
+//! | 1 | `fallback` (ok) | `client_error` (caller_error) |
+//! | 2 | `cached` (ok) | `rate_limited` (error) |
+//! | 3 | `stale` (ok) | `overloaded` (error) |
+//! | 4 | `degraded` (ok) | `server_error` (error) |
+//! | 5 | `shed` (error) | `timeout` (error) |
+//! | 6 | `failed` (error) | `connection_failed` (error) |
+//! | 7 | `caller_error` (caller_error) | `rejected` (error) |
+//! | 255 | — | `other` (error), a kind this version does not know |
+//!
+//! Why: a row of text columns cost about 11,600 instructions to write, two rows a
+//! request, with an index on `(kind, ts)`; one row of integers without a secondary
+//! index costs a fraction of that (`BENCHMARKS.md`).
+//!
+//! There is no index but the rowid. A row is written when its record ends, so ids
+//! follow `ts` up to the longest request (a stream's exchange is recorded when its body
+//! ends). Readers find the first id of a window by a binary search over the ids, from
+//! 15 minutes before the window's start (`TS_DISORDER_MS`), and check `ts` on each row
+//! after it: a window misses a row only when the row was written more than 15 minutes
+//! after its `ts`, behind rows older than the window. Retention by age deletes the rows
+//! before the first id at the cutoff whose `ts` is older than it; a row written late
+//! goes at a later pass. Retention by count deletes the oldest ids (a row with its
+//! folded attempt counts once).
+//!
 //! Retention deletes rows older than [`SqliteConfig::max_age`] and the oldest rows
 //! beyond [`SqliteConfig::max_rows`], when the log opens, every
 //! [`SqliteConfig::retain_every`], and when it closes.
+//!
+//! **Older files**: a file of schema 1 (a `records` table of text columns, written
+//! before this version) is refused by [`SqliteLog::open`] and by the report with an
+//! error that says so; move it aside (it stays readable with `sqlite3`) and start a new
+//! file. It is not migrated: the two schemas' rows would have to be rewritten, and an
+//! availability log is kept for days, not years.
 
 use std::{
     collections::HashMap,
