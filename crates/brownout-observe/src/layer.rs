@@ -349,7 +349,6 @@ impl Pending {
         served: Option<Arc<str>>,
         attempts: u32,
     ) -> Exchange {
-        exchange.at = self.at;
         exchange.requested_model = self.model.clone();
         exchange.served_by = served;
         exchange.first_attempt = self.tally.as_ref().and_then(AttemptTally::take_first);
@@ -415,8 +414,13 @@ impl Pending {
                 .or_else(|| self.model.clone()),
             _ => None,
         };
-        let mut exchange =
-            Exchange::new(self.route.clone(), answer, status, self.started.elapsed());
+        let mut exchange = Exchange::at(
+            self.at,
+            self.route.clone(),
+            answer,
+            status,
+            self.started.elapsed(),
+        );
         if answer == Answer::Degraded {
             exchange.degraded_rule = extensions
                 .get::<Degraded>()
@@ -452,7 +456,13 @@ impl Pending {
             // Anthropic's overload status, as brownout-gateway answers a refusal there.
             status = 529;
         }
-        let exchange = Exchange::new(self.route.clone(), answer, status, self.started.elapsed());
+        let exchange = Exchange::at(
+            self.at,
+            self.route.clone(),
+            answer,
+            status,
+            self.started.elapsed(),
+        );
         self.finish(exchange, None, 0);
     }
 
@@ -460,7 +470,8 @@ impl Pending {
     /// against availability, recorded as `499` (the status proxies log for it) with
     /// the attempts made so far.
     fn cancelled(&self) {
-        let exchange = Exchange::new(
+        let exchange = Exchange::at(
+            self.at,
             self.route.clone(),
             Answer::CallerError,
             499,
@@ -602,17 +613,25 @@ impl http_body::Body for Metered {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
-                    this.scanner.feed(data, false);
+                    // A frame that ends the body (a whole JSON answer, usually) is
+                    // scanned as the last: nothing kept for a next one, no second pass.
+                    let last = this.inner.is_end_stream();
+                    this.scanner.feed(data, last);
+                    if last {
+                        record_tokens(this.exchange, this.scanner, this.sink);
+                    }
                 }
             }
             None => {
-                this.scanner.feed(&[], true);
-                record_tokens(this.exchange, this.scanner, this.sink);
+                if this.exchange.is_some() {
+                    this.scanner.feed(&[], true);
+                    record_tokens(this.exchange, this.scanner, this.sink);
+                }
             }
             // An answer that fails half-way is a failure, whatever its head said;
             // recorded (with the tokens seen) when the body is dropped.
@@ -874,13 +893,13 @@ struct Sent {
 
 impl Sent {
     fn record(&self, outcome: OutcomeKind, status: Option<u16>) {
-        let mut attempt = Attempt::new(
+        let mut attempt = Attempt::at(
+            self.at,
             self.route.clone(),
             self.attempt,
             outcome,
             self.started.elapsed(),
         );
-        attempt.at = self.at;
         attempt.model = self.model.clone();
         attempt.status = status;
         match &self.first_of {

@@ -105,8 +105,20 @@ pub struct Exchange {
 impl Exchange {
     /// A record with the given essentials; the optional parts are empty.
     pub fn new(route: Arc<str>, answer: Answer, status: u16, latency: Duration) -> Self {
+        Exchange::at(SystemTime::now(), route, answer, status, latency)
+    }
+
+    /// [`new`](Self::new) with its arrival given: the layer knows it and spares a
+    /// clock read.
+    pub(crate) fn at(
+        at: SystemTime,
+        route: Arc<str>,
+        answer: Answer,
+        status: u16,
+        latency: Duration,
+    ) -> Self {
         Exchange {
-            at: SystemTime::now(),
+            at,
             route,
             requested_model: None,
             served_by: None,
@@ -149,8 +161,19 @@ pub struct Attempt {
 impl Attempt {
     /// A record with the given essentials; the optional parts are empty.
     pub fn new(route: Arc<str>, attempt: u32, outcome: OutcomeKind, latency: Duration) -> Self {
+        Attempt::at(SystemTime::now(), route, attempt, outcome, latency)
+    }
+
+    /// [`new`](Self::new) with its sending time given (no clock read).
+    pub(crate) fn at(
+        at: SystemTime,
+        route: Arc<str>,
+        attempt: u32,
+        outcome: OutcomeKind,
+        latency: Duration,
+    ) -> Self {
         Attempt {
-            at: SystemTime::now(),
+            at,
             route,
             model: None,
             attempt,

@@ -119,15 +119,15 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
-        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError},
         Arc, Mutex,
     },
-    thread::JoinHandle,
+    thread::{JoinHandle, Thread},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use brownout_core::classify::OutcomeKind;
-use rusqlite::{params, Connection};
+use rusqlite::{params, types::Null, CachedStatement, Connection, ToSql};
 
 use crate::record::{unix_ms, Answer, Attempt, Exchange, Sink};
 
@@ -262,6 +262,11 @@ impl std::error::Error for SqliteError {
 pub struct SqliteLog {
     tx: SyncSender<Message>,
     shared: Arc<Shared>,
+    /// The writer, woken for a flush, a close or a full batch (a row alone does not
+    /// wake it while it lingers).
+    writer: Thread,
+    /// Rows a full batch holds.
+    batch: u64,
 }
 
 struct Shared {
@@ -314,7 +319,9 @@ impl SqliteLog {
             config,
             shared: Arc::clone(&shared),
             names: Names::default(),
+            inserts: INSERT_ROWS.map(insert_sql),
         };
+        let batch = writer.config.batch as u64;
         let handle = std::thread::Builder::new()
             .name("brownout-sqlite".into())
             .spawn(move || writer.run())
@@ -322,8 +329,14 @@ impl SqliteLog {
                 path: shared.path.clone(),
                 cause: Cause::Thread(e),
             })?;
+        let writer = handle.thread().clone();
         *shared.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
-        Ok(SqliteLog { tx, shared })
+        Ok(SqliteLog {
+            tx,
+            shared,
+            writer,
+            batch,
+        })
     }
 
     /// The file it writes.
@@ -352,6 +365,7 @@ impl SqliteLog {
     pub fn flush(&self) {
         let (done, wait) = mpsc::channel();
         if self.tx.send(Message::Flush(done)).is_ok() {
+            self.writer.unpark();
             let _ = wait.recv();
         }
     }
@@ -368,6 +382,7 @@ impl SqliteLog {
             .take();
         if let Some(writer) = writer {
             let _ = self.tx.send(Message::Close);
+            writer.thread().unpark();
             let _ = writer.join();
         }
     }
@@ -377,9 +392,16 @@ impl SqliteLog {
             Message::Row(row) => row.records(),
             _ => 0,
         };
-        self.shared.sent.fetch_add(records, Ordering::Relaxed);
+        let before = self.shared.sent.fetch_add(records, Ordering::Relaxed);
         match self.tx.try_send(message) {
-            Ok(()) => {}
+            Ok(()) => {
+                // A full batch is written at once, not at the end of the linger.
+                let done = self.shared.written.load(Ordering::Relaxed)
+                    + self.shared.dropped.load(Ordering::Relaxed);
+                if (before + records).saturating_sub(done) >= self.batch {
+                    self.writer.unpark();
+                }
+            }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.shared.dropped.fetch_add(records, Ordering::Relaxed);
             }
@@ -727,7 +749,13 @@ fn tokens(n: Option<u64>) -> Option<i64> {
 #[derive(Default)]
 struct Names {
     ids: HashMap<Arc<str>, i64, foldhash::fast::RandomState>,
+    /// The last names looked up, most recent last: a gateway's rows name a few
+    /// routes and models, compared here for less than a hash of the name costs.
+    recent: Vec<(Arc<str>, i64)>,
 }
+
+/// Names in [`Names::recent`].
+const RECENT_NAMES: usize = 8;
 
 /// Names remembered at most; past it the memory starts afresh (callers may name any
 /// number of models; the table keeps them all).
@@ -735,6 +763,23 @@ const NAMES_KEPT: usize = 4096;
 
 impl Names {
     fn id(&mut self, tx: &rusqlite::Transaction<'_>, name: &Arc<str>) -> rusqlite::Result<i64> {
+        if let Some((_, id)) = self
+            .recent
+            .iter()
+            .rev()
+            .find(|(n, _)| Arc::ptr_eq(n, name) || **n == **name)
+        {
+            return Ok(*id);
+        }
+        let id = self.lookup(tx, name)?;
+        if self.recent.len() >= RECENT_NAMES {
+            self.recent.remove(0);
+        }
+        self.recent.push((name.clone(), id));
+        Ok(id)
+    }
+
+    fn lookup(&mut self, tx: &rusqlite::Transaction<'_>, name: &Arc<str>) -> rusqlite::Result<i64> {
         if let Some(id) = self.ids.get(&**name) {
             return Ok(*id);
         }
@@ -748,6 +793,12 @@ impl Names {
         }
         self.ids.insert(name.clone(), id);
         Ok(id)
+    }
+
+    /// Forgets every id (their transaction was rolled back).
+    fn clear(&mut self) {
+        self.ids.clear();
+        self.recent.clear();
     }
 
     fn opt(
@@ -765,6 +816,8 @@ struct Writer {
     config: SqliteConfig,
     shared: Arc<Shared>,
     names: Names,
+    /// The `INSERT` of [`INSERT_ROWS`] rows, for each size.
+    inserts: [String; INSERT_ROWS.len()],
 }
 
 impl Writer {
@@ -789,22 +842,25 @@ impl Writer {
             }
             // More rows for the same transaction, for up to `linger` after the first
             // (a flush or a close writes at once).
+            // The writer sleeps while it lingers, rather than waiting on the channel:
+            // a row handed over then costs its sender no wake-up (and the writer
+            // none per row); a flush, a close and a full batch unpark it.
             let until = Instant::now() + self.config.linger;
             while !close
                 && waiters.is_empty()
                 && !batch.is_empty()
                 && batch.len() < self.config.batch
             {
-                let left = until.saturating_duration_since(Instant::now());
-                let next = if left.is_zero() {
-                    self.rx.try_recv().map_err(|_| RecvTimeoutError::Timeout)
-                } else {
-                    self.rx.recv_timeout(left)
-                };
-                match next {
+                match self.rx.try_recv() {
                     Ok(message) => self.take(message, &mut batch, &mut waiters, &mut close),
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => close = true,
+                    Err(TryRecvError::Disconnected) => close = true,
+                    Err(TryRecvError::Empty) => {
+                        let left = until.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        std::thread::park_timeout(left);
+                    }
                 }
             }
             self.write(&mut batch);
@@ -871,13 +927,13 @@ impl Writer {
                 _ => 0,
             })
             .sum();
-        match insert(&mut self.conn, &mut self.names, batch) {
+        match insert(&mut self.conn, &mut self.names, &self.inserts, batch) {
             Ok(()) => {
                 self.shared.written.fetch_add(rows, Ordering::Relaxed);
             }
             Err(error) => {
                 // The names added in the rolled-back transaction are gone.
-                self.names.ids.clear();
+                self.names.clear();
                 self.shared.dropped.fetch_add(rows, Ordering::Relaxed);
                 tracing::warn!(path = %self.config.path.display(), %error, rows, "brownout-observe: sqlite log write failed");
             }
@@ -886,44 +942,161 @@ impl Writer {
     }
 }
 
-fn insert(conn: &mut Connection, names: &mut Names, batch: &[Message]) -> rusqlite::Result<()> {
+/// Rows per `INSERT` statement, largest first: a batch is written in statements of
+/// these sizes (32 rows in one run of one program, rather than 32 runs).
+const INSERT_ROWS: [usize; 4] = [32, 8, 2, 1];
+
+/// The columns of `log` an `INSERT` binds, in order.
+const COLUMNS: usize = 16;
+
+/// The `INSERT` of `rows` rows.
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO log (ts, kind, route, model, served_by, outcome, http_code, latency_ms, \
+         attempt, input_tokens, output_tokens, first_ts, first_model, first_outcome, \
+         first_http_code, first_latency_ms) VALUES ",
+    );
+    for row in 0..rows {
+        if row > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for column in 0..COLUMNS {
+            if column > 0 {
+                sql.push(',');
+            }
+            sql.push('?');
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// A value of a `log` column.
+#[derive(Clone, Copy)]
+enum Value {
+    Int(i64),
+    Real(f64),
+    Null,
+}
+
+impl From<Option<i64>> for Value {
+    fn from(v: Option<i64>) -> Self {
+        v.map_or(Value::Null, Value::Int)
+    }
+}
+
+impl From<Option<f64>> for Value {
+    fn from(v: Option<f64>) -> Self {
+        v.map_or(Value::Null, Value::Real)
+    }
+}
+
+/// One `INSERT` of a batch, and which of its parameters are not NULL: the statement
+/// starts the batch with every parameter NULL (the cache clears them), so a NULL is
+/// bound only over a value a previous use left.
+struct Insert<'c> {
+    statement: CachedStatement<'c>,
+    bound: Vec<bool>,
+}
+
+impl<'c> Insert<'c> {
+    fn new(tx: &'c rusqlite::Transaction<'_>, sql: &str, rows: usize) -> rusqlite::Result<Self> {
+        Ok(Insert {
+            statement: tx.prepare_cached(sql)?,
+            bound: vec![false; rows * COLUMNS],
+        })
+    }
+
+    /// Binds the `rows`' values and runs the statement.
+    fn run(&mut self, rows: &[[Value; COLUMNS]]) -> rusqlite::Result<()> {
+        for (r, row) in rows.iter().enumerate() {
+            for (c, value) in row.iter().enumerate() {
+                let i = r * COLUMNS + c;
+                match *value {
+                    Value::Int(v) => self.bind(i, v)?,
+                    Value::Real(v) => self.bind(i, v)?,
+                    Value::Null if self.bound[i] => {
+                        self.statement.raw_bind_parameter(i + 1, Null)?;
+                        self.bound[i] = false;
+                    }
+                    Value::Null => {}
+                }
+            }
+        }
+        self.statement.raw_execute()?;
+        Ok(())
+    }
+
+    fn bind(&mut self, i: usize, value: impl ToSql) -> rusqlite::Result<()> {
+        self.bound[i] = true;
+        self.statement.raw_bind_parameter(i + 1, value)
+    }
+}
+
+/// A row's values, in the order of [`insert_sql`]'s columns.
+fn values(
+    tx: &rusqlite::Transaction<'_>,
+    names: &mut Names,
+    row: &Row,
+) -> rusqlite::Result<[Value; COLUMNS]> {
+    let route = names.id(tx, &row.route)?;
+    let model = names.opt(tx, &row.model)?;
+    let served_by = names.opt(tx, &row.served_by)?;
+    let first = row.first.as_ref();
+    let first_model = match first {
+        Some(first) => names.opt(tx, &first.model)?,
+        None => None,
+    };
+    Ok([
+        Value::Int(row.ts),
+        Value::Int(row.kind),
+        Value::Int(route),
+        model.into(),
+        served_by.into(),
+        Value::Int(row.outcome),
+        row.http_code.map(i64::from).into(),
+        Value::Real(ms(row.latency)),
+        Value::Int(i64::from(row.attempt)),
+        tokens(row.input_tokens).into(),
+        tokens(row.output_tokens).into(),
+        first.map(|f| f.ts).into(),
+        first_model.into(),
+        first.map(|f| f.outcome).into(),
+        first.and_then(|f| f.http_code).map(i64::from).into(),
+        first.map(|f| ms(f.latency)).into(),
+    ])
+}
+
+fn insert(
+    conn: &mut Connection,
+    names: &mut Names,
+    sql: &[String; INSERT_ROWS.len()],
+    batch: &[Message],
+) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
-    for message in batch {
-        let Message::Row(row) = message else {
-            continue;
-        };
-        let route = names.id(&tx, &row.route)?;
-        let model = names.opt(&tx, &row.model)?;
-        let served_by = names.opt(&tx, &row.served_by)?;
-        let first_model = match &row.first {
-            Some(first) => names.opt(&tx, &first.model)?,
-            None => None,
-        };
-        let first = row.first.as_ref();
-        tx.prepare_cached(
-            "INSERT INTO log (ts, kind, route, model, served_by, outcome, http_code, latency_ms, attempt,
-                              input_tokens, output_tokens, first_ts, first_model, first_outcome,
-                              first_http_code, first_latency_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-        )?
-        .execute(params![
-            row.ts,
-            row.kind,
-            route,
-            model,
-            served_by,
-            row.outcome,
-            row.http_code,
-            ms(row.latency),
-            row.attempt,
-            tokens(row.input_tokens),
-            tokens(row.output_tokens),
-            first.map(|f| f.ts),
-            first_model,
-            first.map(|f| f.outcome),
-            first.and_then(|f| f.http_code),
-            first.map(|f| ms(f.latency)),
-        ])?;
+    {
+        let mut rows = Vec::with_capacity(batch.len());
+        for message in batch {
+            if let Message::Row(row) = message {
+                rows.push(values(&tx, names, row)?);
+            }
+        }
+        let mut inserts: [Option<Insert<'_>>; INSERT_ROWS.len()] = Default::default();
+        let mut left = &rows[..];
+        while !left.is_empty() {
+            let k = INSERT_ROWS
+                .iter()
+                .position(|&n| n <= left.len())
+                .expect("the smallest INSERT is of one row");
+            let n = INSERT_ROWS[k];
+            let insert = match &mut inserts[k] {
+                Some(insert) => insert,
+                empty => empty.insert(Insert::new(&tx, &sql[k], n)?),
+            };
+            insert.run(&left[..n])?;
+            left = &left[n..];
+        }
     }
     tx.commit()
 }
