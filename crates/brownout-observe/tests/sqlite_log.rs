@@ -355,3 +355,46 @@ fn a_file_opened_again_keeps_its_rows_and_names() {
     let conn = Connection::open(dir.db()).unwrap();
     assert_eq!(count(&conn, "SELECT COUNT(*) FROM names"), 2);
 }
+
+/// Rows go in `INSERT`s of several rows, each parameter bound only when it changes:
+/// a NULL after a value in the same place of a statement must be NULL in the file.
+#[test]
+fn values_and_nulls_mixed_in_one_batch_are_written_as_they_were() {
+    let dir = Dir::new("mixed");
+    let log = SqliteLog::open(SqliteConfig::new(dir.db())).unwrap();
+    // 101 rows: whole INSERTs of 32 and the smaller ones, in one transaction.
+    for i in 0..101u64 {
+        let mut e = exchange(i);
+        if i % 3 != 0 {
+            e.input_tokens = None;
+            e.served_by = None;
+        }
+        if i % 5 == 0 {
+            e.requested_model = None;
+        }
+        log.exchange(&e);
+    }
+    log.close();
+    assert_eq!(log.written(), 101);
+    let conn = Connection::open(dir.db()).unwrap();
+    let with_tokens = (0..101).filter(|i| i % 3 == 0).count() as i64;
+    let sum: i64 = (0..101i64).filter(|i| i % 3 == 0).sum();
+    assert_eq!(
+        count(&conn, "SELECT COUNT(input_tokens) FROM records"),
+        with_tokens
+    );
+    assert_eq!(count(&conn, "SELECT SUM(input_tokens) FROM records"), sum);
+    assert_eq!(
+        count(&conn, "SELECT COUNT(served_by) FROM records"),
+        with_tokens
+    );
+    assert_eq!(count(&conn, "SELECT COUNT(model) FROM records"), 101 - 21);
+    // Each row's own values, in order.
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT COUNT(*) FROM records WHERE (input_tokens IS NULL) = ((CAST(ROUND(latency_ms * 1000) AS INTEGER) % 3) != 0)"
+        ),
+        101
+    );
+}
