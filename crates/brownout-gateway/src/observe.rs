@@ -111,6 +111,10 @@ impl Observability {
                 .set_buckets(&DURATION_BUCKETS)
                 .expect("the buckets are not empty")
                 .build_recorder();
+            // The exporter stamps each histogram sample with quanta's clock, which
+            // calibrates itself against the OS clock on first use (some 100,000 clock
+            // reads): here, at start, rather than in the first request.
+            let _ = quanta::Instant::now();
             let handle = recorder.handle();
             let sink = Arc::new(MetricsSink::with_recorder(
                 MetricsConfig::new()

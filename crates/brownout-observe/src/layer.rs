@@ -8,7 +8,7 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicU32, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     task::{ready, Context, Poll},
     time::SystemTime,
@@ -72,7 +72,8 @@ impl Routes {
 /// How many upstream calls a request made so far, shared by the [`ObserveLayer`] that
 /// puts it in the request's extensions and the [`AttemptLayer`] that counts each call
 /// (the retry and fallback layers clone it with the request). It also holds when the
-/// request arrived, so an attempt's wall-clock time costs no second clock read.
+/// request arrived, so an attempt's wall-clock time costs no second clock read, and the
+/// request's first attempt until its [`Exchange`] carries it.
 #[derive(Debug, Clone)]
 pub struct AttemptTally(Arc<Tally>);
 
@@ -81,14 +82,36 @@ struct Tally {
     count: AtomicU32,
     at: SystemTime,
     started: Instant,
+    /// The address of the [`ObserveLayer`]'s sink: the first attempt travels with the
+    /// exchange only when the [`AttemptLayer`] records into the same sink.
+    sink: usize,
+    first: Mutex<First>,
+}
+
+/// Where the request's first attempt is, between the two layers.
+#[derive(Debug)]
+enum First {
+    /// Neither the first attempt nor the exchange is recorded yet.
+    Waiting,
+    /// The first attempt, recorded (marked `in_exchange`), for the exchange to carry.
+    Held(Attempt),
+    /// The exchange is recorded: a first attempt that ends later is a record of its own.
+    Closed,
+}
+
+/// The address of a sink, to tell whether two layers record into the same one.
+fn sink_addr(sink: &Arc<dyn Sink>) -> usize {
+    Arc::as_ptr(sink) as *const () as usize
 }
 
 impl AttemptTally {
-    fn new(at: SystemTime, started: Instant) -> Self {
+    fn new(at: SystemTime, started: Instant, sink: &Arc<dyn Sink>) -> Self {
         AttemptTally(Arc::new(Tally {
             count: AtomicU32::new(0),
             at,
             started,
+            sink: sink_addr(sink),
+            first: Mutex::new(First::Waiting),
         }))
     }
 
@@ -105,6 +128,32 @@ impl AttemptTally {
     /// The wall-clock time of `now`, from the request's arrival.
     fn wall_clock(&self, now: Instant) -> SystemTime {
         self.0.at + now.saturating_duration_since(self.0.started)
+    }
+
+    /// Records the request's first attempt into `sink`, the exchange's sink: marked
+    /// `in_exchange` and kept for the exchange when the exchange is not recorded yet,
+    /// as a record of its own otherwise.
+    fn first_attempt(&self, sink: &dyn Sink, mut attempt: Attempt) {
+        let mut first = self.0.first.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*first, First::Waiting) {
+            attempt.in_exchange = true;
+            // Under the lock, so that the exchange cannot be recorded in between.
+            sink.attempt(&attempt);
+            *first = First::Held(attempt);
+        } else {
+            drop(first);
+            sink.attempt(&attempt);
+        }
+    }
+
+    /// The first attempt for the exchange being recorded, if it is held; from now on
+    /// a first attempt is a record of its own.
+    fn take_first(&self) -> Option<Attempt> {
+        let mut first = self.0.first.lock().unwrap_or_else(|e| e.into_inner());
+        match std::mem::replace(&mut *first, First::Closed) {
+            First::Held(attempt) => Some(attempt),
+            _ => None,
+        }
     }
 }
 
@@ -274,7 +323,7 @@ impl Pending {
         let facts = RequestFacts::of(request.extensions());
         self.model = facts.and_then(|f| f.model_arc().cloned());
         self.api = facts.map(|f| (f.api(), f.is_stream()));
-        let tally = AttemptTally::new(self.at, self.started);
+        let tally = AttemptTally::new(self.at, self.started, &self.shared.sink);
         request.extensions_mut().insert(tally.clone());
         self.tally = Some(tally);
         self.span = tracing::info_span!(
@@ -300,9 +349,9 @@ impl Pending {
         served: Option<Arc<str>>,
         attempts: u32,
     ) -> Exchange {
-        exchange.at = self.at;
         exchange.requested_model = self.model.clone();
         exchange.served_by = served;
+        exchange.first_attempt = self.tally.as_ref().and_then(AttemptTally::take_first);
         exchange.attempts = match &self.tally {
             // Without an attempt layer inside, the retry layer's count of the model
             // that answered (0 when nothing was sent).
@@ -365,8 +414,13 @@ impl Pending {
                 .or_else(|| self.model.clone()),
             _ => None,
         };
-        let mut exchange =
-            Exchange::new(self.route.clone(), answer, status, self.started.elapsed());
+        let mut exchange = Exchange::at(
+            self.at,
+            self.route.clone(),
+            answer,
+            status,
+            self.started.elapsed(),
+        );
         if answer == Answer::Degraded {
             exchange.degraded_rule = extensions
                 .get::<Degraded>()
@@ -402,7 +456,13 @@ impl Pending {
             // Anthropic's overload status, as brownout-gateway answers a refusal there.
             status = 529;
         }
-        let exchange = Exchange::new(self.route.clone(), answer, status, self.started.elapsed());
+        let exchange = Exchange::at(
+            self.at,
+            self.route.clone(),
+            answer,
+            status,
+            self.started.elapsed(),
+        );
         self.finish(exchange, None, 0);
     }
 
@@ -410,7 +470,8 @@ impl Pending {
     /// against availability, recorded as `499` (the status proxies log for it) with
     /// the attempts made so far.
     fn cancelled(&self) {
-        let exchange = Exchange::new(
+        let exchange = Exchange::at(
+            self.at,
             self.route.clone(),
             Answer::CallerError,
             499,
@@ -484,23 +545,27 @@ where
 
     fn call(&mut self, request: Request<B>) -> ObserveFuture<S> {
         let mut pending = Pending::new(self.shared.clone(), request.uri().path());
-        // The service that was made ready is the one to call; its clone waits.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let state = match prepare_now(request, Need::Model) {
+            // The body is there: the ready service is called in place (no clone of
+            // the stack under it).
             Ok(Ok(mut request)) => {
                 pending.start(&mut request);
                 let future = {
                     let _entered = pending.span.enter();
-                    inner.call(request)
+                    self.inner.call(request)
                 };
                 State::Calling { future }
             }
             Ok(Err(error)) => State::Refused { error: Some(error) },
-            Err(prepare) => State::Preparing {
-                prepare,
-                inner: Some(inner),
-            },
+            // The service that was made ready is the one to call once the body is
+            // read; its clone waits for the next `poll_ready`.
+            Err(prepare) => {
+                let clone = self.inner.clone();
+                State::Preparing {
+                    prepare,
+                    inner: Some(std::mem::replace(&mut self.inner, clone)),
+                }
+            }
         };
         ObserveFuture {
             state,
@@ -548,17 +613,25 @@ impl http_body::Body for Metered {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
-                    this.scanner.feed(data, false);
+                    // A frame that ends the body (a whole JSON answer, usually) is
+                    // scanned as the last: nothing kept for a next one, no second pass.
+                    let last = this.inner.is_end_stream();
+                    this.scanner.feed(data, last);
+                    if last {
+                        record_tokens(this.exchange, this.scanner, this.sink);
+                    }
                 }
             }
             None => {
-                this.scanner.feed(&[], true);
-                record_tokens(this.exchange, this.scanner, this.sink);
+                if this.exchange.is_some() {
+                    this.scanner.feed(&[], true);
+                    record_tokens(this.exchange, this.scanner, this.sink);
+                }
             }
             // An answer that fails half-way is a failure, whatever its head said;
             // recorded (with the tokens seen) when the body is dropped.
@@ -814,20 +887,25 @@ struct Sent {
     attempt: u32,
     at: SystemTime,
     started: Instant,
+    /// The request's tally, for a first attempt whose exchange goes to the same sink.
+    first_of: Option<AttemptTally>,
 }
 
 impl Sent {
     fn record(&self, outcome: OutcomeKind, status: Option<u16>) {
-        let mut attempt = Attempt::new(
+        let mut attempt = Attempt::at(
+            self.at,
             self.route.clone(),
             self.attempt,
             outcome,
             self.started.elapsed(),
         );
-        attempt.at = self.at;
         attempt.model = self.model.clone();
         attempt.status = status;
-        self.shared.sink.attempt(&attempt);
+        match &self.first_of {
+            Some(tally) => tally.first_attempt(&*self.shared.sink, attempt),
+            None => self.shared.sink.attempt(&attempt),
+        }
     }
 }
 
@@ -853,13 +931,18 @@ where
         let extensions = request.extensions();
         let started = Instant::now();
         let tally = extensions.get::<AttemptTally>();
+        let attempt = tally.map_or(1, AttemptTally::next);
+        let first_of = tally
+            .filter(|t| attempt == 1 && t.0.sink == sink_addr(&self.shared.sink))
+            .cloned();
         let sent = Sent {
             shared: self.shared.clone(),
             route: self.shared.routes.of(request.uri().path()),
             model: RequestFacts::of(extensions).and_then(|f| f.model_arc().cloned()),
-            attempt: tally.map_or(1, AttemptTally::next),
+            attempt,
             at: tally.map_or_else(SystemTime::now, |t| t.wall_clock(started)),
             started,
+            first_of,
         };
         AttemptFuture {
             state: AttemptState::Calling {

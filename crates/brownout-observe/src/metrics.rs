@@ -74,6 +74,10 @@ fn route_index(route: &str) -> usize {
     ROUTES[..3].iter().position(|r| *r == route).unwrap_or(3)
 }
 
+/// Sets of at most this many names are searched in order rather than hashed: a
+/// gateway's few models compare (length first) for less than a hash of the name costs.
+pub(crate) const SCAN_NAMES: usize = 16;
+
 /// A bounded set of label values: the configured ones, and [`OTHER`] for the rest.
 #[derive(Debug, Clone)]
 struct Bounded {
@@ -110,8 +114,15 @@ impl Bounded {
     }
 
     fn of(&self, name: Option<&str>) -> usize {
-        name.and_then(|n| self.index.get(n).copied())
-            .unwrap_or(self.other())
+        match name {
+            Some(n) if self.names.len() <= SCAN_NAMES => self
+                .names
+                .iter()
+                .position(|m| **m == *n)
+                .unwrap_or(self.other()),
+            Some(n) => self.index.get(n).copied().unwrap_or(self.other()),
+            None => self.other(),
+        }
     }
 
     fn label(&self, i: usize) -> &str {

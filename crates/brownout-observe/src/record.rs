@@ -96,13 +96,29 @@ pub struct Exchange {
     pub input_tokens: Option<u64>,
     /// Output tokens, from the response's `usage` when it had one.
     pub output_tokens: Option<u64>,
+    /// The request's first upstream call, carried here when the same sink also got it
+    /// as an [`Attempt`] marked [`in_exchange`](Attempt::in_exchange): a sink that
+    /// writes both (the SQLite log) writes the two as one row.
+    pub first_attempt: Option<Attempt>,
 }
 
 impl Exchange {
     /// A record with the given essentials; the optional parts are empty.
     pub fn new(route: Arc<str>, answer: Answer, status: u16, latency: Duration) -> Self {
+        Exchange::at(SystemTime::now(), route, answer, status, latency)
+    }
+
+    /// [`new`](Self::new) with its arrival given: the layer knows it and spares a
+    /// clock read.
+    pub(crate) fn at(
+        at: SystemTime,
+        route: Arc<str>,
+        answer: Answer,
+        status: u16,
+        latency: Duration,
+    ) -> Self {
         Exchange {
-            at: SystemTime::now(),
+            at,
             route,
             requested_model: None,
             served_by: None,
@@ -113,6 +129,7 @@ impl Exchange {
             degraded_rule: None,
             input_tokens: None,
             output_tokens: None,
+            first_attempt: None,
         }
     }
 }
@@ -135,19 +152,35 @@ pub struct Attempt {
     pub status: Option<u16>,
     /// From sending to the response head or the error.
     pub latency: Duration,
+    /// Whether the request's [`Exchange`], recorded later into the same sink, carries
+    /// this attempt as its [`first_attempt`](Exchange::first_attempt). Counting sinks
+    /// ignore it; a sink that stores both records stores this one with the exchange.
+    pub in_exchange: bool,
 }
 
 impl Attempt {
     /// A record with the given essentials; the optional parts are empty.
     pub fn new(route: Arc<str>, attempt: u32, outcome: OutcomeKind, latency: Duration) -> Self {
+        Attempt::at(SystemTime::now(), route, attempt, outcome, latency)
+    }
+
+    /// [`new`](Self::new) with its sending time given (no clock read).
+    pub(crate) fn at(
+        at: SystemTime,
+        route: Arc<str>,
+        attempt: u32,
+        outcome: OutcomeKind,
+        latency: Duration,
+    ) -> Self {
         Attempt {
-            at: SystemTime::now(),
+            at,
             route,
             model: None,
             attempt,
             outcome,
             status: None,
             latency,
+            in_exchange: false,
         }
     }
 }

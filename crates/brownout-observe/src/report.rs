@@ -42,7 +42,7 @@
 //! requested model's requests.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fmt,
     path::Path,
     time::{Duration, SystemTime},
@@ -51,7 +51,12 @@ use std::{
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
-use crate::record::unix_ms;
+use crate::{
+    record::{unix_ms, Answer},
+    sqlite::{
+        check_schema, first_id_from, ANSWER_CODES, KIND_EXCHANGE, OUTCOME_CODES, TS_DISORDER_MS,
+    },
+};
 
 /// The report over one window of a log.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -192,15 +197,7 @@ impl Report {
     ) -> Result<Report, ReportError> {
         let path = path.as_ref();
         let fail = |e: rusqlite::Error| ReportError {
-            message: match &e {
-                rusqlite::Error::SqliteFailure(_, Some(m)) if m.contains("no such table") => {
-                    format!(
-                        "{}: not a brownout availability log (no `records` table)",
-                        path.display()
-                    )
-                }
-                _ => format!("{}: {e}", path.display()),
-            },
+            message: format!("{}: {e}", path.display()),
         };
         if !path.exists() {
             return Err(ReportError {
@@ -209,49 +206,90 @@ impl Report {
         }
         let conn =
             Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
+        match check_schema(&conn).map_err(fail)? {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(ReportError {
+                    message: format!(
+                        "{}: not a brownout availability log (no `log` table)",
+                        path.display()
+                    ),
+                })
+            }
+            Err(why) => {
+                return Err(ReportError {
+                    message: format!("{}: {why}", path.display()),
+                })
+            }
+        }
         let to_ms = unix_ms(now);
         let from_ms = window.map(|w| unix_ms(now.checked_sub(w).unwrap_or(SystemTime::UNIX_EPOCH)));
         let from = from_ms.unwrap_or(i64::MIN);
+        // No index on `ts`: the rows from the first id that may be in the window (see
+        // `first_id_from`), each then checked against it.
+        let first_id = match from_ms {
+            Some(from) => {
+                first_id_from(&conn, from.saturating_sub(TS_DISORDER_MS)).map_err(fail)?
+            }
+            None => 0,
+        };
+        let mut names: HashMap<i64, String> = HashMap::new();
+        {
+            let mut statement = conn.prepare("SELECT id, name FROM names").map_err(fail)?;
+            let mut rows = statement.query([]).map_err(fail)?;
+            while let Some(row) = rows.next().map_err(fail)? {
+                names.insert(row.get(0).map_err(fail)?, row.get(1).map_err(fail)?);
+            }
+        }
+        let name = |id: Option<i64>| -> String {
+            id.and_then(|id| names.get(&id).cloned())
+                .unwrap_or_else(|| "-".into())
+        };
         let mut models: BTreeMap<String, Tally> = BTreeMap::new();
         let mut pairs: BTreeMap<(String, String), u64> = BTreeMap::new();
 
         let mut statement = conn
             .prepare(
                 "SELECT model, served_by, outcome, latency_ms, input_tokens, output_tokens
-                 FROM records WHERE kind = 'exchange' AND ts >= ?1 AND ts <= ?2",
+                 FROM log WHERE id >= ?1 AND kind = ?2 AND ts >= ?3 AND ts <= ?4",
             )
             .map_err(fail)?;
-        let mut rows = statement.query([from, to_ms]).map_err(fail)?;
+        let mut rows = statement
+            .query([first_id, KIND_EXCHANGE, from, to_ms])
+            .map_err(fail)?;
         while let Some(row) = rows.next().map_err(fail)? {
-            let model: Option<String> = row.get(0).map_err(fail)?;
-            let served_by: Option<String> = row.get(1).map_err(fail)?;
-            let outcome: String = row.get(2).map_err(fail)?;
+            let model = name(row.get(0).map_err(fail)?);
+            let served_by: Option<i64> = row.get(1).map_err(fail)?;
+            let code: i64 = row.get(2).map_err(fail)?;
             let latency: f64 = row.get(3).map_err(fail)?;
             let input: Option<i64> = row.get(4).map_err(fail)?;
             let output: Option<i64> = row.get(5).map_err(fail)?;
-            let model = model.unwrap_or_else(|| "-".into());
+            let answer = usize::try_from(code)
+                .ok()
+                .and_then(|i| ANSWER_CODES.get(i))
+                .map(|(answer, _)| *answer);
             let t = models.entry(model.clone()).or_default();
             t.requests += 1;
-            *t.outcomes.entry(outcome.clone()).or_default() += 1;
+            let label = answer.map_or("other", Answer::as_str);
+            *t.outcomes.entry(label.to_owned()).or_default() += 1;
             t.input_tokens += input.map_or(0, |n| n.max(0) as u64);
             t.output_tokens += output.map_or(0, |n| n.max(0) as u64);
-            match outcome.as_str() {
-                "caller_error" => {
+            match answer {
+                Some(Answer::CallerError) => {
                     t.caller_errors += 1;
                     continue;
                 }
-                "live" => t.answered += 1,
-                "fallback" => {
+                Some(Answer::Live) => t.answered += 1,
+                Some(Answer::Fallback) => {
                     t.answered += 1;
                     t.fallback += 1;
-                    let to = served_by.unwrap_or_else(|| "-".into());
-                    *pairs.entry((model, to)).or_default() += 1;
+                    *pairs.entry((model, name(served_by))).or_default() += 1;
                 }
-                "cached" | "stale" => {
+                Some(Answer::Cached | Answer::Stale) => {
                     t.answered += 1;
                     t.cached += 1;
                 }
-                "degraded" => {
+                Some(Answer::Degraded) => {
                     t.answered += 1;
                     t.degraded += 1;
                 }
@@ -261,23 +299,29 @@ impl Report {
         }
         drop(rows);
 
-        let mut statement = conn
-            .prepare(
-                "SELECT model, status, COUNT(*) FROM records
-                 WHERE kind = 'attempt' AND ts >= ?1 AND ts <= ?2 GROUP BY model, status",
-            )
-            .map_err(fail)?;
-        let mut rows = statement.query([from, to_ms]).map_err(fail)?;
-        while let Some(row) = rows.next().map_err(fail)? {
-            let model: Option<String> = row.get(0).map_err(fail)?;
-            let status: String = row.get(1).map_err(fail)?;
-            let count: i64 = row.get(2).map_err(fail)?;
-            let t = models
-                .entry(model.unwrap_or_else(|| "-".into()))
-                .or_default();
-            t.attempts += count as u64;
-            if status == "error" {
-                t.failed_attempts += count as u64;
+        // The attempts: rows of their own, and the first ones that their exchanges carry.
+        for sql in [
+            "SELECT model, outcome, COUNT(*) FROM log
+             WHERE id >= ?1 AND kind = 1 AND ts >= ?2 AND ts <= ?3 GROUP BY model, outcome",
+            "SELECT first_model, first_outcome, COUNT(*) FROM log
+             WHERE id >= ?1 AND first_outcome IS NOT NULL AND first_ts >= ?2 AND first_ts <= ?3
+             GROUP BY first_model, first_outcome",
+        ] {
+            let mut statement = conn.prepare(sql).map_err(fail)?;
+            let mut rows = statement.query([first_id, from, to_ms]).map_err(fail)?;
+            while let Some(row) = rows.next().map_err(fail)? {
+                let model = name(row.get(0).map_err(fail)?);
+                let code: i64 = row.get(1).map_err(fail)?;
+                let count: i64 = row.get(2).map_err(fail)?;
+                let t = models.entry(model).or_default();
+                t.attempts += count as u64;
+                let status = usize::try_from(code)
+                    .ok()
+                    .and_then(|i| OUTCOME_CODES.get(i))
+                    .map_or("error", |(_, status)| *status);
+                if status == "error" {
+                    t.failed_attempts += count as u64;
+                }
             }
         }
 

@@ -31,7 +31,8 @@
 //! reference-counted strings and numbers, no allocation) into a bounded channel with
 //! `try_send`. One writer thread owns the connection and writes the rows in batches,
 //! one transaction each, as they come (at most [`SqliteConfig::batch`] rows a
-//! transaction). A dedicated thread rather than a tokio task because every SQLite call
+//! transaction), in `INSERT`s of up to 32 rows whose parameters are bound only where
+//! they changed since the statement's last use. A dedicated thread rather than a tokio task because every SQLite call
 //! blocks.
 //!
 //! # On failure
@@ -45,10 +46,14 @@
 //!
 //! # Schema
 //!
-//! One table, `records`, one row per record; `kind` is `attempt` or `exchange`:
+//! Schema 2 (`PRAGMA user_version = 2`). The rows are in the table `log`, in integer
+//! codes, and the view `records` reads them with names, one row per record, with the
+//! columns schema 1 had (so `SELECT ts, model, status, latency_ms, http_code FROM
+//! records` reads as it did):
 //!
-//! | column | exchange | attempt |
+//! | `records` column | exchange | attempt |
 //! |---|---|---|
+//! | `id` | the `log` row | the `log` row (a first attempt carried by its exchange: the exchange's) |
 //! | `ts` | arrival, ms since the Unix epoch | sending, ms since the Unix epoch |
 //! | `kind` | `exchange` | `attempt` |
 //! | `route` | the route | the route |
@@ -61,25 +66,69 @@
 //! | `attempt` | upstream calls made | 1 for the first call, 2 for the next, … |
 //! | `input_tokens`, `output_tokens` | from the answer's `usage` | — |
 //!
-//! Indexes on `(kind, ts)` (the report's window) and `ts` (retention by age).
+//! `log` holds one row per exchange, with the columns above (`kind` 0 for an
+//! exchange, 1 for an attempt; `route`, `model` and `served_by` as ids of the table
+//! `names`; `outcome` as a code of the table `answer_codes` for an exchange,
+//! `outcome_codes` for an attempt, each with its name and `status`), and **its first
+//! attempt folded in** (`first_ts`, `first_model`, `first_outcome`, `first_http_code`,
+//! `first_latency_ms`; NULL when it carries none). An attempt has a row of its own
+//! (`kind` 1) when it is not the first of its request (retries, fallback targets), or
+//! when its request's exchange was not recorded into the same log (an
+//! [`AttemptLayer`](crate::AttemptLayer) without an [`ObserveLayer`](crate::ObserveLayer)
+//! over it into the same sink). So a request answered at the first call is one row,
+//! and every attempt is still a row of `records`. The codes:
+//!
+//! | code | `answer_codes` (exchange) | `outcome_codes` (attempt) |
+//! |---|---|---|
+//! | 0 | `live` (ok) | `success` (ok) |
+//! | 1 | `fallback` (ok) | `client_error` (caller_error) |
+//! | 2 | `cached` (ok) | `rate_limited` (error) |
+//! | 3 | `stale` (ok) | `overloaded` (error) |
+//! | 4 | `degraded` (ok) | `server_error` (error) |
+//! | 5 | `shed` (error) | `timeout` (error) |
+//! | 6 | `failed` (error) | `connection_failed` (error) |
+//! | 7 | `caller_error` (caller_error) | `rejected` (error) |
+//! | 255 | — | `other` (error), a kind this version does not know |
+//!
+//! Why: a row of text columns cost about 11,600 instructions to write, two rows a
+//! request, with an index on `(kind, ts)`; one row of integers without a secondary
+//! index costs a fraction of that (`BENCHMARKS.md`).
+//!
+//! There is no index but the rowid. A row is written when its record ends, so ids
+//! follow `ts` up to the longest request (a stream's exchange is recorded when its body
+//! ends). Readers find the first id of a window by a binary search over the ids, from
+//! 15 minutes before the window's start (`TS_DISORDER_MS`), and check `ts` on each row
+//! after it: a window misses a row only when the row was written more than 15 minutes
+//! after its `ts`, behind rows older than the window. Retention by age deletes the rows
+//! before the first id at the cutoff whose `ts` is older than it; a row written late
+//! goes at a later pass. Retention by count deletes the oldest ids (a row with its
+//! folded attempt counts once).
+//!
 //! Retention deletes rows older than [`SqliteConfig::max_age`] and the oldest rows
 //! beyond [`SqliteConfig::max_rows`], when the log opens, every
 //! [`SqliteConfig::retain_every`], and when it closes.
+//!
+//! **Older files**: a file of schema 1 (a `records` table of text columns, written
+//! before this version) is refused by [`SqliteLog::open`] and by the report with an
+//! error that says so; move it aside (it stays readable with `sqlite3`) and start a new
+//! file. It is not migrated: the two schemas' rows would have to be rewritten, and an
+//! availability log is kept for days, not years.
 
 use std::{
+    collections::HashMap,
     fmt,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
-        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError},
         Arc, Mutex,
     },
-    thread::JoinHandle,
+    thread::{JoinHandle, Thread},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use brownout_core::classify::OutcomeKind;
-use rusqlite::{params, Connection};
+use rusqlite::{params, types::Null, CachedStatement, Connection, ToSql};
 
 use crate::record::{unix_ms, Answer, Attempt, Exchange, Sink};
 
@@ -132,7 +181,8 @@ impl SqliteConfig {
 
     /// How long the writer waits for more rows after the first of a batch, so that a
     /// steady trickle is written in a few transactions rather than one each (a commit
-    /// costs more than a row: the gateway bench). A flush or close ends the wait.
+    /// costs more than a row: the gateway bench). The writer sleeps meanwhile, so a
+    /// row handed over wakes nobody; a flush, a close or a full batch ends the wait.
     /// 100 ms by default.
     pub fn linger(mut self, linger: Duration) -> Self {
         self.linger = linger;
@@ -168,18 +218,41 @@ impl SqliteConfig {
 #[derive(Debug)]
 pub struct SqliteError {
     path: PathBuf,
-    source: rusqlite::Error,
+    cause: Cause,
+}
+
+#[derive(Debug)]
+enum Cause {
+    Sqlite(rusqlite::Error),
+    /// The file holds something else than this schema.
+    Schema(String),
+    /// The writer thread could not start.
+    Thread(std::io::Error),
+}
+
+impl From<rusqlite::Error> for Cause {
+    fn from(error: rusqlite::Error) -> Self {
+        Cause::Sqlite(error)
+    }
 }
 
 impl fmt::Display for SqliteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path.display(), self.source)
+        match &self.cause {
+            Cause::Sqlite(e) => write!(f, "{}: {e}", self.path.display()),
+            Cause::Schema(e) => write!(f, "{}: {e}", self.path.display()),
+            Cause::Thread(e) => write!(f, "{}: cannot start the writer: {e}", self.path.display()),
+        }
     }
 }
 
 impl std::error::Error for SqliteError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
+        match &self.cause {
+            Cause::Sqlite(e) => Some(e),
+            Cause::Schema(_) => None,
+            Cause::Thread(e) => Some(e),
+        }
     }
 }
 
@@ -191,6 +264,11 @@ impl std::error::Error for SqliteError {
 pub struct SqliteLog {
     tx: SyncSender<Message>,
     shared: Arc<Shared>,
+    /// The writer, woken for a flush, a close or a full batch (a row alone does not
+    /// wake it while it lingers).
+    writer: Thread,
+    /// Rows a full batch holds.
+    batch: u64,
 }
 
 struct Shared {
@@ -213,8 +291,7 @@ impl fmt::Debug for SqliteLog {
 
 /// What goes through the channel: a row, or a request of the handle.
 enum Message {
-    Exchange(Exchange),
-    Attempt(Attempt),
+    Row(Row),
     Flush(mpsc::Sender<()>),
     Close,
 }
@@ -223,13 +300,13 @@ impl SqliteLog {
     /// Opens (or creates) the log file, sets WAL mode and the schema, applies
     /// retention once, and starts the writer thread.
     pub fn open(config: SqliteConfig) -> Result<SqliteLog, SqliteError> {
-        let fail = |source| SqliteError {
+        let fail = |cause| SqliteError {
             path: config.path.clone(),
-            source,
+            cause,
         };
-        let conn = Connection::open(&config.path).map_err(fail)?;
+        let conn = Connection::open(&config.path).map_err(|e| fail(e.into()))?;
         prepare(&conn).map_err(fail)?;
-        retain(&conn, &config).map_err(fail)?;
+        retain(&conn, &config).map_err(|e| fail(e.into()))?;
         let (tx, rx) = mpsc::sync_channel(config.buffer);
         let shared = Arc::new(Shared {
             sent: AtomicU64::new(0),
@@ -243,16 +320,25 @@ impl SqliteLog {
             rx,
             config,
             shared: Arc::clone(&shared),
+            names: Names::default(),
+            inserts: INSERT_ROWS.map(insert_sql),
         };
+        let batch = writer.config.batch as u64;
         let handle = std::thread::Builder::new()
             .name("brownout-sqlite".into())
             .spawn(move || writer.run())
             .map_err(|e| SqliteError {
                 path: shared.path.clone(),
-                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+                cause: Cause::Thread(e),
             })?;
+        let writer = handle.thread().clone();
         *shared.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
-        Ok(SqliteLog { tx, shared })
+        Ok(SqliteLog {
+            tx,
+            shared,
+            writer,
+            batch,
+        })
     }
 
     /// The file it writes.
@@ -281,6 +367,7 @@ impl SqliteLog {
     pub fn flush(&self) {
         let (done, wait) = mpsc::channel();
         if self.tx.send(Message::Flush(done)).is_ok() {
+            self.writer.unpark();
             let _ = wait.recv();
         }
     }
@@ -297,16 +384,28 @@ impl SqliteLog {
             .take();
         if let Some(writer) = writer {
             let _ = self.tx.send(Message::Close);
+            writer.thread().unpark();
             let _ = writer.join();
         }
     }
 
     fn push(&self, message: Message) {
-        self.shared.sent.fetch_add(1, Ordering::Relaxed);
+        let records = match &message {
+            Message::Row(row) => row.records(),
+            _ => 0,
+        };
+        let before = self.shared.sent.fetch_add(records, Ordering::Relaxed);
         match self.tx.try_send(message) {
-            Ok(()) => {}
+            Ok(()) => {
+                // A full batch is written at once, not at the end of the linger.
+                let done = self.shared.written.load(Ordering::Relaxed)
+                    + self.shared.dropped.load(Ordering::Relaxed);
+                if (before + records).saturating_sub(done) >= self.batch {
+                    self.writer.unpark();
+                }
+            }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                self.shared.dropped.fetch_add(records, Ordering::Relaxed);
             }
         }
     }
@@ -314,81 +413,332 @@ impl SqliteLog {
 
 impl Sink for SqliteLog {
     fn exchange(&self, exchange: &Exchange) {
-        self.push(Message::Exchange(exchange.clone()));
+        self.push(Message::Row(Row::exchange(exchange)));
     }
 
     fn attempt(&self, attempt: &Attempt) {
-        self.push(Message::Attempt(attempt.clone()));
+        // Written with its exchange, which carries it.
+        if !attempt.in_exchange {
+            self.push(Message::Row(Row::attempt(attempt)));
+        }
+    }
+}
+
+/// The schema's version, in `PRAGMA user_version`: 2 since the integer-coded table
+/// `log` (version 1, never written to the pragma, was one `records` table of text).
+pub(crate) const SCHEMA_VERSION: i64 = 2;
+
+/// `log.kind`.
+pub(crate) const KIND_EXCHANGE: i64 = 0;
+/// `log.kind`.
+pub(crate) const KIND_ATTEMPT: i64 = 1;
+
+/// The codes of `log.outcome` for an exchange, in order: the [`Answer`]s, and the
+/// `status` each has (the table `answer_codes`).
+pub(crate) const ANSWER_CODES: [(Answer, &str); 8] = [
+    (Answer::Live, "ok"),
+    (Answer::Fallback, "ok"),
+    (Answer::Cached, "ok"),
+    (Answer::Stale, "ok"),
+    (Answer::Degraded, "ok"),
+    (Answer::Shed, "error"),
+    (Answer::Failed, "error"),
+    (Answer::CallerError, "caller_error"),
+];
+
+/// The codes of `log.outcome` for an attempt, in order: the [`OutcomeKind`]s and the
+/// `status` each has (the table `outcome_codes`); 255 is a kind this version does not
+/// know.
+pub(crate) const OUTCOME_CODES: [(&str, &str); 8] = [
+    ("success", "ok"),
+    ("client_error", "caller_error"),
+    ("rate_limited", "error"),
+    ("overloaded", "error"),
+    ("server_error", "error"),
+    ("timeout", "error"),
+    ("connection_failed", "error"),
+    ("rejected", "error"),
+];
+
+/// The code of an unknown outcome kind.
+const OUTCOME_OTHER: i64 = 255;
+
+fn answer_code(answer: Answer) -> i64 {
+    ANSWER_CODES
+        .iter()
+        .position(|(a, _)| *a == answer)
+        .map_or(ANSWER_CODES.len() as i64 - 1, |i| i as i64)
+}
+
+fn outcome_code(kind: OutcomeKind) -> i64 {
+    match kind {
+        OutcomeKind::Success => 0,
+        OutcomeKind::ClientError => 1,
+        OutcomeKind::RateLimited => 2,
+        OutcomeKind::Overloaded => 3,
+        OutcomeKind::ServerError => 4,
+        OutcomeKind::Timeout => 5,
+        OutcomeKind::ConnectionFailed => 6,
+        OutcomeKind::Rejected => 7,
+        _ => OUTCOME_OTHER,
     }
 }
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS records (
+CREATE TABLE IF NOT EXISTS names (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS answer_codes (
+    code INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outcome_codes (
+    code INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS log (
     id INTEGER PRIMARY KEY,
     ts INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    route TEXT NOT NULL,
-    model TEXT,
-    served_by TEXT,
-    outcome TEXT NOT NULL,
-    status TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    route INTEGER NOT NULL,
+    model INTEGER,
+    served_by INTEGER,
+    outcome INTEGER NOT NULL,
     http_code INTEGER,
     latency_ms REAL NOT NULL,
     attempt INTEGER NOT NULL,
     input_tokens INTEGER,
-    output_tokens INTEGER
+    output_tokens INTEGER,
+    first_ts INTEGER,
+    first_model INTEGER,
+    first_outcome INTEGER,
+    first_http_code INTEGER,
+    first_latency_ms REAL
 );
-CREATE INDEX IF NOT EXISTS records_kind_ts ON records (kind, ts);
+CREATE VIEW IF NOT EXISTS records AS
+SELECT l.id AS id, l.ts AS ts, 'exchange' AS kind, r.name AS route, m.name AS model,
+       s.name AS served_by, c.name AS outcome, c.status AS status, l.http_code AS http_code,
+       l.latency_ms AS latency_ms, l.attempt AS attempt, l.input_tokens AS input_tokens,
+       l.output_tokens AS output_tokens
+  FROM log l JOIN names r ON r.id = l.route LEFT JOIN names m ON m.id = l.model
+  LEFT JOIN names s ON s.id = l.served_by LEFT JOIN answer_codes c ON c.code = l.outcome
+ WHERE l.kind = 0
+UNION ALL
+SELECT l.id, l.ts, 'attempt', r.name, m.name, NULL, c.name, c.status, l.http_code,
+       l.latency_ms, l.attempt, NULL, NULL
+  FROM log l JOIN names r ON r.id = l.route LEFT JOIN names m ON m.id = l.model
+  LEFT JOIN outcome_codes c ON c.code = l.outcome
+ WHERE l.kind = 1
+UNION ALL
+SELECT l.id, l.first_ts, 'attempt', r.name, m.name, NULL, c.name, c.status,
+       l.first_http_code, l.first_latency_ms, 1, NULL, NULL
+  FROM log l JOIN names r ON r.id = l.route LEFT JOIN names m ON m.id = l.first_model
+  LEFT JOIN outcome_codes c ON c.code = l.first_outcome
+ WHERE l.first_outcome IS NOT NULL;
 ";
 
-fn prepare(conn: &Connection) -> rusqlite::Result<()> {
+/// What an existing file holds: nothing yet, this schema, or something else (the
+/// message says what).
+pub(crate) fn check_schema(conn: &Connection) -> rusqlite::Result<Result<bool, String>> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let table = |name: &str| -> rusqlite::Result<Option<String>> {
+        conn.query_row(
+            "SELECT type FROM sqlite_master WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })
+    };
+    Ok(match version {
+        SCHEMA_VERSION if table("log")?.is_some() => Ok(true),
+        0 => match table("records")?.as_deref() {
+            None => Ok(false),
+            Some("table") => Err(
+                "an availability log of an older brownout (schema 1: one `records` table of \
+                 text columns), which this version neither reads nor writes: move it aside \
+                 (or `sqlite3 FILE .dump` it) and start a new file"
+                    .into(),
+            ),
+            Some(_) => Err("not a brownout availability log (`records` is not its table)".into()),
+        },
+        v => Err(format!(
+            "not an availability log this brownout knows (schema version {v}, expected {SCHEMA_VERSION})"
+        )),
+    })
+}
+
+fn prepare(conn: &Connection) -> Result<(), Cause> {
     // WAL: readers (the report, an operator's sqlite3) never block the writer.
     // synchronous=NORMAL is the setting WAL is made for: a power cut may lose the last
     // transactions, never corrupt the file.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.busy_timeout(Duration::from_secs(5))?;
-    conn.execute_batch(SCHEMA)
+    if check_schema(conn)?.map_err(Cause::Schema)? {
+        return Ok(());
+    }
+    conn.execute_batch(SCHEMA)?;
+    for (code, (answer, status)) in ANSWER_CODES.iter().enumerate() {
+        conn.execute(
+            "INSERT OR IGNORE INTO answer_codes VALUES (?1, ?2, ?3)",
+            params![code as i64, answer.as_str(), status],
+        )?;
+    }
+    for (code, (name, status)) in OUTCOME_CODES.iter().enumerate() {
+        conn.execute(
+            "INSERT OR IGNORE INTO outcome_codes VALUES (?1, ?2, ?3)",
+            params![code as i64, name, status],
+        )?;
+    }
+    conn.execute(
+        "INSERT OR IGNORE INTO outcome_codes VALUES (?1, 'other', 'error')",
+        [OUTCOME_OTHER],
+    )?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    Ok(())
+}
+
+/// How long after its `ts` a row may be written at most, for reading the log by id
+/// rather than through an index on `ts`: a row is written when its record ends (an
+/// exchange when its answer's body does), so ids follow `ts` only up to this.
+pub(crate) const TS_DISORDER_MS: i64 = 15 * 60 * 1000;
+
+/// The first id whose row, and every later row's, may have `ts >= at`, found by a
+/// binary search over the ids (`ts` grows with the id, up to [`TS_DISORDER_MS`]):
+/// every row before it was written before a row with `ts < at`. A row whose `ts` is
+/// more than [`TS_DISORDER_MS`] older than its writing may sit before it.
+pub(crate) fn first_id_from(conn: &Connection, at: i64) -> rusqlite::Result<i64> {
+    let (lo, hi): (Option<i64>, Option<i64>) =
+        // Two subqueries: SQLite reads a lone MIN or MAX of the rowid off the B-tree's
+        // ends, but `SELECT MIN(id), MAX(id)` scans every row.
+        conn.query_row(
+            "SELECT (SELECT MIN(id) FROM log), (SELECT MAX(id) FROM log)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+    let (Some(mut lo), Some(hi)) = (lo, hi) else {
+        return Ok(0);
+    };
+    let mut hi = hi + 1;
+    let mut probe =
+        conn.prepare_cached("SELECT id, ts FROM log WHERE id >= ?1 ORDER BY id LIMIT 1")?;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let row: Option<(i64, i64)> = probe
+            .query_row([mid], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?;
+        match row {
+            Some((id, ts)) if ts < at => lo = id + 1,
+            _ => hi = mid,
+        }
+    }
+    Ok(lo)
 }
 
 fn retain(conn: &Connection, config: &SqliteConfig) -> rusqlite::Result<usize> {
     let mut deleted = 0;
     if let Some(age) = config.max_age {
-        let cutoff = SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH);
-        // Through the (kind, ts) index: one index per row inserted, not two.
-        deleted += conn.execute(
-            "DELETE FROM records WHERE kind IN ('attempt', 'exchange') AND ts < ?1",
-            [unix_ms(cutoff)],
-        )?;
+        let cutoff = unix_ms(SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH));
+        // No index on `ts` (one fewer B-tree per row written): the rows before the
+        // first id at the cutoff, less any written late; a late row after it goes at a
+        // later pass.
+        let below = first_id_from(conn, cutoff)?;
+        deleted += conn.execute("DELETE FROM log WHERE id < ?1 AND ts < ?2", [below, cutoff])?;
     }
     if let Some(rows) = config.max_rows {
         // Ids grow by one with each insert: the rows above `MAX(id) - rows` are the
         // newest `rows` ones (fewer where deletes by age left gaps). One index lookup,
         // where `ORDER BY id DESC LIMIT 1 OFFSET rows` would walk `rows` entries.
+        // (A row carrying its exchange's first attempt counts once.)
         deleted += conn.execute(
-            "DELETE FROM records WHERE id <= (SELECT MAX(id) FROM records) - ?1",
+            "DELETE FROM log WHERE id <= (SELECT MAX(id) FROM log) - ?1",
             [i64::try_from(rows).unwrap_or(i64::MAX)],
         )?;
     }
     Ok(deleted)
 }
 
-/// The `status` column: whether the record is a usable answer.
-fn exchange_status(answer: Answer) -> &'static str {
-    if answer == Answer::CallerError {
-        "caller_error"
-    } else if answer.is_answered() {
-        "ok"
-    } else {
-        "error"
-    }
+/// A record as the writer needs it: copied on the request's path (reference-counted
+/// names, numbers), turned into codes and ids on the writer's thread.
+struct Row {
+    ts: i64,
+    kind: i64,
+    route: Arc<str>,
+    model: Option<Arc<str>>,
+    served_by: Option<Arc<str>>,
+    outcome: i64,
+    http_code: Option<u16>,
+    latency: Duration,
+    attempt: u32,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    first: Option<FirstRow>,
 }
 
-fn attempt_status(outcome: OutcomeKind) -> &'static str {
-    match outcome {
-        OutcomeKind::Success => "ok",
-        OutcomeKind::ClientError => "caller_error",
-        _ => "error",
+/// An exchange's first attempt, written in the exchange's row.
+struct FirstRow {
+    ts: i64,
+    model: Option<Arc<str>>,
+    outcome: i64,
+    http_code: Option<u16>,
+    latency: Duration,
+}
+
+impl Row {
+    fn exchange(e: &Exchange) -> Row {
+        Row {
+            ts: unix_ms(e.at),
+            kind: KIND_EXCHANGE,
+            route: e.route.clone(),
+            model: e.requested_model.clone(),
+            served_by: e.served_by.clone(),
+            outcome: answer_code(e.answer),
+            http_code: Some(e.status),
+            latency: e.latency,
+            attempt: e.attempts,
+            input_tokens: e.input_tokens,
+            output_tokens: e.output_tokens,
+            first: e.first_attempt.as_ref().map(|a| FirstRow {
+                ts: unix_ms(a.at),
+                model: a.model.clone(),
+                outcome: outcome_code(a.outcome),
+                http_code: a.status,
+                latency: a.latency,
+            }),
+        }
+    }
+
+    fn attempt(a: &Attempt) -> Row {
+        Row {
+            ts: unix_ms(a.at),
+            kind: KIND_ATTEMPT,
+            route: a.route.clone(),
+            model: a.model.clone(),
+            served_by: None,
+            outcome: outcome_code(a.outcome),
+            http_code: a.status,
+            latency: a.latency,
+            attempt: a.attempt,
+            input_tokens: None,
+            output_tokens: None,
+            first: None,
+        }
+    }
+
+    /// The records it holds: an exchange and its first attempt count two.
+    fn records(&self) -> u64 {
+        1 + u64::from(self.first.is_some())
     }
 }
 
@@ -396,11 +746,84 @@ fn ms(latency: Duration) -> f64 {
     latency.as_secs_f64() * 1000.0
 }
 
+fn tokens(n: Option<u64>) -> Option<i64> {
+    n.map(|n| i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// The ids of the names written so far (routes and models), so that a row costs no
+/// text: looked up, or added, once per name.
+#[derive(Default)]
+struct Names {
+    ids: HashMap<Arc<str>, i64, foldhash::fast::RandomState>,
+    /// The last names looked up, most recent last: a gateway's rows name a few
+    /// routes and models, compared here for less than a hash of the name costs.
+    recent: Vec<(Arc<str>, i64)>,
+}
+
+/// Names in [`Names::recent`].
+const RECENT_NAMES: usize = 8;
+
+/// Names remembered at most; past it the memory starts afresh (callers may name any
+/// number of models; the table keeps them all).
+const NAMES_KEPT: usize = 4096;
+
+impl Names {
+    fn id(&mut self, tx: &rusqlite::Transaction<'_>, name: &Arc<str>) -> rusqlite::Result<i64> {
+        if let Some((_, id)) = self
+            .recent
+            .iter()
+            .rev()
+            .find(|(n, _)| Arc::ptr_eq(n, name) || **n == **name)
+        {
+            return Ok(*id);
+        }
+        let id = self.lookup(tx, name)?;
+        if self.recent.len() >= RECENT_NAMES {
+            self.recent.remove(0);
+        }
+        self.recent.push((name.clone(), id));
+        Ok(id)
+    }
+
+    fn lookup(&mut self, tx: &rusqlite::Transaction<'_>, name: &Arc<str>) -> rusqlite::Result<i64> {
+        if let Some(id) = self.ids.get(&**name) {
+            return Ok(*id);
+        }
+        tx.prepare_cached("INSERT OR IGNORE INTO names (name) VALUES (?1)")?
+            .execute([&**name])?;
+        let id = tx
+            .prepare_cached("SELECT id FROM names WHERE name = ?1")?
+            .query_row([&**name], |r| r.get(0))?;
+        if self.ids.len() >= NAMES_KEPT {
+            self.ids.clear();
+        }
+        self.ids.insert(name.clone(), id);
+        Ok(id)
+    }
+
+    /// Forgets every id (their transaction was rolled back).
+    fn clear(&mut self) {
+        self.ids.clear();
+        self.recent.clear();
+    }
+
+    fn opt(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+        name: &Option<Arc<str>>,
+    ) -> rusqlite::Result<Option<i64>> {
+        name.as_ref().map(|n| self.id(tx, n)).transpose()
+    }
+}
+
 struct Writer {
     conn: Connection,
     rx: Receiver<Message>,
     config: SqliteConfig,
     shared: Arc<Shared>,
+    names: Names,
+    /// The `INSERT` of [`INSERT_ROWS`] rows, for each size.
+    inserts: [String; INSERT_ROWS.len()],
 }
 
 impl Writer {
@@ -425,22 +848,25 @@ impl Writer {
             }
             // More rows for the same transaction, for up to `linger` after the first
             // (a flush or a close writes at once).
+            // The writer sleeps while it lingers, rather than waiting on the channel:
+            // a row handed over then costs its sender no wake-up (and the writer
+            // none per row); a flush, a close and a full batch unpark it.
             let until = Instant::now() + self.config.linger;
             while !close
                 && waiters.is_empty()
                 && !batch.is_empty()
                 && batch.len() < self.config.batch
             {
-                let left = until.saturating_duration_since(Instant::now());
-                let next = if left.is_zero() {
-                    self.rx.try_recv().map_err(|_| RecvTimeoutError::Timeout)
-                } else {
-                    self.rx.recv_timeout(left)
-                };
-                match next {
+                match self.rx.try_recv() {
                     Ok(message) => self.take(message, &mut batch, &mut waiters, &mut close),
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => close = true,
+                    Err(TryRecvError::Disconnected) => close = true,
+                    Err(TryRecvError::Empty) => {
+                        let left = until.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        std::thread::park_timeout(left);
+                    }
                 }
             }
             self.write(&mut batch);
@@ -500,12 +926,20 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
-        let rows = batch.len() as u64;
-        match insert(&mut self.conn, batch) {
+        let rows: u64 = batch
+            .iter()
+            .map(|m| match m {
+                Message::Row(row) => row.records(),
+                _ => 0,
+            })
+            .sum();
+        match insert(&mut self.conn, &mut self.names, &self.inserts, batch) {
             Ok(()) => {
                 self.shared.written.fetch_add(rows, Ordering::Relaxed);
             }
             Err(error) => {
+                // The names added in the rolled-back transaction are gone.
+                self.names.clear();
                 self.shared.dropped.fetch_add(rows, Ordering::Relaxed);
                 tracing::warn!(path = %self.config.path.display(), %error, rows, "brownout-observe: sqlite log write failed");
             }
@@ -514,46 +948,160 @@ impl Writer {
     }
 }
 
-fn insert(conn: &mut Connection, batch: &[Message]) -> rusqlite::Result<()> {
+/// Rows per `INSERT` statement, largest first: a batch is written in statements of
+/// these sizes (32 rows in one run of one program, rather than 32 runs).
+const INSERT_ROWS: [usize; 4] = [32, 8, 2, 1];
+
+/// The columns of `log` an `INSERT` binds, in order.
+const COLUMNS: usize = 16;
+
+/// The `INSERT` of `rows` rows.
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO log (ts, kind, route, model, served_by, outcome, http_code, latency_ms, \
+         attempt, input_tokens, output_tokens, first_ts, first_model, first_outcome, \
+         first_http_code, first_latency_ms) VALUES ",
+    );
+    for row in 0..rows {
+        if row > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for column in 0..COLUMNS {
+            if column > 0 {
+                sql.push(',');
+            }
+            sql.push('?');
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// A value of a `log` column.
+#[derive(Clone, Copy)]
+enum Value {
+    Int(i64),
+    Real(f64),
+    Null,
+}
+
+impl From<Option<i64>> for Value {
+    fn from(v: Option<i64>) -> Self {
+        v.map_or(Value::Null, Value::Int)
+    }
+}
+
+impl From<Option<f64>> for Value {
+    fn from(v: Option<f64>) -> Self {
+        v.map_or(Value::Null, Value::Real)
+    }
+}
+
+/// One `INSERT` of a batch, and which of its parameters are not NULL: the statement
+/// starts the batch with every parameter NULL (the cache clears them), so a NULL is
+/// bound only over a value a previous use left.
+struct Insert<'c> {
+    statement: CachedStatement<'c>,
+    bound: Vec<bool>,
+}
+
+impl<'c> Insert<'c> {
+    fn new(tx: &'c rusqlite::Transaction<'_>, sql: &str, rows: usize) -> rusqlite::Result<Self> {
+        Ok(Insert {
+            statement: tx.prepare_cached(sql)?,
+            bound: vec![false; rows * COLUMNS],
+        })
+    }
+
+    /// Binds the `rows`' values and runs the statement.
+    fn run(&mut self, rows: &[[Value; COLUMNS]]) -> rusqlite::Result<()> {
+        for (r, row) in rows.iter().enumerate() {
+            for (c, value) in row.iter().enumerate() {
+                let i = r * COLUMNS + c;
+                match *value {
+                    Value::Int(v) => self.bind(i, v)?,
+                    Value::Real(v) => self.bind(i, v)?,
+                    Value::Null if self.bound[i] => {
+                        self.statement.raw_bind_parameter(i + 1, Null)?;
+                        self.bound[i] = false;
+                    }
+                    Value::Null => {}
+                }
+            }
+        }
+        self.statement.raw_execute()?;
+        Ok(())
+    }
+
+    fn bind(&mut self, i: usize, value: impl ToSql) -> rusqlite::Result<()> {
+        self.bound[i] = true;
+        self.statement.raw_bind_parameter(i + 1, value)
+    }
+}
+
+/// A row's values, in the order of [`insert_sql`]'s columns.
+fn values(
+    tx: &rusqlite::Transaction<'_>,
+    names: &mut Names,
+    row: &Row,
+) -> rusqlite::Result<[Value; COLUMNS]> {
+    let route = names.id(tx, &row.route)?;
+    let model = names.opt(tx, &row.model)?;
+    let served_by = names.opt(tx, &row.served_by)?;
+    let first = row.first.as_ref();
+    let first_model = match first {
+        Some(first) => names.opt(tx, &first.model)?,
+        None => None,
+    };
+    Ok([
+        Value::Int(row.ts),
+        Value::Int(row.kind),
+        Value::Int(route),
+        model.into(),
+        served_by.into(),
+        Value::Int(row.outcome),
+        row.http_code.map(i64::from).into(),
+        Value::Real(ms(row.latency)),
+        Value::Int(i64::from(row.attempt)),
+        tokens(row.input_tokens).into(),
+        tokens(row.output_tokens).into(),
+        first.map(|f| f.ts).into(),
+        first_model.into(),
+        first.map(|f| f.outcome).into(),
+        first.and_then(|f| f.http_code).map(i64::from).into(),
+        first.map(|f| ms(f.latency)).into(),
+    ])
+}
+
+fn insert(
+    conn: &mut Connection,
+    names: &mut Names,
+    sql: &[String; INSERT_ROWS.len()],
+    batch: &[Message],
+) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
-        let mut statement = tx.prepare_cached(
-            "INSERT INTO records (ts, kind, route, model, served_by, outcome, status, http_code, latency_ms, attempt, input_tokens, output_tokens)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        )?;
+        let mut rows = Vec::with_capacity(batch.len());
         for message in batch {
-            match message {
-                Message::Exchange(e) => statement.execute(params![
-                    unix_ms(e.at),
-                    "exchange",
-                    &*e.route,
-                    e.requested_model.as_deref(),
-                    e.served_by.as_deref(),
-                    e.answer.as_str(),
-                    exchange_status(e.answer),
-                    e.status,
-                    ms(e.latency),
-                    e.attempts,
-                    e.input_tokens.map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
-                    e.output_tokens
-                        .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
-                ])?,
-                Message::Attempt(a) => statement.execute(params![
-                    unix_ms(a.at),
-                    "attempt",
-                    &*a.route,
-                    a.model.as_deref(),
-                    Option::<&str>::None,
-                    a.outcome.as_str(),
-                    attempt_status(a.outcome),
-                    a.status,
-                    ms(a.latency),
-                    a.attempt,
-                    Option::<i64>::None,
-                    Option::<i64>::None,
-                ])?,
-                Message::Flush(_) | Message::Close => continue,
+            if let Message::Row(row) = message {
+                rows.push(values(&tx, names, row)?);
+            }
+        }
+        let mut inserts: [Option<Insert<'_>>; INSERT_ROWS.len()] = Default::default();
+        let mut left = &rows[..];
+        while !left.is_empty() {
+            let k = INSERT_ROWS
+                .iter()
+                .position(|&n| n <= left.len())
+                .expect("the smallest INSERT is of one row");
+            let n = INSERT_ROWS[k];
+            let insert = match &mut inserts[k] {
+                Some(insert) => insert,
+                empty => empty.insert(Insert::new(&tx, &sql[k], n)?),
             };
+            insert.run(&left[..n])?;
+            left = &left[n..];
         }
     }
     tx.commit()

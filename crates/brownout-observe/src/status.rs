@@ -209,9 +209,15 @@ impl StatusBoard {
     }
 
     fn of(&self, model: Option<&str>) -> usize {
-        model
-            .and_then(|m| self.index.get(m).copied())
-            .unwrap_or(self.names.len() - 1)
+        let other = self.names.len() - 1;
+        match model {
+            // A gateway's few models compare for less than a hash of the name costs.
+            Some(m) if self.names.len() <= crate::metrics::SCAN_NAMES => {
+                self.names.iter().position(|n| **n == *m).unwrap_or(other)
+            }
+            Some(m) => self.index.get(m).copied().unwrap_or(other),
+            None => other,
+        }
     }
 
     fn minute(&self) -> u64 {

@@ -217,3 +217,184 @@ fn a_file_that_cannot_be_opened_is_an_error_naming_it() {
     let error = SqliteLog::open(SqliteConfig::new(&not_sqlite)).unwrap_err();
     assert!(error.to_string().contains("text.db"), "{error}");
 }
+
+fn count(conn: &Connection, sql: &str) -> i64 {
+    conn.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_with_one_attempt_is_one_row_and_every_attempt_is_readable() {
+    use brownout_core::{Body, BoxError};
+    use http::{Request, Response, StatusCode};
+    use std::sync::Mutex;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    let dir = Dir::new("folded");
+    let log = SqliteLog::open(SqliteConfig::new(dir.db())).unwrap();
+    let sink: Arc<dyn Sink> = Arc::new(log.clone());
+    // The upstream fails the first two calls of the second request.
+    let calls = Arc::new(Mutex::new(0));
+    let upstream = {
+        let calls = calls.clone();
+        tower::service_fn(move |_: Request<Body>| {
+            let calls = calls.clone();
+            async move {
+                let mut n = calls.lock().unwrap();
+                *n += 1;
+                let mut response = Response::new(Body::from("{}"));
+                *response.status_mut() = if *n == 2 || *n == 3 {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::OK
+                };
+                Ok::<_, BoxError>(response)
+            }
+        })
+    };
+    let retry = brownout_retry::RetryLayer::new(
+        brownout_retry::RetryConfig::new().max_attempts(3).backoff(
+            brownout_retry::Backoff::full_jitter(
+                Duration::from_millis(1),
+                Duration::from_millis(1),
+            )
+            .unwrap(),
+        ),
+    );
+    let service = ServiceBuilder::new()
+        .layer(brownout_observe::ObserveLayer::new(sink.clone()))
+        .layer(retry)
+        .layer(brownout_observe::AttemptLayer::new(sink.clone()))
+        .service(upstream);
+    for _ in 0..2 {
+        let request = Request::post("/v1/messages")
+            .body(Body::from(r#"{"model":"claude-haiku-4-5","max_tokens":5}"#))
+            .unwrap();
+        let response = service.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    log.close();
+    // Two exchanges and four attempts: the first request's attempt and the second's
+    // first travel in their exchanges' rows; the second's two retries have their own.
+    assert_eq!((log.sent(), log.written(), log.dropped()), (6, 6, 0));
+    let conn = Connection::open(dir.db()).unwrap();
+    assert_eq!(count(&conn, "SELECT COUNT(*) FROM log"), 4);
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT COUNT(*) FROM log WHERE kind = 0 AND first_outcome = 0"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT COUNT(*) FROM log WHERE kind = 0 AND first_outcome = 3"
+        ),
+        1
+    );
+    assert_eq!(
+        rows(&dir.db(), "WHERE kind = 'exchange' AND outcome = 'live'"),
+        2
+    );
+    assert_eq!(
+        rows(
+            &dir.db(),
+            "WHERE kind = 'attempt' AND model = 'claude-haiku-4-5'"
+        ),
+        4
+    );
+    assert_eq!(rows(&dir.db(), "WHERE kind = 'attempt' AND attempt = 1"), 2);
+    assert_eq!(
+        rows(
+            &dir.db(),
+            "WHERE kind = 'attempt' AND status = 'error' AND http_code = 503"
+        ),
+        2
+    );
+    // The seed's columns read as they did.
+    let (ts, model, status, latency, code): (i64, String, String, f64, i64) = conn
+        .query_row(
+            "SELECT ts, model, status, latency_ms, http_code FROM records WHERE kind = 'exchange' LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .unwrap();
+    assert!(ts > 1_700_000_000_000);
+    assert_eq!((&*model, &*status, code), ("claude-haiku-4-5", "ok", 200));
+    assert!(latency >= 0.0);
+    let report = brownout_observe::Report::read(dir.db(), None).unwrap();
+    let haiku = &report.models[0];
+    assert_eq!(
+        (haiku.requests, haiku.attempts, haiku.failed_attempts),
+        (2, 4, 2)
+    );
+}
+
+#[test]
+fn a_file_of_the_older_schema_is_refused_with_a_clear_error() {
+    let dir = Dir::new("old-schema");
+    Connection::open(dir.db())
+        .unwrap()
+        .execute_batch("CREATE TABLE records (id INTEGER PRIMARY KEY, ts INTEGER, kind TEXT)")
+        .unwrap();
+    let error = SqliteLog::open(SqliteConfig::new(dir.db())).unwrap_err();
+    assert!(error.to_string().contains("older brownout"), "{error}");
+    let error = brownout_observe::Report::read(dir.db(), None).unwrap_err();
+    assert!(error.to_string().contains("older brownout"), "{error}");
+}
+
+#[test]
+fn a_file_opened_again_keeps_its_rows_and_names() {
+    let dir = Dir::new("reopen");
+    for _ in 0..2 {
+        let log = SqliteLog::open(SqliteConfig::new(dir.db())).unwrap();
+        log.exchange(&exchange(1));
+        log.close();
+    }
+    assert_eq!(rows(&dir.db(), "WHERE model = 'claude-sonnet-4-5'"), 2);
+    let conn = Connection::open(dir.db()).unwrap();
+    assert_eq!(count(&conn, "SELECT COUNT(*) FROM names"), 2);
+}
+
+/// Rows go in `INSERT`s of several rows, each parameter bound only when it changes:
+/// a NULL after a value in the same place of a statement must be NULL in the file.
+#[test]
+fn values_and_nulls_mixed_in_one_batch_are_written_as_they_were() {
+    let dir = Dir::new("mixed");
+    let log = SqliteLog::open(SqliteConfig::new(dir.db())).unwrap();
+    // 101 rows: whole INSERTs of 32 and the smaller ones, in one transaction.
+    for i in 0..101u64 {
+        let mut e = exchange(i);
+        if i % 3 != 0 {
+            e.input_tokens = None;
+            e.served_by = None;
+        }
+        if i % 5 == 0 {
+            e.requested_model = None;
+        }
+        log.exchange(&e);
+    }
+    log.close();
+    assert_eq!(log.written(), 101);
+    let conn = Connection::open(dir.db()).unwrap();
+    let with_tokens = (0..101).filter(|i| i % 3 == 0).count() as i64;
+    let sum: i64 = (0..101i64).filter(|i| i % 3 == 0).sum();
+    assert_eq!(
+        count(&conn, "SELECT COUNT(input_tokens) FROM records"),
+        with_tokens
+    );
+    assert_eq!(count(&conn, "SELECT SUM(input_tokens) FROM records"), sum);
+    assert_eq!(
+        count(&conn, "SELECT COUNT(served_by) FROM records"),
+        with_tokens
+    );
+    assert_eq!(count(&conn, "SELECT COUNT(model) FROM records"), 101 - 21);
+    // Each row's own values, in order.
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT COUNT(*) FROM records WHERE (input_tokens IS NULL) = ((CAST(ROUND(latency_ms * 1000) AS INTEGER) % 3) != 0)"
+        ),
+        101
+    );
+}
