@@ -249,9 +249,12 @@ pub(crate) struct Store {
 /// for a copy of 48 bytes; two requests meet on one only when their digests share the
 /// slot bits.
 struct KeyMemo {
-    slots: Box<[Mutex<Option<(Exact, CacheKey)>>]>,
+    slots: Box<[MemoSlot]>,
     mask: usize,
 }
+
+/// One slot of the [`KeyMemo`]: the last exact digest that landed there, and its key.
+type MemoSlot = Mutex<Option<(Exact, CacheKey)>>;
 
 impl KeyMemo {
     /// As many slots as the store holds entries, rounded up to a power of two, and at
@@ -267,7 +270,7 @@ impl KeyMemo {
         }
     }
 
-    fn slot(&self, exact: Exact) -> &Mutex<Option<(Exact, CacheKey)>> {
+    fn slot(&self, exact: Exact) -> &MemoSlot {
         // The digest is a keyed pseudo-random function's output: its low bits are as
         // good an index as any.
         &self.slots[(exact as usize) & self.mask]

@@ -88,6 +88,24 @@ struct RouteService<B> {
     models: Arc<[Arc<str>]>,
 }
 
+/// Which of the proxied APIs a request is for.
+#[derive(Clone, Copy)]
+enum Which {
+    Messages,
+    ChatCompletions,
+    Responses,
+}
+
+impl<B> Shared<B> {
+    fn route(&self, which: Which) -> Option<&RouteService<B>> {
+        match which {
+            Which::Messages => self.messages.as_ref(),
+            Which::ChatCompletions => self.chat_completions.as_ref(),
+            Which::Responses => self.responses.as_ref(),
+        }
+    }
+}
+
 struct Shared<B> {
     messages: Option<RouteService<B>>,
     chat_completions: Option<RouteService<B>>,
@@ -282,38 +300,38 @@ where
         let headers = shared.headers;
         let refuse = |status: StatusCode, api: provider::Api, message: &str| {
             let response = own_error(api, status, ErrorKind::InvalidRequest, message, true);
-            log(&method, &path, &response, started);
+            log(&method, path, &response, started);
             Box::pin(std::future::ready(Ok(response))) as RouterFuture
         };
         // The error shape before the request is placed (computed only for refusals).
-        let guess = || shape_of(Family::from_path(&path), &path);
+        let guess = || shape_of(Family::from_path(path), path);
 
         // `[observe]`: GET /metrics, /brownout/status and /brownout/status.json.
         if let Some(response) = shared
             .layers
             .observability()
-            .and_then(|o| o.page(&method, &path))
+            .and_then(|o| o.page(&method, path))
         {
             return Box::pin(std::future::ready(Ok(response)));
         }
-        if matches!(&*path, "/healthz" | "/readyz") {
+        if matches!(path, "/healthz" | "/readyz") {
             if method != Method::GET && method != Method::HEAD {
-                return method_not_allowed(guess(), "GET, HEAD", &method, &path);
+                return method_not_allowed(guess(), "GET, HEAD", &method, path);
             }
-            let response = health(shared, &path);
-            log(&method, &path, &response, started);
+            let response = health(shared, path);
+            log(&method, path, &response, started);
             return Box::pin(std::future::ready(Ok(response)));
         }
         if !matches!(
             method,
             Method::GET | Method::HEAD | Method::POST | Method::DELETE
         ) {
-            return method_not_allowed(guess(), ALLOW, &method, &path);
+            return method_not_allowed(guess(), ALLOW, &method, path);
         }
         if let Err(why) = check_path(request.uri()) {
             return refuse(StatusCode::BAD_REQUEST, guess(), why);
         }
-        let (family, rest) = match place(&path, request.headers()) {
+        let (family, rest) = match place(path, request.headers()) {
             Ok(placed) => placed,
             Err(why) => return refuse(StatusCode::BAD_REQUEST, guess(), &why),
         };
@@ -335,18 +353,16 @@ where
         let mut request =
             Request::from_parts(parts, Timed::new(body, started, shared.body_timeout));
 
-        let route = match (&method, family, request.uri().path()) {
-            (&Method::POST, Family::Anthropic, MESSAGES_PATH) => shared.messages.as_ref(),
-            (&Method::POST, Family::OpenAi, CHAT_COMPLETIONS_PATH) => {
-                shared.chat_completions.as_ref()
-            }
-            (&Method::POST, Family::OpenAi, RESPONSES_PATH) => shared.responses.as_ref(),
+        let which = match (&method, family, request.uri().path()) {
+            (&Method::POST, Family::Anthropic, MESSAGES_PATH) => Some(Which::Messages),
+            (&Method::POST, Family::OpenAi, CHAT_COMPLETIONS_PATH) => Some(Which::ChatCompletions),
+            (&Method::POST, Family::OpenAi, RESPONSES_PATH) => Some(Which::Responses),
             _ => None,
         };
+        let route = which.and_then(|which| shared.route(which).map(|route| (which, route)));
         let idle = shared.stream_idle;
-        let stalls = shared.stalls.clone();
         match route {
-            Some(route) => {
+            Some((which, route)) => {
                 let uri = match &route.base {
                     Some(base) => rebase(request.uri(), base),
                     None => origin_form(request.uri()),
@@ -354,16 +370,19 @@ where
                 *request.uri_mut() = uri;
                 let api = route.api;
                 let pipeline = route.pipeline.clone();
-                let models = route.models.clone();
+                // One reference to the shared state: the route's models and the stall
+                // count are read from it when they are needed.
                 let shared = self.shared.clone();
                 Box::pin(async move {
                     let response = match pipeline.oneshot(request).await {
-                        Ok(response) => finish(response, headers, api, idle, stalls),
+                        Ok(response) => finish(response, headers, api, idle, &shared.stalls),
                         Err(error) => {
                             let answering = Answering {
                                 should_retry: headers.should_retry,
                                 breakers: shared.layers.breakers(),
-                                models,
+                                models: shared
+                                    .route(which)
+                                    .map_or_else(|| Arc::from([]), |r| r.models.clone()),
                             };
                             failure(api, &*error, &method, original.path(), &answering)
                         }
@@ -387,11 +406,12 @@ where
                 };
                 *request.uri_mut() = rebase(request.uri(), base);
                 let forward = shared.forward.clone();
+                let stalls = shared.stalls.clone();
                 Box::pin(async move {
                     let response = match forward.oneshot(request).await {
                         Ok(mut response) => {
                             remove_hop_by_hop(response.headers_mut());
-                            bound_stream(response, api, idle, stalls)
+                            bound_stream(response, api, idle, &stalls)
                         }
                         Err(error) => {
                             let answering = Answering {
@@ -575,7 +595,7 @@ fn finish(
     headers: Headers,
     api: provider::Api,
     idle: Duration,
-    stalls: Arc<AtomicU64>,
+    stalls: &Arc<AtomicU64>,
 ) -> Response<Body> {
     remove_hop_by_hop(response.headers_mut());
     let attempts = Attempts::of(response.extensions());
@@ -617,7 +637,7 @@ fn bound_stream(
     response: Response<Body>,
     api: provider::Api,
     idle: Duration,
-    stalls: Arc<AtomicU64>,
+    stalls: &Arc<AtomicU64>,
 ) -> Response<Body> {
     let streaming = response
         .headers()
@@ -626,7 +646,7 @@ fn bound_stream(
     if !streaming || !response.status().is_success() {
         return response;
     }
-    response.map(|body| Body::new(IdleStream::new(body, idle, api, stalls)))
+    response.map(|body| Body::new(IdleStream::new(body, idle, api, stalls.clone())))
 }
 
 /// An error answer of the gateway's own in `api`'s shape.
