@@ -32,7 +32,7 @@
 //!
 //! - **availability**: answered (live, fallback, cached, stale or degraded) over all
 //!   requests, not counting the callers' own errors; `None` when nothing counts;
-//! - **outcomes**: requests by [`Answer`](crate::Answer) label;
+//! - **outcomes**: requests by [`Answer`] label;
 //! - **latency**: p50, p95 and p99 (nearest rank) over the requests that count;
 //! - **shares** of the requests that count: fallback, cached (fresh or stale), degraded;
 //! - **tokens** in and out, from the answers' `usage`;
