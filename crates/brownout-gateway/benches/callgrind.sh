@@ -1,7 +1,8 @@
 #!/bin/bash
 # Instruction counts per request under callgrind, in one run: the bare hyper proxy,
 # the gateway with no layer (the wiring), with every layer (gateway.sim.toml), and with
-# every layer and [observe] (metrics and the status board; and the SQLite log), each minus an idle start. See BENCHMARKS.md.
+# every layer and [observe] (metrics and the status board; and the SQLite log), each minus an idle start
+# (and minus the metrics clock's one-off calibration, below). See BENCHMARKS.md.
 #   BENCH=target/release/deps/proxy-<hash> GW=target/release/brownout-gateway \
 #     [OLD=an-older-brownout-gateway] [N=4000] [PER_LAYER=1] crates/brownout-gateway/benches/callgrind.sh
 # PER_LAYER=1 also measures every layer but one, for each layer: its marginal cost.
@@ -45,6 +46,15 @@ for n in ['every','wiring']:
     t=open(n+'.toml').read().replace('\n[connections]\nper_client = 100000\ntotal = 100000\n','')
     open(n+'.old.toml','w').write(t)
 PY
+total() { callgrind_annotate "$1" 2>/dev/null | grep 'PROGRAM TOTALS' | awk '{gsub(",","",$1); print $1}'; }
+# With [observe] on, the Prometheus exporter's clock (quanta) calibrates itself once at
+# start, spinning for a set time: some 5 to 9 million instructions, a different number in
+# each run (about +-500 a request at N=4000 between a run and its idle start). It is a
+# start-up cost, not a request's, so each run's count leaves it out.
+calibration() {
+  local c=$(callgrind_annotate --inclusive=yes "$1" 2>/dev/null | grep 'quanta::Clock::new ' | head -1 | awk '{gsub(",","",$1); print $1}')
+  echo ${c:-0}
+}
 measure() { # name, command...
   local name=$1; shift
   valgrind --tool=callgrind --callgrind-out-file=cg.$name.idle "$@" > $name.idle.out 2>/dev/null & local P=$!
@@ -55,8 +65,8 @@ measure() { # name, command...
   local T=$(sed -n 's/.*listening on \(http:\/\/\)\{0,1\}//p' $name.out | head -1)
   env -u BROWNOUT_BENCH_ROLE BROWNOUT_BENCH_ROLE=load BENCH_TARGET=$T BENCH_REQUESTS=$N BENCH_CONNECTIONS=4 $BENCH > $name.load 2>&1
   kill -TERM $P; wait $P 2>/dev/null
-  local idle=$(callgrind_annotate cg.$name.idle 2>/dev/null | grep 'PROGRAM TOTALS' | awk '{gsub(",","",$1); print $1}')
-  local all=$(callgrind_annotate cg.$name 2>/dev/null | grep 'PROGRAM TOTALS' | awk '{gsub(",","",$1); print $1}')
+  local idle=$(( $(total cg.$name.idle) - $(calibration cg.$name.idle) ))
+  local all=$(( $(total cg.$name) - $(calibration cg.$name) ))
   echo "$name $(( (all - idle) / N )) instructions/request  ($(tail -1 $name.load))"
 }
 export BENCH_UPSTREAM=http://$ADDR/

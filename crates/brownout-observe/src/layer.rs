@@ -2,6 +2,7 @@
 //! upstream call.
 
 use std::{
+    cell::Cell,
     error::Error as StdError,
     fmt,
     future::Future,
@@ -70,12 +71,35 @@ impl Routes {
 }
 
 /// How many upstream calls a request made so far, shared by the [`ObserveLayer`] that
-/// puts it in the request's extensions and the [`AttemptLayer`] that counts each call
-/// (the retry and fallback layers clone it with the request). It also holds when the
+/// keeps it and the [`AttemptLayer`] that counts each call. It also holds when the
 /// request arrived, so an attempt's wall-clock time costs no second clock read, and the
 /// request's first attempt until its [`Exchange`] carries it.
+///
+/// The attempt layer finds it the way a `tracing` span is found: the observe layer
+/// makes it the thread's [`current`](Self::current) tally while it calls and polls the
+/// stack inside, as it enters its span, and every brownout layer calls its inner
+/// service from its own future. (It used to travel in the request's extensions, where
+/// each retry's and fallback's copy of the request cost an allocation.) A call made
+/// from a task that a layer of yours spawns finds no tally: it is recorded as an
+/// attempt of its own, numbered 1, like a call with no observe layer over it.
 #[derive(Debug, Clone)]
 pub struct AttemptTally(Arc<Tally>);
+
+thread_local! {
+    /// The tally of the request whose stack this thread is calling or polling.
+    static CURRENT: Cell<Option<AttemptTally>> = const { Cell::new(None) };
+}
+
+/// The tally made current by [`AttemptTally::enter`], until dropped: then the one
+/// before is current again.
+struct Entered(Option<AttemptTally>);
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        let before = self.0.take();
+        CURRENT.with(|current| current.set(before));
+    }
+}
 
 #[derive(Debug)]
 struct Tally {
@@ -113,6 +137,22 @@ impl AttemptTally {
             sink: sink_addr(sink),
             first: Mutex::new(First::Waiting),
         }))
+    }
+
+    /// The tally of the request whose stack is being called or polled on this thread,
+    /// when an [`ObserveLayer`] is over it.
+    pub fn current() -> Option<AttemptTally> {
+        CURRENT.with(|current| {
+            let tally = current.take();
+            let copy = tally.clone();
+            current.set(tally);
+            copy
+        })
+    }
+
+    /// Makes `tally` the thread's current one until the guard is dropped.
+    fn enter(tally: &Option<AttemptTally>) -> Entered {
+        Entered(CURRENT.with(|current| current.replace(tally.clone())))
     }
 
     /// Calls counted so far.
@@ -319,13 +359,11 @@ impl Pending {
     }
 
     /// Reads the request's facts, gives it a tally, and opens the span.
-    fn start(&mut self, request: &mut Request<Body>) {
+    fn start(&mut self, request: &Request<Body>) {
         let facts = RequestFacts::of(request.extensions());
         self.model = facts.and_then(|f| f.model_arc().cloned());
         self.api = facts.map(|f| (f.api(), f.is_stream()));
-        let tally = AttemptTally::new(self.at, self.started, &self.shared.sink);
-        request.extensions_mut().insert(tally.clone());
-        self.tally = Some(tally);
+        self.tally = Some(AttemptTally::new(self.at, self.started, &self.shared.sink));
         self.span = tracing::info_span!(
             "brownout.request",
             route = &*self.route,
@@ -382,10 +420,13 @@ impl Pending {
                 CacheStatus::Hit => Answer::Cached,
                 CacheStatus::Stale => Answer::Stale,
             }
-        } else if extensions.get::<Shed>().is_some()
-            || extensions.get::<CircuitOpen>().is_some()
-            || extensions.get::<RateLimited>().is_some()
-            || extensions.get::<TooManyTokens>().is_some()
+        } else if status >= 400
+            // A refusal answers 429, 503 or 529: an answer under 400 is not one, and
+            // costs no look for the four markers.
+            && (extensions.get::<Shed>().is_some()
+                || extensions.get::<CircuitOpen>().is_some()
+                || extensions.get::<RateLimited>().is_some()
+                || extensions.get::<TooManyTokens>().is_some())
         {
             Answer::Shed
         } else {
@@ -548,10 +589,11 @@ where
         let state = match prepare_now(request, Need::Model) {
             // The body is there: the ready service is called in place (no clone of
             // the stack under it).
-            Ok(Ok(mut request)) => {
-                pending.start(&mut request);
+            Ok(Ok(request)) => {
+                pending.start(&request);
                 let future = {
                     let _entered = pending.span.enter();
+                    let _tally = AttemptTally::enter(&pending.tally);
                     self.inner.call(request)
                 };
                 State::Calling { future }
@@ -702,12 +744,13 @@ where
             match this.state.as_mut().project() {
                 StateProj::Preparing { prepare, inner } => {
                     match ready!(prepare.as_mut().poll(cx)) {
-                        Ok(mut request) => {
-                            this.pending.start(&mut request);
+                        Ok(request) => {
+                            this.pending.start(&request);
                             let mut inner =
                                 inner.take().expect("ObserveFuture polled after completion");
                             let future = {
                                 let _entered = this.pending.span.enter();
+                                let _tally = AttemptTally::enter(&this.pending.tally);
                                 inner.call(request)
                             };
                             this.state.set(State::Calling { future });
@@ -718,6 +761,7 @@ where
                 StateProj::Calling { future } => {
                     let result = {
                         let _entered = this.pending.span.enter();
+                        let _tally = AttemptTally::enter(&this.pending.tally);
                         ready!(future.poll(cx))
                     };
                     *this.done = true;
@@ -930,17 +974,18 @@ where
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let extensions = request.extensions();
         let started = Instant::now();
-        let tally = extensions.get::<AttemptTally>();
-        let attempt = tally.map_or(1, AttemptTally::next);
-        let first_of = tally
-            .filter(|t| attempt == 1 && t.0.sink == sink_addr(&self.shared.sink))
-            .cloned();
+        let tally = AttemptTally::current();
+        let attempt = tally.as_ref().map_or(1, AttemptTally::next);
+        let at = tally
+            .as_ref()
+            .map_or_else(SystemTime::now, |t| t.wall_clock(started));
+        let first_of = tally.filter(|t| attempt == 1 && t.0.sink == sink_addr(&self.shared.sink));
         let sent = Sent {
             shared: self.shared.clone(),
             route: self.shared.routes.of(request.uri().path()),
             model: RequestFacts::of(extensions).and_then(|f| f.model_arc().cloned()),
             attempt,
-            at: tally.map_or_else(SystemTime::now, |t| t.wall_clock(started)),
+            at,
             started,
             first_of,
         };

@@ -128,7 +128,7 @@ use std::{
 };
 
 use brownout_core::classify::OutcomeKind;
-use rusqlite::{params, types::Null, CachedStatement, Connection, ToSql};
+use rusqlite::{params, types::Null, Connection, Statement};
 
 use crate::record::{unix_ms, Answer, Attempt, Exchange, Sink};
 
@@ -316,17 +316,15 @@ impl SqliteLog {
             path: config.path.clone(),
         });
         let writer = Writer {
-            conn,
             rx,
             config,
             shared: Arc::clone(&shared),
             names: Names::default(),
-            inserts: INSERT_ROWS.map(insert_sql),
         };
         let batch = writer.config.batch as u64;
         let handle = std::thread::Builder::new()
             .name("brownout-sqlite".into())
-            .spawn(move || writer.run())
+            .spawn(move || writer.run(&conn))
             .map_err(|e| SqliteError {
                 path: shared.path.clone(),
                 cause: Cause::Thread(e),
@@ -768,7 +766,7 @@ const RECENT_NAMES: usize = 8;
 const NAMES_KEPT: usize = 4096;
 
 impl Names {
-    fn id(&mut self, tx: &rusqlite::Transaction<'_>, name: &Arc<str>) -> rusqlite::Result<i64> {
+    fn id(&mut self, tx: &Connection, name: &Arc<str>) -> rusqlite::Result<i64> {
         if let Some((_, id)) = self
             .recent
             .iter()
@@ -785,7 +783,7 @@ impl Names {
         Ok(id)
     }
 
-    fn lookup(&mut self, tx: &rusqlite::Transaction<'_>, name: &Arc<str>) -> rusqlite::Result<i64> {
+    fn lookup(&mut self, tx: &Connection, name: &Arc<str>) -> rusqlite::Result<i64> {
         if let Some(id) = self.ids.get(&**name) {
             return Ok(*id);
         }
@@ -807,27 +805,26 @@ impl Names {
         self.recent.clear();
     }
 
-    fn opt(
-        &mut self,
-        tx: &rusqlite::Transaction<'_>,
-        name: &Option<Arc<str>>,
-    ) -> rusqlite::Result<Option<i64>> {
+    fn opt(&mut self, tx: &Connection, name: &Option<Arc<str>>) -> rusqlite::Result<Option<i64>> {
         name.as_ref().map(|n| self.id(tx, n)).transpose()
     }
 }
 
 struct Writer {
-    conn: Connection,
     rx: Receiver<Message>,
     config: SqliteConfig,
     shared: Arc<Shared>,
     names: Names,
-    /// The `INSERT` of [`INSERT_ROWS`] rows, for each size.
-    inserts: [String; INSERT_ROWS.len()],
 }
 
+/// The `INSERT`s of [`INSERT_ROWS`] rows, each prepared on its first use and kept for
+/// the writer's life (with the values last bound to it).
+type Inserts<'c> = [Option<Insert<'c>>; INSERT_ROWS.len()];
+
 impl Writer {
-    fn run(mut self) {
+    /// Writes what comes, over `conn`, until the log is closed.
+    fn run(mut self, conn: &Connection) {
+        let mut inserts: Inserts<'_> = Default::default();
         let mut batch: Vec<Message> = Vec::with_capacity(self.config.batch);
         let mut last_retain = Instant::now();
         let mut last_warn = Instant::now();
@@ -869,20 +866,20 @@ impl Writer {
                     }
                 }
             }
-            self.write(&mut batch);
+            self.write(conn, &mut inserts, &mut batch);
             if close {
                 // Whatever was queued behind the close is written too: nothing handed
                 // over before `close` returned is lost.
                 while let Ok(message) = self.rx.try_recv() {
                     self.take(message, &mut batch, &mut waiters, &mut close);
                     if batch.len() >= self.config.batch {
-                        self.write(&mut batch);
+                        self.write(conn, &mut inserts, &mut batch);
                     }
                 }
-                self.write(&mut batch);
+                self.write(conn, &mut inserts, &mut batch);
             }
             if close || last_retain.elapsed() >= self.config.retain_every {
-                if let Err(error) = retain(&self.conn, &self.config) {
+                if let Err(error) = retain(conn, &self.config) {
                     tracing::warn!(path = %self.config.path.display(), %error, "brownout-observe: sqlite log retention failed");
                 }
                 last_retain = Instant::now();
@@ -922,7 +919,12 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, batch: &mut Vec<Message>) {
+    fn write<'c>(
+        &mut self,
+        conn: &'c Connection,
+        inserts: &mut Inserts<'c>,
+        batch: &mut Vec<Message>,
+    ) {
         if batch.is_empty() {
             return;
         }
@@ -933,7 +935,7 @@ impl Writer {
                 _ => 0,
             })
             .sum();
-        match insert(&mut self.conn, &mut self.names, &self.inserts, batch) {
+        match insert(conn, &mut self.names, inserts, batch) {
             Ok(()) => {
                 self.shared.written.fetch_add(rows, Ordering::Relaxed);
             }
@@ -986,6 +988,18 @@ enum Value {
     Null,
 }
 
+impl Value {
+    /// The same value (a real compared by its bits): no need to bind it again.
+    fn same(self, other: Value) -> bool {
+        match (self, other) {
+            (Value::Int(a), Value::Int(b)) => a == b,
+            (Value::Real(a), Value::Real(b)) => a.to_bits() == b.to_bits(),
+            (Value::Null, Value::Null) => true,
+            _ => false,
+        }
+    }
+}
+
 impl From<Option<i64>> for Value {
     fn from(v: Option<i64>) -> Self {
         v.map_or(Value::Null, Value::Int)
@@ -998,54 +1012,48 @@ impl From<Option<f64>> for Value {
     }
 }
 
-/// One `INSERT` of a batch, and which of its parameters are not NULL: the statement
-/// starts the batch with every parameter NULL (the cache clears them), so a NULL is
-/// bound only over a value a previous use left.
+/// One `INSERT` of [`INSERT_ROWS`] rows, and the value bound to each of its
+/// parameters: SQLite keeps a statement's bindings from one run to the next, so a
+/// parameter is bound only when its value changed. Most of a gateway's rows repeat
+/// their neighbours' route, models, outcome and status; what changes is the time, the
+/// latency and the tokens.
 struct Insert<'c> {
-    statement: CachedStatement<'c>,
-    bound: Vec<bool>,
+    statement: Statement<'c>,
+    bound: Vec<Value>,
 }
 
 impl<'c> Insert<'c> {
-    fn new(tx: &'c rusqlite::Transaction<'_>, sql: &str, rows: usize) -> rusqlite::Result<Self> {
+    fn new(conn: &'c Connection, rows: usize) -> rusqlite::Result<Self> {
         Ok(Insert {
-            statement: tx.prepare_cached(sql)?,
-            bound: vec![false; rows * COLUMNS],
+            statement: conn.prepare(&insert_sql(rows))?,
+            // A new statement's parameters are all NULL.
+            bound: vec![Value::Null; rows * COLUMNS],
         })
     }
 
-    /// Binds the `rows`' values and runs the statement.
+    /// Binds what changed of the `rows`' values and runs the statement.
     fn run(&mut self, rows: &[[Value; COLUMNS]]) -> rusqlite::Result<()> {
         for (r, row) in rows.iter().enumerate() {
-            for (c, value) in row.iter().enumerate() {
+            for (c, &value) in row.iter().enumerate() {
                 let i = r * COLUMNS + c;
-                match *value {
-                    Value::Int(v) => self.bind(i, v)?,
-                    Value::Real(v) => self.bind(i, v)?,
-                    Value::Null if self.bound[i] => {
-                        self.statement.raw_bind_parameter(i + 1, Null)?;
-                        self.bound[i] = false;
-                    }
-                    Value::Null => {}
+                if value.same(self.bound[i]) {
+                    continue;
                 }
+                match value {
+                    Value::Int(v) => self.statement.raw_bind_parameter(i + 1, v)?,
+                    Value::Real(v) => self.statement.raw_bind_parameter(i + 1, v)?,
+                    Value::Null => self.statement.raw_bind_parameter(i + 1, Null)?,
+                }
+                self.bound[i] = value;
             }
         }
         self.statement.raw_execute()?;
         Ok(())
     }
-
-    fn bind(&mut self, i: usize, value: impl ToSql) -> rusqlite::Result<()> {
-        self.bound[i] = true;
-        self.statement.raw_bind_parameter(i + 1, value)
-    }
 }
 
 /// A row's values, in the order of [`insert_sql`]'s columns.
-fn values(
-    tx: &rusqlite::Transaction<'_>,
-    names: &mut Names,
-    row: &Row,
-) -> rusqlite::Result<[Value; COLUMNS]> {
+fn values(tx: &Connection, names: &mut Names, row: &Row) -> rusqlite::Result<[Value; COLUMNS]> {
     let route = names.id(tx, &row.route)?;
     let model = names.opt(tx, &row.model)?;
     let served_by = names.opt(tx, &row.served_by)?;
@@ -1074,35 +1082,39 @@ fn values(
     ])
 }
 
-fn insert(
-    conn: &mut Connection,
+/// Writes the batch's rows in one transaction. A statement that failed is prepared
+/// afresh next time (what it holds bound is not known then).
+fn insert<'c>(
+    conn: &'c Connection,
     names: &mut Names,
-    sql: &[String; INSERT_ROWS.len()],
+    inserts: &mut Inserts<'c>,
     batch: &[Message],
 ) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    {
-        let mut rows = Vec::with_capacity(batch.len());
-        for message in batch {
-            if let Message::Row(row) = message {
-                rows.push(values(&tx, names, row)?);
-            }
+    // `unchecked_transaction` borrows the connection shared, so that the statements
+    // prepared on it outlive the transaction; the writer runs one at a time.
+    let tx = conn.unchecked_transaction()?;
+    let mut rows = Vec::with_capacity(batch.len());
+    for message in batch {
+        if let Message::Row(row) = message {
+            rows.push(values(&tx, names, row)?);
         }
-        let mut inserts: [Option<Insert<'_>>; INSERT_ROWS.len()] = Default::default();
-        let mut left = &rows[..];
-        while !left.is_empty() {
-            let k = INSERT_ROWS
-                .iter()
-                .position(|&n| n <= left.len())
-                .expect("the smallest INSERT is of one row");
-            let n = INSERT_ROWS[k];
-            let insert = match &mut inserts[k] {
-                Some(insert) => insert,
-                empty => empty.insert(Insert::new(&tx, &sql[k], n)?),
-            };
-            insert.run(&left[..n])?;
-            left = &left[n..];
+    }
+    let mut left = &rows[..];
+    while !left.is_empty() {
+        let k = INSERT_ROWS
+            .iter()
+            .position(|&n| n <= left.len())
+            .expect("the smallest INSERT is of one row");
+        let n = INSERT_ROWS[k];
+        let done = match &mut inserts[k] {
+            Some(insert) => insert.run(&left[..n]),
+            empty => Insert::new(conn, n).and_then(|insert| empty.insert(insert).run(&left[..n])),
+        };
+        if let Err(error) = done {
+            inserts[k] = None;
+            return Err(error);
         }
+        left = &left[n..];
     }
     tx.commit()
 }
