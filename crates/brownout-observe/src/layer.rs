@@ -211,8 +211,12 @@ impl AttemptTally {
 /// the response's extensions (the fallback's [`ServedBy`], the retry's [`Attempts`],
 /// the cache's [`CacheStatus`], the degrade layer's [`Degraded`], the queue's,
 /// breaker's and limiter's refusals, the classified [`Outcome`]). It buffers the
-/// request's body under the stack's `BodyLimits` and reads its `model` (the layers
-/// inside find both done and do not read them again). Pair it with an
+/// request's body under the stack's `BodyLimits` and reads every
+/// [`RequestFacts`] in it (the layers inside find both done and do not read them
+/// again): it needs only the model, the API and whether the answer streams, but the
+/// cache, fallback, degrade, queue and rate-limit layers need the rest, and one read
+/// of all of them costs less than a read of the model here and the rest resumed there
+/// (a stack of only a breaker and a retry under it reads a little more than it needs). Pair it with an
 /// [`AttemptLayer`] right over the HTTP client to count each upstream call.
 ///
 /// # On failure
@@ -586,7 +590,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> ObserveFuture<S> {
         let mut pending = Pending::new(self.shared.clone(), request.uri().path());
-        let state = match prepare_now(request, Need::Model) {
+        let state = match prepare_now(request, Need::Facts) {
             // The body is there: the ready service is called in place (no clone of
             // the stack under it).
             Ok(Ok(request)) => {

@@ -957,10 +957,13 @@ const INSERT_ROWS: [usize; 4] = [32, 8, 2, 1];
 /// The columns of `log` an `INSERT` binds, in order.
 const COLUMNS: usize = 16;
 
-/// The `INSERT` of `rows` rows.
+/// The `INSERT` of `rows` rows. `OR FAIL`: a row that breaks a constraint (none
+/// should) ends the statement where it is, rather than undoing the rows before it;
+/// the writer rolls the whole transaction back then all the same, and SQLite keeps
+/// no statement journal for an `INSERT` of many rows that cannot half-undo itself.
 fn insert_sql(rows: usize) -> String {
     let mut sql = String::from(
-        "INSERT INTO log (ts, kind, route, model, served_by, outcome, http_code, latency_ms, \
+        "INSERT OR FAIL INTO log (ts, kind, route, model, served_by, outcome, http_code, latency_ms, \
          attempt, input_tokens, output_tokens, first_ts, first_model, first_outcome, \
          first_http_code, first_latency_ms) VALUES ",
     );
