@@ -250,8 +250,9 @@ impl Report {
 
         let mut statement = conn
             .prepare(
-                "SELECT model, served_by, outcome, latency_ms, input_tokens, output_tokens
-                 FROM log WHERE id >= ?1 AND kind = ?2 AND ts >= ?3 AND ts <= ?4",
+                "SELECT model, served_by, (code >> 1) & 255, latency_us / 1000.0, input_tokens,
+                        output_tokens
+                 FROM log WHERE id >= ?1 AND (code & 1) = ?2 AND ts >= ?3 AND ts <= ?4",
             )
             .map_err(fail)?;
         let mut rows = statement
@@ -301,11 +302,12 @@ impl Report {
 
         // The attempts: rows of their own, and the first ones that their exchanges carry.
         for sql in [
-            "SELECT model, outcome, COUNT(*) FROM log
-             WHERE id >= ?1 AND kind = 1 AND ts >= ?2 AND ts <= ?3 GROUP BY model, outcome",
-            "SELECT first_model, first_outcome, COUNT(*) FROM log
-             WHERE id >= ?1 AND first_outcome IS NOT NULL AND first_ts >= ?2 AND first_ts <= ?3
-             GROUP BY first_model, first_outcome",
+            "SELECT model, (code >> 1) & 255, COUNT(*) FROM log
+             WHERE id >= ?1 AND (code & 1) = 1 AND ts >= ?2 AND ts <= ?3 GROUP BY 1, 2",
+            "SELECT first_model, first_code & 255, COUNT(*) FROM log
+             WHERE id >= ?1 AND first_code IS NOT NULL
+               AND ts + (first_code >> 18) >= ?2 AND ts + (first_code >> 18) <= ?3
+             GROUP BY 1, 2",
         ] {
             let mut statement = conn.prepare(sql).map_err(fail)?;
             let mut rows = statement.query([first_id, from, to_ms]).map_err(fail)?;

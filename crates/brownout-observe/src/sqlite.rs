@@ -46,7 +46,7 @@
 //!
 //! # Schema
 //!
-//! Schema 2 (`PRAGMA user_version = 2`). The rows are in the table `log`, in integer
+//! Schema 3 (`PRAGMA user_version = 3`). The rows are in the table `log`, in integer
 //! codes, and the view `records` reads them with names, one row per record, with the
 //! columns schema 1 had (so `SELECT ts, model, status, latency_ms, http_code FROM
 //! records` reads as it did):
@@ -66,13 +66,17 @@
 //! | `attempt` | upstream calls made | 1 for the first call, 2 for the next, … |
 //! | `input_tokens`, `output_tokens` | from the answer's `usage` | — |
 //!
-//! `log` holds one row per exchange, with the columns above (`kind` 0 for an
-//! exchange, 1 for an attempt; `route`, `model` and `served_by` as ids of the table
-//! `names`; `outcome` as a code of the table `answer_codes` for an exchange,
-//! `outcome_codes` for an attempt, each with its name and `status`), and **its first
-//! attempt folded in** (`first_ts`, `first_model`, `first_outcome`, `first_http_code`,
-//! `first_latency_ms`; NULL when it carries none). An attempt has a row of its own
-//! (`kind` 1) when it is not the first of its request (retries, fallback targets), or
+//! `log` holds one row per exchange, and **its first attempt folded in**, in eleven
+//! integer columns: `ts`; `route`, `model` and `served_by` as ids of the table
+//! `names`; `code`, which packs the kind (bit 0: 0 for an exchange, 1 for an attempt),
+//! the outcome (bits 1–8: a code of the table `answer_codes` for an exchange,
+//! `outcome_codes` for an attempt, each with its name and `status`), the status
+//! (bits 9–18, 0 for none) and the attempt (from bit 19), so `(code >> 1) & 255` is
+//! the outcome; `latency_us`; `input_tokens`, `output_tokens`; and the first attempt's
+//! `first_code` (its outcome in bits 0–7, its status in bits 8–17, its start in
+//! milliseconds after `ts` from bit 18; NULL when the row carries none),
+//! `first_model` and `first_latency_us`. An attempt has a row of its own
+//! (kind 1) when it is not the first of its request (retries, fallback targets), or
 //! when its request's exchange was not recorded into the same log (an
 //! [`AttemptLayer`](crate::AttemptLayer) without an [`ObserveLayer`](crate::ObserveLayer)
 //! over it into the same sink). So a request answered at the first call is one row,
@@ -92,7 +96,8 @@
 //!
 //! Why: a row of text columns cost about 11,600 instructions to write, two rows a
 //! request, with an index on `(kind, ts)`; one row of integers without a secondary
-//! index costs a fraction of that (`BENCHMARKS.md`).
+//! index costs a fraction of that, and every column a row has costs SQLite's insert
+//! work of its own (schema 2 had sixteen; `BENCHMARKS.md`).
 //!
 //! There is no index but the rowid. A row is written when its record ends, so ids
 //! follow `ts` up to the longest request (a stream's exchange is recorded when its body
@@ -108,7 +113,9 @@
 //! beyond [`SqliteConfig::max_rows`], when the log opens, every
 //! [`SqliteConfig::retain_every`], and when it closes.
 //!
-//! **Older files**: a file of schema 1 (a `records` table of text columns, written
+//! **Older files**: a file of schema 2 is rewritten as schema 3 when [`SqliteLog::open`]
+//! opens it, in one transaction (the report, which only reads, asks for that first). A
+//! file of schema 1 (a `records` table of text columns, written
 //! before this version) is refused by [`SqliteLog::open`] and by the report with an
 //! error that says so; move it aside (it stays readable with `sqlite3`) and start a new
 //! file. It is not migrated: the two schemas' rows would have to be rewritten, and an
@@ -424,7 +431,7 @@ impl Sink for SqliteLog {
 
 /// The schema's version, in `PRAGMA user_version`: 2 since the integer-coded table
 /// `log` (version 1, never written to the pragma, was one `records` table of text).
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 /// `log.kind`.
 pub(crate) const KIND_EXCHANGE: i64 = 0;
@@ -500,43 +507,91 @@ CREATE TABLE IF NOT EXISTS outcome_codes (
 CREATE TABLE IF NOT EXISTS log (
     id INTEGER PRIMARY KEY,
     ts INTEGER NOT NULL,
-    kind INTEGER NOT NULL,
     route INTEGER NOT NULL,
     model INTEGER,
     served_by INTEGER,
-    outcome INTEGER NOT NULL,
-    http_code INTEGER,
-    latency_ms REAL NOT NULL,
-    attempt INTEGER NOT NULL,
+    code INTEGER NOT NULL,
+    latency_us INTEGER NOT NULL,
     input_tokens INTEGER,
     output_tokens INTEGER,
-    first_ts INTEGER,
+    first_code INTEGER,
     first_model INTEGER,
-    first_outcome INTEGER,
-    first_http_code INTEGER,
-    first_latency_ms REAL
+    first_latency_us INTEGER
 );
+";
+
+/// The view that reads `log` back with names, one row per record, in schema 1's
+/// columns; its codes unpacked as [`code`] and [`first_code`] pack them.
+const RECORDS_VIEW: &str = "
 CREATE VIEW IF NOT EXISTS records AS
 SELECT l.id AS id, l.ts AS ts, 'exchange' AS kind, r.name AS route, m.name AS model,
-       s.name AS served_by, c.name AS outcome, c.status AS status, l.http_code AS http_code,
-       l.latency_ms AS latency_ms, l.attempt AS attempt, l.input_tokens AS input_tokens,
+       s.name AS served_by, c.name AS outcome, c.status AS status,
+       NULLIF((l.code >> 9) & 1023, 0) AS http_code, l.latency_us / 1000.0 AS latency_ms,
+       l.code >> 19 AS attempt, l.input_tokens AS input_tokens,
        l.output_tokens AS output_tokens
   FROM log l JOIN names r ON r.id = l.route LEFT JOIN names m ON m.id = l.model
-  LEFT JOIN names s ON s.id = l.served_by LEFT JOIN answer_codes c ON c.code = l.outcome
- WHERE l.kind = 0
+  LEFT JOIN names s ON s.id = l.served_by
+  LEFT JOIN answer_codes c ON c.code = (l.code >> 1) & 255
+ WHERE (l.code & 1) = 0
 UNION ALL
-SELECT l.id, l.ts, 'attempt', r.name, m.name, NULL, c.name, c.status, l.http_code,
-       l.latency_ms, l.attempt, NULL, NULL
+SELECT l.id, l.ts, 'attempt', r.name, m.name, NULL, c.name, c.status,
+       NULLIF((l.code >> 9) & 1023, 0), l.latency_us / 1000.0, l.code >> 19, NULL, NULL
   FROM log l JOIN names r ON r.id = l.route LEFT JOIN names m ON m.id = l.model
-  LEFT JOIN outcome_codes c ON c.code = l.outcome
- WHERE l.kind = 1
+  LEFT JOIN outcome_codes c ON c.code = (l.code >> 1) & 255
+ WHERE (l.code & 1) = 1
 UNION ALL
-SELECT l.id, l.first_ts, 'attempt', r.name, m.name, NULL, c.name, c.status,
-       l.first_http_code, l.first_latency_ms, 1, NULL, NULL
+SELECT l.id, l.ts + (l.first_code >> 18), 'attempt', r.name, m.name, NULL, c.name, c.status,
+       NULLIF((l.first_code >> 8) & 1023, 0), l.first_latency_us / 1000.0, 1, NULL, NULL
   FROM log l JOIN names r ON r.id = l.route LEFT JOIN names m ON m.id = l.first_model
-  LEFT JOIN outcome_codes c ON c.code = l.first_outcome
- WHERE l.first_outcome IS NOT NULL;
+  LEFT JOIN outcome_codes c ON c.code = l.first_code & 255
+ WHERE l.first_code IS NOT NULL;
 ";
+
+/// Schema 2's `log` rewritten as schema 3's, in the transaction that opens the file
+/// (latencies rounded to the microsecond).
+const MIGRATE_FROM_2: &str = "
+DROP VIEW IF EXISTS records;
+ALTER TABLE log RENAME TO log_schema_2;
+CREATE TABLE log (
+    id INTEGER PRIMARY KEY,
+    ts INTEGER NOT NULL,
+    route INTEGER NOT NULL,
+    model INTEGER,
+    served_by INTEGER,
+    code INTEGER NOT NULL,
+    latency_us INTEGER NOT NULL,
+    input_tokens INTEGER,
+    output_tokens INTEGER,
+    first_code INTEGER,
+    first_model INTEGER,
+    first_latency_us INTEGER
+);
+INSERT INTO log
+SELECT id, ts, route, model, served_by,
+       kind | ((outcome & 255) << 1) | ((COALESCE(http_code, 0) & 1023) << 9) | (attempt << 19),
+       CAST(ROUND(latency_ms * 1000) AS INTEGER), input_tokens, output_tokens,
+       CASE WHEN first_outcome IS NULL THEN NULL
+            ELSE (first_outcome & 255) | ((COALESCE(first_http_code, 0) & 1023) << 8)
+                 | (MAX(COALESCE(first_ts, ts) - ts, 0) << 18) END,
+       first_model, CAST(ROUND(first_latency_ms * 1000) AS INTEGER)
+  FROM log_schema_2;
+DROP TABLE log_schema_2;
+";
+
+/// A row's `code`: the kind (bit 0), the outcome's code (bits 1-8), the status (bits
+/// 9-18, 0 for none) and the attempt (from bit 19).
+fn code(kind: i64, outcome: i64, status: Option<u16>, attempt: u32) -> i64 {
+    kind | ((outcome & 0xff) << 1)
+        | ((i64::from(status.unwrap_or(0)) & 0x3ff) << 9)
+        | (i64::from(attempt) << 19)
+}
+
+/// The `first_code` of an exchange's folded first attempt: its outcome's code (bits
+/// 0-7), its status (bits 8-17, 0 for none), and its start, in milliseconds after the
+/// exchange's `ts` (from bit 18).
+fn first_code(outcome: i64, status: Option<u16>, after_ms: i64) -> i64 {
+    (outcome & 0xff) | ((i64::from(status.unwrap_or(0)) & 0x3ff) << 8) | (after_ms.max(0) << 18)
+}
 
 /// What an existing file holds: nothing yet, this schema, or something else (the
 /// message says what).
@@ -556,6 +611,11 @@ pub(crate) fn check_schema(conn: &Connection) -> rusqlite::Result<Result<bool, S
     };
     Ok(match version {
         SCHEMA_VERSION if table("log")?.is_some() => Ok(true),
+        2 if table("log")?.is_some() => Err(
+            "an availability log of schema 2 (an older brownout): brownout-gateway, or \
+             `SqliteLog::open`, rewrites it as schema 3 when it opens the file"
+                .into(),
+        ),
         0 => match table("records")?.as_deref() {
             None => Ok(false),
             Some("table") => Err(
@@ -579,10 +639,19 @@ fn prepare(conn: &Connection) -> Result<(), Cause> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.busy_timeout(Duration::from_secs(5))?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version == 2 {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(MIGRATE_FROM_2)?;
+        tx.execute_batch(RECORDS_VIEW)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+    }
     if check_schema(conn)?.map_err(Cause::Schema)? {
         return Ok(());
     }
     conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(RECORDS_VIEW)?;
     for (code, (answer, status)) in ANSWER_CODES.iter().enumerate() {
         conn.execute(
             "INSERT OR IGNORE INTO answer_codes VALUES (?1, ?2, ?3)",
@@ -740,8 +809,10 @@ impl Row {
     }
 }
 
-fn ms(latency: Duration) -> f64 {
-    latency.as_secs_f64() * 1000.0
+/// A latency in whole microseconds (as `INTEGER`, smaller and cheaper to write
+/// than a `REAL` of milliseconds; `records` gives milliseconds).
+fn us(latency: Duration) -> i64 {
+    i64::try_from(latency.as_micros()).unwrap_or(i64::MAX)
 }
 
 fn tokens(n: Option<u64>) -> Option<i64> {
@@ -955,7 +1026,7 @@ impl Writer {
 const INSERT_ROWS: [usize; 4] = [32, 8, 2, 1];
 
 /// The columns of `log` an `INSERT` binds, in order.
-const COLUMNS: usize = 16;
+const COLUMNS: usize = 11;
 
 /// The `INSERT` of `rows` rows. `OR FAIL`: a row that breaks a constraint (none
 /// should) ends the statement where it is, rather than undoing the rows before it;
@@ -963,9 +1034,8 @@ const COLUMNS: usize = 16;
 /// no statement journal for an `INSERT` of many rows that cannot half-undo itself.
 fn insert_sql(rows: usize) -> String {
     let mut sql = String::from(
-        "INSERT OR FAIL INTO log (ts, kind, route, model, served_by, outcome, http_code, latency_ms, \
-         attempt, input_tokens, output_tokens, first_ts, first_model, first_outcome, \
-         first_http_code, first_latency_ms) VALUES ",
+        "INSERT OR FAIL INTO log (ts, route, model, served_by, code, latency_us, input_tokens, \
+         output_tokens, first_code, first_model, first_latency_us) VALUES ",
     );
     for row in 0..rows {
         if row > 0 {
@@ -987,16 +1057,14 @@ fn insert_sql(rows: usize) -> String {
 #[derive(Clone, Copy)]
 enum Value {
     Int(i64),
-    Real(f64),
     Null,
 }
 
 impl Value {
-    /// The same value (a real compared by its bits): no need to bind it again.
+    /// The same value: no need to bind it again.
     fn same(self, other: Value) -> bool {
         match (self, other) {
             (Value::Int(a), Value::Int(b)) => a == b,
-            (Value::Real(a), Value::Real(b)) => a.to_bits() == b.to_bits(),
             (Value::Null, Value::Null) => true,
             _ => false,
         }
@@ -1006,12 +1074,6 @@ impl Value {
 impl From<Option<i64>> for Value {
     fn from(v: Option<i64>) -> Self {
         v.map_or(Value::Null, Value::Int)
-    }
-}
-
-impl From<Option<f64>> for Value {
-    fn from(v: Option<f64>) -> Self {
-        v.map_or(Value::Null, Value::Real)
     }
 }
 
@@ -1044,7 +1106,6 @@ impl<'c> Insert<'c> {
                 }
                 match value {
                     Value::Int(v) => self.statement.raw_bind_parameter(i + 1, v)?,
-                    Value::Real(v) => self.statement.raw_bind_parameter(i + 1, v)?,
                     Value::Null => self.statement.raw_bind_parameter(i + 1, Null)?,
                 }
                 self.bound[i] = value;
@@ -1067,21 +1128,18 @@ fn values(tx: &Connection, names: &mut Names, row: &Row) -> rusqlite::Result<[Va
     };
     Ok([
         Value::Int(row.ts),
-        Value::Int(row.kind),
         Value::Int(route),
         model.into(),
         served_by.into(),
-        Value::Int(row.outcome),
-        row.http_code.map(i64::from).into(),
-        Value::Real(ms(row.latency)),
-        Value::Int(i64::from(row.attempt)),
+        Value::Int(code(row.kind, row.outcome, row.http_code, row.attempt)),
+        Value::Int(us(row.latency)),
         tokens(row.input_tokens).into(),
         tokens(row.output_tokens).into(),
-        first.map(|f| f.ts).into(),
+        first
+            .map(|f| first_code(f.outcome, f.http_code, f.ts - row.ts))
+            .into(),
         first_model.into(),
-        first.map(|f| f.outcome).into(),
-        first.and_then(|f| f.http_code).map(i64::from).into(),
-        first.map(|f| ms(f.latency)).into(),
+        first.map(|f| us(f.latency)).into(),
     ])
 }
 

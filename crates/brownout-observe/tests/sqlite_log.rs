@@ -281,14 +281,14 @@ async fn a_request_with_one_attempt_is_one_row_and_every_attempt_is_readable() {
     assert_eq!(
         count(
             &conn,
-            "SELECT COUNT(*) FROM log WHERE kind = 0 AND first_outcome = 0"
+            "SELECT COUNT(*) FROM log WHERE code & 1 = 0 AND first_code & 255 = 0"
         ),
         1
     );
     assert_eq!(
         count(
             &conn,
-            "SELECT COUNT(*) FROM log WHERE kind = 0 AND first_outcome = 3"
+            "SELECT COUNT(*) FROM log WHERE code & 1 = 0 AND first_code & 255 = 3"
         ),
         1
     );
@@ -397,4 +397,99 @@ fn values_and_nulls_mixed_in_one_batch_are_written_as_they_were() {
         ),
         101
     );
+}
+
+/// Schema 2's tables, as brownout wrote them before schema 3.
+const SCHEMA_2: &str = "
+CREATE TABLE names (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE answer_codes (code INTEGER PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL);
+CREATE TABLE outcome_codes (code INTEGER PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL);
+CREATE TABLE log (
+    id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, kind INTEGER NOT NULL,
+    route INTEGER NOT NULL, model INTEGER, served_by INTEGER, outcome INTEGER NOT NULL,
+    http_code INTEGER, latency_ms REAL NOT NULL, attempt INTEGER NOT NULL,
+    input_tokens INTEGER, output_tokens INTEGER, first_ts INTEGER, first_model INTEGER,
+    first_outcome INTEGER, first_http_code INTEGER, first_latency_ms REAL
+);
+CREATE VIEW records AS SELECT id FROM log;
+INSERT INTO names VALUES (1, 'anthropic.messages'), (2, 'claude-sonnet-4-5'), (3, 'claude-haiku-4-5');
+INSERT INTO answer_codes VALUES (0, 'live', 'ok'), (1, 'fallback', 'ok');
+INSERT INTO outcome_codes VALUES (0, 'success', 'ok'), (3, 'overloaded', 'error'),
+    (5, 'timeout', 'error');
+PRAGMA user_version = 2;
+";
+
+/// Schema 2's rows, `?1` a minute ago in ms since the epoch (retention keeps it).
+const ROWS_2: &str = "
+-- a fallback answer: sonnet overloaded at its first attempt (folded in), haiku at the second
+INSERT INTO log VALUES (1, ?1, 0, 1, 2, 3, 1, 200, 812.5, 2, 30, 40, ?1 + 4, 2, 3, 529, 20.25);
+INSERT INTO log VALUES (2, ?1 + 30, 1, 1, 3, NULL, 0, 200, 780.0, 2, NULL, NULL,
+    NULL, NULL, NULL, NULL, NULL);
+-- an attempt that timed out, with no status
+INSERT INTO log VALUES (3, ?1 + 1000, 1, 1, 2, NULL, 5, NULL, 30000.0, 1, NULL, NULL,
+    NULL, NULL, NULL, NULL, NULL);
+";
+
+#[test]
+fn a_file_of_schema_2_is_rewritten_as_schema_3_with_every_record() {
+    let dir = Dir::new("schema2");
+    let base = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 60_000;
+    {
+        let conn = Connection::open(dir.db()).unwrap();
+        conn.execute_batch(SCHEMA_2).unwrap();
+        for insert in ROWS_2.split(';').filter(|s| s.contains("INSERT")) {
+            conn.execute(insert, [base]).unwrap();
+        }
+    }
+    let log = SqliteLog::open(SqliteConfig::new(dir.db())).unwrap();
+    log.close();
+    let conn = Connection::open(dir.db()).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 3);
+    let mut statement = conn
+        .prepare(
+            "SELECT id, ts, kind, route, model, served_by, outcome, status, http_code,
+                    latency_ms, attempt, input_tokens, output_tokens
+               FROM records ORDER BY ts, kind DESC",
+        )
+        .unwrap();
+    // Each record as `column|column|…`, NULL as `-`.
+    let records: Vec<String> = statement
+        .query_map([], |r| {
+            let mut columns = Vec::new();
+            for i in 0..13 {
+                columns.push(match r.get_ref(i)? {
+                    rusqlite::types::ValueRef::Null => "-".to_string(),
+                    rusqlite::types::ValueRef::Integer(n) => n.to_string(),
+                    rusqlite::types::ValueRef::Real(x) => x.to_string(),
+                    rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                    rusqlite::types::ValueRef::Blob(_) => "blob".to_string(),
+                });
+            }
+            Ok(columns.join("|"))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        records,
+        [
+            format!("1|{base}|exchange|anthropic.messages|claude-sonnet-4-5|claude-haiku-4-5|fallback|ok|200|812.5|2|30|40"),
+            format!("1|{}|attempt|anthropic.messages|claude-sonnet-4-5|-|overloaded|error|529|20.25|1|-|-", base + 4),
+            format!("2|{}|attempt|anthropic.messages|claude-haiku-4-5|-|success|ok|200|780|2|-|-", base + 30),
+            format!("3|{}|attempt|anthropic.messages|claude-sonnet-4-5|-|timeout|error|-|30000|1|-|-", base + 1000),
+        ]
+    );
+    // The new rows go after the old ones, in the same file.
+    let log = SqliteLog::open(SqliteConfig::new(dir.db())).unwrap();
+    log.exchange(&exchange(7));
+    log.close();
+    assert_eq!(rows(&dir.db(), "WHERE kind = 'exchange'"), 2);
+    assert_eq!(rows(&dir.db(), "WHERE id = 4 AND latency_ms = 0.007"), 1);
 }
