@@ -51,6 +51,22 @@ pub struct RequestFacts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadline(pub tokio::time::Instant);
 
+/// A request sent to learn whether its target is back (a circuit breaker's
+/// half-open probe), in its extensions: its answer is the measurement, so a layer
+/// that would send it again (a retry, a queue holding it for another try) sends it
+/// once and hands its answer back. A probe retried inside the layer that asked for
+/// it would report "one of two calls got through" where the question was "is it
+/// back", and would double the load on a target that is likely still down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Probe;
+
+impl Probe {
+    /// Whether `extensions` mark a probe.
+    pub fn of(extensions: &http::Extensions) -> bool {
+        extensions.get::<Probe>().is_some()
+    }
+}
+
 /// Where a scan of the top-level members stopped, and what it had seen.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Resume {

@@ -343,7 +343,11 @@ where
         };
         // Only a request the queue admits itself may be held again, and only when its
         // bytes can be sent again.
-        let again = permit.as_ref().and_then(|_| replay_of(&request));
+        // A probe (a breaker's, outside) is sent once: its answer is the measurement.
+        let again = permit
+            .as_ref()
+            .filter(|_| !brownout_core::request::Probe::of(request.extensions()))
+            .and_then(|_| replay_of(&request));
         let (output, outcome) = send(&shared, inner.clone(), request, &key, permit, waited).await;
         let hold = again.filter(|_| {
             matches!(

@@ -850,3 +850,28 @@ async fn a_breaker_outside_does_not_count_the_queues_sheds_as_upstream_failures(
         "the sheds are the layer's own answers: the breaker stays closed"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_meets_a_new_overload_is_answered_not_held_again() {
+    // As above, but the request is a breaker's probe: its 529 is the verdict the
+    // breaker outside asked for, handed back at once.
+    let upstream = Upstream::new();
+    let (client, handle) = client(
+        QueueConfig::new()
+            .no_early_ack()
+            .max_wait(Duration::from_secs(2)),
+        &upstream,
+    );
+    overload_for(&client, &upstream, 200).await;
+    upstream.script(MODEL, [overloaded(300)]);
+    let start = Instant::now();
+    let mut probe = request(MODEL, 1);
+    probe.extensions_mut().insert(brownout_core::request::Probe);
+    let answer = spawn(&client, probe);
+    advance(200).await;
+    assert_eq!(upstream.calls(), 2, "the probe went");
+    assert_eq!(handle.depth(MODEL), 0, "and was not held again");
+    assert_eq!(status_of(answer).await, 529);
+    assert_eq!(start.elapsed(), Duration::from_millis(200));
+    assert_eq!(upstream.calls(), 2);
+}

@@ -143,6 +143,9 @@ pub enum GiveUpReason {
     },
     /// The request's body cannot be sent again.
     NotReplayable(NotReplayable),
+    /// The request is a probe ([`Probe`](brownout_core::request::Probe)): its answer
+    /// is the measurement, so it is sent once.
+    Probe,
 }
 
 impl GiveUpReason {
@@ -155,6 +158,7 @@ impl GiveUpReason {
             GiveUpReason::DeadlineReached => "deadline_reached",
             GiveUpReason::ServerDelayTooLong { .. } => "server_delay_too_long",
             GiveUpReason::NotReplayable(reason) => reason.as_str(),
+            GiveUpReason::Probe => "probe",
         }
     }
 }
@@ -172,6 +176,7 @@ impl fmt::Display for GiveUpReason {
                 write!(f, "the server asked to wait {delay:?}, longer than allowed")
             }
             GiveUpReason::NotReplayable(reason) => fmt::Display::fmt(reason, f),
+            GiveUpReason::Probe => f.write_str("a probe is sent once"),
         }
     }
 }

@@ -383,7 +383,11 @@ where
             outcome: outcome.clone(),
         }));
 
-        let decision = decide(&config, &outcome, &body, attempt, previous_delay, deadline);
+        let decision = if brownout_core::request::Probe::of(&parts.extensions) {
+            Err(GiveUpReason::Probe)
+        } else {
+            decide(&config, &outcome, &body, attempt, previous_delay, deadline)
+        };
         let delay = match decision {
             Ok(delay) => delay,
             Err(reason) => {
