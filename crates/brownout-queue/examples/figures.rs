@@ -13,8 +13,8 @@
 //! 500 ms (`max_server_delay`), handing a longer one to the cascade, and the queue
 //! waits at most 800 ms, probes after at most 250 ms and counts a call 120 ms in flight
 //! as a success for slow start: first `fallback > breaker > queue > retry` (the
-//! gateway's order, the fallback asking both handles), then `fallback > queue > breaker
-//! > retry` (the queue asking the breaker's handle). The breakers are the example
+//! gateway's order, the fallback asking both handles), then
+//! `fallback > queue > breaker > retry` (the queue asking the breaker's handle). The breakers are the example
 //! config's: open 10 s (jittered: half to all of it, not growing), a half-open probe
 //! sent once (the retry layer does not retry it), closed again by two successful
 //! probes in a row.
@@ -420,7 +420,13 @@ async fn figures(name: &str, script: Script, span_ms: u64) {
             if sent.len() > allowed {
                 let requests: Vec<String> = sent
                     .iter()
-                    .map(|s| format!("{}@{:.3}", s.request.unwrap_or(u64::MAX), s.at.as_secs_f64()))
+                    .map(|s| {
+                        format!(
+                            "{}@{:.3}",
+                            s.request.unwrap_or(u64::MAX),
+                            s.at.as_secs_f64()
+                        )
+                    })
                     .collect();
                 over_limit.push(format!(
                     "{} at {:.2} s under limits {limits:?} [{}]",
@@ -457,10 +463,7 @@ async fn figures(name: &str, script: Script, span_ms: u64) {
                 format!(" ({})", over_limit.join("; "))
             },
         );
-        println!(
-            "  upstream answers {:?}",
-            report.upstream.by_answer
-        );
+        println!("  upstream answers {:?}", report.upstream.by_answer);
         if std::env::var_os("FIGURES_ADDED").is_some() {
             added_breakdown(&log, span_ms, report.requests);
         }
@@ -471,6 +474,10 @@ async fn figures(name: &str, script: Script, span_ms: u64) {
 /// Why requests waited: from the log, each request's added latency is the time from
 /// its scheduled start (the runner spreads them evenly) to the sending of the attempt
 /// that answered it; sorted by what happened before that attempt.
+/// A request whose added latency is over 500 ms: how much, its index, what reached the
+/// simulator for it, and its scheduled start.
+type Slow<'a> = (Duration, u64, Vec<&'a Sent>, Duration);
+
 fn added_breakdown(log: &[Sent], span_ms: u64, requests: u64) {
     let mut by_request: std::collections::BTreeMap<u64, Vec<&Sent>> = Default::default();
     for sent in log {
@@ -478,7 +485,7 @@ fn added_breakdown(log: &[Sent], span_ms: u64, requests: u64) {
             by_request.entry(i).or_default().push(sent);
         }
     }
-    let mut slow = Vec::new();
+    let mut slow: Vec<Slow<'_>> = Vec::new();
     for (i, sent) in &by_request {
         let start = Duration::from_millis(span_ms * i / requests);
         let Some(last) = sent.last() else { continue };
@@ -488,12 +495,8 @@ fn added_breakdown(log: &[Sent], span_ms: u64, requests: u64) {
         }
     }
     slow.sort_by_key(|s| std::cmp::Reverse(s.0));
-    let count = |f: &dyn Fn(&(Duration, u64, Vec<&Sent>, Duration)) -> bool| {
-        slow.iter().filter(|s| f(s)).count()
-    };
-    let held_first = |s: &(Duration, u64, Vec<&Sent>, Duration)| {
-        s.2[0].at.saturating_sub(s.3) > Duration::from_millis(300)
-    };
+    let count = |f: &dyn Fn(&Slow<'_>) -> bool| slow.iter().filter(|s| f(s)).count();
+    let held_first = |s: &Slow<'_>| s.2[0].at.saturating_sub(s.3) > Duration::from_millis(300);
     println!(
         "  added > 500 ms: {} requests; first attempt held > 300 ms: {}; 1 failed attempt: {}, 2: {}, 3 or more: {}; answered by the fallback: {}",
         slow.len(),
@@ -515,7 +518,11 @@ fn added_breakdown(log: &[Sent], span_ms: u64, requests: u64) {
                 )
             })
             .collect();
-        println!("    request {i} added {} ms: {}", added.as_millis(), path.join(", "));
+        println!(
+            "    request {i} added {} ms: {}",
+            added.as_millis(),
+            path.join(", ")
+        );
     }
 }
 

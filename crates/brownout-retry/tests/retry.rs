@@ -516,8 +516,7 @@ async fn a_probe_is_sent_once_and_its_answer_handed_back() {
         .await;
     assert_eq!(reply.unwrap().status(), 529);
     assert_eq!(upstream.attempts(), 1);
-    let events = events.lock().unwrap();
-    assert!(events.iter().any(|e| matches!(
+    assert!(events.lock().unwrap().iter().any(|e| matches!(
         e.data::<RetryEvent>(),
         Some(RetryEvent::GaveUp {
             attempts: 1,

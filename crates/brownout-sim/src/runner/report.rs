@@ -303,8 +303,12 @@ pub fn table(reports: &[Report]) -> String {
     row("latency p95", &|r| human(r.latency.p95_ms));
     row("latency p99", &|r| human(r.latency.p99_ms));
     row("latency max", &|r| human(r.latency.max_ms));
-    row("added by the layers p50", &|r| human(r.added_latency.p50_ms));
-    row("added by the layers p99", &|r| human(r.added_latency.p99_ms));
+    row("added by the layers p50", &|r| {
+        human(r.added_latency.p50_ms)
+    });
+    row("added by the layers p99", &|r| {
+        human(r.added_latency.p99_ms)
+    });
     if reports.iter().any(|r| r.stream) {
         row("first byte p50", &|r| human(r.complete.first_byte.p50_ms));
         row("first byte p99", &|r| human(r.complete.first_byte.p99_ms));
