@@ -67,6 +67,40 @@ impl Probe {
     }
 }
 
+/// A check that a layer controlling how many of a target's requests are in flight
+/// (a queue's slow start) puts in a request's extensions, and that a layer inside
+/// asks before it sends the request again (a retry): while it says no, the layer
+/// inside hands its last answer back instead of sending another attempt, and the layer
+/// outside decides (holds the request in its place, or lets it move on). Without it,
+/// a retry made inside would reach a held target outside the count that holds it.
+#[derive(Clone)]
+pub struct AttemptGate(Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl AttemptGate {
+    /// A gate that allows another attempt while `allows` says so.
+    pub fn new(allows: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        AttemptGate(Arc::new(allows))
+    }
+
+    /// Whether another attempt may be sent now.
+    pub fn allows(&self) -> bool {
+        (self.0)()
+    }
+
+    /// Whether `extensions` allow another attempt now: yes without a gate.
+    pub fn allows_in(extensions: &http::Extensions) -> bool {
+        extensions
+            .get::<AttemptGate>()
+            .is_none_or(AttemptGate::allows)
+    }
+}
+
+impl fmt::Debug for AttemptGate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AttemptGate").finish_non_exhaustive()
+    }
+}
+
 /// Where a scan of the top-level members stopped, and what it had seen.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Resume {

@@ -17,6 +17,7 @@ use brownout_core::{
     },
     event::Event,
     future::{Output, ResponseFuture as Boxed},
+    request::AttemptGate,
     Body, BoxError, OutcomeKind, RequestFacts,
 };
 use bytes::Bytes;
@@ -440,6 +441,13 @@ where
             return (Err(error), outcome);
         }
     }
+    // While the key is held, a retry inside does not send this request again: the
+    // queue decides (holds it in its place, or hands the answer out to move on).
+    let mut request = request;
+    let gate = (shared.clone(), key.clone());
+    request
+        .extensions_mut()
+        .insert(AttemptGate::new(move || gate.0.limit(&gate.1).is_none()));
     let call = inner.call(request);
     let mut call = std::pin::pin!(async move {
         call.await

@@ -146,6 +146,9 @@ pub enum GiveUpReason {
     /// The request is a probe ([`Probe`](brownout_core::request::Probe)): its answer
     /// is the measurement, so it is sent once.
     Probe,
+    /// A layer outside holds the target and said no to another attempt
+    /// ([`AttemptGate`](brownout_core::request::AttemptGate)): it decides.
+    Held,
 }
 
 impl GiveUpReason {
@@ -159,6 +162,7 @@ impl GiveUpReason {
             GiveUpReason::ServerDelayTooLong { .. } => "server_delay_too_long",
             GiveUpReason::NotReplayable(reason) => reason.as_str(),
             GiveUpReason::Probe => "probe",
+            GiveUpReason::Held => "held",
         }
     }
 }
@@ -177,6 +181,7 @@ impl fmt::Display for GiveUpReason {
             }
             GiveUpReason::NotReplayable(reason) => fmt::Display::fmt(reason, f),
             GiveUpReason::Probe => f.write_str("a probe is sent once"),
+            GiveUpReason::Held => f.write_str("a layer outside holds the target"),
         }
     }
 }
