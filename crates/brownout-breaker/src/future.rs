@@ -239,6 +239,13 @@ where
     }
     match admission {
         Admission::Admitted(permit) => {
+            let mut request = request;
+            if permit.is_probe() {
+                // Its answer decides the breaker: the layers inside send it once.
+                request
+                    .extensions_mut()
+                    .insert(brownout_core::request::Probe);
+            }
             let future = inner.call(request);
             let call = Admitted {
                 entry,

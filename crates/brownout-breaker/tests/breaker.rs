@@ -871,3 +871,33 @@ fn clones_on_other_threads_share_the_breakers_and_free_them() {
     drop((client, upstream, handle));
     assert_eq!(Arc::strong_count(&alive), 1, "the layer's state was freed");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_half_open_probe_is_marked_so_that_the_layers_inside_send_it_once() {
+    // The upstream fails the first call and answers the rest; it notes which calls
+    // came marked as a probe.
+    let marks = Arc::new(Mutex::new(Vec::new()));
+    let seen = marks.clone();
+    let inner = tower::service_fn(move |request: Request<brownout_core::Body>| {
+        let mut seen = seen.lock().unwrap();
+        seen.push(brownout_core::request::Probe::of(request.extensions()));
+        let status = if seen.len() == 1 { 529 } else { 200 };
+        async move {
+            Ok::<_, BoxError>(
+                http::Response::builder()
+                    .status(status)
+                    .body(Full::new(Bytes::from_static(b"{}")))
+                    .unwrap(),
+            )
+        }
+    });
+    let client = CircuitBreaker::new(inner, consecutive(1).seed(5));
+    let status = |r: Result<http::Response<_>, BoxError>| r.unwrap().status().as_u16();
+    // Closed: an ordinary call; it fails and opens the breaker.
+    assert_eq!(status(client.clone().oneshot(request(M)).await), 529);
+    tokio::time::advance(10 * SECOND).await;
+    // Half-open: the probe, which closes it; then ordinary calls again.
+    assert_eq!(status(client.clone().oneshot(request(M)).await), 200);
+    assert_eq!(status(client.clone().oneshot(request(M)).await), 200);
+    assert_eq!(*marks.lock().unwrap(), [false, true, false]);
+}

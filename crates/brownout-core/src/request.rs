@@ -51,6 +51,56 @@ pub struct RequestFacts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadline(pub tokio::time::Instant);
 
+/// A request sent to learn whether its target is back (a circuit breaker's
+/// half-open probe), in its extensions: its answer is the measurement, so a layer
+/// that would send it again (a retry, a queue holding it for another try) sends it
+/// once and hands its answer back. A probe retried inside the layer that asked for
+/// it would report "one of two calls got through" where the question was "is it
+/// back", and would double the load on a target that is likely still down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Probe;
+
+impl Probe {
+    /// Whether `extensions` mark a probe.
+    pub fn of(extensions: &http::Extensions) -> bool {
+        extensions.get::<Probe>().is_some()
+    }
+}
+
+/// A check that a layer controlling how many of a target's requests are in flight
+/// (a queue's slow start) puts in a request's extensions, and that a layer inside
+/// asks before it sends the request again (a retry): while it says no, the layer
+/// inside hands its last answer back instead of sending another attempt, and the layer
+/// outside decides (holds the request in its place, or lets it move on). Without it,
+/// a retry made inside would reach a held target outside the count that holds it.
+#[derive(Clone)]
+pub struct AttemptGate(Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl AttemptGate {
+    /// A gate that allows another attempt while `allows` says so.
+    pub fn new(allows: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        AttemptGate(Arc::new(allows))
+    }
+
+    /// Whether another attempt may be sent now.
+    pub fn allows(&self) -> bool {
+        (self.0)()
+    }
+
+    /// Whether `extensions` allow another attempt now: yes without a gate.
+    pub fn allows_in(extensions: &http::Extensions) -> bool {
+        extensions
+            .get::<AttemptGate>()
+            .is_none_or(AttemptGate::allows)
+    }
+}
+
+impl fmt::Debug for AttemptGate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AttemptGate").finish_non_exhaustive()
+    }
+}
+
 /// Where a scan of the top-level members stopped, and what it had seen.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Resume {

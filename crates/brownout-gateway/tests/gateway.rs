@@ -35,6 +35,11 @@ async fn an_anthropic_request_is_answered_by_its_first_choice() {
     );
     assert_eq!(header(&response, "x-brownout-attempts"), None);
     assert!(header(&response, "anthropic-ratelimit-requests-remaining").is_some());
+    // The simulator's own service time passes through, for the runner's added latency.
+    assert_eq!(
+        header(&response, brownout_sim::LATENCY_HEADER),
+        Some("5.000")
+    );
     let message = json(response).await;
     assert_eq!(message["type"], "message");
     assert_eq!(message["model"], "claude-sonnet-4-5");

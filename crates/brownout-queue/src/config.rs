@@ -195,7 +195,10 @@ impl QueueConfig {
     /// the whole delay: the delay is an upper bound (`retry-after` has whole seconds,
     /// and an overload burst often ends sooner), a probe costs one request, and a
     /// failed one holds the key again. The expected wait is then the time to the next
-    /// probe. Off by default: a key is held for the whole delay the server asked for.
+    /// probe. An overload without a delay during a hold (a failed probe) holds the key
+    /// for `after` too, so that the next probe does not go the moment the failed one
+    /// answered. Off by default: a key is held for the whole delay the server asked
+    /// for.
     pub fn probe_after(mut self, after: Duration) -> Self {
         self.probe_after = Some(after);
         self

@@ -17,6 +17,7 @@ use brownout_core::{
     },
     event::Event,
     future::{Output, ResponseFuture as Boxed},
+    request::AttemptGate,
     Body, BoxError, OutcomeKind, RequestFacts,
 };
 use bytes::Bytes;
@@ -343,7 +344,11 @@ where
         };
         // Only a request the queue admits itself may be held again, and only when its
         // bytes can be sent again.
-        let again = permit.as_ref().and_then(|_| replay_of(&request));
+        // A probe (a breaker's, outside) is sent once: its answer is the measurement.
+        let again = permit
+            .as_ref()
+            .filter(|_| !brownout_core::request::Probe::of(request.extensions()))
+            .and_then(|_| replay_of(&request));
         let (output, outcome) = send(&shared, inner.clone(), request, &key, permit, waited).await;
         let hold = again.filter(|_| {
             matches!(
@@ -436,6 +441,13 @@ where
             return (Err(error), outcome);
         }
     }
+    // While the key is held, a retry inside does not send this request again: the
+    // queue decides (holds it in its place, or hands the answer out to move on).
+    let mut request = request;
+    let gate = (shared.clone(), key.clone());
+    request
+        .extensions_mut()
+        .insert(AttemptGate::new(move || gate.0.limit(&gate.1).is_none()));
     let call = inner.call(request);
     let mut call = std::pin::pin!(async move {
         call.await

@@ -482,6 +482,17 @@ impl Shared {
                 // Once per round: only a call admitted since the last halving halves
                 // again (an untracked one always may).
                 Some(limit) if permit.is_none_or(|p| p.epoch == state.epoch) => {
+                    if delay.is_none() && kind != OutcomeKind::Rejected {
+                        // An overload without a delay during the hold (a failed probe,
+                        // or a round that met the overload): the next call waits
+                        // `probe_after` as after a delay, instead of going the moment
+                        // this one's place is free.
+                        if let Some(after) = self.config.probe_after {
+                            let until = now + after;
+                            state.blocked_until =
+                                Some(state.blocked_until.map_or(until, |t| t.max(until)));
+                        }
+                    }
                     let halved = (limit / 2).max(1);
                     // A failed probe says the key is still down, not how much it can
                     // take: slow start again from one.

@@ -850,3 +850,125 @@ async fn a_breaker_outside_does_not_count_the_queues_sheds_as_upstream_failures(
         "the sheds are the layer's own answers: the breaker stays closed"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_meets_a_new_overload_is_answered_not_held_again() {
+    // As above, but the request is a breaker's probe: its 529 is the verdict the
+    // breaker outside asked for, handed back at once.
+    let upstream = Upstream::new();
+    let (client, handle) = client(
+        QueueConfig::new()
+            .no_early_ack()
+            .max_wait(Duration::from_secs(2)),
+        &upstream,
+    );
+    overload_for(&client, &upstream, 200).await;
+    upstream.script(MODEL, [overloaded(300)]);
+    let start = Instant::now();
+    let mut probe = request(MODEL, 1);
+    probe.extensions_mut().insert(brownout_core::request::Probe);
+    let answer = spawn(&client, probe);
+    advance(200).await;
+    assert_eq!(upstream.calls(), 2, "the probe went");
+    assert_eq!(handle.depth(MODEL), 0, "and was not held again");
+    assert_eq!(status_of(answer).await, 529);
+    assert_eq!(start.elapsed(), Duration::from_millis(200));
+    assert_eq!(upstream.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_inside_does_not_reach_a_model_the_queue_holds() {
+    use brownout_retry::{Backoff, RetryConfig, RetryLayer};
+    let upstream = Upstream::new();
+    let layer = QueueLayer::new(
+        QueueConfig::new()
+            .early_ack(Duration::from_millis(50))
+            .probe_after(Duration::from_millis(400))
+            .max_wait(Duration::from_secs(2))
+            .seed(7),
+    );
+    let handle = layer.handle();
+    let client = ServiceBuilder::new()
+        .layer(layer)
+        .layer(RetryLayer::new(
+            RetryConfig::new()
+                .max_attempts(2)
+                .no_budget()
+                .seed(1)
+                .backoff(
+                    Backoff::exponential(Duration::from_millis(300), Duration::from_secs(1))
+                        .unwrap(),
+                )
+                // A server delay goes back to the queue at once.
+                .max_server_delay(Duration::ZERO),
+        ))
+        .service(upstream.clone());
+    // A short hold, whose probe is still in flight when slow start ends (it survived
+    // `early_ack` and nobody waits): the model is tracked, and unlimited.
+    upstream.script(
+        MODEL,
+        [
+            overloaded(100),
+            Step::Gate(200),
+            // Request 3 meets a 529 without a delay: its retry layer waits 300 ms.
+            Step::Answer(529, vec![], OVERLOADED),
+            // Request 4, sent meanwhile, meets one asking for 500 ms: a new hold.
+            overloaded(500),
+        ],
+    );
+    let _ = client.clone().oneshot(request(MODEL, 0)).await.unwrap();
+    let probe = tokio::spawn(client.clone().oneshot(request(MODEL, 1)));
+    advance(160).await;
+    assert_eq!(upstream.calls(), 2);
+    assert_eq!(handle.admission(MODEL), None, "slow start is over");
+    let third = tokio::spawn(client.clone().oneshot(request(MODEL, 3)));
+    advance(10).await;
+    let fourth = tokio::spawn(client.clone().oneshot(request(MODEL, 4)));
+    advance(10).await;
+    assert_eq!(upstream.calls(), 4);
+    assert_eq!(handle.admission(MODEL), Some(1), "the model is held again");
+    // Request 3's backoff ends during the hold: its retry would be a request slow
+    // start never admitted. It gets its 529 back instead (a cascade outside moves it
+    // on), and the hold's probe (request 4, held again) goes when the hold ends.
+    advance(300).await;
+    assert_eq!(upstream.calls(), 4, "no retry reached the held model");
+    let status =
+        |r: Result<Result<Response<Body>, BoxError>, _>| r.unwrap().unwrap().status().as_u16();
+    assert_eq!(status(third.await), 529);
+    advance(200).await;
+    assert_eq!(upstream.calls(), 5, "the probe went");
+    assert_eq!(status(fourth.await), 200);
+    upstream.release(1);
+    assert_eq!(status(probe.await), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_failed_without_a_delay_holds_the_key_for_probe_after() {
+    let upstream = Upstream::new();
+    let (client, handle) = client(
+        QueueConfig::new()
+            .no_early_ack()
+            .probe_after(Duration::from_millis(200))
+            .max_wait(Duration::from_secs(2)),
+        &upstream,
+    );
+    overload_for(&client, &upstream, 200).await;
+    // The probe meets a 529 without a delay; two requests wait behind it.
+    upstream.script(MODEL, [Step::Answer(529, vec![], OVERLOADED)]);
+    let probe = spawn(&client, request(MODEL, 1));
+    let second = spawn(&client, request(MODEL, 2));
+    let third = spawn(&client, request(MODEL, 3));
+    advance(200).await;
+    assert_eq!(upstream.calls(), 2, "the probe went");
+    assert_eq!(status_of(probe).await, 529);
+    // Not the next one the moment the probe's place is free: probe_after first.
+    advance(199).await;
+    assert_eq!(upstream.calls(), 2);
+    assert_eq!(handle.depth(MODEL), 2);
+    advance(1).await;
+    // The next probe, 200 ms later; it succeeds at once and slow start lets the last
+    // one in.
+    assert_eq!(upstream.calls(), 4);
+    assert_eq!(status_of(second).await, 200);
+    assert_eq!(status_of(third).await, 200);
+}

@@ -143,6 +143,12 @@ pub enum GiveUpReason {
     },
     /// The request's body cannot be sent again.
     NotReplayable(NotReplayable),
+    /// The request is a probe ([`Probe`](brownout_core::request::Probe)): its answer
+    /// is the measurement, so it is sent once.
+    Probe,
+    /// A layer outside holds the target and said no to another attempt
+    /// ([`AttemptGate`](brownout_core::request::AttemptGate)): it decides.
+    Held,
 }
 
 impl GiveUpReason {
@@ -155,6 +161,8 @@ impl GiveUpReason {
             GiveUpReason::DeadlineReached => "deadline_reached",
             GiveUpReason::ServerDelayTooLong { .. } => "server_delay_too_long",
             GiveUpReason::NotReplayable(reason) => reason.as_str(),
+            GiveUpReason::Probe => "probe",
+            GiveUpReason::Held => "held",
         }
     }
 }
@@ -172,6 +180,8 @@ impl fmt::Display for GiveUpReason {
                 write!(f, "the server asked to wait {delay:?}, longer than allowed")
             }
             GiveUpReason::NotReplayable(reason) => fmt::Display::fmt(reason, f),
+            GiveUpReason::Probe => f.write_str("a probe is sent once"),
+            GiveUpReason::Held => f.write_str("a layer outside holds the target"),
         }
     }
 }

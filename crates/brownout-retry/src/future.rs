@@ -18,6 +18,7 @@ use brownout_core::{
     error::{AttemptTimedOut, DeadlineExceeded},
     event::{Event, NotReplayable},
     future::Output,
+    request::AttemptGate,
     Body, BoxError,
 };
 use http::{request::Parts, Request, Response};
@@ -383,7 +384,13 @@ where
             outcome: outcome.clone(),
         }));
 
-        let decision = decide(&config, &outcome, &body, attempt, previous_delay, deadline);
+        let decision = if brownout_core::request::Probe::of(&parts.extensions) {
+            Err(GiveUpReason::Probe)
+        } else if !AttemptGate::allows_in(&parts.extensions) {
+            Err(GiveUpReason::Held)
+        } else {
+            decide(&config, &outcome, &body, attempt, previous_delay, deadline)
+        };
         let delay = match decision {
             Ok(delay) => delay,
             Err(reason) => {
@@ -398,12 +405,30 @@ where
         config.events.emit(event(RetryEvent::Retrying {
             attempt,
             delay,
-            outcome,
+            outcome: outcome.clone(),
         }));
         // The failed response is dropped here, before the wait, so that its connection
-        // goes back to the pool.
-        drop(result);
+        // goes back to the pool; unless a layer outside may refuse the next attempt
+        // (an attempt gate), which then gets this answer back.
+        let gated = parts.extensions.get::<AttemptGate>();
+        let kept = match gated {
+            Some(_) => Some(result),
+            None => {
+                drop(result);
+                None
+            }
+        };
         tokio::time::sleep(delay).await;
+        if let (Some(gate), Some(result)) = (gated, kept) {
+            if !gate.allows() {
+                config.events.emit(event(RetryEvent::GaveUp {
+                    attempts: attempt,
+                    reason: GiveUpReason::Held,
+                    outcome,
+                }));
+                return with_attempts(result, attempt);
+            }
+        }
         previous_delay = delay;
     }
 }

@@ -502,3 +502,60 @@ async fn a_broken_request_body_fails_at_once_and_touches_nothing() {
     assert_eq!(reply.unwrap().status(), 503);
     assert_eq!(upstream.calls(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_is_sent_once_and_its_answer_handed_back() {
+    // Marked as a probe (a breaker outside does it for its half-open calls): the
+    // overload is the probe's verdict, not something to retry.
+    let upstream = Upstream::scripted([Step::Answer(529, vec![], OVERLOADED)]);
+    let (events, listener) = recorder();
+    let mut probe = request("{}");
+    probe.extensions_mut().insert(brownout_core::request::Probe);
+    let reply = Retry::new(upstream.clone(), config().listener(listener))
+        .oneshot(probe)
+        .await;
+    assert_eq!(reply.unwrap().status(), 529);
+    assert_eq!(upstream.attempts(), 1);
+    assert!(events.lock().unwrap().iter().any(|e| matches!(
+        e.data::<RetryEvent>(),
+        Some(RetryEvent::GaveUp {
+            attempts: 1,
+            reason: GiveUpReason::Probe,
+            ..
+        })
+    )));
+    // The same request unmarked is retried.
+    let upstream = Upstream::scripted([Step::Answer(529, vec![], OVERLOADED)]);
+    let reply = call(config(), &upstream, "{}").await;
+    assert_eq!(reply.unwrap().status(), 200);
+    assert_eq!(upstream.attempts(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_closed_attempt_gate_hands_the_last_answer_back_after_the_backoff() {
+    // A layer outside (a queue) began holding the target during the backoff.
+    let upstream = Upstream::scripted([Step::Answer(529, vec![], OVERLOADED)]);
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (events, listener) = recorder();
+    let mut gated = request("{}");
+    let gate = open.clone();
+    gated
+        .extensions_mut()
+        .insert(brownout_core::request::AttemptGate::new(move || {
+            gate.load(std::sync::atomic::Ordering::Relaxed)
+        }));
+    let answer =
+        tokio::spawn(Retry::new(upstream.clone(), config().listener(listener)).oneshot(gated));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    open.store(false, std::sync::atomic::Ordering::Relaxed);
+    let reply = answer.await.unwrap();
+    assert_eq!(reply.unwrap().status(), 529, "the failed answer, whole");
+    assert_eq!(upstream.attempts(), 1);
+    assert!(events.lock().unwrap().iter().any(|e| matches!(
+        e.data::<RetryEvent>(),
+        Some(RetryEvent::GaveUp {
+            reason: GiveUpReason::Held,
+            ..
+        })
+    )));
+}

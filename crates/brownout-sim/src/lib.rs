@@ -110,4 +110,4 @@ pub use script::{
     OUTAGE_TOML, STREAMS_TOML,
 };
 pub use server::{SimServer, SimServerHandle, SimTls};
-pub use sim::{ResponseFuture, Sim, SimStats, MAX_REQUEST_BODY, OTHER_MODELS};
+pub use sim::{ResponseFuture, Sim, SimStats, LATENCY_HEADER, MAX_REQUEST_BODY, OTHER_MODELS};

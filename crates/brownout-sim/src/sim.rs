@@ -36,6 +36,14 @@ pub const MAX_REQUEST_BODY: usize = 32 * 1024 * 1024;
 /// does not name.
 pub const OTHER_MODELS: &str = "*";
 
+/// The simulator-only response header that says how long the simulator itself took
+/// over the answer, in milliseconds to the microsecond (`1234.567`): the latency the
+/// script drew for it, and for a stream also the pacing of its events (the stream
+/// interval between them). No provider sends it (OpenAI's `openai-processing-ms` is
+/// the closest); the [runner](crate::runner) subtracts it from the caller's latency to
+/// find the latency the client's layers added.
+pub const LATENCY_HEADER: &str = "x-sim-latency-ms";
+
 /// An Anthropic/OpenAI-compatible upstream that follows a [`Script`].
 ///
 /// A `tower::Service<http::Request<B>>` for any request body `B`, answering
@@ -52,6 +60,10 @@ pub const OTHER_MODELS: &str = "*";
 ///   token out, cut at the request's `max_tokens` / `max_completion_tokens`), a
 ///   request id (`request-id` / `x-request-id`) and the provider's request rate-limit
 ///   headers, counted per model per minute of the simulator's clock.
+/// - Each answer, error answers included, carries [`LATENCY_HEADER`]
+///   (`x-sim-latency-ms`), the simulator's own service time for it: a simulator-only
+///   header, as `openai-processing-ms` is OpenAI's, so that a client can tell the
+///   upstream's time from its own.
 /// - Faults come from the script (see [`crate::script`]). A `reset` is an
 ///   [`io::Error`] of kind `ConnectionReset` in process; the [server](crate::SimServer)
 ///   drops the connection instead.
@@ -546,6 +558,12 @@ where
             HeaderValue::from_static("text/event-stream; charset=utf-8"),
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        // The first event goes when the latency is over, each later one an interval
+        // after the one before.
+        let pacing = script
+            .stream_interval
+            .saturating_mul(u32::try_from(events.len().saturating_sub(1)).unwrap_or(u32::MAX));
+        headers.insert(LATENCY_HEADER, latency_value(latency + pacing));
         SimBody::events_then(events, script.stream_interval, after)
     } else {
         shared.count("ok");
@@ -553,6 +571,7 @@ where
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        headers.insert(LATENCY_HEADER, latency_value(latency));
         SimBody::full(provider::success_json(api, &answer))
     };
     wait(arrived, latency).await;
@@ -598,6 +617,7 @@ fn reject(
         HeaderValue::from_static("application/json"),
     );
     insert_request_id(headers, rng, api);
+    headers.insert(LATENCY_HEADER, latency_value(Duration::ZERO));
     response
 }
 
@@ -722,6 +742,7 @@ fn fault_response(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    headers.insert(LATENCY_HEADER, latency_value(latency));
     if let Some(delay) = fault.retry_after {
         // Whole seconds, rounded up, as the header's grammar requires.
         let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
@@ -734,6 +755,12 @@ fn fault_response(
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
+}
+
+/// A service time as [`LATENCY_HEADER`] carries it: milliseconds, to the microsecond.
+fn latency_value(latency: Duration) -> HeaderValue {
+    let micros = latency.as_micros();
+    HeaderValue::try_from(format!("{}.{:03}", micros / 1000, micros % 1000)).expect("ASCII")
 }
 
 /// The wall-clock instant `after` from now, as RFC 3339 in whole seconds (rounded up,

@@ -55,6 +55,8 @@ async fn naive_numbers_by_hand() {
     assert_eq!(report.latency.p50_ms, 100.0);
     assert_eq!(report.latency.max_ms, 100.0);
     assert_eq!(report.latency.mean_ms, 70.0);
+    // One attempt each, straight to the simulator: the client added nothing.
+    assert_eq!(report.added_latency.max_ms, 0.0);
     // The last request starts at 9 s and takes 100 ms.
     assert_eq!(report.elapsed_ms, 9100.0);
 }
@@ -78,6 +80,12 @@ async fn retry_only_numbers_by_hand() {
     assert_eq!(report.latency.p95_ms, 4100.0);
     assert_eq!(report.latency.max_ms, 4100.0);
     assert_eq!(report.latency.mean_ms, 900.0);
+    // Added by the retries: everything but the last answer's 100 ms (the 429s take
+    // none): 4 s for request 0, 2 s for requests 1 and 2.
+    assert_eq!(report.added_latency.p50_ms, 0.0);
+    assert_eq!(report.added_latency.p95_ms, 4000.0);
+    assert_eq!(report.added_latency.max_ms, 4000.0);
+    assert_eq!(report.added_latency.mean_ms, 800.0);
 }
 
 /// The index the runner put in a request's prompt.
@@ -284,4 +292,90 @@ async fn compare_runs_each_stack_over_its_own_simulator_in_order() {
         format!("{:?}", Stack::naive()),
         r#"Stack { name: "naive", .. }"#
     );
+}
+
+/// A client that waits 50 ms before sending, then marks the answer with `cache`.
+fn delayed(name: &str, cache: Option<&'static str>) -> Stack {
+    Stack::new(name, move |sim: Sim| {
+        service_fn(move |request: Request<Full<Bytes>>| {
+            let sim = sim.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let mut response = sim.oneshot(request).await?;
+                if let Some(cache) = cache {
+                    response
+                        .headers_mut()
+                        .insert("x-brownout-cache", http::HeaderValue::from_static(cache));
+                }
+                Ok::<_, std::io::Error>(response)
+            }
+        })
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn added_latency_is_what_the_client_spent_besides_the_answer() {
+    let script = Script::new().seed(1).model(
+        "primary",
+        ModelScript::new().latency(Latency::fixed(Duration::from_millis(100))),
+    );
+    let runner = Runner::new(script)
+        .model("primary")
+        .requests(4)
+        .concurrency(1);
+    let reports = runner
+        .compare(&[
+            delayed("delayed", None),
+            delayed("miss", Some("miss")),
+            delayed("hit", Some("hit")),
+        ])
+        .await;
+    let [delayed, miss, hit] = &reports[..] else {
+        unreachable!()
+    };
+    for report in &reports {
+        assert_eq!(report.latency.max_ms, 150.0, "{}", report.stack);
+    }
+    assert_eq!(delayed.added_latency.p50_ms, 50.0);
+    assert_eq!(delayed.added_latency.max_ms, 50.0);
+    assert_eq!(miss.added_latency.max_ms, 50.0);
+    // A cached answer took none of the stored answer's time: all of it counts.
+    assert_eq!(hit.answered.cached, 4);
+    assert_eq!(hit.added_latency.p50_ms, 150.0);
+    let json: serde_json::Value = serde_json::from_str(&delayed.to_json()).unwrap();
+    assert_eq!(json["added_latency"]["p99_ms"], 50.0);
+    assert!(table(&reports).contains("added by the layers p99"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_simulator_says_its_own_service_time() {
+    let script = Script::new().model(
+        "primary",
+        ModelScript::new()
+            .latency(Latency::fixed(Duration::from_micros(12_345)))
+            .stream_interval(Duration::from_millis(10))
+            .output_tokens(3),
+    );
+    let sim = Sim::new(script);
+    let request = |stream: bool| {
+        Request::post("/v1/messages")
+            .body(Full::new(Bytes::from(format!(
+                r#"{{"model":"primary","max_tokens":64,"stream":{stream},"messages":[]}}"#
+            ))))
+            .unwrap()
+    };
+    let json = sim.clone().oneshot(request(false)).await.unwrap();
+    assert_eq!(json.headers()[brownout_sim::LATENCY_HEADER], "12.345");
+    let started = tokio::time::Instant::now();
+    let stream = sim.clone().oneshot(request(true)).await.unwrap();
+    let said: f64 = stream.headers()[brownout_sim::LATENCY_HEADER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    stream.into_body().collect().await.unwrap();
+    let took = started.elapsed().as_secs_f64() * 1000.0;
+    assert!(said > 12.345, "the stream's pacing counts: {said}");
+    // tokio's timer wakes on whole milliseconds: the 12.345 ms latency takes 13.
+    assert!((took - said).abs() < 1.0, "took {took} ms, said {said} ms");
 }

@@ -38,6 +38,15 @@
 //!   requests per client request.
 //! - **Latency** of the client's view (p50, p95, p99, max), from sending the request
 //!   to the end of its body, errors included.
+//! - **Added latency**: the same, less the answer's own service time, which the
+//!   simulator sends in its [`LATENCY_HEADER`] (`x-sim-latency-ms`) — what the
+//!   client's layers added: waiting in a queue, failed attempts, backoffs, the
+//!   cascade's earlier models. An answer without that header (the layers' own: a
+//!   degraded answer, a queue's shed, a gateway error; or a timeout) counts its whole
+//!   latency, and so does a cached answer (`x-brownout-cache` other than `miss`),
+//!   whatever header it kept: the header a cache stored is the service time of the
+//!   upstream answer it once was, not of this one. Clamped at zero. Over a network
+//!   ([`SimServer`](crate::SimServer)) the transfer counts as added.
 //! - **Complete answers**: a 2xx JSON answer, or a 2xx stream that ends the
 //!   provider's way (`message_stop`, `data: [DONE]`, `response.completed`) with no
 //!   error event anywhere in it — what a caller of a streamed request can use. A
@@ -72,7 +81,7 @@ use tower::{Service, ServiceExt};
 pub use self::report::{table, Answered, Complete, LatencySummary, Report, Upstream};
 pub use self::stack::{Client, Stack};
 
-use crate::{script::api_path, Script, Sim};
+use crate::{script::api_path, Script, Sim, LATENCY_HEADER};
 
 /// The largest response body the runner reads; longer ones count as errors.
 const MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
@@ -342,6 +351,8 @@ impl Runner {
 pub(crate) struct Record {
     pub(crate) index: u64,
     pub(crate) latency: Duration,
+    /// `latency` less the served answer's own service time (see the module docs).
+    pub(crate) added: Duration,
     pub(crate) source: Source,
     pub(crate) complete: bool,
     pub(crate) first_byte: Option<Duration>,
@@ -381,6 +392,7 @@ where
             sent,
             first_byte: None,
             complete: false,
+            service: None,
         };
         let source = match tokio::time::timeout(
             runner.timeout,
@@ -391,12 +403,15 @@ where
             Ok(source) => source,
             Err(_) => {
                 seen.complete = false;
+                seen.service = None;
                 Source::Error(format!("timeout: no answer within {:?}", runner.timeout))
             }
         };
+        let latency = sent.elapsed();
         records.push(Record {
             index,
-            latency: sent.elapsed(),
+            latency,
+            added: latency.saturating_sub(seen.service.unwrap_or_default()),
             source,
             complete: seen.complete,
             first_byte: seen.first_byte,
@@ -409,6 +424,9 @@ struct Seen {
     sent: Instant,
     first_byte: Option<Duration>,
     complete: bool,
+    /// The answer's own service time, from the simulator's header, when it is the
+    /// simulator's answer (not a cached or degraded one).
+    service: Option<Duration>,
 }
 
 /// Sends one request, reads its answer to the end, and says what it was.
@@ -429,6 +447,7 @@ where
         Err(error) => return Source::Error(error_label(&*error.into())),
     };
     let (parts, body) = response.into_parts();
+    seen.service = service_time(&parts.headers);
     let mut body = std::pin::pin!(Limited::new(body, MAX_RESPONSE_BODY));
     let mut bytes = bytes::BytesMut::new();
     let failed = loop {
@@ -501,6 +520,25 @@ where
         Some(model) => Source::Fallback(model),
         None => Source::Unknown,
     }
+}
+
+/// The service time the simulator says it took over this answer, unless the answer is
+/// a cached or degraded one: a cache keeps the headers of the answer it stored, and
+/// its own answer took none of that time.
+fn service_time(headers: &http::HeaderMap) -> Option<Duration> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if text("x-brownout-degraded").is_some()
+        || text("x-brownout-cache").is_some_and(|v| !v.eq_ignore_ascii_case("miss"))
+    {
+        return None;
+    }
+    let ms: f64 = text(LATENCY_HEADER)?.parse().ok()?;
+    (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0))
 }
 
 enum Read {

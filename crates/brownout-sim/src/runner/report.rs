@@ -36,6 +36,11 @@ pub struct Report {
     pub upstream: Upstream,
     /// The client's view of latency, errors included.
     pub latency: LatencySummary,
+    /// The latency the client's layers added: each request's latency less its answer's
+    /// own service time (the simulator's `x-sim-latency-ms`; a cached or degraded
+    /// answer, an answer of the layers' own or a timeout counts whole). See the
+    /// [runner](super)'s docs.
+    pub added_latency: LatencySummary,
     /// Answers that are whole: a 2xx JSON answer, or a 2xx stream that ends the
     /// provider's way (`message_stop`; `data: [DONE]`; `response.completed`) with no
     /// error event in it. For a streamed run, the share of streams that ended complete.
@@ -155,10 +160,12 @@ pub(super) fn build(
     let mut fallback_models = BTreeMap::new();
     let mut errors = BTreeMap::new();
     let mut latencies = Vec::with_capacity(records.len());
+    let mut added = Vec::with_capacity(records.len());
     let mut first_bytes = Vec::with_capacity(records.len());
     let mut complete = 0;
     for record in records {
         latencies.push(record.latency);
+        added.push(record.added);
         first_bytes.extend(record.first_byte);
         complete += u64::from(record.complete);
         match record.source {
@@ -201,6 +208,7 @@ pub(super) fn build(
             by_answer: difference(&after.by_answer, &before.by_answer),
         },
         latency: LatencySummary::of(latencies),
+        added_latency: LatencySummary::of(added),
         complete: Complete {
             answers: complete,
             share: if runner.requests == 0 {
@@ -295,6 +303,12 @@ pub fn table(reports: &[Report]) -> String {
     row("latency p95", &|r| human(r.latency.p95_ms));
     row("latency p99", &|r| human(r.latency.p99_ms));
     row("latency max", &|r| human(r.latency.max_ms));
+    row("added by the layers p50", &|r| {
+        human(r.added_latency.p50_ms)
+    });
+    row("added by the layers p99", &|r| {
+        human(r.added_latency.p99_ms)
+    });
     if reports.iter().any(|r| r.stream) {
         row("first byte p50", &|r| human(r.complete.first_byte.p50_ms));
         row("first byte p99", &|r| human(r.complete.first_byte.p99_ms));
