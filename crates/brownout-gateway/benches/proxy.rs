@@ -405,6 +405,15 @@ fn variants(upstream_url: &str) -> Vec<(&'static str, String)> {
             "gateway: every layer + metrics",
             format!("{example}\n[observe]\nmetrics = true\nstatus = true\n"),
         ),
+        // And the SQLite availability log too (a new file in the temp directory): the
+        // whole of issue 17's "metrics and SQLite logging".
+        (
+            "gateway: every layer + metrics + SQLite log",
+            format!(
+                "{example}\n[observe]\nmetrics = true\nstatus = true\nsqlite = \"{}\"\n",
+                bench_log_path().display()
+            ),
+        ),
         ("gateway: without the cache", off(&example, &["cache"])),
         (
             "gateway: fallback only",
@@ -412,7 +421,11 @@ fn variants(upstream_url: &str) -> Vec<(&'static str, String)> {
         ),
         ("gateway: wiring only, no layer", wiring),
     ];
-    // BENCH_ONLY_EXAMPLE=1: the example alone, for a quicker run.
+    // BENCH_ONLY_OBSERVE=1: the example without and with `[observe]` (issue 17's
+    // figure); BENCH_ONLY_EXAMPLE=1: the example alone, for a quicker run.
+    if std::env::var_os("BENCH_ONLY_OBSERVE").is_some() {
+        all.truncate(3);
+    }
     if std::env::var_os("BENCH_ONLY_EXAMPLE").is_some() {
         all.truncate(1);
     }
@@ -423,6 +436,12 @@ fn variants(upstream_url: &str) -> Vec<(&'static str, String)> {
         all.insert(1, ("gateway: every layer, [state] in Redis", state));
     }
     all
+}
+
+/// The SQLite log of the bench's `[observe]` variant: one file per run, in the temp
+/// directory.
+fn bench_log_path() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("brownout-bench-log-{}.db", std::process::id()))
 }
 
 fn orchestrate() {
