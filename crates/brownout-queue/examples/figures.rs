@@ -8,10 +8,11 @@
 //!
 //! The pipeline is `gateway.example.toml`'s without the cache and the canned answers
 //! (they only answer when every model failed): fallback (claude-sonnet-4-5, then
-//! claude-haiku-4-5) > breaker per model > retry (two attempts) > the simulator. With
+//! claude-haiku-4-5) > breaker per model > retry (one attempt per model: the cascade is
+//! the retry) > the simulator. With
 //! the queue, the retry layer sleeps a server delay only up to the wait-or-move rule's
-//! 500 ms (`max_server_delay`), handing a longer one to the cascade, and the queue
-//! waits at most 800 ms, probes after at most 250 ms and counts a call 120 ms in flight
+//! 400 ms (`max_server_delay`), handing a longer one to the cascade, and the queue
+//! waits at most 400 ms, probes after at most 250 ms and counts a call 120 ms in flight
 //! as a success for slow start: first `fallback > breaker > queue > retry` (the
 //! gateway's order, the fallback asking both handles), then
 //! `fallback > queue > breaker > retry` (the queue asking the breaker's handle). The breakers are the example
@@ -22,8 +23,8 @@
 //! Other settings: `FIGURES_VARIANTS="wait,max_wait,probe_after,early_ack[,1 for the
 //! breaker outside];…"` in milliseconds (0: off); `FIGURES_BREAKER="open_for,
 //! open_for_max[,half_open_successes]"` in milliseconds (`10000,10000,2`);
-//! `FIGURES_ATTEMPTS=n` (2) and `FIGURES_BUDGET="ttl_s,min_per_sec,ratio"`
-//! (`10,10,0.2`) for the retry layer; `FIGURES_SEED=n` for every layer's jitter (else
+//! `FIGURES_ATTEMPTS=n` (1), `FIGURES_BACKOFF=ms` (the full-jitter base, 500) and
+//! `FIGURES_BUDGET="ttl_s,min_per_sec,ratio"` (`10,10,0.2`) for the retry layer; `FIGURES_SEED=n` for every layer's jitter (else
 //! the breakers 1, the retry layer 2, the queue 3; the gateway's demo seeds them all
 //! with the script's seed, 2024 for the outage script, and `FIGURES_SEED=2024` gives
 //! the demo's figures); `FIGURES_DEBUG=1` prints every event and every answer of the
@@ -194,10 +195,11 @@ fn breakers() -> CircuitBreakerLayer {
     )
 }
 
-/// The example config's retry settings; `FIGURES_ATTEMPTS=n` and
+/// The example config's retry settings; `FIGURES_ATTEMPTS=n`, `FIGURES_BACKOFF=ms` and
 /// `FIGURES_BUDGET="ttl_s,min_per_sec,ratio"` change them.
 fn retry(max_server_delay: Duration) -> RetryConfig {
-    let attempts = std::env::var("FIGURES_ATTEMPTS").map_or(2, |a| a.parse().unwrap());
+    let attempts = std::env::var("FIGURES_ATTEMPTS").map_or(1, |a| a.parse().unwrap());
+    let backoff = std::env::var("FIGURES_BACKOFF").map_or(500, |b| b.parse().unwrap());
     let budget: Vec<String> = std::env::var("FIGURES_BUDGET")
         .unwrap_or_else(|_| "10,10,0.2".into())
         .split(',')
@@ -205,7 +207,9 @@ fn retry(max_server_delay: Duration) -> RetryConfig {
         .collect();
     RetryConfig::new()
         .max_attempts(attempts)
-        .backoff(Backoff::full_jitter(Duration::from_millis(500), Duration::from_secs(8)).unwrap())
+        .backoff(
+            Backoff::full_jitter(Duration::from_millis(backoff), Duration::from_secs(8)).unwrap(),
+        )
         .budget(
             RetryBudget::new(
                 Duration::from_secs(budget[0].parse().unwrap()),
@@ -319,7 +323,7 @@ async fn figures(name: &str, script: Script, span_ms: u64) {
     let mut logs: Vec<Log> = vec![Log::default()];
     let mut stacks = vec![pipeline(logs[0].clone())];
     let variants = std::env::var("FIGURES_VARIANTS")
-        .unwrap_or_else(|_| "500,800,250,120,1;500,800,250,120".into());
+        .unwrap_or_else(|_| "400,400,250,120,1;400,400,250,120".into());
     for variant in variants.split(';') {
         let ms: Vec<u64> = variant.split(',').map(|v| v.parse().unwrap()).collect();
         let log = Log::default();
