@@ -55,7 +55,7 @@ fn a_bad_configuration_is_refused_with_its_key_and_line() {
     let example = std::fs::read_to_string(example()).unwrap();
 
     // An unknown key, both for check and for serve (which never starts listening).
-    let misspelt = example.replace("max_attempts = 1", "max_atempts = 1");
+    let misspelt = example.replace("max_attempts = 2", "max_atempts = 2");
     let line = misspelt
         .lines()
         .position(|l| l.starts_with("max_atempts"))

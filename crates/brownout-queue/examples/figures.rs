@@ -8,10 +8,11 @@
 //!
 //! The pipeline is `gateway.example.toml`'s without the cache and the canned answers
 //! (they only answer when every model failed): fallback (claude-sonnet-4-5, then
-//! claude-haiku-4-5) > breaker per model > retry (one attempt per model: the cascade is
-//! the retry) > the simulator. With
-//! the queue, the retry layer sleeps a server delay only up to the wait-or-move rule's
-//! 400 ms (`max_server_delay`), handing a longer one to the cascade, and the queue
+//! claude-haiku-4-5) > breaker per model > retry (two attempts per model) > the
+//! simulator. With the queue, the retry layer sleeps a server delay only up to the
+//! wait-or-move rule's 400 ms (`max_server_delay`), handing a longer one to the
+//! cascade, and hands an overload that names no delay to the cascade at once
+//! (`move_on_overload`, as the gateway sets both with `[queue]` on), and the queue
 //! waits at most 400 ms, probes after at most 250 ms and counts a call 120 ms in flight
 //! as a success for slow start: first `fallback > breaker > queue > retry` (the
 //! gateway's order, the fallback asking both handles), then
@@ -23,7 +24,7 @@
 //! Other settings: `FIGURES_VARIANTS="wait,max_wait,probe_after,early_ack[,1 for the
 //! breaker outside];…"` in milliseconds (0: off); `FIGURES_BREAKER="open_for,
 //! open_for_max[,half_open_successes]"` in milliseconds (`10000,10000,2`);
-//! `FIGURES_ATTEMPTS=n` (1), `FIGURES_BACKOFF=ms` (the full-jitter base, 500) and
+//! `FIGURES_ATTEMPTS=n` (2), `FIGURES_BACKOFF=ms` (the full-jitter base, 500) and
 //! `FIGURES_BUDGET="ttl_s,min_per_sec,ratio"` (`10,10,0.2`) for the retry layer; `FIGURES_SEED=n` for every layer's jitter (else
 //! the breakers 1, the retry layer 2, the queue 3; the gateway's demo seeds them all
 //! with the script's seed, 2024 for the outage script, and `FIGURES_SEED=2024` gives
@@ -197,8 +198,8 @@ fn breakers() -> CircuitBreakerLayer {
 
 /// The example config's retry settings; `FIGURES_ATTEMPTS=n`, `FIGURES_BACKOFF=ms` and
 /// `FIGURES_BUDGET="ttl_s,min_per_sec,ratio"` change them.
-fn retry(max_server_delay: Duration) -> RetryConfig {
-    let attempts = std::env::var("FIGURES_ATTEMPTS").map_or(1, |a| a.parse().unwrap());
+fn retry(max_server_delay: Duration, move_on_overload: bool) -> RetryConfig {
+    let attempts = std::env::var("FIGURES_ATTEMPTS").map_or(2, |a| a.parse().unwrap());
     let backoff = std::env::var("FIGURES_BACKOFF").map_or(500, |b| b.parse().unwrap());
     let budget: Vec<String> = std::env::var("FIGURES_BUDGET")
         .unwrap_or_else(|_| "10,10,0.2".into())
@@ -219,6 +220,7 @@ fn retry(max_server_delay: Duration) -> RetryConfig {
             .unwrap(),
         )
         .max_server_delay(max_server_delay)
+        .move_on_overload(move_on_overload)
         .attempt_timeout(Duration::from_secs(30))
         .seed(seed(2))
 }
@@ -239,7 +241,7 @@ fn pipeline(log: Log) -> Stack {
         ServiceBuilder::new()
             .layer(FallbackLayer::new(cascade().health(breakers.handle())))
             .layer(breakers)
-            .layer(RetryLayer::new(retry(Duration::from_secs(2))))
+            .layer(RetryLayer::new(retry(Duration::from_secs(2), false)))
             .service(recorded(sim, log.clone(), None))
     })
 }
@@ -272,7 +274,7 @@ fn queued(name: String, log: Log, ms: Vec<u64>) -> Stack {
                 .layer(FallbackLayer::new(cascade().health(both)))
                 .layer(breakers)
                 .layer(queue)
-                .layer(RetryLayer::new(retry(d(ms[0]))))
+                .layer(RetryLayer::new(retry(d(ms[0]), true)))
                 .service(recorded(sim, log.clone(), Some(handle)))
                 .boxed_clone();
         }
@@ -282,7 +284,7 @@ fn queued(name: String, log: Log, ms: Vec<u64>) -> Stack {
             .layer(FallbackLayer::new(cascade().health(queue.handle())))
             .layer(queue)
             .layer(breakers)
-            .layer(RetryLayer::new(retry(d(ms[0]))))
+            .layer(RetryLayer::new(retry(d(ms[0]), true)))
             .service(recorded(sim, log.clone(), Some(handle)))
             .boxed_clone()
     })

@@ -36,6 +36,7 @@ pub struct RetryConfig {
     pub(crate) max_attempts: u32,
     pub(crate) backoff: Backoff,
     pub(crate) max_server_delay: Duration,
+    pub(crate) move_on_overload: bool,
     pub(crate) deadline: Option<Duration>,
     pub(crate) attempt_timeout: Option<Duration>,
     pub(crate) budget: Option<RetryBudget>,
@@ -50,6 +51,7 @@ impl RetryConfig {
             max_attempts: 3,
             backoff: Backoff::default(),
             max_server_delay: Duration::from_secs(60),
+            move_on_overload: false,
             deadline: None,
             attempt_timeout: None,
             budget: Some(RetryBudget::default()),
@@ -85,6 +87,21 @@ impl RetryConfig {
     /// model instead of sleeping, as `brownout_queue::prefer_wait_up_to` decides.
     pub fn max_server_delay(mut self, delay: Duration) -> Self {
         self.max_server_delay = delay;
+        self
+    }
+
+    /// Whether an overload answer (`529`, or an OpenAI `503`, classified
+    /// [`Overloaded`](brownout_core::classify::OutcomeKind::Overloaded)) that names no
+    /// server delay is handed back at once ([`GiveUpReason::Overloaded`](crate::GiveUpReason::Overloaded))
+    /// rather than retried after a backoff: off by default. Turn it on under a
+    /// cascade with the queue's wait-or-move rule (the gateway does, with `[queue]`
+    /// on): how long the overload lasts is unknown, so a backoff into it is a wait of
+    /// unknown length, and the rule moves on any wait it cannot bound by
+    /// `prefer_wait`. Other retryable failures (a reset connection, a `500`, a
+    /// timeout, a `retry-after` within [`max_server_delay`](Self::max_server_delay))
+    /// are retried as before.
+    pub fn move_on_overload(mut self, on: bool) -> Self {
+        self.move_on_overload = on;
         self
     }
 
@@ -151,6 +168,7 @@ impl fmt::Debug for RetryConfig {
             .field("max_attempts", &self.max_attempts)
             .field("backoff", &self.backoff)
             .field("max_server_delay", &self.max_server_delay)
+            .field("move_on_overload", &self.move_on_overload)
             .field("deadline", &self.deadline)
             .field("attempt_timeout", &self.attempt_timeout)
             .field("budget", &self.budget)

@@ -149,6 +149,9 @@ pub enum GiveUpReason {
     /// A layer outside holds the target and said no to another attempt
     /// ([`AttemptGate`](brownout_core::request::AttemptGate)): it decides.
     Held,
+    /// An overload answer with no server delay, handed back for the cascade outside
+    /// ([`RetryConfig::move_on_overload`](crate::RetryConfig::move_on_overload)).
+    Overloaded,
 }
 
 impl GiveUpReason {
@@ -163,6 +166,7 @@ impl GiveUpReason {
             GiveUpReason::NotReplayable(reason) => reason.as_str(),
             GiveUpReason::Probe => "probe",
             GiveUpReason::Held => "held",
+            GiveUpReason::Overloaded => "overloaded",
         }
     }
 }
@@ -182,6 +186,9 @@ impl fmt::Display for GiveUpReason {
             GiveUpReason::NotReplayable(reason) => fmt::Display::fmt(reason, f),
             GiveUpReason::Probe => f.write_str("a probe is sent once"),
             GiveUpReason::Held => f.write_str("a layer outside holds the target"),
+            GiveUpReason::Overloaded => {
+                f.write_str("overloaded, with no server delay: handed to the cascade")
+            }
         }
     }
 }

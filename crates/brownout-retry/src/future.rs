@@ -502,6 +502,12 @@ fn decide(
     if attempt >= config.max_attempts {
         return Err(GiveUpReason::AttemptsExhausted);
     }
+    if config.move_on_overload
+        && outcome.kind() == OutcomeKind::Overloaded
+        && outcome.server_delay().is_none()
+    {
+        return Err(GiveUpReason::Overloaded);
+    }
     let server_delay = outcome.server_delay().unwrap_or_default();
     if server_delay > config.max_server_delay {
         return Err(GiveUpReason::ServerDelayTooLong {

@@ -227,6 +227,41 @@ async fn a_server_delay_over_the_cap_goes_back_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn with_move_on_overload_an_overload_without_a_delay_goes_back_at_once() {
+    // A 529 naming no delay: handed back at once, for the cascade.
+    let upstream = Upstream::scripted([Step::Answer(529, vec![], OVERLOADED)]);
+    let (events, listener) = recorder();
+    let start = Instant::now();
+    let moving = config().move_on_overload(true).listener(listener);
+    let reply = call(moving, &upstream, "{}").await;
+    assert_eq!(start.elapsed(), Duration::ZERO, "no backoff");
+    assert_eq!(upstream.attempts(), 1);
+    assert_eq!(reply.unwrap().status(), 529);
+    assert!(matches!(
+        events.lock().unwrap().last().unwrap().data::<RetryEvent>(),
+        Some(RetryEvent::GaveUp {
+            reason: GiveUpReason::Overloaded,
+            attempts: 1,
+            ..
+        })
+    ));
+    // An overload that names its delay is slept as before (within max_server_delay)...
+    let upstream = Upstream::scripted([Step::Answer(
+        529,
+        vec![("retry-after", "1".into())],
+        OVERLOADED,
+    )]);
+    let reply = call(config().move_on_overload(true), &upstream, "{}").await;
+    assert_eq!(reply.unwrap().status(), 200);
+    assert_eq!(upstream.gaps(), [Duration::from_secs(1)]);
+    // ...and other retryable failures are retried.
+    let upstream = Upstream::scripted([answer(500)]);
+    let reply = call(config().move_on_overload(true), &upstream, "{}").await;
+    assert_eq!(reply.unwrap().status(), 200);
+    assert_eq!(upstream.attempts(), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn full_jitter_delays_stay_within_the_backoff_ceiling() {
     let backoff = Backoff::full_jitter(Duration::from_millis(500), Duration::from_secs(8)).unwrap();
     let upstream = Upstream::scripted(vec![answer(503); 5]);

@@ -565,8 +565,12 @@ impl Check<'_> {
         let mut retry = self.retry(raw.retry.as_ref(), seed)?;
         if let Some((_, prefer_wait)) = &queue {
             // Wait or move: the retry layer sleeps a `retry-after` only as long as the
-            // queue would wait for the model; a longer one goes back to the cascade.
-            retry = retry.map(|r| r.max_server_delay(prefer_wait.limit()));
+            // queue would wait for the model; a longer one goes back to the cascade, and
+            // so does an overload that names no delay (a wait of unknown length).
+            retry = retry.map(|r| {
+                r.max_server_delay(prefer_wait.limit())
+                    .move_on_overload(true)
+            });
         }
         Ok(Config {
             listen: raw.listen,
