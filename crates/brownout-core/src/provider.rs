@@ -115,14 +115,18 @@ impl Family {
     /// `anthropic-version` are Anthropic's; `authorization: Bearer` (or Azure's
     /// `api-key`) without them is OpenAI's.
     pub fn from_credentials(headers: &http::HeaderMap) -> Option<Family> {
-        if headers.contains_key("x-api-key") || headers.contains_key("anthropic-version") {
+        // By `HeaderName`, not by text: a `&str` key is parsed into a name on each look.
+        static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+        static ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+        static API_KEY: HeaderName = HeaderName::from_static("api-key");
+        if headers.contains_key(&X_API_KEY) || headers.contains_key(&ANTHROPIC_VERSION) {
             return Some(Family::Anthropic);
         }
         let bearer = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.as_bytes().get(..7))
             .is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"bearer "));
-        (bearer || headers.contains_key("api-key")).then_some(Family::OpenAi)
+        (bearer || headers.contains_key(&API_KEY)).then_some(Family::OpenAi)
     }
 
     /// `"Anthropic"` or `"OpenAI"`, as in messages.
