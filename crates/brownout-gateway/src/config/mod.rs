@@ -124,7 +124,9 @@
 //! wait is longer than `prefer_wait` (or unknown) or its breaker is open, and the retry
 //! layer sleeps a `retry-after` only up to `prefer_wait` (its `max_server_delay` is
 //! `prefer_wait`; writing `retry.max_server_delay` too is refused), handing a longer
-//! one to the cascade. On shutdown every queued request is answered at once (a shed
+//! one to the cascade; an overload that names no delay at all is handed to the cascade
+//! at once rather than retried after a backoff (`RetryConfig::move_on_overload`: a
+//! backoff into an overload is a wait of unknown length). On shutdown every queued request is answered at once (a shed
 //! answer in the provider's shape, `529`/`503` with `x-should-retry: false`).
 //!
 //! The top-level `body_timeout = "30s"` bounds the whole request body (a body still
