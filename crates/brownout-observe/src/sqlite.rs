@@ -504,6 +504,10 @@ CREATE TABLE IF NOT EXISTS outcome_codes (
     name TEXT NOT NULL,
     status TEXT NOT NULL
 );
+";
+
+/// The table `log` (schema 3): made in a new file, and by the migration from schema 2.
+const LOG_TABLE: &str = "
 CREATE TABLE IF NOT EXISTS log (
     id INTEGER PRIMARY KEY,
     ts INTEGER NOT NULL,
@@ -547,25 +551,16 @@ SELECT l.id, l.ts + (l.first_code >> 18), 'attempt', r.name, m.name, NULL, c.nam
  WHERE l.first_code IS NOT NULL;
 ";
 
-/// Schema 2's `log` rewritten as schema 3's, in the transaction that opens the file
-/// (latencies rounded to the microsecond).
-const MIGRATE_FROM_2: &str = "
+/// Schema 2's `log` set aside, first of the steps that rewrite it as schema 3's in the
+/// transaction that opens the file.
+const RENAME_SCHEMA_2: &str = "
 DROP VIEW IF EXISTS records;
 ALTER TABLE log RENAME TO log_schema_2;
-CREATE TABLE log (
-    id INTEGER PRIMARY KEY,
-    ts INTEGER NOT NULL,
-    route INTEGER NOT NULL,
-    model INTEGER,
-    served_by INTEGER,
-    code INTEGER NOT NULL,
-    latency_us INTEGER NOT NULL,
-    input_tokens INTEGER,
-    output_tokens INTEGER,
-    first_code INTEGER,
-    first_model INTEGER,
-    first_latency_us INTEGER
-);
+";
+
+/// Schema 2's rows copied into schema 3's `log` (made by [`LOG_TABLE`] after
+/// [`RENAME_SCHEMA_2`]; latencies rounded to the microsecond), and the old table dropped.
+const COPY_SCHEMA_2: &str = "
 INSERT INTO log
 SELECT id, ts, route, model, served_by,
        kind | ((outcome & 255) << 1) | ((COALESCE(http_code, 0) & 1023) << 9) | (attempt << 19),
@@ -642,7 +637,9 @@ fn prepare(conn: &Connection) -> Result<(), Cause> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version == 2 {
         let tx = conn.unchecked_transaction()?;
-        tx.execute_batch(MIGRATE_FROM_2)?;
+        tx.execute_batch(RENAME_SCHEMA_2)?;
+        tx.execute_batch(LOG_TABLE)?;
+        tx.execute_batch(COPY_SCHEMA_2)?;
         tx.execute_batch(RECORDS_VIEW)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
@@ -651,6 +648,7 @@ fn prepare(conn: &Connection) -> Result<(), Cause> {
         return Ok(());
     }
     conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(LOG_TABLE)?;
     conn.execute_batch(RECORDS_VIEW)?;
     for (code, (answer, status)) in ANSWER_CODES.iter().enumerate() {
         conn.execute(
@@ -1054,21 +1052,10 @@ fn insert_sql(rows: usize) -> String {
 }
 
 /// A value of a `log` column.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum Value {
     Int(i64),
     Null,
-}
-
-impl Value {
-    /// The same value: no need to bind it again.
-    fn same(self, other: Value) -> bool {
-        match (self, other) {
-            (Value::Int(a), Value::Int(b)) => a == b,
-            (Value::Null, Value::Null) => true,
-            _ => false,
-        }
-    }
 }
 
 impl From<Option<i64>> for Value {
@@ -1101,7 +1088,7 @@ impl<'c> Insert<'c> {
         for (r, row) in rows.iter().enumerate() {
             for (c, &value) in row.iter().enumerate() {
                 let i = r * COLUMNS + c;
-                if value.same(self.bound[i]) {
+                if value == self.bound[i] {
                     continue;
                 }
                 match value {
