@@ -6,6 +6,7 @@
 #   BENCH=target/release/deps/proxy-<hash> GW=target/release/brownout-gateway \
 #     [OLD=an-older-brownout-gateway] [N=4000] [PER_LAYER=1] crates/brownout-gateway/benches/callgrind.sh
 # PER_LAYER=1 also measures every layer but one, for each layer: its marginal cost.
+# ROWS="bare wiring" measures only those rows (default: bare wiring every observe observe-log).
 set -u
 BENCH=${BENCH:?the proxy bench binary: cargo bench -p brownout-gateway --bench proxy --no-run}
 GW=${GW:?the release brownout-gateway binary}
@@ -70,11 +71,12 @@ measure() { # name, command...
   echo "$name $(( (all - idle) / N )) instructions/request  ($(tail -1 $name.load))"
 }
 export BENCH_UPSTREAM=http://$ADDR/
-BROWNOUT_BENCH_ROLE=bare measure bare $BENCH
-measure wiring $GW serve --config wiring.toml --log-level error
-measure every $GW serve --config every.toml --log-level error
-measure observe $GW serve --config observe.toml --log-level error
-measure observe-log $GW serve --config observe-log.toml --log-level error
+ROWS=" ${ROWS:-bare wiring every observe observe-log} "
+row() { case "$ROWS" in *" $1 "*) return 0;; *) return 1;; esac; }
+row bare && BROWNOUT_BENCH_ROLE=bare measure bare $BENCH
+for r in wiring every observe observe-log; do
+  row $r && measure $r $GW serve --config $r.toml --log-level error
+done
 if [ -n "${PER_LAYER:-}" ]; then
   for l in degrade cache fallback breaker queue retry; do
     measure no-$l $GW serve --config no-$l.toml --log-level error

