@@ -113,6 +113,7 @@ pub mod config;
 mod credentials;
 #[cfg(feature = "demo")]
 pub mod demo;
+mod drain;
 mod limits;
 pub mod observe;
 pub mod observe_log;
@@ -127,7 +128,7 @@ pub use config::{Api, Config, ConfigError, EXAMPLE_CONFIG};
 pub use credentials::Credentials;
 pub use observe_log::Observers;
 pub use pipeline::{Layers, Pipeline};
-pub use router::Router;
+pub use router::{Router, RouterFuture};
 pub use server::{http_client, shutdown_signal, Gateway, HttpClient, Stopped};
 pub use state::SharedStores;
 pub use timeout::BodyTimedOut;

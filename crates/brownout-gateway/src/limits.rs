@@ -88,8 +88,9 @@ impl ProviderLimits {
         providers: &[Provider],
         limits: &RateLimits,
         state: Option<&crate::config::SharedState>,
-    ) -> ProviderLimits {
+    ) -> (ProviderLimits, Vec<brownout::redis::RedisLimitStore>) {
         let mut layers = Vec::new();
+        let mut stores = Vec::new();
         let mut endpoints = Vec::new();
         for (index, config) in &limits.providers {
             let Some(provider) = providers.get(*index) else {
@@ -104,7 +105,10 @@ impl ProviderLimits {
                     },
                 };
                 match brownout::redis::RedisLimitStore::new(state.redis().clone(), mode) {
-                    Ok(store) => config = config.store(store),
+                    Ok(store) => {
+                        stores.push(store.clone());
+                        config = config.store(store);
+                    }
                     Err(e) => {
                         tracing::error!(provider = provider.name(), error = %e, "[state]: the rate limits stay local");
                     }
@@ -130,11 +134,12 @@ impl ProviderLimits {
         }
         // The longest prefix first, so that the first match is the most specific.
         endpoints.sort_by_key(|e| std::cmp::Reverse(e.prefix.len()));
-        ProviderLimits {
+        let limits = ProviderLimits {
             endpoints: endpoints.into(),
             layers: layers.into(),
             deadline: limits.deadline,
-        }
+        };
+        (limits, stores)
     }
 
     /// Each limited provider's name and its limiter's handle.

@@ -86,6 +86,16 @@ impl Layers {
                 None,
             ),
         };
+        // `[limits]`, with their Redis stores counted among the shared ones.
+        let mut shared = shared;
+        let rate_limits = config.rate_limits.as_ref().map(|limits| {
+            let (limits, stores) =
+                ProviderLimits::new(&config.providers, limits, config.state.as_ref());
+            if let Some(shared) = &mut shared {
+                shared.add_limits(stores);
+            }
+            limits
+        });
         let layers = Layers {
             providers: config.providers.clone(),
             degrade: config.degrade.clone().map(|c| {
@@ -118,9 +128,7 @@ impl Layers {
                     None => c,
                 })
             }),
-            rate_limits: config.rate_limits.as_ref().map(|limits| {
-                ProviderLimits::new(&config.providers, limits, config.state.as_ref())
-            }),
+            rate_limits,
             streams: stream_guard(config),
             after_first_byte: config.stream_after_first_byte(),
             observe,

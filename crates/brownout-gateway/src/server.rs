@@ -28,12 +28,11 @@ use hyper::{body::Incoming, server::conn::http1};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
 use tokio::net::TcpListener;
 
-use crate::{config::Connections, Config, Router, UpstreamClient};
+use crate::{config::Connections, drain::Drain, Config, Router, UpstreamClient};
 
 /// hyper-util's pooled HTTP/1.1 client over plain TCP, sending [`brownout::Body`]:
 /// for plain-HTTP upstreams and benchmarks. The gateway itself sends with an
@@ -168,7 +167,7 @@ impl Gateway {
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<Stopped> {
         let addr = listener.local_addr()?;
-        let graceful = GracefulShutdown::new();
+        let graceful = Drain::default();
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())

@@ -13,7 +13,7 @@
 use brownout::{
     breaker::BreakerConfig,
     cache::CacheConfig,
-    redis::{RedisBreakerStore, RedisCacheStore, RedisRetryBudget},
+    redis::{RedisBreakerStore, RedisCacheStore, RedisLimitStore, RedisRetryBudget},
     retry::RetryConfig,
 };
 
@@ -25,17 +25,26 @@ pub struct SharedStores {
     breaker: Option<RedisBreakerStore>,
     cache: Option<RedisCacheStore>,
     budget: Option<RedisRetryBudget>,
+    /// The rate limiters' stores of `[limits]`, one per limited provider.
+    limits: Vec<RedisLimitStore>,
 }
 
 impl SharedStores {
-    /// Whether every shared store's Redis answered its last call: `false` while any
-    /// of them is on local state only.
+    /// The rate limiters' stores, added once `[limits]` made them.
+    pub(crate) fn add_limits(&mut self, stores: Vec<RedisLimitStore>) {
+        self.limits.extend(stores);
+    }
+
+    /// Whether every shared store's Redis answered its last call (the breakers', the
+    /// cache's, the retry budget's and each rate limiter's): `false` while any of
+    /// them is on local state only.
     pub fn is_shared(&self) -> bool {
         self.breaker
             .as_ref()
             .is_none_or(RedisBreakerStore::is_shared)
             && self.cache.as_ref().is_none_or(RedisCacheStore::is_shared)
             && self.budget.as_ref().is_none_or(RedisRetryBudget::is_shared)
+            && self.limits.iter().all(RedisLimitStore::is_shared)
     }
 
     /// The retry budget's store, when the retry layer has a budget.
@@ -75,6 +84,7 @@ pub(crate) fn shared(
         breaker: None,
         cache: None,
         budget: None,
+        limits: Vec::new(),
     };
     let breaker =
         breaker.map(
