@@ -146,9 +146,11 @@ where
     };
     let store = &shared.store;
     let keying = &config.keying;
-    let key = store.key_of(keying.exact(&store.secret, &parts, &data), || {
-        keying.key(&parts, &data)
-    });
+    let selected = keying.select(&parts);
+    let key = store.key_of(
+        keying.exact(&store.secret, &parts, &selected, &data),
+        || keying.key_with(&parts, &selected, &data),
+    );
 
     let mut guard = None;
     if config.mode == Mode::FreshHit {
