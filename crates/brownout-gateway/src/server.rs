@@ -28,7 +28,6 @@ use hyper::{body::Incoming, server::conn::http1};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    service::TowerToHyperService,
 };
 use tokio::net::TcpListener;
 
@@ -197,7 +196,8 @@ impl Gateway {
                             });
                             continue;
                         };
-                        let service = TowerToHyperService::new(self.router.clone());
+                        // The router with this connection's own pipelines.
+                        let service = self.router.for_connection();
                         let connection = builder.serve_connection(TokioIo::new(stream), service);
                         let connection = graceful.watch(connection);
                         tokio::spawn(async move {
