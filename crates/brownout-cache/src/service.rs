@@ -155,8 +155,14 @@ where
     let mut guard = None;
     if config.mode == Mode::FreshHit {
         if let Some(hit) = fresh(store.get(&key).await, config) {
-            if let Some(response) = from_store(&shared, &parts, &hit, CacheStatus::Hit, None, serve)
-            {
+            if let Some(response) = from_store(
+                &shared,
+                (&parts.method, &parts.uri),
+                &hit,
+                CacheStatus::Hit,
+                None,
+                serve,
+            ) {
                 return Ok(response);
             }
         }
@@ -167,9 +173,14 @@ where
                 // closes when it is done.
                 let _ = done.changed().await;
                 if let Some(hit) = fresh(store.get(&key).await, config) {
-                    if let Some(response) =
-                        from_store(&shared, &parts, &hit, CacheStatus::Hit, None, serve)
-                    {
+                    if let Some(response) = from_store(
+                        &shared,
+                        (&parts.method, &parts.uri),
+                        &hit,
+                        CacheStatus::Hit,
+                        None,
+                        serve,
+                    ) {
                         return Ok(response);
                     }
                 }
@@ -177,8 +188,11 @@ where
         }
     }
 
+    // What a stale answer's event names of the request: kept rather than a clone of
+    // the whole head (its headers and extensions), which the call takes.
+    let (method, uri) = (parts.method.clone(), parts.uri.clone());
     let live = inner
-        .call(Request::from_parts(parts.clone(), body))
+        .call(Request::from_parts(parts, body))
         .await
         .map_err(Into::into)
         .map(|response| response.map(Body::new));
@@ -207,7 +221,7 @@ where
             let stale_for = Some(outcome);
             match from_store(
                 &shared,
-                &parts,
+                (&method, &uri),
                 &entry,
                 CacheStatus::Stale,
                 stale_for,
@@ -341,7 +355,7 @@ fn record_stream(
 /// request asks (a stream of an answer no stream renders).
 fn from_store(
     shared: &Shared,
-    parts: &Parts,
+    (method, uri): (&http::Method, &http::Uri),
     entry: &CachedResponse,
     status: CacheStatus,
     live: Option<Outcome>,
@@ -354,8 +368,8 @@ fn from_store(
     let age = entry.stored_at.elapsed();
     shared.config.events.emit(Event::new(
         "cache",
-        &parts.method,
-        &parts.uri,
+        method,
+        uri,
         CacheEvent::ServedFromCache {
             stale: status == CacheStatus::Stale,
             age,

@@ -564,18 +564,25 @@ fn target_parts(parts: &Parts, target: &Target, body_len: Option<usize>) -> Part
     parts
 }
 
-/// `uri` moved to `base`'s scheme and authority, under `base`'s path.
+/// `uri` moved to `base`'s scheme and authority, under `base`'s path. A base
+/// without a path (the usual one: `https://api.anthropic.com`) keeps the request's
+/// path and query as they are, without writing and parsing them again (an
+/// allocation and a parse per attempt).
 fn rebase(uri: &Uri, base: &Uri) -> Uri {
     let prefix = base.path().trim_end_matches('/');
-    let rest = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let mut builder = uri::Builder::new().path_and_query(format!("{prefix}{rest}"));
-    if let Some(scheme) = base.scheme() {
-        builder = builder.scheme(scheme.clone());
+    let mut parts = uri::Parts::default();
+    parts.scheme = base.scheme().cloned();
+    parts.authority = base.authority().cloned();
+    parts.path_and_query = if prefix.is_empty() {
+        uri.path_and_query().cloned()
+    } else {
+        let rest = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        format!("{prefix}{rest}").parse().ok()
+    };
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(uri::PathAndQuery::from_static("/"));
     }
-    if let Some(authority) = base.authority() {
-        builder = builder.authority(authority.clone());
-    }
-    builder.build().unwrap_or_else(|_| uri.clone())
+    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
 #[cfg(test)]
@@ -592,6 +599,11 @@ mod tests {
         assert_eq!(
             rebase(&uri, &base),
             "http://127.0.0.1:8080/proxy/v1/messages?beta=true"
+        );
+        let bare: Uri = "https://api.openai.com".parse().unwrap();
+        assert_eq!(
+            rebase(&uri, &bare),
+            "https://api.openai.com/v1/messages?beta=true"
         );
         let relative: Uri = "/v1/chat/completions".parse().unwrap();
         let base: Uri = "https://api.openai.com".parse().unwrap();
