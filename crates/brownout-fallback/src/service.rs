@@ -555,7 +555,13 @@ fn target_parts(parts: &Parts, target: &Target, body_len: Option<usize>) -> Part
         parts.headers.insert(name.clone(), value.clone());
     }
     if let Some(len) = body_len {
-        if parts.headers.contains_key(header::CONTENT_LENGTH) {
+        // Written only when the body's length changed (a rewritten model or
+        // `max_tokens`): a new value is an allocation.
+        let stated = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .map(|v| v.to_str().ok().and_then(|v| v.parse::<usize>().ok()));
+        if matches!(stated, Some(n) if n != Some(len)) {
             parts
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(len));

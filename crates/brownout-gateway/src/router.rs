@@ -284,7 +284,7 @@ enum State {
     /// A pipeline called, and what its answer needs.
     Calling {
         future: PipelineFuture,
-        answer: Box<Answer>,
+        answer: Answer,
     },
     /// A pipeline not ready when called (not one of this gateway's own stacks),
     /// driven by `oneshot`.
@@ -423,7 +423,7 @@ impl RouterFuture {
         let state = match pipeline.poll_ready(&mut cx) {
             Poll::Ready(Ok(())) => State::Calling {
                 future: pipeline.call(request),
-                answer: Box::new(answer),
+                answer,
             },
             Poll::Ready(Err(error)) => State::Ready(Some(answer.finish(Err(error)))),
             Poll::Pending => State::Waiting(Box::pin({
