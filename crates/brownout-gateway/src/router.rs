@@ -63,7 +63,7 @@ use http::{
     header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri,
 };
 use tokio::time::Instant;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 use crate::{
     config::{Api, Headers, CHAT_COMPLETIONS_PATH, MESSAGES_PATH, RESPONSES_PATH},
@@ -273,22 +273,38 @@ type PipelineFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxErro
 /// A named future rather than a boxed one: the pipeline's own future is already
 /// boxed, so the router holds it beside what the answer needs (method, path, start,
 /// route) instead of boxing an `async` block around it, which cost an allocation and
-/// a copy of that block a request (the gateway bench's `wiring` row).
-pub struct RouterFuture {
-    state: State,
+/// a copy of that block a request (the gateway bench's `wiring` row). The pipeline is
+/// called on the first poll, not when the router is: hyper calls the router as soon as
+/// a request's head is read and feeds the body that came with it before it polls, so
+/// a layer that reads the body (the `[observe]` layer, first) finds it there.
+pub struct RouterFuture<B> {
+    state: State<B>,
+    /// What the answer needs; `None` for the router's own answers.
+    answer: Option<Answer>,
 }
 
-enum State {
+// No part of the future is ever pinned in place: the request is moved out of it on
+// the first poll, and the pipeline's future is boxed.
+impl<B> Unpin for RouterFuture<B> {}
+
+enum State<B> {
     /// An answer the router made itself, at once.
     Ready(Option<Response<Body>>),
-    /// A pipeline called, and what its answer needs.
-    Calling {
-        future: PipelineFuture,
-        answer: Answer,
+    /// A pipeline to call on the first poll, with the request.
+    Start {
+        pipeline: Source<B>,
+        request: Option<Request<Timed<B>>>,
     },
-    /// A pipeline not ready when called (not one of this gateway's own stacks),
-    /// driven by `oneshot`.
-    Waiting(Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>),
+    /// A pipeline called.
+    Calling(PipelineFuture),
+}
+
+/// Where a [`RouterFuture`]'s pipeline is.
+enum Source<B> {
+    /// A clone of the route's, its own.
+    Owned(Pipeline<Timed<B>>),
+    /// Its connection's (see `PerConnection`).
+    Connection(ConnectionPipeline<B>),
 }
 
 /// What turns a pipeline's answer, or its error, into the caller's answer.
@@ -315,16 +331,20 @@ struct Slot<'r, B> {
     pipeline: &'r Pipeline<Timed<B>>,
 }
 
+/// A connection's clone of a pipeline: each request's future locks it while it calls
+/// it (never contended: one request at a time).
+type ConnectionPipeline<B> = Arc<std::sync::Mutex<Pipeline<Timed<B>>>>;
+
 /// The router on one of the gateway's connections. It keeps its own clone of each
 /// pipeline it has used and calls that in place, where the shared [`Router`] clones
 /// the route's pipeline for every request (an allocation and a clone of each layer's
 /// handles: about 380 instructions a request in the gateway bench's `wiring` row). An
-/// HTTP/1.1 connection serves one request at a time, and a pipeline is borrowed only
+/// HTTP/1.1 connection serves one request at a time, and a pipeline is locked only
 /// while it is called, never while its answer is awaited.
 pub(crate) struct PerConnection<B> {
     router: Router<B>,
     /// The forwarding pipeline's clone, then each route's (see `index`).
-    pipelines: std::cell::RefCell<[Option<Pipeline<Timed<B>>>; 4]>,
+    pipelines: std::cell::RefCell<[Option<ConnectionPipeline<B>>; 4]>,
 }
 
 impl<B> Router<B> {
@@ -343,9 +363,9 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = RouterFuture;
+    type Future = RouterFuture<B>;
 
-    fn call(&self, request: Request<B>) -> RouterFuture {
+    fn call(&self, request: Request<B>) -> RouterFuture<B> {
         self.router.dispatch(request, |slot, request, answer| {
             let index = match slot.which {
                 None => 0,
@@ -354,8 +374,9 @@ where
                 Some(Which::Responses) => 3,
             };
             let mut pipelines = self.pipelines.borrow_mut();
-            let pipeline = pipelines[index].get_or_insert_with(|| slot.pipeline.clone());
-            RouterFuture::call(pipeline, request, answer)
+            let pipeline = pipelines[index]
+                .get_or_insert_with(|| Arc::new(std::sync::Mutex::new(slot.pipeline.clone())));
+            RouterFuture::call(Source::Connection(pipeline.clone()), request, answer)
         })
     }
 }
@@ -406,56 +427,90 @@ impl Answer {
     }
 }
 
-impl RouterFuture {
-    fn ready(response: Response<Body>) -> RouterFuture {
+impl<B> RouterFuture<B> {
+    fn ready(response: Response<Body>) -> RouterFuture<B> {
         RouterFuture {
             state: State::Ready(Some(response)),
+            answer: None,
         }
     }
 
-    /// Calls `pipeline` with `request` at once when it is ready, as every stack of
-    /// [`Layers`] always is; else waits for it in `oneshot`.
-    fn call<B>(pipeline: &mut Pipeline<B>, request: Request<B>, answer: Answer) -> RouterFuture
-    where
-        B: Send + 'static,
-    {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let state = match pipeline.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => State::Calling {
-                future: pipeline.call(request),
-                answer,
+    /// `request`, to be sent through `pipeline` on the first poll.
+    fn call(pipeline: Source<B>, request: Request<Timed<B>>, answer: Answer) -> RouterFuture<B> {
+        RouterFuture {
+            state: State::Start {
+                pipeline,
+                request: Some(request),
             },
-            Poll::Ready(Err(error)) => State::Ready(Some(answer.finish(Err(error)))),
-            Poll::Pending => State::Waiting(Box::pin({
-                let pipeline = pipeline.clone();
-                async move {
-                    let result = pipeline.oneshot(request).await;
-                    Ok(answer.finish(result))
-                }
-            })),
-        };
-        RouterFuture { state }
+            answer: Some(answer),
+        }
     }
 }
 
-impl Future for RouterFuture {
+/// Drives `pipeline` to readiness and calls it with `request`: `None` while it is not
+/// ready (the request stays), else its future or the error it was not ready with.
+fn start<B>(
+    pipeline: &mut Pipeline<Timed<B>>,
+    request: &mut Option<Request<Timed<B>>>,
+    cx: &mut Context<'_>,
+) -> Option<Result<PipelineFuture, BoxError>> {
+    match pipeline.poll_ready(cx) {
+        Poll::Pending => None,
+        Poll::Ready(Ok(())) => {
+            let request = request
+                .take()
+                .expect("RouterFuture polled after completion");
+            Some(Ok(pipeline.call(request)))
+        }
+        Poll::Ready(Err(error)) => Some(Err(error)),
+    }
+}
+
+impl<B> Future for RouterFuture<B>
+where
+    B: Send + 'static,
+{
     type Output = Result<Response<Body>, Infallible>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.state {
-            State::Ready(response) => Poll::Ready(Ok(response
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            let result = match &mut this.state {
+                State::Ready(response) => {
+                    return Poll::Ready(Ok(response
+                        .take()
+                        .expect("RouterFuture polled after completion")))
+                }
+                State::Start { pipeline, request } => {
+                    let started = match pipeline {
+                        Source::Owned(pipeline) => start(pipeline, request, cx),
+                        Source::Connection(pipeline) => {
+                            let mut pipeline = pipeline.lock().unwrap_or_else(|e| e.into_inner());
+                            start(&mut pipeline, request, cx)
+                        }
+                    };
+                    match started {
+                        None => return Poll::Pending,
+                        Some(Ok(future)) => {
+                            this.state = State::Calling(future);
+                            continue;
+                        }
+                        Some(Err(error)) => Err(error),
+                    }
+                }
+                State::Calling(future) => std::task::ready!(future.as_mut().poll(cx)),
+            };
+            this.state = State::Ready(None);
+            let answer = this
+                .answer
                 .take()
-                .expect("RouterFuture polled after completion"))),
-            State::Calling { future, answer } => {
-                let result = std::task::ready!(future.as_mut().poll(cx));
-                Poll::Ready(Ok(answer.finish(result)))
-            }
-            State::Waiting(future) => future.as_mut().poll(cx),
+                .expect("RouterFuture polled after completion");
+            return Poll::Ready(Ok(answer.finish(result)));
         }
     }
 }
 
-impl std::fmt::Debug for RouterFuture {
+impl<B> std::fmt::Debug for RouterFuture<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RouterFuture").finish_non_exhaustive()
     }
@@ -474,7 +529,7 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = RouterFuture;
+    type Future = RouterFuture<B>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // Every pipeline's layers and clients are always ready: readiness is driven
@@ -482,12 +537,12 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<B>) -> RouterFuture {
+    fn call(&mut self, request: Request<B>) -> RouterFuture<B> {
         // A clone of the route's pipeline for this request: `Service::call` needs it
         // mutable, and this router is shared. (The gateway's connections keep their
         // own clones instead: see `PerConnection`.)
         self.dispatch(request, |slot, request, answer| {
-            RouterFuture::call(&mut slot.pipeline.clone(), request, answer)
+            RouterFuture::call(Source::Owned(slot.pipeline.clone()), request, answer)
         })
     }
 }
@@ -502,8 +557,8 @@ where
     fn dispatch(
         &self,
         request: Request<B>,
-        send: impl FnOnce(Slot<'_, B>, Request<Timed<B>>, Answer) -> RouterFuture,
-    ) -> RouterFuture {
+        send: impl FnOnce(Slot<'_, B>, Request<Timed<B>>, Answer) -> RouterFuture<B>,
+    ) -> RouterFuture<B> {
         let started = Instant::now();
         let shared = &*self.shared;
         let method = request.method().clone();
@@ -649,12 +704,12 @@ fn shape_of(family: Option<Family>, path: &str) -> provider::Api {
     }
 }
 
-fn method_not_allowed(
+fn method_not_allowed<B>(
     api: provider::Api,
     allow: &'static str,
     method: &Method,
     path: &str,
-) -> RouterFuture {
+) -> RouterFuture<B> {
     let message = format!("the gateway does not accept {method} (it accepts {allow})");
     let mut response = own_error(
         api,
