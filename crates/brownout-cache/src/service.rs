@@ -154,17 +154,21 @@ where
 
     let mut guard = None;
     if config.mode == Mode::FreshHit {
-        if let Some(hit) = fresh(store.get(&key).await, config) {
-            if let Some(response) = from_store(
-                &shared,
-                (&parts.method, &parts.uri),
-                &hit,
-                CacheStatus::Hit,
-                None,
-                serve,
-            ) {
-                return Ok(response);
-            }
+        // A fresh entry, served as this request asks.
+        let hit = |entry| {
+            fresh(entry, config).and_then(|hit| {
+                from_store(
+                    &shared,
+                    (&parts.method, &parts.uri),
+                    &hit,
+                    CacheStatus::Hit,
+                    None,
+                    serve,
+                )
+            })
+        };
+        if let Some(response) = hit(store.get(&key).await) {
+            return Ok(response);
         }
         match store.flight(key) {
             Flight::Lead(lead) => guard = Some(lead),
@@ -172,17 +176,8 @@ where
                 // The leader stores the answer (or gives up); either way the channel
                 // closes when it is done.
                 let _ = done.changed().await;
-                if let Some(hit) = fresh(store.get(&key).await, config) {
-                    if let Some(response) = from_store(
-                        &shared,
-                        (&parts.method, &parts.uri),
-                        &hit,
-                        CacheStatus::Hit,
-                        None,
-                        serve,
-                    ) {
-                        return Ok(response);
-                    }
+                if let Some(response) = hit(store.get(&key).await) {
+                    return Ok(response);
                 }
             }
         }

@@ -452,9 +452,55 @@ impl PartialEq for RequestFacts {
     }
 }
 
+/// `uri` moved under `base`: `base`'s scheme and authority, `base`'s path in front of
+/// `uri`'s path and query (`http://h/proxy/` and `/v1/messages?beta=true` give
+/// `http://h/proxy/v1/messages?beta=true`). A base without a path (the usual one:
+/// `https://api.anthropic.com`) keeps the request's path and query as they are,
+/// without writing and parsing them again. For the fallback's targets and the
+/// gateway's providers; a result that is no URI leaves `uri` as it is.
+pub fn rebase(uri: &http::Uri, base: &http::Uri) -> http::Uri {
+    use http::uri::{Parts, PathAndQuery};
+    let prefix = base.path().trim_end_matches('/');
+    let mut parts = Parts::default();
+    parts.scheme = base.scheme().cloned();
+    parts.authority = base.authority().cloned();
+    parts.path_and_query = if prefix.is_empty() {
+        uri.path_and_query().cloned()
+    } else {
+        let rest = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        format!("{prefix}{rest}").parse().ok()
+    };
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    http::Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rebasing_keeps_the_path_and_query() {
+        let uri: http::Uri = "https://api.anthropic.com/v1/messages?beta=true"
+            .parse()
+            .unwrap();
+        let base: http::Uri = "http://127.0.0.1:8080/proxy/".parse().unwrap();
+        assert_eq!(
+            rebase(&uri, &base),
+            "http://127.0.0.1:8080/proxy/v1/messages?beta=true"
+        );
+        let bare: http::Uri = "https://api.openai.com".parse().unwrap();
+        assert_eq!(
+            rebase(&uri, &bare),
+            "https://api.openai.com/v1/messages?beta=true"
+        );
+        let relative: http::Uri = "/v1/chat/completions".parse().unwrap();
+        assert_eq!(
+            rebase(&relative, &bare),
+            "https://api.openai.com/v1/chat/completions"
+        );
+    }
 
     fn parts(path: &str) -> Parts {
         http::Request::post(path).body(()).unwrap().into_parts().0

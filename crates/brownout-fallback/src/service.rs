@@ -16,7 +16,7 @@ use brownout_core::{
     Body, BoxError, RequestFacts,
 };
 use bytes::Bytes;
-use http::{header, request::Parts, uri, HeaderValue, Request, Response, Uri};
+use http::{header, request::Parts, HeaderValue, Request, Response};
 use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_service::Service;
@@ -534,7 +534,7 @@ fn served(result: Output, config: &FallbackConfig, target: &Target, position: us
 fn target_parts(parts: &Parts, target: &Target, body_len: Option<usize>) -> Parts {
     let mut parts = parts.clone();
     if let Some(base) = &target.base_url {
-        parts.uri = rebase(&parts.uri, base);
+        parts.uri = brownout_core::request::rebase(&parts.uri, base);
         if parts.headers.contains_key(header::HOST) {
             if let Some(authority) = base.authority() {
                 if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
@@ -568,54 +568,4 @@ fn target_parts(parts: &Parts, target: &Target, body_len: Option<usize>) -> Part
         }
     }
     parts
-}
-
-/// `uri` moved to `base`'s scheme and authority, under `base`'s path. A base
-/// without a path (the usual one: `https://api.anthropic.com`) keeps the request's
-/// path and query as they are, without writing and parsing them again (an
-/// allocation and a parse per attempt).
-fn rebase(uri: &Uri, base: &Uri) -> Uri {
-    let prefix = base.path().trim_end_matches('/');
-    let mut parts = uri::Parts::default();
-    parts.scheme = base.scheme().cloned();
-    parts.authority = base.authority().cloned();
-    parts.path_and_query = if prefix.is_empty() {
-        uri.path_and_query().cloned()
-    } else {
-        let rest = uri.path_and_query().map_or("/", |pq| pq.as_str());
-        format!("{prefix}{rest}").parse().ok()
-    };
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(uri::PathAndQuery::from_static("/"));
-    }
-    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::rebase;
-    use http::Uri;
-
-    #[test]
-    fn rebasing_keeps_the_path_and_query() {
-        let uri: Uri = "https://api.anthropic.com/v1/messages?beta=true"
-            .parse()
-            .unwrap();
-        let base: Uri = "http://127.0.0.1:8080/proxy/".parse().unwrap();
-        assert_eq!(
-            rebase(&uri, &base),
-            "http://127.0.0.1:8080/proxy/v1/messages?beta=true"
-        );
-        let bare: Uri = "https://api.openai.com".parse().unwrap();
-        assert_eq!(
-            rebase(&uri, &bare),
-            "https://api.openai.com/v1/messages?beta=true"
-        );
-        let relative: Uri = "/v1/chat/completions".parse().unwrap();
-        let base: Uri = "https://api.openai.com".parse().unwrap();
-        assert_eq!(
-            rebase(&relative, &base),
-            "https://api.openai.com/v1/chat/completions"
-        );
-    }
 }

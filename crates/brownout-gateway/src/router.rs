@@ -56,6 +56,7 @@ use brownout::{
     fallback::{AllTargetsFailed, FallbackReason, ServedBy},
     health::Health,
     provider::{self, ErrorKind, Family},
+    request::rebase,
     retry::Attempts,
     Body, BoxError,
 };
@@ -1111,25 +1112,6 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-}
-
-/// `uri`'s path and query under `base` (scheme, host and path prefix).
-fn rebase(uri: &Uri, base: &Uri) -> Uri {
-    let prefix = base.path().trim_end_matches('/');
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = base.scheme().cloned();
-    parts.authority = base.authority().cloned();
-    parts.path_and_query = if prefix.is_empty() {
-        // No prefix: the request's own path and query, without reparsing them.
-        uri.path_and_query().cloned()
-    } else {
-        let rest = uri.path_and_query().map_or("/", |pq| pq.as_str());
-        format!("{prefix}{rest}").parse().ok()
-    };
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-    }
-    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
 /// Only `uri`'s path and query: the fallback layer puts each target's endpoint in
