@@ -64,6 +64,50 @@ impl Scanner {
         }
     }
 
+    /// The usage of a whole answer held in memory (a cached or buffered one), in one
+    /// call. A JSON answer's is its last `"usage"` object, found from the end, where
+    /// both providers put it: the bytes before it are not looked at, and a tool's
+    /// input that happens to hold a `"usage"` object earlier is not read. A stream is
+    /// read as [`feed`](Self::feed) reads it.
+    ///
+    /// ```
+    /// use brownout_core::provider::Api;
+    /// use brownout_limit::UsageScanner;
+    ///
+    /// let answer = br#"{"content":[],"usage":{"input_tokens":12,"output_tokens":30}}"#;
+    /// let usage = UsageScanner::whole(Api::AnthropicMessages, false, answer);
+    /// assert_eq!((usage.input, usage.output), (Some(12), Some(30)));
+    /// ```
+    pub fn whole(api: Api, stream: bool, bytes: &[u8]) -> Usage {
+        let mut scanner = Scanner::new(api, stream);
+        if stream {
+            scanner.feed(bytes, true);
+            return scanner.usage;
+        }
+        let mut end = bytes.len();
+        // Quote by quote from the end: the usage object is the last few dozen bytes,
+        // closer than a substring search from the end costs to set up.
+        while let Some(quote) = memchr::memrchr(b'"', &bytes[..end]) {
+            end = quote;
+            if quote < 6 || &bytes[quote - 6..quote] != b"\"usage" {
+                continue;
+            }
+            let at = quote - 6;
+            let mut i = at + 7;
+            while i < bytes.len() && matches!(bytes[i], b' ' | b'\t' | b'\r' | b'\n' | b':') {
+                i += 1;
+            }
+            if bytes.get(i) == Some(&b'{') {
+                if let Some((object, _)) = UsageObject::parse(&bytes[i..]) {
+                    scanner.read(object, &[]);
+                    break;
+                }
+            }
+            end = at;
+        }
+        scanner.usage
+    }
+
     /// What the `usage` objects said so far.
     pub fn usage(&self) -> Usage {
         self.usage
@@ -176,73 +220,101 @@ impl UsageObject {
     /// looked for.
     fn parse(bytes: &[u8]) -> Option<(UsageObject, usize)> {
         let mut u = UsageObject::default();
-        let mut depth = 0usize;
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'"' => {
-                    let start = i + 1;
-                    i = start;
-                    while i < bytes.len() && bytes[i] != b'"' {
-                        if bytes[i] == b'\\' {
-                            i += 1;
-                        }
-                        i += 1;
-                    }
-                    let key = &bytes[start..i.min(bytes.len())];
-                    i += 1;
-                    if depth != 1 {
-                        continue;
-                    }
-                    let mut j = i;
-                    while j < bytes.len() && matches!(bytes[j], b' ' | b'\t' | b'\r' | b'\n') {
-                        j += 1;
-                    }
-                    if bytes.get(j) != Some(&b':') {
-                        continue;
-                    }
-                    j += 1;
-                    while j < bytes.len() && matches!(bytes[j], b' ' | b'\t' | b'\r' | b'\n') {
-                        j += 1;
-                    }
-                    // A whole number, by hand: no string to check and parse.
-                    let mut digits = 0;
-                    let mut value: Option<u64> = Some(0);
-                    while let Some(d) = bytes.get(j + digits).filter(|b| b.is_ascii_digit()) {
-                        value = value
-                            .and_then(|v| v.checked_mul(10))
-                            .and_then(|v| v.checked_add(u64::from(d - b'0')));
-                        digits += 1;
-                    }
-                    let number = value.filter(|_| digits > 0);
-                    let slot = match key {
-                        b"input_tokens" => &mut u.input_tokens,
-                        b"output_tokens" => &mut u.output_tokens,
-                        b"prompt_tokens" => &mut u.prompt_tokens,
-                        b"completion_tokens" => &mut u.completion_tokens,
-                        b"cache_creation_input_tokens" => &mut u.cache_creation_input_tokens,
-                        b"cache_read_input_tokens" => &mut u.cache_read_input_tokens,
-                        _ => continue,
-                    };
-                    if number.is_some() {
-                        *slot = number;
-                    }
-                    i = j + digits;
-                    continue;
-                }
-                b'{' | b'[' => depth += 1,
-                b'}' | b']' => {
-                    depth = depth.checked_sub(1)?;
-                    if depth == 0 {
-                        return Some((u, i + 1));
-                    }
-                }
-                _ => {}
+        let n = bytes.len();
+        if bytes.first() != Some(&b'{') {
+            return None;
+        }
+        let mut i = 1;
+        loop {
+            while i < n && matches!(bytes[i], b' ' | b'\t' | b'\r' | b'\n' | b',') {
+                i += 1;
+            }
+            match bytes.get(i)? {
+                b'}' => return Some((u, i + 1)),
+                b'"' => {}
+                // Not an object member: not an object this reads.
+                _ => return None,
+            }
+            let start = i + 1;
+            let end = string_end(bytes, start)?;
+            let key = &bytes[start..end];
+            i = end + 1;
+            while i < n && matches!(bytes[i], b' ' | b'\t' | b'\r' | b'\n') {
+                i += 1;
+            }
+            if bytes.get(i)? != &b':' {
+                return None;
             }
             i += 1;
+            while i < n && matches!(bytes[i], b' ' | b'\t' | b'\r' | b'\n') {
+                i += 1;
+            }
+            // By length first: a key compares as a few loads, not a call.
+            let slot = match key.len() {
+                12 if key == b"input_tokens" => Some(&mut u.input_tokens),
+                13 if key == b"output_tokens" => Some(&mut u.output_tokens),
+                13 if key == b"prompt_tokens" => Some(&mut u.prompt_tokens),
+                17 if key == b"completion_tokens" => Some(&mut u.completion_tokens),
+                27 if key == b"cache_creation_input_tokens" => {
+                    Some(&mut u.cache_creation_input_tokens)
+                }
+                23 if key == b"cache_read_input_tokens" => Some(&mut u.cache_read_input_tokens),
+                _ => None,
+            };
+            if let Some(slot) = slot {
+                // A whole number, by hand: no string to check and parse.
+                let first = i;
+                let mut value: Option<u64> = Some(0);
+                while i < n {
+                    let d = bytes[i].wrapping_sub(b'0');
+                    if d > 9 {
+                        break;
+                    }
+                    value = value
+                        .and_then(|v| v.checked_mul(10))
+                        .and_then(|v| v.checked_add(u64::from(d)));
+                    i += 1;
+                }
+                if i > first && value.is_some() {
+                    *slot = value;
+                }
+            }
+            // The rest of the value (all of one that is not a counted number).
+            i = value_end(bytes, i)?;
         }
-        None
     }
+}
+
+/// Where the string whose first byte is at `start` ends (its closing quote).
+fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut i = start;
+    loop {
+        let at = i + memchr::memchr2(b'"', b'\\', &bytes[i..])?;
+        if bytes[at] == b'"' {
+            return Some(at);
+        }
+        i = at + 2;
+        if i > bytes.len() {
+            return None;
+        }
+    }
+}
+
+/// Where the member value at `i` ends: the `,` or `}` after it.
+fn value_end(bytes: &[u8], mut i: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' => i = string_end(bytes, i + 1)?,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' if depth == 0 => return Some(i),
+            b'}' | b']' => depth -= 1,
+            b',' if depth == 0 => return Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// What a response's headers say of one limit.
@@ -358,6 +430,35 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn a_whole_answer_gives_its_last_usage_object() {
+        let anthropic = r#"{"id":"msg_1","content":[{"type":"text","text":"the \"usage\" word"}],"usage":{"input_tokens":12,"cache_creation_input_tokens":3,"cache_read_input_tokens":5,"output_tokens":7}}"#;
+        for api in [Api::AnthropicMessages, Api::OpenAiChat] {
+            assert_eq!(
+                Scanner::whole(api, false, anthropic.as_bytes()),
+                scan(api, false, &[anthropic])
+            );
+        }
+        // A tool's input that holds a usage object of its own is not the answer's.
+        let tool = r#"{"content":[{"type":"tool_use","input":{"usage":{"input_tokens":999,"output_tokens":999}}}],"usage":{"input_tokens":4,"output_tokens":2}}"#;
+        let usage = Scanner::whole(Api::AnthropicMessages, false, tool.as_bytes());
+        assert_eq!((usage.input, usage.output), (Some(4), Some(2)));
+        // A "usage" that is not an object, and none at all.
+        let odd = r#"{"usage":{"prompt_tokens":9,"completion_tokens":4},"note":"usage","x":{"usage":3}}"#;
+        let usage = Scanner::whole(Api::OpenAiChat, false, odd.as_bytes());
+        assert_eq!((usage.prompt, usage.output), (Some(9), Some(4)));
+        assert_eq!(
+            Scanner::whole(Api::OpenAiChat, false, br#"{"id":"c"}"#),
+            Usage::default()
+        );
+        // A stream is read whole as frames are.
+        let stream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":20,\"output_tokens\":1}}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":31}}\n\n";
+        assert_eq!(
+            Scanner::whole(Api::AnthropicMessages, true, stream.as_bytes()),
+            scan(Api::AnthropicMessages, true, &[stream])
+        );
     }
 
     #[test]

@@ -411,7 +411,9 @@ impl Pending {
 
     /// Records `response`: at once, or for an answer of a model that may report its
     /// `usage` (a live, fallback, cached or stale 2xx of a known API), when its body
-    /// ends or is dropped, with the tokens it reported.
+    /// ends or is dropped, with the tokens it reported; at once, too, for such an
+    /// answer whose whole body is already in memory (its latency is then the time to
+    /// its head, which is also the time to its last byte here).
     fn response(&self, response: Response<Body>) -> Response<Body> {
         let extensions = response.extensions();
         let status = response.status().as_u16();
@@ -477,6 +479,20 @@ impl Pending {
             Answer::Live | Answer::Fallback | Answer::Cached | Answer::Stale
         ) && (200..300).contains(&status);
         match self.api.filter(|_| metered) {
+            // A whole answer in memory (the cache's, or one it buffered to store):
+            // its usage read at once, and the exchange recorded with the head, as
+            // the body has nothing left to wait for (no body wrapper, no scan per
+            // frame).
+            Some((api, stream)) if response.body().bytes().is_some() => {
+                let mut exchange = self.complete(exchange, served, attempts);
+                if let Some(bytes) = response.body().bytes() {
+                    let usage = UsageScanner::whole(api, stream, bytes);
+                    exchange.input_tokens = usage.prompt.or(usage.input);
+                    exchange.output_tokens = usage.output;
+                }
+                self.shared.sink.exchange(&exchange);
+                response
+            }
             Some((api, stream)) => {
                 let exchange = self.complete(exchange, served, attempts);
                 response.map(|body| {
