@@ -90,14 +90,18 @@ thread_local! {
     static CURRENT: Cell<Option<AttemptTally>> = const { Cell::new(None) };
 }
 
-/// The tally made current by [`AttemptTally::enter`], until dropped: then the one
-/// before is current again.
-struct Entered(Option<AttemptTally>);
+/// The tally made current by [`AttemptTally::enter`], until dropped: then it goes back
+/// to its owner, and the one before is current again. Moved in and out, not cloned:
+/// entering costs no count of references.
+struct Entered<'a> {
+    owner: &'a mut Option<AttemptTally>,
+    before: Option<AttemptTally>,
+}
 
-impl Drop for Entered {
+impl Drop for Entered<'_> {
     fn drop(&mut self) {
-        let before = self.0.take();
-        CURRENT.with(|current| current.set(before));
+        let before = self.before.take();
+        *self.owner = CURRENT.with(|current| current.replace(before));
     }
 }
 
@@ -150,9 +154,11 @@ impl AttemptTally {
         })
     }
 
-    /// Makes `tally` the thread's current one until the guard is dropped.
-    fn enter(tally: &Option<AttemptTally>) -> Entered {
-        Entered(CURRENT.with(|current| current.replace(tally.clone())))
+    /// Makes `owner`'s tally the thread's current one, moved out of `owner` until the
+    /// guard is dropped.
+    fn enter(owner: &mut Option<AttemptTally>) -> Entered<'_> {
+        let before = CURRENT.with(|current| current.replace(owner.take()));
+        Entered { owner, before }
     }
 
     /// Calls counted so far.
@@ -379,18 +385,13 @@ impl Pending {
         );
     }
 
-    fn finish(&self, exchange: Exchange, served: Option<Arc<str>>, attempts: u32) {
-        let exchange = self.complete(exchange, served, attempts);
+    fn finish(&self, mut exchange: Exchange, served: Option<Arc<str>>, attempts: u32) {
+        self.complete(&mut exchange, served, attempts);
         self.shared.sink.exchange(&exchange);
     }
 
     /// The exchange with the request's part filled in, and the span's fields.
-    fn complete(
-        &self,
-        mut exchange: Exchange,
-        served: Option<Arc<str>>,
-        attempts: u32,
-    ) -> Exchange {
+    fn complete(&self, exchange: &mut Exchange, served: Option<Arc<str>>, attempts: u32) {
         exchange.requested_model = self.model.clone();
         exchange.served_by = served;
         exchange.first_attempt = self.tally.as_ref().and_then(AttemptTally::take_first);
@@ -406,7 +407,6 @@ impl Pending {
             self.span.record("answer", exchange.answer.as_str());
             self.span.record("status", exchange.status);
         }
-        exchange
     }
 
     /// Records `response`: at once, or for an answer of a model that may report its
@@ -484,7 +484,7 @@ impl Pending {
             // the body has nothing left to wait for (no body wrapper, no scan per
             // frame).
             Some((api, stream)) if response.body().bytes().is_some() => {
-                let mut exchange = self.complete(exchange, served, attempts);
+                self.complete(&mut exchange, served, attempts);
                 if let Some(bytes) = response.body().bytes() {
                     let usage = UsageScanner::whole(api, stream, bytes);
                     exchange.input_tokens = usage.prompt.or(usage.input);
@@ -494,7 +494,7 @@ impl Pending {
                 response
             }
             Some((api, stream)) => {
-                let exchange = self.complete(exchange, served, attempts);
+                self.complete(&mut exchange, served, attempts);
                 response.map(|body| {
                     Body::new(Metered {
                         inner: body,
@@ -613,7 +613,7 @@ where
                 pending.start(&request);
                 let future = {
                     let _entered = pending.span.enter();
-                    let _tally = AttemptTally::enter(&pending.tally);
+                    let _tally = AttemptTally::enter(&mut pending.tally);
                     self.inner.call(request)
                 };
                 State::Calling { future }
@@ -770,7 +770,7 @@ where
                                 inner.take().expect("ObserveFuture polled after completion");
                             let future = {
                                 let _entered = this.pending.span.enter();
-                                let _tally = AttemptTally::enter(&this.pending.tally);
+                                let _tally = AttemptTally::enter(&mut this.pending.tally);
                                 inner.call(request)
                             };
                             this.state.set(State::Calling { future });
@@ -781,7 +781,7 @@ where
                 StateProj::Calling { future } => {
                     let result = {
                         let _entered = this.pending.span.enter();
-                        let _tally = AttemptTally::enter(&this.pending.tally);
+                        let _tally = AttemptTally::enter(&mut this.pending.tally);
                         ready!(future.poll(cx))
                     };
                     *this.done = true;
