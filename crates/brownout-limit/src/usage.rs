@@ -446,7 +446,8 @@ mod tests {
         let usage = Scanner::whole(Api::AnthropicMessages, false, tool.as_bytes());
         assert_eq!((usage.input, usage.output), (Some(4), Some(2)));
         // A "usage" that is not an object, and none at all.
-        let odd = r#"{"usage":{"prompt_tokens":9,"completion_tokens":4},"note":"usage","x":{"usage":3}}"#;
+        let odd =
+            r#"{"usage":{"prompt_tokens":9,"completion_tokens":4},"note":"usage","x":{"usage":3}}"#;
         let usage = Scanner::whole(Api::OpenAiChat, false, odd.as_bytes());
         assert_eq!((usage.prompt, usage.output), (Some(9), Some(4)));
         assert_eq!(

@@ -279,7 +279,7 @@ async fn the_tokens_an_answer_reports_are_recorded_when_its_body_ends() {
     let service = ServiceBuilder::new()
         .layer(ObserveLayer::new(sink.clone()))
         .service(tower::service_fn(move |_: Request<Body>| async move {
-            Ok::<_, BoxError>(Response::new(Body::from(json)))
+            Ok::<_, BoxError>(Response::new(streamed(json)))
         }));
     let response = service.oneshot(request("claude-opus-4-1")).await.unwrap();
     assert!(
@@ -297,6 +297,45 @@ async fn the_tokens_an_answer_reports_are_recorded_when_its_body_ends() {
     );
 }
 
+/// A body of `text` that is not in memory for the layers: frames to poll.
+fn streamed(text: &'static str) -> Body {
+    use http_body_util::BodyExt;
+    Body::new(
+        http_body_util::Full::new(bytes::Bytes::from_static(text.as_bytes())).map_frame(|f| f),
+    )
+}
+
+#[tokio::test]
+async fn a_whole_answer_in_memory_is_recorded_at_once_with_its_tokens() {
+    use http_body_util::BodyExt;
+    let sink = Arc::new(Recorded::default());
+    let json = r#"{"type":"message","content":[{"type":"tool_use","input":{"usage":{"input_tokens":1}}}],"usage":{"input_tokens":21,"output_tokens":7}}"#;
+    let service = ServiceBuilder::new()
+        .layer(ObserveLayer::new(sink.clone()))
+        .service(tower::service_fn(move |_: Request<Body>| async move {
+            Ok::<_, BoxError>(Response::new(Body::from(json)))
+        }));
+    let response = service.oneshot(request("claude-opus-4-1")).await.unwrap();
+    {
+        let exchanges = sink.exchanges.lock().unwrap();
+        assert_eq!(
+            exchanges.len(),
+            1,
+            "recorded with the head: nothing to wait for"
+        );
+        assert_eq!(
+            (exchanges[0].input_tokens, exchanges[0].output_tokens),
+            (Some(21), Some(7)),
+            "the answer's own usage, not the tool input's"
+        );
+    }
+    let body = response.into_body();
+    assert!(body.is_replayable(), "handed on as it was, still in memory");
+    let body = body.collect().await.unwrap().to_bytes();
+    assert_eq!(body, json.as_bytes(), "the bytes pass unchanged");
+    assert_eq!(sink.exchanges.lock().unwrap().len(), 1, "recorded once");
+}
+
 #[tokio::test]
 async fn a_streamed_answer_s_final_usage_is_recorded_and_a_dropped_one_still_counts() {
     use http_body_util::BodyExt;
@@ -310,7 +349,7 @@ async fn a_streamed_answer_s_final_usage_is_recorded_and_a_dropped_one_still_cou
     let service = ServiceBuilder::new()
         .layer(ObserveLayer::new(sink.clone()))
         .service(tower::service_fn(move |_: Request<Body>| async move {
-            Ok::<_, BoxError>(Response::new(Body::from(events)))
+            Ok::<_, BoxError>(Response::new(streamed(events)))
         }));
     let streamed = || {
         Request::post("/v1/messages")
