@@ -232,6 +232,11 @@ impl AttemptTally {
 /// gateway answers for it). A caller's broken upload is recorded as `caller_error` and
 /// handed back as the [`BrokenBody`] error it is.
 ///
+/// A 2xx answer that may report `usage` is recorded with its tokens: when its body
+/// ends (or is dropped: a caller who hangs up mid-stream is recorded with what was
+/// seen), or at once when the whole body is in memory already (a cached answer, or one
+/// the cache buffered to store it), read from the end for its last `usage` object.
+///
 /// Each request runs inside an `INFO` span `brownout.request` with the fields `route`,
 /// `model` (requested), `served`, `attempts` and `answer`, filled in when the head
 /// returns; events of the layers inside carry it.
