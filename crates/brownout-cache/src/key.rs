@@ -79,19 +79,20 @@ impl fmt::Debug for Partition {
 }
 
 impl Keying {
-    /// The key of a request whose whole body is `body`: its JSON in canonical form
-    /// (member order and whitespace do not matter).
-    ///
-    /// The canonical form is written into one buffer and hashed in one call: BLAKE3
-    /// costs about as much per call as per 64 bytes, and a request is dozens of short
-    /// fields (the gateway bench: a third fewer instructions than hashing field by
-    /// field). The bytes hashed, and so the keys, are the same either way.
+    /// [`key_with`](Self::key_with), finding the keying headers itself (the tests').
     #[cfg(test)]
     pub(crate) fn key(&self, parts: &Parts, body: &[u8]) -> CacheKey {
         self.key_with(parts, &self.select(parts), body)
     }
 
-    /// [`key`](Self::key), with the request's keying headers already found.
+    /// The key of a request whose whole body is `body`, with its keying headers
+    /// `selected` (by [`select`](Self::select)): its JSON in canonical form (member
+    /// order and whitespace do not matter).
+    ///
+    /// The canonical form is written into one buffer and hashed in one call: BLAKE3
+    /// costs about as much per call as per 64 bytes, and a request is dozens of short
+    /// fields (the gateway bench: a third fewer instructions than hashing field by
+    /// field). The bytes hashed, and so the keys, are the same either way.
     pub(crate) fn key_with(&self, parts: &Parts, selected: &Selected<'_>, body: &[u8]) -> CacheKey {
         let mut hasher = Canon(Vec::with_capacity(body.len() + 256));
         match &self.custom {
@@ -130,7 +131,7 @@ impl Keying {
     }
 
     /// A digest of the request exactly as it is, body bytes included, for remembering
-    /// which [`key`](Self::key) a byte form has: a caller who sends the same bytes
+    /// which [`key_with`](Self::key_with) a byte form has: a caller who sends the same bytes
     /// again (the common case: the same call, retried or repeated) is keyed without
     /// parsing its JSON again. `None` with a key function of the user's own, which is
     /// used as it is.
@@ -139,7 +140,7 @@ impl Keying {
     /// store's: a keyed pseudo-random function, so a caller who does not know the key
     /// cannot aim a request at another's digest, and it costs a third of BLAKE3's
     /// instructions on a 2 KB body (the `stack_instructions` bench). The entries
-    /// themselves are stored under the BLAKE3 [`key`](Self::key).
+    /// themselves are stored under the BLAKE3 [`key_with`](Self::key_with).
     pub(crate) fn exact(
         &self,
         secret: &ExactSecret,

@@ -325,13 +325,6 @@ struct Answer {
     shared: Arc<dyn Routes>,
 }
 
-/// One of the router's pipelines, as `dispatch` hands it on to be called.
-struct Slot<'r, B> {
-    /// The route's, or `None` for the forwarding pipeline.
-    which: Option<Which>,
-    pipeline: &'r Pipeline<Timed<B>>,
-}
-
 /// A connection's clone of a pipeline: each request's future locks it while it calls
 /// it (never contended: one request at a time).
 type ConnectionPipeline<B> = Arc<std::sync::Mutex<Pipeline<Timed<B>>>>;
@@ -367,18 +360,19 @@ where
     type Future = RouterFuture<B>;
 
     fn call(&self, request: Request<B>) -> RouterFuture<B> {
-        self.router.dispatch(request, |slot, request, answer| {
-            let index = match slot.which {
-                None => 0,
-                Some(Which::Messages) => 1,
-                Some(Which::ChatCompletions) => 2,
-                Some(Which::Responses) => 3,
-            };
-            let mut pipelines = self.pipelines.borrow_mut();
-            let pipeline = pipelines[index]
-                .get_or_insert_with(|| Arc::new(std::sync::Mutex::new(slot.pipeline.clone())));
-            RouterFuture::call(Source::Connection(pipeline.clone()), request, answer)
-        })
+        self.router
+            .dispatch(request, |route_pipeline, request, answer| {
+                let index = match answer.which {
+                    None => 0,
+                    Some(Which::Messages) => 1,
+                    Some(Which::ChatCompletions) => 2,
+                    Some(Which::Responses) => 3,
+                };
+                let mut pipelines = self.pipelines.borrow_mut();
+                let pipeline = pipelines[index]
+                    .get_or_insert_with(|| Arc::new(std::sync::Mutex::new(route_pipeline.clone())));
+                RouterFuture::call(Source::Connection(pipeline.clone()), request, answer)
+            })
     }
 }
 
@@ -542,8 +536,8 @@ where
         // A clone of the route's pipeline for this request: `Service::call` needs it
         // mutable, and this router is shared. (The gateway's connections keep their
         // own clones instead: see `PerConnection`.)
-        self.dispatch(request, |slot, request, answer| {
-            RouterFuture::call(Source::Owned(slot.pipeline.clone()), request, answer)
+        self.dispatch(request, |pipeline, request, answer| {
+            RouterFuture::call(Source::Owned(pipeline.clone()), request, answer)
         })
     }
 }
@@ -554,11 +548,12 @@ where
 {
     /// Places `request` and answers it: at once for the router's own answers, else
     /// through `send`, which calls the pipeline it is given (the route's, or the
-    /// forwarding one) with the request and what its answer needs.
+    /// forwarding one, as the answer's `which` says) with the request and what its
+    /// answer needs.
     fn dispatch(
         &self,
         request: Request<B>,
-        send: impl FnOnce(Slot<'_, B>, Request<Timed<B>>, Answer) -> RouterFuture<B>,
+        send: impl FnOnce(&Pipeline<Timed<B>>, Request<Timed<B>>, Answer) -> RouterFuture<B>,
     ) -> RouterFuture<B> {
         let started = Instant::now();
         let shared = &*self.shared;
@@ -649,14 +644,7 @@ where
                     which: Some(which),
                     shared: self.shared.clone(),
                 };
-                send(
-                    Slot {
-                        which: Some(which),
-                        pipeline: &route.pipeline,
-                    },
-                    request,
-                    answer,
-                )
+                send(&route.pipeline, request, answer)
             }
             None => {
                 let base = match family {
@@ -682,14 +670,7 @@ where
                     which: None,
                     shared: self.shared.clone(),
                 };
-                send(
-                    Slot {
-                        which: None,
-                        pipeline: &shared.forward,
-                    },
-                    request,
-                    answer,
-                )
+                send(&shared.forward, request, answer)
             }
         }
     }

@@ -93,10 +93,7 @@ impl Scanner {
                 continue;
             }
             let at = quote - 6;
-            let mut i = at + 7;
-            while i < bytes.len() && matches!(bytes[i], b' ' | b'\t' | b'\r' | b'\n' | b':') {
-                i += 1;
-            }
+            let i = after_key(bytes, at);
             if bytes.get(i) == Some(&b'{') {
                 if let Some((object, _)) = UsageObject::parse(&bytes[i..]) {
                     scanner.read(object, &[]);
@@ -158,10 +155,7 @@ impl Scanner {
                 break;
             };
             let at = from + found;
-            let mut i = at + 7;
-            while i < hay.len() && matches!(hay[i], b' ' | b'\t' | b'\r' | b'\n' | b':') {
-                i += 1;
-            }
+            let i = after_key(hay, at);
             if i >= hay.len() {
                 return Some(at);
             }
@@ -226,9 +220,7 @@ impl UsageObject {
         }
         let mut i = 1;
         loop {
-            while i < n && matches!(bytes[i], b' ' | b'\t' | b'\r' | b'\n' | b',') {
-                i += 1;
-            }
+            i = skip(bytes, i, b",");
             match bytes.get(i)? {
                 b'}' => return Some((u, i + 1)),
                 b'"' => {}
@@ -238,17 +230,11 @@ impl UsageObject {
             let start = i + 1;
             let end = string_end(bytes, start)?;
             let key = &bytes[start..end];
-            i = end + 1;
-            while i < n && matches!(bytes[i], b' ' | b'\t' | b'\r' | b'\n') {
-                i += 1;
-            }
+            i = skip(bytes, end + 1, b"");
             if bytes.get(i)? != &b':' {
                 return None;
             }
-            i += 1;
-            while i < n && matches!(bytes[i], b' ' | b'\t' | b'\r' | b'\n') {
-                i += 1;
-            }
+            i = skip(bytes, i + 1, b"");
             // By length first: a key compares as a few loads, not a call.
             let slot = match key.len() {
                 12 if key == b"input_tokens" => Some(&mut u.input_tokens),
@@ -283,6 +269,22 @@ impl UsageObject {
             i = value_end(bytes, i)?;
         }
     }
+}
+
+/// The position from `i` past JSON whitespace and the bytes of `also`.
+fn skip(bytes: &[u8], mut i: usize, also: &[u8]) -> usize {
+    while i < bytes.len()
+        && (matches!(bytes[i], b' ' | b'\t' | b'\r' | b'\n') || also.contains(&bytes[i]))
+    {
+        i += 1;
+    }
+    i
+}
+
+/// Where the value of the `"usage"` key at `at` starts: past the key, its `:` and
+/// whitespace (the length of `hay` when it ends first).
+fn after_key(hay: &[u8], at: usize) -> usize {
+    skip(hay, at + 7, b":")
 }
 
 /// Where the string whose first byte is at `start` ends (its closing quote).

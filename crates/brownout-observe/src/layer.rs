@@ -30,7 +30,7 @@ use brownout_core::{
 };
 use brownout_degrade::Degraded;
 use brownout_fallback::{AllTargetsFailed, FallbackReason, ServedBy};
-use brownout_limit::{RateLimited, TooManyTokens, UsageScanner};
+use brownout_limit::{RateLimited, TooManyTokens, Usage, UsageScanner};
 use brownout_queue::Shed;
 use brownout_retry::Attempts;
 use bytes::Bytes;
@@ -484,22 +484,17 @@ impl Pending {
             Answer::Live | Answer::Fallback | Answer::Cached | Answer::Stale
         ) && (200..300).contains(&status);
         match self.api.filter(|_| metered) {
-            // A whole answer in memory (the cache's, or one it buffered to store):
-            // its usage read at once, and the exchange recorded with the head, as
-            // the body has nothing left to wait for (no body wrapper, no scan per
-            // frame).
-            Some((api, stream)) if response.body().bytes().is_some() => {
-                self.complete(&mut exchange, served, attempts);
-                if let Some(bytes) = response.body().bytes() {
-                    let usage = UsageScanner::whole(api, stream, bytes);
-                    exchange.input_tokens = usage.prompt.or(usage.input);
-                    exchange.output_tokens = usage.output;
-                }
-                self.shared.sink.exchange(&exchange);
-                response
-            }
             Some((api, stream)) => {
                 self.complete(&mut exchange, served, attempts);
+                // A whole answer in memory (the cache's, or one it buffered to
+                // store): its usage read at once, and the exchange recorded with the
+                // head, as the body has nothing left to wait for (no body wrapper, no
+                // scan per frame).
+                if let Some(bytes) = response.body().bytes() {
+                    set_tokens(&mut exchange, UsageScanner::whole(api, stream, bytes));
+                    self.shared.sink.exchange(&exchange);
+                    return response;
+                }
                 response.map(|body| {
                     Body::new(Metered {
                         inner: body,
@@ -665,11 +660,16 @@ pin_project_lite::pin_project! {
 
 fn record_tokens(exchange: &mut Option<Exchange>, scanner: &UsageScanner, sink: &Arc<dyn Sink>) {
     if let Some(mut exchange) = exchange.take() {
-        let usage = scanner.usage();
-        exchange.input_tokens = usage.prompt.or(usage.input);
-        exchange.output_tokens = usage.output;
+        set_tokens(&mut exchange, scanner.usage());
         sink.exchange(&exchange);
     }
+}
+
+/// The exchange's tokens, from the `usage` its answer reported: the input counted as
+/// the prompt was (cache reads included) where the answer says.
+fn set_tokens(exchange: &mut Exchange, usage: Usage) {
+    exchange.input_tokens = usage.prompt.or(usage.input);
+    exchange.output_tokens = usage.output;
 }
 
 impl http_body::Body for Metered {
