@@ -103,7 +103,7 @@
 //! - An error answer is read only as far as the classifier needs (the first 4 KiB of
 //!   a 429 or 5xx body, and only once in a stack), and never stored.
 //!
-//! Only those complete successful answers are stored. The store is a `moka` cache
+//! Only those complete successful answers are stored. The store is a `quick_cache` cache
 //! ([`LocalCacheStore`]) bounded by [`max_entries`](CacheConfig::max_entries)
 //! (exactly) and [`max_bytes`](CacheConfig::max_bytes). Freshness is judged with
 //! `tokio::time`, so tests can pause it.

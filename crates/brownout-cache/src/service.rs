@@ -279,15 +279,18 @@ async fn store_response(store: &Store, key: CacheKey, response: Response<Body>) 
             copy.extend_from_slice(value.as_bytes());
         }
         let copy = Bytes::from(copy);
+        // The map cloned, its values then pointed at the copy, in the same order: no
+        // name hashed or inserted again (the names are the answer's own allocations,
+        // not slices of the read buffer).
         let mut at = data.len();
-        let mut headers = http::HeaderMap::with_capacity(parts.headers.len());
-        for (name, value) in &parts.headers {
+        let mut headers = parts.headers.clone();
+        for value in headers.values_mut() {
             let bytes = copy.slice(at..at + value.len());
             at += value.len();
             // The bytes of a valid value: checked again, never refused.
             if let Ok(mut stored) = HeaderValue::from_maybe_shared(bytes) {
                 stored.set_sensitive(value.is_sensitive());
-                headers.append(name.clone(), stored);
+                *value = stored;
             }
         }
         let entry = CachedResponse::new(

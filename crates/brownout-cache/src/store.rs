@@ -1,4 +1,4 @@
-//! The entries: behind the [`CacheStore`] trait, in a moka cache bounded by count and
+//! The entries: behind the [`CacheStore`] trait, in a `quick_cache` cache bounded by count and
 //! bytes ([`LocalCacheStore`]) unless the config names another store.
 
 use std::{
@@ -114,92 +114,129 @@ pub trait CacheStore: fmt::Debug + Send + Sync + 'static {
     }
 }
 
-/// The default store: entries in this process, in a `moka` cache bounded by the
+/// The default store: entries in this process, in a `quick_cache` cache bounded by the
 /// config's [`max_entries`](CacheConfig::max_entries) (exactly) and
 /// [`max_bytes`](CacheConfig::max_bytes). Also the local tier of shared stores.
+///
+/// `quick_cache` rather than `moka`: a stale-if-error cache writes an entry for every
+/// new request, and moka's insert (its write log, the housekeeping that replays it, the
+/// epoch-deferred frees) cost about 4,000 instructions a request in the gateway bench,
+/// against some 700 here (crates/brownout-gateway/BENCHMARKS.md, session 9). Its
+/// eviction is CLOCK-based with a ghost list (S3-FIFO-like): one-off requests are
+/// pushed out before entries that were read again.
+///
+/// The entries are split over a few shards, each with its share of the bounds; an
+/// entry heavier than a shard's share of [`max_bytes`](CacheConfig::max_bytes) is not
+/// stored (the shard count is lowered until a shard holds at least
+/// [`max_entry_bytes`](CacheConfig::max_entry_bytes) and 64 KiB of headers). There is
+/// no expiry timer: an entry older than `ttl + stale_window` is never served, and is
+/// dropped when a read finds it or when the bounds push it out, so memory stays within
+/// [`max_bytes`](CacheConfig::max_bytes) either way.
 #[derive(Clone)]
 pub struct LocalCacheStore {
-    /// Hashed with foldhash (seeded at random per process) rather than moka's default
-    /// SipHash: a key is a digest already, and SipHash of it cost some 260
-    /// instructions per lookup in the gateway bench.
-    entries: moka::future::Cache<CacheKey, Arc<CachedResponse>, foldhash::fast::RandomState>,
-    /// How many bytes one unit of moka's weight stands for: 1, unless `max_bytes` is
-    /// beyond what a `u32` weight can count.
-    unit: u64,
-    /// moka's capacity, in units.
-    capacity: u64,
+    /// Hashed with foldhash (seeded at random per process): a key is a digest already,
+    /// and SipHash of it cost some 260 instructions per lookup in the gateway bench.
+    entries: Arc<QuickCache>,
+    /// An entry older than this is never served: a read that finds one drops it.
+    lifetime: Duration,
+    /// One shard's share of the byte bound: a heavier entry is not stored.
+    shard_capacity: u64,
+}
+
+type QuickCache =
+    quick_cache::sync::Cache<CacheKey, Arc<CachedResponse>, Weight, foldhash::fast::RandomState>;
+
+/// An entry's weight in the store: its bytes ([`CachedResponse::weight`]), and at
+/// least `floor`, so that `max_entries` of the lightest fill the byte bound and one
+/// more never fits.
+#[derive(Clone, Copy)]
+struct Weight {
+    floor: u64,
+}
+
+impl quick_cache::Weighter<CacheKey, Arc<CachedResponse>> for Weight {
+    fn weight(&self, _key: &CacheKey, entry: &Arc<CachedResponse>) -> u64 {
+        entry.weight().max(self.floor)
+    }
 }
 
 impl LocalCacheStore {
     /// A store with the bounds and lifetime of `config`.
     pub fn new(config: &CacheConfig) -> Self {
         // One weighted bound enforces both limits. Every entry weighs at least `floor`
-        // units, and the capacity is at most `max_entries * floor` units, so that
+        // bytes, and the capacity is at most `max_entries * floor`, so that
         // `max_entries` entries of the least weight fit and one more never does
         // (rounding `floor` down but keeping the whole byte capacity would let
         // `max_entries + 1` of them in); the capacity is never more than `max_bytes`.
         let max_entries = config.max_entries.max(1);
-        let unit = config.max_bytes.div_ceil(u64::from(u32::MAX)).max(1);
-        let bytes = (config.max_bytes / unit).max(1);
-        let floor = (bytes / max_entries).max(1);
-        let capacity = bytes.min(floor.saturating_mul(max_entries));
-        let entries = moka::future::Cache::builder()
-            .max_capacity(capacity)
-            .weigher(move |_key, entry: &Arc<CachedResponse>| {
-                u32::try_from(entry.weight().div_ceil(unit).max(floor)).unwrap_or(u32::MAX)
-            })
-            // moka keeps wall-clock time; it only reclaims memory here. Freshness is
-            // judged with tokio's clock, on every read.
-            .time_to_live(
-                config
-                    .ttl
-                    .saturating_add(config.stale_window)
-                    .max(Duration::from_secs(1)),
-            )
-            .build_with_hasher(foldhash::fast::RandomState::default());
+        let floor = (config.max_bytes / max_entries).max(1);
+        let capacity = config.max_bytes.min(floor.saturating_mul(max_entries));
+        // Shards: a few per core, fewer while a shard would be too small for the
+        // largest entry stored. The capacity handed on is a multiple of the count, so
+        // that no shard's share is rounded up past the bound (the library rounds up,
+        // and halves the count for small caches, which keeps the multiple).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut shards = (cores * 4).next_power_of_two() as u64;
+        let largest = config.max_entry_bytes as u64 + 64 * 1024;
+        while shards > 1 && capacity / shards < largest {
+            shards /= 2;
+        }
+        let shard_capacity = capacity / shards;
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity(usize::try_from(max_entries).unwrap_or(usize::MAX))
+            .weight_capacity(shard_capacity * shards)
+            .shards(shards as usize)
+            .build()
+            .expect("estimated items and weight capacity are both set");
+        let entries = quick_cache::sync::Cache::with_options(
+            options,
+            Weight { floor },
+            foldhash::fast::RandomState::default(),
+            Default::default(),
+        );
         LocalCacheStore {
-            entries,
-            unit,
-            capacity,
+            entries: Arc::new(entries),
+            lifetime: config.ttl.saturating_add(config.stale_window),
+            shard_capacity,
         }
     }
 
-    /// The entry stored under `key`, if any.
+    /// The entry stored under `key`, if any and not older than the config's `ttl` and
+    /// `stale_window` together.
     pub async fn get(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
-        self.entries.get(key).await
+        let entry = self.entries.get(key)?;
+        if entry.stored_at().elapsed() >= self.lifetime {
+            self.entries.remove(key);
+            return None;
+        }
+        Some(entry)
     }
 
-    /// Stores `entry`, unless it alone weighs more than the whole store.
+    /// Stores `entry`, unless it alone weighs more than a shard's share of the store.
     pub async fn insert(&self, key: CacheKey, entry: CachedResponse) {
         self.insert_arc(key, Arc::new(entry)).await;
     }
 
     /// [`insert`](Self::insert), for an entry already shared.
     pub async fn insert_arc(&self, key: CacheKey, entry: Arc<CachedResponse>) {
-        if entry.weight().div_ceil(self.unit) > self.capacity {
+        if entry.weight() > self.shard_capacity {
             return;
         }
-        self.entries.insert(key, entry).await;
+        self.entries.insert(key, entry);
     }
 
-    /// Entries and their weight in bytes, after pending maintenance.
+    /// Entries and their weight in bytes (each entry counted at least at the floor
+    /// weight of the bounds).
     pub async fn usage(&self) -> (u64, u64) {
-        self.entries.run_pending_tasks().await;
-        (
-            self.entries.entry_count(),
-            self.entries.weighted_size().saturating_mul(self.unit),
-        )
+        (self.entries.len() as u64, self.entries.weight())
     }
 }
 
 impl fmt::Debug for LocalCacheStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalCacheStore")
-            .field("entries", &self.entries.entry_count())
-            .field(
-                "bytes",
-                &self.entries.weighted_size().saturating_mul(self.unit),
-            )
+            .field("entries", &self.entries.len())
+            .field("bytes", &self.entries.weight())
             .finish()
     }
 }
@@ -463,15 +500,44 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_byte_bound_beyond_u32_counts_in_larger_units() {
+    async fn a_byte_bound_far_beyond_the_entries_keeps_the_count_bound() {
         let config = CacheConfig::new().max_bytes(1 << 40).max_entries(3);
         let store = LocalCacheStore::new(&config);
-        assert!(store.unit > 1);
         for i in 0..100 {
             store.insert(key(i), entry()).await;
         }
         let (entries, _) = store.usage().await;
         assert!((1..=3).contains(&entries), "{entries}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_entry_past_its_lifetime_is_dropped_when_read() {
+        let config = CacheConfig::new()
+            .ttl(Duration::from_secs(10))
+            .stale_window(Duration::from_secs(20));
+        let store = LocalCacheStore::new(&config);
+        store.insert(key(1), entry()).await;
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(
+            store.get(&key(1)).await.is_some(),
+            "within ttl + stale_window"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(store.get(&key(1)).await.is_none());
+        assert_eq!(store.usage().await.0, 0, "dropped, not only hidden");
+    }
+
+    #[test]
+    fn a_shard_holds_the_largest_entry_stored() {
+        // 2 MiB in all for answers of up to 1 MiB: one shard, whatever the cores, with
+        // all of the capacity (10,000 entries of at least 209 bytes).
+        let config = CacheConfig::new().max_bytes(2 << 20);
+        let store = LocalCacheStore::new(&config);
+        assert_eq!(store.shard_capacity, 209 * 10_000);
+        // The default (64 MiB): each shard holds an answer of the default 1 MiB.
+        let store = LocalCacheStore::new(&CacheConfig::new());
+        assert!(store.shard_capacity >= (1 << 20) + 64 * 1024);
+        assert!(store.shard_capacity <= 64 << 20);
     }
 
     #[tokio::test]

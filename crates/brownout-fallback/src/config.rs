@@ -18,13 +18,18 @@ pub struct Target {
     pub(crate) base_url: Option<Uri>,
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
     pub(crate) keep_caller_credentials: bool,
+    /// The model as a header value, made once: the served header names it on every
+    /// answer. `None` when the name is no valid header value.
+    pub(crate) model_value: Option<HeaderValue>,
 }
 
 impl Target {
     /// A target that writes `model` into the request's JSON `model`.
     pub fn new(model: impl Into<Arc<str>>) -> Self {
+        let model: Arc<str> = model.into();
         Target {
-            model: model.into(),
+            model_value: HeaderValue::from_str(&model).ok(),
+            model,
             max_tokens: None,
             base_url: None,
             headers: Vec::new(),

@@ -518,10 +518,8 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> Arc<str> {
 /// Marks a response with the target that served it.
 fn served(result: Output, config: &FallbackConfig, target: &Target, position: usize) -> Output {
     result.map(|mut response| {
-        if let Some(name) = &config.served_header {
-            if let Ok(value) = HeaderValue::from_str(&target.model) {
-                response.headers_mut().insert(name.clone(), value);
-            }
+        if let (Some(name), Some(value)) = (&config.served_header, &target.model_value) {
+            response.headers_mut().insert(name.clone(), value.clone());
         }
         response
             .extensions_mut()

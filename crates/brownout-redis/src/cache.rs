@@ -1,4 +1,4 @@
-//! The response cache's store: a local moka tier in front, Redis behind.
+//! The response cache's store: a local tier in front, Redis behind.
 
 use std::{
     fmt,

@@ -161,7 +161,7 @@
 //! [`RedisCacheStore`] (give it to
 //! [`CacheConfig::store`](brownout_cache::CacheConfig::store)) keeps the cache's
 //! stale-if-error entries in Redis, with their lifetimes as Redis expirations, the
-//! per-caller partition in the key, a bound on entries for the fleet, and a local moka
+//! per-caller partition in the key, a bound on entries for the fleet, and a local
 //! tier in front; writes go out in the background. [`RedisRetryBudget`] (give it to
 //! [`RetryBudget::store`](brownout_retry::RetryBudget::store)) keeps a fleet's retries
 //! within one budget, counted locally and settled every flush interval. Both fall back
