@@ -252,12 +252,8 @@ where
 /// read, or ends with trailers is handed on whole (the bytes read, then the rest or
 /// the failure) and not stored.
 async fn store_response(store: &Store, key: CacheKey, response: Response<Body>) -> Response<Body> {
-    let event_stream = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    if event_stream || no_store_response(&response) {
+    // (An event stream never comes here: `record_stream` takes it.)
+    if no_store_response(&response) {
         return response;
     }
     let (parts, body) = response.into_parts();

@@ -127,10 +127,18 @@ fn scan(body: &[u8], key: &str, whole: bool) -> Option<Range<usize>> {
 }
 
 pub(crate) fn key_matches(raw: &[u8], key: &str) -> bool {
-    if !raw.contains(&b'\\') {
-        return raw.len() == key.len() + 2 && &raw[1..raw.len() - 1] == key.as_bytes();
+    // `key` has no escapes: bytes of its length between the quotes match it or not,
+    // and an escaped key is longer than its text, so only a longer one is decoded.
+    // The length decides most keys at once (a search for a backslash per key and
+    // name was most of this function's cost).
+    if raw.len() < 2 {
+        return false;
     }
-    decode_string(raw).is_some_and(|k| k == key)
+    let inner = raw.len() - 2;
+    if inner == key.len() {
+        return &raw[1..raw.len() - 1] == key.as_bytes();
+    }
+    inner > key.len() && raw.contains(&b'\\') && decode_string(raw).is_some_and(|k| k == key)
 }
 
 pub(crate) fn decode_string(raw: &[u8]) -> Option<Cow<'_, str>> {
@@ -288,6 +296,18 @@ mod tests {
                     .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
+    }
+
+    #[test]
+    fn a_key_matches_by_its_text_escaped_or_not() {
+        assert!(key_matches(br#""model""#, "model"));
+        assert!(key_matches(br#""mod\u0065l""#, "model"));
+        assert!(key_matches(br#""\u006dodel""#, "model"));
+        assert!(!key_matches(br#""models""#, "model"));
+        assert!(!key_matches(br#""mode""#, "model"));
+        assert!(!key_matches(br#""mod\u0065ls""#, "model"));
+        assert!(!key_matches(br#""modex""#, "model"));
+        assert!(!key_matches(b"\"", "model"));
     }
 
     proptest! {
