@@ -182,8 +182,12 @@ impl LocalCacheStore {
             shards /= 2;
         }
         let shard_capacity = capacity / shards;
+        // The library sizes its tables for this many entries up front: the count bound,
+        // unless the byte bound cannot hold that many entries of 1 KiB (a bound of ten
+        // million entries in 64 MiB must not allocate tables for ten million).
+        let estimated = max_entries.min((capacity / 1024).max(32));
         let options = quick_cache::OptionsBuilder::new()
-            .estimated_items_capacity(usize::try_from(max_entries).unwrap_or(usize::MAX))
+            .estimated_items_capacity(usize::try_from(estimated).unwrap_or(usize::MAX))
             .weight_capacity(shard_capacity * shards)
             .shards(shards as usize)
             .build()
