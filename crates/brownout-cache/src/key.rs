@@ -282,10 +282,10 @@ impl<'p> Selected<'p> {
 }
 
 /// The bytes a key is the digest of, gathered before hashing them in one call.
-struct Canon(Vec<u8>);
+pub(crate) struct Canon(pub(crate) Vec<u8>);
 
 impl Canon {
-    fn update(&mut self, bytes: &[u8]) {
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
         self.0.extend_from_slice(bytes);
     }
 
@@ -293,7 +293,7 @@ impl Canon {
     /// byte but the last. Prefix-free like the eight fixed bytes it replaced, and one
     /// byte for the short fields a request is made of, which makes the bytes BLAKE3
     /// hashes a third fewer (a block of 64 bytes is most of its cost).
-    fn length(&mut self, mut n: usize) {
+    pub(crate) fn length(&mut self, mut n: usize) {
         while n >= 0x80 {
             self.0.push((n as u8) | 0x80);
             n >>= 7;
@@ -303,7 +303,7 @@ impl Canon {
 }
 
 /// Feeds one length-prefixed field, so that fields cannot run into each other.
-fn field(hasher: &mut Canon, tag: u8, bytes: &[u8]) {
+pub(crate) fn field(hasher: &mut Canon, tag: u8, bytes: &[u8]) {
     hasher.0.push(tag);
     hasher.length(bytes.len());
     hasher.update(bytes);
@@ -311,7 +311,7 @@ fn field(hasher: &mut Canon, tag: u8, bytes: &[u8]) {
 
 /// A number as serde_json writes it, formatted on the stack: `1` and `1.0` stay
 /// distinct, and no string is allocated for it.
-fn number(hasher: &mut Canon, n: &serde_json::Number) {
+pub(crate) fn number(hasher: &mut Canon, n: &serde_json::Number) {
     use std::io::Write as _;
     let mut buf = [0u8; 40];
     let mut out = &mut buf[..];
@@ -324,7 +324,17 @@ fn number(hasher: &mut Canon, n: &serde_json::Number) {
 
 /// A JSON body is hashed in a canonical form: object members in key order, no
 /// whitespace. Anything else is hashed as its bytes.
-fn canonical_body(hasher: &mut Canon, body: &[u8]) {
+pub(crate) fn canonical_body(hasher: &mut Canon, body: &[u8]) {
+    // Most bodies are written in one pass; the tree below decides the rest, and
+    // writes the same bytes wherever both do (`canon`'s property tests).
+    if crate::canon::write(hasher, body) {
+        return;
+    }
+    canonical_tree(hasher, body);
+}
+
+/// [`canonical_body`] through a parsed tree: every body the one pass leaves to it.
+pub(crate) fn canonical_tree(hasher: &mut Canon, body: &[u8]) {
     match serde_json::from_slice::<Node<'_>>(body) {
         Ok(node) => {
             hasher.update(b"J");

@@ -143,6 +143,7 @@
 //! only when every live path has failed; inside the degrade layer, which answers when
 //! even the store has nothing.
 
+mod canon;
 mod config;
 mod event;
 mod key;
