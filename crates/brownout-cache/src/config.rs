@@ -190,7 +190,7 @@ impl CacheConfig {
     /// Keeps the entries in `store` instead of the layer's own
     /// [`LocalCacheStore`](crate::LocalCacheStore) (a `quick_cache` cache in this process): for
     /// example a Redis-backed store shared by a fleet of replicas
-    /// (`brownout_redis::RedisCacheStore`). The key, its memo of exact request forms,
+    /// (`brownout_redis::RedisCacheStore`). The key, its memo of exact request forms (fresh-hit mode),
     /// the coalescing of fresh-hit misses and freshness stay the layer's. The bounds
     /// [`max_entries`](Self::max_entries) and [`max_bytes`](Self::max_bytes) are then
     /// `store`'s to keep.

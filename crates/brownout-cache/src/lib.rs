@@ -83,9 +83,9 @@
 //! `authorization`, `api-key`) is hashed into the key, so one caller never receives
 //! another's answer; sharing across callers takes an explicit
 //! [`no_credential_partitioning`](CacheConfig::no_credential_partitioning). Keys are
-//! SHA-256 digests; credentials are never stored or logged. (The credential goes into
+//! BLAKE3 digests; credentials are never stored or logged. (The credential goes into
 //! the key's own digest rather than through the request facts' `Fingerprint`: one
-//! SHA-256 per request instead of two.)
+//! digest per request instead of two.)
 //!
 //! # What is buffered, and what is stored
 //!
@@ -110,9 +110,9 @@
 //!
 //! Another [`CacheStore`] can be given to [`CacheConfig::store`]: the Redis-backed
 //! store of `brownout-redis` (`RedisCacheStore`) shares the entries between the
-//! replicas of a deployment, with a local tier in front. The key, and the memo of
-//! exact request forms that saves most requests the canonical parse, stay the
-//! layer's, whichever store holds the entries; the layer's own store is called
+//! replicas of a deployment, with a local tier in front. The key, and (in fresh-hit
+//! mode) the memo of exact request forms that saves a repeated request the canonical
+//! form, stay the layer's, whichever store holds the entries; the layer's own store is called
 //! directly, without a boxed future.
 //!
 //! **Streaming** requests (`"stream": true` at the top level of the body, as the

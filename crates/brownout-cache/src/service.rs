@@ -147,10 +147,13 @@ where
     let store = &shared.store;
     let keying = &config.keying;
     let selected = keying.select(&parts);
-    let key = store.key_of(
-        keying.exact(&store.secret, &parts, &selected, &data),
-        || keying.key_with(&parts, &selected, &data),
-    );
+    // The exact digest only where the store remembers keys by it (fresh-hit mode).
+    let exact = if store.remembers() {
+        keying.exact(&store.secret, &parts, &selected, &data)
+    } else {
+        None
+    };
+    let key = store.key_of(exact, || keying.key_with(&parts, &selected, &data));
 
     let mut guard = None;
     if config.mode == Mode::FreshHit {
