@@ -145,10 +145,10 @@ impl Keying {
     }
 
     /// A digest of the request exactly as it is, body bytes included, for remembering
-    /// which [`key_with`](Self::key_with) a byte form has: a caller who sends the same bytes
-    /// again (the common case: the same call, retried or repeated) is keyed without
-    /// parsing its JSON again. `None` with a key function of the user's own, which is
-    /// used as it is.
+    /// which [`key_with`](Self::key_with) a byte form has (in fresh-hit mode: see
+    /// `Store::keys`): a caller who sends the same bytes again (a hit, there) is keyed
+    /// without reading its JSON again. `None` with a key function of the user's own,
+    /// which is used as it is.
     ///
     /// This digest is 128 bits of SipHash-1-3 keyed with `secret`, a random key of the
     /// store's: a keyed pseudo-random function, so a caller who does not know the key

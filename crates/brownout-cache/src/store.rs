@@ -294,13 +294,12 @@ pub(crate) struct Store {
 /// low bits, each holding the last digest that landed there and its key.
 ///
 /// A memo of a pure function may forget at will: a digest whose slot another one took
-/// is only keyed again. Direct-mapped rather than a second moka cache because the memo
-/// is asked on every request and written on every new one (most requests of an LLM
-/// gateway are new: a conversation grows), where moka's get and insert with their
-/// bookkeeping cost about as much as the rest of a stale-if-error miss together (the
-/// gateway's `callgrind.sh`, `every` with the cache on and off). A slot's lock is held
-/// for a copy of 48 bytes; two requests meet on one only when their digests share the
-/// slot bits.
+/// is only keyed again. Direct-mapped rather than a second cache of the store's kind
+/// because the memo is asked on every fresh-hit request and written on every new one,
+/// where a general cache's get and insert with their bookkeeping cost about as much as
+/// the rest of a miss together (the gateway's `callgrind.sh`, `every` with the cache on
+/// and off, when the store was moka). A slot's lock is held for a copy of 48 bytes; two
+/// requests meet on one only when their digests share the slot bits.
 struct KeyMemo {
     slots: Box<[MemoSlot]>,
     mask: usize,
