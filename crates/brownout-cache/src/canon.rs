@@ -67,10 +67,11 @@ pub(crate) fn write(out: &mut Canon, body: &[u8]) -> bool {
             walk.pos == body.len()
         }
     };
-    if scratch.bytes.capacity() <= 64 * 1024 {
-        // The caller's prompt was copied into it: wiped before it is kept.
-        scratch.bytes.fill(0);
-        scratch.bytes.clear();
+    // Kept for the next body unless a large one grew it. The caller's prompt was
+    // copied into `bytes`: all of its capacity is wiped before it is kept.
+    if scratch.bytes.capacity() <= 64 * 1024 && scratch.members.capacity() <= 4096 {
+        crate::key::wipe(&mut scratch.bytes);
+        scratch.members.clear();
         SCRATCH.set(scratch);
     }
     if !done {
@@ -436,6 +437,61 @@ mod tests {
         }
     }
 
+    #[test]
+    fn long_fields_many_members_and_deep_nesting_agree_with_the_tree() {
+        let long = "x".repeat(200);
+        let items = (0..200)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let members = (0..150)
+            .rev()
+            .map(|i| format!("\"k{i:03}\":{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        let deep_objects = |n: usize| format!("{}1{}", "{\"a\":".repeat(n), "}".repeat(n));
+        for (body, by_one_pass) in [
+            (format!(r#"{{"{long}":"{long}","a":[{items}]}}"#), true),
+            (format!("{{{members}}}"), true),
+            (deep(100), true),
+            (deep_objects(100), true),
+            (deep(101), false),
+            (deep_objects(101), false),
+            (deep(200), false),
+        ] {
+            let (fast, tree) = both(body.as_bytes());
+            assert_eq!(fast, tree, "{}", &body[..body.len().min(80)]);
+            assert_eq!(
+                one_pass(body.as_bytes()),
+                by_one_pass,
+                "{}",
+                &body[..body.len().min(80)]
+            );
+        }
+    }
+
+    #[test]
+    fn keys_stream_and_odd_bytes_agree_with_the_tree() {
+        for body in [
+            &br#"{"str\u0065am":1,"a":2}"#[..],
+            br#"{"stream":1,"stream":2}"#,
+            br#"[{"stream":1}]"#,
+            br#"{"o":{"a":1,"a":2}}"#,
+            br#"{"b":1,"\u0061":2}"#,
+            b"{\"a\":\"\x7f\"}",
+            b"{\"a\":\"\xc0\x80\"}",
+            b"{\"a\":\"\xed\xa0\x80\"}",
+            b"\x0c{}",
+            b"\xef\xbb\xbf{}",
+            br#"[1e05, 1E+0, -0.0, 0e0, 1e-400, 123456789012345678901234567890, 1e309]"#,
+            br#"[0.1, 100000000000000000000, -100000000000000000000, 5e-324]"#,
+        ] {
+            let (fast, tree) = both(body);
+            assert_eq!(fast, tree, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
     fn leaf() -> impl Strategy<Value = Value> {
         prop_oneof![
             Just(Value::Null),
@@ -496,10 +552,12 @@ mod tests {
         fn any_bytes_are_keyed_as_the_tree_keys_them(body in prop::collection::vec(
             prop_oneof![
                 Just(b'{'), Just(b'}'), Just(b'['), Just(b']'), Just(b'"'), Just(b':'),
-                Just(b','), Just(b'1'), Just(b'-'), Just(b'.'), Just(b'e'), Just(b' '),
-                Just(b'\\'), Just(b'a'), Just(b'n'), Just(b'u'), Just(0xc3), Just(0x01),
+                Just(b','), Just(b'1'), Just(b'0'), Just(b'-'), Just(b'+'), Just(b'.'),
+                Just(b'e'), Just(b'E'), Just(b' '), Just(b'\t'), Just(b'\n'), Just(b'\\'),
+                Just(b'a'), Just(b'n'), Just(b'u'), Just(b't'), Just(b'r'), Just(b'l'),
+                Just(b's'), Just(b'f'), Just(0xc3), Just(0xa9), Just(0xff), Just(0x01),
             ],
-            0..24,
+            0..40,
         )) {
             let (fast, tree) = both(&body);
             prop_assert_eq!(fast, tree);

@@ -114,7 +114,7 @@ impl Keying {
         let key = blake3::hash(&hasher.0).into();
         if hasher.0.capacity() <= 64 * 1024 {
             // The caller's credential was written into it: wiped before it is kept.
-            hasher.0.fill(0);
+            wipe(&mut hasher.0);
             BUFFER.set(hasher.0);
         }
         key
@@ -279,6 +279,15 @@ impl<'p> Selected<'p> {
             .copied()
             .chain(self.spilled.iter().copied())
     }
+}
+
+/// Zeroes the whole of `buffer`'s capacity, bytes written and then truncated away
+/// included, and leaves it empty: for a buffer kept between requests.
+pub(crate) fn wipe(buffer: &mut Vec<u8>) {
+    let capacity = buffer.capacity();
+    buffer.clear();
+    buffer.resize(capacity, 0);
+    buffer.clear();
 }
 
 /// The bytes a key is the digest of, gathered before hashing them in one call.
