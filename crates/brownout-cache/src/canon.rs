@@ -113,7 +113,7 @@ impl Walk<'_, '_> {
         match self.peek()? {
             b'{' => self.object(depth + 1),
             b'[' => self.array(depth + 1),
-            b'"' => self.string(b's'),
+            b'"' => self.string(b's').map(drop),
             b't' => self.literal(b"true", b"t"),
             b'f' => self.literal(b"false", b"f"),
             b'n' => self.literal(b"null", b"n"),
@@ -124,8 +124,9 @@ impl Walk<'_, '_> {
 
     /// A string, written as a field with `tag`: its bytes as they are when it has no
     /// escapes (checked as serde_json checks them: no control character, valid
-    /// UTF-8), else decoded by serde_json.
-    fn string(&mut self, tag: u8) -> Option<()> {
+    /// UTF-8), else decoded by serde_json. Returns how many bytes the text took (the
+    /// field's last bytes).
+    fn string(&mut self, tag: u8) -> Option<usize> {
         let start = self.pos;
         self.eat(b'"')?;
         let mut escaped = false;
@@ -146,6 +147,7 @@ impl Walk<'_, '_> {
         if escaped {
             let decoded: String = serde_json::from_slice(raw).ok()?;
             crate::key::field(self.out, tag, decoded.as_bytes());
+            Some(decoded.len())
         } else {
             let inner = &raw[1..raw.len() - 1];
             // One branch-free pass for both checks (it vectorises), and UTF-8 checked
@@ -157,8 +159,8 @@ impl Walk<'_, '_> {
                 return None;
             }
             crate::key::field(self.out, tag, inner);
+            Some(inner.len())
         }
-        Some(())
     }
 
     /// A number: a plain integer that fits 64 bits as it is written (which is how
@@ -223,6 +225,19 @@ impl Walk<'_, '_> {
         (self.pos > start).then_some(())
     }
 
+    /// After an item or a member: `Some(false)` past a comma (another follows),
+    /// `Some(true)` past `close`, `None` on anything else.
+    fn after_one(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        let next = self.peek()?;
+        self.pos += 1;
+        match next {
+            b',' => Some(false),
+            _ if next == close => Some(true),
+            _ => None,
+        }
+    }
+
     /// An array: its items written, then `a` and their count put before them.
     fn array(&mut self, depth: usize) -> Option<()> {
         if depth > MAX_DEPTH {
@@ -237,14 +252,8 @@ impl Walk<'_, '_> {
                 self.ws();
                 self.value(depth)?;
                 count += 1;
-                self.ws();
-                match self.peek()? {
-                    b',' => self.pos += 1,
-                    b']' => {
-                        self.pos += 1;
-                        break;
-                    }
-                    _ => return None,
+                if self.after_one(b']')? {
+                    break;
                 }
             }
         }
@@ -253,23 +262,15 @@ impl Walk<'_, '_> {
     }
 
     /// Puts `tag` and `count` (LEB128, as [`Canon::length`] writes it) at `start`.
-    fn head(&mut self, start: usize, tag: u8, mut count: usize) {
-        let mut head = [0u8; 11];
-        head[0] = tag;
-        let mut len = 1;
-        while count >= 0x80 {
-            head[len] = (count as u8) | 0x80;
-            count >>= 7;
-            len += 1;
-        }
-        head[len] = count as u8;
-        len += 1;
+    fn head(&mut self, start: usize, tag: u8, count: usize) {
+        let (count, len) = crate::key::leb128(count);
         // Moved up by hand: `Vec::splice` costs several times this for a few bytes.
         let out = &mut self.out.0;
         let end = out.len();
-        out.resize(end + len, 0);
-        out.copy_within(start..end, start + len);
-        out[start..start + len].copy_from_slice(&head[..len]);
+        out.resize(end + 1 + len, 0);
+        out.copy_within(start..end, start + 1 + len);
+        out[start] = tag;
+        out[start + 1..start + 1 + len].copy_from_slice(&count[..len]);
     }
 
     /// An object: its members written as they come, then put in key order behind `o`
@@ -286,11 +287,9 @@ impl Walk<'_, '_> {
             loop {
                 self.ws();
                 let member_start = self.out.0.len();
-                self.string(b'k')?;
+                let key_len = self.string(b'k')?;
                 let key_end = self.out.0.len();
-                // The key's own bytes: after the tag and the LEB128 length.
-                let length = leb_bytes(&self.out.0[member_start + 1..key_end]);
-                let key = (member_start + 1 + length, key_end);
+                let key = (key_end - key_len, key_end);
                 self.ws();
                 self.eat(b':')?;
                 self.ws();
@@ -307,14 +306,8 @@ impl Walk<'_, '_> {
                         member: (member_start, member_end),
                     });
                 }
-                self.ws();
-                match self.peek()? {
-                    b',' => self.pos += 1,
-                    b'}' => {
-                        self.pos += 1;
-                        break;
-                    }
-                    _ => return None,
+                if self.after_one(b'}')? {
+                    break;
                 }
             }
         }
@@ -340,14 +333,6 @@ impl Walk<'_, '_> {
         self.head(start, b'o', count);
         Some(())
     }
-}
-
-/// How many bytes the LEB128 length at the start of `field` takes.
-fn leb_bytes(field: &[u8]) -> usize {
-    field
-        .iter()
-        .position(|b| b & 0x80 == 0)
-        .map_or(field.len(), |i| i + 1)
 }
 
 #[cfg(test)]

@@ -302,13 +302,23 @@ impl Canon {
     /// byte but the last. Prefix-free like the eight fixed bytes it replaced, and one
     /// byte for the short fields a request is made of, which makes the bytes BLAKE3
     /// hashes a third fewer (a block of 64 bytes is most of its cost).
-    pub(crate) fn length(&mut self, mut n: usize) {
-        while n >= 0x80 {
-            self.0.push((n as u8) | 0x80);
-            n >>= 7;
-        }
-        self.0.push(n as u8);
+    pub(crate) fn length(&mut self, n: usize) {
+        let (bytes, len) = leb128(n);
+        self.0.extend_from_slice(&bytes[..len]);
     }
+}
+
+/// `n` as LEB128 ([`Canon::length`]): the bytes, and how many of them there are.
+pub(crate) fn leb128(mut n: usize) -> ([u8; 10], usize) {
+    let mut bytes = [0u8; 10];
+    let mut len = 0;
+    while n >= 0x80 {
+        bytes[len] = (n as u8) | 0x80;
+        n >>= 7;
+        len += 1;
+    }
+    bytes[len] = n as u8;
+    (bytes, len + 1)
 }
 
 /// Feeds one length-prefixed field, so that fields cannot run into each other.
