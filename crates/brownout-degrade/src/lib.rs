@@ -171,6 +171,7 @@ mod config;
 mod error;
 mod event;
 mod file;
+mod future;
 mod id;
 mod layer;
 mod request;
@@ -184,6 +185,4 @@ pub use layer::DegradeLayer;
 pub use rules::Rule;
 pub use service::{Degrade, DEGRADED_HEADER, DEGRADED_RULE_HEADER, UNKNOWN_MODEL};
 
-/// Response future of the layer: a boxed future, shared with the other layers that
-/// read bodies.
-pub use brownout_core::future::ResponseFuture;
+pub use future::ResponseFuture;

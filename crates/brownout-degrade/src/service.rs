@@ -5,21 +5,13 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use brownout_core::{
-    body::{prepare, Need},
-    classify::{classify_result, DefaultClassifier, Outcome, DEFAULT_ERROR_BODY_LIMIT},
-    error::is_caller_error,
-    event::Event,
-    future::{take_ready, Output, ResponseFuture},
-    provider::Api,
-    Body, BoxError, RequestFacts,
-};
-use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, Uri};
+use brownout_core::{classify::Outcome, event::Event, Body, BoxError};
+use http::{header, HeaderValue, Request, Response};
 use tower_service::Service;
 
 use crate::{
     answer::{id_prefix, Answer},
+    future::{Kept, ResponseFuture},
     request::{self, Said},
     DegradeConfig, DegradeEvent, DegradeLayer, Degraded,
 };
@@ -94,100 +86,19 @@ where
 {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = ResponseFuture;
+    type Future = ResponseFuture<S>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let inner = take_ready(&mut self.inner);
-        ResponseFuture::new(run(inner, self.config.clone(), request))
+        ResponseFuture::new(&mut self.inner, self.config.clone(), request)
     }
-}
-
-/// What a degraded answer is shaped after, kept from the request before it is sent.
-struct Kept {
-    api: Api,
-    model: Option<Arc<str>>,
-    stream: bool,
-    /// The whole body, when it is in memory; a body over the replay limit is sent on
-    /// streamed, and only its facts (read from its start) are known.
-    body: Option<Bytes>,
-}
-
-async fn run<S, ReqBody, ResBody>(
-    mut inner: S,
-    config: Arc<DegradeConfig>,
-    request: Request<ReqBody>,
-) -> Output
-where
-    S: Service<Request<Body>, Response = Response<ResBody>>,
-    S::Error: Into<BoxError>,
-    ReqBody: http_body::Body + Send + 'static,
-    ReqBody::Data: Send,
-    ReqBody::Error: Into<BoxError>,
-    ResBody: http_body::Body + Send + 'static,
-    ResBody::Data: Send,
-    ResBody::Error: Into<BoxError>,
-{
-    // The caller's broken or invalid request is its own failure: handed back at once,
-    // never answered with a canned reply.
-    let request = prepare(request, Need::Facts).await?;
-    let method = request.method().clone();
-    let uri = request.uri().clone();
-    // The body is read for a rule only when the stack buffered it whole: one over the
-    // replay limit is answered generically.
-    let whole = request
-        .body()
-        .is_replayable()
-        .then(|| request.body().bytes().cloned())
-        .flatten();
-    let kept = match RequestFacts::of(request.extensions()) {
-        Some(facts) => Kept {
-            api: facts.api(),
-            model: facts.model_arc().cloned(),
-            stream: facts.is_stream(),
-            body: whole.clone(),
-        },
-        None => Kept {
-            api: Api::from_path(uri.path()),
-            model: None,
-            stream: false,
-            body: whole,
-        },
-    };
-    let result = inner
-        .call(request)
-        .await
-        .map(|response| response.map(Body::new))
-        .map_err(Into::into);
-    let (result, outcome) =
-        classify_result(&DefaultClassifier::new(), result, DEFAULT_ERROR_BODY_LIMIT).await;
-    if outcome.is_success() {
-        return result;
-    }
-    // A body that broke while the inner service streamed it (one over the replay
-    // limit) is the caller's failure too, whatever the classifier or the predicate say.
-    if let Err(error) = &result {
-        if is_caller_error(error.as_ref()) {
-            return result;
-        }
-    }
-    if !(config.degrade_when)(&outcome) {
-        return result;
-    }
-    Ok(degraded(&config, &method, &uri, kept, outcome))
 }
 
 /// The canned answer for a failed request.
-fn degraded(
-    config: &DegradeConfig,
-    method: &Method,
-    uri: &Uri,
-    kept: Kept,
-    outcome: Outcome,
-) -> Response<Body> {
+pub(crate) fn degraded(config: &DegradeConfig, kept: Kept, outcome: Outcome) -> Response<Body> {
     let said = kept
         .body
         .as_deref()
@@ -234,8 +145,8 @@ fn degraded(
         .insert(Degraded::new(rule_name.clone()));
     config.events.emit(Event::new(
         "degrade",
-        method,
-        uri,
+        &kept.method,
+        &kept.uri,
         DegradeEvent::Degraded {
             rule: rule_name,
             outcome: Some(outcome),

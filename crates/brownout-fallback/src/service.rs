@@ -160,11 +160,11 @@ where
     // Borrowed, not cloned: every target's head is a clone of `parts`, and carries
     // these facts with it when its model is the requested one.
     let head_facts;
-    let (facts, in_parts) = match RequestFacts::of(&parts.extensions) {
-        Some(facts) => (facts, true),
+    let facts = match RequestFacts::of(&parts.extensions) {
+        Some(facts) => facts,
         None => {
             head_facts = RequestFacts::of_head(&parts);
-            (&head_facts, false)
+            &head_facts
         }
     };
     // A request for one of the targets starts the cascade there: never an upgrade.
@@ -237,48 +237,55 @@ where
         return result;
     }
     drop(body);
+    let cascade = Cascade {
+        inner,
+        // The inner service was driven to readiness by the caller: its first use
+        // skips `ready`, later uses wait for it.
+        inner_ready: true,
+        routes,
+        config,
+        parts,
+        data,
+        trailers,
+        start,
+        deadline,
+    };
+    cascade.run(0, Vec::new(), Vec::new(), None).await
+}
 
-    let cascade = &config.targets[start..];
-    let mut inner = inner;
-    // The inner service was driven to readiness by the caller: its first use skips
-    // `ready`, later uses wait for it.
-    let mut inner_ready = true;
-    let mut failures: Vec<(Arc<str>, FallbackReason)> = Vec::new();
-    let mut details: Vec<Option<Arc<str>>> = Vec::new();
-    let mut last: Option<Output> = None;
+/// What a cascade needs to try its targets from a position on: the request's head
+/// and bytes, and the services.
+pub(crate) struct Cascade<S> {
+    pub(crate) inner: S,
+    pub(crate) inner_ready: bool,
+    pub(crate) routes: Arc<[Option<S>]>,
+    pub(crate) config: Arc<FallbackConfig>,
+    /// The request's head as the caller sent it; each target's head is a clone.
+    pub(crate) parts: Parts,
+    pub(crate) data: Bytes,
+    pub(crate) trailers: Option<http::HeaderMap>,
+    /// Where in the cascade the request starts (its model's target).
+    pub(crate) start: usize,
+    pub(crate) deadline: Option<Instant>,
+}
 
-    for (offset, target) in cascade.iter().enumerate() {
-        let next = cascade.get(offset + 1);
-        let moving_on = |reason: FallbackReason| {
-            if let Some(next) = next {
-                config.events.emit(event(FallbackEvent::FallingBack {
-                    from: target.model.clone(),
-                    to: next.model.clone(),
-                    reason,
-                }));
+/// The failures of the targets tried so far, with each failed call's error chain.
+pub(crate) type Failures = (Vec<(Arc<str>, FallbackReason)>, Vec<Option<Arc<str>>>);
+
+impl<S> Cascade<S> {
+    /// The request for the target at `offset` from the start: its head, its body
+    /// (its model, and `max_tokens`, rewritten when they differ) and its facts, so
+    /// that the layers inside (a breaker keyed by model) see the model it asks for
+    /// without reading the body again.
+    pub(crate) fn request(&self, target: &Target) -> Request<Body> {
+        let head_facts;
+        let (facts, in_parts) = match RequestFacts::of(&self.parts.extensions) {
+            Some(facts) => (facts, true),
+            None => {
+                head_facts = RequestFacts::of_head(&self.parts);
+                (&head_facts, false)
             }
         };
-        if let Some(health) = &config.health {
-            if !health.is_available(&target.model) {
-                failures.push((target.model.clone(), FallbackReason::Unavailable));
-                moving_on(FallbackReason::Unavailable);
-                continue;
-            }
-        }
-        // The first target tried always goes, whatever the deadline: a deadline
-        // shorter than `min_time_left` must not mean that nothing is ever sent.
-        if let (Some(at), false) = (
-            deadline,
-            failures
-                .iter()
-                .all(|(_, r)| matches!(r, FallbackReason::Unavailable)),
-        ) {
-            if at.saturating_duration_since(Instant::now()) < config.min_time_left {
-                break;
-            }
-        }
-        // The target's body and its facts, so that the layers inside (a breaker keyed
-        // by model) see the model it asks for without reading the body again.
         let clamps = matches!(
             (facts.max_tokens(), target.max_tokens),
             (Some(n), Some(limit)) if n > limit
@@ -286,47 +293,46 @@ where
         let (bytes, target_facts) = if in_parts && facts.model() == Some(&*target.model) && !clamps
         {
             // The body as it is, and the facts the head's clone already carries.
-            (data.clone(), None)
+            (self.data.clone(), None)
         } else {
             let (bytes, target_facts) = facts
-                .retarget(&data, &target.model, target.max_tokens)
-                .unwrap_or_else(|| (data.clone(), facts.clone()));
+                .retarget(&self.data, &target.model, target.max_tokens)
+                .unwrap_or_else(|| (self.data.clone(), facts.clone()));
             (bytes, Some(target_facts))
         };
-        let mut target_parts = target_parts(&parts, target, Some(bytes.len()));
+        let mut target_parts = target_parts(&self.parts, target, Some(bytes.len()));
         if let Some(target_facts) = target_facts {
             target_parts.extensions.insert(target_facts);
         }
-        let request = Request::from_parts(target_parts, Body::full(bytes, trailers.clone()));
-        let (result, outcome) = match &routes[start + offset] {
-            Some(own) => attempt(&mut own.clone(), false, &config, request, deadline).await,
-            None => {
-                let ready = std::mem::replace(&mut inner_ready, false);
-                attempt(&mut inner, ready, &config, request, deadline).await
-            }
-        };
-        if outcome.is_success() || !(config.fallback_when)(&outcome) {
-            let result = served(result, &config, target, offset);
-            if outcome.is_success() && config.after_first_byte == AfterFirstByte::Resume {
-                let ctx = ResumeContext {
-                    api: facts.api(),
-                    data: data.clone(),
-                    models: config.targets.iter().map(|t| t.model.clone()).collect(),
-                    position: start + offset,
-                    start: resume_start(
-                        inner.clone(),
-                        routes.clone(),
-                        config.clone(),
-                        parts.clone(),
-                        deadline,
-                    ),
-                    request: (parts.method.clone(), parts.uri.clone()),
-                    events: config.events.clone(),
-                };
-                return result.map(|response| resume_mode(ctx, response));
-            }
-            return result;
+        Request::from_parts(target_parts, Body::full(bytes, self.trailers.clone()))
+    }
+
+    /// Emits the event of moving on from `target` (at `offset`) to the next one.
+    pub(crate) fn moving_on(&self, offset: usize, target: &Target, reason: FallbackReason) {
+        if let Some(next) = self.config.targets[self.start..].get(offset + 1) {
+            self.config.events.emit(Event::new(
+                "fallback",
+                &self.parts.method,
+                &self.parts.uri,
+                FallbackEvent::FallingBack {
+                    from: target.model.clone(),
+                    to: next.model.clone(),
+                    reason,
+                },
+            ));
         }
+    }
+
+    /// The failure of the target at `offset`, counted before the next is tried.
+    pub(crate) fn failed(
+        &self,
+        failures: &mut Failures,
+        offset: usize,
+        target: &Target,
+        result: &Output,
+        outcome: Outcome,
+    ) {
+        let (failures, details) = failures;
         failures.push((
             target.model.clone(),
             FallbackReason::Failed(outcome.clone()),
@@ -338,10 +344,112 @@ where
                 .err()
                 .map(|error| error_chain(error.as_ref())),
         );
-        moving_on(FallbackReason::Failed(outcome));
-        last = Some(result);
+        self.moving_on(offset, target, FallbackReason::Failed(outcome));
+    }
+}
+
+impl<S, ResBody> Cascade<S>
+where
+    S: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    ResBody: http_body::Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
+{
+    /// Tries the targets from `from` (an offset from the start) on, after the
+    /// `failures` of the ones before, until one answers or none is left.
+    pub(crate) async fn run(
+        mut self,
+        from: usize,
+        failures: Vec<(Arc<str>, FallbackReason)>,
+        details: Vec<Option<Arc<str>>>,
+        mut last: Option<Output>,
+    ) -> Output {
+        let config = self.config.clone();
+        let cascade = &config.targets[self.start..];
+        let mut tally: Failures = (failures, details);
+        for (offset, target) in cascade.iter().enumerate().skip(from) {
+            if let Some(health) = &config.health {
+                if !health.is_available(&target.model) {
+                    tally
+                        .0
+                        .push((target.model.clone(), FallbackReason::Unavailable));
+                    self.moving_on(offset, target, FallbackReason::Unavailable);
+                    continue;
+                }
+            }
+            // The first target tried always goes, whatever the deadline: a deadline
+            // shorter than `min_time_left` must not mean that nothing is ever sent.
+            if let (Some(at), false) = (
+                self.deadline,
+                tally
+                    .0
+                    .iter()
+                    .all(|(_, r)| matches!(r, FallbackReason::Unavailable)),
+            ) {
+                if at.saturating_duration_since(Instant::now()) < config.min_time_left {
+                    break;
+                }
+            }
+            let request = self.request(target);
+            let deadline = self.deadline;
+            let (result, outcome) = match &self.routes[self.start + offset] {
+                Some(own) => attempt(&mut own.clone(), false, &config, request, deadline).await,
+                None => {
+                    let ready = std::mem::replace(&mut self.inner_ready, false);
+                    attempt(&mut self.inner, ready, &config, request, deadline).await
+                }
+            };
+            if outcome.is_success() || !(config.fallback_when)(&outcome) {
+                return self.answer(result, outcome.is_success(), offset);
+            }
+            self.failed(&mut tally, offset, target, &result, outcome);
+            last = Some(result);
+        }
+        exhausted(&config, tally, last)
     }
 
+    /// The answer of the target at `offset`: marked with the target that served it,
+    /// and, for a stream with `after_first_byte = "resume"`, ready to resume on the
+    /// next target.
+    pub(crate) fn answer(self, result: Output, success: bool, offset: usize) -> Output {
+        let config = &self.config;
+        let position = self.start + offset;
+        let target = &config.targets[position];
+        let result = served(result, config, target, offset);
+        if success && config.after_first_byte == AfterFirstByte::Resume {
+            let api = RequestFacts::of(&self.parts.extensions).map_or_else(
+                || RequestFacts::of_head(&self.parts).api(),
+                RequestFacts::api,
+            );
+            let ctx = ResumeContext {
+                api,
+                data: self.data.clone(),
+                models: config.targets.iter().map(|t| t.model.clone()).collect(),
+                position,
+                request: (self.parts.method.clone(), self.parts.uri.clone()),
+                events: config.events.clone(),
+                start: resume_start(
+                    self.inner,
+                    self.routes,
+                    self.config.clone(),
+                    self.parts,
+                    self.deadline,
+                ),
+            };
+            return result.map(|response| resume_mode(ctx, response));
+        }
+        result
+    }
+}
+
+/// Every target failed or was skipped: the last answer, or the report.
+pub(crate) fn exhausted(
+    config: &FallbackConfig,
+    (failures, mut details): Failures,
+    last: Option<Output>,
+) -> Output {
     details.resize(failures.len(), None);
     let report = AllTargetsFailed::with_details(failures, details);
     match (config.on_exhausted, last) {
