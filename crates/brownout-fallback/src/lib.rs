@@ -123,6 +123,7 @@
 mod config;
 mod error;
 mod event;
+mod future;
 mod layer;
 mod meta;
 mod service;
@@ -135,9 +136,7 @@ pub use layer::FallbackLayer;
 pub use meta::ServedBy;
 pub use service::Fallback;
 
-/// Response future of the layer: a boxed future, shared with the other layers that
-/// read bodies.
-pub use brownout_core::future::ResponseFuture;
+pub use future::ResponseFuture;
 
 /// A setting that was refused, naming it and why.
 pub use brownout_core::error::InvalidConfig;

@@ -5,13 +5,13 @@ use std::{
 };
 
 use brownout_core::{
-    body::{prepare, BodyLimits, Need},
+    body::{prepare_now, BodyLimits, Need},
     classify::{
         classify_result, DefaultClassifier, Outcome, OutcomeKind, DEFAULT_ERROR_BODY_LIMIT,
     },
     error::DeadlineExceeded,
     event::{Event, NotReplayable},
-    future::{take_ready, Output, ResponseFuture},
+    future::{take_ready, Output},
     provider::CREDENTIAL_HEADERS,
     Body, BoxError, RequestFacts,
 };
@@ -23,6 +23,7 @@ use tower_service::Service;
 
 use crate::{
     config::{Exhausted, Target, UnknownModels},
+    future::ResponseFuture,
     stream::{resume_mode, AfterFirstByte, Next, ResumeContext},
     AllTargetsFailed, FallbackConfig, FallbackEvent, FallbackLayer, FallbackReason, InvalidConfig,
     NoCascadeReason, ServedBy,
@@ -121,22 +122,99 @@ where
 {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = ResponseFuture;
+    type Future = ResponseFuture<S>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let inner = take_ready(&mut self.inner);
-        let routes = self.routes.clone();
-        let config = self.config.clone();
-        ResponseFuture::new(async move {
-            // Buffered once for the whole stack, and the facts read once: a caller's
-            // broken or ambiguous body is its own error, answered at once.
-            let request = prepare(request, Need::Facts).await?;
-            run(inner, routes, config, request).await
-        })
+        // Buffered once for the whole stack, and the facts read once: a caller's
+        // broken or ambiguous body is its own error, answered at once.
+        let request = match prepare_now(request, Need::Facts) {
+            Ok(Ok(request)) => request,
+            Ok(Err(error)) => return ResponseFuture::slow(async move { Err(error) }),
+            Err(prepare) => {
+                let inner = take_ready(&mut self.inner);
+                let routes = self.routes.clone();
+                let config = self.config.clone();
+                return ResponseFuture::slow(async move {
+                    let request = prepare.await?;
+                    run(inner, routes, config, request).await
+                });
+            }
+        };
+        match self.first(request) {
+            Ok(future) => future,
+            Err(request) => {
+                let inner = take_ready(&mut self.inner);
+                ResponseFuture::slow(run(
+                    inner,
+                    self.routes.clone(),
+                    self.config.clone(),
+                    request,
+                ))
+            }
+        }
+    }
+}
+
+impl<S, ResBody> Fallback<S>
+where
+    S: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    ResBody: http_body::Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
+{
+    /// The common case without a box: a request whose body is in memory, for a model
+    /// of the cascade that is available and served by the inner service. Its target's
+    /// request is sent at once with the service the caller readied; the future keeps
+    /// a clone of it for the rest of the cascade. Anything else is handed back, for
+    /// [`run`].
+    fn first(&mut self, request: Request<Body>) -> Result<ResponseFuture<S>, Request<Body>> {
+        let config = &self.config;
+        let Some(start) = RequestFacts::of(request.extensions())
+            .and_then(RequestFacts::model)
+            .and_then(|model| config.targets.iter().position(|t| *t.model == *model))
+        else {
+            return Err(request);
+        };
+        let target = &config.targets[start];
+        if self.routes[start].is_some()
+            || config
+                .health
+                .as_ref()
+                .is_some_and(|health| !health.is_available(&target.model))
+        {
+            return Err(request);
+        }
+        let Some(data) = request
+            .body()
+            .is_replayable()
+            .then(|| request.body().bytes().cloned())
+            .flatten()
+        else {
+            return Err(request);
+        };
+        let deadline = config.deadline.map(|d| Instant::now() + d);
+        let (parts, body) = request.into_parts();
+        let cascade = Cascade {
+            // For the targets after the first: driven to readiness before its use.
+            inner: self.inner.clone(),
+            inner_ready: false,
+            routes: self.routes.clone(),
+            config: config.clone(),
+            parts,
+            data,
+            trailers: body.trailers().cloned(),
+            start,
+            deadline,
+        };
+        drop(body);
+        let future = self.inner.call(cascade.request(target));
+        Ok(ResponseFuture::first(future, cascade))
     }
 }
 
