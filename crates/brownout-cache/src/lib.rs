@@ -146,6 +146,7 @@
 mod canon;
 mod config;
 mod event;
+mod future;
 mod key;
 mod layer;
 mod service;
@@ -159,6 +160,4 @@ pub use layer::CacheLayer;
 pub use service::Cache;
 pub use store::{CacheStore, CachedResponse, LocalCacheStore, StoreFuture};
 
-/// Response future of the layer: a boxed future, shared with the other layers that
-/// read bodies.
-pub use brownout_core::future::ResponseFuture;
+pub use future::ResponseFuture;

@@ -5,10 +5,10 @@ use std::{
 };
 
 use brownout_core::{
-    body::{prepare, Need},
+    body::{prepare_now, Need},
     classify::{classify_result, DefaultClassifier, Outcome, DEFAULT_ERROR_BODY_LIMIT},
     event::Event,
-    future::{take_ready, Output, ResponseFuture},
+    future::{take_ready, Output},
     provider::Api,
     Body, BoxError, RequestFacts,
 };
@@ -19,6 +19,7 @@ use tower_service::Service;
 
 use crate::{
     config::Mode,
+    future::{Live, ResponseFuture},
     key::CacheKey,
     store::{CachedResponse, Flight, Store},
     CacheConfig, CacheEvent, CacheLayer, CacheStatus,
@@ -98,7 +99,7 @@ where
 {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = ResponseFuture;
+    type Future = ResponseFuture<S>;
 
     /// Ready when the inner service is, even in fresh-hit mode: whether a request hits
     /// is known only in `call`.
@@ -107,15 +108,90 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let inner = take_ready(&mut self.inner);
-        let shared = self.shared.clone();
-        ResponseFuture::new(async move {
-            // Buffered once for the whole stack, and the facts read once. A caller's
-            // broken or ambiguous body is its own error: answered at once, never from
-            // the store, and nothing is stored.
-            let request = prepare(request, Need::Facts).await?;
-            run(inner, shared, request).await
-        })
+        // Buffered once for the whole stack, and the facts read once. A caller's
+        // broken or ambiguous body is its own error: answered at once, never from the
+        // store, and nothing is stored.
+        let request = match prepare_now(request, Need::Facts) {
+            Ok(Ok(request)) => request,
+            Ok(Err(error)) => return ResponseFuture::slow(async move { Err(error) }),
+            Err(prepare) => {
+                let inner = take_ready(&mut self.inner);
+                let shared = self.shared.clone();
+                return ResponseFuture::slow(async move {
+                    let request = prepare.await?;
+                    run(inner, shared, request).await
+                });
+            }
+        };
+        if self.shared.config.mode == Mode::FreshHit {
+            let inner = take_ready(&mut self.inner);
+            return ResponseFuture::slow(run(inner, self.shared.clone(), request));
+        }
+        // Stale-if-error: keyed, sent in place, and stored from the answer.
+        let (parts, body) = request.into_parts();
+        let live = keyed(&self.shared, &parts, &body).map(|(key, api, serve)| Live {
+            shared: self.shared.clone(),
+            key,
+            api,
+            serve,
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+        });
+        let future = self.inner.call(Request::from_parts(parts, body));
+        ResponseFuture::calling(future, live)
+    }
+}
+
+/// The key of a request the cache answers for, with its API and how a stored answer
+/// is served to it; `None` for one passed through: a body over the stack's replay
+/// limit (too long to key), a `no-store` request, a stream of an API no stored answer
+/// is rendered as.
+fn keyed(shared: &Shared, parts: &Parts, body: &Body) -> Option<(CacheKey, Api, Serve)> {
+    let data = body.bytes()?;
+    let facts = RequestFacts::of(&parts.extensions);
+    let stream = facts.is_some_and(RequestFacts::is_stream);
+    let api = facts.map_or_else(|| Api::from_path(parts.uri.path()), RequestFacts::api);
+    if no_store(parts) || (stream && !matches!(api, Api::AnthropicMessages | Api::OpenAiChat)) {
+        return None;
+    }
+    let serve = Serve {
+        stream: stream.then(|| (api, crate::stream::include_usage(data))),
+    };
+    let store = &shared.store;
+    let keying = &shared.config.keying;
+    let selected = keying.select(parts);
+    // The exact digest only where the store remembers keys by it (fresh-hit mode).
+    let exact = if store.remembers() {
+        keying.exact(&store.secret, parts, &selected, data)
+    } else {
+        None
+    };
+    let key = store.key_of(exact, || keying.key_with(parts, &selected, data));
+    Some((key, api, serve))
+}
+
+/// The stored answer for a request whose live call failed, when one is servable;
+/// else the live result.
+pub(crate) async fn stale(live: Live, result: Output, outcome: Outcome) -> Output {
+    let Live {
+        shared,
+        key,
+        serve,
+        method,
+        uri,
+        ..
+    } = live;
+    match servable(shared.store.get(&key).await, &shared.config) {
+        Some(entry) => from_store(
+            &shared,
+            (&method, &uri),
+            &entry,
+            CacheStatus::Stale,
+            Some(outcome),
+            serve,
+        )
+        .map_or(result, Ok),
+        None => result,
     }
 }
 
@@ -129,31 +205,10 @@ where
 {
     let config = &shared.config;
     let (parts, body) = request.into_parts();
-    let Some(data) = body.bytes().cloned() else {
-        // Over the stack's replay limit, too long to key: the cache stays out of the
-        // way.
+    let Some((key, api, serve)) = keyed(&shared, &parts, &body) else {
         return call(&mut inner, parts, body).await;
-    };
-    let facts = RequestFacts::of(&parts.extensions);
-    let stream = facts.is_some_and(RequestFacts::is_stream);
-    let api = facts.map_or_else(|| Api::from_path(parts.uri.path()), RequestFacts::api);
-    if no_store(&parts) || (stream && !matches!(api, Api::AnthropicMessages | Api::OpenAiChat)) {
-        return call(&mut inner, parts, body).await;
-    }
-    // How a stored answer is served to this request: as it is, or as a stream.
-    let serve = Serve {
-        stream: stream.then(|| (api, crate::stream::include_usage(&data))),
     };
     let store = &shared.store;
-    let keying = &config.keying;
-    let selected = keying.select(&parts);
-    // The exact digest only where the store remembers keys by it (fresh-hit mode).
-    let exact = if store.remembers() {
-        keying.exact(&store.secret, &parts, &selected, &data)
-    } else {
-        None
-    };
-    let key = store.key_of(exact, || keying.key_with(&parts, &selected, &data));
 
     let mut guard = None;
     if config.mode == Mode::FreshHit {
@@ -186,8 +241,6 @@ where
         }
     }
 
-    // What a stale answer's event names of the request: kept rather than a clone of
-    // the whole head (its headers and extensions), which the call takes.
     let (method, uri) = (parts.method.clone(), parts.uri.clone());
     let live = inner
         .call(Request::from_parts(parts, body))
@@ -214,23 +267,15 @@ where
     if outcome.is_success() || !(config.serve_stale_when)(&outcome) {
         return result;
     }
-    match servable(store.get(&key).await, config) {
-        Some(entry) => {
-            let stale_for = Some(outcome);
-            match from_store(
-                &shared,
-                (&method, &uri),
-                &entry,
-                CacheStatus::Stale,
-                stale_for,
-                serve,
-            ) {
-                Some(response) => Ok(response),
-                None => result,
-            }
-        }
-        None => result,
-    }
+    let live = Live {
+        shared: shared.clone(),
+        key,
+        api,
+        serve,
+        method,
+        uri,
+    };
+    stale(live, result, outcome).await
 }
 
 /// The request passed through without the cache.
@@ -261,47 +306,56 @@ async fn store_response(store: &Store, key: CacheKey, response: Response<Body>) 
     }
     let (parts, body) = response.into_parts();
     let body = Box::pin(body.buffer(store.max_entry_bytes)).await;
-    // Trailers are not stored: such an answer is passed on, unstored. (A body that was
-    // in memory already is complete whatever its length: it is measured here.)
-    let storable = body
-        .bytes()
-        .filter(|data| data.len() <= store.max_entry_bytes && body.trailers().is_none());
-    if let Some(data) = storable {
-        // Copied: a body or header value fresh from hyper shares its read buffer, which
-        // the entry would otherwise keep alive (kilobytes for a short answer) outside
-        // the byte bound. Into one buffer, body then header values, which the entry's
-        // body and values are slices of: one allocation per entry, not one per value.
-        let values: usize = parts.headers.values().map(HeaderValue::len).sum();
-        let mut copy = Vec::with_capacity(data.len() + values);
-        copy.extend_from_slice(data);
-        for value in parts.headers.values() {
-            copy.extend_from_slice(value.as_bytes());
-        }
-        let copy = Bytes::from(copy);
-        // The map cloned, its values then pointed at the copy, in the same order: no
-        // name hashed or inserted again (the names are the answer's own allocations,
-        // not slices of the read buffer).
-        let mut at = data.len();
-        let mut headers = parts.headers.clone();
-        for value in headers.values_mut() {
-            let bytes = copy.slice(at..at + value.len());
-            at += value.len();
-            // The bytes of a valid value: checked again, never refused.
-            if let Ok(mut stored) = HeaderValue::from_maybe_shared(bytes) {
-                stored.set_sensitive(value.is_sensitive());
-                *value = stored;
-            }
-        }
-        let entry = CachedResponse::new(
-            parts.status,
-            parts.version,
-            headers,
-            copy.slice(..data.len()),
-            Instant::now(),
-        );
+    if let Some(entry) = stored_entry(store, &parts, &body) {
         store.insert(key, entry).await;
     }
     Response::from_parts(parts, body)
+}
+
+/// The entry for an answer read whole: `None` when it is longer than the entry limit
+/// or ends with trailers (such an answer is passed on, unstored).
+pub(crate) fn stored_entry(
+    store: &Store,
+    parts: &http::response::Parts,
+    body: &Body,
+) -> Option<CachedResponse> {
+    // (A body that was in memory already is complete whatever its length: it is
+    // measured here.)
+    let data = body
+        .bytes()
+        .filter(|data| data.len() <= store.max_entry_bytes && body.trailers().is_none())?;
+    // Copied: a body or header value fresh from hyper shares its read buffer, which
+    // the entry would otherwise keep alive (kilobytes for a short answer) outside the
+    // byte bound. Into one buffer, body then header values, which the entry's body
+    // and values are slices of: one allocation per entry, not one per value.
+    let values: usize = parts.headers.values().map(HeaderValue::len).sum();
+    let mut copy = Vec::with_capacity(data.len() + values);
+    copy.extend_from_slice(data);
+    for value in parts.headers.values() {
+        copy.extend_from_slice(value.as_bytes());
+    }
+    let copy = Bytes::from(copy);
+    // The map cloned, its values then pointed at the copy, in the same order: no
+    // name hashed or inserted again (the names are the answer's own allocations, not
+    // slices of the read buffer).
+    let mut at = data.len();
+    let mut headers = parts.headers.clone();
+    for value in headers.values_mut() {
+        let bytes = copy.slice(at..at + value.len());
+        at += value.len();
+        // The bytes of a valid value: checked again, never refused.
+        if let Ok(mut stored) = HeaderValue::from_maybe_shared(bytes) {
+            stored.set_sensitive(value.is_sensitive());
+            *value = stored;
+        }
+    }
+    Some(CachedResponse::new(
+        parts.status,
+        parts.version,
+        headers,
+        copy.slice(..data.len()),
+        Instant::now(),
+    ))
 }
 
 fn fresh(entry: Option<Arc<CachedResponse>>, config: &CacheConfig) -> Option<Arc<CachedResponse>> {
@@ -319,11 +373,11 @@ fn servable(
 /// How a stored answer is served: as it is, or, for a request that streams, as the
 /// stream of this API (and whether with OpenAI's usage chunk).
 #[derive(Clone, Copy)]
-struct Serve {
+pub(crate) struct Serve {
     stream: Option<(Api, bool)>,
 }
 
-fn is_event_stream<B>(response: &Response<B>) -> bool {
+pub(crate) fn is_event_stream<B>(response: &Response<B>) -> bool {
     response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -333,7 +387,7 @@ fn is_event_stream<B>(response: &Response<B>) -> bool {
 
 /// A streamed answer, handed on as it comes and stored once it has ended whole (see
 /// the `stream` module); a `no-store` one is handed on untouched.
-fn record_stream(
+pub(crate) fn record_stream(
     store: &Arc<Store>,
     key: CacheKey,
     api: Api,
@@ -391,7 +445,7 @@ fn no_store(parts: &Parts) -> bool {
     has_no_store(&parts.headers)
 }
 
-fn no_store_response<B>(response: &Response<B>) -> bool {
+pub(crate) fn no_store_response<B>(response: &Response<B>) -> bool {
     has_no_store(response.headers())
 }
 

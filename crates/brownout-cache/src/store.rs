@@ -224,6 +224,11 @@ impl LocalCacheStore {
 
     /// [`insert`](Self::insert), for an entry already shared.
     pub async fn insert_arc(&self, key: CacheKey, entry: Arc<CachedResponse>) {
+        self.insert_now(key, entry);
+    }
+
+    /// The write itself, which never waits.
+    fn insert_now(&self, key: CacheKey, entry: Arc<CachedResponse>) {
         if entry.weight() > self.shard_capacity {
             return;
         }
@@ -417,6 +422,25 @@ impl Store {
         match &self.entries {
             Entries::Local(local) => local.insert(key, entry).await,
             Entries::Custom(store) => store.insert(key, entry).await,
+        }
+    }
+
+    /// Stores `entry` at once in the local store; a store of the user's own is
+    /// handed the write, as a future to await.
+    pub(crate) fn insert_now(
+        &self,
+        key: CacheKey,
+        entry: CachedResponse,
+    ) -> Option<StoreFuture<'static, ()>> {
+        match &self.entries {
+            Entries::Local(local) => {
+                local.insert_now(key, Arc::new(entry));
+                None
+            }
+            Entries::Custom(store) => {
+                let store = store.clone();
+                Some(Box::pin(async move { store.insert(key, entry).await }))
+            }
         }
     }
 
