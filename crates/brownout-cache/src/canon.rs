@@ -245,6 +245,8 @@ impl Walk<'_, '_> {
         }
         self.eat(b'[')?;
         let start = self.out.0.len();
+        // The tag and a one-byte count, filled in once the count is known.
+        self.out.0.extend_from_slice(&[b'a', 0]);
         let mut count = 0usize;
         self.ws();
         if self.eat(b']').is_none() {
@@ -261,15 +263,21 @@ impl Walk<'_, '_> {
         Some(())
     }
 
-    /// Puts `tag` and `count` (LEB128, as [`Canon::length`] writes it) at `start`.
+    /// Writes `tag` and `count` (LEB128, as [`Canon::length`] writes it) into the two
+    /// bytes left for them at `start`. A count of 128 or more takes more than one
+    /// byte: the items are moved up by hand for those (`Vec::splice` costs several
+    /// times this for a few bytes); a shorter one moves nothing.
     fn head(&mut self, start: usize, tag: u8, count: usize) {
-        let (count, len) = crate::key::leb128(count);
-        // Moved up by hand: `Vec::splice` costs several times this for a few bytes.
         let out = &mut self.out.0;
-        let end = out.len();
-        out.resize(end + 1 + len, 0);
-        out.copy_within(start..end, start + 1 + len);
         out[start] = tag;
+        if count < 0x80 {
+            out[start + 1] = count as u8;
+            return;
+        }
+        let (count, len) = crate::key::leb128(count);
+        let end = out.len();
+        out.resize(end + len - 1, 0);
+        out.copy_within(start + 2..end, start + 1 + len);
         out[start + 1..start + 1 + len].copy_from_slice(&count[..len]);
     }
 
@@ -281,6 +289,9 @@ impl Walk<'_, '_> {
         }
         self.eat(b'{')?;
         let start = self.out.0.len();
+        // The tag and a one-byte count, filled in once the count is known.
+        self.out.0.extend_from_slice(&[b'o', 0]);
+        let content = start + 2;
         let base = self.scratch.members.len();
         self.ws();
         if self.eat(b'}').is_none() {
@@ -323,10 +334,10 @@ impl Walk<'_, '_> {
                 return None;
             }
             bytes.clear();
-            bytes.extend_from_slice(&out[start..]);
-            out.truncate(start);
+            bytes.extend_from_slice(&out[content..]);
+            out.truncate(content);
             for m in mine.iter() {
-                out.extend_from_slice(&bytes[m.member.0 - start..m.member.1 - start]);
+                out.extend_from_slice(&bytes[m.member.0 - content..m.member.1 - content]);
             }
         }
         members.truncate(base);

@@ -820,7 +820,12 @@ where
     if !in_memory {
         return prepare(request, need).now();
     }
-    if need == Need::Replay {
+    let read = match (need, RequestFacts::of(request.extensions())) {
+        (Need::Replay, _) | (Need::Model, Some(_)) => true,
+        (Need::Facts, Some(facts)) => facts.is_complete(),
+        (_, None) => false,
+    };
+    if read {
         // Nothing to read: the request as it is (no move of its head in and out).
         return Ok(Ok(request));
     }
