@@ -134,7 +134,18 @@ impl Keying {
         if self.headers.is_empty() && partition.is_empty() {
             return selected;
         }
+        // The lengths of the keying names, as a mask: a request header of another
+        // length is passed over without comparing it with each name.
+        let bit = |name: &HeaderName| 1u64 << name.as_str().len().min(63);
+        let lengths = self
+            .headers
+            .iter()
+            .chain(partition)
+            .fold(0u64, |mask, name| mask | bit(name));
         for (name, value) in parts.headers.iter() {
+            if lengths & bit(name) == 0 {
+                continue;
+            }
             let positions = self.headers.iter().chain(partition).enumerate();
             for (position, _) in positions.filter(|(_, n)| *n == name) {
                 selected.push(position, value);
