@@ -173,6 +173,9 @@ where
     /// request is sent at once with the service the caller readied; the future keeps
     /// a clone of it for the rest of the cascade. Anything else is handed back, for
     /// [`run`].
+    // The `Err` is the request itself, handed back unboxed on purpose: boxing it
+    // would add an allocation to the path this function exists to keep lean.
+    #[allow(clippy::result_large_err)]
     fn first(&mut self, request: Request<Body>) -> Result<ResponseFuture<S>, Request<Body>> {
         let config = &self.config;
         let Some(start) = RequestFacts::of(request.extensions())
