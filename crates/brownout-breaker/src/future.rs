@@ -10,10 +10,7 @@ use std::{
 
 use brownout_core::{
     body::{prepare_now, Need, Prepare},
-    classify::{
-        classify_error, classify_head, classify_response, DefaultClassifier, Outcome, OutcomeKind,
-        DEFAULT_ERROR_BODY_LIMIT,
-    },
+    classify::{classify_now, Classification, Classifying, Outcome, OutcomeKind},
     event::Event,
     future::{take_ready, Output},
     Body, BoxError, RequestFacts,
@@ -33,8 +30,6 @@ use crate::{
     store::BreakerEntry,
     BreakerEvent, CircuitOpen,
 };
-
-type Classifying = Pin<Box<dyn Future<Output = (Response<Body>, Outcome)> + Send>>;
 
 pin_project! {
     /// Response future of [`CircuitBreaker`](crate::CircuitBreaker).
@@ -325,34 +320,17 @@ where
                     this.state.set(state);
                 }
                 StateProj::Calling { future } => {
-                    let result = ready!(future.poll(cx)).map_err(Into::into);
-                    let classifier = DefaultClassifier::new();
-                    match result {
-                        Ok(response) => match classify_head(&classifier, &response) {
-                            Some(outcome) => {
-                                verdict(this.call, &outcome);
-                                let output = Ok(response.map(Body::new));
-                                this.state.set(State::Ready { output: None });
-                                return Poll::Ready(output);
-                            }
-                            None => {
-                                let response = response.map(Body::new);
-                                let future = Box::pin(async move {
-                                    classify_response(
-                                        &classifier,
-                                        response,
-                                        DEFAULT_ERROR_BODY_LIMIT,
-                                    )
-                                    .await
-                                });
-                                this.state.set(State::Classifying { future });
-                            }
-                        },
-                        Err(error) => {
-                            let outcome = classify_error(&classifier, error.as_ref());
+                    let result = ready!(future.poll(cx))
+                        .map(|response| response.map(Body::new))
+                        .map_err(Into::into);
+                    match classify_now(result) {
+                        Classification::Now(output, outcome) => {
                             verdict(this.call, &outcome);
                             this.state.set(State::Ready { output: None });
-                            return Poll::Ready(Err(error));
+                            return Poll::Ready(output);
+                        }
+                        Classification::Reading(future) => {
+                            this.state.set(State::Classifying { future });
                         }
                     }
                 }

@@ -10,11 +10,8 @@ use std::{
 
 use brownout_core::{
     body::Buffer,
-    classify::{
-        classify_error, classify_head, classify_response, record, recorded, DefaultClassifier,
-        Outcome, DEFAULT_ERROR_BODY_LIMIT,
-    },
-    future::Output,
+    classify::{classify_now, Classification, Classifying},
+    future::{Output, ResponseFuture as Boxed},
     provider::Api,
     Body, BoxError,
 };
@@ -28,9 +25,6 @@ use crate::{
         is_event_stream, no_store_response, record_stream, stale, stored_entry, Serve, Shared,
     },
 };
-
-type Classifying = Pin<Box<dyn Future<Output = (Response<Body>, Outcome)> + Send>>;
-type Slow = Pin<Box<dyn Future<Output = Output> + Send>>;
 
 pin_project! {
     /// Response future of [`Cache`](crate::Cache).
@@ -64,7 +58,7 @@ pin_project! {
             future: Pin<Box<dyn Future<Output = ()> + Send>>,
             response: Option<Response<Body>>,
         },
-        Slow { future: Slow },
+        Slow { future: Boxed },
         Done,
     }
 }
@@ -89,7 +83,7 @@ where
     pub(crate) fn slow(future: impl Future<Output = Output> + Send + 'static) -> Self {
         ResponseFuture {
             state: State::Slow {
-                future: Box::pin(future),
+                future: Boxed::new(future),
             },
             live: None,
         }
@@ -118,7 +112,7 @@ where
         let mut this = self.project();
         loop {
             let (result, outcome) = match this.state.as_mut().project() {
-                StateProj::Slow { future } => return future.as_mut().poll(cx),
+                StateProj::Slow { future } => return Pin::new(future).poll(cx),
                 StateProj::Done => panic!("cache future polled after completion"),
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx))
@@ -130,32 +124,11 @@ where
                     }
                     // The outcome a layer further in recorded, else the default
                     // classifier's.
-                    match result {
-                        Ok(mut response) => {
-                            match classify_head(&DefaultClassifier::new(), &response) {
-                                Some(outcome) => {
-                                    if recorded(&response).is_none() {
-                                        record(&mut response, &outcome);
-                                    }
-                                    (Ok(response), outcome)
-                                }
-                                None => {
-                                    let future = Box::pin(async move {
-                                        classify_response(
-                                            &DefaultClassifier::new(),
-                                            response,
-                                            DEFAULT_ERROR_BODY_LIMIT,
-                                        )
-                                        .await
-                                    });
-                                    this.state.set(State::Classifying { future });
-                                    continue;
-                                }
-                            }
-                        }
-                        Err(error) => {
-                            let outcome = classify_error(&DefaultClassifier::new(), error.as_ref());
-                            (Err(error), outcome)
+                    match classify_now(result) {
+                        Classification::Now(result, outcome) => (result, outcome),
+                        Classification::Reading(future) => {
+                            this.state.set(State::Classifying { future });
+                            continue;
                         }
                     }
                 }
@@ -220,8 +193,8 @@ where
                     }
                     // The live path failed: the stored answer, if one is servable.
                     let live = this.live.take().expect("a keyed call");
-                    let mut future: Slow = Box::pin(stale(live, result, outcome));
-                    let poll = future.as_mut().poll(cx);
+                    let mut future = Boxed::new(stale(live, result, outcome));
+                    let poll = Pin::new(&mut future).poll(cx);
                     this.state.set(State::Slow { future });
                     return poll;
                 }

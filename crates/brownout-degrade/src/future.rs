@@ -10,10 +10,7 @@ use std::{
 
 use brownout_core::{
     body::{prepare_now, Need, Prepare},
-    classify::{
-        classify_error, classify_head, classify_response, record, recorded, DefaultClassifier,
-        Outcome, DEFAULT_ERROR_BODY_LIMIT,
-    },
+    classify::{classify_now, Classification, Classifying, Outcome},
     error::is_caller_error,
     future::Output,
     provider::Api,
@@ -24,8 +21,6 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::{service::degraded, DegradeConfig};
-
-type Classifying = Pin<Box<dyn Future<Output = (Response<Body>, Outcome)> + Send>>;
 
 pin_project! {
     /// Response future of [`Degrade`](crate::Degrade).
@@ -175,47 +170,23 @@ where
                 StateProj::Ready { output } => {
                     return Poll::Ready(output.take().expect("polled after completion"));
                 }
-                StateProj::Calling { future } => match ready!(future.poll(cx)) {
-                    Ok(response) => {
-                        let response = response.map(Body::new);
-                        let classifier = DefaultClassifier::new();
-                        match classify_head(&classifier, &response) {
-                            Some(outcome) if outcome.is_success() => {
-                                // The success path: handed back as it is.
-                                let mut response = response;
-                                if recorded(&response).is_none() {
-                                    record(&mut response, &outcome);
-                                }
-                                this.state.set(State::Ready { output: None });
-                                return Poll::Ready(Ok(response));
-                            }
-                            Some(outcome) => {
-                                let mut response = response;
-                                if recorded(&response).is_none() {
-                                    record(&mut response, &outcome);
-                                }
-                                (Ok(response), outcome)
-                            }
-                            None => {
-                                let future = Box::pin(async move {
-                                    classify_response(
-                                        &DefaultClassifier::new(),
-                                        response,
-                                        DEFAULT_ERROR_BODY_LIMIT,
-                                    )
-                                    .await
-                                });
-                                this.state.set(State::Classifying { future });
-                                continue;
-                            }
+                StateProj::Calling { future } => {
+                    let result = ready!(future.poll(cx))
+                        .map(|response| response.map(Body::new))
+                        .map_err(Into::into);
+                    match classify_now(result) {
+                        Classification::Now(Ok(response), outcome) if outcome.is_success() => {
+                            // The success path: handed back as it is.
+                            this.state.set(State::Ready { output: None });
+                            return Poll::Ready(Ok(response));
+                        }
+                        Classification::Now(result, outcome) => (result, outcome),
+                        Classification::Reading(future) => {
+                            this.state.set(State::Classifying { future });
+                            continue;
                         }
                     }
-                    Err(error) => {
-                        let error: BoxError = error.into();
-                        let outcome = classify_error(&DefaultClassifier::new(), error.as_ref());
-                        (Err(error), outcome)
-                    }
-                },
+                }
                 StateProj::Classifying { future } => {
                     let (response, outcome) = ready!(future.as_mut().poll(cx));
                     (Ok(response), outcome)

@@ -9,12 +9,9 @@ use std::{
 };
 
 use brownout_core::{
-    classify::{
-        classify_error, classify_head, classify_response, record, recorded, DefaultClassifier,
-        Outcome, OutcomeKind, DEFAULT_ERROR_BODY_LIMIT,
-    },
+    classify::{classify_now, Classification, Classifying, Outcome, OutcomeKind},
     error::DeadlineExceeded,
-    future::Output,
+    future::{Output, ResponseFuture as Boxed},
     Body, BoxError,
 };
 use http::{Request, Response};
@@ -23,9 +20,6 @@ use tokio::time::Sleep;
 use tower_service::Service;
 
 use crate::service::{Cascade, Failures};
-
-type Classifying = Pin<Box<dyn Future<Output = (Response<Body>, Outcome)> + Send>>;
-type Slow = Pin<Box<dyn Future<Output = Output> + Send>>;
 
 pin_project! {
     /// Response future of [`Fallback`](crate::Fallback).
@@ -54,7 +48,7 @@ pin_project! {
         Calling { #[pin] future: F },
         // Reading the start of the first target's error body for the classifier.
         Classifying { future: Classifying },
-        Slow { future: Slow },
+        Slow { future: Boxed },
         Done,
     }
 }
@@ -67,7 +61,7 @@ where
     pub(crate) fn slow(future: impl Future<Output = Output> + Send + 'static) -> Self {
         ResponseFuture {
             state: State::Slow {
-                future: Box::pin(future),
+                future: Boxed::new(future),
             },
             cascade: None,
             cutoff: None,
@@ -103,36 +97,18 @@ where
         let mut this = self.project();
         let (result, outcome) = loop {
             let done = match this.state.as_mut().project() {
-                StateProj::Slow { future } => return future.as_mut().poll(cx),
+                StateProj::Slow { future } => return Pin::new(future).poll(cx),
                 StateProj::Done => panic!("fallback future polled after completion"),
                 StateProj::Calling { future } => match future.poll(cx) {
-                    Poll::Ready(Ok(response)) => {
-                        let mut response = response.map(Body::new);
-                        match classify_head(&DefaultClassifier::new(), &response) {
-                            Some(outcome) => {
-                                if recorded(&response).is_none() {
-                                    record(&mut response, &outcome);
-                                }
-                                Poll::Ready((Ok(response), outcome))
-                            }
-                            None => {
-                                let future = Box::pin(async move {
-                                    classify_response(
-                                        &DefaultClassifier::new(),
-                                        response,
-                                        DEFAULT_ERROR_BODY_LIMIT,
-                                    )
-                                    .await
-                                });
+                    Poll::Ready(result) => {
+                        let result = result.map(|r| r.map(Body::new)).map_err(Into::into);
+                        match classify_now(result) {
+                            Classification::Now(result, outcome) => Poll::Ready((result, outcome)),
+                            Classification::Reading(future) => {
                                 this.state.set(State::Classifying { future });
                                 continue;
                             }
                         }
-                    }
-                    Poll::Ready(Err(error)) => {
-                        let error: BoxError = error.into();
-                        let outcome = classify_error(&DefaultClassifier::new(), error.as_ref());
-                        Poll::Ready((Err(error), outcome))
                     }
                     Poll::Pending => Poll::Pending,
                 },
@@ -168,8 +144,8 @@ where
         let mut failures: Failures = (Vec::new(), Vec::new());
         cascade.failed(&mut failures, 0, target, &result, outcome);
         let (failures, details) = failures;
-        let mut future: Slow = Box::pin(cascade.run(1, failures, details, Some(result)));
-        let poll = future.as_mut().poll(cx);
+        let mut future = Boxed::new(cascade.run(1, failures, details, Some(result)));
+        let poll = Pin::new(&mut future).poll(cx);
         this.state.set(State::Slow { future });
         poll
     }

@@ -99,8 +99,9 @@ use http::{HeaderMap, StatusCode};
 
 pub use self::headers::{parse_go_duration, parse_retry_after};
 pub use self::read::{
-    classify_error, classify_head, classify_response, classify_result, record, recorded,
-    Classified, ClassifiedError, ClassifyLayer, DEFAULT_ERROR_BODY_LIMIT,
+    classify_error, classify_head, classify_now, classify_response, classify_result, record,
+    recorded, Classification, Classified, ClassifiedError, ClassifyLayer, Classifying,
+    DEFAULT_ERROR_BODY_LIMIT,
 };
 
 /// What happened to one request, in the terms every brownout layer uses.

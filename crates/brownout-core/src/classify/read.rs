@@ -13,7 +13,7 @@ use std::{error::Error as StdError, fmt, future::Future, pin::Pin, task::Context
 use http::Response;
 
 use super::{Classifier, Classify, Observed, Outcome};
-use crate::{body::Body, BoxError};
+use crate::{body::Body, future::Output, BoxError};
 
 /// How many bytes of an error body the layers read by default to find the provider's
 /// error type. Provider error bodies are a few hundred bytes; a longer body is not one
@@ -97,6 +97,67 @@ where
     let mut response = Response::from_parts(parts, body);
     record(&mut response, &outcome);
     (response, outcome)
+}
+
+/// A classification that reads the start of an error body before it decides: boxed,
+/// since only error responses whose head does not decide take it.
+pub type Classifying = Pin<Box<dyn Future<Output = (Response<Body>, Outcome)> + Send>>;
+
+/// A service's result classified by the [default classifier](super::DefaultClassifier)
+/// without awaiting: what [`classify_now`] gives.
+// The large variant is the success path: boxing it would allocate on every response,
+// where the small one is already a box.
+#[allow(clippy::large_enum_variant)]
+pub enum Classification {
+    /// Decided from what a layer further in recorded, from the response's head, or
+    /// from the error; the response carries the outcome for the layers further out.
+    Now(Output, Outcome),
+    /// The classifier wants the start of the body: the future reads it and records
+    /// the outcome.
+    Reading(Classifying),
+}
+
+impl fmt::Debug for Classification {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Classification::Now(_, outcome) => f.debug_tuple("Now").field(outcome).finish(),
+            Classification::Reading(_) => f.debug_tuple("Reading").finish_non_exhaustive(),
+        }
+    }
+}
+
+/// Classifies a service's result the way every layer's hand-written response future
+/// does on its first look: a response by [`classify_head`] (recording the outcome
+/// when no layer further in did), an error by [`classify_error`]; a response whose
+/// head does not decide is handed to a boxed [`classify_response`] reading at most
+/// [`DEFAULT_ERROR_BODY_LIMIT`] bytes.
+///
+/// The success path allocates nothing and awaits nothing.
+#[inline]
+pub fn classify_now(result: Output) -> Classification {
+    let classifier = super::DefaultClassifier::new();
+    match result {
+        Ok(mut response) => match classify_head(&classifier, &response) {
+            Some(outcome) => {
+                if recorded(&response).is_none() {
+                    record(&mut response, &outcome);
+                }
+                Classification::Now(Ok(response), outcome)
+            }
+            None => Classification::Reading(Box::pin(async move {
+                classify_response(
+                    &super::DefaultClassifier::new(),
+                    response,
+                    DEFAULT_ERROR_BODY_LIMIT,
+                )
+                .await
+            })),
+        },
+        Err(error) => {
+            let outcome = classify_error(&classifier, error.as_ref());
+            Classification::Now(Err(error), outcome)
+        }
+    }
 }
 
 /// Classifies an error: the outcome a [`ClassifyLayer`] recorded in it, else the
