@@ -177,9 +177,19 @@ async fn a_fresh_answer_of_another_replica_is_a_hit() {
         reply(&a, "sk-ant-one", "Hi").await,
         (200, None, "answer-0".into())
     );
-    // A replica started after the answer was stored (a restart) still has it.
+    // A's write to Redis is off the request path: wait until it has landed,
+    // then a replica started after it (a restart) still has the answer.
+    let stored = within(Duration::from_secs(2), || async {
+        contents(URL, &dep).iter().any(|c| !c.0.ends_with(":index"))
+    })
+    .await;
+    assert!(stored.is_some(), "A's answer never reached Redis");
     let b_upstream = answering();
-    let (b, b_store) = replica(URL, &dep, config, b_upstream.clone(), |r| r);
+    // A loaded CI machine can take longer than the 100 ms default for one
+    // Redis call, which would (rightly) send B live: give B room.
+    let (b, b_store) = replica(URL, &dep, config, b_upstream.clone(), |r| {
+        r.timeout(Duration::from_secs(2))
+    });
     shared(&b_store).await;
     let hit = within(Duration::from_secs(1), || async {
         reply(&b, "sk-ant-one", "Hi").await == (200, Some(CacheStatus::Hit), "answer-0".into())
