@@ -111,6 +111,30 @@ struct Resume {
     duplicates_only: bool,
 }
 
+/// The part of a body a [`RequestFacts::read_model`] scan did not reach: see
+/// [`RequestFacts::unscanned`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unscanned(Resume);
+
+impl Unscanned {
+    /// Whether the rest of `body` (the body the facts were read from) names the
+    /// top-level `model` a second time: the check [`RequestFacts::complete`] makes,
+    /// on its own.
+    pub fn names_model_again(self, body: &[u8]) -> bool {
+        let mut rest = RequestFacts {
+            api: Api::Other,
+            model: None,
+            model_span: None,
+            max_tokens: None,
+            stream: false,
+            whole: true,
+            resume: Some(self.0),
+            caller: OnceLock::new(),
+        };
+        rest.scan(body, false).is_err()
+    }
+}
+
 /// A fingerprint of the caller's credential: the first 16 bytes of a SHA-256 over
 /// the credential headers. It partitions caches and limits per caller; it is not the
 /// credential and cannot be turned back into it, and its `Debug` and `Display` show
@@ -204,6 +228,14 @@ impl RequestFacts {
     /// [`read_model`](Self::read_model), until [`complete`](Self::complete).
     pub fn is_complete(&self) -> bool {
         self.resume.is_none()
+    }
+
+    /// Where a [`read_model`](Self::read_model) scan stopped, as a small `Copy` value:
+    /// what a layer keeps, with the body, to ask later whether the rest of the body
+    /// names the `model` again ([`Unscanned::names_model_again`]) without keeping a
+    /// clone of the facts. `None` once the facts are complete.
+    pub fn unscanned(&self) -> Option<Unscanned> {
+        self.resume.map(Unscanned)
     }
 
     /// The facts of a request without a body worth reading.
@@ -557,7 +589,15 @@ mod tests {
         // Completing finds a second model the first scan stopped before.
         let two = br#"{"model":"a","messages":[],"model":"b"}"#;
         let mut f = RequestFacts::read_model(&parts("/v1/messages"), two, true).unwrap();
+        // The same check on its own, from where the scan stopped, before and
+        // after the facts are complete.
+        assert!(f.unscanned().unwrap().names_model_again(two));
         assert!(f.complete(two).is_err());
+        let once = br#"{"model":"a","messages":[{"content":"\"model\""}],"stream":true}"#;
+        let mut f = RequestFacts::read_model(&parts("/v1/messages"), once, true).unwrap();
+        assert!(!f.unscanned().unwrap().names_model_again(once));
+        f.complete(once).unwrap();
+        assert_eq!(f.unscanned(), None);
         // A model after the conversation is found by walking to it, and a scan that
         // ended with the object is complete.
         let late = br#"{"messages":[{"content":"x"}],"model":"gpt-4o"}"#;

@@ -14,7 +14,7 @@ OLD=${OLD:-}   # optional: an older gateway binary, measured in the same run
 STATE=${STATE:-} # optional: a Redis URL; every layer again with [state] on it
 N=${N:-4000}
 SIM=$(cd "$(dirname "$0")/.." && pwd)/gateway.sim.toml
-WORK=$(mktemp -d); cd "$WORK"
+WORK=$(mktemp -d); cd "$WORK"; echo "work: $WORK" >&2
 BROWNOUT_BENCH_ROLE=upstream $BENCH > up.out & UP=$!
 sleep 1
 ADDR=$(sed -n 's/listening on //p' up.out | head -1)
