@@ -157,10 +157,13 @@ impl ProviderLimits {
 }
 
 /// Sets the gateway's deadline on a request entering a pipeline, for the limiter.
-pub(crate) fn set_deadline<B>(request: &mut Request<B>, deadline: Duration) {
-    request
-        .extensions_mut()
-        .insert(Deadline(tokio::time::Instant::now() + deadline));
+pub(crate) fn set_deadline<B>(deadline: Duration) -> impl Fn(Request<B>) -> Request<B> + Clone {
+    move |mut request: Request<B>| {
+        request
+            .extensions_mut()
+            .insert(Deadline(tokio::time::Instant::now() + deadline));
+        request
+    }
 }
 
 /// The HTTP client with the limiter of the provider each request goes to, and its

@@ -17,9 +17,8 @@
 //! the layers box only what their docs say (a body still to be read, a retry, the
 //! cascade after its first target, the cache's fresh-hit mode). The price of one type for
 //! every configuration is that a layer turned off still sizes the future it is left
-//! out of, so each `option_layer` is one move of that future per request; the
-//! gateway's own steps (the body, the deadline) are done in one `map_request` for
-//! that reason. `benches/proxy.rs` measures the whole gateway against a bare proxy.
+//! out of, so each `option_layer` is one more move of that future per request.
+//! `benches/proxy.rs` measures the whole gateway against a bare proxy.
 
 use brownout::{
     breaker::{BreakerHandle, CircuitBreakerLayer},
@@ -235,21 +234,18 @@ impl Layers {
                 (None, None) => c,
             })
         });
-        // The gateway's deadline, for the rate limiter's waits.
-        let deadline = self.rate_limits.as_ref().and_then(ProviderLimits::deadline);
         let stack = ServiceBuilder::new()
-            // With every layer off, the caller's body still becomes a `Body`; the
-            // deadline is set here too, not by a layer of its own (each optional
-            // layer is one more move of the whole stack's future per request).
-            .map_request(move |request: Request<B>| {
-                let mut request = request.map(Body::new);
-                if let Some(deadline) = deadline {
-                    set_deadline(&mut request, deadline);
-                }
-                request
-            })
+            // With every layer off, the caller's body still becomes a `Body`.
+            .map_request(|request: Request<B>| request.map(Body::new))
             // `[observe]`: one record and one span per request, outermost.
             .option_layer(self.observe.as_ref().map(Observability::outer))
+            // The gateway's deadline, for the rate limiter's waits.
+            .option_layer(
+                self.rate_limits
+                    .as_ref()
+                    .and_then(ProviderLimits::deadline)
+                    .map(|d| tower::util::MapRequestLayer::new(set_deadline(d))),
+            )
             .option_layer(self.degrade.clone().filter(|_| degrade))
             .option_layer(self.cache.clone())
             .option_layer(fallback)
