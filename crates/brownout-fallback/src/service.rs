@@ -34,6 +34,11 @@ use crate::{
 #[derive(Clone)]
 pub struct Fallback<S> {
     inner: S,
+    /// A clone of `inner`, shared, for the targets after the first: a request's
+    /// cascade clones it only when its first target fails, instead of every request
+    /// cloning the whole stack inside. Made at the first call after construction or
+    /// after [`get_mut`](Self::get_mut), so that it is never a stale copy.
+    spare: Option<Arc<S>>,
     routes: Arc<[Option<S>]>,
     config: Arc<FallbackConfig>,
 }
@@ -48,6 +53,7 @@ impl<S> Fallback<S> {
         let routes = config.targets.iter().map(|_| None).collect();
         Fallback {
             inner,
+            spare: None,
             routes,
             config,
         }
@@ -80,8 +86,10 @@ impl<S> Fallback<S> {
         &self.inner
     }
 
-    /// The inner service, mutably.
+    /// The inner service, mutably. What is changed through it serves the targets
+    /// after the first too, from the next call on.
     pub fn get_mut(&mut self) -> &mut S {
+        self.spare = None;
         &mut self.inner
     }
 
@@ -203,10 +211,12 @@ where
         };
         let deadline = config.deadline.map(|d| Instant::now() + d);
         let (parts, body) = request.into_parts();
+        let inner = &self.inner;
+        let spare = self.spare.get_or_insert_with(|| Arc::new(inner.clone()));
         let cascade = Cascade {
-            // For the targets after the first: driven to readiness before its use.
-            inner: self.inner.clone(),
-            inner_ready: false,
+            // For the targets after the first: cloned from the spare, and driven to
+            // readiness, only if one is tried.
+            inner: Spare::Shared(spare.clone()),
             routes: self.routes.clone(),
             config: config.clone(),
             parts,
@@ -319,10 +329,12 @@ where
     }
     drop(body);
     let cascade = Cascade {
-        inner,
         // The inner service was driven to readiness by the caller: its first use
         // skips `ready`, later uses wait for it.
-        inner_ready: true,
+        inner: Spare::Own {
+            service: inner,
+            ready: true,
+        },
         routes,
         config,
         parts,
@@ -337,8 +349,7 @@ where
 /// What a cascade needs to try its targets from a position on: the request's head
 /// and bytes, and the services.
 pub(crate) struct Cascade<S> {
-    pub(crate) inner: S,
-    pub(crate) inner_ready: bool,
+    pub(crate) inner: Spare<S>,
     pub(crate) routes: Arc<[Option<S>]>,
     pub(crate) config: Arc<FallbackConfig>,
     /// The request's head as the caller sent it; each target's head is a clone.
@@ -348,6 +359,39 @@ pub(crate) struct Cascade<S> {
     /// Where in the cascade the request starts (its model's target).
     pub(crate) start: usize,
     pub(crate) deadline: Option<Instant>,
+}
+
+/// The inner service as a cascade holds it for the targets it has not tried yet:
+/// its own (`ready` when the caller drove it to readiness and it is not used yet),
+/// or the layer's shared spare, cloned at its first use.
+pub(crate) enum Spare<S> {
+    Own { service: S, ready: bool },
+    Shared(Arc<S>),
+}
+
+impl<S: Clone> Spare<S> {
+    /// The service for the next call, and whether it is ready already (only the
+    /// first use of a readied one is).
+    fn for_call(&mut self) -> (&mut S, bool) {
+        if let Spare::Shared(shared) = self {
+            *self = Spare::Own {
+                service: S::clone(shared),
+                ready: false,
+            };
+        }
+        match self {
+            Spare::Own { service, ready } => (service, std::mem::replace(ready, false)),
+            Spare::Shared(_) => unreachable!("made its own above"),
+        }
+    }
+
+    /// The service itself, for what goes on after the cascade answers.
+    fn into_inner(self) -> S {
+        match self {
+            Spare::Own { service, .. } => service,
+            Spare::Shared(shared) => S::clone(&shared),
+        }
+    }
 }
 
 /// The failures of the targets tried so far, with each failed call's error chain.
@@ -478,8 +522,8 @@ where
             let (result, outcome) = match &self.routes[self.start + offset] {
                 Some(own) => attempt(&mut own.clone(), false, &config, request, deadline).await,
                 None => {
-                    let ready = std::mem::replace(&mut self.inner_ready, false);
-                    attempt(&mut self.inner, ready, &config, request, deadline).await
+                    let (inner, ready) = self.inner.for_call();
+                    attempt(inner, ready, &config, request, deadline).await
                 }
             };
             if outcome.is_success() || !(config.fallback_when)(&outcome) {
@@ -512,7 +556,7 @@ where
                 request: (self.parts.method.clone(), self.parts.uri.clone()),
                 events: config.events.clone(),
                 start: resume_start(
-                    self.inner,
+                    self.inner.into_inner(),
                     self.routes,
                     self.config.clone(),
                     self.parts,
