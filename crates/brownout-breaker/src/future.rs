@@ -38,8 +38,9 @@ pin_project! {
     /// A hand-written state machine: on the success path it allocates nothing of its
     /// own. What reading the request allocates is the stack's, once per request:
     /// keyed by model (the default) with no layer further out having read the facts,
-    /// the [`RequestFacts`] put in the request's extensions (four allocations: the
-    /// extensions' map and its table, the facts, the model's name); keyed by the body,
+    /// the [`RequestFacts`] put in the request's extensions (four allocations when
+    /// the extensions start empty and the model is a string: the extensions' map and
+    /// its table, the facts, the model's name); keyed by the body,
     /// the state that reads it when it is not in memory yet. The `breaker` benchmark
     /// measures it against the bare service and tower-resilience.
     pub struct ResponseFuture<S>

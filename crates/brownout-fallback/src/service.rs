@@ -1,6 +1,6 @@
 use std::{
     fmt,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
 };
 
@@ -34,11 +34,13 @@ use crate::{
 #[derive(Clone)]
 pub struct Fallback<S> {
     inner: S,
-    /// A clone of `inner`, shared, for the targets after the first: a request's
-    /// cascade clones it only when its first target fails, instead of every request
-    /// cloning the whole stack inside. Made at the first call after construction or
-    /// after [`get_mut`](Self::get_mut), so that it is never a stale copy.
-    spare: Option<Arc<S>>,
+    /// A clone of `inner`, shared by this service's clones, for the targets after
+    /// the first: a request's cascade clones it only when its first target fails,
+    /// instead of every request cloning the whole stack inside. Made at the first
+    /// call that needs it, and again after [`get_mut`](Self::get_mut). A clone of
+    /// it serves as well as a clone of `inner` would: tower services keep what
+    /// changes per call (a readiness permit) out of their clones.
+    spare: Arc<OnceLock<S>>,
     routes: Arc<[Option<S>]>,
     config: Arc<FallbackConfig>,
 }
@@ -53,7 +55,7 @@ impl<S> Fallback<S> {
         let routes = config.targets.iter().map(|_| None).collect();
         Fallback {
             inner,
-            spare: None,
+            spare: Arc::default(),
             routes,
             config,
         }
@@ -89,7 +91,7 @@ impl<S> Fallback<S> {
     /// The inner service, mutably. What is changed through it serves the targets
     /// after the first too, from the next call on.
     pub fn get_mut(&mut self) -> &mut S {
-        self.spare = None;
+        self.spare = Arc::default();
         &mut self.inner
     }
 
@@ -179,8 +181,8 @@ where
     /// The common case without a box: a request whose body is in memory, for a model
     /// of the cascade that is available and served by the inner service. Its target's
     /// request is sent at once with the service the caller readied; the future keeps
-    /// a clone of it for the rest of the cascade. Anything else is handed back, for
-    /// [`run`].
+    /// the layer's shared spare for the rest of the cascade, cloned only if a later
+    /// target is tried. Anything else is handed back, for [`run`].
     // The `Err` is the request itself, handed back unboxed on purpose: boxing it
     // would add an allocation to the path this function exists to keep lean.
     #[allow(clippy::result_large_err)]
@@ -212,11 +214,11 @@ where
         let deadline = config.deadline.map(|d| Instant::now() + d);
         let (parts, body) = request.into_parts();
         let inner = &self.inner;
-        let spare = self.spare.get_or_insert_with(|| Arc::new(inner.clone()));
+        self.spare.get_or_init(|| inner.clone());
         let cascade = Cascade {
             // For the targets after the first: cloned from the spare, and driven to
             // readiness, only if one is tried.
-            inner: Spare::Shared(spare.clone()),
+            inner: Spare::Shared(self.spare.clone()),
             routes: self.routes.clone(),
             config: config.clone(),
             parts,
@@ -365,8 +367,12 @@ pub(crate) struct Cascade<S> {
 /// its own (`ready` when the caller drove it to readiness and it is not used yet),
 /// or the layer's shared spare, cloned at its first use.
 pub(crate) enum Spare<S> {
-    Own { service: S, ready: bool },
-    Shared(Arc<S>),
+    Own {
+        service: S,
+        ready: bool,
+    },
+    /// The layer's spare (set before the cascade starts), not cloned yet.
+    Shared(Arc<OnceLock<S>>),
 }
 
 impl<S: Clone> Spare<S> {
@@ -375,7 +381,7 @@ impl<S: Clone> Spare<S> {
     fn for_call(&mut self) -> (&mut S, bool) {
         if let Spare::Shared(shared) = self {
             *self = Spare::Own {
-                service: S::clone(shared),
+                service: spare_of(shared),
                 ready: false,
             };
         }
@@ -389,9 +395,17 @@ impl<S: Clone> Spare<S> {
     fn into_inner(self) -> S {
         match self {
             Spare::Own { service, .. } => service,
-            Spare::Shared(shared) => S::clone(&shared),
+            Spare::Shared(shared) => spare_of(&shared),
         }
     }
+}
+
+/// A clone of the layer's spare.
+fn spare_of<S: Clone>(shared: &OnceLock<S>) -> S {
+    shared
+        .get()
+        .expect("the spare is set before a cascade holds it")
+        .clone()
 }
 
 /// The failures of the targets tried so far, with each failed call's error chain.

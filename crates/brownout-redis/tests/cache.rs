@@ -171,7 +171,11 @@ async fn a_fresh_answer_of_another_replica_is_a_hit() {
     let config = CacheConfig::new()
         .mode(Mode::FreshHit)
         .ttl(Duration::from_secs(60));
-    let (a, a_store) = replica(URL, &dep, config.clone(), answering(), |r| r);
+    // A loaded CI machine can take longer than the 100 ms default for one Redis
+    // call, which would (rightly) mark a link down and send a replica local-only:
+    // both replicas get room.
+    let roomy = |r: RedisConfig| r.timeout(Duration::from_secs(2));
+    let (a, a_store) = replica(URL, &dep, config.clone(), answering(), roomy);
     shared(&a_store).await;
     assert_eq!(
         reply(&a, "sk-ant-one", "Hi").await,
@@ -185,11 +189,7 @@ async fn a_fresh_answer_of_another_replica_is_a_hit() {
     .await;
     assert!(stored.is_some(), "A's answer never reached Redis");
     let b_upstream = answering();
-    // A loaded CI machine can take longer than the 100 ms default for one
-    // Redis call, which would (rightly) send B live: give B room.
-    let (b, b_store) = replica(URL, &dep, config, b_upstream.clone(), |r| {
-        r.timeout(Duration::from_secs(2))
-    });
+    let (b, b_store) = replica(URL, &dep, config, b_upstream.clone(), roomy);
     shared(&b_store).await;
     let hit = within(Duration::from_secs(1), || async {
         reply(&b, "sk-ant-one", "Hi").await == (200, Some(CacheStatus::Hit), "answer-0".into())

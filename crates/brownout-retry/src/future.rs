@@ -40,10 +40,11 @@ pin_project! {
     /// The first attempt runs in this hand-written state machine. Its allocations on
     /// the success path are the copy of the request's head kept to send it again (the
     /// header map's, and the extensions' when the request has any) and, with a
-    /// deadline or an attempt timeout configured, one timer; the body is kept by
-    /// reference count, not copied. Once an attempt fails, the rest of the call
-    /// (waits, further attempts, events) continues in one boxed future. The `retry` benchmark measures the success path against tower's
-    /// own retry.
+    /// deadline or an attempt timeout configured, one timer; the body's bytes are
+    /// kept by reference count, not copied (its trailers, when it has any, are).
+    /// Once an attempt fails, the rest of the call (waits, further attempts,
+    /// events) continues in one boxed future. The `retry` benchmark measures the
+    /// success path against tower's own retry.
     pub struct ResponseFuture<S>
     where
         S: Service<Request<Body>>,
