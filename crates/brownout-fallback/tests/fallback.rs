@@ -661,3 +661,34 @@ async fn the_report_keeps_each_targets_error_message() {
     let text = report.to_string();
     assert!(text.contains(&refused), "{text}");
 }
+
+/// The targets after the first are served by the inner service as it is now: one
+/// replaced through `get_mut` serves them from the next call on, not the spare the
+/// layer kept from before (the spare is shared by the service's clones, and `call`
+/// here clones the service for each request).
+#[tokio::test(start_paused = true)]
+async fn later_targets_are_served_by_the_inner_service_as_changed_through_get_mut() {
+    async fn served_by(service: &Fallback<Upstream>) -> String {
+        let reply = call(service, &chat(OPUS)).await;
+        assert_eq!(served(&reply), (SONNET.to_owned(), 1));
+        let body = reply
+            .unwrap()
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        json["served_by"].as_str().unwrap().to_owned()
+    }
+    let one = named("one");
+    one.script(OPUS, [Step::Status(529), Step::Status(529)]);
+    let mut service = Fallback::new(one.clone(), FallbackConfig::new(targets()).unwrap());
+    assert_eq!(served_by(&service).await, "one");
+    assert_eq!(served_by(&service).await, "one");
+    let two = named("two");
+    two.script(OPUS, [Step::Status(529)]);
+    *service.get_mut() = two.clone();
+    assert_eq!(served_by(&service).await, "two");
+    assert_eq!((one.calls(), two.calls()), (4, 2));
+}
