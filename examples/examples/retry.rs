@@ -22,9 +22,8 @@ use brownout::{
     retry::{Attempts, Backoff, RetryConfig, RetryEvent, RetryLayer},
     Body, BoxError,
 };
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 
 const OVERLOADED: &str =
@@ -35,12 +34,8 @@ const REQUESTS: usize = 50;
 /// The flaky upstream: counts every request it receives.
 fn upstream(
     calls: Arc<AtomicU32>,
-) -> impl Service<
-    Request<Body>,
-    Response = Response<Full<Bytes>>,
-    Error = BoxError,
-    Future = impl Send,
-> + Clone
+) -> impl Service<Request<Body>, Response = Response<Body>, Error = BoxError, Future = impl Send>
+       + Clone
        + Send
        + 'static {
     let rng = Arc::new(Mutex::new(fastrand::Rng::with_seed(2026)));
@@ -54,27 +49,23 @@ fn upstream(
             let body = request.into_body().collect().await?.to_bytes();
             tokio::time::sleep(Duration::from_millis(20)).await;
             let response = if !body.windows(7).any(|w| w == b"\"model\"") {
-                Response::builder()
-                    .status(400)
-                    .body(Full::new(Bytes::from(INVALID)))?
+                Response::builder().status(400).body(Body::from(INVALID))?
             } else if overloaded {
                 let mut response = Response::builder().status(529);
                 if hinted {
                     response = response.header("retry-after-ms", "150");
                 }
-                response.body(Full::new(Bytes::from(OVERLOADED)))?
+                response.body(Body::from(OVERLOADED))?
             } else {
                 let answer = r#"{"type":"message","role":"assistant","content":[{"type":"text","text":"Hello!"}]}"#;
-                Response::builder()
-                    .status(200)
-                    .body(Full::new(Bytes::from(answer)))?
+                Response::builder().status(200).body(Body::from(answer))?
             };
             Ok::<_, BoxError>(response)
         }
     })
 }
 
-fn request(i: usize) -> Request<Full<Bytes>> {
+fn request(i: usize) -> Request<Body> {
     // Every tenth request is malformed (no model): it must never be retried.
     let body = if i % 10 == 9 {
         r#"{"max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#
@@ -83,7 +74,7 @@ fn request(i: usize) -> Request<Full<Bytes>> {
     };
     Request::post("/v1/messages")
         .header("x-api-key", "sk-ant-demo")
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .body(Body::from(body))
         .expect("a valid request")
 }
 
@@ -98,10 +89,7 @@ struct Tally {
 
 async fn drive<S>(client: S) -> Tally
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<Body>, Error = BoxError>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
     S::Future: Send,
 {
     let mut tasks = tokio::task::JoinSet::new();

@@ -3,7 +3,6 @@
 use brownout::{
     cache::CacheConfig, reqwest_bridge::ReqwestService, Body, BoxError, ServiceBuilderExt,
 };
-use http_body_util::Full;
 use tower::{ServiceBuilder, ServiceExt};
 
 use crate::{breakers, cascade, chat_body, retry, Answer, PRIMARY};
@@ -23,7 +22,7 @@ pub async fn ask(base_url: &str, n: usize) -> Result<Vec<Answer>, BoxError> {
         let request = http::Request::post(format!("{base_url}/v1/messages"))
             .header("content-type", "application/json")
             .header("x-api-key", "sk-ant-example")
-            .body(Full::new(chat_body(PRIMARY, &format!("Question {i}?"))))?;
+            .body(Body::from(chat_body(PRIMARY, &format!("Question {i}?"))))?;
         let response: http::Response<Body> = client.clone().oneshot(request).await?;
         answers.push(Answer {
             status: response.status().as_u16(),
