@@ -40,9 +40,9 @@ pin_project! {
     /// keyed by model (the default) with no layer further out having read the facts,
     /// the [`RequestFacts`] put in the request's extensions (four allocations when
     /// the extensions start empty and the model is a string: the extensions' map and
-    /// its table, the facts, the model's name); keyed by the body,
-    /// the state that reads it when it is not in memory yet. The `breaker` benchmark
-    /// measures it against the bare service and tower-resilience.
+    /// its table, the facts, the model's name); keyed by the body, the state that
+    /// reads it when it is not in memory yet. The `breaker` benchmark measures it
+    /// against the bare service and tower-resilience.
     pub struct ResponseFuture<S>
     where
         S: Service<Request<Body>>,

@@ -121,16 +121,8 @@ impl Unscanned {
     /// top-level `model` a second time: the check [`RequestFacts::complete`] makes,
     /// on its own.
     pub fn names_model_again(self, body: &[u8]) -> bool {
-        let mut rest = RequestFacts {
-            api: Api::Other,
-            model: None,
-            model_span: None,
-            max_tokens: None,
-            stream: false,
-            whole: true,
-            resume: Some(self.0),
-            caller: OnceLock::new(),
-        };
+        let mut rest = RequestFacts::of_api(Api::Other);
+        rest.resume = Some(self.0);
         rest.scan(body, false).is_err()
     }
 }
@@ -240,8 +232,13 @@ impl RequestFacts {
 
     /// The facts of a request without a body worth reading.
     pub fn of_head(parts: &Parts) -> RequestFacts {
+        RequestFacts::of_api(Api::from_path(parts.uri.path()))
+    }
+
+    /// Nothing known but the API.
+    fn of_api(api: Api) -> RequestFacts {
         RequestFacts {
-            api: Api::from_path(parts.uri.path()),
+            api,
             model: None,
             model_span: None,
             max_tokens: None,

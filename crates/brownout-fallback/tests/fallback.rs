@@ -84,6 +84,17 @@ fn served(reply: &Reply) -> (String, usize) {
     (served.model().to_owned(), served.position())
 }
 
+/// The whole body of a successful reply.
+async fn body_of(reply: Reply) -> Bytes {
+    reply
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+}
+
 fn models_sent(upstream: &Upstream) -> Vec<String> {
     upstream
         .seen()
@@ -344,13 +355,7 @@ async fn a_target_can_have_its_own_service_endpoint_and_credentials() {
         .unwrap();
     let reply = call(&service, &chat(OPUS)).await;
     assert_eq!(served(&reply), ("gpt-4o".to_owned(), 1));
-    let body = reply
-        .unwrap()
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes();
+    let body = body_of(reply).await;
     assert!(std::str::from_utf8(&body)
         .unwrap()
         .contains(r#""served_by":"other""#));
@@ -671,13 +676,7 @@ async fn later_targets_are_served_by_the_inner_service_as_changed_through_get_mu
     async fn served_by(service: &Fallback<Upstream>) -> String {
         let reply = call(service, &chat(OPUS)).await;
         assert_eq!(served(&reply), (SONNET.to_owned(), 1));
-        let body = reply
-            .unwrap()
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes();
+        let body = body_of(reply).await;
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         json["served_by"].as_str().unwrap().to_owned()
     }

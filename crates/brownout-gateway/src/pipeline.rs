@@ -15,9 +15,10 @@
 //! whichever layers are on. The stack is boxed once, at the top, into a
 //! [`Pipeline`]: one allocation per request for the whole stack's future. Inside it
 //! the layers box only what their docs say (a body still to be read, a retry, the
-//! cascade after its first target, the cache's fresh-hit mode). The price of one type for
-//! every configuration is that a layer turned off still sizes the future it is left
-//! out of, so each `option_layer` is one more move of that future per request.
+//! cascade after its first target, the cache's fresh-hit mode). The price of one
+//! type for every configuration is that a layer turned off still sizes the future
+//! it is left out of, so each `option_layer` is one more move of that future per
+//! request.
 //! `benches/proxy.rs` measures the whole gateway against a bare proxy.
 
 use brownout::{
