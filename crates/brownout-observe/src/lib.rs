@@ -54,6 +54,7 @@ mod status;
 
 #[cfg(feature = "alert")]
 pub use alert::{AlertConfig, AlertRule, Alerts, Condition};
+pub use brownout_core::error::InvalidConfig;
 pub use layer::{
     answer_of_error, AttemptFuture, AttemptLayer, AttemptObserve, AttemptTally, Observe,
     ObserveFuture, ObserveLayer,

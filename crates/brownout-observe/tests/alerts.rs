@@ -363,12 +363,12 @@ fn bad_rules_name_their_field_and_alerts_need_a_runtime() {
         ),
     ];
     for (condition, field) in cases {
-        assert_eq!(AlertRule::new("r", condition).unwrap_err().field(), field);
+        assert_eq!(AlertRule::new("r", condition).unwrap_err().key(), field);
     }
     assert_eq!(
         AlertRule::new(" ", Condition::BreakerOpen)
             .unwrap_err()
-            .field(),
+            .key(),
         "name"
     );
     let error = Alerts::new(AlertConfig::new([])).unwrap_err();

@@ -1,6 +1,7 @@
 //! How long to wait between attempts.
 
-use std::{fmt, time::Duration};
+use brownout_core::error::InvalidConfig;
+use std::time::Duration;
 
 /// How a backoff spreads its delays to keep clients from retrying in lockstep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +35,7 @@ pub enum Jitter {
 ///
 /// assert!(Backoff::full_jitter(Duration::from_secs(9), Duration::from_secs(8)).is_err());
 /// assert!(backoff.multiplier(f64::NAN).is_err());
-/// # Ok::<(), brownout_retry::InvalidBackoff>(())
+/// # Ok::<(), brownout_retry::InvalidConfig>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
@@ -48,34 +49,36 @@ impl Backoff {
     /// Full jitter between 0 and `base × 2ⁿ⁻¹`, capped at `cap`.
     ///
     /// Fails when `cap` is zero or `base` is greater than `cap`.
-    pub fn full_jitter(base: Duration, cap: Duration) -> Result<Self, InvalidBackoff> {
+    pub fn full_jitter(base: Duration, cap: Duration) -> Result<Self, InvalidConfig> {
         Backoff::checked(base, cap, Jitter::Full)
     }
 
     /// Decorrelated jitter starting at `base`, capped at `cap`.
     ///
     /// Fails when `cap` is zero or `base` is greater than `cap`.
-    pub fn decorrelated_jitter(base: Duration, cap: Duration) -> Result<Self, InvalidBackoff> {
+    pub fn decorrelated_jitter(base: Duration, cap: Duration) -> Result<Self, InvalidConfig> {
         Backoff::checked(base, cap, Jitter::Decorrelated)
     }
 
     /// Exactly `base × 2ⁿ⁻¹`, capped at `cap`, with no jitter.
     ///
     /// Fails when `cap` is zero or `base` is greater than `cap`.
-    pub fn exponential(base: Duration, cap: Duration) -> Result<Self, InvalidBackoff> {
+    pub fn exponential(base: Duration, cap: Duration) -> Result<Self, InvalidConfig> {
         Backoff::checked(base, cap, Jitter::None)
     }
 
-    fn checked(base: Duration, cap: Duration, jitter: Jitter) -> Result<Self, InvalidBackoff> {
+    fn checked(base: Duration, cap: Duration, jitter: Jitter) -> Result<Self, InvalidConfig> {
         if cap.is_zero() {
-            return Err(InvalidBackoff::new(
-                "backoff cap must be greater than zero".into(),
+            return Err(invalid(
+                "backoff.cap",
+                "the cap must be greater than zero".into(),
             ));
         }
         if base > cap {
-            return Err(InvalidBackoff::new(format!(
-                "backoff base ({base:?}) is greater than its cap ({cap:?})"
-            )));
+            return Err(invalid(
+                "backoff.base",
+                format!("the base ({base:?}) is greater than the cap ({cap:?})"),
+            ));
         }
         Ok(Backoff {
             base,
@@ -89,11 +92,12 @@ impl Backoff {
     /// decorrelated jitter, which grows from the previous delay.
     ///
     /// Fails unless `multiplier` is a finite number of at least 1.
-    pub fn multiplier(mut self, multiplier: f64) -> Result<Self, InvalidBackoff> {
+    pub fn multiplier(mut self, multiplier: f64) -> Result<Self, InvalidConfig> {
         if !multiplier.is_finite() || multiplier < 1.0 {
-            return Err(InvalidBackoff::new(format!(
-                "backoff multiplier must be a finite number of at least 1, not {multiplier}"
-            )));
+            return Err(invalid(
+                "backoff.multiplier",
+                format!("the multiplier must be a finite number of at least 1, not {multiplier}"),
+            ));
         }
         self.multiplier = multiplier;
         Ok(self)
@@ -161,25 +165,10 @@ impl Default for Backoff {
     }
 }
 
-/// A backoff that was given nonsense: its Display says which value and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidBackoff {
-    reason: String,
+/// A backoff setting refused: the retry layer's [`InvalidConfig`], naming the setting.
+fn invalid(key: &'static str, reason: String) -> InvalidConfig {
+    InvalidConfig::new("retry", key, reason)
 }
-
-impl InvalidBackoff {
-    fn new(reason: String) -> Self {
-        InvalidBackoff { reason }
-    }
-}
-
-impl fmt::Display for InvalidBackoff {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.reason)
-    }
-}
-
-impl std::error::Error for InvalidBackoff {}
 
 #[cfg(test)]
 mod tests {
@@ -191,12 +180,14 @@ mod tests {
     #[test]
     fn constructors_validate() {
         let err = Backoff::full_jitter(MS * 10, MS * 5).unwrap_err();
+        assert_eq!(err.key(), "backoff.base");
         assert_eq!(
             err.to_string(),
-            "backoff base (10ms) is greater than its cap (5ms)"
+            "invalid retry setting `backoff.base`: the base (10ms) is greater than the cap (5ms)"
         );
         let err = Backoff::decorrelated_jitter(Duration::ZERO, Duration::ZERO).unwrap_err();
-        assert_eq!(err.to_string(), "backoff cap must be greater than zero");
+        assert_eq!(err.key(), "backoff.cap");
+        assert_eq!(err.reason(), "the cap must be greater than zero");
         let b = Backoff::exponential(MS, MS).unwrap();
         for bad in [f64::NAN, f64::INFINITY, 0.5, -2.0] {
             assert!(b.multiplier(bad).is_err(), "{bad}");

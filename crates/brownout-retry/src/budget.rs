@@ -1,6 +1,7 @@
 //! A retry budget shared by every clone of a service, and the store it keeps its
 //! accounts in.
 
+use brownout_core::error::InvalidConfig;
 use std::{fmt, sync::Arc, time::Duration};
 
 use tower::retry::budget::{Budget, TpsBudget};
@@ -55,22 +56,27 @@ impl RetryBudget {
     ///
     /// Fails unless `ttl` is between 1 and 60 seconds, `retry_ratio` between 0 and
     /// 1000, and `min_per_sec` below `i32::MAX`.
-    pub fn new(ttl: Duration, min_per_sec: u32, retry_ratio: f32) -> Result<Self, InvalidBudget> {
+    pub fn new(ttl: Duration, min_per_sec: u32, retry_ratio: f32) -> Result<Self, InvalidConfig> {
         if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&ttl) {
-            return Err(InvalidBudget(format!(
-                "retry budget ttl must be between 1s and 60s, not {ttl:?}"
-            )));
+            return Err(InvalidConfig::new(
+                "retry",
+                "budget.ttl",
+                format!("the ttl must be between 1s and 60s, not {ttl:?}"),
+            ));
         }
         if !(0.0..=1000.0).contains(&retry_ratio) {
-            return Err(InvalidBudget(format!(
-                "retry budget ratio must be between 0 and 1000, not {retry_ratio}"
-            )));
+            return Err(InvalidConfig::new(
+                "retry",
+                "budget.ratio",
+                format!("the ratio must be between 0 and 1000, not {retry_ratio}"),
+            ));
         }
         if min_per_sec >= i32::MAX as u32 {
-            return Err(InvalidBudget(format!(
-                "retry budget floor must be below {}, not {min_per_sec}",
-                i32::MAX
-            )));
+            return Err(InvalidConfig::new(
+                "retry",
+                "budget.min_per_sec",
+                format!("the floor must be below {}, not {min_per_sec}", i32::MAX),
+            ));
         }
         Ok(RetryBudget {
             accounts: Accounts::Local(Arc::new(TpsBudget::new(ttl, min_per_sec, retry_ratio))),
@@ -145,18 +151,6 @@ impl fmt::Debug for RetryBudget {
     }
 }
 
-/// A retry budget that was given nonsense: its Display says which value and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidBudget(String);
-
-impl fmt::Display for InvalidBudget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for InvalidBudget {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,7 +165,7 @@ mod tests {
         let err = RetryBudget::new(Duration::ZERO, 1, 0.2).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "retry budget ttl must be between 1s and 60s, not 0ns"
+            "invalid retry setting `budget.ttl`: the ttl must be between 1s and 60s, not 0ns"
         );
     }
 

@@ -119,8 +119,9 @@ mod layer;
 mod meta;
 mod service;
 
-pub use backoff::{Backoff, InvalidBackoff, Jitter};
-pub use budget::{BudgetStore, InvalidBudget, RetryBudget};
+pub use backoff::{Backoff, Jitter};
+pub use brownout_core::error::InvalidConfig;
+pub use budget::{BudgetStore, RetryBudget};
 pub use config::RetryConfig;
 pub use event::{GiveUpReason, RetryEvent};
 pub use future::ResponseFuture;

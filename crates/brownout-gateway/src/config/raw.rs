@@ -978,7 +978,7 @@ impl Check<'_> {
                 JitterKind::Decorrelated => Backoff::decorrelated_jitter(base.0, cap.0),
                 JitterKind::None => Backoff::exponential(base.0, cap.0),
             }
-            .map_err(|e| self.error("retry.backoff", b.span(), e.to_string()))?;
+            .map_err(|e| self.error("retry.backoff", b.span(), e.reason().to_owned()))?;
             config = config.backoff(backoff);
         }
         if let Some(b) = &raw.budget {
@@ -992,7 +992,7 @@ impl Check<'_> {
                 min_per_sec.unwrap_or(10),
                 ratio.unwrap_or(0.2),
             )
-            .map_err(|e| self.error("retry.budget", b.span(), e.to_string()))?;
+            .map_err(|e| self.error("retry.budget", b.span(), e.reason().to_owned()))?;
             config = config.budget(budget);
         }
         if let Some(d) = &raw.max_server_delay {

@@ -96,6 +96,7 @@ use std::{
 
 use brownout_core::{
     classify::OutcomeKind,
+    error::InvalidConfig,
     event::{Event, Value},
 };
 use bytes::Bytes;
@@ -151,8 +152,8 @@ impl Condition {
         }
     }
 
-    fn check(&self) -> Result<(), InvalidRule> {
-        let fail = |field, message: &str| Err(InvalidRule::new(field, message));
+    fn check(&self) -> Result<(), InvalidConfig> {
+        let fail = |field, message: &str| Err(InvalidConfig::new("alert", field, message));
         match *self {
             Condition::ConsecutiveFailures { count: 0 } => fail("count", "must be at least 1"),
             Condition::AvailabilityBelow { percent, .. }
@@ -179,40 +180,6 @@ impl Condition {
         }
     }
 }
-
-/// A rule that cannot be used: the field at fault, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidRule {
-    field: &'static str,
-    message: String,
-}
-
-impl InvalidRule {
-    fn new(field: &'static str, message: &str) -> Self {
-        InvalidRule {
-            field,
-            message: message.into(),
-        }
-    }
-
-    /// The field at fault (`"percent"`, `"count"`, `"name"`, `"webhook"`, `"command"`).
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-
-    /// Why.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-impl fmt::Display for InvalidRule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
-impl std::error::Error for InvalidRule {}
 
 /// One alert rule: a name, a condition, a cool-down, and where its notices go.
 ///
@@ -249,12 +216,21 @@ impl fmt::Debug for AlertRule {
 impl AlertRule {
     /// A rule named `name` (not empty) on `condition` (checked), with a cool-down of
     /// 10 minutes and no delivery but the [`AlertFeed`].
-    pub fn new(name: impl Into<Arc<str>>, condition: Condition) -> Result<AlertRule, InvalidRule> {
+    ///
+    /// A refusal is the layers' one [`InvalidConfig`]: its key is the field at fault
+    /// (`"name"`, `"count"`, `"percent"`, `"window"`, `"min_requests"`), and it names
+    /// the rule.
+    pub fn new(
+        name: impl Into<Arc<str>>,
+        condition: Condition,
+    ) -> Result<AlertRule, InvalidConfig> {
         let name = name.into();
         if name.trim().is_empty() {
-            return Err(InvalidRule::new("name", "a rule needs a name"));
+            return Err(InvalidConfig::new("alert", "name", "a rule needs a name"));
         }
-        condition.check()?;
+        condition
+            .check()
+            .map_err(|e| e.in_item("rule", None, &name))?;
         Ok(AlertRule {
             name,
             condition,

@@ -273,12 +273,12 @@ impl Check<'_> {
         };
         let mut rule = AlertRule::new(Arc::<str>::from(raw.name.get_ref().as_str()), condition)
             .map_err(|e| {
-                let span = match e.field() {
+                let span = match e.key() {
                     "name" => raw.name.span(),
                     "percent" => raw.percent.as_ref().map_or(whole.clone(), Spanned::span),
                     _ => whole.clone(),
                 };
-                self.error(key(e.field()), span, e.message())
+                self.error(key(e.key()), span, e.reason())
             })?;
         if let Some(cooldown) = raw.cooldown {
             rule = rule.cooldown(cooldown.0);
