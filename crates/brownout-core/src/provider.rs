@@ -136,6 +136,30 @@ impl Family {
             Family::OpenAi => "OpenAI",
         }
     }
+
+    /// `"anthropic"` or `"openai"`: its name in configuration files and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Anthropic => "anthropic",
+            Family::OpenAi => "openai",
+        }
+    }
+
+    /// The header that carries an API `key` for this provider, and its value:
+    /// Anthropic's `x-api-key: <key>`, OpenAI's `authorization: Bearer <key>`.
+    ///
+    /// ```
+    /// use brownout_core::provider::Family;
+    /// let (name, value) = Family::OpenAi.key_header("sk-1");
+    /// assert_eq!((name.as_str(), value.as_str()), ("authorization", "Bearer sk-1"));
+    /// assert_eq!(Family::Anthropic.key_header("sk-ant-1").0, "x-api-key");
+    /// ```
+    pub fn key_header(self, key: &str) -> (HeaderName, String) {
+        match self {
+            Family::Anthropic => (CREDENTIAL_HEADERS[0].clone(), key.to_owned()),
+            Family::OpenAi => (http::header::AUTHORIZATION, format!("Bearer {key}")),
+        }
+    }
 }
 
 /// The kinds of error answer brownout gives in a provider's shape.

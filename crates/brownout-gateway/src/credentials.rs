@@ -11,13 +11,11 @@ use std::{
     task::{Context, Poll},
 };
 
+use brownout::provider::CREDENTIAL_HEADERS;
 use http::{HeaderName, HeaderValue, Request, Uri};
 use tower::Service;
 
 use crate::config::{KeySource, Provider};
-
-/// The caller's credential headers, removed when the gateway sends its own key.
-const CREDENTIAL_HEADERS: [&str; 3] = ["x-api-key", "authorization", "api-key"];
 
 struct Endpoint {
     authority: String,
@@ -112,7 +110,8 @@ where
         }
         if let Some((name, value)) = self.endpoint(request.uri()).and_then(|e| e.header.as_ref()) {
             let headers = request.headers_mut();
-            for caller in CREDENTIAL_HEADERS {
+            // The caller's credential headers go when the gateway sends its own key.
+            for caller in &CREDENTIAL_HEADERS {
                 headers.remove(caller);
             }
             headers.insert(name.clone(), value.clone());
@@ -166,7 +165,7 @@ mod tests {
             let mut seen: Vec<String> = CREDENTIAL_HEADERS
                 .iter()
                 .filter_map(|name| {
-                    let value = request.headers().get(*name)?;
+                    let value = request.headers().get(name)?;
                     Some(format!("{name}={}", value.to_str().unwrap()))
                 })
                 .collect();

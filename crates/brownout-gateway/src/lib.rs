@@ -124,7 +124,7 @@ mod state;
 mod timeout;
 mod upstream;
 
-pub use config::{Api, Config, ConfigError, EXAMPLE_CONFIG};
+pub use config::{Config, ConfigError, EXAMPLE_CONFIG};
 pub use credentials::Credentials;
 pub use observe_log::Observers;
 pub use pipeline::{Layers, Pipeline};

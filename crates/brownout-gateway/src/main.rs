@@ -257,7 +257,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         for provider in config.providers() {
             tracing::info!(
                 provider = provider.name(),
-                api = provider.api().as_str(),
+                api = provider.family().as_str(),
                 base_url = %provider.base_url(),
                 key = ?provider.key(),
                 "brownout-gateway: upstream"

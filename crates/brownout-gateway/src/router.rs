@@ -67,7 +67,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use crate::{
-    config::{Api, Headers, CHAT_COMPLETIONS_PATH, MESSAGES_PATH, RESPONSES_PATH},
+    config::{Headers, CHAT_COMPLETIONS_PATH, MESSAGES_PATH, RESPONSES_PATH},
     pipeline::{Layers, Pipeline},
     timeout::{BodyTimedOut, IdleStream, Timed},
     Config,
@@ -200,12 +200,12 @@ where
         let messages = route(config.messages(), MESSAGES_PATH);
         let chat_completions = route(config.chat_completions(), CHAT_COMPLETIONS_PATH);
         let responses = route(config.responses(), RESPONSES_PATH);
-        let base_of = |api: Api| {
+        let base_of = |family: Family| {
             let forward_to = config.forward_to();
-            let provider = if forward_to.api() == api {
+            let provider = if forward_to.family() == family {
                 Some(forward_to)
             } else {
-                config.providers().iter().find(|p| p.api() == api)
+                config.providers().iter().find(|p| p.family() == family)
             };
             provider.map(|p| p.base_url().clone())
         };
@@ -215,8 +215,8 @@ where
                 messages,
                 chat_completions,
                 responses,
-                anthropic_base: base_of(Api::Anthropic),
-                openai_base: base_of(Api::Openai),
+                anthropic_base: base_of(Family::Anthropic),
+                openai_base: base_of(Family::OpenAi),
                 forward,
                 headers: config.headers(),
                 limits: config.limits(),

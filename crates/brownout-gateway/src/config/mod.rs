@@ -166,6 +166,7 @@ use brownout::breaker::BreakerConfig;
 use brownout::cache::CacheConfig;
 use brownout::degrade::DegradeConfig;
 use brownout::fallback::FallbackConfig;
+use brownout::provider::Family;
 use brownout::queue::QueueConfig;
 use brownout::retry::RetryConfig;
 use http::{HeaderName, HeaderValue, Uri};
@@ -224,36 +225,6 @@ pub struct LayerState {
     pub set: bool,
 }
 
-/// The API a provider speaks: which route it can serve and which header carries its
-/// key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Api {
-    /// Anthropic Messages (`POST /v1/messages`); the key goes in `x-api-key`.
-    Anthropic,
-    /// OpenAI Chat Completions (`POST /v1/chat/completions`); the key goes in
-    /// `authorization: Bearer …`.
-    Openai,
-}
-
-impl Api {
-    /// `"anthropic"` or `"openai"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Api::Anthropic => "anthropic",
-            Api::Openai => "openai",
-        }
-    }
-
-    /// The path of the route it serves.
-    pub fn path(self) -> &'static str {
-        match self {
-            Api::Anthropic => MESSAGES_PATH,
-            Api::Openai => CHAT_COMPLETIONS_PATH,
-        }
-    }
-}
-
 /// Where a provider's API key comes from.
 #[derive(Clone, PartialEq, Eq)]
 pub enum KeySource {
@@ -287,7 +258,7 @@ impl fmt::Debug for KeySource {
 #[derive(Debug, Clone)]
 pub struct Provider {
     pub(crate) name: String,
-    pub(crate) api: Api,
+    pub(crate) family: Family,
     pub(crate) base_url: Uri,
     pub(crate) key: KeySource,
     pub(crate) ca: Option<CaFile>,
@@ -321,9 +292,10 @@ impl Provider {
         &self.name
     }
 
-    /// The API it speaks.
-    pub fn api(&self) -> Api {
-        self.api
+    /// Whose API it speaks (its `api` key in the file): which routes it can serve
+    /// and which header carries its key ([`Family::key_header`]).
+    pub fn family(&self) -> Family {
+        self.family
     }
 
     /// Its base URL: scheme, host and an optional path prefix.

@@ -22,14 +22,15 @@ use brownout::fallback::{
     stream::{AfterFirstByte, DEFAULT_FIRST_EVENT_TIMEOUT},
     FallbackConfig, Target,
 };
+use brownout::provider::Family;
 use brownout::queue::{PreferWait, QueueConfig};
 use brownout::retry::{Backoff, RetryBudget, RetryConfig};
-use http::{header, HeaderName, HeaderValue, StatusCode, Uri};
+use http::{HeaderName, HeaderValue, StatusCode, Uri};
 use serde::{de, Deserialize, Deserializer};
 use toml::Spanned;
 
 use super::{
-    Api, CaFile, Config, ConfigError, Connections, Headers, KeySource, Provider, Route, Set,
+    CaFile, Config, ConfigError, Connections, Headers, KeySource, Provider, Route, Set,
     CHAT_COMPLETIONS_PATH, DEFAULT_BODY_TIMEOUT, DEFAULT_PER_CLIENT, DEFAULT_STREAM_IDLE_TIMEOUT,
     DEFAULT_TOTAL, MESSAGES_PATH, RESPONSES_PATH,
 };
@@ -174,11 +175,28 @@ fn yes() -> bool {
     true
 }
 
+/// A provider's `api`: whose API it speaks, as core's [`Family`].
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawApi {
+    Anthropic,
+    Openai,
+}
+
+impl From<RawApi> for Family {
+    fn from(api: RawApi) -> Family {
+        match api {
+            RawApi::Anthropic => Family::Anthropic,
+            RawApi::Openai => Family::OpenAi,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
     name: Spanned<String>,
-    api: Api,
+    api: RawApi,
     base_url: Spanned<String>,
     api_key_env: Option<Spanned<String>>,
     #[serde(default)]
@@ -508,12 +526,12 @@ impl Check<'_> {
         };
         self.moved_limits(&raw.limits)?;
         let providers = self.providers(&raw.providers)?;
-        let route = |route: Option<&RawRoute>, api: Api, path: &str| {
+        let route = |route: Option<&RawRoute>, family: Family, path: &str| {
             route
                 .map(|r| {
                     self.route(
                         r,
-                        api,
+                        family,
                         path,
                         &providers,
                         raw.fallback.as_ref(),
@@ -522,13 +540,21 @@ impl Check<'_> {
                 })
                 .transpose()
         };
-        let messages = route(raw.routes.messages.as_ref(), Api::Anthropic, MESSAGES_PATH)?;
+        let messages = route(
+            raw.routes.messages.as_ref(),
+            Family::Anthropic,
+            MESSAGES_PATH,
+        )?;
         let chat_completions = route(
             raw.routes.chat_completions.as_ref(),
-            Api::Openai,
+            Family::OpenAi,
             CHAT_COMPLETIONS_PATH,
         )?;
-        let responses = route(raw.routes.responses.as_ref(), Api::Openai, RESPONSES_PATH)?;
+        let responses = route(
+            raw.routes.responses.as_ref(),
+            Family::OpenAi,
+            RESPONSES_PATH,
+        )?;
         if messages.is_none() && chat_completions.is_none() && responses.is_none() {
             return Err(ConfigError::at(
                 "routes",
@@ -716,7 +742,7 @@ impl Check<'_> {
                     ))
                 }
                 (None, true) => KeySource::PassThrough,
-                (Some(variable), false) => self.env_key(variable, p.api, &key("api_key_env"))?,
+                (Some(variable), false) => self.env_key(variable, p.api.into(), &key("api_key_env"))?,
             };
             let ca = match &p.ca_file {
                 Some(file) => Some(self.ca_file(file, &key("ca_file"))?),
@@ -724,7 +750,7 @@ impl Check<'_> {
             };
             providers.push(Provider {
                 name: p.name.get_ref().clone(),
-                api: p.api,
+                family: p.api.into(),
                 base_url,
                 key: keysource,
                 ca,
@@ -808,7 +834,7 @@ impl Check<'_> {
     fn env_key(
         &self,
         variable: &Spanned<String>,
-        api: Api,
+        family: Family,
         key: &str,
     ) -> Result<KeySource, ConfigError> {
         let name = variable.get_ref().trim();
@@ -825,10 +851,7 @@ impl Check<'_> {
         if value.is_empty() {
             return Err(fail(format!("the environment variable {name} is empty")));
         }
-        let header = match api {
-            Api::Anthropic => (HeaderName::from_static("x-api-key"), value.to_owned()),
-            Api::Openai => (header::AUTHORIZATION, format!("Bearer {value}")),
-        };
+        let header = family.key_header(value);
         // The value is never shown, not even in this error.
         let mut value = HeaderValue::from_str(&header.1).map_err(|_| {
             fail(format!(
@@ -868,7 +891,7 @@ impl Check<'_> {
     fn route(
         &self,
         raw: &RawRoute,
-        api: Api,
+        family: Family,
         path: &str,
         providers: &[Provider],
         fallback: Option<&RawFallback>,
@@ -877,7 +900,7 @@ impl Check<'_> {
         let route_key = format!("routes.\"{path}\"");
         let speaks = |index: usize, key: &str, span: Range<usize>| {
             let provider = &providers[index];
-            if provider.api == api {
+            if provider.family == family {
                 Ok(())
             } else {
                 Err(self.error(
@@ -886,8 +909,8 @@ impl Check<'_> {
                     format!(
                         "provider `{}` speaks the {} API; {path} needs an {} one",
                         provider.name,
-                        provider.api.as_str(),
-                        api.as_str()
+                        provider.family.as_str(),
+                        family.as_str()
                     ),
                 ))
             }

@@ -53,8 +53,8 @@ fn the_example_is_accepted_with_its_cascades_and_layers() {
         .collect();
     assert_eq!(models, ["claude-sonnet-4-5", "claude-haiku-4-5"]);
     assert_eq!(
-        config.providers()[config.chat_completions().unwrap().provider()].api(),
-        Api::Openai
+        config.providers()[config.chat_completions().unwrap().provider()].family(),
+        Family::OpenAi
     );
     assert!(config.layers_enabled().iter().all(|(_, on)| *on));
     assert_eq!(config.headers(), Headers::default());
