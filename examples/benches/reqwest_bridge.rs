@@ -7,10 +7,9 @@
 
 use std::hint::black_box;
 
-use brownout::reqwest_bridge::ReqwestService;
-use bytes::Bytes;
+use brownout::{reqwest_bridge::ReqwestService, Body};
 use criterion::{criterion_group, criterion_main, Criterion};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use tower::ServiceExt;
 
 const BODY: &str =
@@ -52,7 +51,7 @@ fn bridge(c: &mut Criterion) {
             rt.block_on(async {
                 let request = http::Request::post(&url)
                     .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+                    .body(Body::from(BODY))
                     .unwrap();
                 let response = service.clone().oneshot(request).await.unwrap();
                 black_box(response.into_body().collect().await.unwrap().to_bytes())

@@ -5,13 +5,14 @@ use std::time::Duration;
 use brownout::{
     classify::{Classify, DefaultClassifier, Observed, OutcomeKind},
     reqwest_bridge::ReqwestService,
+    Body,
 };
 use brownout_sim::{Sim, SimServer, SimServerHandle, SimTls};
 use bytes::Bytes;
 use examples::{
     axum_app, hyper_client, middleware_client, outage_script, reqwest_client, Answer, LIGHTER,
 };
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use tower::{Service, ServiceExt};
 
 fn all_from_the_lighter_model(answers: &[Answer]) {
@@ -162,7 +163,7 @@ async fn the_reqwest_bridge_sends_requests_byte_for_byte() {
         .header("x-api-key", "sk-test")
         .header("x-custom", "one")
         .header("content-type", "application/json")
-        .body(Full::new(body.clone()))
+        .body(Body::from(body.clone()))
         .unwrap();
     let response = ReqwestService::new(reqwest::Client::new())
         .oneshot(request)
@@ -202,11 +203,7 @@ async fn reqwest_timeouts_and_refused_connections_keep_their_kind() {
         .unwrap();
     let mut service = ReqwestService::new(client);
     let error = service
-        .call(
-            http::Request::get(hung)
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
+        .call(http::Request::get(hung).body(Body::empty()).unwrap())
         .await
         .unwrap_err();
     let outcome = DefaultClassifier::new().classify(Observed::Error(error.as_ref()));
@@ -217,11 +214,7 @@ async fn reqwest_timeouts_and_refused_connections_keep_their_kind() {
     let refused = format!("http://{}/", closed.local_addr().unwrap());
     drop(closed);
     let error = service
-        .call(
-            http::Request::get(refused)
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
+        .call(http::Request::get(refused).body(Body::empty()).unwrap())
         .await
         .unwrap_err();
     let reqwest_error = error
