@@ -121,14 +121,35 @@ async fn cut_uploads_are_400_and_leave_the_breaker_closed() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_stalled_upload_is_408() {
+async fn stalled_uploads_are_408_and_leave_the_breaker_closed() {
     let sim = Sim::new(Script::new().seed(1));
     let gateway = router(&sim, "[body]\nidle_timeout = \"5s\"\n[degrade]\n");
-    let started = tokio::time::Instant::now();
-    let response = gateway.oneshot(upload(Then::Stall, 4096)).await.unwrap();
-    assert_eq!(response.status(), 408);
-    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    for _ in 0..12 {
+        let started = tokio::time::Instant::now();
+        let response = gateway
+            .clone()
+            .oneshot(upload(Then::Stall, 4096))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 408);
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert_eq!(header_of(&response, "x-brownout-degraded"), None);
+    }
     assert_eq!(sim.stats().received, 0, "a truncated body is never sent");
+    let breakers = gateway.layers().breakers().unwrap();
+    let counted = breakers
+        .state("claude-sonnet-4-5")
+        .map_or(0, |s| s.total_calls + s.total_rejected);
+    assert_eq!(
+        counted, 0,
+        "a caller's stalled uploads count against no breaker"
+    );
+    let response = gateway.clone().oneshot(good()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header_of(&response, "x-brownout-model"),
+        Some("claude-sonnet-4-5")
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -150,24 +171,29 @@ async fn two_model_keys_are_refused_with_400() {
 }
 
 #[tokio::test]
-async fn a_client_that_hangs_up_mid_body_is_answered_400_over_tcp() {
+async fn clients_that_hang_up_mid_body_are_answered_400_over_tcp() {
     let setup = Setup::start_with(Script::new().seed(1), DEGRADE).await;
-    let mut stream = tokio::net::TcpStream::connect(setup.gateway).await.unwrap();
-    let head = "POST /v1/messages HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\nx-api-key: sk-ant-caller\r\ncontent-length: 52428800\r\n\r\n";
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream
-        .write_all(br#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"cut"#)
-        .await
-        .unwrap();
-    stream.shutdown().await.unwrap();
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer).await;
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(
-        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
-        "never a 200 or a canned answer: {answer}"
-    );
-    assert!(!answer.contains("x-brownout-degraded"), "{answer}");
+    // Twelve callers, more than the breaker's minimum of calls: had their uploads
+    // counted as the model's failures, it would be open for the next caller.
+    for _ in 0..12 {
+        let mut stream = tokio::net::TcpStream::connect(setup.gateway).await.unwrap();
+        let head = "POST /v1/messages HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\nx-api-key: sk-ant-caller\r\ncontent-length: 52428800\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream
+            .write_all(br#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"cut"#)
+            .await
+            .unwrap();
+        // The caller stops sending (its half of the connection closed) and reads.
+        stream.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "a 400, never a 200 or a canned answer: {answer}"
+        );
+        assert!(!answer.contains("x-brownout-degraded"), "{answer}");
+    }
     // The model's breaker is still closed: the next caller is served by it.
     let response = client()
         .request(anthropic(
