@@ -185,53 +185,68 @@ impl Classify for Counting {
 
 #[tokio::test(start_paused = true)]
 async fn a_529_is_classified_once_per_attempt_and_its_body_read_once() {
-    let log = Log::default();
-    let classified = Counting::default();
-    let body_polls = Arc::new(AtomicUsize::new(0));
-    let polls = body_polls.clone();
-    let inner = service_fn(move |request: Request<Body>| {
-        let polls = polls.clone();
-        async move {
-            drop(request);
-            let error =
-                r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
-            Ok::<_, BoxError>(Response::builder().status(529).body(Counted {
-                chunks: vec![Bytes::from_static(error.as_bytes())].into(),
-                polls,
-                fail: false,
-            })?)
+    // Four layers, and the five: with the degrade layer outermost, the 529 is
+    // answered with its canned answer, still classified once and read at most once.
+    for with_degrade in [false, true] {
+        let classified = Counting::default();
+        let body_polls = Arc::new(AtomicUsize::new(0));
+        let polls = body_polls.clone();
+        let inner = service_fn(move |request: Request<Body>| {
+            let polls = polls.clone();
+            async move {
+                drop(request);
+                let error = r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+                Ok::<_, BoxError>(Response::builder().status(529).body(Counted {
+                    chunks: vec![Bytes::from_static(error.as_bytes())].into(),
+                    polls,
+                    fail: false,
+                })?)
+            }
+        });
+        let breakers = breakers();
+        let client = ServiceBuilder::new()
+            .option_layer(
+                with_degrade
+                    .then(|| brownout::degrade::DegradeLayer::new(DegradeConfig::new([]).unwrap())),
+            )
+            .response_cache(CacheConfig::new())
+            .model_fallback(
+                FallbackConfig::new([Target::new(PRIMARY)])
+                    .unwrap()
+                    .health(breakers.handle()),
+            )
+            .circuit_breaker(breakers)
+            .retry_with_jitter(RetryConfig::new().max_attempts(1).no_budget())
+            .service(ClassifyLayer::new(classified.clone()).layer(inner));
+        let polls = Arc::new(AtomicUsize::new(0));
+        let response = client
+            .oneshot(request(llm_body(PRIMARY), &polls, false))
+            .await
+            .unwrap();
+        assert_eq!(
+            classified.0.load(Ordering::Relaxed),
+            1,
+            "one attempt, one classification (degrade: {with_degrade})"
+        );
+        let status = response.status();
+        let degraded = response.headers().contains_key("x-brownout-degraded");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        if with_degrade {
+            assert_eq!(status, 200);
+            assert!(degraded, "the canned answer");
+            // Read once (to classify it) by the layer innermost, and by no one
+            // after: one chunk and the end.
+            assert_eq!(body_polls.load(Ordering::Relaxed), 2);
+        } else {
+            assert_eq!(status, 529);
+            assert!(
+                body.starts_with(br#"{"type":"error""#),
+                "the caller gets every byte"
+            );
+            // One chunk and the end, read once.
+            assert_eq!(body_polls.load(Ordering::Relaxed), 2);
         }
-    });
-    let breakers = breakers();
-    let client = ServiceBuilder::new()
-        .response_cache(CacheConfig::new())
-        .model_fallback(
-            FallbackConfig::new([Target::new(PRIMARY)])
-                .unwrap()
-                .health(breakers.handle()),
-        )
-        .circuit_breaker(breakers)
-        .retry_with_jitter(RetryConfig::new().max_attempts(1).no_budget())
-        .service(ClassifyLayer::new(classified.clone()).layer(inner));
-    let _ = log;
-    let polls = Arc::new(AtomicUsize::new(0));
-    let result = client
-        .oneshot(request(llm_body(PRIMARY), &polls, false))
-        .await;
-    let response = result.unwrap();
-    assert_eq!(response.status(), 529);
-    assert_eq!(
-        classified.0.load(Ordering::Relaxed),
-        1,
-        "one attempt, one classification, for four layers"
-    );
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    assert!(
-        body.starts_with(br#"{"type":"error""#),
-        "the caller gets every byte"
-    );
-    // One chunk and the end, read once.
-    assert_eq!(body_polls.load(Ordering::Relaxed), 2);
+    }
 }
 
 #[tokio::test(start_paused = true)]
