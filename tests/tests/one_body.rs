@@ -370,3 +370,56 @@ async fn a_body_naming_model_twice_is_refused_before_anything_is_sent() {
     assert!(find::<InvalidRequest>(&*error).is_some(), "{error}");
     assert!(log.lock().unwrap().is_empty());
 }
+
+/// The whole stack over hyper-util's own client, named once as
+/// `Client<HttpConnector, brownout::Body>`, against the simulator on loopback: the
+/// caller's body type goes in, one body type comes out of every layer.
+#[tokio::test]
+async fn the_five_layers_run_over_a_hyper_util_client_of_brownout_body() {
+    use hyper_util::{
+        client::legacy::{connect::HttpConnector, Client},
+        rt::TokioExecutor,
+    };
+    let server = brownout_sim::SimServer::bind(
+        "127.0.0.1:0",
+        brownout_sim::Sim::new(brownout_sim::Script::new().seed(1)),
+    )
+    .await
+    .unwrap();
+    let sim = server.sim().clone();
+    let server = server.spawn().unwrap();
+    let http: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build_http();
+    let breakers = breakers();
+    let client = ServiceBuilder::new()
+        .degrade(DegradeConfig::new([]).unwrap())
+        .response_cache(CacheConfig::new())
+        .model_fallback(cascade(breakers.handle()))
+        .circuit_breaker(breakers)
+        .retry_with_jitter(retry())
+        .service(http);
+    for question in 0..3 {
+        let polls = Arc::new(AtomicUsize::new(0));
+        // A different question each time, in a fourth chunk of the message's text.
+        let mut chunks = llm_body(PRIMARY);
+        let last = chunks.pop().unwrap();
+        chunks.push(Bytes::from(format!("Question {question}. ")));
+        chunks.push(last);
+        let mut request = request(chunks, &polls, false);
+        *request.uri_mut() = format!("{}/v1/messages", server.url()).parse().unwrap();
+        let response = client.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200, "question {question}");
+        assert_eq!(
+            response
+                .extensions()
+                .get::<ServedBy>()
+                .map(|s| s.model().to_owned()),
+            Some(PRIMARY.to_owned())
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["type"], "message", "{json}");
+        // Four chunks and the end: read once over a real connection too.
+        assert_eq!(polls.load(Ordering::Relaxed), 5);
+    }
+    assert_eq!(sim.stats().received, 3, "each question sent once");
+}
