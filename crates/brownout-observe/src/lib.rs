@@ -39,6 +39,29 @@
 //! # let _ = page;
 //! # }
 //! ```
+//!
+//! # When to use it
+//!
+//! To know, live and after the fact, how available each model was, how often the
+//! stack fell back, served from the cache or degraded, and when a model's breaker
+//! opened: the layers above keep a service answering, this crate shows what that
+//! cost. It adds a record per request and per attempt, and no behaviour.
+//!
+//! # Where it goes
+//!
+//! [`ObserveLayer`] outermost, above the degrade layer, so that it sees the answer the
+//! caller got (live, cached, fallen back, degraded); [`AttemptLayer`] innermost, right
+//! over the HTTP client, so that it sees each call sent upstream, retries included.
+//! The other layers' events reach the same sinks through a [`SinkListener`].
+//!
+//! # On failure
+//!
+//! It changes no answer: a response or an error passes through both layers unchanged,
+//! after it is recorded. A [`Sink`] is called on the request's path and never blocks:
+//! the metrics update counters in memory, the SQLite log hands each row to its writer
+//! thread with a `try_send` and drops and counts a row it has no room for, and alert
+//! notices are delivered (with a timeout and retries) off the request's path. A sink
+//! that fails loses records, never a request.
 
 #[cfg(feature = "alert")]
 pub mod alert;
