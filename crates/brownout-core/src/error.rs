@@ -82,6 +82,10 @@ impl std::error::Error for DeadlineExceeded {}
 /// classifier recognises any layer's refusal as
 /// [`Rejected`](crate::OutcomeKind::Rejected), with [`retry_after`](Self::retry_after)
 /// as the server-given delay, without core naming the layer.
+///
+/// A marker *type* rather than a marker trait: an error's source chain is searched by
+/// concrete type (`downcast_ref`), and a `dyn Error` cannot be asked whether its type
+/// implements a trait. The type names no layer; any layer that refuses holds one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rejected {
     retry_after: Option<Duration>,
