@@ -19,7 +19,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower_service::Service;
 
-use crate::service::{Cascade, Failures};
+use crate::cascade::{Cascade, Failures};
 
 pin_project! {
     /// Response future of [`Fallback`](crate::Fallback).

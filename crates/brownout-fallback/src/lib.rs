@@ -120,6 +120,7 @@
 //! configured, and the breaker's handle tells the cascade which models to skip. The
 //! stream guard, when there is one, goes inside them all, right over the client.
 
+mod cascade;
 mod config;
 mod error;
 mod event;
