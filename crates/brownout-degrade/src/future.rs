@@ -13,14 +13,16 @@ use brownout_core::{
     classify::{classify_now, Classification, Classifying, Outcome},
     error::is_caller_error,
     future::Output,
-    provider::Api,
-    Body, BoxError, RequestFacts,
+    Body, BoxError,
 };
-use http::{Method, Request, Response, Uri};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::{service::degraded, DegradeConfig};
+use crate::{
+    reply::{degraded, Kept},
+    DegradeConfig,
+};
 
 pin_project! {
     /// Response future of [`Degrade`](crate::Degrade).
@@ -55,39 +57,6 @@ pin_project! {
         Classifying { future: Classifying },
         /// The caller's broken or ambiguous body, answered at once; or done.
         Ready { output: Option<Output> },
-    }
-}
-
-/// What a canned answer needs of the request, which the inner service takes.
-pub(crate) struct Kept {
-    pub(crate) api: Api,
-    pub(crate) model: Option<Arc<str>>,
-    pub(crate) stream: bool,
-    /// The body, for the rules, when it is all in memory.
-    pub(crate) body: Option<bytes::Bytes>,
-    pub(crate) method: Method,
-    pub(crate) uri: Uri,
-}
-
-impl Kept {
-    fn of(request: &Request<Body>) -> Kept {
-        let body = request
-            .body()
-            .is_replayable()
-            .then(|| request.body().bytes().cloned())
-            .flatten();
-        let (api, model, stream) = match RequestFacts::of(request.extensions()) {
-            Some(facts) => (facts.api(), facts.model_arc().cloned(), facts.is_stream()),
-            None => (Api::from_path(request.uri().path()), None, false),
-        };
-        Kept {
-            api,
-            model,
-            stream,
-            body,
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-        }
     }
 }
 

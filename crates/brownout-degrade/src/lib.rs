@@ -174,6 +174,7 @@ mod file;
 mod future;
 mod id;
 mod layer;
+mod reply;
 mod request;
 mod rules;
 mod service;
@@ -182,7 +183,8 @@ pub use config::{DegradeConfig, DEFAULT_GENERIC_ANSWER};
 pub use error::InvalidConfig;
 pub use event::{DegradeEvent, Degraded};
 pub use layer::DegradeLayer;
+pub use reply::{DEGRADED_HEADER, DEGRADED_RULE_HEADER, UNKNOWN_MODEL};
 pub use rules::Rule;
-pub use service::{Degrade, DEGRADED_HEADER, DEGRADED_RULE_HEADER, UNKNOWN_MODEL};
+pub use service::Degrade;
 
 pub use future::ResponseFuture;
