@@ -4,7 +4,6 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::Arc,
     task::{ready, Context, Poll},
 };
 
@@ -12,19 +11,13 @@ use brownout_core::{
     body::Buffer,
     classify::{classify_now, Classification, Classifying},
     future::{Output, ResponseFuture as Boxed},
-    provider::Api,
     Body, BoxError,
 };
-use http::{Method, Request, Response, Uri};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::{
-    key::CacheKey,
-    service::{
-        is_event_stream, no_store_response, record_stream, stale, stored_entry, Serve, Shared,
-    },
-};
+use crate::serve::{is_event_stream, no_store_response, record_stream, stale, stored_entry, Live};
 
 pin_project! {
     /// Response future of [`Cache`](crate::Cache).
@@ -61,18 +54,6 @@ pin_project! {
         Slow { future: Boxed },
         Done,
     }
-}
-
-/// What a live call of a keyed request needs once it answers.
-pub(crate) struct Live {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) key: CacheKey,
-    pub(crate) api: Api,
-    pub(crate) serve: Serve,
-    /// What a stale answer's event names of the request: kept rather than a clone of
-    /// the whole head (its headers and extensions), which the call takes.
-    pub(crate) method: Method,
-    pub(crate) uri: Uri,
 }
 
 impl<S> ResponseFuture<S>

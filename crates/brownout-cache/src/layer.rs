@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use tower_layer::Layer;
 
-use crate::{service::Shared, store::Store, Cache, CacheConfig};
+use crate::{serve::Shared, store::Store, Cache, CacheConfig};
 
 /// Applies [`Cache`] to a service. See the [crate docs](crate).
 ///

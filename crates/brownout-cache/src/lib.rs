@@ -149,6 +149,7 @@ mod event;
 mod future;
 mod key;
 mod layer;
+mod serve;
 mod service;
 mod store;
 mod stream;
