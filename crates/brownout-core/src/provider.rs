@@ -156,7 +156,7 @@ impl Family {
     /// ```
     pub fn key_header(self, key: &str) -> (HeaderName, String) {
         match self {
-            Family::Anthropic => (CREDENTIAL_HEADERS[0].clone(), key.to_owned()),
+            Family::Anthropic => (HeaderName::from_static("x-api-key"), key.to_owned()),
             Family::OpenAi => (http::header::AUTHORIZATION, format!("Bearer {key}")),
         }
     }

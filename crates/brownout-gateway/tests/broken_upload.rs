@@ -103,21 +103,7 @@ async fn cut_uploads_are_400_and_leave_the_breaker_closed() {
             assert_eq!(json["error"]["type"], "invalid_request_error");
         }
     }
-    let breakers = gateway.layers().breakers().unwrap();
-    let counted = breakers
-        .state("claude-sonnet-4-5")
-        .map_or(0, |s| s.total_calls + s.total_rejected);
-    assert_eq!(
-        counted, 0,
-        "a caller's broken uploads count against no breaker"
-    );
-    // Every other caller still gets the first choice.
-    let response = gateway.clone().oneshot(good()).await.unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(
-        header_of(&response, "x-brownout-model"),
-        Some("claude-sonnet-4-5")
-    );
+    counted_nowhere(&gateway).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -136,20 +122,7 @@ async fn stalled_uploads_are_408_and_leave_the_breaker_closed() {
         assert_eq!(header_of(&response, "x-brownout-degraded"), None);
     }
     assert_eq!(sim.stats().received, 0, "a truncated body is never sent");
-    let breakers = gateway.layers().breakers().unwrap();
-    let counted = breakers
-        .state("claude-sonnet-4-5")
-        .map_or(0, |s| s.total_calls + s.total_rejected);
-    assert_eq!(
-        counted, 0,
-        "a caller's stalled uploads count against no breaker"
-    );
-    let response = gateway.clone().oneshot(good()).await.unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(
-        header_of(&response, "x-brownout-model"),
-        Some("claude-sonnet-4-5")
-    );
+    counted_nowhere(&gateway).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -210,6 +183,25 @@ async fn clients_that_hang_up_mid_body_are_answered_400_over_tcp() {
         Some("claude-sonnet-4-5")
     );
     let _ = json(response).await;
+}
+
+/// The preferred model's breaker counted none of a caller's broken uploads, and
+/// every other caller still gets the first choice.
+async fn counted_nowhere(gateway: &Router<Upload>) {
+    let breakers = gateway.layers().breakers().unwrap();
+    let counted = breakers
+        .state("claude-sonnet-4-5")
+        .map_or(0, |s| s.total_calls + s.total_rejected);
+    assert_eq!(
+        counted, 0,
+        "a caller's broken uploads count against no breaker"
+    );
+    let response = gateway.clone().oneshot(good()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header_of(&response, "x-brownout-model"),
+        Some("claude-sonnet-4-5")
+    );
 }
 
 fn good() -> Request<Upload> {
